@@ -1,0 +1,214 @@
+"""Job declarations: the one source of truth for every job's settings.
+
+A job is declared once here; the CDK stack, the Lambda functions, the CLI, the
+microservice and the local stack all read the same `JobDeclaration`. An invalid
+declaration fails at import time with a message naming the job, the field and
+the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_JOB_NAME = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")
+_RATE = re.compile(r"^rate\((1 (minute|hour|day)|([2-9]|[1-9][0-9]+) (minutes|hours|days))\)$")
+_CRON = re.compile(r"^cron\((\S+ ){5}\S+\)$")
+_PATH = re.compile(r"^/[A-Za-z0-9/_.{}-]*$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class JobDeclarationError(ValueError):
+    """A job declaration is invalid; the message names the job, the field and the fix."""
+
+
+class SourceKind(StrEnum):
+    """Where a job's items come from."""
+
+    DYNAMODB = "dynamodb"  # a DynamoDB table, read with a parallel scan
+    S3_MANIFEST = "s3"  # a JSONL or CSV object in S3
+    INLINE = "inline"  # a list given in the start event
+    CALLABLE = "callable"  # a Python `module:function` that yields items
+
+
+class ItemSource(BaseModel):
+    """The declaration of a job's item source.
+
+    `table` names a table *role* (for example `companies`); the deployed table name
+    is passed to the functions in their environment, never hard-coded.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: SourceKind
+    table: str | None = None
+    segments: Annotated[int, Field(ge=1, le=64)] = 4
+    page_size: Annotated[int, Field(ge=1, le=1000)] = 250
+    uri: str | None = None
+    format: str | None = None
+    function: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> ItemSource:
+        if self.kind is SourceKind.DYNAMODB and not self.table:
+            raise ValueError("source.table is required for a dynamodb source: name the table role, e.g. 'companies'")
+        if self.kind is SourceKind.S3_MANIFEST:
+            if not (self.uri and self.uri.startswith("s3://")):
+                raise ValueError("source.uri must be an s3://bucket/key URI for an s3 source")
+            if self.format not in ("jsonl", "csv"):
+                raise ValueError("source.format must be 'jsonl' or 'csv' for an s3 source")
+        if self.kind is SourceKind.CALLABLE and not (self.function and _CALLABLE.match(self.function)):
+            raise ValueError("source.function must be 'module:function' for a callable source")
+        return self
+
+
+class JobDeclaration(BaseModel):
+    """One background job.
+
+    Attributes:
+        name: kebab-case job name, also its EventBridge rule and metric dimension.
+        schedule: EventBridge expression, `cron(...)` (6 fields) or `rate(...)`.
+        source: where the items come from.
+        item_id_field: the item field that names the item in the report (e.g. `company_id`).
+        task_path: service path that handles one task (POST).
+        reduce_part_path: service path that reduces one ledger shard into a part file.
+        reduce_finalize_path: service path that joins the parts into the report and mails it.
+        max_attempts: pushes per task before it is recorded FAILED.
+        tolerated_failure_pct: above this percentage of failed tasks the run ends FAILED.
+        max_concurrency: the event source's maximum concurrent forwarder batches (2..1000).
+        shard_count: ledger task partitions, and so the number of reduce parts.
+        counter_count: ledger counter items per run (spreads the per-batch counter write).
+        batch_size: SQS records per forwarder invocation (1..10).
+        task_timeout_s: per-request timeout of a push, seconds.
+        recipients: who gets the report email.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str = ""
+    schedule: str
+    source: ItemSource
+    item_id_field: str = "id"
+    task_path: str
+    reduce_part_path: str
+    reduce_finalize_path: str
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    tolerated_failure_pct: Annotated[float, Field(ge=0, le=100)] = 1.0
+    max_concurrency: Annotated[int, Field(ge=2, le=1000)] = 50
+    shard_count: Annotated[int, Field(ge=1, le=256)] = 16
+    counter_count: Annotated[int, Field(ge=1, le=64)] = 16
+    batch_size: Annotated[int, Field(ge=1, le=10)] = 10
+    task_timeout_s: Annotated[float, Field(gt=0, le=120)] = 30.0
+    recipients: tuple[str, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _JOB_NAME.match(v):
+            raise ValueError("name must be 3-40 chars of lowercase letters, digits and '-', e.g. 'credit-scores'")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        if not (_RATE.match(v) or _CRON.match(v)):
+            raise ValueError(
+                "schedule must be an EventBridge expression: 'cron(min hour day month weekday year)' "
+                "with 6 fields, e.g. 'cron(0 2 1 * ? *)', or 'rate(5 minutes)'"
+            )
+        return v
+
+    @field_validator("task_path", "reduce_part_path", "reduce_finalize_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not _PATH.match(v):
+            raise ValueError("must be an absolute URL path such as '/tasks/credit-score'")
+        return v
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [r for r in v if not _EMAIL.match(r)]
+        if bad:
+            raise ValueError(f"recipients must be email addresses; not valid: {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> JobDeclaration:
+        if self.counter_count * 2 > 100:
+            # The counter repair moves every counter in one transaction (≤ 100 actions).
+            raise ValueError("counter_count must be at most 50")
+        return self
+
+
+def declare(**fields: object) -> JobDeclaration:
+    """Build a `JobDeclaration`, turning validation errors into one clear message."""
+    name = fields.get("name", "<unnamed>")
+    try:
+        return JobDeclaration.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in err['loc']) or '(job)'}': {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise JobDeclarationError(f"job '{name}' is invalid: {problems}") from None
+
+
+class UnknownJobError(KeyError):
+    """A job name that is not declared."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class JobRegistry:
+    """The declared jobs, by name."""
+
+    def __init__(self, jobs: list[JobDeclaration]) -> None:
+        names = [j.name for j in jobs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise JobDeclarationError(f"job names must be unique; declared twice: {dupes}")
+        self._jobs = {j.name: j for j in jobs}
+
+    def get(self, name: str) -> JobDeclaration:
+        try:
+            return self._jobs[name]
+        except KeyError:
+            raise UnknownJobError(f"unknown job '{name}'; declared jobs: {sorted(self._jobs)}") from None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._jobs.values())
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def names(self) -> list[str]:
+        return sorted(self._jobs)
+
+
+CREDIT_SCORES = declare(
+    name="credit-scores",
+    description="Recompute the credit score of every company, monthly.",
+    schedule="cron(0 2 1 * ? *)",  # 02:00 UTC on the 1st of every month
+    source={"kind": "dynamodb", "table": "companies", "segments": 4, "page_size": 250},
+    item_id_field="company_id",
+    task_path="/tasks/credit-score",
+    reduce_part_path="/tasks/credit-score/reduce-part",
+    reduce_finalize_path="/tasks/credit-score/finalize",
+    max_attempts=5,
+    tolerated_failure_pct=1.0,
+    max_concurrency=50,
+    shard_count=16,
+    counter_count=16,
+    batch_size=10,
+    task_timeout_s=30.0,
+    recipients=("risk-team@example.com",),
+)
+
+JOBS = JobRegistry([CREDIT_SCORES])

@@ -1,0 +1,1053 @@
+"""The run ledger: one DynamoDB table holding runs (parents), tasks (children) and counters.
+
+Layout (declared once in `LEDGER_SCHEMA`; the CDK construct reads the same object):
+
+| item    | pk                 | sk          | holds |
+| ------- | ------------------ | ----------- | ----- |
+| run     | `RUN#<run>`        | `RUN`       | job, status, split cursors, expected, timings, report |
+| counter | `RUN#<run>#C<j>`   | `COUNT`     | succeeded, failed, done, room, epoch (j < counter_count) |
+| task    | `RUN#<run>#S<k>`   | `T#<task>`  | state, result or error, attempts; written once |
+
+How the invariants hold (ARCHITECTURE §3):
+
+* **Counted once.** A task is counted only by the writer whose conditional put
+  (`attribute_not_exists`) created its record. A batch's newly written tasks are then
+  added with *one* update to *one* randomly chosen counter item (no hot key: every
+  counter takes ~1/counter_count of the batches).
+* **Exact completion with spread counters.** Until the split is done, counters only
+  grow. When it is done, every counter gets `room` = its share of what is left, so that
+  sum(done + room) == expected. From then on a batch adds `done += n, room -= n` under
+  the condition `room >= n`; `done + room` never changes, so the targets are exact. The
+  batch that takes a counter's room to 0 runs the full completion check (read the run
+  and all counters, consistently); the last batch of a run always empties its counter.
+* **Reduce once.** The claim is `SET status = REDUCING IF status = RUNNING AND split_done`.
+* **Repair never over-counts.** A crash between a task's put and the counter update
+  under-counts. The sweeper repairs by recounting the task records inside an *epoch
+  fence*: it bumps every counter's epoch, recounts, then rewrites the counters with the
+  next epoch, all by transactions. A counter update is conditional on the epoch the
+  writer saw before it wrote its tasks, so no task is both recounted and added.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import boto3
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from microprocess.jobs import JobDeclaration
+
+
+@dataclass(frozen=True)
+class LedgerSchema:
+    """The ledger table's key schema: the single declaration infra and the core share."""
+
+    partition_key: str = "pk"
+    sort_key: str = "sk"
+    runs_index: str = "runs-by-job"
+    runs_index_partition_key: str = "gsi1pk"
+    runs_index_sort_key: str = "gsi1sk"
+
+
+LEDGER_SCHEMA = LedgerSchema()
+
+
+class RunStatus(StrEnum):
+    SPLITTING = "SPLITTING"
+    RUNNING = "RUNNING"
+    REDUCING = "REDUCING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class TaskState(StrEnum):
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+class LedgerError(Exception):
+    """A ledger operation that cannot be done; the message says why."""
+
+
+class RunNotFound(LedgerError):
+    pass
+
+
+class RunNotActive(LedgerError):
+    """The run is cancelled or finished, so the operation does not apply."""
+
+
+#: The split cursor of a segment that has been read to its end.
+CURSOR_DONE = "<done>"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    job: str
+    status: RunStatus
+    shard_count: int
+    counter_count: int
+    expected: int
+    split_done: bool
+    cursors: dict[str, str]
+    seg_counts: dict[str, int]
+    created_at: str
+    split_finished_at: str | None = None
+    reduce_claimed_at: str | None = None
+    finished_at: str | None = None
+    report_uri: str | None = None
+    error: str | None = None
+    parts_done: frozenset[str] = frozenset()
+    targets_final: bool = False
+    source_run: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """The terminal outcome of one task, as the forwarder or dead-letter handler saw it."""
+
+    task_id: str
+    shard: int
+    state: TaskState
+    attempts: int
+    item_id: str | None = None
+    result: Any = None
+    error: str | None = None
+    item: Any = None  # kept for FAILED tasks so that `retry-failed` can re-run them
+    item_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: str
+    shard: int
+    state: TaskState
+    attempts: int
+    item_id: str | None
+    result: Any
+    error: str | None
+    finished_at: str
+    item: Any = None
+    item_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    newly_recorded: list[str]
+    duplicates: list[str]
+    counted: bool  # False when the counter update was fenced off by a repair (sweeper recounts)
+    claimed_reduce: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    run_id: str
+    job: str
+    status: RunStatus
+    expected: int
+    succeeded: int
+    failed: int
+    split_done: bool
+    created_at: str
+    finished_at: str | None
+    report_uri: str | None
+    error: str | None
+
+    @property
+    def pending(self) -> int:
+        return max(self.expected - self.succeeded - self.failed, 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "job": self.job,
+            "status": str(self.status),
+            "expected": self.expected,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "pending": self.pending,
+            "split_done": self.split_done,
+            "started_at": self.created_at,
+            "finished_at": self.finished_at,
+            "report_uri": self.report_uri,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class _Counter:
+    index: int
+    succeeded: int
+    failed: int
+    done: int
+    room: int | None
+    epoch: int
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+
+
+def _to_ddb(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _ser.serialize(v) for k, v in item.items() if v is not None}
+
+
+def _from_ddb(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _de.deserialize(v) for k, v in item.items()}
+
+
+def _is_conditional_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _run_pk(run_id: str) -> str:
+    return f"RUN#{run_id}"
+
+
+def _counter_pk(run_id: str, j: int) -> str:
+    return f"RUN#{run_id}#C{j}"
+
+
+def _shard_pk(run_id: str, k: int) -> str:
+    return f"RUN#{run_id}#S{k}"
+
+
+#: Named points where a crash can be injected (chaos) between ledger writes.
+CRASH_AFTER_TASK_WRITE = "after_task_write"
+CRASH_AFTER_COUNTER_UPDATE = "after_counter_update"
+
+
+class Ledger:
+    """The run ledger over one DynamoDB table.
+
+    Args:
+        table_name: the deployed table's name (passed in, never hard-coded).
+        client: a boto3 DynamoDB client; created lazily when omitted.
+        rng: source of randomness for the counter choice (seedable in tests).
+        crash_hook: called with a crash-point name between writes; chaos testing
+            makes it raise. `None` in production.
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        *,
+        client: Any = None,
+        rng: random.Random | None = None,
+        crash_hook: Callable[[str], None] | None = None,
+        max_workers: int = 10,
+    ) -> None:
+        self.table_name = table_name
+        self._client = client
+        self._rng = rng or random.Random()
+        self._crash_hook = crash_hook
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ledger")
+        self._epochs: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = boto3.client("dynamodb")
+        return self._client
+
+    # ------------------------------------------------------------------ runs
+
+    def create_run(
+        self,
+        run_id: str,
+        job: JobDeclaration,
+        *,
+        segments: int = 1,
+        source_run: str | None = None,
+    ) -> tuple[RunRecord, bool]:
+        """Create the run if it does not exist. Returns (run, created).
+
+        Idempotent: a second call with the same run id returns the existing run
+        (created=False). The same run id for another job is an error.
+        """
+        now = utc_now_iso()
+        item = {
+            "pk": _run_pk(run_id),
+            "sk": "RUN",
+            "run_id": run_id,
+            "job": job.name,
+            "status": str(RunStatus.SPLITTING),
+            "shard_count": job.shard_count,
+            "counter_count": job.counter_count,
+            "expected": 0,
+            "pages": 0,
+            "split_done": False,
+            "targets_final": False,
+            "cursors": {str(s): "" for s in range(segments)},
+            "seg_counts": {str(s): 0 for s in range(segments)},
+            "created_at": now,
+            "source_run": source_run,
+            LEDGER_SCHEMA.runs_index_partition_key: f"JOB#{job.name}",
+            LEDGER_SCHEMA.runs_index_sort_key: f"{now}#{run_id}",
+        }
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=_to_ddb(item),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            return self._run_from_item(item), True
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+        existing = self.get_run(run_id)
+        if existing is None:  # pragma: no cover - a put that failed its condition means the item exists
+            raise LedgerError(f"run {run_id} exists but could not be read")
+        if existing.job != job.name:
+            raise LedgerError(f"run id {run_id} already belongs to job '{existing.job}', not '{job.name}'")
+        return existing, False
+
+    def get_run(self, run_id: str, *, consistent: bool = True) -> RunRecord | None:
+        resp = self.client.get_item(
+            TableName=self.table_name,
+            Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+            ConsistentRead=consistent,
+        )
+        if "Item" not in resp:
+            return None
+        return self._run_from_item(_from_ddb(resp["Item"]))
+
+    def require_run(self, run_id: str) -> RunRecord:
+        run = self.get_run(run_id)
+        if run is None:
+            raise RunNotFound(f"run {run_id} is not in the ledger ({self.table_name})")
+        return run
+
+    @staticmethod
+    def _run_from_item(item: dict[str, Any]) -> RunRecord:
+        return RunRecord(
+            run_id=item["run_id"],
+            job=item["job"],
+            status=RunStatus(item["status"]),
+            shard_count=int(item["shard_count"]),
+            counter_count=int(item["counter_count"]),
+            expected=int(item.get("expected", 0)),
+            split_done=bool(item.get("split_done", False)),
+            cursors={k: str(v) for k, v in item.get("cursors", {}).items()},
+            seg_counts={k: int(v) for k, v in item.get("seg_counts", {}).items()},
+            created_at=item["created_at"],
+            split_finished_at=item.get("split_finished_at"),
+            reduce_claimed_at=item.get("reduce_claimed_at"),
+            finished_at=item.get("finished_at"),
+            report_uri=item.get("report_uri"),
+            error=item.get("error"),
+            parts_done=frozenset(item.get("parts_done", set())),
+            targets_final=bool(item.get("targets_final", False)),
+            source_run=item.get("source_run"),
+            summary=json.loads(item["summary"]) if item.get("summary") else {},
+        )
+
+    def list_runs(self, job: str, *, limit: int = 20) -> list[RunRecord]:
+        """The newest runs of `job`, newest first."""
+        resp = self.client.query(
+            TableName=self.table_name,
+            IndexName=LEDGER_SCHEMA.runs_index,
+            KeyConditionExpression="#p = :p",
+            ExpressionAttributeNames={"#p": LEDGER_SCHEMA.runs_index_partition_key},
+            ExpressionAttributeValues=_to_ddb({":p": f"JOB#{job}"}),
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        return [self._run_from_item(_from_ddb(i)) for i in resp.get("Items", [])]
+
+    def active_runs(self, jobs: Iterable[str], *, limit: int = 100) -> list[RunRecord]:
+        """Runs of `jobs` that are not terminal (for the sweeper)."""
+        return [r for j in jobs for r in self.list_runs(j, limit=limit) if not r.status.terminal]
+
+    # ----------------------------------------------------------------- split
+
+    def account_page(self, run_id: str, *, segment: str, cursor_from: str, cursor_to: str, count: int) -> bool:
+        """Account one sent page: move the segment's cursor and add `count` expected tasks.
+
+        One conditional write on the run item: it succeeds only if the segment's cursor
+        is still `cursor_from`, so a page is accounted at most once. Returns False when
+        the cursor had already moved (a resumed splitter re-sent the page).
+        Raises `RunNotActive` if the run is no longer splitting (cancelled).
+        """
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+                UpdateExpression="SET cursors.#s = :to, seg_counts.#s = seg_counts.#s + :n ADD expected :n, pages :one",
+                ConditionExpression="cursors.#s = :from AND #st = :splitting",
+                ExpressionAttributeNames={"#s": segment, "#st": "status"},
+                ExpressionAttributeValues=_to_ddb(
+                    {":to": cursor_to, ":from": cursor_from, ":n": count, ":one": 1, ":splitting": "SPLITTING"}
+                ),
+            )
+            return True
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+        run = self.require_run(run_id)
+        if run.status is not RunStatus.SPLITTING:
+            raise RunNotActive(f"run {run_id} is {run.status}; it takes no more pages")
+        return False
+
+    def finish_split(self, run_id: str) -> bool:
+        """Mark the split done, fix the counters' targets, and run the completion check.
+
+        Idempotent (a resumed splitter or the sweeper may call it again).
+        Returns True if this call claimed the reduce (an empty or already finished run).
+        """
+        run = self.require_run(run_id)
+        if run.status is RunStatus.SPLITTING:
+            pending = [s for s, c in run.cursors.items() if c != CURSOR_DONE]
+            if pending:
+                raise LedgerError(f"run {run_id}: segments {pending} are not read to the end")
+            try:
+                self.client.update_item(
+                    TableName=self.table_name,
+                    Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+                    UpdateExpression="SET split_done = :t, #st = :running, split_finished_at = :now",
+                    ConditionExpression="#st = :splitting",
+                    ExpressionAttributeNames={"#st": "status"},
+                    ExpressionAttributeValues=_to_ddb(
+                        {":t": True, ":running": "RUNNING", ":splitting": "SPLITTING", ":now": utc_now_iso()}
+                    ),
+                )
+            except ClientError as exc:
+                if not _is_conditional_failure(exc):
+                    raise
+            run = self.require_run(run_id)
+        if run.status is not RunStatus.RUNNING or not run.split_done:
+            return False
+        if not run.targets_final:
+            self._set_targets(run)
+        return self.check_completion(run_id)
+
+    def _set_targets(self, run: RunRecord) -> None:
+        """Give every counter a `room` so that sum(done + room) == expected, exactly."""
+        run_id, expected = run.run_id, run.expected
+        for _ in range(100):
+            counters = self._read_counters(run_id, run.counter_count)
+            unset = [c for c in counters if c.room is None]
+            if unset:
+                known = sum(c.done + (c.room or 0) for c in counters)
+                remaining = max(expected - known, 0)
+                for i, c in enumerate(unset):
+                    share = remaining // len(unset) + (1 if i < remaining % len(unset) else 0)
+                    try:
+                        self.client.update_item(
+                            TableName=self.table_name,
+                            Key=_to_ddb({"pk": _counter_pk(run_id, c.index), "sk": "COUNT"}),
+                            UpdateExpression="SET room = :r",
+                            ConditionExpression="attribute_not_exists(room)",
+                            ExpressionAttributeValues=_to_ddb({":r": share}),
+                        )
+                    except ClientError as exc:
+                        if not _is_conditional_failure(exc):
+                            raise
+                continue
+            # Every counter has a room now, so done + room is stable under concurrent adds.
+            excess = sum(c.done + (c.room or 0) for c in counters) - expected
+            if excess == 0:
+                self.client.update_item(
+                    TableName=self.table_name,
+                    Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+                    UpdateExpression="SET targets_final = :t",
+                    ExpressionAttributeValues=_to_ddb({":t": True}),
+                )
+                return
+            if excess < 0:  # completions that raced the shares were fewer than estimated
+                self._adjust_room(run_id, counters[0].index, -excess)
+                continue
+            for c in sorted(counters, key=lambda c: -(c.room or 0)):
+                take = min(c.room or 0, excess)
+                if take <= 0:
+                    continue
+                if self._adjust_room(run_id, c.index, -take):
+                    excess -= take
+                if excess == 0:
+                    break
+        raise LedgerError(f"run {run_id}: could not settle the counter targets; the sweeper will retry")
+
+    def _adjust_room(self, run_id: str, j: int, delta: int) -> bool:
+        cond = "attribute_exists(room)" if delta >= 0 else "room >= :need"
+        values: dict[str, Any] = {":d": delta}
+        if delta < 0:
+            values[":need"] = -delta
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_to_ddb({"pk": _counter_pk(run_id, j), "sk": "COUNT"}),
+                UpdateExpression="ADD room :d",
+                ConditionExpression=cond,
+                ExpressionAttributeValues=_to_ddb(values),
+            )
+            return True
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+
+    # ----------------------------------------------------------- completions
+
+    def record_outcomes(self, run_id: str, counter_count: int, outcomes: list[TaskOutcome]) -> RecordResult:
+        """Record a batch of terminal task outcomes; count the new ones with one counter update.
+
+        Each task record is written once (conditional put): a duplicate delivery finds its
+        record and is not counted again. Then the batch's new successes and failures go to
+        one randomly chosen counter. If that update empties the counter's room, the full
+        completion check runs and may claim the reduce.
+        """
+        epoch = self._known_epoch(run_id, counter_count)
+        outcomes = list({o.task_id: o for o in outcomes}.values())  # one outcome per task in a batch
+        written = list(self._pool.map(lambda o: self._put_task(run_id, o), outcomes))
+        newly = [o for o, w in zip(outcomes, written, strict=True) if w]
+        dupes = [o.task_id for o, w in zip(outcomes, written, strict=True) if not w]
+        self._crash(CRASH_AFTER_TASK_WRITE)
+        if not newly:
+            return RecordResult([], dupes, True, False)
+        s = sum(1 for o in newly if o.state is TaskState.SUCCEEDED)
+        f = len(newly) - s
+        counted, emptied = self._count(run_id, counter_count, epoch, s, f)
+        self._crash(CRASH_AFTER_COUNTER_UPDATE)
+        claimed = self.check_completion(run_id) if emptied else False
+        return RecordResult([o.task_id for o in newly], dupes, counted, claimed)
+
+    def _crash(self, point: str) -> None:
+        if self._crash_hook is not None:
+            self._crash_hook(point)
+
+    def _put_task(self, run_id: str, o: TaskOutcome) -> bool:
+        item: dict[str, Any] = {
+            "pk": _shard_pk(run_id, o.shard),
+            "sk": f"T#{o.task_id}",
+            "task_id": o.task_id,
+            "state": str(o.state),
+            "attempts": o.attempts,
+            "item_id": o.item_id,
+            "finished_at": utc_now_iso(),
+            "error": o.error,
+        }
+        if o.result is not None:
+            item["result"] = json.dumps(o.result, separators=(",", ":"), default=str)
+        if o.state is TaskState.FAILED:
+            if o.item is not None:
+                item["item"] = json.dumps(o.item, separators=(",", ":"), default=str)
+            item["item_ref"] = o.item_ref
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=_to_ddb(item),
+                ConditionExpression="attribute_not_exists(sk)",
+            )
+            return True
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+
+    def _known_epoch(self, run_id: str, counter_count: int) -> int:
+        """The counters' epoch as last seen (read once per run per process)."""
+        with self._lock:
+            if run_id in self._epochs:
+                return self._epochs[run_id]
+        counters = self._read_counters(run_id, counter_count)
+        epoch = max((c.epoch for c in counters), default=0)
+        with self._lock:
+            self._epochs[run_id] = epoch
+        return epoch
+
+    def _count(self, run_id: str, counter_count: int, epoch: int, s: int, f: int) -> tuple[bool, bool]:
+        """Add s successes and f failures to counters. Returns (counted, emptied_a_counter)."""
+        n = s + f
+        order = list(range(counter_count))
+        self._rng.shuffle(order)
+        for j in order:
+            outcome = self._add(run_id, j, epoch, s, f, capped=None)
+            if outcome == "ok":
+                return True, False
+            if outcome == "emptied":
+                return True, True
+            if outcome == "fenced":
+                return False, False
+            # "no-room": this counter cannot take n; try the next one.
+        # No single counter has room for the whole batch: split it over the counters with room.
+        emptied = False
+        remaining_s, remaining_f = s, f
+        for _ in range(10):
+            counters = self._read_counters(run_id, counter_count)
+            if any(c.epoch != epoch for c in counters):
+                self._forget_epoch(run_id)
+                return False, False
+            for c in sorted(counters, key=lambda c: -(c.room or 0)):
+                room = c.room or 0
+                if room <= 0 or remaining_s + remaining_f == 0:
+                    continue
+                take_s = min(room, remaining_s)
+                take_f = min(room - take_s, remaining_f)
+                out = self._add(run_id, c.index, epoch, take_s, take_f, capped=True)
+                if out in ("ok", "emptied"):
+                    remaining_s -= take_s
+                    remaining_f -= take_f
+                    emptied = emptied or out == "emptied"
+            if remaining_s + remaining_f == 0:
+                return True, emptied
+        raise LedgerError(
+            f"run {run_id}: no counter has room for {remaining_s + remaining_f} completions of {n}; "
+            "more tasks completed than were accounted — the sweeper's repair will recount"
+        )
+
+    def _add(self, run_id: str, j: int, epoch: int, s: int, f: int, *, capped: bool | None) -> str:
+        n = s + f
+        epoch_clause = "attribute_not_exists(epoch)" if epoch == 0 else "epoch = :e"
+        values: dict[str, Any] = {":s": s, ":f": f, ":n": n}
+        if epoch:
+            values[":e"] = epoch
+        attempts = [True, False] if capped is None else [capped]
+        for cap in attempts:
+            if cap:
+                expr = "ADD succeeded :s, failed :f, done :n, room :neg"
+                cond = f"room >= :n AND {epoch_clause}"
+                vals = {**values, ":neg": -n}
+            else:
+                expr = "ADD succeeded :s, failed :f, done :n"
+                cond = f"attribute_not_exists(room) AND {epoch_clause}"
+                vals = values
+            try:
+                resp = self.client.update_item(
+                    TableName=self.table_name,
+                    Key=_to_ddb({"pk": _counter_pk(run_id, j), "sk": "COUNT"}),
+                    UpdateExpression=expr,
+                    ConditionExpression=cond,
+                    ExpressionAttributeValues=_to_ddb(vals),
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                if not _is_conditional_failure(exc):
+                    raise
+                old = _from_ddb(exc.response.get("Item", {}) or {})
+                if int(old.get("epoch", 0)) != epoch:
+                    self._forget_epoch(run_id)
+                    return "fenced"
+                if cap and "room" not in old:
+                    continue  # targets not set yet: the uncapped form applies
+                if not cap and "room" in old:
+                    continue  # targets were just set: the capped form applies
+                return "no-room"
+            new = _from_ddb(resp["Attributes"])
+            return "emptied" if "room" in new and int(new["room"]) == 0 else "ok"
+        return "no-room"
+
+    def _forget_epoch(self, run_id: str) -> None:
+        with self._lock:
+            self._epochs.pop(run_id, None)
+
+    def _read_counters(self, run_id: str, counter_count: int) -> list[_Counter]:
+        keys = [_to_ddb({"pk": _counter_pk(run_id, j), "sk": "COUNT"}) for j in range(counter_count)]
+        found: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(keys), 100):
+            request = {self.table_name: {"Keys": keys[start : start + 100], "ConsistentRead": True}}
+            for _ in range(20):
+                resp = self.client.batch_get_item(RequestItems=request)
+                for raw in resp.get("Responses", {}).get(self.table_name, []):
+                    item = _from_ddb(raw)
+                    found[int(item["pk"].rsplit("#C", 1)[1])] = item
+                request = resp.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(0.05)
+        return [
+            _Counter(
+                index=j,
+                succeeded=int(found.get(j, {}).get("succeeded", 0)),
+                failed=int(found.get(j, {}).get("failed", 0)),
+                done=int(found.get(j, {}).get("done", 0)),
+                room=int(found[j]["room"]) if j in found and "room" in found[j] else None,
+                epoch=int(found.get(j, {}).get("epoch", 0)),
+            )
+            for j in range(counter_count)
+        ]
+
+    def check_completion(self, run_id: str) -> bool:
+        """Claim the reduce if the split is done and every task is terminal. True exactly once per run."""
+        run = self.require_run(run_id)
+        if run.status is not RunStatus.RUNNING or not run.split_done:
+            return False
+        counters = self._read_counters(run_id, run.counter_count)
+        succeeded = sum(c.succeeded for c in counters)
+        failed = sum(c.failed for c in counters)
+        if succeeded + failed < run.expected:
+            return False
+        if succeeded + failed > run.expected:
+            raise LedgerError(
+                f"run {run_id}: counters say {succeeded + failed} done but {run.expected} expected; "
+                "refusing to reduce — run the sweeper's repair"
+            )
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+                UpdateExpression="SET #st = :reducing, reduce_claimed_at = :now, succeeded = :s, failed = :f",
+                ConditionExpression="#st = :running AND split_done = :t",
+                ExpressionAttributeNames={"#st": "status"},
+                ExpressionAttributeValues=_to_ddb(
+                    {
+                        ":reducing": "REDUCING",
+                        ":running": "RUNNING",
+                        ":t": True,
+                        ":now": utc_now_iso(),
+                        ":s": succeeded,
+                        ":f": failed,
+                    }
+                ),
+            )
+            return True
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+
+    # -------------------------------------------------------------- progress
+
+    def progress(self, run_id: str) -> Progress:
+        run = self.require_run(run_id)
+        counters = self._read_counters(run_id, run.counter_count)
+        return Progress(
+            run_id=run.run_id,
+            job=run.job,
+            status=run.status,
+            expected=run.expected,
+            succeeded=sum(c.succeeded for c in counters),
+            failed=sum(c.failed for c in counters),
+            split_done=run.split_done,
+            created_at=run.created_at,
+            finished_at=run.finished_at,
+            report_uri=run.report_uri,
+            error=run.error,
+        )
+
+    def iter_results(self, run_id: str, shard: int) -> Iterator[TaskRecord]:
+        """Every task record of one shard, in task-id order, page by page."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :p AND begins_with(sk, :t)",
+            "ExpressionAttributeValues": _to_ddb({":p": _shard_pk(run_id, shard), ":t": "T#"}),
+            "ConsistentRead": True,
+        }
+        while True:
+            resp = self.client.query(**kwargs)
+            for raw in resp.get("Items", []):
+                item = _from_ddb(raw)
+                yield TaskRecord(
+                    task_id=item["task_id"],
+                    shard=shard,
+                    state=TaskState(item["state"]),
+                    attempts=int(item.get("attempts", 0)),
+                    item_id=item.get("item_id"),
+                    result=json.loads(item["result"]) if item.get("result") else None,
+                    error=item.get("error"),
+                    finished_at=item["finished_at"],
+                    item=json.loads(item["item"]) if item.get("item") else None,
+                    item_ref=item.get("item_ref"),
+                )
+            if "LastEvaluatedKey" not in resp:
+                return
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def iter_failed(self, run_id: str) -> Iterator[TaskRecord]:
+        run = self.require_run(run_id)
+        for k in range(run.shard_count):
+            yield from (t for t in self.iter_results(run_id, k) if t.state is TaskState.FAILED)
+
+    def task_exists(self, run_id: str, shard: int, task_id: str) -> bool:
+        resp = self.client.get_item(
+            TableName=self.table_name,
+            Key=_to_ddb({"pk": _shard_pk(run_id, shard), "sk": f"T#{task_id}"}),
+            ProjectionExpression="pk",
+            ConsistentRead=True,
+        )
+        return "Item" in resp
+
+    # ---------------------------------------------------------------- cancel
+
+    def cancel(self, run_id: str) -> bool:
+        """Cancel a run that is splitting or running. Returns False if it had already ended."""
+        self.require_run(run_id)
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+                UpdateExpression="SET #st = :c, finished_at = :now",
+                ConditionExpression="#st IN (:sp, :ru)",
+                ExpressionAttributeNames={"#st": "status"},
+                ExpressionAttributeValues=_to_ddb(
+                    {":c": "CANCELLED", ":now": utc_now_iso(), ":sp": "SPLITTING", ":ru": "RUNNING"}
+                ),
+            )
+            return True
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+
+    # ---------------------------------------------------------------- reduce
+
+    def record_reduce_part(self, run_id: str, shard: int) -> bool:
+        """Record that shard `shard` is reduced. True for exactly one caller: the one that
+        completed the last part and so claims the finalize step."""
+        resp = self.client.update_item(
+            TableName=self.table_name,
+            Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+            UpdateExpression="ADD parts_done :p",
+            ConditionExpression="#st = :reducing",
+            ExpressionAttributeNames={"#st": "status"},
+            ExpressionAttributeValues=_to_ddb({":p": {f"{shard:03d}"}, ":reducing": "REDUCING"}),
+            ReturnValues="ALL_NEW",
+        )
+        item = _from_ddb(resp["Attributes"])
+        if len(item.get("parts_done", set())) < int(item["shard_count"]):
+            return False
+        return self.claim_finalize(run_id)
+
+    def claim_finalize(self, run_id: str, *, reclaim_before: str | None = None) -> bool:
+        """Claim the finalize step once (or again, if the earlier claim is older than `reclaim_before`)."""
+        cond = "#st = :reducing AND attribute_not_exists(finalize_claimed_at)"
+        values: dict[str, Any] = {":reducing": "REDUCING", ":now": utc_now_iso()}
+        if reclaim_before:
+            cond = "#st = :reducing AND (attribute_not_exists(finalize_claimed_at) OR finalize_claimed_at < :old)"
+            values[":old"] = reclaim_before
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+                UpdateExpression="SET finalize_claimed_at = :now",
+                ConditionExpression=cond,
+                ExpressionAttributeNames={"#st": "status"},
+                ExpressionAttributeValues=_to_ddb(values),
+            )
+            return True
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+
+    def finish_run(
+        self, run_id: str, *, tolerated_failure_pct: float, report_uri: str, summary: dict[str, Any] | None = None
+    ) -> RunStatus | None:
+        """End a reducing run: SUCCEEDED, or FAILED when failures exceed the tolerance.
+
+        Returns the final status, or None if the run was not reducing (already ended).
+        """
+        run = self.require_run(run_id)
+        if run.status is not RunStatus.REDUCING:
+            return None
+        prog = self.progress(run_id)
+        failed_pct = 100.0 * prog.failed / prog.expected if prog.expected else 0.0
+        status = RunStatus.FAILED if failed_pct > tolerated_failure_pct else RunStatus.SUCCEEDED
+        error = (
+            f"{prog.failed} of {prog.expected} tasks failed ({failed_pct:.2f}%), above the tolerated "
+            f"{tolerated_failure_pct}%"
+            if status is RunStatus.FAILED
+            else None
+        )
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+                UpdateExpression="SET #st = :s, finished_at = :now, report_uri = :r, summary = :sum, #err = :e",
+                ConditionExpression="#st = :reducing",
+                ExpressionAttributeNames={"#st": "status", "#err": "error"},
+                ExpressionAttributeValues=_to_ddb(
+                    {
+                        ":s": str(status),
+                        ":now": utc_now_iso(),
+                        ":r": report_uri,
+                        ":sum": json.dumps(summary or {}, default=str),
+                        ":e": error or "",
+                        ":reducing": "REDUCING",
+                    }
+                ),
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return None
+            raise
+        return status
+
+    def fail_run(self, run_id: str, error: str) -> bool:
+        """End a non-terminal run FAILED with `error` (e.g. its reduce failed for good)."""
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+                UpdateExpression="SET #st = :f, finished_at = :now, #err = :e",
+                ConditionExpression="#st IN (:sp, :ru, :re)",
+                ExpressionAttributeNames={"#st": "status", "#err": "error"},
+                ExpressionAttributeValues=_to_ddb(
+                    {
+                        ":f": "FAILED",
+                        ":now": utc_now_iso(),
+                        ":e": error,
+                        ":sp": "SPLITTING",
+                        ":ru": "RUNNING",
+                        ":re": "REDUCING",
+                    }
+                ),
+            )
+            return True
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+
+    # ---------------------------------------------------------------- repair
+
+    def repair_counters(self, run_id: str) -> tuple[int, int]:
+        """Recount the run's task records and rewrite its counters (sweeper).
+
+        Inside an epoch fence: (1) move every counter to epoch e+1 (a transaction that
+        fails if another repair is under way), (2) recount the task records, (3) rewrite
+        every counter with the recount and epoch e+2. A forwarder's counter update is
+        conditional on the epoch it saw before it wrote its tasks, so an update that
+        could double-count a recounted task is refused (those tasks stay counted by the
+        recount, or uncounted until the next repair: never counted twice).
+        Returns the recounted (succeeded, failed).
+        """
+        run = self.require_run(run_id)
+        k = run.counter_count
+        counters = self._read_counters(run_id, k)
+        epoch = max(c.epoch for c in counters)
+        if epoch % 2 == 1:
+            raise LedgerError(f"run {run_id}: a counter repair is already under way (epoch {epoch})")
+        self._transact_counters(
+            run_id,
+            k,
+            lambda j: {
+                "UpdateExpression": "SET epoch = :next",
+                "ConditionExpression": "attribute_not_exists(epoch) OR epoch = :e",
+                "ExpressionAttributeValues": _to_ddb({":next": epoch + 1, ":e": epoch}),
+            },
+        )
+        self._forget_epoch(run_id)
+        succeeded = failed = 0
+        for shard in range(run.shard_count):
+            for task in self.iter_results(run_id, shard):
+                if task.state is TaskState.SUCCEEDED:
+                    succeeded += 1
+                else:
+                    failed += 1
+        run = self.require_run(run_id)
+        if run.split_done and succeeded + failed > run.expected:
+            raise LedgerError(f"run {run_id}: {succeeded + failed} task records but {run.expected} expected")
+        plan = _spread(succeeded, failed, k, run.expected if run.split_done else None)
+
+        def rewrite(j: int) -> dict[str, Any]:
+            s_j, f_j, room_j = plan[j]
+            values = {":s": s_j, ":f": f_j, ":d": s_j + f_j, ":e1": epoch + 1, ":e2": epoch + 2}
+            expr = "SET succeeded = :s, failed = :f, done = :d, epoch = :e2"
+            if room_j is None:
+                expr += " REMOVE room"
+            else:
+                expr += ", room = :r"
+                values[":r"] = room_j
+            return {
+                "UpdateExpression": expr,
+                "ConditionExpression": "epoch = :e1",
+                "ExpressionAttributeValues": _to_ddb(values),
+            }
+
+        self._transact_counters(run_id, k, rewrite)
+        if run.split_done:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+                UpdateExpression="SET targets_final = :t",
+                ExpressionAttributeValues=_to_ddb({":t": True}),
+            )
+        return succeeded, failed
+
+    def _transact_counters(self, run_id: str, k: int, update_for: Callable[[int], dict[str, Any]]) -> None:
+        items = [
+            {
+                "Update": {
+                    "TableName": self.table_name,
+                    "Key": _to_ddb({"pk": _counter_pk(run_id, j), "sk": "COUNT"}),
+                    **update_for(j),
+                }
+            }
+            for j in range(k)
+        ]
+        try:
+            self.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                raise LedgerError(
+                    f"run {run_id}: counter repair raced another repair or a forwarder; try again"
+                ) from exc
+            raise
+
+
+def _spread(succeeded: int, failed: int, k: int, expected: int | None) -> list[tuple[int, int, int | None]]:
+    """Spread recounted totals over k counters; with `expected`, give each a room so that
+    sum(done + room) == expected."""
+    if expected is None:
+        return [(succeeded, failed, None)] + [(0, 0, None)] * (k - 1)
+    plan: list[tuple[int, int, int | None]] = []
+    s_left, f_left = succeeded, failed
+    for j in range(k):
+        target = expected // k + (1 if j < expected % k else 0)
+        s_j = min(target, s_left)
+        f_j = min(target - s_j, f_left)
+        s_left -= s_j
+        f_left -= f_j
+        plan.append((s_j, f_j, target - s_j - f_j))
+    return plan
+
+
+def ledger_table_definition(table_name: str) -> dict[str, Any]:
+    """`create_table` arguments for the ledger (tests and tools; the CDK construct builds the
+    same keys from `LEDGER_SCHEMA`)."""
+    s = LEDGER_SCHEMA
+    return {
+        "TableName": table_name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": name, "AttributeType": "S"}
+            for name in (s.partition_key, s.sort_key, s.runs_index_partition_key, s.runs_index_sort_key)
+        ],
+        "KeySchema": [
+            {"AttributeName": s.partition_key, "KeyType": "HASH"},
+            {"AttributeName": s.sort_key, "KeyType": "RANGE"},
+        ],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": s.runs_index,
+                "KeySchema": [
+                    {"AttributeName": s.runs_index_partition_key, "KeyType": "HASH"},
+                    {"AttributeName": s.runs_index_sort_key, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    }
