@@ -852,6 +852,31 @@ class Ledger:
                 return False
             raise
 
+    def claim_email(self, run_id: str) -> bool:
+        """Claim the right to send the run's report email. True exactly once per run
+        (until `release_email` gives it back after a failed send)."""
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+                UpdateExpression="SET email_claimed_at = :now",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(email_claimed_at)",
+                ExpressionAttributeValues=_to_ddb({":now": utc_now_iso()}),
+            )
+            return True
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+
+    def release_email(self, run_id: str) -> None:
+        """Give back an email claim whose send failed, so that a retried finalize sends it."""
+        self.client.update_item(
+            TableName=self.table_name,
+            Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+            UpdateExpression="REMOVE email_claimed_at",
+        )
+
     def finish_run(
         self, run_id: str, *, tolerated_failure_pct: float, report_uri: str, summary: dict[str, Any] | None = None
     ) -> RunStatus | None:
