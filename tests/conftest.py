@@ -1,0 +1,61 @@
+"""Shared fixtures: in-process AWS (moto) and a ledger table built from LEDGER_SCHEMA."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from microprocess.ledger import Ledger, ledger_table_definition
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach a real AWS account: fake credentials, fixed region."""
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_REGION", REGION)
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def ddb(aws: None) -> Any:
+    return boto3.client("dynamodb", region_name=REGION)
+
+
+@pytest.fixture
+def ledger_table(ddb: Any) -> str:
+    ddb.create_table(**ledger_table_definition("ledger"))
+    return "ledger"
+
+
+@pytest.fixture
+def ledger(ddb: Any, ledger_table: str) -> Ledger:
+    return Ledger(ledger_table, client=ddb, rng=random.Random(7))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Heavy suites share one xdist worker each (make test uses --dist loadgroup).
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+        elif item.get_closest_marker("infra"):
+            item.add_marker(pytest.mark.xdist_group("infra"))
+
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
