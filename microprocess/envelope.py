@@ -95,7 +95,9 @@ class TaskEnvelope(BaseModel):
         if not isinstance(data, dict):
             raise MalformedEnvelope(f"body is JSON {type(data).__name__}, expected an object")
         if data.get("v") not in (None, ENVELOPE_VERSION):
-            raise MalformedEnvelope(f"envelope version {data.get('v')!r} is not supported (expected {ENVELOPE_VERSION})")
+            raise MalformedEnvelope(
+                f"envelope version {data.get('v')!r} is not supported (expected {ENVELOPE_VERSION})"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
