@@ -60,7 +60,7 @@ def test_create_run_is_idempotent_and_refuses_another_job(ledger: Ledger) -> Non
     assert again.created_at == run.created_at and again.status is RunStatus.SPLITTING
     # AND the same id for another job is refused with a message naming both jobs
     other = declare(**{**JOB.model_dump(), "name": "other-job"})
-    with pytest.raises(LedgerError, match="credit-scores.*other-job"):
+    with pytest.raises(LedgerError, match=r"credit-scores.*other-job"):
         ledger.create_run("r1", other)
 
 

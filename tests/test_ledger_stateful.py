@@ -95,7 +95,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.cursor = nxt
         self.accounted += n
 
-    @precondition(lambda self: self.accounted == self.source and self.cursor == CURSOR_DONE or self.source == 0)
+    @precondition(lambda self: (self.accounted == self.source and self.cursor == CURSOR_DONE) or self.source == 0)
     @rule()
     def finish_split(self) -> None:
         if self.source == 0 and self.cursor != CURSOR_DONE:
