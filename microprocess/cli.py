@@ -1,0 +1,644 @@
+"""`microprocess`: start, watch, cancel and retry runs; run the embedded local stack.
+
+Against the local stack by default (its endpoint and stack outputs come from
+`.microprocess/local.json`), or AWS with `--target aws` (the `Microprocess-Cloud`
+stack's outputs, read with CloudFormation).
+
+Exit codes: 0 done (a waited run SUCCEEDED); 1 the operation failed or the run did not
+succeed; 2 bad input (unknown job, bad option); 3 no local stack / no deployed stack;
+4 `--wait` timed out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn
+
+import boto3
+import typer
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from rich.console import Console
+from rich.table import Table
+
+from microprocess.jobs import JOBS, UnknownJobError
+from microprocess.ledger import Ledger, Progress, RunNotFound, RunStatus
+from microprocess.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
+from microprocess.splitter import new_run_id
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NO_STACK = 3
+EXIT_TIMEOUT = 4
+
+CLOUD_STACK = "Microprocess-Cloud"
+#: The keys of `status --json` (the ledger's progress without its `error`).
+STATUS_KEYS = (
+    "run_id",
+    "job",
+    "status",
+    "expected",
+    "succeeded",
+    "failed",
+    "pending",
+    "split_done",
+    "started_at",
+    "finished_at",
+    "report_uri",
+)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    name="microprocess",
+    help="Run background jobs as millions of small pushed tasks, on AWS or on this laptop.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+local_app = typer.Typer(help="The embedded local stack (ministack + the CDK app's local stage).", no_args_is_help=True)
+app.add_typer(local_app, name="local")
+
+
+class Target(StrEnum):
+    local = "local"
+    aws = "aws"
+
+
+TargetOption = Annotated[
+    Target,
+    typer.Option("--target", envvar="MICROPROCESS_TARGET", help="The local stack or the AWS deployment."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the run with a progress bar until it ends.")]
+TimeoutOption = Annotated[float, typer.Option("--timeout", min=1, help="Give up waiting after this many seconds.")]
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", markup=True)
+    raise typer.Exit(code)
+
+
+# ----------------------------------------------------------------------------- deployments
+
+
+@dataclass
+class Deployment:
+    """A deployed stack the CLI works against.
+
+    Attributes:
+        name: what to call it in messages.
+        outputs: the stack outputs (`LedgerTable`, `SplitterFunctionName`, `TaskQueueUrl`, ...).
+        client: makes a boto3 client for a service name.
+        endpoint_url: the emulator's endpoint (local stack only).
+        logs_hint: where to look when a function misbehaves.
+    """
+
+    name: str
+    outputs: dict[str, str]
+    client: Callable[[str], Any]
+    endpoint_url: str | None = None
+    logs_hint: str = ""
+
+    def output(self, key: str) -> str:
+        value = self.outputs.get(key)
+        if not value:
+            fail(f"the {self.name} stack has no output '{key}' (it has {sorted(self.outputs)})", EXIT_NO_STACK)
+        return value
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.output("LedgerTable"), client=self.client("dynamodb"))
+
+
+def _local_deployment() -> Deployment:
+    from microprocess.local import NoLocalStack, Workspace, aws_client, read_live_state
+
+    ws = Workspace.discover()
+    try:
+        state = read_live_state(ws.state_file)
+    except NoLocalStack as exc:
+        fail(str(exc), EXIT_NO_STACK)
+    return Deployment(
+        name="local",
+        outputs=state.outputs,
+        client=lambda service: aws_client(service, state.endpoint_url, max_pool_connections=20),
+        endpoint_url=state.endpoint_url,
+        logs_hint=f"see {ws.logs}/ministack.log",
+    )
+
+
+def _aws_deployment() -> Deployment:
+    session = boto3.session.Session()
+    config = Config(retries={"max_attempts": 5, "mode": "standard"})
+    try:
+        stacks = session.client("cloudformation", config=config).describe_stacks(StackName=CLOUD_STACK)["Stacks"]
+    except NoCredentialsError:
+        fail("no AWS credentials found; configure a profile (AWS_PROFILE) or use the local stack (--target local)", 3)
+    except ClientError as exc:
+        if "does not exist" in str(exc):
+            fail(f"stack {CLOUD_STACK} is not deployed in {session.region_name}; deploy it with `cdk deploy`", 3)
+        fail(f"cannot read stack {CLOUD_STACK}: {exc}", EXIT_NO_STACK)
+    except BotoCoreError as exc:
+        fail(f"cannot reach AWS: {exc}", EXIT_NO_STACK)
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    return Deployment(
+        name=f"AWS ({CLOUD_STACK}, {session.region_name})",
+        outputs=outputs,
+        client=lambda service: session.client(service, config=config),
+        logs_hint="see the function's CloudWatch Logs",
+    )
+
+
+def connect(target: Target) -> Deployment:
+    """The deployment for `target` (tests replace this)."""
+    return _local_deployment() if target is Target.local else _aws_deployment()
+
+
+# ----------------------------------------------------------------------------- operations
+
+
+def _job_or_fail(job: str) -> str:
+    try:
+        return JOBS.get(job).name
+    except UnknownJobError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+@contextmanager
+def _ledger_errors(dep: Deployment) -> Iterator[None]:
+    try:
+        yield
+    except RunNotFound as exc:
+        fail(f"unknown run: {exc}; list runs with `microprocess runs`")
+    except NoCredentialsError:
+        fail("no AWS credentials found", EXIT_NO_STACK)
+    except ClientError as exc:
+        fail(f"the {dep.name} stack refused the request: {exc}")
+    except BotoCoreError as exc:
+        hint = " Is the local stack still running? (`microprocess local up`)" if dep.endpoint_url else ""
+        fail(f"cannot reach the {dep.name} stack: {exc}.{hint}", EXIT_NO_STACK)
+
+
+def start_run(dep: Deployment, payload: dict[str, Any]) -> None:
+    """Invoke the splitter asynchronously with `payload`, as the schedule does."""
+    resp = dep.client("lambda").invoke(
+        FunctionName=dep.output("SplitterFunctionName"),
+        InvocationType="Event",
+        Payload=json.dumps(payload).encode(),
+    )
+    if resp.get("StatusCode") != 202:
+        fail(f"the splitter did not accept the start (HTTP {resp.get('StatusCode')}); {dep.logs_hint}")
+
+
+def status_dict(progress: Progress) -> dict[str, Any]:
+    full = progress.as_dict()
+    return {k: full[k] for k in STATUS_KEYS}
+
+
+def wait_for(dep: Deployment, run_id: str, *, timeout_s: float, show: bool) -> Progress:
+    ledger = dep.ledger()
+    try:
+        return watch_run(
+            ledger,
+            run_id,
+            sqs=dep.client("sqs"),
+            queue_url=dep.outputs.get("TaskQueueUrl"),
+            dlq_url=dep.outputs.get("DeadLetterQueueUrl"),
+            timeout_s=timeout_s,
+            console=err,
+            show=show,
+        )
+    except RunNeverStarted as exc:
+        fail(f"{exc}; {dep.logs_hint}")
+    except WaitTimeout as exc:
+        fail(f"{exc}; follow it with `microprocess status {run_id}`", EXIT_TIMEOUT)
+
+
+def _print_status(progress: Progress) -> None:
+    d = progress.as_dict()
+    table = Table(show_header=False, box=None)
+    for key in STATUS_KEYS:
+        table.add_row(key, "" if d[key] is None else str(d[key]))
+    if d.get("error"):
+        table.add_row("error", f"[red]{d['error']}[/]")
+    out.print(table)
+
+
+def _finish_waited(progress: Progress, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(status_dict(progress)))
+    else:
+        _print_status(progress)
+    if progress.status is not RunStatus.SUCCEEDED:
+        raise typer.Exit(EXIT_FAILED)
+
+
+# ----------------------------------------------------------------------------- run commands
+
+
+@app.command()
+def run(
+    job: Annotated[str, typer.Argument(help="A declared job, e.g. credit-scores.")],
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = 600.0,
+    target: TargetOption = Target.local,
+) -> None:
+    """Start a run of JOB the way its schedule does (an asynchronous splitter invocation)."""
+    job = _job_or_fail(job)
+    dep = connect(target)
+    run_id = new_run_id(job)
+    with _ledger_errors(dep):
+        start_run(dep, {"job": job, "run_id": run_id, "source": "manual"})
+        if as_json:
+            out.print(json.dumps({"run_id": run_id}))
+        else:
+            out.print(f"started run [bold]{run_id}[/]")
+        if wait:
+            _finish_waited(wait_for(dep, run_id, timeout_s=timeout, show=True), as_json)
+
+
+@app.command()
+def status(
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run id.")],
+    as_json: JsonOption = False,
+    target: TargetOption = Target.local,
+) -> None:
+    """Show the progress of RUN."""
+    dep = connect(target)
+    with _ledger_errors(dep):
+        progress = dep.ledger().progress(run_id)
+    if as_json:
+        out.print(json.dumps(status_dict(progress)))
+    else:
+        _print_status(progress)
+
+
+@app.command()
+def runs(
+    job: Annotated[str | None, typer.Option("--job", help="Only this job's runs.")] = None,
+    as_json: JsonOption = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Newest runs per job.")] = 20,
+    target: TargetOption = Target.local,
+) -> None:
+    """List the newest runs of one job, or of every declared job."""
+    jobs = [_job_or_fail(job)] if job else JOBS.names()
+    dep = connect(target)
+    with _ledger_errors(dep):
+        ledger = dep.ledger()
+        found = [status_dict(ledger.progress(r.run_id)) for j in jobs for r in ledger.list_runs(j, limit=limit)]
+    found.sort(key=lambda d: d["started_at"], reverse=True)
+    if as_json:
+        out.print(json.dumps(found))
+        return
+    if not found:
+        out.print(f"no runs of {', '.join(jobs)}")
+        return
+    table = Table("run", "status", "done", "failed", "expected", "started", "finished")
+    for d in found:
+        table.add_row(
+            d["run_id"],
+            d["status"],
+            str(d["succeeded"] + d["failed"]),
+            str(d["failed"]),
+            str(d["expected"]),
+            d["started_at"] or "",
+            d["finished_at"] or "",
+        )
+    out.print(table)
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    target: TargetOption = Target.local,
+) -> None:
+    """Cancel RUN: no more service calls within one visibility timeout; its messages are dropped."""
+    dep = connect(target)
+    with _ledger_errors(dep):
+        ledger = dep.ledger()
+        if not ledger.cancel(run_id):
+            fail(f"run {run_id} has already ended ({ledger.require_run(run_id).status}); nothing to cancel")
+    out.print(f"cancelled run [bold]{run_id}[/]; its remaining messages are acknowledged without calls")
+
+
+@app.command("retry-failed")
+def retry_failed(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    wait: WaitOption = False,
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = 600.0,
+    target: TargetOption = Target.local,
+) -> None:
+    """Start a new run over the failed tasks of RUN."""
+    dep = connect(target)
+    with _ledger_errors(dep):
+        ledger = dep.ledger()
+        progress = ledger.progress(run_id)
+        if not progress.status.terminal:
+            fail(f"run {run_id} is still {progress.status}; retry its failures once it has ended (or cancel it)")
+        if progress.failed == 0:
+            if as_json:
+                out.print(json.dumps({"run_id": None, "retry_of": run_id, "failed": 0}))
+            else:
+                out.print(f"run {run_id} has no failed tasks; nothing to retry")
+            return
+        new_id = new_run_id(progress.job)
+        start_run(dep, {"job": progress.job, "run_id": new_id, "retry_of": run_id, "source": "manual"})
+        if as_json:
+            out.print(json.dumps({"run_id": new_id, "retry_of": run_id, "failed": progress.failed}))
+        else:
+            out.print(f"started run [bold]{new_id}[/] over the {progress.failed} failed tasks of {run_id}")
+        if wait:
+            _finish_waited(wait_for(dep, new_id, timeout_s=timeout, show=True), as_json)
+
+
+def _split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        fail(f"report URI {uri!r} is not s3://bucket/prefix")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+def download_report(dep: Deployment, run_id: str, out_dir: Path) -> list[Path]:
+    """Download every object under the run's report prefix to `out_dir/<run_id>/`."""
+    progress = dep.ledger().progress(run_id)
+    if not progress.report_uri:
+        fail(f"run {run_id} has no report yet (it is {progress.status})")
+    bucket, prefix = _split_s3_uri(progress.report_uri)
+    s3 = dep.client("s3")
+    keys = _list_keys(s3, bucket, prefix)
+    if not keys and not prefix.endswith("/"):
+        # The URI names one object of the report: take its whole folder.
+        prefix = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        keys = _list_keys(s3, bucket, prefix)
+    elif keys == [prefix] and "/" in prefix:
+        prefix = prefix.rsplit("/", 1)[0] + "/"
+        keys = _list_keys(s3, bucket, prefix)
+    if not keys:
+        fail(f"nothing under {progress.report_uri}")
+    base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
+    target_dir = out_dir / run_id
+    written: list[Path] = []
+    for key in keys:
+        rel = key[len(base) :] if key.startswith(base) else key.rsplit("/", 1)[-1]
+        path = (target_dir / rel).resolve()
+        if target_dir.resolve() not in path.parents:
+            continue  # a key with `..` must not write outside the folder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, key, str(path))
+        written.append(path)
+    return written
+
+
+def _list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/"))
+    return keys
+
+
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to download into (the run gets a subfolder).")] = Path(
+        "out"
+    ),
+    target: TargetOption = Target.local,
+) -> None:
+    """Download the report of RUN to OUT/<run id>/."""
+    dep = connect(target)
+    with _ledger_errors(dep):
+        written = download_report(dep, run_id, out_dir)
+    for path in written:
+        out.print(str(path))
+
+
+# ----------------------------------------------------------------------------- local stack
+
+
+def _workspace() -> Any:
+    from microprocess.local import Workspace
+
+    return Workspace.discover()
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@local_app.command("up")
+def local_up(
+    companies: Annotated[int, typer.Option(min=0, help="Companies to seed into the companies table.")] = 10_000,
+    chaos: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="Fault file for the queue service and functions.")
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Return once the stack is up (stop it with `local down`).")
+    ] = False,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request the services take.")] = False,
+) -> None:
+    """Start the local stack: ministack, the deployed local stage, both services; seed the companies."""
+    from microprocess.local import LocalStack, LocalStackError, StackAlreadyRunning, UpOptions
+
+    ws = _workspace()
+    stack = LocalStack(ws, echo=lambda line: err.print(line))
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        state = stack.up(UpOptions(companies=companies, chaos=chaos, access_log=access_log))
+    except StackAlreadyRunning as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        err.print("interrupted; stopped what was started")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # every start failure has a message that says what to do
+        fail(f"the local stack did not start: {exc}" if not isinstance(exc, LocalStackError) else str(exc))
+    out.print(f"local stack up in {stack.timings.line()}")
+    out.print(f"endpoint {state.endpoint_url}; services {state.services}; state in {ws.state_file}")
+    if detach:
+        out.print("stop it with `microprocess local down`")
+        return
+    out.print("Ctrl-C stops it.")
+    try:
+        exited = stack.wait()
+        err.print(f"[red]{stack.exited_message(exited)}[/]")
+        code = EXIT_FAILED
+    except KeyboardInterrupt:
+        code = 0
+    stack.down()
+    raise typer.Exit(code)
+
+
+@local_app.command("down")
+def local_down() -> None:
+    """Stop the local stack started by `local up` (only the processes it started)."""
+    from microprocess.local import LocalStackError, NoLocalStack, stop_recorded
+
+    ws = _workspace()
+    try:
+        stopped = stop_recorded(ws, echo=lambda line: None)
+    except NoLocalStack:
+        out.print("no local stack is running")
+        return
+    except LocalStackError as exc:
+        fail(str(exc))
+    out.print(f"stopped {', '.join(stopped)}" if stopped else "the local stack had already stopped")
+
+
+@local_app.command("status")
+def local_status(as_json: JsonOption = False) -> None:
+    """Show the running local stack (from local.json)."""
+    from microprocess.local import NoLocalStack, read_state
+
+    ws = _workspace()
+    try:
+        state = read_state(ws.state_file)
+    except NoLocalStack as exc:
+        fail(str(exc), EXIT_NO_STACK)
+    running = state.running()
+    if as_json:
+        out.print(json.dumps({**state.model_dump(), "running": running}))
+        return
+    out.print(f"endpoint {state.endpoint_url} (region {state.region}); services {state.services}")
+    for name, pid in state.pids.items():
+        out.print(f"  {name:<14} pid {pid:<8} {'running' if name in running else '[red]gone[/]'}")
+    if len(running) < len(state.pids):
+        raise typer.Exit(EXIT_FAILED)
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def count_report_rows(path: Path) -> int:
+    """Data rows of a CSV report (the header is not counted)."""
+    with path.open(newline="") as f:
+        return max(sum(1 for _ in csv.reader(f)) - 1, 0)
+
+
+def _email_for(messages: list[dict[str, Any]], run_id: str) -> dict[str, Any] | None:
+    def mentions(m: dict[str, Any]) -> bool:
+        return any(run_id in (m.get(k) or "") for k in ("Subject", "BodyText", "BodyHtml"))
+
+    matching = [m for m in messages if mentions(m)] or messages
+    return matching[-1] if matching else None
+
+
+def _print_email(email: dict[str, Any] | None) -> None:
+    if email is None:
+        out.print("[yellow]no email was captured[/]")
+        return
+    out.print(f"email: [bold]{email.get('Subject')}[/] → {', '.join(email.get('To') or [])}")
+    body = email.get("BodyText") or email.get("BodyHtml") or ""
+    for line in [ln for ln in body.splitlines() if ln.strip()][:8]:
+        out.print(f"  │ {line}")
+
+
+def _phases(dep: Deployment, run_id: str) -> str:
+    run = dep.ledger().require_run(run_id)
+
+    def at(ts: str | None) -> float | None:
+        from datetime import datetime
+
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() if ts else None
+
+    t0, split, claim, end = (
+        at(run.created_at),
+        at(run.split_finished_at),
+        at(run.reduce_claimed_at),
+        at(run.finished_at),
+    )
+    parts = []
+    if t0 and split:
+        parts.append(f"split {split - t0:.1f} s ({run.expected / max(split - t0, 1e-3):,.0f} tasks/s enqueued)")
+    if t0 and claim:
+        parts.append(
+            f"all tasks done {claim - t0:.1f} s after the start ({run.expected / max(claim - t0, 1e-3):,.0f}/s)"
+        )
+    if claim and end:
+        parts.append(f"reduce + report + email {end - claim:.1f} s")
+    return "; ".join(parts)
+
+
+@app.command()
+def demo(
+    companies: Annotated[int, typer.Option(min=1, help="Companies to seed and score.")] = 10_000,
+    timeout: TimeoutOption = 900.0,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the report is downloaded.")] = Path("out"),
+) -> None:
+    """Start the local stack, score every company, show the report and the email, stop the stack."""
+    from microprocess.local import LocalStack, LocalStackError, UpOptions, aws_client, captured_emails
+
+    ws = _workspace()
+    stack = LocalStack(ws, echo=lambda line: err.print(f"  {line}"))
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    code = EXIT_FAILED
+    try:
+        err.print(f"starting the local stack with {companies:,} companies…")
+        try:
+            state = stack.up(UpOptions(companies=companies))
+        except LocalStackError as exc:
+            fail(str(exc))
+        out.print(f"set-up time: {stack.timings.line()}")
+        endpoint = state.endpoint_url
+        dep = Deployment(
+            name="local",
+            outputs=state.outputs,
+            client=lambda service: aws_client(service, endpoint, max_pool_connections=20),
+            endpoint_url=endpoint,
+            logs_hint=f"see {ws.logs}/ministack.log",
+        )
+        run_id = new_run_id("credit-scores")
+        started = time.monotonic()
+        with _ledger_errors(dep):
+            start_run(dep, {"job": "credit-scores", "run_id": run_id, "source": "manual"})
+            out.print(f"started run [bold]{run_id}[/]")
+            final = wait_for(dep, run_id, timeout_s=timeout, show=True)
+            run_time = time.monotonic() - started
+            _print_status(final)
+            out.print(f"run time: {run_time:.1f} s ({final.expected / max(run_time, 1e-3):,.0f} tasks/s)")
+            phases = _phases(dep, run_id)
+            if phases:
+                out.print(f"  {phases}")
+            depth = queue_depth(
+                dep.client("sqs"), dep.outputs.get("TaskQueueUrl"), dep.outputs.get("DeadLetterQueueUrl")
+            )
+            if depth.dead_letters:
+                out.print(f"[yellow]{depth.dead_letters} messages in the dead-letter queue[/]")
+            rows = None
+            if final.report_uri:
+                written = download_report(dep, run_id, out_dir)
+                csvs = [p for p in written if p.name == "report.csv"]
+                out.print(f"report: {csvs[0] if csvs else out_dir / run_id} ({len(written)} files)")
+                if csvs:
+                    rows = count_report_rows(csvs[0])
+                    out.print(f"report.csv: {rows:,} rows for {companies:,} companies")
+            _print_email(_email_for(captured_emails(endpoint), run_id))
+        if final.status is RunStatus.SUCCEEDED and rows == companies:
+            code = 0
+        else:
+            err.print(f"[red]demo failed: run {final.status}, report rows {rows}, companies {companies}[/]")
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        code = 130
+    finally:
+        err.print("stopping the local stack…")
+        stack.down()
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

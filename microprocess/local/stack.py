@@ -1,0 +1,325 @@
+"""The embedded local stack: emulator, deployed local stage, two service processes.
+
+`LocalStack.up` starts everything, records it in `local.json` as it goes (so that
+`local down` can stop even a half-started stack), and stops what it started if any
+step fails. `stop_recorded` stops exactly the processes `local.json` names.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from microprocess.local.deploy import deploy_local_stage
+from microprocess.local.emulator import FAKE_CREDENTIALS, REGION, start_emulator
+from microprocess.local.processes import (
+    ProcessError,
+    ProcessHandle,
+    free_port,
+    is_running,
+    log_tail,
+    stop,
+    wait_http_ok,
+)
+from microprocess.local.sender import ses_sender
+from microprocess.local.services import LIVE, QUEUE, ROLES, ServiceRole, service_env, spawn_service
+from microprocess.local.state import LocalState, NoLocalStack, read_state, write_state
+from microprocess.local.workspace import Workspace
+
+Echo = Callable[[str], None]
+
+#: Companies seeded by `local up` unless told otherwise.
+DEFAULT_COMPANIES = 10_000
+
+
+class LocalStackError(RuntimeError):
+    """The local stack could not be started or stopped; the message says what to do."""
+
+
+class StackAlreadyRunning(LocalStackError):
+    pass
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """How to start the local stack.
+
+    Attributes:
+        companies: companies seeded into the companies table.
+        chaos: a fault file given to the queue service and the functions (`MICROPROCESS_CHAOS`).
+        seed: random seed of the seeded companies.
+        access_log: log every HTTP request of the services (slower; useful when debugging).
+    """
+
+    companies: int = DEFAULT_COMPANIES
+    chaos: Path | None = None
+    seed: int = 42
+    access_log: bool = False
+
+
+@dataclass
+class SetupTimings:
+    """Seconds spent in each set-up step."""
+
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return sum(self.steps.values())
+
+    def line(self) -> str:
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.steps.items())
+        return f"{self.total:.1f} s ({parts})"
+
+
+def aws_client(service: str, endpoint_url: str, **kwargs: Any) -> Any:
+    """A boto3 client for the emulator (fake credentials; never a real account)."""
+    return boto3.client(
+        service,
+        endpoint_url=endpoint_url,
+        region_name=REGION,
+        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}, **kwargs),
+    )
+
+
+def seed_companies(ws: Workspace, endpoint_url: str, table: str, n: int, *, seed: int) -> None:
+    """Fill the companies table with `n` companies using the microservice's own seeder."""
+    if str(ws.root) not in sys.path:
+        sys.path.insert(0, str(ws.root))  # `microservice/` is a project folder, not an installed package
+    try:
+        from microservice.domain import seed_companies as seed_fn
+    except ImportError as exc:
+        raise LocalStackError(
+            f"cannot seed the companies table: microservice.domain.seed_companies is missing ({exc})"
+        ) from None
+    client = aws_client("dynamodb", endpoint_url, max_pool_connections=32)
+    seed_fn(client, table, n, seed=seed)
+
+
+class LocalStack:
+    """Starts and stops one local stack in `ws`.
+
+    Args:
+        ws: the work folder.
+        echo: where progress lines go.
+    """
+
+    def __init__(self, ws: Workspace, *, echo: Echo = print) -> None:
+        self.ws = ws
+        self.echo = echo
+        self.handles: dict[str, ProcessHandle] = {}
+        self.state: LocalState | None = None
+        self.timings = SetupTimings()
+        self._pending_outputs: dict[str, str] = {}
+        self._options = UpOptions()
+
+    # ------------------------------------------------------------------ up
+
+    def up(self, options: UpOptions | None = None) -> LocalState:
+        """Start the stack; on any failure stop what was started and re-raise."""
+        options = options or UpOptions()
+        self._options = options
+        self._refuse_if_running()
+        self._fresh_workdir()
+        try:
+            return self._up(options)
+        except BaseException:
+            self.down()
+            raise
+
+    def _refuse_if_running(self) -> None:
+        try:
+            previous = read_state(self.ws.state_file)
+        except NoLocalStack:
+            return
+        alive = previous.running()
+        if alive:
+            raise StackAlreadyRunning(
+                f"a local stack is already running from {self.ws.workdir} (processes {alive}); "
+                "use it, or stop it with `microprocess local down`"
+            )
+
+    def _fresh_workdir(self) -> None:
+        # Persistence is off: state, S3 data, Lambda code folders and logs of an earlier stack are stale.
+        for folder in (self.ws.tmp, self.ws.emulator_state, self.ws.s3_data, self.ws.logs):
+            shutil.rmtree(folder, ignore_errors=True)
+        self.ws.state_file.unlink(missing_ok=True)
+        self.ws.create()
+
+    def _step(self, name: str, started: float) -> None:
+        self.timings.steps[name] = time.monotonic() - started
+
+    def _up(self, options: UpOptions) -> LocalState:
+        chaos = options.chaos.resolve() if options.chaos else None
+        if chaos is not None and not chaos.is_file():
+            raise LocalStackError(f"--chaos {options.chaos}: no such file")
+        t = time.monotonic()
+        port = free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        handle = start_emulator(self.ws, port, chaos=chaos)
+        self.handles["ministack"] = handle
+        self._record(endpoint)
+        self._step("emulator", t)
+        self.echo(f"emulator ready at {endpoint} (pid {handle.pid})")
+
+        ports = {"live": free_port(), "queue": free_port()}
+        while ports["queue"] == ports["live"]:
+            ports["queue"] = free_port()
+        urls = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
+
+        t = time.monotonic()
+        outputs, cdk_steps = deploy_local_stage(
+            self.ws, endpoint, queue_service_url=urls["queue"], live_service_url=urls["live"]
+        )
+        self.timings.steps.update({f"cdk {k}": v for k, v in cdk_steps.items()})
+        self._pending_outputs = outputs
+        self.echo(f"deployed the local stage ({len(outputs)} outputs)")
+
+        sender = ses_sender(self.ws.root, outputs)
+        t = time.monotonic()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # Seeding (emulator-bound) overlaps the services' start (interpreter-bound).
+            seeding = pool.submit(
+                seed_companies, self.ws, endpoint, outputs["CompaniesTable"], options.companies, seed=options.seed
+            )
+            self._start_services(endpoint, outputs, ports, sender, chaos, options.access_log)
+            self._record(endpoint, urls=urls)
+            self._step("services", t)
+            seeding.result()
+        self._step("services+seed", t)
+        self.timings.steps.pop("services", None)
+        self.echo(f"services up: live {urls['live']}, queue {urls['queue']}; seeded {options.companies} companies")
+
+        ses = aws_client("ses", endpoint)
+        ses.verify_email_identity(EmailAddress=sender)
+        state = self._record(endpoint, urls=urls)
+        return state
+
+    def _start_services(
+        self,
+        endpoint: str,
+        outputs: dict[str, str],
+        ports: dict[str, int],
+        sender: str,
+        chaos: Path | None,
+        access_log: bool,
+    ) -> None:
+        for role in ROLES:
+            env = service_env(role, endpoint_url=endpoint, outputs=outputs, ses_sender=sender, chaos=chaos)
+            self.handles[role.process] = spawn_service(self.ws, role, ports[role.key], env, access_log=access_log)
+            self._record(endpoint)
+        for role in ROLES:
+            wait_http_ok(f"http://127.0.0.1:{ports[role.key]}/healthz", self.handles[role.process], timeout_s=60)
+
+    def _record(self, endpoint: str, *, urls: dict[str, str] | None = None) -> LocalState:
+        previous = self.state
+        state = LocalState(
+            endpoint_url=endpoint,
+            region=REGION,
+            outputs=dict(self._pending_outputs),
+            services=urls if urls is not None else (previous.services if previous else {}),
+            pids={name: h.pid for name, h in self.handles.items()},
+            process_start_ticks={name: h.start_ticks for name, h in self.handles.items()},
+            workdir=str(self.ws.workdir),
+            started_at=previous.started_at if previous else datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        write_state(self.ws.state_file, state)
+        self.state = state
+        return state
+
+    # --------------------------------------------------------- maintenance
+
+    def restart_service(self, key: str, *, chaos: Path | None = None) -> ProcessHandle:
+        """Restart one service on its port with a new fault file (or none) — used by the e2e tests."""
+        if self.state is None:
+            raise LocalStackError("the stack is not up")
+        role = {r.key: r for r in ROLES}[key]
+        url = self.state.services[key]
+        port = int(url.rsplit(":", 1)[1])
+        old = self.handles.pop(role.process)
+        stop(old.pid, old.start_ticks)
+        env = service_env(
+            role,
+            endpoint_url=self.state.endpoint_url,
+            outputs=self.state.outputs,
+            ses_sender=ses_sender(self.ws.root, self.state.outputs),
+            chaos=chaos.resolve() if chaos else None,
+        )
+        handle = spawn_service(self.ws, role, port, env, access_log=self._options.access_log)
+        self.handles[role.process] = handle
+        wait_http_ok(f"{url}/healthz", handle, timeout_s=60)
+        self._record(self.state.endpoint_url, urls=self.state.services)
+        return handle
+
+    def wait(self, *, poll_s: float = 0.5) -> str:
+        """Block until a process of the stack exits (returns its name) or Ctrl-C (KeyboardInterrupt)."""
+        while True:
+            for name, h in self.handles.items():
+                if not is_running(h.pid, h.start_ticks):
+                    return name
+            time.sleep(poll_s)
+
+    def exited_message(self, name: str) -> str:
+        h = self.handles[name]
+        return f"{name} (pid {h.pid}) exited; its log {h.log} ends with:\n{log_tail(h.log)}"
+
+    # ---------------------------------------------------------------- down
+
+    def down(self) -> list[str]:
+        """Stop every process this object started (services first), then forget the stack."""
+        stopped = _stop_all(dict(self.handles.items()), self.echo)
+        self.handles.clear()
+        self.ws.state_file.unlink(missing_ok=True)
+        return stopped
+
+
+def _stop_all(handles: dict[str, ProcessHandle], echo: Echo) -> list[str]:
+    order = [r.process for r in (QUEUE, LIVE)] + ["ministack"]
+    names = [n for n in order if n in handles] + [n for n in handles if n not in order]
+    stopped: list[str] = []
+    problems: list[str] = []
+    for name in names:
+        h = handles[name]
+        if not is_running(h.pid, h.start_ticks):
+            continue
+        try:
+            stop(h.pid, h.start_ticks)
+            stopped.append(name)
+        except ProcessError as exc:
+            problems.append(f"{name}: {exc}")
+    if problems:
+        raise LocalStackError("could not stop: " + "; ".join(problems))
+    if stopped:
+        echo(f"stopped {', '.join(stopped)}")
+    return stopped
+
+
+def stop_recorded(ws: Workspace, *, echo: Echo = print) -> list[str]:
+    """`local down`: stop exactly the processes named in `local.json`, then remove it.
+
+    Raises `NoLocalStack` when there is no `local.json`.
+    """
+    state = read_state(ws.state_file)
+    handles = {
+        name: ProcessHandle(name=name, pid=pid, start_ticks=state.process_start_ticks.get(name), log=ws.log(name))
+        for name, pid in state.pids.items()
+    }
+    stopped = _stop_all(handles, echo)
+    ws.state_file.unlink(missing_ok=True)
+    return stopped
+
+
+def service_role(key: str) -> ServiceRole:
+    return {r.key: r for r in ROLES}[key]
