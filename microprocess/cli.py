@@ -84,6 +84,11 @@ WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the run with a 
 TimeoutOption = Annotated[float, typer.Option("--timeout", min=1, help="Give up waiting after this many seconds.")]
 
 
+def emit_json(value: Any) -> None:
+    """One JSON document on one line of stdout (`--json` output is JSON lines)."""
+    typer.echo(json.dumps(value, default=str))
+
+
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     err.print(f"[red]error:[/] {message}", markup=True)
     raise typer.Exit(code)
@@ -236,7 +241,7 @@ def _print_status(progress: Progress) -> None:
 
 def _finish_waited(progress: Progress, as_json: bool) -> None:
     if as_json:
-        out.print_json(json.dumps(status_dict(progress)))
+        emit_json(status_dict(progress))
     else:
         _print_status(progress)
     if progress.status is not RunStatus.SUCCEEDED:
@@ -261,7 +266,7 @@ def run(
     with _ledger_errors(dep):
         start_run(dep, {"job": job, "run_id": run_id, "source": "manual"})
         if as_json:
-            out.print(json.dumps({"run_id": run_id}))
+            emit_json({"run_id": run_id})
         else:
             out.print(f"started run [bold]{run_id}[/]")
         if wait:
@@ -279,7 +284,7 @@ def status(
     with _ledger_errors(dep):
         progress = dep.ledger().progress(run_id)
     if as_json:
-        out.print(json.dumps(status_dict(progress)))
+        emit_json(status_dict(progress))
     else:
         _print_status(progress)
 
@@ -299,7 +304,7 @@ def runs(
         found = [status_dict(ledger.progress(r.run_id)) for j in jobs for r in ledger.list_runs(j, limit=limit)]
     found.sort(key=lambda d: d["started_at"], reverse=True)
     if as_json:
-        out.print(json.dumps(found))
+        emit_json(found)
         return
     if not found:
         out.print(f"no runs of {', '.join(jobs)}")
@@ -349,14 +354,14 @@ def retry_failed(
             fail(f"run {run_id} is still {progress.status}; retry its failures once it has ended (or cancel it)")
         if progress.failed == 0:
             if as_json:
-                out.print(json.dumps({"run_id": None, "retry_of": run_id, "failed": 0}))
+                emit_json({"run_id": None, "retry_of": run_id, "failed": 0})
             else:
                 out.print(f"run {run_id} has no failed tasks; nothing to retry")
             return
         new_id = new_run_id(progress.job)
         start_run(dep, {"job": progress.job, "run_id": new_id, "retry_of": run_id, "source": "manual"})
         if as_json:
-            out.print(json.dumps({"run_id": new_id, "retry_of": run_id, "failed": progress.failed}))
+            emit_json({"run_id": new_id, "retry_of": run_id, "failed": progress.failed})
         else:
             out.print(f"started run [bold]{new_id}[/] over the {progress.failed} failed tasks of {run_id}")
         if wait:
@@ -507,7 +512,7 @@ def local_status(as_json: JsonOption = False) -> None:
         fail(str(exc), EXIT_NO_STACK)
     running = state.running()
     if as_json:
-        out.print(json.dumps({**state.model_dump(), "running": running}))
+        emit_json({**state.model_dump(), "running": running})
         return
     out.print(f"endpoint {state.endpoint_url} (region {state.region}); services {state.services}")
     for name, pid in state.pids.items():

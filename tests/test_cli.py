@@ -1,0 +1,421 @@
+"""The `microprocess` CLI against in-process AWS (moto): every command, and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from typer.testing import CliRunner
+
+from microprocess import cli
+from microprocess.envelope import shard_of
+from microprocess.jobs import CREDIT_SCORES
+from microprocess.ledger import CURSOR_DONE, Ledger, RunStatus, TaskOutcome, TaskState
+from microprocess.local.state import LocalState, write_state
+from microprocess.local.workspace import WORKDIR_ENV
+from microprocess.progress import RateMeter
+
+JOB = CREDIT_SCORES
+REGION = "us-east-1"
+RUN_ID = re.compile(r"^credit-scores-\d{8}T\d{6}Z-[0-9a-f]{4}$")
+
+
+class FakeLambda:
+    """Records invocations; `on_invoke` plays the splitter (moto would need Docker to run it)."""
+
+    def __init__(self) -> None:
+        self.invocations: list[dict[str, Any]] = []
+        self.on_invoke: Any = None
+        self.status_code = 202
+
+    def invoke(self, **kwargs: Any) -> dict[str, Any]:
+        payload = json.loads(kwargs["Payload"])
+        self.invocations.append({**kwargs, "Payload": payload})
+        if self.on_invoke:
+            self.on_invoke(payload)
+        return {"StatusCode": self.status_code}
+
+
+@pytest.fixture
+def fake_lambda() -> FakeLambda:
+    return FakeLambda()
+
+
+@pytest.fixture
+def deployment(ddb: Any, ledger_table: str, fake_lambda: FakeLambda, monkeypatch: pytest.MonkeyPatch) -> cli.Deployment:
+    sqs = boto3.client("sqs", region_name=REGION)
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="reports")
+    dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
+    queue = sqs.create_queue(QueueName="tasks")["QueueUrl"]
+    clients = {"dynamodb": ddb, "sqs": sqs, "s3": s3, "lambda": fake_lambda}
+    dep = cli.Deployment(
+        name="test",
+        outputs={
+            "LedgerTable": ledger_table,
+            "SplitterFunctionName": "splitter-fn",
+            "TaskQueueUrl": queue,
+            "DeadLetterQueueUrl": dlq,
+            "ReportsBucket": "reports",
+        },
+        client=lambda service: clients[service],
+    )
+    monkeypatch.setattr(cli, "connect", lambda target: dep)
+    return dep
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def outcome(i: int, state: TaskState = TaskState.SUCCEEDED) -> TaskOutcome:
+    task_id = f"0-{i:09d}"
+    return TaskOutcome(
+        task_id=task_id,
+        shard=shard_of(task_id, JOB.shard_count),
+        state=state,
+        attempts=1 if state is TaskState.SUCCEEDED else JOB.max_attempts,
+        item_id=f"C{i:07d}",
+        result={"score": 700} if state is TaskState.SUCCEEDED else None,
+        error="HTTP 400: bad company" if state is TaskState.FAILED else None,
+        item={"company_id": f"C{i:07d}"} if state is TaskState.FAILED else None,
+    )
+
+
+def play_run(
+    ledger: Ledger, run_id: str, *, ok: int = 3, failed: int = 0, finish: bool = True, report_uri: str | None = None
+) -> None:
+    """Drive a run through the ledger the way the splitter, forwarder and reduce do."""
+    ledger.create_run(run_id, JOB, segments=1)
+    ledger.account_page(run_id, segment="0", cursor_from="", cursor_to=CURSOR_DONE, count=ok + failed)
+    ledger.finish_split(run_id)
+    if not finish:
+        return
+    outs = [outcome(i) for i in range(ok)] + [outcome(ok + i, TaskState.FAILED) for i in range(failed)]
+    assert ledger.record_outcomes(run_id, JOB.counter_count, outs).claimed_reduce
+    ledger.finish_run(
+        run_id,
+        tolerated_failure_pct=JOB.tolerated_failure_pct,
+        report_uri=report_uri or f"s3://reports/reports/{JOB.name}/{run_id}/",
+    )
+
+
+def invoke(runner: CliRunner, *args: str) -> Any:
+    return runner.invoke(cli.app, list(args), catch_exceptions=False)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def test_run_invokes_the_splitter_asynchronously_with_a_fresh_run_id(
+    runner: CliRunner, deployment: cli.Deployment, fake_lambda: FakeLambda
+) -> None:
+    # WHEN a run is started with --json
+    result = invoke(runner, "run", "credit-scores", "--json")
+    # THEN it prints the run id, which has the manual-start shape
+    assert result.exit_code == 0, result.output
+    run_id = json.loads(result.stdout.strip())["run_id"]
+    assert RUN_ID.match(run_id)
+    # AND the splitter was invoked asynchronously with the schedule's payload shape
+    (call,) = fake_lambda.invocations
+    assert call["FunctionName"] == "splitter-fn" and call["InvocationType"] == "Event"
+    assert call["Payload"] == {"job": "credit-scores", "run_id": run_id, "source": "manual"}
+
+
+def test_run_wait_follows_the_run_to_its_end(
+    runner: CliRunner, deployment: cli.Deployment, fake_lambda: FakeLambda, ledger: Ledger
+) -> None:
+    fake_lambda.on_invoke = lambda p: play_run(ledger, p["run_id"], ok=5)
+    result = invoke(runner, "run", "credit-scores", "--wait", "--json", "--timeout", "30")
+    assert result.exit_code == 0, result.output
+    first, final = (json.loads(line) for line in result.stdout.strip().splitlines())
+    assert final["run_id"] == first["run_id"]
+    assert final["status"] == "SUCCEEDED" and final["succeeded"] == 5 and final["pending"] == 0
+
+
+def test_run_wait_exits_non_zero_when_the_run_fails(
+    runner: CliRunner, deployment: cli.Deployment, fake_lambda: FakeLambda, ledger: Ledger
+) -> None:
+    # GIVEN a run whose failures exceed the tolerated 1%
+    fake_lambda.on_invoke = lambda p: play_run(ledger, p["run_id"], ok=3, failed=2)
+    result = invoke(runner, "run", "credit-scores", "--wait", "--json")
+    assert result.exit_code == cli.EXIT_FAILED
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["status"] == "FAILED" and final["failed"] == 2
+
+
+def test_run_wait_times_out_with_its_own_exit_code(
+    runner: CliRunner, deployment: cli.Deployment, fake_lambda: FakeLambda, ledger: Ledger
+) -> None:
+    fake_lambda.on_invoke = lambda p: play_run(ledger, p["run_id"], finish=False)
+    result = invoke(runner, "run", "credit-scores", "--wait", "--timeout", "1")
+    assert result.exit_code == cli.EXIT_TIMEOUT
+    assert "still RUNNING" in result.stderr and "microprocess status" in result.stderr
+
+
+def test_run_of_an_unknown_job_lists_the_declared_jobs(
+    runner: CliRunner, deployment: cli.Deployment, fake_lambda: FakeLambda
+) -> None:
+    result = invoke(runner, "run", "credit-score")
+    assert result.exit_code == cli.EXIT_USAGE
+    assert "unknown job 'credit-score'" in result.stderr and "credit-scores" in result.stderr
+    assert fake_lambda.invocations == []
+
+
+def test_a_refused_start_is_reported(runner: CliRunner, deployment: cli.Deployment, fake_lambda: FakeLambda) -> None:
+    fake_lambda.status_code = 500
+    result = invoke(runner, "run", "credit-scores")
+    assert result.exit_code == cli.EXIT_FAILED and "did not accept" in result.stderr
+
+
+# ----------------------------------------------------------------------------- status, runs
+
+
+def test_status_json_has_exactly_the_documented_keys(
+    runner: CliRunner, deployment: cli.Deployment, ledger: Ledger
+) -> None:
+    play_run(ledger, "r-1", ok=4)
+    result = invoke(runner, "status", "r-1", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert list(data) == list(cli.STATUS_KEYS)
+    expected = ledger.progress("r-1").as_dict()
+    expected.pop("error")
+    assert data == expected
+
+
+def test_status_table_shows_the_run(runner: CliRunner, deployment: cli.Deployment, ledger: Ledger) -> None:
+    play_run(ledger, "r-1", ok=2, finish=False)
+    result = invoke(runner, "status", "r-1")
+    assert result.exit_code == 0
+    assert "RUNNING" in result.stdout and "pending" in result.stdout
+
+
+def test_status_of_an_unknown_run_says_so(runner: CliRunner, deployment: cli.Deployment) -> None:
+    result = invoke(runner, "status", "no-such-run")
+    assert result.exit_code == cli.EXIT_FAILED
+    assert "unknown run" in result.stderr and "no-such-run" in result.stderr
+
+
+def test_runs_lists_every_job_newest_first_and_agrees_with_the_ledger(
+    runner: CliRunner, deployment: cli.Deployment, ledger: Ledger
+) -> None:
+    play_run(ledger, "r-old", ok=2)
+    play_run(ledger, "r-new", ok=1, finish=False)
+    result = invoke(runner, "runs", "--json")
+    assert result.exit_code == 0
+    listed = json.loads(result.stdout)
+    assert [r["run_id"] for r in listed] == ["r-new", "r-old"]
+    for r in listed:
+        truth = ledger.progress(r["run_id"]).as_dict()
+        truth.pop("error")
+        assert r == truth
+    table = invoke(runner, "runs", "--job", "credit-scores")
+    assert table.exit_code == 0 and "r-new" in table.stdout and "SUCCEEDED" in table.stdout
+
+
+def test_runs_of_an_unknown_job_lists_the_declared_jobs(runner: CliRunner, deployment: cli.Deployment) -> None:
+    result = invoke(runner, "runs", "--job", "nope")
+    assert result.exit_code == cli.EXIT_USAGE and "declared jobs" in result.stderr
+
+
+def test_runs_without_runs_says_so(runner: CliRunner, deployment: cli.Deployment) -> None:
+    result = invoke(runner, "runs")
+    assert result.exit_code == 0 and "no runs" in result.stdout
+
+
+# ----------------------------------------------------------------------------- cancel, retry
+
+
+def test_cancel_stops_a_running_run_once(runner: CliRunner, deployment: cli.Deployment, ledger: Ledger) -> None:
+    play_run(ledger, "r-1", ok=3, finish=False)
+    result = invoke(runner, "cancel", "r-1")
+    assert result.exit_code == 0 and "cancelled" in result.stdout
+    assert ledger.require_run("r-1").status is RunStatus.CANCELLED
+    # a second cancel (or a cancel of a finished run) is refused with the status
+    again = invoke(runner, "cancel", "r-1")
+    assert again.exit_code == cli.EXIT_FAILED and "already ended (CANCELLED)" in again.stderr
+
+
+def test_cancel_of_an_unknown_run_says_so(runner: CliRunner, deployment: cli.Deployment) -> None:
+    result = invoke(runner, "cancel", "ghost")
+    assert result.exit_code == cli.EXIT_FAILED and "unknown run" in result.stderr
+
+
+def test_retry_failed_starts_a_run_over_the_failures(
+    runner: CliRunner, deployment: cli.Deployment, ledger: Ledger, fake_lambda: FakeLambda
+) -> None:
+    play_run(ledger, "r-1", ok=200, failed=1)  # 0.5%: tolerated, so the run SUCCEEDED
+    result = invoke(runner, "retry-failed", "r-1", "--json")
+    assert result.exit_code == 0, result.output
+    started = json.loads(result.stdout)
+    assert started["retry_of"] == "r-1" and started["failed"] == 1 and RUN_ID.match(started["run_id"])
+    (call,) = fake_lambda.invocations
+    assert call["InvocationType"] == "Event"
+    assert call["Payload"] == {
+        "job": "credit-scores",
+        "run_id": started["run_id"],
+        "retry_of": "r-1",
+        "source": "manual",
+    }
+
+
+def test_retry_failed_with_wait_follows_the_new_run(
+    runner: CliRunner, deployment: cli.Deployment, ledger: Ledger, fake_lambda: FakeLambda
+) -> None:
+    play_run(ledger, "r-1", ok=1, failed=2)
+    fake_lambda.on_invoke = lambda p: play_run(ledger, p["run_id"], ok=2)
+    result = invoke(runner, "retry-failed", "r-1", "--wait", "--json")
+    assert result.exit_code == 0, result.output
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["status"] == "SUCCEEDED" and final["expected"] == 2
+
+
+def test_retry_failed_refuses_a_run_without_failures_or_still_running(
+    runner: CliRunner, deployment: cli.Deployment, ledger: Ledger, fake_lambda: FakeLambda
+) -> None:
+    play_run(ledger, "r-clean", ok=2)
+    clean = invoke(runner, "retry-failed", "r-clean")
+    assert clean.exit_code == 0 and "nothing to retry" in clean.stdout
+    play_run(ledger, "r-busy", ok=2, finish=False)
+    busy = invoke(runner, "retry-failed", "r-busy")
+    assert busy.exit_code == cli.EXIT_FAILED and "still RUNNING" in busy.stderr
+    missing = invoke(runner, "retry-failed", "r-missing")
+    assert missing.exit_code == cli.EXIT_FAILED and "unknown run" in missing.stderr
+    assert fake_lambda.invocations == []
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def test_report_downloads_every_object_under_the_prefix(
+    runner: CliRunner, deployment: cli.Deployment, ledger: Ledger, tmp_path: Path
+) -> None:
+    s3 = deployment.client("s3")
+    prefix = "reports/credit-scores/r-1/"
+    for key, body in {"report.csv": "company_id,score\nC1,700\n", "summary.json": "{}", "parts/p-000.csv": "x"}.items():
+        s3.put_object(Bucket="reports", Key=prefix + key, Body=body.encode())
+    s3.put_object(Bucket="reports", Key="reports/credit-scores/r-10/report.csv", Body=b"other run")
+    play_run(ledger, "r-1", ok=1, report_uri=f"s3://reports/{prefix}")
+    result = invoke(runner, "report", "r-1", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "r-1"
+    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()) == [
+        "parts/p-000.csv",
+        "report.csv",
+        "summary.json",
+    ]
+    assert cli.count_report_rows(run_dir / "report.csv") == 1
+
+
+def test_report_uri_naming_one_file_downloads_its_folder(
+    runner: CliRunner, deployment: cli.Deployment, ledger: Ledger, tmp_path: Path
+) -> None:
+    s3 = deployment.client("s3")
+    for key in ("report.csv", "report.html"):
+        s3.put_object(Bucket="reports", Key=f"r/r-1/{key}", Body=b"a\n")
+    play_run(ledger, "r-1", ok=1, report_uri="s3://reports/r/r-1/report.csv")
+    result = invoke(runner, "report", "r-1", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "r-1").iterdir()) == ["report.csv", "report.html"]
+
+
+def test_report_of_an_unfinished_run_says_so(runner: CliRunner, deployment: cli.Deployment, ledger: Ledger) -> None:
+    play_run(ledger, "r-1", finish=False)
+    result = invoke(runner, "report", "r-1")
+    assert result.exit_code == cli.EXIT_FAILED and "no report yet" in result.stderr
+
+
+# ----------------------------------------------------------------------------- no stack
+
+
+@pytest.fixture
+def empty_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(WORKDIR_ENV, str(tmp_path / "work"))
+    return tmp_path / "work"
+
+
+@pytest.mark.parametrize(
+    "args", [["run", "credit-scores"], ["status", "r-1"], ["runs"], ["cancel", "r-1"], ["report", "r-1"]]
+)
+def test_without_a_local_stack_every_command_says_to_start_one(
+    runner: CliRunner, empty_workdir: Path, args: list[str]
+) -> None:
+    result = invoke(runner, *args)
+    assert result.exit_code == cli.EXIT_NO_STACK
+    assert "microprocess local up" in result.stderr
+
+
+def test_a_stale_local_json_is_not_a_running_stack(runner: CliRunner, empty_workdir: Path) -> None:
+    # GIVEN a local.json whose emulator process has exited
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    write_state(
+        empty_workdir / "local.json",
+        LocalState(endpoint_url="http://127.0.0.1:9", pids={"ministack": dead.pid}, outputs={"LedgerTable": "t"}),
+    )
+    result = invoke(runner, "status", "r-1")
+    assert result.exit_code == cli.EXIT_NO_STACK
+    assert "not running any more" in result.stderr and "microprocess local up" in result.stderr
+    # AND `local down` clears it without touching any process
+    down = invoke(runner, "local", "down")
+    assert down.exit_code == 0 and not (empty_workdir / "local.json").exists()
+
+
+def test_local_down_and_status_without_a_stack(runner: CliRunner, empty_workdir: Path) -> None:
+    down = invoke(runner, "local", "down")
+    assert down.exit_code == 0 and "no local stack is running" in down.stdout
+    status = invoke(runner, "local", "status")
+    assert status.exit_code == cli.EXIT_NO_STACK and "microprocess local up" in status.stderr
+
+
+def test_local_up_refuses_a_missing_chaos_file(runner: CliRunner, empty_workdir: Path) -> None:
+    result = invoke(runner, "local", "up", "--chaos", str(empty_workdir / "missing.json"), "--detach")
+    assert result.exit_code == cli.EXIT_USAGE
+    assert not (empty_workdir / "local.json").exists()
+
+
+def test_aws_target_without_credentials_says_so(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    result = invoke(runner, "status", "r-1", "--target", "aws")
+    assert result.exit_code == cli.EXIT_NO_STACK and "no AWS credentials" in result.stderr
+
+
+def test_aws_target_reads_the_cloud_stack_outputs(aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    template = {
+        "Resources": {"Q": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {"LedgerTable": {"Value": "ledger-x"}, "SplitterFunctionName": {"Value": "split-x"}},
+    }
+    cfn.create_stack(StackName=cli.CLOUD_STACK, TemplateBody=json.dumps(template))
+    dep = cli.connect(cli.Target.aws)
+    assert dep.outputs == {"LedgerTable": "ledger-x", "SplitterFunctionName": "split-x"}
+
+
+def test_aws_target_without_the_stack_says_to_deploy_it(runner: CliRunner, aws: None) -> None:
+    result = invoke(runner, "status", "r-1", "--target", "aws")
+    assert result.exit_code == cli.EXIT_NO_STACK and "not deployed" in result.stderr
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def test_rate_meter_reports_completions_per_second_over_its_window() -> None:
+    meter = RateMeter(window_s=5)
+    assert meter.add(0.0, 0) is None
+    assert meter.add(1.0, 100) == pytest.approx(100)
+    assert meter.add(2.0, 300) == pytest.approx(150)
+    meter.add(10.0, 1100)
+    assert meter.add(11.0, 1200) == pytest.approx(100)  # old samples left the window
