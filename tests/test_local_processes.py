@@ -1,0 +1,114 @@
+"""The local stack's process handling: only what it started is stopped, children included."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from microprocess.local.processes import (
+    ProcessError,
+    descendants,
+    free_port,
+    is_running,
+    port_open,
+    spawn,
+    stop,
+    wait_http_ok,
+)
+from microprocess.local.stack import stop_recorded
+from microprocess.local.state import LocalState, NoLocalStack, read_live_state, read_state, write_state
+from microprocess.local.workspace import Workspace
+
+# A parent that starts a child (like the emulator and its Lambda workers), then sleeps.
+PARENT = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+time.sleep(120)
+"""
+# A process that ignores SIGTERM (a hung worker), so only SIGKILL ends it.
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+
+
+def _wait_for_children(pid: int, n: int) -> list[int]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = descendants(pid)
+        if len(found) >= n:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} did not start {n} children")
+
+
+def test_stop_ends_the_process_and_its_children(tmp_path: Path) -> None:
+    handle = spawn("parent", [sys.executable, "-c", PARENT], env={}, cwd=tmp_path, log=tmp_path / "parent.log")
+    (child,) = _wait_for_children(handle.pid, 1)
+    stop(handle.pid, handle.start_ticks)
+    assert not is_running(handle.pid) and not is_running(child)
+
+
+def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
+    handle = spawn("stubborn", [sys.executable, "-c", STUBBORN], env={}, cwd=tmp_path, log=tmp_path / "s.log")
+    time.sleep(0.3)  # let it install its handler
+    started = time.monotonic()
+    stop(handle.pid, handle.start_ticks, grace_s=0.5)
+    assert not is_running(handle.pid)
+    assert time.monotonic() - started < 5
+
+
+def test_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
+    # GIVEN a live process recorded with another start time (its id was reused)
+    handle = spawn(
+        "other", [sys.executable, "-c", "import time; time.sleep(60)"], env={}, cwd=tmp_path, log=tmp_path / "o.log"
+    )
+    try:
+        assert handle.start_ticks is not None
+        assert not is_running(handle.pid, handle.start_ticks + 1)
+        stop(handle.pid, handle.start_ticks + 1)
+        # THEN it is left alone
+        assert is_running(handle.pid, handle.start_ticks)
+    finally:
+        stop(handle.pid, handle.start_ticks)
+
+
+def test_local_down_stops_exactly_the_recorded_processes(tmp_path: Path) -> None:
+    ws = Workspace(root=tmp_path, workdir=tmp_path / "work")
+    ws.create()
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    recorded = spawn("ministack", argv, env={}, cwd=tmp_path, log=ws.log("ministack"))
+    bystander = spawn("bystander", argv, env={}, cwd=tmp_path, log=tmp_path / "b.log")
+    try:
+        write_state(
+            ws.state_file,
+            LocalState(
+                endpoint_url="http://127.0.0.1:1",
+                pids={"ministack": recorded.pid},
+                process_start_ticks={"ministack": recorded.start_ticks},
+            ),
+        )
+        assert read_live_state(ws.state_file).running() == {"ministack": recorded.pid}
+        assert stop_recorded(ws, echo=lambda line: None) == ["ministack"]
+        assert not is_running(recorded.pid) and is_running(bystander.pid)
+        assert not ws.state_file.exists()
+        with pytest.raises(NoLocalStack, match="microprocess local up"):
+            read_state(ws.state_file)
+    finally:
+        stop(bystander.pid, bystander.start_ticks)
+
+
+def test_wait_http_ok_fails_fast_with_the_log_when_the_process_dies(tmp_path: Path) -> None:
+    handle = spawn(
+        "crasher",
+        [sys.executable, "-c", "print('port taken'); raise SystemExit(3)"],
+        env={},
+        cwd=tmp_path,
+        log=tmp_path / "c.log",
+    )
+    with pytest.raises(ProcessError, match=r"(?s)exited before it was ready.*port taken"):
+        wait_http_ok(f"http://127.0.0.1:{free_port()}/", handle, timeout_s=20)
+
+
+def test_free_port_is_free() -> None:
+    assert not port_open(free_port())
