@@ -117,6 +117,10 @@ class RunRecord:
     targets_final: bool = False
     source_run: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    updated_at: str | None = None
+    finalize_claimed_at: str | None = None
+    sweep_done: int | None = None
+    sweep_changed_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -303,6 +307,7 @@ class Ledger:
             "cursors": {str(s): "" for s in range(segments)},
             "seg_counts": {str(s): 0 for s in range(segments)},
             "created_at": now,
+            "updated_at": now,
             "source_run": source_run,
             LEDGER_SCHEMA.runs_index_partition_key: f"JOB#{job.name}",
             LEDGER_SCHEMA.runs_index_sort_key: f"{now}#{run_id}",
@@ -362,6 +367,10 @@ class Ledger:
             targets_final=bool(item.get("targets_final", False)),
             source_run=item.get("source_run"),
             summary=json.loads(item["summary"]) if item.get("summary") else {},
+            updated_at=item.get("updated_at"),
+            finalize_claimed_at=item.get("finalize_claimed_at"),
+            sweep_done=int(item["sweep_done"]) if "sweep_done" in item else None,
+            sweep_changed_at=item.get("sweep_changed_at"),
         )
 
     def list_runs(self, job: str, *, limit: int = 20) -> list[RunRecord]:
@@ -395,11 +404,21 @@ class Ledger:
             self.client.update_item(
                 TableName=self.table_name,
                 Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
-                UpdateExpression="SET cursors.#s = :to, seg_counts.#s = seg_counts.#s + :n ADD expected :n, pages :one",
+                UpdateExpression=(
+                    "SET cursors.#s = :to, seg_counts.#s = seg_counts.#s + :n, updated_at = :now "
+                    "ADD expected :n, pages :one"
+                ),
                 ConditionExpression="cursors.#s = :from AND #st = :splitting",
                 ExpressionAttributeNames={"#s": segment, "#st": "status"},
                 ExpressionAttributeValues=_to_ddb(
-                    {":to": cursor_to, ":from": cursor_from, ":n": count, ":one": 1, ":splitting": "SPLITTING"}
+                    {
+                        ":to": cursor_to,
+                        ":from": cursor_from,
+                        ":n": count,
+                        ":one": 1,
+                        ":splitting": "SPLITTING",
+                        ":now": utc_now_iso(),
+                    }
                 ),
             )
             return True
@@ -938,6 +957,40 @@ class Ledger:
                         ":ru": "RUNNING",
                         ":re": "REDUCING",
                     }
+                ),
+            )
+            return True
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+
+    def note_progress(self, run_id: str, done: int) -> str:
+        """Sweeper bookkeeping: remember the done count; return when it last changed (ISO time)."""
+        run = self.require_run(run_id)
+        if run.sweep_done == done and run.sweep_changed_at:
+            return run.sweep_changed_at
+        now = utc_now_iso()
+        self.client.update_item(
+            TableName=self.table_name,
+            Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+            UpdateExpression="SET sweep_done = :d, sweep_changed_at = :now",
+            ExpressionAttributeValues=_to_ddb({":d": done, ":now": now}),
+        )
+        return now
+
+    def requeue_reduce(self, run_id: str, *, claimed_before: str) -> bool:
+        """Take the right to re-enqueue a reduce claimed before `claimed_before` and not
+        finished: True for one caller per timeout window (it moves the claim time on)."""
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+                UpdateExpression="SET reduce_claimed_at = :now",
+                ConditionExpression="#st = :reducing AND reduce_claimed_at < :old",
+                ExpressionAttributeNames={"#st": "status"},
+                ExpressionAttributeValues=_to_ddb(
+                    {":now": utc_now_iso(), ":old": claimed_before, ":reducing": "REDUCING"}
                 ),
             )
             return True

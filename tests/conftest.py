@@ -59,3 +59,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+# Fixtures of the Lambda function tests (moto resources + an HTTP stand-in for the service).
+pytest_plugins = ["tests.functions_harness"]

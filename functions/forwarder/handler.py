@@ -1,0 +1,19 @@
+"""Forwarder Lambda (SQS event source, partial batch response): push each task to the queue service."""
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from microprocess import runtime
+from microprocess.logs import share_logger_config
+
+logger = Logger()
+tracer = Tracer()
+share_logger_config(logger)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return runtime.forwarder().handle(event)

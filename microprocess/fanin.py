@@ -1,0 +1,37 @@
+"""The two-level reduce (ARCHITECTURE §5): one reduce-part task per ledger shard, then
+one finalize task. They travel on the same push queue as any task."""
+
+from __future__ import annotations
+
+from microprocess.envelope import FINALIZE_TASK_ID, TaskEnvelope, TaskKind, reduce_part_id
+from microprocess.jobs import JobDeclaration
+from microprocess.queue import QueueSender
+
+
+def reduce_part_envelopes(
+    job: JobDeclaration, run_id: str, shard_count: int, only: set[int] | None = None
+) -> list[str]:
+    shards = sorted(only) if only is not None else range(shard_count)
+    return [
+        TaskEnvelope(
+            kind=TaskKind.REDUCE_PART, job=job.name, run_id=run_id, task_id=reduce_part_id(k), shard=k
+        ).to_json()
+        for k in shards
+    ]
+
+
+def finalize_envelope(job: JobDeclaration, run_id: str) -> str:
+    return TaskEnvelope(
+        kind=TaskKind.FINALIZE, job=job.name, run_id=run_id, task_id=FINALIZE_TASK_ID, shard=0
+    ).to_json()
+
+
+def enqueue_reduce_parts(
+    sender: QueueSender, job: JobDeclaration, run_id: str, shard_count: int, only: set[int] | None = None
+) -> None:
+    """Enqueue the reduce parts of a run whose reduce was just claimed (or, with `only`, the missing ones)."""
+    sender.send(reduce_part_envelopes(job, run_id, shard_count, only))
+
+
+def enqueue_finalize(sender: QueueSender, job: JobDeclaration, run_id: str) -> None:
+    sender.send([finalize_envelope(job, run_id)])

@@ -1,0 +1,339 @@
+"""The forwarder: pushes each queued task to the queue service and records the outcome.
+
+One invocation takes a batch of SQS records and answers with a partial batch
+response: only records that should be retried are listed in `batchItemFailures`.
+
+* Malformed records (not JSON, wrong schema, unknown job, unknown run, missing S3
+  payload) go straight to the DLQ with the reason and are acknowledged: never
+  retried forever, never failing the others.
+* Records of a cancelled run, or task records of a run already reducing or ended
+  (late duplicates), are acknowledged without calling the service.
+* Pushes in a batch run concurrently. 2xx: SUCCEEDED; 4xx but 408/429: FAILED, no
+  retry; else retried with exponential backoff and jitter (visibility timeout),
+  honouring `Retry-After`, until the job's max attempts, then FAILED with the last error.
+* Outcomes are recorded in the ledger (counted once, one counter write per batch);
+  the completion that finishes the run claims the reduce and enqueues its parts;
+  the last part enqueues the finalize; the finalize ends the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from microprocess.envelope import MalformedEnvelope, TaskEnvelope, TaskKind
+from microprocess.fanin import enqueue_finalize, enqueue_reduce_parts
+from microprocess.faults import FaultInjector, InjectedCrash
+from microprocess.jobs import JobDeclaration, JobRegistry, UnknownJobError
+from microprocess.ledger import Ledger, RunRecord, RunStatus, TaskOutcome, TaskState
+from microprocess.push import HttpPusher, PushOutcome, PushResult
+from microprocess.queue import QueueSender
+
+log = logging.getLogger(__name__)
+
+MetricsEmitter = Callable[[str, float, str], None]
+REASON_ATTRIBUTE = "microprocess-reason"
+#: Reduce pushes may take much longer than a task.
+REDUCE_TIMEOUT_S = 600.0
+MAX_VISIBILITY_S = 43_200
+
+
+def backoff_seconds(attempt: int, retry_after: float | None, *, base: float, cap: float, rng: random.Random) -> int:
+    """Visibility timeout before the next attempt: `Retry-After` when the service gave one,
+    else exponential (base * 2^(attempt-1), capped) with jitter in [0.5, 1]."""
+    if retry_after is not None:
+        delay = retry_after + rng.uniform(0, 1)
+    else:
+        delay = min(cap, base * 2 ** max(attempt - 1, 0)) * rng.uniform(0.5, 1.0)
+    return int(min(max(round(delay), 1), MAX_VISIBILITY_S))
+
+
+@dataclass
+class _Work:
+    record: dict[str, Any]
+    envelope: TaskEnvelope
+    job: JobDeclaration
+    run: RunRecord
+    item: Any = None
+    result: PushResult | None = None
+
+    @property
+    def message_id(self) -> str:
+        return str(self.record["messageId"])
+
+    @property
+    def attempt(self) -> int:
+        return int(self.record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+
+
+class RunCache:
+    """Run records by id, re-read after `ttl_s` (so a cancel takes effect within it)."""
+
+    def __init__(self, ledger: Ledger, ttl_s: float = 2.0) -> None:
+        self.ledger, self.ttl_s = ledger, ttl_s
+        self._runs: dict[str, tuple[float, RunRecord | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str, *, fresh: bool = False) -> RunRecord | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._runs.get(run_id)
+        if hit and now - hit[0] < self.ttl_s and not fresh:
+            return hit[1]
+        run = self.ledger.get_run(run_id)
+        with self._lock:
+            self._runs[run_id] = (now, run)
+        return run
+
+
+class Forwarder:
+    def __init__(
+        self,
+        *,
+        jobs: JobRegistry,
+        ledger: Ledger,
+        pusher: HttpPusher,
+        sqs: Any,
+        s3: Any,
+        task_queue_url: str,
+        dead_letter_queue_url: str,
+        sender: QueueSender,
+        faults: FaultInjector | None = None,
+        emit: MetricsEmitter | None = None,
+        retry_base_s: float = 2.0,
+        retry_cap_s: float = 900.0,
+        run_cache_ttl_s: float = 2.0,
+        rng: random.Random | None = None,
+        max_workers: int = 10,
+    ) -> None:
+        self.jobs = jobs
+        self.ledger = ledger
+        self.pusher = pusher
+        self.sqs = sqs
+        self.s3 = s3
+        self.task_queue_url = task_queue_url
+        self.dead_letter_queue_url = dead_letter_queue_url
+        self.sender = sender
+        self.faults = faults
+        self.emit = emit or (lambda name, value, job: None)
+        self.retry_base_s = retry_base_s
+        self.retry_cap_s = retry_cap_s
+        self.runs = RunCache(ledger, run_cache_ttl_s)
+        self.rng = rng or random.Random()
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="push")
+
+    # ------------------------------------------------------------------ entry
+
+    def handle(self, event: dict[str, Any]) -> dict[str, Any]:
+        failures: list[str] = []
+        work: list[_Work] = []
+        for record in event.get("Records", []):
+            try:
+                item = self._admit(record)
+            except Exception:  # a bug while looking at one record fails only that record
+                log.exception("forwarder: could not admit record %s", record.get("messageId"))
+                failures.append(str(record.get("messageId")))
+                continue
+            if item is not None:
+                work.append(item)
+        if work and self.faults:
+            self.faults.maybe_crash("before_push")
+        self._duplicate_some(work)
+        for w, result in zip(work, self._pool.map(self._push, work), strict=True):
+            w.result = result
+        if work and self.faults:
+            self.faults.maybe_crash("after_push")
+        tasks = [w for w in work if w.envelope.kind is TaskKind.TASK]
+        failures += self._settle_tasks(tasks)
+        for w in work:
+            if w.envelope.kind is not TaskKind.TASK:
+                failures += self._settle_reduce(w)
+        return {"batchItemFailures": [{"itemIdentifier": m} for m in failures]}
+
+    # ------------------------------------------------------------- admission
+
+    def _admit(self, record: dict[str, Any]) -> _Work | None:
+        """Parse and check one record; dead-letter or acknowledge it, or return work to push."""
+        try:
+            env = TaskEnvelope.parse(record.get("body", ""))
+        except MalformedEnvelope as exc:
+            self._dead_letter(record, f"malformed message: {exc}")
+            return None
+        try:
+            job = self.jobs.get(env.job)
+        except UnknownJobError as exc:
+            self._dead_letter(record, f"malformed message: {exc}")
+            return None
+        run = self.runs.get(env.run_id)
+        if run is None:
+            self._dead_letter(record, f"malformed message: unknown run '{env.run_id}' (not in the ledger)")
+            return None
+        if run.status is RunStatus.CANCELLED:
+            log.info("run %s is cancelled: acknowledging task %s without a call", run.run_id, env.task_id)
+            return None
+        if env.kind is TaskKind.TASK and run.status in (RunStatus.REDUCING, RunStatus.SUCCEEDED, RunStatus.FAILED):
+            return None  # every task was terminal when the reduce was claimed: a late duplicate
+        if env.kind is not TaskKind.TASK and run.status in (RunStatus.SPLITTING, RunStatus.RUNNING):
+            run = self.runs.get(env.run_id, fresh=True) or run  # statuses only move on: the cache is behind
+        if env.kind is not TaskKind.TASK and run.status is not RunStatus.REDUCING:
+            return None  # the run has already ended
+        item = env.item
+        if env.item_ref:
+            try:
+                item = self._fetch(env.item_ref)
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+                if code in ("NoSuchKey", "404", "NoSuchBucket"):
+                    self._dead_letter(record, f"malformed message: missing S3 payload {env.item_ref} ({code})")
+                    return None
+                raise
+        return _Work(record, env, job, run, item)
+
+    def _fetch(self, ref: str) -> Any:
+        bucket, _, key = ref.removeprefix("s3://").partition("/")
+        return json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def _dead_letter(self, record: dict[str, Any], reason: str) -> None:
+        log.warning("dead-lettering message %s: %s", record.get("messageId"), reason)
+        self.sqs.send_message(
+            QueueUrl=self.dead_letter_queue_url,
+            MessageBody=record.get("body") or "<empty>",
+            MessageAttributes={REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:2000]}},
+        )
+
+    def _duplicate_some(self, work: list[_Work]) -> None:
+        if not self.faults:
+            return
+        copies = [w.record["body"] for w in work if self.faults.duplicate()]
+        if copies:
+            self.sender.send(copies, delay_s=1)
+
+    # ------------------------------------------------------------------ push
+
+    def _push(self, w: _Work) -> PushResult:
+        env, job = w.envelope, w.job
+        if env.kind is TaskKind.TASK:
+            path, timeout = job.task_path, job.task_timeout_s
+        elif env.kind is TaskKind.REDUCE_PART:
+            path, timeout = job.reduce_part_path, REDUCE_TIMEOUT_S
+        else:
+            path, timeout = job.reduce_finalize_path, REDUCE_TIMEOUT_S
+        payload = {
+            "run_id": env.run_id,
+            "task_id": env.task_id,
+            "attempt": w.attempt,
+            "item": w.item,
+            "job": env.job,
+            "shard": env.shard,
+            "kind": str(env.kind),
+        }
+        try:
+            return self.pusher.push(path, payload, idempotency_key=env.idempotency_key, timeout=timeout)
+        except Exception as exc:  # signing or secret fetch failed: retry later, do not lose the task
+            log.exception("push of %s failed before sending", env.idempotency_key)
+            return PushResult(None, error=f"push not sent: {type(exc).__name__}: {exc}")
+
+    def _retry_later(self, w: _Work, result: PushResult) -> None:
+        delay = backoff_seconds(
+            w.attempt, result.retry_after_s, base=self.retry_base_s, cap=self.retry_cap_s, rng=self.rng
+        )
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.task_queue_url, ReceiptHandle=w.record["receiptHandle"], VisibilityTimeout=delay
+            )
+        except Exception:  # the message comes back after the queue's own visibility timeout instead
+            log.exception("could not set the backoff of %s", w.message_id)
+        log.info("retry %s in %s s (attempt %s): %s", w.envelope.idempotency_key, delay, w.attempt, result.describe())
+
+    # ----------------------------------------------------------------- tasks
+
+    def _settle_tasks(self, tasks: list[_Work]) -> list[str]:
+        failures: list[str] = []
+        by_run: dict[str, list[tuple[_Work, TaskOutcome]]] = defaultdict(list)
+        for w in tasks:
+            assert w.result is not None
+            outcome = w.result.outcome
+            if outcome is PushOutcome.RETRY and w.attempt < w.job.max_attempts:
+                self._retry_later(w, w.result)
+                failures.append(w.message_id)
+                continue
+            by_run[w.envelope.run_id].append((w, self._task_outcome(w, w.result)))
+        for run_id, pairs in by_run.items():
+            run, job = pairs[0][0].run, pairs[0][0].job
+            try:
+                res = self.ledger.record_outcomes(run_id, run.counter_count, [o for _, o in pairs])
+            except InjectedCrash:
+                raise  # chaos: behave as the process dying here would
+            except Exception:
+                log.exception("recording %d outcomes of run %s failed; they will be retried", len(pairs), run_id)
+                failures += [w.message_id for w, _ in pairs]
+                continue
+            new = set(res.newly_recorded)
+            ok = sum(1 for _, o in pairs if o.task_id in new and o.state is TaskState.SUCCEEDED)
+            self.emit("TasksSucceeded", ok, job.name)
+            self.emit("TasksFailed", len(new) - ok, job.name)
+            if res.claimed_reduce:
+                log.info("run %s: last task done, reduce claimed; enqueuing %d parts", run_id, run.shard_count)
+                enqueue_reduce_parts(self.sender, job, run_id, run.shard_count)
+        return failures
+
+    @staticmethod
+    def _task_outcome(w: _Work, result: PushResult) -> TaskOutcome:
+        env = w.envelope
+        item_id = None
+        if isinstance(w.item, dict) and w.job.item_id_field in w.item:
+            item_id = str(w.item[w.job.item_id_field])
+        if result.outcome is PushOutcome.SUCCESS:
+            return TaskOutcome(env.task_id, env.shard, TaskState.SUCCEEDED, w.attempt, item_id, result=result.json())
+        return TaskOutcome(
+            env.task_id,
+            env.shard,
+            TaskState.FAILED,
+            w.attempt,
+            item_id,
+            error=result.describe(),
+            item=env.item,
+            item_ref=env.item_ref,
+        )
+
+    # ---------------------------------------------------------------- reduce
+
+    def _settle_reduce(self, w: _Work) -> list[str]:
+        assert w.result is not None
+        env, job, result = w.envelope, w.job, w.result
+        outcome = result.outcome
+        try:
+            if outcome is PushOutcome.SUCCESS:
+                if env.kind is TaskKind.REDUCE_PART:
+                    if self.ledger.record_reduce_part(env.run_id, env.shard):
+                        log.info("run %s: all reduce parts done; enqueuing finalize", env.run_id)
+                        enqueue_finalize(self.sender, job, env.run_id)
+                else:
+                    body = result.json() or {}
+                    status = self.ledger.finish_run(
+                        env.run_id,
+                        tolerated_failure_pct=job.tolerated_failure_pct,
+                        report_uri=str(body.get("report_uri", "")),
+                        summary=body.get("summary") or {},
+                    )
+                    if status is not None:
+                        log.info("run %s finished %s", env.run_id, status)
+                        self.emit("RunsSucceeded" if status is RunStatus.SUCCEEDED else "RunsFailed", 1, job.name)
+                return []
+            if outcome is PushOutcome.RETRY and w.attempt < job.max_attempts:
+                self._retry_later(w, result)
+                return [w.message_id]
+            if self.ledger.fail_run(env.run_id, f"{env.kind} {env.task_id} failed: {result.describe()}"):
+                self.emit("RunsFailed", 1, job.name)
+            return []
+        except Exception:
+            log.exception("settling %s of run %s failed; it will be retried", env.task_id, env.run_id)
+            return [w.message_id]

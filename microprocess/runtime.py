@@ -1,0 +1,148 @@
+"""The composition root of the Lambda functions: settings → clients → core objects.
+
+Built once per execution environment (module-level caches), so warm invocations reuse
+clients, connections and the ledger's epoch cache. Handlers call one function here.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from functools import cache, lru_cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from microprocess.deadletter import DeadLetterHandler
+from microprocess.faults import FaultInjector, load_faults
+from microprocess.forwarder import Forwarder
+from microprocess.jobs import JOBS
+from microprocess.ledger import Ledger
+from microprocess.push import HttpPusher
+from microprocess.queue import QueueSender
+from microprocess.settings import RuntimeSettings, get_settings
+from microprocess.splitter import Splitter
+from microprocess.sweeper import Sweeper
+
+_CONFIG = Config(max_pool_connections=50, retries={"mode": "standard", "max_attempts": 5})
+
+
+@cache
+def client(service: str) -> Any:
+    return boto3.client(service, config=_CONFIG)  # type: ignore[call-overload]
+
+
+@lru_cache(maxsize=1)
+def faults() -> FaultInjector | None:
+    return load_faults(get_settings().microprocess_chaos)
+
+
+@lru_cache(maxsize=1)
+def ledger() -> Ledger:
+    injector = faults()
+    return Ledger(
+        get_settings().ledger_table,
+        client=client("dynamodb"),
+        crash_hook=injector.maybe_crash if injector else None,
+    )
+
+
+@lru_cache(maxsize=1)
+def sender() -> QueueSender:
+    return QueueSender(client=client("sqs"), queue_url=get_settings().task_queue_url)
+
+
+class SecretCache:
+    """The signing secret, read from Secrets Manager once (or given directly in tests)."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self._value: str | None = settings.signing_secret or None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        if self._value is None:
+            with self._lock:
+                if self._value is None:
+                    if not self.settings.signing_secret_arn:
+                        raise RuntimeError("no signing secret: set SIGNING_SECRET_ARN")
+                    resp = client("secretsmanager").get_secret_value(SecretId=self.settings.signing_secret_arn)
+                    self._value = resp["SecretString"]
+        return self._value
+
+
+def emitter() -> Any:
+    """Publish a count as a Powertools EMF metric with the `job` dimension."""
+    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+    def emit(name: str, value: float, job: str) -> None:
+        if value:
+            with single_metric(name=name, unit=MetricUnit.Count, value=value, default_dimensions={"job": job}):
+                pass
+
+    return emit
+
+
+@lru_cache(maxsize=1)
+def forwarder() -> Forwarder:
+    s = get_settings()
+    return Forwarder(
+        jobs=JOBS,
+        ledger=ledger(),
+        pusher=HttpPusher(s.queue_service_url, SecretCache(s)),
+        sqs=client("sqs"),
+        s3=client("s3"),
+        task_queue_url=s.task_queue_url,
+        dead_letter_queue_url=s.dead_letter_queue_url,
+        sender=sender(),
+        faults=faults(),
+        emit=emitter(),
+    )
+
+
+def splitter(function_name: str) -> Splitter:
+    def continue_with(event: dict[str, Any]) -> None:
+        client("lambda").invoke(FunctionName=function_name, InvocationType="Event", Payload=json.dumps(event).encode())
+
+    s = get_settings()
+    return Splitter(
+        settings=s,
+        jobs=JOBS,
+        ledger=ledger(),
+        sender=sender(),
+        s3=client("s3"),
+        dynamodb=client("dynamodb"),
+        continue_with=continue_with,
+        faults=faults(),
+        emit=emitter(),
+    )
+
+
+@lru_cache(maxsize=1)
+def dead_letter() -> DeadLetterHandler:
+    s = get_settings()
+    return DeadLetterHandler(
+        jobs=JOBS, ledger=ledger(), s3=client("s3"), bucket=s.reports_bucket, sender=sender(), emit=emitter()
+    )
+
+
+def sweeper() -> Sweeper:
+    s = get_settings()
+
+    def restart_splitter(event: dict[str, Any]) -> None:
+        if not s.splitter_function_name:
+            raise RuntimeError("the sweeper needs SPLITTER_FUNCTION_NAME to restart a stuck split")
+        client("lambda").invoke(
+            FunctionName=s.splitter_function_name, InvocationType="Event", Payload=json.dumps(event).encode()
+        )
+
+    return Sweeper(
+        jobs=JOBS,
+        ledger=ledger(),
+        sender=sender(),
+        restart_splitter=restart_splitter,
+        stuck_after_s=s.stuck_after_s,
+        reduce_timeout_s=s.reduce_timeout_s,
+        emit=emitter(),
+    )

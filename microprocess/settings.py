@@ -1,0 +1,63 @@
+"""Runtime settings of the Lambda functions, read once from the environment.
+
+Plain pydantic (no pydantic-settings) so the functions need nothing beyond what the
+Lambda runtime and the Powertools layer provide. The CDK stack sets these names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from microprocess.envelope import DEFAULT_CLAIM_CHECK_BYTES, SQS_MAX_MESSAGE_BYTES
+
+
+class SettingsError(ValueError):
+    """A missing or invalid environment variable; the message names it."""
+
+
+class RuntimeSettings(BaseModel):
+    """What the functions read from their environment (names are the upper-case field names)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ledger_table: str = Field(min_length=1)
+    task_queue_url: str = ""
+    dead_letter_queue_url: str = ""
+    companies_table: str = ""
+    reports_bucket: str = ""
+    queue_service_url: str = ""
+    signing_secret_arn: str = ""
+    splitter_function_name: str = ""
+    #: The secret's value itself (tests and tools only; deployed functions use the ARN).
+    signing_secret: str = ""
+    #: Envelopes above this many bytes carry an S3 reference instead of the item.
+    claim_check_bytes: int = Field(default=DEFAULT_CLAIM_CHECK_BYTES, gt=0, lt=SQS_MAX_MESSAGE_BYTES)
+    #: Margin of remaining Lambda time under which the splitter continues itself, ms.
+    splitter_margin_ms: int = Field(default=60_000, ge=1_000)
+    #: A run with no progress for this long is repaired and reported stuck by the sweeper, s.
+    stuck_after_s: int = Field(default=900, ge=1)
+    #: A claimed reduce not finished after this long is re-enqueued by the sweeper, s.
+    reduce_timeout_s: int = Field(default=1800, ge=1)
+    #: Fault injection for the chaos suite: a JSON document or a path to one. Empty in production.
+    microprocess_chaos: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeSettings:
+        env = os.environ if environ is None else environ
+        values = {name: env[name.upper()] for name in cls.model_fields if name.upper() in env}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{str(e['loc'][0]).upper() if e['loc'] else 'settings'}: {e['msg']}" for e in exc.errors()
+            )
+            raise SettingsError(f"invalid function environment: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> RuntimeSettings:
+    return RuntimeSettings.from_env()

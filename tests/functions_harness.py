@@ -1,0 +1,316 @@
+"""Test harness for the Lambda functions: moto resources, a real HTTP service stand-in,
+SQS records in the shape the event source delivers, and an event-source driver."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from microprocess.forwarder import Forwarder
+from microprocess.jobs import CREDIT_SCORES, JobDeclaration, JobRegistry, declare
+from microprocess.ledger import Ledger, ledger_table_definition
+from microprocess.push import HttpPusher
+from microprocess.queue import QueueSender
+from microprocess.settings import RuntimeSettings
+from microprocess.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, verify
+from microprocess.splitter import Splitter
+
+EVENTS = Path(__file__).parent / "events"
+SECRET = "test-signing-secret"
+JOB = declare(**{**CREDIT_SCORES.model_dump(), "shard_count": 4, "counter_count": 4, "max_attempts": 3})
+REGISTRY = JobRegistry([JOB])
+
+
+def load_event(name: str) -> Any:
+    return json.loads((EVENTS / name).read_text())
+
+
+def sqs_record(body: str, *, receive_count: int = 1, message_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """An SQS event-source record as AWS sends it (from tests/events/sqs_record.json)."""
+    rec = copy.deepcopy(load_event("sqs_record.json"))
+    rec["body"] = body
+    rec["messageId"] = message_id or f"m-{random.random():.12f}"
+    rec["attributes"]["ApproximateReceiveCount"] = str(receive_count)
+    rec.update(extra)
+    return rec
+
+
+@dataclass
+class Behaviour:
+    """What the stand-in service answers for one company id (default: 200 with a score)."""
+
+    status: int = 200
+    retry_after: str | None = None
+    delay_s: float = 0.0
+    body: bytes | None = None
+
+
+@dataclass
+class FakeService:
+    """A real HTTP server on loopback that checks signatures like the queue service."""
+
+    behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+    bad_signatures: int = 0
+
+    def start(self) -> None:
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    verify(SECRET, raw, self.headers.get(TIMESTAMP_HEADER), self.headers.get(SIGNATURE_HEADER))
+                except SignatureError:
+                    service.bad_signatures += 1
+                    return self._send(401, b'{"detail":"bad signature"}')
+                payload = json.loads(raw)
+                service.calls.append(
+                    {"path": self.path, "payload": payload, "key": self.headers.get("Idempotency-Key")}
+                )
+                if payload["kind"] == "reduce-part":
+                    return self._send(200, json.dumps({"shard": payload["shard"]}).encode())
+                if payload["kind"] == "finalize":
+                    uri = f"s3://reports/reports/{payload['job']}/{payload['run_id']}/"
+                    return self._send(200, json.dumps({"report_uri": uri, "summary": {"ok": True}}).encode())
+                company = str(payload["item"].get("company_id"))
+                b = service.behaviours.get(company, Behaviour())
+                if b.delay_s:
+                    time.sleep(b.delay_s)
+                body = b.body if b.body is not None else json.dumps({"company_id": company, "score": 700}).encode()
+                if b.status != 200 and b.body is None:
+                    body = json.dumps({"detail": f"status {b.status} for {company}"}).encode()
+                self._send(b.status, body, b.retry_after)
+
+            def _send(self, status: int, body: bytes, retry_after: str | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                if retry_after:
+                    self.send_header("Retry-After", retry_after)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def task_calls(self) -> list[dict[str, Any]]:
+        return [c for c in self.calls if c["payload"]["kind"] == "task"]
+
+
+class RecordingSQS:
+    """Wraps the SQS client to record visibility changes (backoff) the forwarder asks for."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.visibility: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def change_message_visibility(self, **kw: Any) -> Any:
+        self.visibility.append(kw["VisibilityTimeout"])
+        try:
+            return self.inner.change_message_visibility(**kw)
+        except Exception:  # records made by hand carry no real receipt handle
+            return None
+
+
+@dataclass
+class Stack:
+    """The resources and core objects of one test, all in moto."""
+
+    ddb: Any
+    sqs: RecordingSQS
+    s3: Any
+    ledger: Ledger
+    service: FakeService
+    task_queue: str
+    dlq: str
+    bucket: str
+    companies: str
+    settings: RuntimeSettings
+    sender: QueueSender
+    continuations: list[dict[str, Any]] = field(default_factory=list)
+    emitted: list[tuple[str, float, str]] = field(default_factory=list)
+
+    def emit(self, name: str, value: float, job: str) -> None:
+        self.emitted.append((name, value, job))
+
+    def metric(self, name: str) -> float:
+        return sum(v for n, v, _ in self.emitted if n == name)
+
+    def forwarder(self, **kw: Any) -> Forwarder:
+        return Forwarder(
+            jobs=kw.pop("jobs", REGISTRY),
+            ledger=kw.pop("ledger", self.ledger),
+            pusher=HttpPusher(self.service.url, lambda: SECRET),
+            sqs=self.sqs,
+            s3=self.s3,
+            task_queue_url=self.task_queue,
+            dead_letter_queue_url=self.dlq,
+            sender=self.sender,
+            emit=self.emit,
+            run_cache_ttl_s=kw.pop("run_cache_ttl_s", 0.0),
+            rng=random.Random(1),
+            **kw,
+        )
+
+    def splitter(self, *, jobs: JobRegistry = REGISTRY, **kw: Any) -> Splitter:
+        return Splitter(
+            settings=kw.pop("settings", self.settings),
+            jobs=jobs,
+            ledger=kw.pop("ledger", self.ledger),
+            sender=self.sender,
+            s3=self.s3,
+            dynamodb=self.ddb,
+            continue_with=self.continuations.append,
+            emit=self.emit,
+            **kw,
+        )
+
+    def receive(self, queue_url: str, max_messages: int = 10) -> list[dict[str, Any]]:
+        resp = self.sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=max_messages,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        records = []
+        for m in resp.get("Messages", []):
+            attrs = {
+                k: {"stringValue": v["StringValue"], "dataType": v["DataType"]}
+                for k, v in m.get("MessageAttributes", {}).items()
+            }
+            records.append(
+                sqs_record(
+                    m["Body"],
+                    receive_count=int(m["Attributes"]["ApproximateReceiveCount"]),
+                    message_id=m["MessageId"],
+                    receiptHandle=m["ReceiptHandle"],
+                    messageAttributes=attrs,
+                )
+            )
+        return records
+
+    def depth(self, queue_url: str) -> int:
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+    def drive(self, handler: Callable[[dict[str, Any]], dict[str, Any]], queue_url: str, max_rounds: int = 500) -> int:
+        """Act as the SQS event source: deliver batches, delete what succeeded, make the
+        retried ones visible again at once (the backoff itself is asserted separately)."""
+        rounds = 0
+        while rounds < max_rounds:
+            records = self.receive(queue_url)
+            if not records:
+                if self.depth(queue_url) == 0:
+                    return rounds
+                time.sleep(0.05)
+                continue
+            rounds += 1
+            result = handler({"Records": records})
+            failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
+            for r in records:
+                if r["messageId"] in failed:
+                    self.sqs.inner.change_message_visibility(
+                        QueueUrl=queue_url, ReceiptHandle=r["receiptHandle"], VisibilityTimeout=0
+                    )
+                else:
+                    self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=r["receiptHandle"])
+        raise AssertionError(f"queue {queue_url} not drained after {max_rounds} batches")
+
+
+def seed_companies(ddb: Any, table: str, n: int) -> list[dict[str, Any]]:
+    items = [{"company_id": f"C{i:07d}", "name": f"Company {i}", "employees": i % 50} for i in range(n)]
+    for start in range(0, n, 25):
+        ddb.batch_write_item(
+            RequestItems={
+                table: [
+                    {
+                        "PutRequest": {
+                            "Item": {k: ({"S": v} if isinstance(v, str) else {"N": str(v)}) for k, v in it.items()}
+                        }
+                    }
+                    for it in items[start : start + 25]
+                ]
+            }
+        )
+    return items
+
+
+@pytest.fixture
+def stack(aws: None) -> Iterator[Stack]:
+    region = "us-east-1"
+    ddb = boto3.client("dynamodb", region_name=region)
+    sqs = boto3.client("sqs", region_name=region)
+    s3 = boto3.client("s3", region_name=region)
+    ddb.create_table(**ledger_table_definition("ledger"))
+    ddb.create_table(
+        TableName="companies",
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "company_id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "company_id", "KeyType": "HASH"}],
+    )
+    dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
+    task_queue = sqs.create_queue(QueueName="tasks", Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
+    s3.create_bucket(Bucket="reports")
+    service = FakeService()
+    service.start()
+    settings = RuntimeSettings(
+        ledger_table="ledger",
+        task_queue_url=task_queue,
+        dead_letter_queue_url=dlq,
+        companies_table="companies",
+        reports_bucket="reports",
+        queue_service_url=service.url,
+        signing_secret=SECRET,
+    )
+    recording = RecordingSQS(sqs)
+    st = Stack(
+        ddb=ddb,
+        sqs=recording,
+        s3=s3,
+        ledger=Ledger("ledger", client=ddb, rng=random.Random(5)),
+        service=service,
+        task_queue=task_queue,
+        dlq=dlq,
+        bucket="reports",
+        companies="companies",
+        settings=settings,
+        sender=QueueSender(client=sqs, queue_url=task_queue, threads=2),
+    )
+    try:
+        yield st
+    finally:
+        service.stop()
+
+
+def job_with(**changes: Any) -> tuple[JobDeclaration, JobRegistry]:
+    job = declare(**{**JOB.model_dump(), **changes})
+    return job, JobRegistry([job])

@@ -1,0 +1,526 @@
+"""Splitter, forwarder, dead-letter handler and sweeper over moto and a real HTTP stand-in."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from microprocess.envelope import TaskEnvelope, TaskKind
+from microprocess.faults import FaultConfig, FaultInjector, InjectedCrash
+from microprocess.forwarder import REASON_ATTRIBUTE, backoff_seconds
+from microprocess.jobs import UnknownJobError
+from microprocess.ledger import RunStatus, TaskState
+from microprocess.splitter import StartEventError, parse_start_event, scheduled_run_id
+from microprocess.sweeper import Sweeper
+from tests.functions_harness import (
+    JOB,
+    REGISTRY,
+    Behaviour,
+    Stack,
+    job_with,
+    load_event,
+    seed_companies,
+    sqs_record,
+)
+
+ENOUGH_TIME = lambda: 900_000  # noqa: E731 - remaining Lambda time, ms
+
+
+def start(st: Stack, items: list[Any], run_id: str = "r1", **kw: Any) -> dict[str, Any]:
+    return st.splitter(**kw).handle({"job": JOB.name, "run_id": run_id, "items": items}, ENOUGH_TIME)
+
+
+def companies(n: int, offset: int = 0) -> list[dict[str, Any]]:
+    return [{"company_id": f"C{i:07d}"} for i in range(offset, offset + n)]
+
+
+def task_records(st: Stack, run_id: str) -> list[Any]:
+    return [t for k in range(JOB.shard_count) for t in st.ledger.iter_results(run_id, k)]
+
+
+def envelope_for(run_id: str, task_id: str, item: Any = None, **kw: Any) -> str:
+    return TaskEnvelope(job=JOB.name, run_id=run_id, task_id=task_id, shard=0, item=item, **kw).to_json()
+
+
+def dlq_messages(st: Stack) -> list[dict[str, Any]]:
+    return st.receive(st.dlq)
+
+
+# ------------------------------------------------------------------ splitter
+
+
+def test_scheduled_event_derives_the_run_id_and_a_doubled_delivery_starts_one_run(stack: Stack) -> None:
+    # GIVEN 30 companies and the scheduled event the EventBridge rule sends
+    seed_companies(stack.ddb, stack.companies, 30)
+    event = load_event("scheduled_event.json")
+    # WHEN it is delivered twice
+    first = stack.splitter().handle(event, ENOUGH_TIME)
+    second = stack.splitter().handle(event, ENOUGH_TIME)
+    # THEN one run, named after the job and the event time, with 30 tasks enqueued once
+    assert first["run_id"] == second["run_id"] == "credit-scores-20261201T020000Z"
+    assert first["expected"] == second["expected"] == 30
+    assert stack.depth(stack.task_queue) == 30
+    assert [r.run_id for r in stack.ledger.list_runs(JOB.name)] == ["credit-scores-20261201T020000Z"]
+
+
+def test_raw_eventbridge_event_with_job_in_detail() -> None:
+    req = parse_start_event(load_event("eventbridge_scheduled_raw.json"))
+    assert (req.job, req.run_id) == ("credit-scores", "credit-scores-20261201T020000Z")
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ([], "JSON object"),
+        ({}, "no 'job'"),
+        ({"job": "credit-scores", "items": "x"}, "'items' must be a list"),
+        ({"job": "credit-scores", "run_id": "bad id!"}, "run_id"),
+        ({"job": "credit-scores", "source": "schedule"}, "no 'time'"),
+        ({"job": "credit-scores", "time": "yesterday"}, "not an ISO 8601"),
+    ],
+)
+def test_bad_start_events_are_refused_with_a_reason(event: Any, message: str) -> None:
+    with pytest.raises(StartEventError, match=message):
+        parse_start_event(event)
+
+
+def test_unknown_job_names_the_declared_ones(stack: Stack) -> None:
+    with pytest.raises(UnknownJobError, match="credit-scores"):
+        stack.splitter().handle({"job": "nope"}, ENOUGH_TIME)
+
+
+def test_inline_items_one_task_per_item_duplicates_included(stack: Stack) -> None:
+    # GIVEN an inline list with a duplicate item (seed 000's "message too big")
+    items = [*companies(12), {"company_id": "C0000003"}]
+    res = start(stack, items)
+    # THEN every item, the duplicate too, has its own task
+    assert res["expected"] == 13 and res["status"] == "RUNNING"
+    bodies = [TaskEnvelope.parse(r["body"]) for r in stack.receive(stack.task_queue, 10)]
+    bodies += [TaskEnvelope.parse(r["body"]) for r in stack.receive(stack.task_queue, 10)]
+    assert len({b.task_id for b in bodies}) == 13
+
+
+def test_dynamodb_source_reads_every_company_once_over_parallel_segments(stack: Stack) -> None:
+    seed_companies(stack.ddb, stack.companies, 57)
+    job, reg = job_with(source={"kind": "dynamodb", "table": "companies", "segments": 3, "page_size": 7})
+    res = stack.splitter(jobs=reg).handle({"job": job.name, "run_id": "r1"}, ENOUGH_TIME)
+    assert res["expected"] == 57
+    seen: list[str] = []
+    while recs := stack.receive(stack.task_queue):
+        for r in recs:
+            seen.append(TaskEnvelope.parse(r["body"]).item["company_id"])
+            stack.sqs.delete_message(QueueUrl=stack.task_queue, ReceiptHandle=r["receiptHandle"])
+    assert sorted(seen) == [f"C{i:07d}" for i in range(57)]
+    assert stack.ledger.require_run("r1").cursors == {"0": "<done>", "1": "<done>", "2": "<done>"}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_s3_manifest_sources(stack: Stack, fmt: str) -> None:
+    rows = companies(23)
+    if fmt == "jsonl":
+        body = "\n".join(json.dumps(r) for r in rows) + "\n"
+    else:
+        body = "company_id,name\n" + "".join(f"{r['company_id']},Name {i}\r\n" for i, r in enumerate(rows))
+    stack.s3.put_object(Bucket="reports", Key=f"manifests/m.{fmt}", Body=body.encode())
+    job, reg = job_with(source={"kind": "s3", "uri": f"s3://reports/manifests/m.{fmt}", "format": fmt, "page_size": 5})
+    res = stack.splitter(jobs=reg).handle({"job": job.name, "run_id": "r1"}, ENOUGH_TIME)
+    assert res["expected"] == 23
+    got = []
+    while recs := stack.receive(stack.task_queue):
+        for r in recs:
+            got.append(TaskEnvelope.parse(r["body"]).item["company_id"])
+            stack.sqs.delete_message(QueueUrl=stack.task_queue, ReceiptHandle=r["receiptHandle"])
+    assert sorted(got) == [r["company_id"] for r in rows]
+
+
+def generated_items() -> list[dict[str, Any]]:
+    return companies(9)
+
+
+def test_callable_source(stack: Stack) -> None:
+    job, reg = job_with(source={"kind": "callable", "function": "tests.test_functions:generated_items", "page_size": 4})
+    assert stack.splitter(jobs=reg).handle({"job": job.name, "run_id": "r1"}, ENOUGH_TIME)["expected"] == 9
+
+
+def test_claim_check_sends_big_items_by_reference_and_the_forwarder_fetches_them(stack: Stack) -> None:
+    # GIVEN a threshold of 1 KB and one item of 5 KB
+    settings = stack.settings.model_copy(update={"claim_check_bytes": 1000})
+    big = {"company_id": "C0000001", "blob": "x" * 5000}
+    stack.splitter(settings=settings).handle({"job": JOB.name, "run_id": "r1", "items": [big]}, ENOUGH_TIME)
+    [rec] = stack.receive(stack.task_queue)
+    env = TaskEnvelope.parse(rec["body"])
+    # THEN the message carries a reference, the item is in S3, and the service gets the item itself
+    assert env.item is None and env.item_ref == "s3://reports/claims/credit-scores/r1/0-000000000.json"
+    res = stack.forwarder().handle({"Records": [rec]})
+    assert res["batchItemFailures"] == []
+    assert stack.service.task_calls()[0]["payload"]["item"] == big
+
+
+@pytest.mark.parametrize("pages_before_crash", [0, 1, 2])
+def test_splitter_resumes_after_a_crash_between_send_and_account(stack: Stack, pages_before_crash: int) -> None:
+    # GIVEN a splitter that dies right after sending page N (before accounting it)
+    items = companies(25)
+    job, reg = job_with(source={"kind": "inline", "page_size": 10})
+
+    class CrashAt(FaultInjector):
+        sends = 0
+
+        def maybe_crash(self, point: str) -> None:
+            if point == "splitter_after_send":
+                CrashAt.sends += 1
+                if CrashAt.sends == pages_before_crash + 1:
+                    raise InjectedCrash(point)
+
+    event = {"job": job.name, "run_id": "r1", "items": items}
+    with pytest.raises(InjectedCrash):
+        stack.splitter(jobs=reg, faults=CrashAt(FaultConfig())).handle(event, ENOUGH_TIME)
+    # WHEN it is resumed
+    res = stack.splitter(jobs=reg).handle(event, ENOUGH_TIME)
+    # THEN every item is expected once, and the re-sent page is made of duplicates of the same ids
+    assert res["expected"] == 25 and res["status"] == "RUNNING"
+    resent = min(10, 25 - 10 * pages_before_crash)
+    assert stack.depth(stack.task_queue) == 25 + resent  # the crashed page went out twice
+    stack.drive(stack.forwarder().handle, stack.task_queue)
+    assert len(task_records(stack, "r1")) == 25
+    assert stack.ledger.progress("r1").succeeded == 25
+
+
+def test_splitter_continues_itself_when_time_runs_low(stack: Stack) -> None:
+    job, reg = job_with(source={"kind": "inline", "page_size": 5})
+    event = {"job": job.name, "run_id": "r1", "items": companies(12)}
+    budget = iter([900_000, 900_000, 1_000])  # the third page would start under the margin
+    res = stack.splitter(jobs=reg).handle(event, lambda: next(budget))
+    assert res["continued"] is True and res["status"] == "SPLITTING" and res["expected"] == 10
+    [cont] = stack.continuations
+    assert cont["run_id"] == "r1" and cont["continuation"] == 1
+    res = stack.splitter(jobs=reg).handle(cont, ENOUGH_TIME)
+    assert res["continued"] is False and res["expected"] == 12
+
+
+def test_empty_source_finishes_the_run_at_once(stack: Stack) -> None:
+    res = start(stack, [])
+    assert res["status"] == "REDUCING" and res["expected"] == 0
+    kinds = [TaskEnvelope.parse(r["body"]).kind for r in stack.receive(stack.task_queue)]
+    assert kinds == [TaskKind.REDUCE_PART] * JOB.shard_count
+
+
+def test_cancelled_run_stops_splitting(stack: Stack) -> None:
+    stack.ledger.create_run("r1", JOB)
+    stack.ledger.cancel("r1")
+    res = start(stack, companies(5))
+    assert res["status"] == "CANCELLED" and stack.depth(stack.task_queue) == 0
+
+
+def test_batch_entry_failures_are_retried_not_dropped(stack: Stack) -> None:
+    # GIVEN an SQS that refuses the first entry of each first attempt
+    real = stack.sender.client
+    refused: list[str] = []
+
+    class Flaky:
+        def send_message_batch(self, **kw: Any) -> Any:
+            first, rest = kw["Entries"][0], kw["Entries"][1:]
+            if first["Id"] in refused or len(kw["Entries"]) == 1:
+                return real.send_message_batch(**kw)
+            refused.append(first["Id"])
+            resp = real.send_message_batch(**{**kw, "Entries": rest})
+            resp.setdefault("Failed", []).append(
+                {"Id": first["Id"], "SenderFault": False, "Code": "InternalError", "Message": "try again"}
+            )
+            return resp
+
+    stack.sender.client = Flaky()
+    start(stack, companies(10))
+    assert refused and stack.depth(stack.task_queue) == 10
+
+
+# ----------------------------------------------------------------- forwarder
+
+
+def running_run(st: Stack, n: int, run_id: str = "r1") -> list[dict[str, Any]]:
+    """A run whose n tasks are enqueued; returns their records as the event source delivers them."""
+    start(st, companies(n), run_id=run_id)
+    recs: list[dict[str, Any]] = []
+    while len(recs) < n:
+        recs += st.receive(st.task_queue)
+    return recs
+
+
+def test_success_records_the_result_with_a_signed_idempotent_push(stack: Stack) -> None:
+    recs = running_run(stack, 3)
+    res = stack.forwarder().handle({"Records": recs})
+    assert res == {"batchItemFailures": []}
+    assert stack.service.bad_signatures == 0
+    keys = sorted(c["key"] for c in stack.service.task_calls())
+    assert keys == ["r1:0-000000000", "r1:0-000000001", "r1:0-000000002"]
+    recs_ = task_records(stack, "r1")
+    assert all(t.state is TaskState.SUCCEEDED and t.result["score"] == 700 for t in recs_)
+    assert stack.metric("TasksSucceeded") == 3
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 422])
+def test_4xx_is_a_permanent_failure_without_retry(stack: Stack, status: int) -> None:
+    stack.service.behaviours["C0000001"] = Behaviour(status=status)
+    recs = running_run(stack, 2)
+    res = stack.forwarder().handle({"Records": recs})
+    assert res == {"batchItemFailures": []}
+    failed = [t for t in task_records(stack, "r1") if t.state is TaskState.FAILED]
+    assert [t.item_id for t in failed] == ["C0000001"] and f"HTTP {status}" in (failed[0].error or "")
+    assert stack.sqs.visibility == []
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503])
+def test_retryable_status_backs_off_and_is_retried(stack: Stack, status: int) -> None:
+    stack.service.behaviours["C0000000"] = Behaviour(status=status)
+    [rec] = running_run(stack, 1)
+    res = stack.forwarder().handle({"Records": [rec]})
+    assert res == {"batchItemFailures": [{"itemIdentifier": rec["messageId"]}]}
+    assert task_records(stack, "r1") == []
+    assert len(stack.sqs.visibility) == 1 and 1 <= stack.sqs.visibility[0] <= 2
+
+
+def test_retry_after_is_honoured(stack: Stack) -> None:
+    stack.service.behaviours["C0000000"] = Behaviour(status=429, retry_after="37")
+    [rec] = running_run(stack, 1)
+    stack.forwarder().handle({"Records": [rec]})
+    assert stack.sqs.visibility and 37 <= stack.sqs.visibility[0] <= 38
+
+
+def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
+    import random
+
+    rng = random.Random(0)
+    delays = [backoff_seconds(a, None, base=2, cap=60, rng=rng) for a in range(1, 9)]
+    assert delays[0] <= 2 and delays[3] >= 8 and max(delays) <= 60
+    assert all(d >= 1 for d in delays)
+
+
+def test_timeout_and_connection_errors_are_retried(stack: Stack) -> None:
+    _, reg = job_with(task_timeout_s=0.3)
+    stack.service.behaviours["C0000000"] = Behaviour(delay_s=1.5)
+    [rec] = running_run(stack, 1)
+    res = stack.forwarder(jobs=reg).handle({"Records": [rec]})
+    assert res["batchItemFailures"] == [{"itemIdentifier": rec["messageId"]}]
+    stack.service.stop()  # now nothing listens: a connection error
+    res = stack.forwarder(jobs=reg).handle({"Records": [rec]})
+    assert res["batchItemFailures"] == [{"itemIdentifier": rec["messageId"]}]
+    assert task_records(stack, "r1") == []
+    stack.service.start()  # the fixture stops it at the end
+
+
+def test_max_attempts_records_failed_with_the_last_error(stack: Stack) -> None:
+    stack.service.behaviours["C0000000"] = Behaviour(status=503)
+    [rec] = running_run(stack, 1)
+    rec["attributes"]["ApproximateReceiveCount"] = str(JOB.max_attempts)
+    res = stack.forwarder().handle({"Records": [rec]})
+    assert res == {"batchItemFailures": []}
+    [t] = task_records(stack, "r1")
+    assert t.state is TaskState.FAILED and t.attempts == JOB.max_attempts and "HTTP 503" in (t.error or "")
+    assert t.item == {"company_id": "C0000000"}  # kept for retry-failed
+
+
+def test_malformed_records_go_to_the_dlq_and_never_fail_the_good_ones(stack: Stack) -> None:
+    good = running_run(stack, 2)
+    bad = [
+        sqs_record("not json {", message_id="bad-json"),
+        sqs_record(json.dumps({"v": 1, "job": "credit-scores"}), message_id="bad-schema"),
+        sqs_record(
+            envelope_for("r1", "t-x", {"company_id": "C1"}).replace("credit-scores", "no-such-job"),
+            message_id="bad-job",
+        ),
+        sqs_record(envelope_for("ghost-run", "t-y", {"company_id": "C1"}), message_id="bad-run"),
+        sqs_record(envelope_for("r1", "t-z", item_ref="s3://reports/claims/missing.json"), message_id="bad-ref"),
+    ]
+    res = stack.forwarder().handle({"Records": [bad[0], good[0], *bad[1:], good[1]]})
+    assert res == {"batchItemFailures": []}
+    assert len(task_records(stack, "r1")) == 2
+    reasons = sorted(m["messageAttributes"][REASON_ATTRIBUTE]["stringValue"] for m in dlq_messages(stack))
+    assert len(reasons) == 5
+    for needle in ("not JSON", "wrong schema", "unknown job", "unknown run", "missing S3 payload"):
+        assert any(needle in r for r in reasons), (needle, reasons)
+
+
+def test_cancelled_run_messages_are_acknowledged_without_calls(stack: Stack) -> None:
+    recs = running_run(stack, 4)
+    stack.ledger.cancel("r1")
+    res = stack.forwarder().handle({"Records": recs})
+    assert res == {"batchItemFailures": []} and stack.service.calls == []
+    assert task_records(stack, "r1") == []
+
+
+def test_duplicate_deliveries_are_counted_once(stack: Stack) -> None:
+    recs = running_run(stack, 3)
+    f = stack.forwarder()
+    f.handle({"Records": recs[:2]})
+    f.handle({"Records": [recs[0], recs[1], recs[2], recs[0]]})  # redelivered, and twice in one batch
+    prog = stack.ledger.progress("r1")
+    assert (prog.succeeded, prog.status) == (3, RunStatus.REDUCING)
+    calls_before = len(stack.service.calls)
+    f.handle({"Records": [recs[1]]})  # late duplicate after the reduce was claimed: no call
+    assert len(stack.service.calls) == calls_before
+
+
+def drain(st: Stack, forwarder: Any = None) -> None:
+    st.drive((forwarder or st.forwarder()).handle, st.task_queue)
+
+
+def test_full_pipeline_reaches_succeeded_through_the_two_level_reduce(stack: Stack) -> None:
+    # GIVEN 45 companies, one of which the service rejects (within a 5% tolerance)
+    job, reg = job_with(tolerated_failure_pct=5.0)
+    stack.service.behaviours["C0000007"] = Behaviour(status=400)
+    seed_companies(stack.ddb, stack.companies, 45)
+    stack.splitter(jobs=reg).handle({"job": job.name, "run_id": "r1"}, ENOUGH_TIME)
+    # WHEN the event source drives the forwarder until the queue is empty
+    drain(stack, stack.forwarder(jobs=reg))
+    # THEN parts, then finalize were pushed once each, and the run ended SUCCEEDED with its report
+    run = stack.ledger.require_run("r1")
+    assert run.status is RunStatus.SUCCEEDED and run.report_uri == "s3://reports/reports/credit-scores/r1/"
+    parts = [c for c in stack.service.calls if c["payload"]["kind"] == "reduce-part"]
+    finals = [c for c in stack.service.calls if c["payload"]["kind"] == "finalize"]
+    assert sorted(c["payload"]["shard"] for c in parts) == list(range(job.shard_count)) and len(finals) == 1
+    assert stack.metric("TasksSucceeded") == 44 and stack.metric("TasksFailed") == 1
+    assert stack.metric("RunsSucceeded") == 1
+
+
+def test_run_fails_above_the_tolerated_failure_percentage(stack: Stack) -> None:
+    for i in range(3):
+        stack.service.behaviours[f"C{i:07d}"] = Behaviour(status=400)
+    start(stack, companies(10))
+    drain(stack)
+    run = stack.ledger.require_run("r1")
+    assert run.status is RunStatus.FAILED and "3 of 10 tasks failed" in (run.error or "")
+    assert stack.metric("RunsFailed") == 1
+
+
+def test_reduce_that_keeps_failing_ends_the_run_failed(stack: Stack) -> None:
+    start(stack, companies(2))
+    drain(stack)  # the run is done; stop the service before the finalize can run
+    # replay: a fresh run whose reduce part fails for good
+    start(stack, companies(2), run_id="r2")
+    stack.service.stop()
+    recs = []
+    while True:
+        batch = stack.receive(stack.task_queue)
+        if not batch:
+            break
+        recs += batch
+    stack.service.start()
+    res = stack.forwarder().handle({"Records": recs})  # the two tasks succeed, the reduce is claimed
+    assert res["batchItemFailures"] == [] and stack.ledger.require_run("r2").status is RunStatus.REDUCING
+    stack.service.stop()
+    parts = stack.receive(stack.task_queue)
+    for p in parts:
+        p["attributes"]["ApproximateReceiveCount"] = str(JOB.max_attempts)
+    stack.forwarder().handle({"Records": parts})
+    run = stack.ledger.require_run("r2")
+    assert run.status is RunStatus.FAILED and "reduce-part" in (run.error or "")
+    stack.service.start()
+
+
+# --------------------------------------------------------------- dead letter
+
+
+def test_dead_letter_marks_tasks_failed_and_the_run_still_finishes(stack: Stack) -> None:
+    from microprocess.deadletter import DeadLetterHandler
+
+    recs = running_run(stack, 2)
+    stack.forwarder().handle({"Records": [recs[0]]})
+    handler = DeadLetterHandler(jobs=REGISTRY, ledger=stack.ledger, s3=stack.s3, bucket="reports", sender=stack.sender)
+    dead = sqs_record(recs[1]["body"], receive_count=JOB.max_attempts + 2)
+    assert handler.handle({"Records": [dead, dead]}) == {"batchItemFailures": []}
+    [failed] = [t for t in task_records(stack, "r1") if t.state is TaskState.FAILED]
+    assert "dead-lettered after 5 receives" in (failed.error or "")
+    assert stack.ledger.progress("r1").failed == 1  # counted once though delivered twice
+    assert stack.ledger.require_run("r1").status is RunStatus.REDUCING
+
+
+def test_dead_letter_quarantines_what_it_cannot_parse(stack: Stack) -> None:
+    from microprocess.deadletter import DeadLetterHandler
+
+    handler = DeadLetterHandler(jobs=REGISTRY, ledger=stack.ledger, s3=stack.s3, bucket="reports", sender=stack.sender)
+    attrs = {REASON_ATTRIBUTE: {"stringValue": "malformed message: body is not JSON", "dataType": "String"}}
+    rec = sqs_record("\x00garbage", message_id="q1", messageAttributes=attrs)
+    assert handler.handle({"Records": [rec]}) == {"batchItemFailures": []}
+    keys = [o["Key"] for o in stack.s3.list_objects_v2(Bucket="reports", Prefix="quarantine/")["Contents"]]
+    assert len(keys) == 1 and keys[0].endswith("/q1.json")
+    doc = json.loads(stack.s3.get_object(Bucket="reports", Key=keys[0])["Body"].read())
+    assert doc["body"] == "\x00garbage" and "not JSON" in doc["reason"] and doc["attributes"]
+
+
+def test_dead_lettered_reduce_fails_the_run(stack: Stack) -> None:
+    from microprocess.deadletter import DeadLetterHandler
+
+    start(stack, [])
+    [part, *_] = stack.receive(stack.task_queue)
+    handler = DeadLetterHandler(jobs=REGISTRY, ledger=stack.ledger, s3=stack.s3, bucket="reports", sender=stack.sender)
+    handler.handle({"Records": [part]})
+    assert stack.ledger.require_run("r1").status is RunStatus.FAILED
+
+
+# ------------------------------------------------------------------- sweeper
+
+
+def sweeper(st: Stack, restarts: list[dict[str, Any]] | None = None, **kw: Any) -> Sweeper:
+    return Sweeper(
+        jobs=REGISTRY,
+        ledger=st.ledger,
+        sender=st.sender,
+        restart_splitter=(restarts if restarts is not None else []).append,
+        stuck_after_s=kw.pop("stuck_after_s", 0),
+        reduce_timeout_s=kw.pop("reduce_timeout_s", 0),
+        emit=st.emit,
+        **kw,
+    )
+
+
+def test_sweeper_repairs_a_crash_between_task_write_and_count(stack: Stack) -> None:
+    from microprocess.ledger import CRASH_AFTER_TASK_WRITE, Ledger
+
+    def crash(point: str) -> None:
+        if point == CRASH_AFTER_TASK_WRITE:
+            raise InjectedCrash(point)
+
+    recs = running_run(stack, 3)
+    crashing = Ledger("ledger", client=stack.ddb, crash_hook=crash)
+    with pytest.raises(InjectedCrash):
+        stack.forwarder(ledger=crashing).handle({"Records": recs})
+    stack.forwarder().handle({"Records": recs})  # redelivered: duplicates, not counted
+    assert stack.ledger.require_run("r1").status is RunStatus.RUNNING
+    report = sweeper(stack).sweep()
+    assert report.repaired == ["r1"] and report.reduces_claimed == ["r1"]
+    assert stack.ledger.require_run("r1").status is RunStatus.REDUCING
+    assert {TaskEnvelope.parse(r["body"]).kind for r in stack.receive(stack.task_queue)} == {TaskKind.REDUCE_PART}
+
+
+def test_sweeper_reenqueues_a_lost_reduce_and_reports_stuck_runs(stack: Stack) -> None:
+    start(stack, [])  # claimed at once; pretend the parts were lost
+    while recs := stack.receive(stack.task_queue):
+        for r in recs:
+            stack.sqs.delete_message(QueueUrl=stack.task_queue, ReceiptHandle=r["receiptHandle"])
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    report = sweeper(stack, reduce_timeout_s=1, now=lambda: later).sweep()
+    assert report.reduces_requeued == ["r1"] and report.stuck == ["r1"]
+    assert stack.depth(stack.task_queue) == JOB.shard_count
+    assert stack.metric("StuckRuns") == 1
+    drain(stack)
+    assert stack.ledger.require_run("r1").status is RunStatus.SUCCEEDED
+
+
+def test_sweeper_restarts_an_idle_split(stack: Stack) -> None:
+    stack.ledger.create_run("r1", JOB)
+    restarts: list[dict[str, Any]] = []
+    later = datetime.now(UTC) + timedelta(seconds=10)
+    report = sweeper(stack, restarts, stuck_after_s=5, now=lambda: later).sweep()
+    assert report.splitters_restarted == ["r1"] and restarts == [{"job": JOB.name, "run_id": "r1", "source": "sweeper"}]
+
+
+def test_sweeper_leaves_healthy_runs_alone(stack: Stack) -> None:
+    running_run(stack, 2)
+    report = sweeper(stack, stuck_after_s=3600, reduce_timeout_s=3600).sweep()
+    assert report.runs_seen == 1 and not (report.repaired or report.stuck or report.splitters_restarted)
+
+
+def test_scheduled_run_id_is_stable() -> None:
+    assert scheduled_run_id("j", "2026-12-01T02:00:00+00:00") == scheduled_run_id("j", "2026-12-01T02:00:00Z")

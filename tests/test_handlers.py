@@ -1,0 +1,90 @@
+"""The thin Lambda entry points, wired from their environment like in AWS (moto + HTTP stand-in)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from microprocess import runtime
+from microprocess.ledger import RunStatus
+from microprocess.settings import SettingsError, get_settings
+from tests.functions_harness import SECRET, Stack, load_event, seed_companies
+
+
+@dataclass
+class FakeContext:
+    function_name: str = "splitter-fn"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:splitter-fn"
+    aws_request_id: str = "req-1"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 600_000
+
+
+def _reset_runtime() -> None:
+    get_settings.cache_clear()
+    for fn in (runtime.client, runtime.faults, runtime.ledger, runtime.sender, runtime.forwarder, runtime.dead_letter):
+        fn.cache_clear()
+
+
+@pytest.fixture
+def env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    for key, value in {
+        "LEDGER_TABLE": "ledger",
+        "TASK_QUEUE_URL": stack.task_queue,
+        "DEAD_LETTER_QUEUE_URL": stack.dlq,
+        "COMPANIES_TABLE": stack.companies,
+        "REPORTS_BUCKET": stack.bucket,
+        "QUEUE_SERVICE_URL": stack.service.url,
+        "SIGNING_SECRET": SECRET,
+        "SPLITTER_FUNCTION_NAME": "splitter-fn",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "Microprocess",
+        "POWERTOOLS_SERVICE_NAME": "microprocess",
+    }.items():
+        monkeypatch.setenv(key, value)
+    _reset_runtime()
+    yield stack
+    _reset_runtime()
+
+
+def handler(name: str) -> Any:
+    return importlib.import_module(f"functions.{name}.handler").lambda_handler
+
+
+def test_handlers_run_a_job_end_to_end(env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN 25 companies and the scheduled event the rule sends
+    seed_companies(env.ddb, env.companies, 25)
+    # WHEN the splitter handler runs and the forwarder handler drains the queue
+    res = handler("splitter")(load_event("scheduled_event.json"), FakeContext())
+    assert res == {"run_id": "credit-scores-20261201T020000Z", "status": "RUNNING", "expected": 25, "continued": False}
+    env.drive(lambda ev: handler("forwarder")(ev, FakeContext("forwarder-fn")), env.task_queue)
+    # THEN the run is SUCCEEDED, and the logs are structured JSON with EMF metrics per job
+    run = env.ledger.require_run(res["run_id"])
+    assert run.status is RunStatus.SUCCEEDED
+    out = capsys.readouterr().out
+    assert '"TasksSucceeded"' in out and '"job": "credit-scores"' in out.replace('":"', '": "')
+    assert '"run_id"' in out
+
+
+def test_dead_letter_and_sweeper_handlers(env: Stack) -> None:
+    from tests.functions_harness import sqs_record
+
+    assert handler("dead_letter")({"Records": [sqs_record("nonsense", message_id="x1")]}, FakeContext()) == {
+        "batchItemFailures": []
+    }
+    report = handler("sweeper")({}, FakeContext())
+    assert report["runs_seen"] == 0 and report["stuck"] == []
+
+
+def test_missing_environment_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEDGER_TABLE", raising=False)
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError, match="LEDGER_TABLE"):
+        get_settings()
+    get_settings.cache_clear()
