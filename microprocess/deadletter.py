@@ -101,6 +101,7 @@ class DeadLetterHandler:
         if res.newly_recorded:
             self.emit("TasksFailed", 1, job.name)
         if res.claimed_reduce:
+            self.emit("ReducesClaimed", 1, job.name)
             enqueue_reduce_parts(self.sender, job, env.run_id, run.shard_count)
 
     def _quarantine(self, record: dict[str, Any], reason: str) -> None:

@@ -252,6 +252,7 @@ class Forwarder:
         except Exception:  # the message comes back after the queue's own visibility timeout instead
             log.exception("could not set the backoff of %s", w.message_id)
         log.info("retry %s in %s s (attempt %s): %s", w.envelope.idempotency_key, delay, w.attempt, result.describe())
+        self.emit("TasksRetried", 1, w.job.name)
 
     # ----------------------------------------------------------------- tasks
 
@@ -280,8 +281,10 @@ class Forwarder:
             ok = sum(1 for _, o in pairs if o.task_id in new and o.state is TaskState.SUCCEEDED)
             self.emit("TasksSucceeded", ok, job.name)
             self.emit("TasksFailed", len(new) - ok, job.name)
+            self.emit("DuplicatesAbsorbed", len(res.duplicates), job.name)
             if res.claimed_reduce:
                 log.info("run %s: last task done, reduce claimed; enqueuing %d parts", run_id, run.shard_count)
+                self.emit("ReducesClaimed", 1, job.name)
                 enqueue_reduce_parts(self.sender, job, run_id, run.shard_count)
         return failures
 

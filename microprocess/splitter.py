@@ -141,6 +141,7 @@ class Splitter:
 
     def _finish(self, job: JobDeclaration, run_id: str) -> None:
         if self.ledger.finish_split(run_id):
+            self.emit("ReducesClaimed", 1, job.name)
             enqueue_reduce_parts(self.sender, job, run_id, self.ledger.require_run(run_id).shard_count)
 
     def _source(self, job: JobDeclaration, req: StartRequest) -> Source:

@@ -127,5 +127,6 @@ class Sweeper:
         return False
 
     def _claimed(self, run: RunRecord, report: SweepReport) -> None:
+        self.emit("ReducesClaimed", 1, run.job)
         enqueue_reduce_parts(self.sender, self.jobs.get(run.job), run.run_id, run.shard_count)
         report.reduces_claimed.append(run.run_id)

@@ -524,3 +524,15 @@ def test_sweeper_leaves_healthy_runs_alone(stack: Stack) -> None:
 
 def test_scheduled_run_id_is_stable() -> None:
     assert scheduled_run_id("j", "2026-12-01T02:00:00+00:00") == scheduled_run_id("j", "2026-12-01T02:00:00Z")
+
+
+def test_metrics_count_duplicates_retries_and_the_single_reduce_claim(stack: Stack) -> None:
+    stack.service.behaviours["C0000001"] = Behaviour(status=503)
+    recs = running_run(stack, 3)
+    f = stack.forwarder()
+    f.handle({"Records": recs})  # C1 is retried
+    f.handle({"Records": recs[:1]})  # a duplicate of a completed task
+    stack.service.behaviours.clear()
+    f.handle({"Records": recs[1:2]})
+    assert stack.metric("TasksRetried") == 1 and stack.metric("DuplicatesAbsorbed") == 1
+    assert stack.metric("ReducesClaimed") == 1
