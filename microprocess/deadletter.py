@@ -79,6 +79,13 @@ class DeadLetterHandler:
         if run is None:
             self._quarantine(record, f"{reason}; unknown run '{env.run_id}'")
             return
+        if env.kind is TaskKind.TASK:
+            owned = run.owns_task(env.task_id)
+            if owned is None:
+                raise RuntimeError(f"task {env.task_id} of run {env.run_id} is not accounted yet; retrying later")
+            if not owned:
+                self._quarantine(record, f"{reason}; task '{env.task_id}' is not part of run '{env.run_id}'")
+                return
         if env.kind is not TaskKind.TASK:
             if self.ledger.fail_run(env.run_id, f"{env.kind} {env.task_id} dead-lettered: {reason}"):
                 self.emit("RunsFailed", 1, job.name)

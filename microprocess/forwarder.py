@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from microprocess.envelope import MalformedEnvelope, TaskEnvelope, TaskKind
+from microprocess.envelope import SQS_MAX_MESSAGE_BYTES, MalformedEnvelope, TaskEnvelope, TaskKind, shard_of
 from microprocess.fanin import enqueue_finalize, enqueue_reduce_parts
 from microprocess.faults import FaultInjector, InjectedCrash
 from microprocess.jobs import JobDeclaration, JobRegistry, UnknownJobError
@@ -72,6 +72,10 @@ class _Work:
     @property
     def attempt(self) -> int:
         return int(self.record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+
+
+class _Deferred(Exception):
+    """A record to retry shortly (its task's page is not accounted yet)."""
 
 
 class RunCache:
@@ -138,6 +142,9 @@ class Forwarder:
         for record in event.get("Records", []):
             try:
                 item = self._admit(record)
+            except _Deferred:
+                failures.append(str(record.get("messageId")))
+                continue
             except Exception:  # a bug while looking at one record fails only that record
                 log.exception("forwarder: could not admit record %s", record.get("messageId"))
                 failures.append(str(record.get("messageId")))
@@ -181,6 +188,20 @@ class Forwarder:
             return None
         if env.kind is TaskKind.TASK and run.status in (RunStatus.REDUCING, RunStatus.SUCCEEDED, RunStatus.FAILED):
             return None  # every task was terminal when the reduce was claimed: a late duplicate
+        if env.kind is TaskKind.TASK:
+            owned = run.owns_task(env.task_id)
+            if not owned:  # the cached run may be behind the splitter's accounting: look again
+                run = self.runs.get(env.run_id, fresh=True) or run
+                owned = run.owns_task(env.task_id)
+            if owned is False or env.shard != shard_of(env.task_id, run.shard_count):
+                self._dead_letter(
+                    record,
+                    f"malformed message: task '{env.task_id}' (shard {env.shard}) is not part of run '{env.run_id}'",
+                )
+                return None
+            if owned is None:  # sent, not yet accounted: try again in a moment
+                self._defer(record)
+                raise _Deferred
         if env.kind is not TaskKind.TASK and run.status in (RunStatus.SPLITTING, RunStatus.RUNNING):
             run = self.runs.get(env.run_id, fresh=True) or run  # statuses only move on: the cache is behind
         if env.kind is not TaskKind.TASK and run.status is not RunStatus.REDUCING:
@@ -203,11 +224,25 @@ class Forwarder:
 
     def _dead_letter(self, record: dict[str, Any], reason: str) -> None:
         log.warning("dead-lettering message %s: %s", record.get("messageId"), reason)
+        body = record.get("body") or "<empty>"
+        if len(body.encode()) + len(reason) + 64 > SQS_MAX_MESSAGE_BYTES:
+            # No room for the reason beside a body this large: the body moves as it came
+            # (nothing lost), the reason is in this log line.
+            self.sqs.send_message(QueueUrl=self.dead_letter_queue_url, MessageBody=body)
+            return
         self.sqs.send_message(
             QueueUrl=self.dead_letter_queue_url,
-            MessageBody=record.get("body") or "<empty>",
+            MessageBody=body,
             MessageAttributes={REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:2000]}},
         )
+
+    def _defer(self, record: dict[str, Any]) -> None:
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.task_queue_url, ReceiptHandle=record["receiptHandle"], VisibilityTimeout=1
+            )
+        except Exception:
+            log.exception("could not defer %s", record.get("messageId"))
 
     def _duplicate_some(self, work: list[_Work]) -> None:
         if not self.faults:

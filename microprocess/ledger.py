@@ -122,6 +122,16 @@ class RunRecord:
     sweep_done: int | None = None
     sweep_changed_at: str | None = None
 
+    def owns_task(self, task_id: str) -> bool | None:
+        """Whether `task_id` is one of this run's tasks: True, False, or None when it cannot
+        tell yet (its page may be sent but not accounted). Task ids are `<segment>-<seq>`."""
+        seg, _, seq = task_id.partition("-")
+        if seg not in self.cursors or not seq.isdigit():
+            return False
+        if int(seq) < self.seg_counts.get(seg, 0):
+            return True
+        return False if self.split_done or self.cursors[seg] == CURSOR_DONE else None
+
 
 @dataclass(frozen=True)
 class TaskOutcome:

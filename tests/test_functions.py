@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from microprocess.envelope import TaskEnvelope, TaskKind
+from microprocess.envelope import TaskEnvelope, TaskKind, shard_of
 from microprocess.faults import FaultConfig, FaultInjector, InjectedCrash
 from microprocess.forwarder import REASON_ATTRIBUTE, backoff_seconds
 from microprocess.jobs import UnknownJobError
@@ -42,7 +42,8 @@ def task_records(st: Stack, run_id: str) -> list[Any]:
 
 
 def envelope_for(run_id: str, task_id: str, item: Any = None, **kw: Any) -> str:
-    return TaskEnvelope(job=JOB.name, run_id=run_id, task_id=task_id, shard=0, item=item, **kw).to_json()
+    shard = shard_of(task_id, JOB.shard_count)
+    return TaskEnvelope(job=JOB.name, run_id=run_id, task_id=task_id, shard=shard, item=item, **kw).to_json()
 
 
 def dlq_messages(st: Stack) -> list[dict[str, Any]]:
@@ -331,14 +332,17 @@ def test_malformed_records_go_to_the_dlq_and_never_fail_the_good_ones(stack: Sta
             message_id="bad-job",
         ),
         sqs_record(envelope_for("ghost-run", "t-y", {"company_id": "C1"}), message_id="bad-run"),
-        sqs_record(envelope_for("r1", "t-z", item_ref="s3://reports/claims/missing.json"), message_id="bad-ref"),
+        sqs_record(
+            envelope_for("r1", "0-000000001", item_ref="s3://reports/claims/missing.json"), message_id="bad-ref"
+        ),
+        sqs_record(envelope_for("r1", "0-000000099", {"company_id": "C1"}), message_id="not-in-run"),
     ]
     res = stack.forwarder().handle({"Records": [bad[0], good[0], *bad[1:], good[1]]})
     assert res == {"batchItemFailures": []}
     assert len(task_records(stack, "r1")) == 2
     reasons = sorted(m["messageAttributes"][REASON_ATTRIBUTE]["stringValue"] for m in dlq_messages(stack))
-    assert len(reasons) == 5
-    for needle in ("not JSON", "wrong schema", "unknown job", "unknown run", "missing S3 payload"):
+    assert len(reasons) == 6
+    for needle in ("not JSON", "wrong schema", "unknown job", "unknown run", "missing S3 payload", "not part of run"):
         assert any(needle in r for r in reasons), (needle, reasons)
 
 
@@ -536,3 +540,37 @@ def test_metrics_count_duplicates_retries_and_the_single_reduce_claim(stack: Sta
     f.handle({"Records": recs[1:2]})
     assert stack.metric("TasksRetried") == 1 and stack.metric("DuplicatesAbsorbed") == 1
     assert stack.metric("ReducesClaimed") == 1
+
+
+def test_a_task_sent_but_not_yet_accounted_is_deferred_not_lost(stack: Stack) -> None:
+    # GIVEN a run still splitting whose second page is sent but not accounted
+    stack.ledger.create_run("r1", JOB)
+    stack.ledger.account_page("r1", segment="0", cursor_from="", cursor_to="p1", count=2)
+    early = sqs_record(envelope_for("r1", "0-000000005", {"company_id": "C0000005"}), message_id="early")
+    known = sqs_record(envelope_for("r1", "0-000000001", {"company_id": "C0000001"}), message_id="known")
+    # WHEN the forwarder sees both
+    res = stack.forwarder().handle({"Records": [early, known]})
+    # THEN the unaccounted one is retried shortly (not dead-lettered), the other recorded
+    assert res == {"batchItemFailures": [{"itemIdentifier": "early"}]} and stack.sqs.visibility == [1]
+    assert [t.task_id for t in task_records(stack, "r1")] == ["0-000000001"]
+    assert dlq_messages(stack) == []
+
+
+def test_dead_letter_quarantines_a_task_that_is_not_part_of_its_run(stack: Stack) -> None:
+    from microprocess.deadletter import DeadLetterHandler
+
+    running_run(stack, 2)
+    handler = DeadLetterHandler(jobs=REGISTRY, ledger=stack.ledger, s3=stack.s3, bucket="reports", sender=stack.sender)
+    rec = sqs_record(envelope_for("r1", "0-000000077", {"company_id": "C9"}), message_id="fake")
+    assert handler.handle({"Records": [rec]}) == {"batchItemFailures": []}
+    assert task_records(stack, "r1") == [] and stack.ledger.progress("r1").failed == 0
+    keys = [o["Key"] for o in stack.s3.list_objects_v2(Bucket="reports", Prefix="quarantine/")["Contents"]]
+    assert keys[0].endswith("/fake.json")
+
+
+def test_a_body_too_big_for_the_reason_attribute_still_reaches_the_dlq(stack: Stack) -> None:
+    big = "z" * (1_048_576 - 10)
+    res = stack.forwarder().handle({"Records": [sqs_record(big, message_id="huge")]})
+    assert res == {"batchItemFailures": []}
+    [msg] = dlq_messages(stack)
+    assert msg["body"] == big
