@@ -49,12 +49,13 @@ def env(ddb: Any, ledger_table: str, ledger: Ledger) -> Env:
     """Companies table (60 companies), ledger table, reports bucket and a verified SES sender, in moto."""
     ddb.create_table(**companies_table_definition(COMPANIES))
     seed_companies(ddb, COMPANIES, 60, seed=SEED)
-    s3 = boto3.client("s3", region_name=REGION)
-    s3.create_bucket(Bucket=BUCKET)
     ses = boto3.client("ses", region_name=REGION)
     ses.verify_email_identity(EmailAddress=SENDER)
     secrets = boto3.client("secretsmanager", region_name=REGION)
-    return Env(AwsClients(dynamodb=ddb, s3=s3, ses=ses, secretsmanager=secrets), ddb, s3, ses, ledger)
+    # The S3 client is the service's own (made lazily, with its configuration): the presigned links are real.
+    aws = AwsClients(dynamodb=ddb, ses=ses, secretsmanager=secrets)
+    aws.s3.create_bucket(Bucket=BUCKET)
+    return Env(aws, ddb, aws.s3, ses, ledger)
 
 
 def queue_settings(**overrides: Any) -> Settings:
@@ -119,7 +120,14 @@ def task_payload(company_id: str, *, run_id: str = "run-1", item: dict[str, Any]
 
 
 def reduce_payload(run_id: str, shard: int, *, job: str = CREDIT_SCORES.name) -> dict[str, Any]:
-    return {"run_id": run_id, "task_id": f"reduce-part-{shard:03d}", "attempt": 1, "job": job, "shard": shard, "item": None}
+    return {
+        "run_id": run_id,
+        "task_id": f"reduce-part-{shard:03d}",
+        "attempt": 1,
+        "job": job,
+        "shard": shard,
+        "item": None,
+    }
 
 
 def finalize_payload(run_id: str, *, job: str = CREDIT_SCORES.name) -> dict[str, Any]:

@@ -1,11 +1,16 @@
 """The live role (scores-live): health, companies, live scores; no task routes."""
 
+# ruff: noqa: F811  (pytest fixtures are imported, then named as test parameters)
+
 from __future__ import annotations
 
 import time
 
 from fastapi.testclient import TestClient
-from microservice_fixtures import (  # noqa: F401  (fixtures)
+
+from microprocess.jobs import CREDIT_SCORES
+from microservice.domain import credit_score, make_company, score_factors
+from tests.microservice_fixtures import (  # noqa: F401  (env, live_client: fixtures)
     SEED,
     Env,
     client_for,
@@ -16,9 +21,6 @@ from microservice_fixtures import (  # noqa: F401  (fixtures)
     signed_post,
     task_payload,
 )
-
-from microprocess.jobs import CREDIT_SCORES
-from microservice.domain import credit_score, make_company, score_factors
 
 
 def test_healthz_names_the_role(live_client: TestClient) -> None:

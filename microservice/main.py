@@ -1,0 +1,56 @@
+"""The credit-score microservice: one app, two roles (`SERVICE_ROLE=live|queue`).
+
+Run from the repository root:
+`SERVICE_ROLE=queue ... .venv/bin/uvicorn microservice.main:app --port 8081`.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from microprocess.jobs import CREDIT_SCORES
+from microservice.chaos import ChaosMiddleware, ChaosMonkey, load_chaos
+from microservice.errors import install_error_handlers
+from microservice.routers import chaos, companies, health, reduce, tasks
+from microservice.settings import ServiceRole, Settings, SettingsError, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Assemble the app for the settings' role (the environment's settings by default).
+
+    Settings passed in explicitly also become the routes' settings (a dependency override).
+    """
+    resolved = settings or get_settings()
+    app = FastAPI(
+        title=f"{resolved.host_name}: credit scores",
+        description="Credit scores of companies: a live API, and the queue clone that runs the "
+        f"`{CREDIT_SCORES.name}` job's tasks, pushed and signed by the forwarder.",
+        version="1.0.0",
+    )
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    app.include_router(health.router)
+    if resolved.service_role is ServiceRole.LIVE:
+        app.include_router(companies.router)
+    else:
+        app.include_router(tasks.router)
+        app.include_router(reduce.router)
+    try:
+        chaos_config = load_chaos(resolved.microprocess_chaos)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    if chaos_config is not None:
+        app.state.chaos = ChaosMonkey(chaos_config)
+        app.add_middleware(ChaosMiddleware, monkey=app.state.chaos, task_path=CREDIT_SCORES.task_path)
+        app.include_router(chaos.router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `app = create_app()`, built on first access (uvicorn's `microservice.main:app`), so that
+    # importing this module for `create_app` (tests, tools) needs no environment.
+    if name == "app":
+        globals()["app"] = create_app()
+        return globals()["app"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,425 @@
+"""The two-level reduce of a run (ARCHITECTURE §5), as the queue service does it.
+
+* `reduce_part` streams one ledger shard (`Ledger.iter_results`, page by page) into a
+  part CSV, a part failures CSV and the part's statistics, in the reports bucket.
+* `finalize` joins the part CSVs into report.csv with one multipart upload (never the
+  whole report in memory), writes summary.json, report.html and failures.csv, and
+  sends the report email once per run (`Ledger.claim_email`).
+
+Layout under `s3://<bucket>/reports/<job>/<run_id>/`:
+`parts/part-<kkk>.csv`, `parts/part-<kkk>.json`, `parts/failures-<kkk>.csv`,
+`report.csv`, `failures.csv`, `summary.json`, `report.html`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict, Field
+
+from microprocess.jobs import JobDeclaration
+from microprocess.ledger import Ledger, LedgerError, RunNotFound, RunRecord, RunStatus, utc_now_iso
+from microservice.errors import ServiceError
+from microservice.report_page import render_report_page
+from microservice.report_stats import FAILURE_COLUMNS, REPORT_COLUMNS, ReportRow, ReportStats
+from microservice.s3_upload import S3StreamWriter
+
+log = logging.getLogger(__name__)
+
+#: Encoded CSV text is handed to the S3 writer in chunks of about this many bytes.
+_CSV_FLUSH_BYTES = 64 * 1024
+#: Bytes read per S3 GET chunk when joining parts.
+_READ_CHUNK_BYTES = 1024 * 1024
+#: A run may be reduced only in these states (a finished run may be re-reduced: same files).
+_REDUCIBLE = (RunStatus.REDUCING, RunStatus.SUCCEEDED, RunStatus.FAILED)
+
+
+class ReduceRequest(BaseModel):
+    """Body of the reduce-part and finalize pushes (`TaskEnvelope` of kind reduce-part / finalize)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str = Field(min_length=1, max_length=128)
+    task_id: str = Field(min_length=1, max_length=256)
+    attempt: int = Field(default=1, ge=0)
+    job: str = Field(min_length=1, max_length=64)
+    shard: int = Field(default=0, ge=0, lt=256)
+    item: None = None
+
+
+@dataclass(frozen=True)
+class ReportLayout:
+    """Where a run's report files live in the reports bucket."""
+
+    bucket: str
+    job: str
+    run_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"reports/{self.job}/{self.run_id}/"
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def part_csv(self, shard: int) -> str:
+        return f"{self.prefix}parts/part-{shard:03d}.csv"
+
+    def part_stats(self, shard: int) -> str:
+        return f"{self.prefix}parts/part-{shard:03d}.json"
+
+    def part_failures(self, shard: int) -> str:
+        return f"{self.prefix}parts/failures-{shard:03d}.csv"
+
+    @property
+    def report_csv(self) -> str:
+        return f"{self.prefix}report.csv"
+
+    @property
+    def failures_csv(self) -> str:
+        return f"{self.prefix}failures.csv"
+
+    @property
+    def summary_json(self) -> str:
+        return f"{self.prefix}summary.json"
+
+    @property
+    def report_html(self) -> str:
+        return f"{self.prefix}report.html"
+
+
+class CsvStream:
+    """CSV rows encoded to UTF-8 and handed to an `S3StreamWriter` in chunks."""
+
+    def __init__(self, writer: S3StreamWriter, header: Sequence[str] | None = None) -> None:
+        self._writer = writer
+        self._text = io.StringIO()
+        self._csv = csv.writer(self._text, lineterminator="\n")
+        if header is not None:
+            self.writerow(header)
+
+    def writerow(self, row: Iterable[Any]) -> None:
+        self._csv.writerow(row)
+        if self._text.tell() >= _CSV_FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        data = self._text.getvalue()
+        if data:
+            self._writer.write(data.encode())
+        self._text.seek(0)
+        self._text.truncate()
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _require_reducible_run(ledger: Ledger, job: JobDeclaration, req: ReduceRequest) -> RunRecord:
+    if req.job != job.name:
+        raise ServiceError(400, "wrong_job", f"this endpoint reduces job '{job.name}', the body names '{req.job}'")
+    try:
+        run = ledger.require_run(req.run_id)
+    except RunNotFound as exc:
+        raise ServiceError(404, "run_not_found", str(exc)) from None
+    if run.job != job.name:
+        raise ServiceError(400, "wrong_job", f"run {run.run_id} belongs to job '{run.job}', not '{job.name}'")
+    if run.status not in _REDUCIBLE:
+        raise ServiceError(
+            409,
+            "run_not_reducing",
+            f"run {run.run_id} is {run.status}; a reduce runs only once every task is terminal (REDUCING)",
+        )
+    return run
+
+
+# ------------------------------------------------------------- reduce part
+
+
+def reduce_part(
+    ledger: Ledger,
+    s3: Any,
+    bucket: str,
+    job: JobDeclaration,
+    req: ReduceRequest,
+    *,
+    part_bytes: int,
+) -> dict[str, Any]:
+    """Reduce shard `req.shard` of the run into its part files; return the part's statistics.
+
+    Deterministic keys, so a repeated push rewrites the same files.
+    """
+    run = _require_reducible_run(ledger, job, req)
+    if req.shard >= run.shard_count:
+        raise ServiceError(
+            400, "no_such_shard", f"run {run.run_id} has shards 0..{run.shard_count - 1}; got shard {req.shard}"
+        )
+    return _build_part(ledger, s3, ReportLayout(bucket, job.name, run.run_id), req.shard, part_bytes=part_bytes)
+
+
+def _build_part(ledger: Ledger, s3: Any, layout: ReportLayout, shard: int, *, part_bytes: int) -> dict[str, Any]:
+    stats = ReportStats()
+    rows_out = S3StreamWriter(s3, layout.bucket, layout.part_csv(shard), part_bytes=part_bytes, content_type="text/csv")
+    fails_out = S3StreamWriter(
+        s3, layout.bucket, layout.part_failures(shard), part_bytes=part_bytes, content_type="text/csv"
+    )
+    with rows_out, fails_out:
+        rows_csv = CsvStream(rows_out, REPORT_COLUMNS)
+        fails_csv = CsvStream(fails_out, FAILURE_COLUMNS)
+        for task in ledger.iter_results(layout.run_id, shard):
+            row = ReportRow.of(task)
+            stats.add(row)
+            rows_csv.writerow(row.csv_row())
+            if row.state != "SUCCEEDED":
+                fails_csv.writerow(row.failure_row())
+        rows_csv.flush()
+        fails_csv.flush()
+    result = {
+        "run_id": layout.run_id,
+        "job": layout.job,
+        "shard": shard,
+        "csv": f"s3://{layout.bucket}/{layout.part_csv(shard)}",
+        "csv_bytes": rows_out.bytes_written,
+        "reduced_at": utc_now_iso(),
+        **stats.to_dict(),
+    }
+    s3.put_object(
+        Bucket=layout.bucket,
+        Key=layout.part_stats(shard),
+        Body=json.dumps(result, indent=1).encode(),
+        ContentType="application/json",
+    )
+    log.info("reduced run %s shard %d: %d rows", layout.run_id, shard, stats.rows)
+    return result
+
+
+# ---------------------------------------------------------------- finalize
+
+
+def _is_missing(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
+
+
+def _part_stats(ledger: Ledger, s3: Any, layout: ReportLayout, shard: int, *, part_bytes: int) -> ReportStats:
+    """A part's statistics; a part that is missing (its reduce was lost) is built now."""
+    try:
+        body = s3.get_object(Bucket=layout.bucket, Key=layout.part_stats(shard))["Body"].read()
+        return ReportStats.from_dict(json.loads(body))
+    except ClientError as exc:
+        if not _is_missing(exc):
+            raise
+    log.warning("run %s: part %d is missing; building it during finalize", layout.run_id, shard)
+    return ReportStats.from_dict(_build_part(ledger, s3, layout, shard, part_bytes=part_bytes))
+
+
+def _append_without_header(s3: Any, bucket: str, key: str, out: S3StreamWriter) -> None:
+    """Stream the object at `key` into `out`, dropping its first line (the CSV header)."""
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    header_done = False
+    for chunk in body.iter_chunks(_READ_CHUNK_BYTES):
+        if not header_done:
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                continue  # still inside the header line (never longer than a chunk in practice)
+            chunk = chunk[newline + 1 :]
+            header_done = True
+        if chunk:
+            out.write(chunk)
+
+
+def _join(
+    s3: Any, layout: ReportLayout, keys: Sequence[str], target: str, header: Sequence[str], part_bytes: int
+) -> S3StreamWriter:
+    out = S3StreamWriter(s3, layout.bucket, target, part_bytes=part_bytes, content_type="text/csv")
+    with out:
+        head = CsvStream(out, header)
+        head.flush()
+        for key in keys:
+            _append_without_header(s3, layout.bucket, key, out)
+    return out
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def build_summary(
+    run: RunRecord,
+    expected: int,
+    counted_succeeded: int,
+    counted_failed: int,
+    totals: ReportStats,
+    job: JobDeclaration,
+    layout: ReportLayout,
+    finished_at: str,
+) -> dict[str, Any]:
+    """The run's summary (summary.json, the email, the finalize answer).
+
+    `status` is the status the run ends with: FAILED when the failed share of the
+    expected tasks is above the job's tolerance, the same rule as `Ledger.finish_run`.
+    """
+    failed_pct = round(100.0 * counted_failed / expected, 3) if expected else 0.0
+    status = RunStatus.FAILED if failed_pct > job.tolerated_failure_pct else RunStatus.SUCCEEDED
+    duration = (_parse_time(finished_at) - _parse_time(run.created_at)).total_seconds()
+    return {
+        "job": job.name,
+        "run_id": run.run_id,
+        "status": str(status),
+        "expected": expected,
+        "tasks": totals.rows,
+        "succeeded": totals.succeeded,
+        "failed": totals.failed,
+        "counted_succeeded": counted_succeeded,
+        "counted_failed": counted_failed,
+        "complete": totals.rows == expected and totals.failed == counted_failed,
+        "failed_pct": failed_pct,
+        "tolerated_failure_pct": job.tolerated_failure_pct,
+        "started_at": run.created_at,
+        "finished_at": finished_at,
+        "duration_s": round(max(duration, 0.0), 3),
+        "score": {"count": totals.scored, "mean": totals.score_mean, "min": totals.score_min, "max": totals.score_max},
+        "bands": dict(totals.bands),
+        "score_histogram": totals.histogram(),
+        "failure_count": totals.failure_count,
+        "failures": list(totals.failures),
+        "report_uri": layout.uri,
+        "files": {
+            name: f"s3://{layout.bucket}/{key}"
+            for name, key in (
+                ("report_csv", layout.report_csv),
+                ("failures_csv", layout.failures_csv),
+                ("summary_json", layout.summary_json),
+                ("report_html", layout.report_html),
+            )
+        },
+    }
+
+
+def email_text(summary: dict[str, Any], report_url: str, link_expiry_s: int) -> tuple[str, str]:
+    """Subject and plain-text body of the report email."""
+    subject = f"[microprocess] {summary['job']} run {summary['run_id']}: {summary['status']}"
+    lines = [
+        f"Job: {summary['job']}",
+        f"Run: {summary['run_id']}",
+        f"Status: {summary['status']}",
+        f"Tasks: {summary['expected']} expected, {summary['succeeded']} succeeded, "
+        f"{summary['failed']} failed ({summary['failed_pct']}%, tolerated {summary['tolerated_failure_pct']}%)",
+        f"Started: {summary['started_at']}  Finished: {summary['finished_at']}  Duration: {summary['duration_s']} s",
+        f"Scores: mean {summary['score']['mean']}, min {summary['score']['min']}, max {summary['score']['max']}",
+        "Bands: " + ", ".join(f"{band} {n}" for band, n in summary["bands"].items()),
+    ]
+    if summary["failures"]:
+        lines.append("")
+        lines.append(f"Failures ({summary['failure_count']}, first {len(summary['failures'])} shown):")
+        lines.extend(f"  {f['task_id']} {f['company_id']}: {f['error'][:200]}" for f in summary["failures"][:20])
+    lines += [
+        "",
+        f"Report (link valid {link_expiry_s // 3600} h): {report_url}",
+        f"Files: {summary['report_uri']}",
+    ]
+    return subject, "\n".join(lines) + "\n"
+
+
+def _presign(s3: Any, bucket: str, key: str, expiry_s: int) -> str:
+    return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expiry_s)
+
+
+def finalize(
+    ledger: Ledger,
+    s3: Any,
+    ses: Any,
+    bucket: str,
+    job: JobDeclaration,
+    req: ReduceRequest,
+    *,
+    sender: str,
+    part_bytes: int,
+    link_expiry_s: int,
+) -> dict[str, Any]:
+    """Join the parts into the report, write the summary, page and failures, mail the report once.
+
+    Returns `{"report_uri", "summary", "email"}`; `email` is `sent`, `already sent` or
+    `skipped: <why>`. A failed send gives the email claim back and raises a 502 so the
+    forwarder retries the finalize.
+    """
+    run = _require_reducible_run(ledger, job, req)
+    layout = ReportLayout(bucket, job.name, run.run_id)
+    try:
+        progress = ledger.progress(run.run_id)
+    except LedgerError as exc:
+        raise ServiceError(503, "ledger_unavailable", str(exc)) from None
+    shards = range(run.shard_count)
+    totals = ReportStats()
+    for shard in shards:
+        totals.merge(_part_stats(ledger, s3, layout, shard, part_bytes=part_bytes))
+    report = _join(s3, layout, [layout.part_csv(k) for k in shards], layout.report_csv, REPORT_COLUMNS, part_bytes)
+    _join(s3, layout, [layout.part_failures(k) for k in shards], layout.failures_csv, FAILURE_COLUMNS, part_bytes)
+
+    summary = build_summary(
+        run, progress.expected, progress.succeeded, progress.failed, totals, job, layout, utc_now_iso()
+    )
+    summary["report_csv_bytes"] = report.bytes_written
+    summary["report_csv_parts"] = report.part_count
+    s3.put_object(
+        Bucket=bucket,
+        Key=layout.summary_json,
+        Body=json.dumps(summary, indent=1).encode(),
+        ContentType="application/json",
+    )
+    links = {
+        label: _presign(s3, bucket, key, link_expiry_s)
+        for label, key in (
+            ("report.csv", layout.report_csv),
+            ("failures.csv", layout.failures_csv),
+            ("summary.json", layout.summary_json),
+        )
+    }
+    page = render_report_page(summary, links)
+    s3.put_object(Bucket=bucket, Key=layout.report_html, Body=page.encode(), ContentType="text/html; charset=utf-8")
+
+    email = _send_report_email_once(
+        ledger, ses, summary, _presign(s3, bucket, layout.report_html, link_expiry_s), job, sender, link_expiry_s
+    )
+    log.info("finalized run %s: %s, email %s", run.run_id, summary["status"], email)
+    return {"report_uri": layout.uri, "summary": summary, "email": email}
+
+
+def _send_report_email_once(
+    ledger: Ledger,
+    ses: Any,
+    summary: dict[str, Any],
+    report_url: str,
+    job: JobDeclaration,
+    sender: str,
+    link_expiry_s: int,
+) -> str:
+    if not job.recipients:
+        return f"skipped: job '{job.name}' declares no recipients"
+    if not sender:
+        return "skipped: SES_SENDER is not set"
+    if not ledger.claim_email(summary["run_id"]):
+        return "already sent"
+    subject, body = email_text(summary, report_url, link_expiry_s)
+    try:
+        ses.send_email(
+            Source=sender,
+            Destination={"ToAddresses": list(job.recipients)},
+            Message={
+                "Subject": {"Data": subject, "Charset": "UTF-8"},
+                "Body": {"Text": {"Data": body, "Charset": "UTF-8"}},
+            },
+        )
+    except Exception as exc:
+        ledger.release_email(summary["run_id"])
+        raise ServiceError(
+            502, "email_failed", f"the report is written but the email failed ({exc}); the finalize will be retried"
+        ) from exc
+    return "sent"
