@@ -24,7 +24,7 @@ from microprocess.ledger import Ledger, TaskOutcome, TaskState
 from microprocess.queue import QueueSender
 
 log = logging.getLogger(__name__)
-MetricsEmitter = Callable[[str, float, str], None]
+MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
 
 
 def quarantine_key(record: dict[str, Any], now: datetime | None = None) -> str:
@@ -46,7 +46,7 @@ class DeadLetterHandler:
         if not bucket:
             raise ValueError("the dead-letter handler needs REPORTS_BUCKET for the quarantine")
         self.jobs, self.ledger, self.s3, self.bucket, self.sender = jobs, ledger, s3, bucket, sender
-        self.emit = emit or (lambda name, value, job: None)
+        self.emit = emit or (lambda name, value, job, **_: None)
 
     def handle(self, event: dict[str, Any]) -> dict[str, Any]:
         failures = []
@@ -88,7 +88,7 @@ class DeadLetterHandler:
                 return
         if env.kind is not TaskKind.TASK:
             if self.ledger.fail_run(env.run_id, f"{env.kind} {env.task_id} dead-lettered: {reason}"):
-                self.emit("RunsFailed", 1, job.name)
+                self.emit("RunsFailed", 1, job.name, run_id=env.run_id)
             return
         attempts = int(record.get("attributes", {}).get("ApproximateReceiveCount", "0") or 0)
         item_id = None
@@ -106,9 +106,9 @@ class DeadLetterHandler:
         )
         res = self.ledger.record_outcomes(env.run_id, run.counter_count, [outcome])
         if res.newly_recorded:
-            self.emit("TasksFailed", 1, job.name)
+            self.emit("TasksFailed", 1, job.name, run_id=env.run_id)
         if res.claimed_reduce:
-            self.emit("ReducesClaimed", 1, job.name)
+            self.emit("ReducesClaimed", 1, job.name, run_id=env.run_id)
             enqueue_reduce_parts(self.sender, job, env.run_id, run.shard_count)
 
     def _quarantine(self, record: dict[str, Any], reason: str) -> None:

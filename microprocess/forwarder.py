@@ -39,7 +39,7 @@ from microprocess.queue import QueueSender
 
 log = logging.getLogger(__name__)
 
-MetricsEmitter = Callable[[str, float, str], None]
+MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
 REASON_ATTRIBUTE = "microprocess-reason"
 #: Reduce pushes may take much longer than a task.
 REDUCE_TIMEOUT_S = 600.0
@@ -127,7 +127,7 @@ class Forwarder:
         self.dead_letter_queue_url = dead_letter_queue_url
         self.sender = sender
         self.faults = faults
-        self.emit = emit or (lambda name, value, job: None)
+        self.emit = emit or (lambda name, value, job, **_: None)
         self.retry_base_s = retry_base_s
         self.retry_cap_s = retry_cap_s
         self.runs = RunCache(ledger, run_cache_ttl_s)
@@ -287,7 +287,7 @@ class Forwarder:
         except Exception:  # the message comes back after the queue's own visibility timeout instead
             log.exception("could not set the backoff of %s", w.message_id)
         log.info("retry %s in %s s (attempt %s): %s", w.envelope.idempotency_key, delay, w.attempt, result.describe())
-        self.emit("TasksRetried", 1, w.job.name)
+        self.emit("TasksRetried", 1, w.job.name, run_id=w.envelope.run_id)
 
     # ----------------------------------------------------------------- tasks
 
@@ -314,12 +314,12 @@ class Forwarder:
                 continue
             new = set(res.newly_recorded)
             ok = sum(1 for _, o in pairs if o.task_id in new and o.state is TaskState.SUCCEEDED)
-            self.emit("TasksSucceeded", ok, job.name)
-            self.emit("TasksFailed", len(new) - ok, job.name)
-            self.emit("DuplicatesAbsorbed", len(res.duplicates), job.name)
+            self.emit("TasksSucceeded", ok, job.name, run_id=run_id)
+            self.emit("TasksFailed", len(new) - ok, job.name, run_id=run_id)
+            self.emit("DuplicatesAbsorbed", len(res.duplicates), job.name, run_id=run_id)
             if res.claimed_reduce:
                 log.info("run %s: last task done, reduce claimed; enqueuing %d parts", run_id, run.shard_count)
-                self.emit("ReducesClaimed", 1, job.name)
+                self.emit("ReducesClaimed", 1, job.name, run_id=run_id)
                 enqueue_reduce_parts(self.sender, job, run_id, run.shard_count)
         return failures
 
@@ -364,13 +364,18 @@ class Forwarder:
                     )
                     if status is not None:
                         log.info("run %s finished %s", env.run_id, status)
-                        self.emit("RunsSucceeded" if status is RunStatus.SUCCEEDED else "RunsFailed", 1, job.name)
+                        self.emit(
+                            "RunsSucceeded" if status is RunStatus.SUCCEEDED else "RunsFailed",
+                            1,
+                            job.name,
+                            run_id=env.run_id,
+                        )
                 return []
             if outcome is PushOutcome.RETRY and w.attempt < job.max_attempts:
                 self._retry_later(w, result)
                 return [w.message_id]
             if self.ledger.fail_run(env.run_id, f"{env.kind} {env.task_id} failed: {result.describe()}"):
-                self.emit("RunsFailed", 1, job.name)
+                self.emit("RunsFailed", 1, job.name, run_id=env.run_id)
             return []
         except Exception:
             log.exception("settling %s of run %s failed; it will be retried", env.task_id, env.run_id)

@@ -207,7 +207,7 @@ CREDIT_SCORES = declare(
     shard_count=16,
     counter_count=16,
     batch_size=10,
-    task_timeout_s=30.0,
+    task_timeout_s=10.0,
     recipients=("risk-team@example.com",),
 )
 

@@ -76,10 +76,13 @@ def emitter() -> Any:
     """Publish a count as a Powertools EMF metric with the `job` dimension."""
     from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
-    def emit(name: str, value: float, job: str) -> None:
+    def emit(name: str, value: float, job: str, *, run_id: str | None = None) -> None:
         if value:
-            with single_metric(name=name, unit=MetricUnit.Count, value=value, default_dimensions={"job": job}):
-                pass
+            with single_metric(
+                name=name, unit=MetricUnit.Count, value=value, default_dimensions={"job": job}
+            ) as metric:
+                if run_id:
+                    metric.add_metadata(key="run_id", value=run_id)
 
     return emit
 

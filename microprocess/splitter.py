@@ -26,7 +26,7 @@ from microprocess.queue import QueueSender
 from microprocess.settings import RuntimeSettings
 from microprocess.sources import FailedTasksSource, InlineSource, Source, source_for
 
-MetricsEmitter = Callable[[str, float, str], None]
+MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
 
 
 class StartEventError(ValueError):
@@ -117,7 +117,7 @@ class Splitter:
         self.dynamodb = dynamodb
         self.continue_with = continue_with
         self.faults = faults
-        self.emit = emit or (lambda name, value, job: None)
+        self.emit = emit or (lambda name, value, job, **_: None)
 
     def handle(self, event: Any, remaining_ms: Callable[[], int]) -> dict[str, Any]:
         req = parse_start_event(event)
@@ -141,7 +141,7 @@ class Splitter:
 
     def _finish(self, job: JobDeclaration, run_id: str) -> None:
         if self.ledger.finish_split(run_id):
-            self.emit("ReducesClaimed", 1, job.name)
+            self.emit("ReducesClaimed", 1, job.name, run_id=run_id)
             enqueue_reduce_parts(self.sender, job, run_id, self.ledger.require_run(run_id).shard_count)
 
     def _source(self, job: JobDeclaration, req: StartRequest) -> Source:

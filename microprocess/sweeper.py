@@ -23,7 +23,7 @@ from microprocess.jobs import JobRegistry
 from microprocess.ledger import Ledger, LedgerError, RunRecord, RunStatus
 
 log = logging.getLogger(__name__)
-MetricsEmitter = Callable[[str, float, str], None]
+MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
 
 
 def _parse(ts: str) -> datetime:
@@ -64,7 +64,7 @@ class Sweeper:
         self.restart_splitter = restart_splitter
         self.stuck_after = timedelta(seconds=stuck_after_s)
         self.reduce_timeout = timedelta(seconds=reduce_timeout_s)
-        self.emit = emit or (lambda name, value, job: None)
+        self.emit = emit or (lambda name, value, job, **_: None)
         self.now = now
 
     def sweep(self) -> SweepReport:
@@ -127,6 +127,6 @@ class Sweeper:
         return False
 
     def _claimed(self, run: RunRecord, report: SweepReport) -> None:
-        self.emit("ReducesClaimed", 1, run.job)
+        self.emit("ReducesClaimed", 1, run.job, run_id=run.run_id)
         enqueue_reduce_parts(self.sender, self.jobs.get(run.job), run.run_id, run.shard_count)
         report.reduces_claimed.append(run.run_id)

@@ -157,7 +157,7 @@ class Stack:
     continuations: list[dict[str, Any]] = field(default_factory=list)
     emitted: list[tuple[str, float, str]] = field(default_factory=list)
 
-    def emit(self, name: str, value: float, job: str) -> None:
+    def emit(self, name: str, value: float, job: str, *, run_id: str | None = None) -> None:
         self.emitted.append((name, value, job))
 
     def metric(self, name: str) -> float:
