@@ -7,8 +7,7 @@ Imported by the `test_microservice_*` modules (tests/conftest.py belongs to the 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,12 +184,3 @@ def record_run(
         ledger.record_outcomes(run_id, job.counter_count, pending[start : start + batch])
     assert ledger.require_run(run_id).status is RunStatus.REDUCING
     return outcomes
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
