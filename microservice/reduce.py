@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +39,11 @@ log = logging.getLogger(__name__)
 _CSV_FLUSH_BYTES = 64 * 1024
 #: Bytes read per S3 GET chunk when joining parts.
 _READ_CHUNK_BYTES = 1024 * 1024
+#: Tag of the intermediate part files: the reports bucket's lifecycle rule expires objects with it
+#: (`infra.reports.PART_TAG_KEY` / `PART_TAG_VALUE`; a test keeps the two equal).
+PART_TAG_KEY = "microprocess:lifecycle"
+PART_TAG_VALUE = "intermediate"
+PART_TAGGING = urlencode({PART_TAG_KEY: PART_TAG_VALUE})
 #: A run may be reduced only in these states (a finished run may be re-reduced: same files).
 _REDUCIBLE = (RunStatus.REDUCING, RunStatus.SUCCEEDED, RunStatus.FAILED)
 
@@ -167,10 +173,13 @@ def reduce_part(
 
 def _build_part(ledger: Ledger, s3: Any, layout: ReportLayout, shard: int, *, part_bytes: int) -> dict[str, Any]:
     stats = ReportStats()
-    rows_out = S3StreamWriter(s3, layout.bucket, layout.part_csv(shard), part_bytes=part_bytes, content_type="text/csv")
-    fails_out = S3StreamWriter(
-        s3, layout.bucket, layout.part_failures(shard), part_bytes=part_bytes, content_type="text/csv"
-    )
+
+    def part_file(key: str) -> S3StreamWriter:
+        return S3StreamWriter(
+            s3, layout.bucket, key, part_bytes=part_bytes, content_type="text/csv", tagging=PART_TAGGING
+        )
+
+    rows_out, fails_out = part_file(layout.part_csv(shard)), part_file(layout.part_failures(shard))
     with rows_out, fails_out:
         rows_csv = CsvStream(rows_out, REPORT_COLUMNS)
         fails_csv = CsvStream(fails_out, FAILURE_COLUMNS)
@@ -196,6 +205,7 @@ def _build_part(ledger: Ledger, s3: Any, layout: ReportLayout, shard: int, *, pa
         Key=layout.part_stats(shard),
         Body=json.dumps(result, indent=1).encode(),
         ContentType="application/json",
+        Tagging=PART_TAGGING,
     )
     log.info("reduced run %s shard %d: %d rows", layout.run_id, shard, stats.rows)
     return result

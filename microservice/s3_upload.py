@@ -22,6 +22,7 @@ class S3StreamWriter:
         part_bytes: bytes per multipart part (S3 needs >= 5 MiB for all parts but the last;
             smaller values only work against emulators configured for it).
         content_type: the object's Content-Type.
+        tagging: S3 object tags as a URL query string (`key=value&...`), or None.
 
     Use as a context manager: the object is completed on a clean exit, aborted on an error.
     """
@@ -34,6 +35,7 @@ class S3StreamWriter:
         *,
         part_bytes: int = S3_MIN_PART_BYTES,
         content_type: str = "application/octet-stream",
+        tagging: str | None = None,
     ) -> None:
         if part_bytes < 1:
             raise ValueError(f"part_bytes must be positive, got {part_bytes}")
@@ -42,6 +44,7 @@ class S3StreamWriter:
         self.key = key
         self.part_bytes = part_bytes
         self.content_type = content_type
+        self._extra: dict[str, str] = {"ContentType": content_type, **({"Tagging": tagging} if tagging else {})}
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
@@ -66,7 +69,7 @@ class S3StreamWriter:
 
     def _upload_part(self, chunk: bytes) -> None:
         if self._upload_id is None:
-            resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, ContentType=self.content_type)
+            resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self._extra)
             self._upload_id = resp["UploadId"]
         number = len(self._parts) + 1
         resp = self.client.upload_part(
@@ -79,9 +82,7 @@ class S3StreamWriter:
         if self.closed:
             return
         if self._upload_id is None:
-            self.client.put_object(
-                Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer), ContentType=self.content_type
-            )
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer), **self._extra)
         else:
             if self._buffer:
                 self._upload_part(bytes(self._buffer))

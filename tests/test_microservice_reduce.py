@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import moto.s3.models
@@ -18,7 +20,7 @@ from moto.ses.models import ses_backends
 
 from microprocess.jobs import CREDIT_SCORES
 from microprocess.ledger import RunStatus, TaskOutcome, TaskState
-from microservice.reduce import ReportLayout
+from microservice.reduce import PART_TAG_KEY, PART_TAG_VALUE, ReportLayout
 from microservice.report_stats import FAILURE_COLUMNS, REPORT_COLUMNS
 from microservice.s3_upload import S3StreamWriter
 from tests.microservice_fixtures import (  # noqa: F401  (env, queue_client: fixtures)
@@ -70,10 +72,10 @@ def finished_run(env: Env) -> tuple[str, dict[str, TaskOutcome]]:
     return "run-300", record_run(env.ledger, "run-300", total=300, failed_every=25, batch=25)
 
 
-def test_reduce_parts_stream_each_shard_into_a_part_csv_and_stats(
-    queue_client: TestClient, env: Env, finished_run: tuple[str, dict[str, TaskOutcome]]
-) -> None:
-    run_id, outcomes = finished_run
+def test_reduce_parts_stream_each_shard_into_a_part_csv_and_stats(queue_client: TestClient, env: Env) -> None:
+    # GIVEN a run of 200 tasks over the job's 16 shards, every 20th failed
+    run_id = "run-200"
+    outcomes = record_run(env.ledger, run_id, total=200, failed_every=20, batch=25)
     layout = ReportLayout(BUCKET, JOB.name, run_id)
     # WHEN every shard is reduced
     answers = reduce_all(queue_client, run_id)
@@ -89,8 +91,8 @@ def test_reduce_parts_stream_each_shard_into_a_part_csv_and_stats(
         assert (stats["failed"], stats["failure_count"], len(stats["failures"])) == (len(failed),) * 3
         assert sum(stats["bands"].values()) == stats["succeeded"]
     # AND the parts add up to the run
-    assert sum(a["rows"] for a in answers) == 300
-    assert sum(a["failed"] for a in answers) == 12
+    assert sum(a["rows"] for a in answers) == 200
+    assert sum(a["failed"] for a in answers) == 10
     assert sum(a["score_sum"] for a in answers) == sum(
         o.result["score"] for o in outcomes.values() if o.state is TaskState.SUCCEEDED
     )
@@ -309,3 +311,36 @@ def test_stream_writer_puts_small_objects_and_aborts_on_error(env: Env, monkeypa
     assert w.part_count == 2
     assert "Contents" not in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="broken")
     assert env.s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_part_files_are_tagged_to_expire_and_the_report_is_not(queue_client: TestClient, env: Env) -> None:
+    # GIVEN a reduced and finalized run
+    record_run(env.ledger, "run-tags", total=12, failed_every=4, job=SMALL, batch=12)
+    reduce_all(queue_client, "run-tags", SMALL.shard_count)
+    assert signed_post(queue_client, FINALIZE, finalize_payload("run-tags")).status_code == 200
+    layout = ReportLayout(BUCKET, JOB.name, "run-tags")
+
+    def tags(key: str) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in env.s3.get_object_tagging(Bucket=BUCKET, Key=key)["TagSet"]}
+
+    # THEN every part file carries the lifecycle tag, and the report files do not
+    for shard in range(SMALL.shard_count):
+        for key in (layout.part_csv(shard), layout.part_stats(shard), layout.part_failures(shard)):
+            assert tags(key) == {PART_TAG_KEY: PART_TAG_VALUE}, key
+    for key in (layout.report_csv, layout.failures_csv, layout.summary_json, layout.report_html):
+        assert tags(key) == {}, key
+
+
+def test_part_tag_matches_the_bucket_lifecycle_rule() -> None:
+    # The reports bucket (infra/reports.py) expires objects by this tag; read its constants without
+    # importing the CDK (which starts a Node process).
+    source = (Path(__file__).parents[1] / "infra" / "reports.py").read_text()
+    constants = {
+        node.targets[0].id: node.value.value
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Constant)
+    }
+    assert (constants["PART_TAG_KEY"], constants["PART_TAG_VALUE"]) == (PART_TAG_KEY, PART_TAG_VALUE)
+    assert ReportLayout(BUCKET, JOB.name, "r").part_csv(0).startswith(constants["PARTS_PREFIX"])
