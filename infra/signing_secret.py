@@ -1,0 +1,46 @@
+"""The HMAC key that signs every push from the forwarder to the queue service."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from infra.nag import acknowledge
+
+KEY_LENGTH = 64
+
+
+class SigningSecret(Construct):
+    """A generated Secrets Manager secret (64 alphanumeric characters).
+
+    Nobody can read it until a `grant_read` says so: the stack grants it to the forwarder
+    and the queue service only.
+
+    Args:
+        removal_policy: what happens to the secret when the stack is deleted.
+
+    Attributes:
+        secret: the `secretsmanager.Secret`.
+    """
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, removal_policy: RemovalPolicy = RemovalPolicy.DESTROY
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.secret = secretsmanager.Secret(
+            self,
+            "Secret",
+            description="microprocess: HMAC key signing the pushes to the scores-queue service",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=KEY_LENGTH, exclude_punctuation=True, include_space=False
+            ),
+            removal_policy=removal_policy,
+        )
+        acknowledge(
+            self.secret,
+            "Automatic rotation would break the pushes in flight: the forwarder and the queue service "
+            "cache the key per process and accept one key at a time. Rotate by putting a new value "
+            "and restarting both (see infra/README.md).",
+            "AwsSolutions-SMG4",
+        )
