@@ -1,0 +1,161 @@
+"""One Python Lambda function of microprocess: code, layers, its own role and log group.
+
+The code is one asset for all functions (the repository's `functions/` and `microprocess/`
+folders, staged without Docker); the handler names the entry point. The log group is an
+ordinary resource with a retention (no log-retention custom resource), and the role starts
+empty: it may write to that log group and nothing else until a `grant_*` adds access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from infra.nag import acknowledge
+
+RUNTIME = lambda_.Runtime.PYTHON_3_11
+#: Version of the AWS-published layer `AWSLambdaPowertoolsPythonV3-python311-x86_64`.
+POWERTOOLS_LAYER_VERSION = 27
+POWERTOOLS_LAYER_ACCOUNT = "017000801446"
+
+#: The code asset is an allow-list: only these top-level folders are packaged.
+CODE_FOLDERS = ("functions", "microprocess")
+
+
+def powertools_layer_arn(region: str, version: int = POWERTOOLS_LAYER_VERSION) -> str:
+    """The ARN of the AWS-published Powertools for AWS Lambda (Python) v3 layer (x86_64, 3.11)."""
+    return (
+        f"arn:aws:lambda:{region}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
+        f"AWSLambdaPowertoolsPythonV3-python311-x86_64:{version}"
+    )
+
+
+def code_asset(root: Path) -> lambda_.Code:
+    """The functions' code: `functions/` and `microprocess/` from the repository at `root`.
+
+    Everything else (virtualenv, node_modules, cdk.out, tests, emulator state, caches) is
+    excluded by an allow-list, so a new folder at the root never leaks into the package.
+    """
+    for folder in CODE_FOLDERS:
+        if not (root / folder / "__init__.py").is_file():
+            raise FileNotFoundError(f"{root / folder} is not a Python package: the Lambda code asset needs it")
+    # `*` does not match dot-files: `.*` keeps .venv, .git and the caches out (and unwalked).
+    exclude = [".*", "*", *(f"!{folder}" for folder in CODE_FOLDERS), *(f"!{folder}/**" for folder in CODE_FOLDERS)]
+    exclude += ["**/__pycache__", "**/*.pyc", "microprocess/local"]
+    return lambda_.Code.from_asset(str(root), exclude=exclude)
+
+
+@dataclass(frozen=True)
+class FunctionDefaults:
+    """What every microprocess function of one stage shares.
+
+    Attributes:
+        code: the shared code asset (`code_asset(root)`).
+        layers: layers to attach to every function.
+        environment: variables every function gets (service name, metrics namespace, log level).
+        tracing: X-Ray active tracing.
+        log_retention: how long the functions' log groups keep events.
+        removal_policy: for the log groups.
+    """
+
+    code: lambda_.Code
+    layers: Sequence[lambda_.ILayerVersion] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+    tracing: bool = False
+    log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH
+    removal_policy: RemovalPolicy = RemovalPolicy.DESTROY
+
+
+class MicroprocessFunction(Construct):
+    """A Python 3.11 function running `functions.<name>.handler.lambda_handler`.
+
+    Args:
+        name: the folder under `functions/` (e.g. `forwarder`).
+        defaults: code, layers, shared environment, tracing and log settings of the stage.
+        environment: this function's own variables (added to `defaults.environment`).
+        timeout: function timeout.
+        memory_size: memory, MiB.
+        description: shown in the console.
+        vpc, vpc_subnets, security_groups: put the function in a VPC (optional).
+
+    Attributes:
+        function: the `lambda_.Function`.
+        role: its execution role (starts with log access only).
+        log_group: its log group.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        name: str,
+        defaults: FunctionDefaults,
+        environment: Mapping[str, str],
+        timeout: Duration,
+        memory_size: int = 256,
+        description: str = "",
+        vpc: ec2.IVpc | None = None,
+        vpc_subnets: ec2.SubnetSelection | None = None,
+        security_groups: Sequence[ec2.ISecurityGroup] | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.log_group = logs.LogGroup(
+            self, "Logs", retention=defaults.log_retention, removal_policy=defaults.removal_policy
+        )
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"microprocess {name} function",
+        )
+        self.log_group.grant_write(self.role)
+        if vpc is not None:
+            # A role passed to a function in a VPC does not get the ENI permissions by itself.
+            self.role.add_managed_policy(
+                iam.ManagedPolicy.from_aws_managed_policy_name("service-role/AWSLambdaVPCAccessExecutionRole")
+            )
+            acknowledge(
+                self.role,
+                "The AWS-managed VPC access policy holds only the ENI actions Lambda needs in a VPC; "
+                "those actions support no resource-level scoping, so a custom policy would be the same.",
+                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]",
+            )
+        if defaults.tracing:
+            acknowledge(
+                self.role,
+                "X-Ray's PutTraceSegments and PutTelemetryRecords support no resource-level permissions.",
+                "AwsSolutions-IAM5[Resource::*]",
+            )
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            runtime=RUNTIME,
+            handler=f"functions.{name}.handler.lambda_handler",
+            code=defaults.code,
+            layers=list(defaults.layers),
+            environment={**defaults.environment, **environment},
+            timeout=timeout,
+            memory_size=memory_size,
+            description=description,
+            role=self.role,
+            log_group=self.log_group,
+            tracing=lambda_.Tracing.ACTIVE if defaults.tracing else lambda_.Tracing.DISABLED,
+            vpc=vpc,
+            vpc_subnets=vpc_subnets,
+            security_groups=list(security_groups) if security_groups else None,
+        )
+        acknowledge(
+            self.function,
+            "Python 3.11 on purpose: the project, its pinned dependencies and the Powertools layer "
+            "(python311) move to a newer runtime together, in one change.",
+            "AwsSolutions-L1",
+        )

@@ -1,0 +1,126 @@
+"""The splitter: one EventBridge schedule per job starts it; it continues itself in steps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from aws_cdk import Duration
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from infra import contract
+from infra.forwarder import CLAIMS_PREFIX
+from infra.lambda_function import FunctionDefaults, MicroprocessFunction
+from infra.push_queue import PushQueue
+from microprocess.jobs import JobDeclaration, SourceKind
+
+#: Lambda's maximum: the splitter works until its remaining time is short, then continues itself.
+TIMEOUT = Duration.minutes(15)
+#: EventBridge retries of a failed delivery; a doubled start is harmless (the run id is the event time).
+SCHEDULE_RETRY_ATTEMPTS = 4
+
+
+def source_table_variable(role: str) -> str:
+    """The environment variable naming the source table `role` (`companies` -> `COMPANIES_TABLE`)."""
+    return f"{role.upper().replace('-', '_')}_TABLE"
+
+
+class Splitter(Construct):
+    """The splitter function, its permission to invoke itself, and one schedule rule per job.
+
+    Each rule sends `{"job": <name>, "time": <event time>, "source": "schedule"}`, so a
+    doubled delivery of one schedule tick derives the same run id and starts the run once.
+
+    Args:
+        defaults: the stage's function defaults.
+        jobs: the job declarations (one rule each, on its `schedule`).
+        push_queue: where the tasks go.
+        ledger_table: the run ledger.
+        reports_bucket: receives claim-checked items under `claims/`.
+        source_tables: the DynamoDB source tables by role (e.g. `{"companies": table}`);
+            every dynamodb source a job declares must be here.
+
+    Attributes:
+        function: the `lambda_.Function`.
+        rules: the schedule rules by job name.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        defaults: FunctionDefaults,
+        jobs: Iterable[JobDeclaration],
+        push_queue: PushQueue,
+        ledger_table: dynamodb.ITable,
+        reports_bucket: s3.IBucket,
+        source_tables: Mapping[str, dynamodb.ITable],
+    ) -> None:
+        super().__init__(scope, construct_id)
+        declared = list(jobs)
+        handler = MicroprocessFunction(
+            self,
+            "Handler",
+            name="splitter",
+            defaults=defaults,
+            environment={
+                contract.LEDGER_TABLE: ledger_table.table_name,
+                contract.TASK_QUEUE_URL: push_queue.queue.queue_url,
+                contract.REPORTS_BUCKET: reports_bucket.bucket_name,
+                **{source_table_variable(role): table.table_name for role, table in source_tables.items()},
+            },
+            timeout=TIMEOUT,
+            memory_size=1024,
+            description="Reads a job's items in pages and sends one task per item to the push queue",
+        )
+        self.function = handler.function
+        ledger_table.grant_read_write_data(self.function)
+        push_queue.queue.grant_send_messages(self.function)
+        reports_bucket.grant_put(self.function, f"{CLAIMS_PREFIX}*")
+        self._grant_sources(declared, source_tables)
+        # A separate policy (not the role's default policy, which the function depends on)
+        # lets the function name its own ARN without a circular dependency.
+        iam.Policy(
+            self,
+            "ContinueItself",
+            roles=[handler.role],
+            statements=[iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[self.function.function_arn])],
+        )
+        self.rules: dict[str, events.Rule] = {}
+        for job in declared:
+            self.rules[job.name] = events.Rule(
+                self,
+                f"Schedule-{job.name}",
+                description=f"Starts a run of the job '{job.name}'",
+                schedule=events.Schedule.expression(job.schedule),
+                targets=[
+                    targets.LambdaFunction(
+                        self.function,
+                        event=events.RuleTargetInput.from_object(
+                            {"job": job.name, "time": events.EventField.time, "source": "schedule"}
+                        ),
+                        retry_attempts=SCHEDULE_RETRY_ATTEMPTS,
+                    )
+                ],
+            )
+
+    def _grant_sources(self, jobs: list[JobDeclaration], source_tables: Mapping[str, dynamodb.ITable]) -> None:
+        for job in jobs:
+            source = job.source
+            if source.kind is SourceKind.DYNAMODB:
+                table = source_tables.get(source.table or "")
+                if table is None:
+                    raise ValueError(
+                        f"job '{job.name}' reads the table role '{source.table}', but the stack passes only "
+                        f"{sorted(source_tables)}: add an ItemSourceTable for it"
+                    )
+                table.grant_read_data(self.function)
+            elif source.kind is SourceKind.S3_MANIFEST and source.uri:
+                bucket_name, _, key = source.uri.removeprefix("s3://").partition("/")
+                bucket = s3.Bucket.from_bucket_name(self, f"Manifest-{job.name}", bucket_name)
+                bucket.grant_read(self.function, key)

@@ -1,0 +1,72 @@
+"""The sweeper: on a rate schedule, repairs counters, re-enqueues lost reduces, flags stuck runs."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from infra import contract
+from infra.lambda_function import FunctionDefaults, MicroprocessFunction
+from infra.push_queue import PushQueue
+
+RATE = Duration.minutes(5)
+#: Shorter than the rate, so that sweeps do not overlap in the common case (repairs are fenced anyway).
+TIMEOUT = Duration.minutes(4)
+
+
+class Sweeper(Construct):
+    """The sweeper function and its rate schedule.
+
+    Args:
+        defaults: the stage's function defaults.
+        push_queue: where re-enqueued reduce tasks go.
+        ledger_table: the run ledger.
+        splitter_function: restarted for a run whose split stalled.
+        rate: how often it runs.
+
+    Attributes:
+        function: the `lambda_.Function`.
+        rule: the schedule rule.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        defaults: FunctionDefaults,
+        push_queue: PushQueue,
+        ledger_table: dynamodb.ITable,
+        splitter_function: lambda_.IFunction,
+        rate: Duration = RATE,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        handler = MicroprocessFunction(
+            self,
+            "Handler",
+            name="sweeper",
+            defaults=defaults,
+            environment={
+                contract.LEDGER_TABLE: ledger_table.table_name,
+                contract.TASK_QUEUE_URL: push_queue.queue.queue_url,
+                contract.SPLITTER_FUNCTION_NAME: splitter_function.function_name,
+            },
+            timeout=TIMEOUT,
+            description="Repairs counters, re-enqueues lost reduces and reports stuck runs",
+        )
+        self.function = handler.function
+        ledger_table.grant_read_write_data(self.function)
+        push_queue.queue.grant_send_messages(self.function)
+        # Only the unqualified function (what the sweeper invokes by name), not every version.
+        splitter_function.grant_invoke_latest_version(self.function)
+        self.rule = events.Rule(
+            self,
+            "Schedule",
+            description="Runs the microprocess sweeper",
+            schedule=events.Schedule.rate(rate),
+            targets=[targets.LambdaFunction(self.function, retry_attempts=0)],
+        )
