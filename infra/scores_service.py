@@ -1,0 +1,248 @@
+"""The scores microservice in the cloud: one image, two Fargate services, two load balancers.
+
+* `scores-live` (public): an internet-facing ALB, host `scores-live.<domain>`.
+* `scores-queue` (private): an internal ALB, host `scores-queue.<domain>`, reachable only
+  from the security groups the stack allows (the forwarder's).
+
+Without a domain both ALBs listen on plain HTTP and are reached by their DNS names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_certificatemanager as acm
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_route53 as route53
+from aws_cdk import aws_route53_targets as route53_targets
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from infra import contract
+from infra.fargate_service import FargateWebService
+from infra.nag import acknowledge
+
+DOCKERFILE = "microservice/Dockerfile"
+#: Never sent to the Docker build context (the image is built from the repository root).
+IMAGE_EXCLUDE = (
+    ".venv",
+    "node_modules",
+    "cdk.out",
+    ".git",
+    "tests",
+    "bench",
+    "out",
+    ".microprocess",
+    "**/__pycache__",
+    "**/*.pyc",
+    ".hypothesis",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+)
+
+
+@dataclass(frozen=True)
+class DomainSettings:
+    """A DNS name for the services: `scores-live.<name>` and `scores-queue.<name>`.
+
+    Attributes:
+        name: the domain, e.g. `example.com`.
+        hosted_zone_id: the Route 53 public hosted zone of `name`.
+        certificate_arn: an ACM certificate (same region) covering both host names
+            (e.g. `*.example.com`).
+    """
+
+    name: str
+    hosted_zone_id: str
+    certificate_arn: str
+
+    def host(self, prefix: str) -> str:
+        return f"{prefix}.{self.name}"
+
+
+@dataclass(frozen=True)
+class ServiceCapacity:
+    """Size and scaling of one Fargate service."""
+
+    cpu: int = 256
+    memory_mib: int = 512
+    min_capacity: int = 1
+    max_capacity: int = 4
+    cpu_target_percent: int = 60
+
+
+class ScoresService(Construct):
+    """Both roles of the scores microservice, their load balancers and DNS names.
+
+    Args:
+        vpc: the network.
+        subnets: where the tasks run (private).
+        image_directory: the Docker build context (the repository root).
+        dockerfile: the Dockerfile, relative to `image_directory`.
+        live_environment, queue_environment: the containers' variables (besides `SERVICE_ROLE`).
+        domain: host names and TLS; None serves plain HTTP on the ALBs' DNS names.
+        access_logs_bucket: receives the ALBs' access logs.
+        live_capacity, queue_capacity: size and scaling of each service.
+        log_retention: how long the services' log groups keep events.
+        removal_policy: for the log groups.
+
+    Attributes:
+        image_asset: the one Docker image asset both services run (built by `cdk deploy`,
+            never by synth).
+        cluster: the ECS cluster (Container Insights on).
+        live, queue: the `FargateWebService` of each role.
+        public_load_balancer: the internet-facing ALB of `scores-live`.
+        internal_load_balancer: the internal ALB of `scores-queue`.
+        live_url, queue_url: base URLs of the services.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        image_directory: Path,
+        dockerfile: str = DOCKERFILE,
+        live_environment: Mapping[str, str],
+        queue_environment: Mapping[str, str],
+        domain: DomainSettings | None,
+        access_logs_bucket: s3.IBucket,
+        live_capacity: ServiceCapacity = ServiceCapacity(),
+        queue_capacity: ServiceCapacity = ServiceCapacity(max_capacity=10),
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        removal_policy: RemovalPolicy = RemovalPolicy.DESTROY,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.image_asset = ecr_assets.DockerImageAsset(
+            self,
+            "Image",
+            directory=str(image_directory),
+            file=dockerfile,
+            exclude=list(IMAGE_EXCLUDE),
+            platform=ecr_assets.Platform.LINUX_AMD64,
+        )
+        image = ecs.ContainerImage.from_docker_image_asset(self.image_asset)
+        self.cluster = ecs.Cluster(self, "Cluster", vpc=vpc, container_insights_v2=ecs.ContainerInsights.ENABLED)
+
+        def service(role: str, environment: Mapping[str, str], capacity: ServiceCapacity) -> FargateWebService:
+            return FargateWebService(
+                self,
+                role.capitalize(),
+                cluster=self.cluster,
+                image=image,
+                service_role=role,
+                environment=environment,
+                subnets=subnets,
+                cpu=capacity.cpu,
+                memory_mib=capacity.memory_mib,
+                min_capacity=capacity.min_capacity,
+                max_capacity=capacity.max_capacity,
+                cpu_target_percent=capacity.cpu_target_percent,
+                log_retention=log_retention,
+                removal_policy=removal_policy,
+            )
+
+        self.live = service("live", live_environment, live_capacity)
+        self.queue = service("queue", queue_environment, queue_capacity)
+
+        self.public_load_balancer = elbv2.ApplicationLoadBalancer(
+            self, "PublicAlb", vpc=vpc, internet_facing=True, drop_invalid_header_fields=True
+        )
+        acknowledge(
+            self.public_load_balancer,
+            "scores-live is a public API: its load balancer accepts HTTP(S) from anywhere; the tasks "
+            "behind it accept traffic from the load balancer only.",
+            "AwsSolutions-EC23",
+        )
+        self.internal_load_balancer = elbv2.ApplicationLoadBalancer(
+            self, "InternalAlb", vpc=vpc, internet_facing=False, drop_invalid_header_fields=True
+        )
+        self.public_load_balancer.log_access_logs(access_logs_bucket, "alb/scores-live")
+        self.internal_load_balancer.log_access_logs(access_logs_bucket, "alb/scores-queue")
+
+        certificate = (
+            acm.Certificate.from_certificate_arn(self, "Certificate", domain.certificate_arn) if domain else None
+        )
+        self._route(self.public_load_balancer, self.live, contract.LIVE_HOST_PREFIX, domain, certificate, open_=True)
+        self._internal_listener = self._route(
+            self.internal_load_balancer, self.queue, contract.QUEUE_HOST_PREFIX, domain, certificate, open_=False
+        )
+        self._port = 443 if domain else 80
+        if domain:
+            zone = route53.HostedZone.from_hosted_zone_attributes(
+                self, "Zone", hosted_zone_id=domain.hosted_zone_id, zone_name=domain.name
+            )
+            for prefix, alb in (
+                (contract.LIVE_HOST_PREFIX, self.public_load_balancer),
+                (contract.QUEUE_HOST_PREFIX, self.internal_load_balancer),
+            ):
+                route53.ARecord(
+                    self,
+                    f"{prefix}-record",
+                    zone=zone,
+                    record_name=prefix,
+                    target=route53.RecordTarget.from_alias(route53_targets.LoadBalancerTarget(alb)),
+                )
+            self.live_url = f"https://{domain.host(contract.LIVE_HOST_PREFIX)}"
+            self.queue_url = f"https://{domain.host(contract.QUEUE_HOST_PREFIX)}"
+        else:
+            self.live_url = f"http://{self.public_load_balancer.load_balancer_dns_name}"
+            self.queue_url = f"http://{self.internal_load_balancer.load_balancer_dns_name}"
+
+    def _route(
+        self,
+        alb: elbv2.ApplicationLoadBalancer,
+        target: FargateWebService,
+        host_prefix: str,
+        domain: DomainSettings | None,
+        certificate: acm.ICertificate | None,
+        *,
+        open_: bool,
+    ) -> elbv2.ApplicationListener:
+        """Send `host_prefix.<domain>` on `alb` to `target` (HTTPS), or everything (HTTP, no domain)."""
+        if domain is None or certificate is None:
+            return alb.add_listener(
+                "Http",
+                port=80,
+                protocol=elbv2.ApplicationProtocol.HTTP,
+                open=open_,
+                default_target_groups=[target.target_group],
+            )
+        listener = alb.add_listener(
+            "Https",
+            port=443,
+            protocol=elbv2.ApplicationProtocol.HTTPS,
+            certificates=[certificate],
+            ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS,
+            open=open_,
+            default_action=elbv2.ListenerAction.fixed_response(
+                404, content_type="text/plain", message_body="unknown host"
+            ),
+        )
+        listener.add_target_groups(
+            "Host",
+            target_groups=[target.target_group],
+            conditions=[elbv2.ListenerCondition.host_headers([domain.host(host_prefix)])],
+            priority=10,
+        )
+        if open_:
+            alb.add_redirect(source_port=80, target_port=443)
+        return listener
+
+    def allow_queue_access_from(self, *peers: ec2.IConnectable) -> None:
+        """Let `peers` (e.g. the forwarder) reach the queue service's internal load balancer."""
+        for peer in peers:
+            self.internal_load_balancer.connections.allow_from(
+                peer, ec2.Port.tcp(self._port), "scores-queue: only the forwarder pushes tasks"
+            )
