@@ -1,0 +1,157 @@
+"""One source of truth per fact: the templates against the job declarations, the ledger
+schema and the runtime settings; and the pinned logical IDs of the stateful resources."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from infra import contract
+from microprocess.forwarder import REDUCE_TIMEOUT_S
+from microprocess.jobs import JOBS
+from microprocess.ledger import LEDGER_SCHEMA
+from microprocess.settings import RuntimeSettings
+from microservice.settings import Settings as ServiceSettings
+from tests.test_infra_synth import CLOUD, LOCAL, synthesized
+
+pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
+BOTH = pytest.mark.parametrize("stack", [CLOUD, LOCAL])
+
+#: Changing one of these replaces the resource (and loses its data): the test is the alarm.
+PINNED = {
+    "LedgerTable": "AWS::DynamoDB::Table",
+    "CompaniesTable": "AWS::DynamoDB::Table",
+    "TaskQueue": "AWS::SQS::Queue",
+    "DeadLetterQueue": "AWS::SQS::Queue",
+    "ReportsBucket": "AWS::S3::Bucket",
+    "SigningSecret": "AWS::SecretsManager::Secret",
+}
+PINNED_CLOUD_ONLY = {"AccessLogsBucket": "AWS::S3::Bucket"}
+
+
+def resources(stack: str) -> dict[str, dict[str, Any]]:
+    return synthesized().templates[stack]["Resources"]
+
+
+def function(stack: str, name: str) -> dict[str, Any]:
+    (fn,) = [
+        {"LogicalId": k, **v["Properties"]}
+        for k, v in resources(stack).items()
+        if v["Type"] == "AWS::Lambda::Function"
+        and v["Properties"]["Handler"] == f"functions.{name}.handler.lambda_handler"
+    ]
+    return fn
+
+
+# ---------------------------------------------------------------------------- logical IDs
+
+
+@BOTH
+def test_stateful_logical_ids_are_pinned(stack: str) -> None:
+    pinned = PINNED | (PINNED_CLOUD_ONLY if stack == CLOUD else {})
+    for logical_id, type_ in pinned.items():
+        assert resources(stack)[logical_id]["Type"] == type_, logical_id
+    for type_ in set(pinned.values()):
+        assert {k for k, v in resources(stack).items() if v["Type"] == type_} == {
+            k for k, t in pinned.items() if t == type_
+        }, type_
+
+
+# ---------------------------------------------------------------------------- ledger schema
+
+
+@BOTH
+def test_ledger_keys_and_index_come_from_the_schema(stack: str) -> None:
+    table = resources(stack)["LedgerTable"]["Properties"]
+    s = LEDGER_SCHEMA
+    assert table["KeySchema"] == [
+        {"AttributeName": s.partition_key, "KeyType": "HASH"},
+        {"AttributeName": s.sort_key, "KeyType": "RANGE"},
+    ]
+    (index,) = table["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == s.runs_index
+    assert index["KeySchema"] == [
+        {"AttributeName": s.runs_index_partition_key, "KeyType": "HASH"},
+        {"AttributeName": s.runs_index_sort_key, "KeyType": "RANGE"},
+    ]
+    assert index["Projection"] == {"ProjectionType": "ALL"}
+    assert {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]} == {
+        name: "S" for name in (s.partition_key, s.sort_key, s.runs_index_partition_key, s.runs_index_sort_key)
+    }
+
+
+# ---------------------------------------------------------------------------- job declarations
+
+
+@BOTH
+def test_one_schedule_rule_per_job_naming_the_job(stack: str) -> None:
+    splitter = function(stack, "splitter")
+    rules = [
+        r["Properties"]
+        for r in resources(stack).values()
+        if r["Type"] == "AWS::Events::Rule"
+        and r["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [splitter["LogicalId"], "Arn"]}
+    ]
+    by_job = {}
+    for rule in rules:
+        (target,) = rule["Targets"]
+        transformer = target["InputTransformer"]
+        assert transformer["InputPathsMap"] == {"time": "$.time"}
+        document = json.loads(transformer["InputTemplate"].replace("<time>", '"2026-12-01T02:00:00Z"'))
+        assert document["source"] == "schedule" and document["time"] == "2026-12-01T02:00:00Z"
+        by_job[document["job"]] = rule["ScheduleExpression"]
+    assert by_job == {job.name: job.schedule for job in JOBS}
+
+
+@BOTH
+def test_event_source_settings_equal_the_declarations(stack: str) -> None:
+    forwarder = function(stack, "forwarder")
+    (mapping,) = [
+        r["Properties"]
+        for r in resources(stack).values()
+        if r["Type"] == "AWS::Lambda::EventSourceMapping"
+        and r["Properties"]["FunctionName"] == {"Ref": forwarder["LogicalId"]}
+    ]
+    assert mapping["BatchSize"] == min(job.batch_size for job in JOBS)
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": min(job.max_concurrency for job in JOBS)}
+
+
+@BOTH
+def test_redrive_and_visibility_derive_from_the_declarations(stack: str) -> None:
+    queue = resources(stack)["TaskQueue"]["Properties"]
+    forwarder_timeout = function(stack, "forwarder")["Timeout"]
+    # the forwarder records FAILED at max_attempts; the DLQ catches only crashes
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == max(job.max_attempts for job in JOBS) + 2
+    assert queue["VisibilityTimeout"] >= 6 * forwarder_timeout
+    # the forwarder outlasts its slowest push: a task's timeout or a reduce call
+    assert forwarder_timeout > max(REDUCE_TIMEOUT_S, *(job.task_timeout_s for job in JOBS))
+    assert forwarder_timeout <= 900
+
+
+@BOTH
+def test_source_table_key_is_the_jobs_item_id_field(stack: str) -> None:
+    table = resources(stack)["CompaniesTable"]["Properties"]
+    readers = [job for job in JOBS if job.source.table == "companies"]
+    assert readers
+    assert table["KeySchema"] == [{"AttributeName": readers[0].item_id_field, "KeyType": "HASH"}]
+
+
+# ---------------------------------------------------------------------------- runtime settings
+
+
+@BOTH
+def test_function_variables_are_settings_the_runtime_reads(stack: str) -> None:
+    known = {name.upper() for name in RuntimeSettings.model_fields} | contract.POWERTOOLS_VARIABLES
+    for name in ("splitter", "forwarder", "dead_letter", "sweeper"):
+        variables = set(function(stack, name)["Environment"]["Variables"])
+        assert variables <= known, (name, variables - known)
+
+
+def test_service_variables_are_settings_the_service_reads() -> None:
+    known = {name.upper() for name in ServiceSettings.model_fields}
+    for task in (r for r in resources(CLOUD).values() if r["Type"] == "AWS::ECS::TaskDefinition"):
+        (container,) = task["Properties"]["ContainerDefinitions"]
+        names = {e["Name"] for e in container["Environment"]}
+        assert names <= known, names - known
