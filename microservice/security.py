@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from microprocess.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, verify
 from microservice.aws import AwsClients, get_aws
@@ -47,9 +48,11 @@ def signed_body(model: type[M]) -> Callable[..., Awaitable[M]]:
         aws: Annotated[AwsClients, Depends(get_aws)],
     ) -> M:
         raw = await request.body()
+        # The secret may need one Secrets Manager call (blocking): keep it off the event loop.
+        secret = settings.signing_secret or await run_in_threadpool(signing_secret, settings, aws)
         try:
             verify(
-                signing_secret(settings, aws),
+                secret,
                 raw,
                 request.headers.get(TIMESTAMP_HEADER),
                 request.headers.get(SIGNATURE_HEADER),

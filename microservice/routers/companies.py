@@ -11,7 +11,9 @@ from microservice.scoring import LiveScore, live_score
 
 router = APIRouter(prefix="/companies", tags=["companies"])
 
-_NOT_FOUND = {404: {"description": 'unknown company: `{"error": "company_not_found", "message": ...}`'}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": 'unknown company: `{"error": "company_not_found", "message": ...}`'}
+}
 
 
 @router.get("/{company_id}", responses=_NOT_FOUND)

@@ -18,7 +18,7 @@ router = APIRouter(tags=["reduce"])
 
 SignedReduce = Annotated[ReduceRequest, Depends(signed_body(ReduceRequest))]
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "permanent: wrong job or shard"},
     401: {"description": "bad, missing or stale signature; nothing was done"},
     404: {"description": "permanent: the run is not in the ledger"},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
@@ -13,7 +13,7 @@ from microservice.security import body_schema, signed_body
 
 router = APIRouter(tags=["tasks"])
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "permanent: the item has no company_id, or the Idempotency-Key does not match"},
     401: {"description": "bad, missing or stale signature; nothing was done"},
     404: {"description": "permanent: the company is not in the companies table"},
