@@ -22,7 +22,9 @@ from constructs import Construct
 from infra.nag import acknowledge
 
 RUNTIME = lambda_.Runtime.PYTHON_3_11
-#: Version of the AWS-published layer `AWSLambdaPowertoolsPythonV3-python311-x86_64`.
+#: Version of the AWS-published layer `AWSLambdaPowertoolsPythonV3-python311-x86_64`: the
+#: newest one confirmed offline (the Powertools docs); it may trail the pinned 3.37.0.
+#: Check with `aws lambda list-layer-versions` before a deploy and move it with the pin.
 POWERTOOLS_LAYER_VERSION = 27
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
 
