@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION: Literal[1] = 1
 #: SQS accepts bodies up to 1 MiB; we refuse anything larger before sending.
 SQS_MAX_MESSAGE_BYTES = 1_048_576
 #: Default claim-check threshold: envelopes above this many bytes carry an S3 reference instead.

@@ -1099,9 +1099,11 @@ class Ledger:
 def _spread(succeeded: int, failed: int, k: int, expected: int | None) -> list[tuple[int, int, int | None]]:
     """Spread recounted totals over k counters; with `expected`, give each a room so that
     sum(done + room) == expected."""
-    if expected is None:
-        return [(succeeded, failed, None)] + [(0, 0, None)] * (k - 1)
     plan: list[tuple[int, int, int | None]] = []
+    if expected is None:
+        plan.append((succeeded, failed, None))
+        plan.extend((0, 0, None) for _ in range(k - 1))
+        return plan
     s_left, f_left = succeeded, failed
     for j in range(k):
         target = expected // k + (1 if j < expected % k else 0)

@@ -69,7 +69,8 @@ def parse_start_event(event: Any) -> StartRequest:
     event time), or a manual start `{"job", "run_id"?, "items"?, "retry_of"?}`."""
     if not isinstance(event, dict):
         raise StartEventError(f"start event must be a JSON object, got {type(event).__name__}")
-    detail = event.get("detail") if isinstance(event.get("detail"), dict) else {}
+    raw_detail = event.get("detail")
+    detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
     job = event.get("job") or detail.get("job")
     if not isinstance(job, str) or not job:
         raise StartEventError('start event has no \'job\': pass {"job": "<declared job name>"}')
