@@ -34,6 +34,7 @@ from microprocess.local.processes import (
 from microprocess.local.sender import ses_sender
 from microprocess.local.services import LIVE, QUEUE, ROLES, ServiceRole, service_env, spawn_service
 from microprocess.local.state import LocalState, NoLocalStack, read_state, write_state
+from microprocess.local.tuning import cap_event_source_concurrency, laptop_concurrency, warm_workers
 from microprocess.local.workspace import Workspace
 
 Echo = Callable[[str], None]
@@ -59,12 +60,17 @@ class UpOptions:
         chaos: a fault file given to the queue service and the functions (`MICROPROCESS_CHAOS`).
         seed: random seed of the seeded companies.
         access_log: log every HTTP request of the services (slower; useful when debugging).
+        forwarder_concurrency: cap on concurrent forwarder batches; None: `laptop_concurrency()`
+            (4 per core); 0: as deployed (the job's declaration).
+        warm: start the forwarder's workers during set-up, so that run time does not pay their imports.
     """
 
     companies: int = DEFAULT_COMPANIES
     chaos: Path | None = None
     seed: int = 42
     access_log: bool = False
+    forwarder_concurrency: int | None = None
+    warm: bool = True
 
 
 @dataclass
@@ -188,24 +194,38 @@ class LocalStack:
         self.echo(f"deployed the local stage ({len(outputs)} outputs)")
 
         sender = ses_sender(self.ws.root, outputs)
+        lam = aws_client("lambda", endpoint, max_pool_connections=64, read_timeout=120)
+        concurrency = self._fit_to_laptop(lam, outputs["ForwarderFunctionName"], options)
         t = time.monotonic()
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            # Seeding (emulator-bound) overlaps the services' start (interpreter-bound).
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            # Seeding and warming (emulator-bound) overlap the services' start (interpreter-bound).
             seeding = pool.submit(
                 seed_companies, self.ws, endpoint, outputs["CompaniesTable"], options.companies, seed=options.seed
             )
+            warming = pool.submit(
+                warm_workers, lam, outputs["ForwarderFunctionName"], concurrency if options.warm else 0
+            )
             self._start_services(endpoint, outputs, ports, sender, chaos, options.access_log)
             self._record(endpoint, urls=urls)
-            self._step("services", t)
             seeding.result()
-        self._step("services+seed", t)
-        self.timings.steps.pop("services", None)
-        self.echo(f"services up: live {urls['live']}, queue {urls['queue']}; seeded {options.companies} companies")
+            warmed = warming.result()
+        self._step("services+seed+warm", t)
+        self.echo(
+            f"services up: live {urls['live']}, queue {urls['queue']}; seeded {options.companies} companies; "
+            f"{warmed} forwarder workers warm"
+        )
 
         ses = aws_client("ses", endpoint)
         ses.verify_email_identity(EmailAddress=sender)
         state = self._record(endpoint, urls=urls)
         return state
+
+    def _fit_to_laptop(self, lam: Any, forwarder: str, options: UpOptions) -> int:
+        if options.forwarder_concurrency == 0:
+            mappings = lam.list_event_source_mappings(FunctionName=forwarder)["EventSourceMappings"]
+            return max((m.get("ScalingConfig") or {}).get("MaximumConcurrency") or 5 for m in mappings)
+        cap = options.forwarder_concurrency or laptop_concurrency()
+        return cap_event_source_concurrency(lam, forwarder, cap, self.echo)
 
     def _start_services(
         self,
