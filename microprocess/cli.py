@@ -28,6 +28,7 @@ import typer
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from microprocess.jobs import JOBS, UnknownJobError
@@ -90,7 +91,7 @@ def emit_json(value: Any) -> None:
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    err.print(f"[red]error:[/] {message}", markup=True)
+    err.print(f"[red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -231,12 +232,10 @@ def wait_for(dep: Deployment, run_id: str, *, timeout_s: float, show: bool) -> P
 
 def _print_status(progress: Progress) -> None:
     d = progress.as_dict()
-    table = Table(show_header=False, box=None)
     for key in STATUS_KEYS:
-        table.add_row(key, "" if d[key] is None else str(d[key]))
+        out.print(f"{key:<12} {escape('' if d[key] is None else str(d[key]))}")
     if d.get("error"):
-        table.add_row("error", f"[red]{d['error']}[/]")
-    out.print(table)
+        out.print(f"{'error':<12} [red]{escape(d['error'])}[/]")
 
 
 def _finish_waited(progress: Progress, as_json: bool) -> None:
@@ -426,7 +425,7 @@ def report(
     with _ledger_errors(dep):
         written = download_report(dep, run_id, out_dir)
     for path in written:
-        out.print(str(path))
+        out.print(escape(str(path)))
 
 
 # ----------------------------------------------------------------------------- local stack
@@ -457,7 +456,7 @@ def local_up(
     from microprocess.local import LocalStack, LocalStackError, StackAlreadyRunning, UpOptions
 
     ws = _workspace()
-    stack = LocalStack(ws, echo=lambda line: err.print(line))
+    stack = LocalStack(ws, echo=lambda line: err.print(escape(line)))
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         state = stack.up(UpOptions(companies=companies, chaos=chaos, access_log=access_log))
@@ -469,14 +468,14 @@ def local_up(
     except Exception as exc:  # every start failure has a message that says what to do
         fail(f"the local stack did not start: {exc}" if not isinstance(exc, LocalStackError) else str(exc))
     out.print(f"local stack up in {stack.timings.line()}")
-    out.print(f"endpoint {state.endpoint_url}; services {state.services}; state in {ws.state_file}")
+    out.print(escape(f"endpoint {state.endpoint_url}; services {state.services}; state in {ws.state_file}"))
     if detach:
         out.print("stop it with `microprocess local down`")
         return
     out.print("Ctrl-C stops it.")
     try:
         exited = stack.wait()
-        err.print(f"[red]{stack.exited_message(exited)}[/]")
+        err.print(f"[red]{escape(stack.exited_message(exited))}[/]")
         code = EXIT_FAILED
     except KeyboardInterrupt:
         code = 0
@@ -514,7 +513,7 @@ def local_status(as_json: JsonOption = False) -> None:
     if as_json:
         emit_json({**state.model_dump(), "running": running})
         return
-    out.print(f"endpoint {state.endpoint_url} (region {state.region}); services {state.services}")
+    out.print(escape(f"endpoint {state.endpoint_url} (region {state.region}); services {state.services}"))
     for name, pid in state.pids.items():
         out.print(f"  {name:<14} pid {pid:<8} {'running' if name in running else '[red]gone[/]'}")
     if len(running) < len(state.pids):
@@ -542,10 +541,10 @@ def _print_email(email: dict[str, Any] | None) -> None:
     if email is None:
         out.print("[yellow]no email was captured[/]")
         return
-    out.print(f"email: [bold]{email.get('Subject')}[/] → {', '.join(email.get('To') or [])}")
+    out.print(f"email: [bold]{escape(email.get('Subject') or '')}[/] → {escape(', '.join(email.get('To') or []))}")
     body = email.get("BodyText") or email.get("BodyHtml") or ""
     for line in [ln for ln in body.splitlines() if ln.strip()][:8]:
-        out.print(f"  │ {line}")
+        out.print(f"  │ {escape(line)}")
 
 
 def _phases(dep: Deployment, run_id: str) -> str:
@@ -584,7 +583,7 @@ def demo(
     from microprocess.local import LocalStack, LocalStackError, UpOptions, aws_client, captured_emails
 
     ws = _workspace()
-    stack = LocalStack(ws, echo=lambda line: err.print(f"  {line}"))
+    stack = LocalStack(ws, echo=lambda line: err.print(f"  {escape(line)}"))
     signal.signal(signal.SIGTERM, _raise_interrupt)
     code = EXIT_FAILED
     try:
@@ -623,7 +622,7 @@ def demo(
             if final.report_uri:
                 written = download_report(dep, run_id, out_dir)
                 csvs = [p for p in written if p.name == "report.csv"]
-                out.print(f"report: {csvs[0] if csvs else out_dir / run_id} ({len(written)} files)")
+                out.print(f"report: {escape(str(csvs[0] if csvs else out_dir / run_id))} ({len(written)} files)")
                 if csvs:
                     rows = count_report_rows(csvs[0])
                     out.print(f"report.csv: {rows:,} rows for {companies:,} companies")

@@ -124,7 +124,7 @@ def watch_run(
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:>7}/s  ETA {task.fields[eta]:>5}"),
         TextColumn("failed [red]{task.fields[failed]}[/]"),
-        TextColumn("queue {task.fields[q_visible]} visible / {task.fields[in_flight]} in flight"),
+        TextColumn("queue {task.fields[q_visible]} (+{task.fields[in_flight]} in flight)"),
         TextColumn("DLQ {task.fields[dlq]}"),
         TimeElapsedColumn(),
         console=console,
