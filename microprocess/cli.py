@@ -441,6 +441,14 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM both end the foreground command through its cleanup.
+
+    SIGINT is set explicitly: a shell starts background jobs with it ignored."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @local_app.command("up")
 def local_up(
     companies: Annotated[int, typer.Option(min=0, help="Companies to seed into the companies table.")] = 10_000,
@@ -457,7 +465,7 @@ def local_up(
 
     ws = _workspace()
     stack = LocalStack(ws, echo=lambda line: err.print(escape(line)))
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    _stop_on_signals()
     try:
         state = stack.up(UpOptions(companies=companies, chaos=chaos, access_log=access_log))
     except StackAlreadyRunning as exc:
@@ -584,7 +592,7 @@ def demo(
 
     ws = _workspace()
     stack = LocalStack(ws, echo=lambda line: err.print(f"  {escape(line)}"))
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    _stop_on_signals()
     code = EXIT_FAILED
     try:
         err.print(f"starting the local stack with {companies:,} companies…")
