@@ -1,0 +1,360 @@
+"""`make bench`: the six performance figures of issue 8, measured on this machine.
+
+    .venv/bin/python -m bench.run [--items 10000] [--out bench/results/latest.json]
+
+Prints a table and writes `bench/results/latest.json`; refreshes
+`microprocess/measured_costs.json`, which `microprocess plan` reads. Every figure
+comes from this run; nothing is assumed except the list prices (dated, in
+`microprocess/pricing_table.json`). How each figure is measured: `METHODS` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.figures import (
+    hot_key,
+    measured_costs,
+    observed_from_dict,
+    observed_to_dict,
+    reduce_latency,
+    split_rate,
+    splitter_model,
+    usage_split,
+)
+from microprocess.jobs import CREDIT_SCORES
+from microprocess.planner import MEASURED_COSTS_PATH, MeasuredCosts, plan_run
+from microprocess.pricing import Usage, cost_by_service, lambda_gb_seconds, load_price_table
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+SEED_ITEMS = 19_000_000
+
+METHODS = {
+    "p1": "(a) the full pipeline (splitter λ -> SQS -> forwarder λ -> HTTP -> ledger -> reduce -> report + email) "
+    "on the local stack, N seeded companies, task endpoint = the queue service app with a no-op task route "
+    "(bench.noop_service: answers at once, no table access); items/s = N / (reduce claimed - start request). "
+    "(b) N envelope-sized messages sent with the project's QueueSender (8 threads) to a fresh queue in the same "
+    "emulator, consumed by an event source mapping with the forwarder's batch size and maximum concurrency into a "
+    "handler that returns {'batchItemFailures': []}; items/s = N / (first send -> queue empty).",
+    "p2": "Every AWS request of (a) through a counting reverse proxy (bench.proxy; the functions' and the "
+    "service's AWS_ENDPOINT_URL point at it, one port per caller): service and operation from the SigV4 scope "
+    "and X-Amz-Target/Action/REST path; SQS billed per 64 KB chunk; DynamoDB units from the emulator's "
+    "ConsumedCapacity (the proxy adds ReturnConsumedCapacity=TOTAL), failed conditional writes computed at 1 WRU "
+    "per started KB of the item; the event source's receive/delete (inside the emulator) from its log, one "
+    "ReceiveMessage + one DeleteMessageBatch per batch; Lambda invocations, durations and log bytes from the "
+    "functions' REPORT lines and log groups. Priced with microprocess/pricing_table.json for a run of 1,000,000 "
+    "items: per-item usage x 1e6 + the per-run usage (report files, email, sweeper) + forwarder GB-s = "
+    "batches x (service latency + measured forwarder time per batch) x memory + splitter GB-s at its measured "
+    "seconds per item.",
+    "p3": "Writes per ledger item (pk|sk) and per partition key from the proxied PutItem/UpdateItem/DeleteItem/"
+    "BatchWriteItem/TransactWriteItems bodies during (a), conditional failures included; per 1,000 completions; "
+    "ceiling = 1,000 write units/s per item / the hottest item's write units per completion.",
+    "p4": "From the last task record's finished_at (max over the run's task records) to the run's "
+    "reduce_claimed_at, and to the emulator's SES capture timestamp of the run's email.",
+    "p5": "python -m bench.report_memory in a fresh process: the microservice's reduce_part (16 shards) + finalize "
+    "over a real Ledger whose DynamoDB client makes up 1 MB Query pages on demand, S3 kept in files on disk, so "
+    "the process holds only what the report builder holds; peak RSS = getrusage ru_maxrss.",
+    "p6": "Items/s enqueued by the splitter during (a) (expected / (split_finished_at - created_at)); model: each "
+    "invocation works (timeout - margin) s at that rate, then continues itself.",
+}
+
+
+def echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "ministack": metadata.version("ministack"),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def report_memory(results: int) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.report_memory", "--results", str(results)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.report_memory --results {results} failed:\n{proc.stderr[-3000:]}")
+    data: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if data["report_rows"] != results:
+        raise RuntimeError(f"the report of {results} results has {data['report_rows']} rows")
+    return data
+
+
+def measure(items: int) -> dict[str, Any]:
+    from bench.harness import BenchStack, observe, run_baseline, run_pipeline
+
+    out: dict[str, Any] = {"machine": machine(), "items": items}
+    out["cores"] = out["machine"]["cores"]
+
+    echo("P5: report memory for 10,000 and 100,000 results …")
+    p5 = {n: report_memory(n) for n in (10_000, 100_000)}
+
+    echo(f"starting the local stack with {items:,} companies, the counting proxy and the no-op services …")
+    with BenchStack(items=items, echo=echo) as bs:
+        echo(f"  ready in {bs.setup_seconds:.1f} s; forwarder event source concurrency {bs.concurrency()}")
+        echo(f"P1 (b): {items:,} messages through the emulator's event source into a trivial handler …")
+        baseline = run_baseline(bs, items)
+        echo(f"  {baseline.items_per_s:,.0f} items/s ({baseline.seconds:.1f} s, {baseline.batches} batches)")
+        runs = {}
+        for counted in (False, True):
+            label = "counted: every AWS request through the proxy" if counted else "plain"
+            echo(f"P1 (a): a run of {items:,} tasks through the whole pipeline ({label}) …")
+            runs[counted] = run_pipeline(bs, counted=counted, echo=echo)
+            echo(f"  {runs[counted].items_per_s:,.0f} items/s ({runs[counted].seconds:.1f} s)")
+        obs = observe(bs, runs[False], runs[True])
+        raw_path = bs.ws.workdir / "raw.json"
+    out["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    timings = {
+        key: {**r.run, "seconds": round(r.seconds, 3), "emails": r.emails, "cpu_s": r.cpu_s}
+        for key, r in (("plain", runs[False]), ("counted", runs[True]))
+    }
+    raw = {
+        "head": out,
+        "observed": observed_to_dict(obs),
+        "timings": timings,
+        "baseline": asdict(baseline),
+        "p5": {str(k): v for k, v in p5.items()},
+    }
+    write_json(raw_path, raw)
+    echo(f"raw observations kept in {raw_path} (recompute the figures with --recompute {raw_path})")
+    return from_raw(raw)
+
+
+def from_raw(raw: dict[str, Any]) -> dict[str, Any]:
+    """The figures from the raw observations of one bench run."""
+    from bench.harness import BaselineResult
+
+    obs = observed_from_dict(raw["observed"])
+    baseline = BaselineResult(**raw["baseline"])
+    p5 = {int(k): v for k, v in raw["p5"].items()}
+    head = raw["head"]
+    return {**head, **figures(obs, raw["timings"], baseline, p5, head["cores"])}
+
+
+def figures(obs: Any, timings: dict[str, Any], baseline: Any, p5: dict[int, Any], cores: int) -> dict[str, Any]:
+    prices = load_price_table()
+    measured_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    mc_doc = measured_costs(obs, measured_at=measured_at, cores=cores)
+    mc = MeasuredCosts.from_dict(mc_doc)
+    job = CREDIT_SCORES
+
+    # P2: a run of one million items, priced with the table.
+    p2_plan = plan_run(job, 1_000_000, measured=mc, prices=prices, task_seconds=0.0)
+    p2_at_half = plan_run(job, 1_000_000, measured=mc, prices=prices, task_seconds=0.5)
+    # How the total moves with the forwarder's own time per batch (the one input the emulator inflates):
+    # total = fixed + slope x seconds; the break-even time for $1.00 per million.
+    fixed = plan_run(job, 1_000_000, measured=replace(mc, forwarder_overhead_s=1e-9), prices=prices, task_seconds=0.0)
+    one_s = plan_run(job, 1_000_000, measured=replace(mc, forwarder_overhead_s=1.0), prices=prices, task_seconds=0.0)
+    slope = one_s.total_usd - fixed.total_usd
+    breakeven = (1.0 - fixed.total_usd) / slope if slope > 0 else None
+    per_item, per_run = usage_split(obs)
+    fwd, spl = obs.functions["forwarder"], obs.functions["splitter"]
+    observed_total = (
+        per_item.scaled(obs.items)
+        + per_run
+        + Usage(
+            lambda_requests=spl.invocations,
+            lambda_gb_seconds=lambda_gb_seconds(1, fwd.duration_s, fwd.memory_mb)
+            + lambda_gb_seconds(1, spl.duration_s, spl.memory_mb),
+        )
+    )
+    naive = {k: v * 1e6 / obs.items for k, v in cost_by_service(observed_total, prices).items()}
+    requests_per_item: dict[str, float] = {}
+    for row in obs.proxy.get("requests", []):
+        key = f"{row['service']}:{row['operation']}"
+        requests_per_item[key] = requests_per_item.get(key, 0.0) + row["value"] / obs.items
+    for role, es in obs.event_sources.items():
+        requests_per_item[f"sqs:ReceiveMessage (event source, {role})"] = es.batches / obs.items
+        requests_per_item[f"sqs:DeleteMessageBatch (event source, {role})"] = (
+            es.batches - es.failed_batches
+        ) / obs.items
+    for role, use in obs.functions.items():
+        if use.invocations:
+            requests_per_item[f"lambda:Invoke ({role})"] = use.invocations / obs.items
+
+    hk = hot_key(obs)
+    lat = reduce_latency(obs)
+    rate = split_rate(obs)
+    model = splitter_model(SEED_ITEMS, rate, obs.splitter_timeout_s, obs.splitter_margin_s)
+    seed_plan = plan_run(job, SEED_ITEMS, measured=mc, prices=prices, task_seconds=0.5)
+
+    plain, counted = timings["plain"], timings["counted"]
+    p1a = obs.items / plain["seconds"]
+    fwd_es = obs.event_sources.get("forwarder")
+    emulator_requests = sum(r["value"] for r in obs.proxy.get("requests", [])) + sum(
+        es.batches * 2 for es in obs.event_sources.values()
+    )
+    result = {
+        "p1_pipeline_items_per_s": round(p1a, 1),
+        "p1_emulator_items_per_s": round(baseline.items_per_s, 1),
+        "p1_ratio": round(p1a / baseline.items_per_s, 3),
+        "p1_detail": {
+            "run_id": plain["run_id"],
+            "pipeline_seconds": plain["seconds"],
+            "pipeline_split_seconds": round(obs.items / split_rate(obs), 3),
+            "baseline_seconds": round(baseline.seconds, 3),
+            "baseline_batches": baseline.batches,
+            "pipeline_forwarder_batches": fwd_es.batches if fwd_es else None,
+            "batch_size": obs.batch_size,
+            "max_concurrency": obs.max_concurrency,
+            "task_endpoint": "bench.noop_service (the queue service app; POST /tasks/credit-score answered at once)",
+            "counted_run_id": counted["run_id"],
+            "counted_items_per_s": round(obs.items / counted["seconds"], 1),
+            "counted_note": "the same pipeline with every AWS call through the counting proxy (P2, P3 come from it)",
+            "proxy_cpu_s": round(obs.proxy.get("proxy_cpu_s", 0.0), 2),
+            "emulator_requests_per_item_pipeline": round(emulator_requests / obs.items, 3),
+            "emulator_requests_per_item_baseline": round(
+                (baseline.messages / 10 + 2 * baseline.batches) / baseline.messages, 3
+            ),
+            "cpu_seconds_pipeline": plain.get("cpu_s", {}),
+            "cpu_seconds_baseline": baseline.cpu_s,
+            "cpu_note": "CPU seconds by process group while each ran (emulator = ministack's own process; "
+            "lambda_workers = its worker processes)",
+        },
+        "p2_usd_per_million": round(p2_plan.total_usd, 4),
+        "p2_by_service": {k: round(v, 4) for k, v in p2_plan.cost.items()},
+        "p2_detail": {
+            "forwarder_memory_mb": fwd.memory_mb,
+            "service_latency_s": 0.0,
+            "service_latency_note": "no-op endpoint: its own time is inside the measured forwarder time per batch",
+            "forwarder_seconds_per_batch": round(fwd.mean_s, 4),
+            "forwarder_invocations": fwd.invocations,
+            "splitter_invocations": spl.invocations,
+            "splitter_seconds": round(spl.duration_s, 2),
+            "usd_per_million_at_0_5_s_latency": round(p2_at_half.total_usd, 4),
+            "by_service_at_0_5_s_latency": {k: round(v, 4) for k, v in p2_at_half.cost.items()},
+            "usd_per_million_without_forwarder_time": round(fixed.total_usd, 4),
+            "usd_per_million_per_forwarder_second_per_batch": round(slope, 4),
+            "forwarder_seconds_per_batch_for_1_usd": round(breakeven, 4) if breakeven is not None else None,
+            "usd_per_million_naive": round(sum(naive.values()), 4),
+            "naive_note": "this run's whole bill / its items x 1e6 (per-run costs spread over 10k items only)",
+            "per_item_usage": {k: round(v, 7) for k, v in per_item.as_dict().items()},
+            "per_run_usage": {k: round(v, 3) for k, v in per_run.as_dict().items()},
+            "requests_per_item": {k: round(v, 5) for k, v in sorted(requests_per_item.items())},
+            "dynamodb_errors": [r for r in obs.proxy.get("errors", []) if r["service"] == "dynamodb"],
+            "computed_write_units": obs.proxy.get("computed_write_units", []),
+            "proxy_errors": obs.proxy.get("proxy_errors", {}),
+            "prices_as_of": prices.as_of,
+        },
+        "p3_hottest_writes_per_1000": hk["hottest_item_writes_per_1000"],
+        "p3_ceiling_items_per_s": hk["ceiling_items_per_s"],
+        "p3_detail": hk,
+        "p4_claim_latency_s": lat["claim_latency_s"],
+        "p4_email_latency_s": lat["email_latency_s"],
+        "p4_detail": {**lat, "emails": plain["emails"]},
+        "p5_rss_10k_mb": p5[10_000]["peak_rss_mb"],
+        "p5_rss_100k_mb": p5[100_000]["peak_rss_mb"],
+        "p5_ratio": round(p5[100_000]["peak_rss_mb"] / p5[10_000]["peak_rss_mb"], 3),
+        "p5_detail": {str(k): v for k, v in p5.items()},
+        "p6_split_items_per_s": round(rate, 1),
+        "p6_model_19m": model,
+        "plan_19m_x_0_5s": seed_plan.as_dict(),
+        "methods": METHODS,
+        "measured_costs": mc_doc,
+    }
+    return result
+
+
+def table(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    model = r["p6_model_19m"]
+    rows = [
+        (
+            "machine",
+            f"{r['cores']} cores, {m['platform']}, ministack {m['ministack']}, "
+            f"load {m['loadavg_at_start'][0]} -> {m.get('loadavg_at_end', ['?'])[0]}",
+        ),
+        ("P1 pipeline", f"{r['p1_pipeline_items_per_s']:,.0f} items/s ({r['items']:,} tasks, no-op endpoint)"),
+        ("P1 emulator", f"{r['p1_emulator_items_per_s']:,.0f} items/s (event source -> trivial handler)"),
+        ("P1 ratio", f"{r['p1_ratio']:.2f}  (target >= 0.5)"),
+        (
+            "P2 $/million",
+            f"{r['p2_usd_per_million']:.3f}  (target <= 1.00; forwarder "
+            f"{r['p2_detail']['forwarder_memory_mb']} MB, no-op service; "
+            f"{r['p2_detail']['usd_per_million_at_0_5_s_latency']:.3f} at 0.5 s latency)",
+        ),
+        ("P2 by service", ", ".join(f"{k} {v:.3f}" for k, v in r["p2_by_service"].items())),
+        (
+            "P3 hottest item",
+            f"{r['p3_hottest_writes_per_1000']} writes per 1,000 completions ({r['p3_detail']['hottest_item']})",
+        ),
+        (
+            "P3 ceiling",
+            f"{r['p3_ceiling_items_per_s']:,} items/s at 1,000 WCU/s per item (target >= 50,000); "
+            f"hottest partition key {r['p3_detail']['hottest_partition_key_writes_per_1000']} per 1,000 -> "
+            f"{r['p3_detail']['partition_key_ceiling_items_per_s']:,} items/s",
+        ),
+        ("P4 claim", f"{r['p4_claim_latency_s']} s after the last completion"),
+        ("P4 email", f"{r['p4_email_latency_s']} s after the last completion"),
+        ("P5 RSS", f"{r['p5_rss_10k_mb']} MB (10k) / {r['p5_rss_100k_mb']} MB (100k), ratio {r['p5_ratio']}"),
+        (
+            "P6 splitter",
+            f"{r['p6_split_items_per_s']:,.0f} items/s; 19 M items: {model['invocations']} invocations, "
+            f"{model['self_continuations']} self-continuations ({model['split_hours']} h)",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Measure the six performance figures on the local stack.")
+    parser.add_argument("--items", type=int, default=10_000, help="tasks in the measured run (default 10,000)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results JSON goes")
+    parser.add_argument(
+        "--no-measured-costs", action="store_true", help="do not refresh microprocess/measured_costs.json"
+    )
+    parser.add_argument("--recompute", type=Path, help="recompute the figures from a kept raw.json (no measuring)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    result = from_raw(json.loads(args.recompute.read_text())) if args.recompute else measure(args.items)
+    result["bench_seconds"] = round(time.monotonic() - started, 1)
+    result["measured_at"] = result["measured_costs"]["measured_at"]
+    write_json(args.out, result)
+    if not args.no_measured_costs:
+        write_json(MEASURED_COSTS_PATH, result["measured_costs"])
+    print(table(result))
+    print(f"\nwritten to {args.out} in {result['bench_seconds']:.0f} s")
+    if not args.no_measured_costs:
+        print(f"measured costs for `microprocess plan` refreshed in {MEASURED_COSTS_PATH}")
+    print("19 M companies x 0.5 s on AWS:", _plan_line(result["plan_19m_x_0_5s"]))
+    return 0
+
+
+def _plan_line(p: dict[str, Any]) -> str:
+    return (
+        f"{p['wall_hours']:.2f} h at concurrency {p['concurrency']} (bound by {p['bottleneck']}), "
+        f"${p['total_usd']:.2f} ({p['usd_per_million']:.3f} per million)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""From a bench run's observations to its figures (bench.figures), and the P5 and P1 helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.figures import (
+    EventSourceUse,
+    FunctionUse,
+    Observed,
+    hot_key,
+    measured_costs,
+    observed_from_dict,
+    observed_to_dict,
+    reduce_latency,
+    split_rate,
+    splitter_model,
+    usage_split,
+)
+from bench.noop_service import noop_result, wrap
+from bench.report_memory import build_report
+from microprocess.planner import MeasuredCosts
+
+LEDGER = "ledger-table"
+
+
+def _row(caller: str, service: str, op: str, value: float) -> dict[str, Any]:
+    return {"caller": caller, "service": service, "operation": op, "value": value}
+
+
+@pytest.fixture
+def observed() -> Observed:
+    """A run of 1,000 items: 100 forwarder batches, 100 splitter sends, 1,000 task puts."""
+    proxy = {
+        "billed": [
+            _row("splitter", "sqs", "SendMessageBatch", 100),
+            _row("forwarder", "sqs", "SendMessageBatch", 2),
+            _row("service", "s3", "PutObject", 50),
+            _row("service", "s3", "GetObject", 40),
+            _row("service", "s3", "AbortMultipartUpload", 1),
+            _row("sweeper", "sqs", "SendMessageBatch", 3),
+            _row("forwarder", "lambda", "Invoke", 1),
+        ],
+        "write_units": [
+            {"caller": "forwarder", "operation": "PutItem", "value": 1000.0},
+            {"caller": "forwarder", "operation": "UpdateItem", "value": 110.0},
+            {"caller": "splitter", "operation": "UpdateItem", "value": 10.0},
+            {"caller": "sweeper", "operation": "UpdateItem", "value": 5.0},
+        ],
+        "read_units": [
+            {"caller": "forwarder", "operation": "GetItem", "value": 20.0},
+            {"caller": "service", "operation": "Query", "value": 30.0},
+        ],
+        "emails": [{"caller": "service", "value": 1}],
+        "hottest_items": [
+            {"table": LEDGER, "key": "RUN#r|RUN", "writes": 8, "write_units": 16.0},
+            {"table": LEDGER, "key": "RUN#r#C3|COUNT", "writes": 9, "write_units": 9.0},
+            {"table": "companies", "key": "C1", "writes": 50, "write_units": 50.0},
+        ],
+        "hottest_partition_keys": [{"table": LEDGER, "key": "RUN#r#S4", "writes": 70, "write_units": 70.0}],
+        "distinct_items_written": 1020,
+    }
+    return Observed(
+        items=1000,
+        proxy=proxy,
+        functions={
+            "forwarder": FunctionUse(memory_mb=512, invocations=100, duration_s=12.0, log_bytes=200_000),
+            "splitter": FunctionUse(memory_mb=1024, invocations=1, duration_s=4.0, log_bytes=5_000),
+            "sweeper": FunctionUse(memory_mb=256, invocations=2, duration_s=1.0, log_bytes=1_000),
+        },
+        event_sources={"forwarder": EventSourceUse(batches=100, messages=1017, failed_batches=1)},
+        ledger_table=LEDGER,
+        batch_size=10,
+        max_concurrency=50,
+        splitter_timeout_s=900,
+        splitter_margin_s=60,
+        run={
+            "expected": 1000,
+            "created_at": "2026-11-01T00:00:00.000000Z",
+            "split_finished_at": "2026-11-01T00:00:04.000000Z",
+            "reduce_claimed_at": "2026-11-01T00:00:10.250000Z",
+            "finished_at": "2026-11-01T00:00:12.000000Z",
+        },
+        started_at=1_793_491_199.0,
+        last_completion_at=1_793_491_210.0,  # 2026-11-01T00:00:10Z
+        email_at=1_793_491_211.5,
+    )
+
+
+def test_usage_is_split_into_per_item_and_per_run(observed: Observed) -> None:
+    per_item, per_run = usage_split(observed)
+    # SQS per item: 100 splitter sends + 2 forwarder sends + 100 event-source receives + 99 deletes.
+    assert per_item.sqs_requests == pytest.approx((100 + 2 + 100 + 99) / 1000)
+    assert per_item.lambda_requests == pytest.approx(0.1)
+    assert per_item.dynamodb_write_units == pytest.approx(1.12)
+    assert per_item.dynamodb_read_units == pytest.approx(0.05)  # the reduce's Query grows with the items
+    assert per_item.logs_gb == pytest.approx(205_000 / 1e9 / 1000)
+    assert per_item.s3_put_requests == 0 and per_item.ses_emails == 0
+    # Per run: the report files and the email, and the scheduled sweeper's work.
+    assert (per_run.s3_put_requests, per_run.s3_get_requests, per_run.ses_emails) == (50, 40, 1)
+    assert per_run.sqs_requests == 3 and per_run.dynamodb_write_units == 5
+    assert per_run.logs_gb == pytest.approx(1_000 / 1e9)
+
+
+def test_hot_key_takes_the_ledgers_hottest_item_by_write_units(observed: Observed) -> None:
+    hk = hot_key(observed)
+    assert hk["hottest_item"] == "RUN#r|RUN"  # not the companies table
+    assert hk["hottest_item_writes_per_1000"] == 8
+    assert hk["hottest_item_write_units_per_1000"] == 16
+    assert hk["ceiling_items_per_s"] == 62_500
+    assert hk["hottest_partition_key_write_units_per_1000"] == 70
+    assert hk["partition_key_ceiling_items_per_s"] == round(1e6 / 70)
+
+
+def test_reduce_latency_and_split_rate(observed: Observed) -> None:
+    lat = reduce_latency(observed)
+    assert lat["claim_latency_s"] == pytest.approx(0.25)
+    assert lat["email_latency_s"] == pytest.approx(1.5)
+    assert lat["finished_latency_s"] == pytest.approx(2.0)
+    assert split_rate(observed) == pytest.approx(250.0)
+
+
+def test_splitter_model_for_the_seed() -> None:
+    m = splitter_model(19_000_000, 250.0, 900, 60)
+    assert m["items_per_invocation"] == 210_000
+    assert (m["invocations"], m["self_continuations"]) == (91, 90)
+
+
+def test_measured_costs_feed_the_planner(observed: Observed) -> None:
+    doc = measured_costs(observed, measured_at="2026-11-01T00:00:00Z", cores=2)
+    mc = MeasuredCosts.from_dict(json.loads(json.dumps(doc)))
+    assert mc.batches_per_item == pytest.approx(0.1)
+    assert mc.forwarder_overhead_s == pytest.approx(0.12)
+    assert mc.splitter_items_per_s == pytest.approx(250.0)
+    assert mc.splitter_seconds_per_item == pytest.approx(0.004)
+    assert mc.ledger_ceiling_items_per_s == pytest.approx(62_500)
+
+
+def test_observations_round_trip(observed: Observed) -> None:
+    assert observed_from_dict(json.loads(json.dumps(observed_to_dict(observed)))) == observed
+
+
+# ----------------------------------------------------------------------------- P5 and the no-op endpoint
+
+
+def test_report_memory_builds_one_row_per_result_with_the_real_reduce(tmp_path: Path) -> None:
+    out = build_report(1_000, tmp_path)
+    assert out["report_rows"] == 1_000 and out["summary_rows"] == 1_000
+    assert out["emails"] == 1
+    assert out["peak_rss_mb"] >= out["baseline_rss_mb"] > 0
+
+
+def test_noop_result_has_the_real_result_shape() -> None:
+    from microservice.domain import credit_score, make_company
+
+    company = make_company(7)
+    result = json.loads(noop_result(json.dumps({"item": company}).encode()))
+    assert result == {
+        "company_id": company["company_id"],
+        "score": credit_score(company)[0],
+        "band": credit_score(company)[1],
+    }
+    assert json.loads(noop_result(b'{"item": {"company_id": "C1"}}')) == {"company_id": "C1", "score": 500, "band": "C"}
+
+
+def test_noop_wrapper_answers_the_task_path_and_passes_the_rest() -> None:
+    seen: list[str] = []
+
+    async def real(scope: dict, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = wrap(real, "/tasks/x")
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b'{"item": {"company_id": "C9"}}', "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "method": "POST", "path": "/tasks/x"}, receive, send))
+    asyncio.run(app({"type": "http", "method": "POST", "path": "/tasks/x/reduce-part"}, receive, send))
+    assert sent[0]["status"] == 200 and json.loads(sent[1]["body"])["company_id"] == "C9"
+    assert seen == ["/tasks/x/reduce-part"]
