@@ -178,6 +178,17 @@ def hot_key(obs: Observed) -> dict[str, Any]:
         "hottest_partition_key_write_units_per_1000": round(pk_units, 3),
         "partition_key_ceiling_items_per_s": round(1e6 / pk_units) if pk_units else None,
         "distinct_items_written": obs.proxy.get("distinct_items_written"),
+        "top_items": [
+            {
+                "key": r["key"],
+                "writes_per_1000": round(r["writes"] * per_1000, 3),
+                "write_units_per_1000": round(r["write_units"] * per_1000, 3),
+            }
+            for r in sorted(
+                (r for r in _rows(obs.proxy, "hottest_items") if r["table"] == obs.ledger_table),
+                key=lambda r: (-r["write_units"], -r["writes"]),
+            )[:5]
+        ],
     }
 
 

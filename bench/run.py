@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from bench.figures import (
@@ -297,7 +299,8 @@ def table(r: dict[str, Any]) -> str:
         ("P2 by service", ", ".join(f"{k} {v:.3f}" for k, v in r["p2_by_service"].items())),
         (
             "P3 hottest item",
-            f"{r['p3_hottest_writes_per_1000']} writes per 1,000 completions ({r['p3_detail']['hottest_item']})",
+            f"{r['p3_hottest_writes_per_1000']} writes ({r['p3_detail']['hottest_item_write_units_per_1000']} write "
+            f"units) per 1,000 completions ({r['p3_detail']['hottest_item']})",
         ),
         (
             "P3 ceiling",
@@ -334,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--recompute", type=Path, help="recompute the figures from a kept raw.json (no measuring)")
     args = parser.parse_args(argv)
+    # SIGTERM stops the bench the way Ctrl-C does, so that the processes it started are stopped too.
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     result = from_raw(json.loads(args.recompute.read_text())) if args.recompute else measure(args.items)
     result["bench_seconds"] = round(time.monotonic() - started, 1)
@@ -347,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measured costs for `microprocess plan` refreshed in {MEASURED_COSTS_PATH}")
     print("19 M companies x 0.5 s on AWS:", _plan_line(result["plan_19m_x_0_5s"]))
     return 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _plan_line(p: dict[str, Any]) -> str:
