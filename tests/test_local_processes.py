@@ -18,7 +18,7 @@ from microprocess.local.processes import (
     stop,
     wait_http_ok,
 )
-from microprocess.local.stack import stop_recorded
+from microprocess.local.stack import LocalStack, StackAlreadyRunning, UpOptions, stop_recorded
 from microprocess.local.state import LocalState, NoLocalStack, read_live_state, read_state, write_state
 from microprocess.local.workspace import Workspace
 
@@ -112,3 +112,36 @@ def test_wait_http_ok_fails_fast_with_the_log_when_the_process_dies(tmp_path: Pa
 
 def test_free_port_is_free() -> None:
     assert not port_open(free_port())
+
+
+def test_up_refuses_a_running_stack_and_leaves_it_alone(tmp_path: Path) -> None:
+    # GIVEN a running stack recorded in the work folder
+    ws = Workspace(root=tmp_path, workdir=tmp_path / "work")
+    ws.create()
+    running = spawn(
+        "ministack",
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        env={},
+        cwd=tmp_path,
+        log=ws.log("ministack"),
+    )
+    try:
+        write_state(
+            ws.state_file,
+            LocalState(
+                endpoint_url="http://127.0.0.1:1",
+                pids={"ministack": running.pid},
+                process_start_ticks={"ministack": running.start_ticks},
+            ),
+        )
+        # WHEN another stack is started there (as `demo` does), then cleaned up
+        second = LocalStack(ws, echo=lambda line: None)
+        with pytest.raises(StackAlreadyRunning, match="microprocess local down"):
+            second.up(UpOptions(companies=1))
+        second.down()
+        # THEN the running stack, its local.json and its log are untouched
+        assert is_running(running.pid, running.start_ticks)
+        assert read_state(ws.state_file).pids == {"ministack": running.pid}
+        assert ws.log("ministack").exists()
+    finally:
+        stop(running.pid, running.start_ticks)

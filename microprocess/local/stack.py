@@ -130,6 +130,7 @@ class LocalStack:
         self.timings = SetupTimings()
         self._pending_outputs: dict[str, str] = {}
         self._options = UpOptions()
+        self._owns_state = False  # True once this object has claimed the work folder for its stack
 
     # ------------------------------------------------------------------ up
 
@@ -162,6 +163,7 @@ class LocalStack:
         for folder in (self.ws.tmp, self.ws.emulator_state, self.ws.s3_data, self.ws.logs):
             shutil.rmtree(folder, ignore_errors=True)
         self.ws.state_file.unlink(missing_ok=True)
+        self._owns_state = True
         self.ws.create()
 
     def _step(self, name: str, started: float) -> None:
@@ -298,10 +300,15 @@ class LocalStack:
     # ---------------------------------------------------------------- down
 
     def down(self) -> list[str]:
-        """Stop every process this object started (services first), then forget the stack."""
+        """Stop every process this object started (services first), then forget the stack.
+
+        Never touches another stack: if `up` refused to start (one was running), this does nothing.
+        """
         stopped = _stop_all(dict(self.handles.items()), self.echo)
         self.handles.clear()
-        self.ws.state_file.unlink(missing_ok=True)
+        if self._owns_state:
+            self.ws.state_file.unlink(missing_ok=True)
+            self._owns_state = False
         return stopped
 
 
