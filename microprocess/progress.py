@@ -150,6 +150,8 @@ def watch_run(
             if last is not None:
                 done = last.succeeded + last.failed
                 rate = meter.add(now, done)
+                if last.status.terminal and now > started:
+                    rate = done / (now - started)  # the whole run's average, not its quiet reduce tail
                 bar.update(
                     task,
                     total=last.expected or None,
