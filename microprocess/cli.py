@@ -288,6 +288,11 @@ def status(
         _print_status(progress)
 
 
+def _short_time(iso: str | None) -> str:
+    """`2026-11-24T09:31:02.123456Z` → `2026-11-24 09:31:02`."""
+    return (iso or "").replace("T", " ").split(".")[0].removesuffix("Z")
+
+
 @app.command()
 def runs(
     job: Annotated[str | None, typer.Option("--job", help="Only this job's runs.")] = None,
@@ -308,7 +313,9 @@ def runs(
     if not found:
         out.print(f"no runs of {', '.join(jobs)}")
         return
-    table = Table("run", "status", "done", "failed", "expected", "started", "finished")
+    table = Table()
+    for name in ("run", "status", "done", "failed", "expected", "started", "finished"):
+        table.add_column(name, overflow="fold")  # never cut a run id short
     for d in found:
         table.add_row(
             d["run_id"],
@@ -316,8 +323,8 @@ def runs(
             str(d["succeeded"] + d["failed"]),
             str(d["failed"]),
             str(d["expected"]),
-            d["started_at"] or "",
-            d["finished_at"] or "",
+            _short_time(d["started_at"]),
+            _short_time(d["finished_at"]),
         )
     out.print(table)
 
