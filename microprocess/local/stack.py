@@ -174,9 +174,8 @@ class LocalStack:
         if chaos is not None and not chaos.is_file():
             raise LocalStackError(f"--chaos {options.chaos}: no such file")
         t = time.monotonic()
-        port = free_port()
+        handle, port = self._start_emulator(chaos)
         endpoint = f"http://127.0.0.1:{port}"
-        handle = start_emulator(self.ws, port, chaos=chaos)
         self.handles["ministack"] = handle
         self._record(endpoint)
         self._step("emulator", t)
@@ -221,6 +220,17 @@ class LocalStack:
         ses.verify_email_identity(EmailAddress=sender)
         state = self._record(endpoint, urls=urls)
         return state
+
+    def _start_emulator(self, chaos: Path | None, attempts: int = 3) -> tuple[ProcessHandle, int]:
+        # The free port can be taken between choosing it and binding it (parallel test runs): retry.
+        for attempt in range(attempts):
+            port = free_port()
+            try:
+                return start_emulator(self.ws, port, chaos=chaos), port
+            except ProcessError as exc:
+                if "already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _fit_to_laptop(self, lam: Any, forwarder: str, options: UpOptions) -> int:
         if options.forwarder_concurrency == 0:
