@@ -278,6 +278,7 @@ class Ledger:
         self._crash_hook = crash_hook
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ledger")
         self._epochs: dict[str, int] = {}
+        self._capped: dict[str, bool] = {}  # per run: have the counters' targets been set?
         self._lock = threading.Lock()
 
     @property
@@ -619,8 +620,10 @@ class Ledger:
                 return True, True
             if outcome == "fenced":
                 return False, False
-            # "no-room": this counter cannot take n; try the next one.
-        # No single counter has room for the whole batch: split it over the counters with room.
+            # "no-room": rooms are getting small (the run's tail). Rather than trying counters
+            # at random (each failed conditional write is billed), read them once and split.
+            break
+        # Split the batch over the counters that have room.
         emptied = False
         remaining_s, remaining_f = s, f
         for _ in range(10):
@@ -652,7 +655,11 @@ class Ledger:
         values: dict[str, Any] = {":s": s, ":f": f, ":n": n}
         if epoch:
             values[":e"] = epoch
-        attempts = [True, False] if capped is None else [capped]
+        if capped is None:  # the form that worked last for this run first: a failed try is a billed write
+            first = self._capped.get(run_id, False)
+            attempts = [first, not first]
+        else:
+            attempts = [capped]
         for cap in attempts:
             if cap:
                 expr = "ADD succeeded :s, failed :f, done :n, room :neg"
@@ -682,9 +689,11 @@ class Ledger:
                 if cap and "room" not in old:
                     continue  # targets not set yet: the uncapped form applies
                 if not cap and "room" in old:
+                    self._capped[run_id] = True
                     continue  # targets were just set: the capped form applies
                 return "no-room"
             new = _from_ddb(resp["Attributes"])
+            self._capped[run_id] = cap
             return "emptied" if "room" in new and int(new["room"]) == 0 else "ok"
         return "no-room"
 
