@@ -607,6 +607,8 @@ def demo(
             state = stack.up(UpOptions(companies=companies))
         except LocalStackError as exc:
             fail(str(exc))
+        except Exception as exc:  # a deploy or process failure: its message says what to do
+            fail(f"the local stack did not start: {exc}")
         out.print(f"set-up time: {stack.timings.line()}")
         endpoint = state.endpoint_url
         dep = Deployment(
