@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -72,6 +72,8 @@ class StageSettings:
             claim-checked items expire.
         layer_arns: published layers attached to every function by ARN (cloud: Powertools).
         layer_paths: folders packaged as a layer for every function (local dependencies).
+        forwarder_max_concurrency: local stage only: a lower cap on concurrent forwarder
+            batches than the jobs declare (one laptop's cores run every batch), or None.
         local_services: set for the local stage: the URLs of the locally run services,
             replacing the VPC, Fargate services and ALBs.
         domain: host names and TLS for the cloud services (optional).
@@ -86,6 +88,7 @@ class StageSettings:
     layer_arns: tuple[str, ...] = ()
     layer_paths: tuple[Path, ...] = ()
     local_services: LocalServiceUrls | None = None
+    forwarder_max_concurrency: int | None = None
     domain: DomainSettings | None = None
     alarm_email: str | None = None
     score_work_ms: int = 0
@@ -130,7 +133,12 @@ class MicroprocessStack(Stack):
         stateful = RemovalPolicy.DESTROY if local else RemovalPolicy.RETAIN
         Tags.of(self).add("project", "microprocess")
         Tags.of(self).add("stage", "local" if local else "cloud")
-        self.push_settings = push = PushSettings.from_jobs(declared)
+        push = PushSettings.from_jobs(declared)
+        if settings.forwarder_max_concurrency is not None:
+            if not local:
+                raise ValueError("forwarder_max_concurrency is a local-stage setting; the cloud uses the declarations")
+            push = replace(push, max_concurrency=min(push.max_concurrency, settings.forwarder_max_concurrency))
+        self.push_settings = push
 
         access_logs = None if local else AccessLogBucket(self, "AccessLogs", removal_policy=stateful)
         self.ledger = LedgerTable(self, "Ledger", removal_policy=stateful)

@@ -558,3 +558,22 @@ def test_local_stage_has_nothing_the_emulator_cannot_create() -> None:
 def test_cloud_stage_has_no_custom_resources() -> None:
     types = {r["Type"] for r in synthesized().templates[CLOUD]["Resources"].values()}
     assert not [t for t in types if t.startswith("Custom::") or t == "AWS::CloudFormation::CustomResource"]
+
+
+def test_local_stage_takes_a_laptop_cap_on_forwarder_concurrency() -> None:
+    from microprocess.jobs import JOBS
+    from tests.test_infra_synth import synthesize
+
+    declared = min(job.max_concurrency for job in JOBS)
+    synth = synthesize({"stage": "all", "forwarder_max_concurrency": "8"})
+
+    def forwarder_concurrency(stack: str) -> set[int]:
+        mappings = synth.resources(stack, "AWS::Lambda::EventSourceMapping").values()
+        return {
+            m["Properties"]["ScalingConfig"]["MaximumConcurrency"]
+            for m in mappings
+            if "ScalingConfig" in m["Properties"]
+        }
+
+    assert forwarder_concurrency(LOCAL) == {min(8, declared)}
+    assert forwarder_concurrency(CLOUD) == {declared}  # the cloud keeps the declarations

@@ -7,6 +7,7 @@ step fails. `stop_recorded` stops exactly the processes `local.json` names.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -34,7 +35,7 @@ from microprocess.local.processes import (
 from microprocess.local.sender import ses_sender
 from microprocess.local.services import LIVE, QUEUE, ROLES, ServiceRole, service_env, spawn_service
 from microprocess.local.state import LocalState, NoLocalStack, read_state, write_state
-from microprocess.local.tuning import cap_event_source_concurrency, laptop_concurrency, warm_workers
+from microprocess.local.tuning import laptop_concurrency, warm_workers
 from microprocess.local.workspace import Workspace
 
 Echo = Callable[[str], None]
@@ -188,7 +189,11 @@ class LocalStack:
 
         t = time.monotonic()
         outputs, cdk_steps = deploy_local_stage(
-            self.ws, endpoint, queue_service_url=urls["queue"], live_service_url=urls["live"]
+            self.ws,
+            endpoint,
+            queue_service_url=urls["queue"],
+            live_service_url=urls["live"],
+            extra_context=self._laptop_context(options),
         )
         self.timings.steps.update({f"cdk {k}": v for k, v in cdk_steps.items()})
         self._pending_outputs = outputs
@@ -232,12 +237,19 @@ class LocalStack:
                     raise
         raise AssertionError("unreachable")
 
-    def _fit_to_laptop(self, lam: Any, forwarder: str, options: UpOptions) -> int:
+    @staticmethod
+    def _laptop_context(options: UpOptions) -> dict[str, str]:
+        """CDK context that fits the local stage to this laptop (0: as the jobs declare)."""
         if options.forwarder_concurrency == 0:
-            mappings = lam.list_event_source_mappings(FunctionName=forwarder)["EventSourceMappings"]
-            return max((m.get("ScalingConfig") or {}).get("MaximumConcurrency") or 5 for m in mappings)
-        cap = options.forwarder_concurrency or laptop_concurrency()
-        return cap_event_source_concurrency(lam, forwarder, cap, self.echo)
+            return {}
+        return {"forwarder_max_concurrency": str(options.forwarder_concurrency or laptop_concurrency())}
+
+    def _fit_to_laptop(self, lam: Any, forwarder: str, options: UpOptions) -> int:
+        """The forwarder event source's concurrency as deployed (from the CDK app's context)."""
+        mappings = lam.list_event_source_mappings(FunctionName=forwarder)["EventSourceMappings"]
+        deployed = max((m.get("ScalingConfig") or {}).get("MaximumConcurrency") or 5 for m in mappings)
+        self.echo(f"forwarder event source: {deployed} concurrent batches ({os.cpu_count()} cores)")
+        return deployed
 
     def _start_services(
         self,
