@@ -36,7 +36,7 @@ from typing import Any
 from bench.figures import EventSourceUse, FunctionUse, Observed, parse_time
 from microprocess.jobs import CREDIT_SCORES
 from microprocess.ledger import Ledger, RunStatus
-from microprocess.local import LocalStack, UpOptions, Workspace, aws_client, captured_emails
+from microprocess.local import LocalStack, StackAlreadyRunning, UpOptions, Workspace, aws_client, captured_emails
 from microprocess.local.emulator import aws_env
 from microprocess.local.processes import ProcessHandle, descendants, spawn, stop, wait_http_ok
 from microprocess.local.sender import ses_sender
@@ -106,7 +106,14 @@ class BenchStack:
     def __enter__(self) -> BenchStack:
         started = time.monotonic()
         try:
+            # `up` stops what it started if it fails; a stack already running here is left alone.
             state = self.stack.up(UpOptions(companies=self.items))
+        except StackAlreadyRunning:
+            raise BenchError(
+                f"an earlier bench's local stack is still running in {self.ws.workdir}; stop it with "
+                f"`MICROPROCESS_WORKDIR={self.ws.workdir} microprocess local down`"
+            ) from None
+        try:
             self.endpoint = state.endpoint_url
             self.outputs = dict(state.outputs)
             self.functions = {role: self.outputs[key] for role, key in FUNCTION_OUTPUTS.items() if key in self.outputs}
