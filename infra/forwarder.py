@@ -77,7 +77,9 @@ class Forwarder(Construct):
                 contract.REPORTS_BUCKET: reports_bucket.bucket_name,
             },
             timeout=Duration.seconds(settings.forwarder_timeout_s),
-            memory_size=512,
+            # The forwarder waits on I/O (pushes, DynamoDB); 256 MB is ample, and each second of a
+            # batch costs per GB-s: measured by `make bench` (P2).
+            memory_size=256,
             description="Pushes queued tasks to the scores-queue service and records their outcomes",
             vpc=vpc,
             vpc_subnets=vpc_subnets,

@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from microprocess import planner
 from microprocess.jobs import JOBS, UnknownJobError
 from microprocess.ledger import Ledger, Progress, RunNotFound, RunStatus
 from microprocess.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
@@ -69,6 +70,7 @@ app = typer.Typer(
 )
 local_app = typer.Typer(help="The embedded local stack (ministack + the CDK app's local stage).", no_args_is_help=True)
 app.add_typer(local_app, name="local")
+planner.register(app)
 
 
 class Target(StrEnum):

@@ -40,6 +40,7 @@ class StartRequest:
     items: list[Any] | None = None
     retry_of: str | None = None
     continuation: int = 0
+    segment: int | None = None  # one parallel-scan segment to split; None: all of them
 
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -90,7 +91,10 @@ def parse_start_event(event: Any) -> StartRequest:
     retry_of = event.get("retry_of")
     if retry_of is not None and not isinstance(retry_of, str):
         raise StartEventError("start event 'retry_of' must be a run id")
-    return StartRequest(job, run_id, items, retry_of, int(event.get("continuation", 0)))
+    segment = event.get("segment")
+    if segment is not None and (not isinstance(segment, int) or segment < 0):
+        raise StartEventError(f"start event 'segment' must be a segment number, got {segment!r}")
+    return StartRequest(job, run_id, items, retry_of, int(event.get("continuation", 0)), segment)
 
 
 class Splitter:
@@ -128,12 +132,23 @@ class Splitter:
         if created:
             self.emit("RunsStarted", 1, job.name)
         continued = False
-        if run.status is RunStatus.SPLITTING:
+        if run.status is RunStatus.SPLITTING and req.segment is None and source.segments > 1:
+            # Parallel scan: one invocation per segment still to read, all at once.
+            for seg in sorted(run.cursors, key=int):
+                if run.cursors[seg] != CURSOR_DONE:
+                    self.continue_with({**event, "run_id": req.run_id, "segment": int(seg)})
+            continued = True
+        elif run.status is RunStatus.SPLITTING:
+            cursors = run.cursors if req.segment is None else {str(req.segment): run.cursors[str(req.segment)]}
             try:
-                continued = self._split(job, req, source, run.cursors, run.seg_counts, remaining_ms, event)
+                continued = self._split(job, req, source, cursors, run.seg_counts, remaining_ms, event)
             except RunNotActive:
                 continued = False
-            if not continued and self.ledger.require_run(req.run_id).status is RunStatus.SPLITTING:
+            now = self.ledger.require_run(req.run_id)
+            # The last segment to finish (every cursor at its end) finishes the split.
+            if not continued and now.status is RunStatus.SPLITTING and all(
+                c == CURSOR_DONE for c in now.cursors.values()
+            ):
                 self._finish(job, req.run_id)
         elif run.status is RunStatus.RUNNING:
             self._finish(job, req.run_id)  # a split that crashed after marking itself done

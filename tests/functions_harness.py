@@ -192,6 +192,13 @@ class Stack:
             **kw,
         )
 
+    def split(self, event: dict[str, Any], *, jobs: JobRegistry = REGISTRY, **kw: Any) -> dict[str, Any]:
+        """Run the splitter and, like Lambda's async invokes, every continuation it asks for."""
+        result = self.splitter(jobs=jobs, **kw).handle(event, lambda: 900_000)
+        while self.continuations:
+            result = self.splitter(jobs=jobs, **kw).handle(self.continuations.pop(0), lambda: 900_000)
+        return result
+
     def receive(self, queue_url: str, max_messages: int = 10) -> list[dict[str, Any]]:
         resp = self.sqs.receive_message(
             QueueUrl=queue_url,

@@ -58,8 +58,8 @@ def test_scheduled_event_derives_the_run_id_and_a_doubled_delivery_starts_one_ru
     seed_companies(stack.ddb, stack.companies, 30)
     event = load_event("scheduled_event.json")
     # WHEN it is delivered twice
-    first = stack.splitter().handle(event, ENOUGH_TIME)
-    second = stack.splitter().handle(event, ENOUGH_TIME)
+    first = stack.split(event)
+    second = stack.split(event)
     # THEN one run, named after the job and the event time, with 30 tasks enqueued once
     assert first["run_id"] == second["run_id"] == "credit-scores-20261201T020000Z"
     assert first["expected"] == second["expected"] == 30
@@ -81,6 +81,7 @@ def test_raw_eventbridge_event_with_job_in_detail() -> None:
         ({"job": "credit-scores", "run_id": "bad id!"}, "run_id"),
         ({"job": "credit-scores", "source": "schedule"}, "no 'time'"),
         ({"job": "credit-scores", "time": "yesterday"}, "not an ISO 8601"),
+        ({"job": "credit-scores", "run_id": "r", "segment": "two"}, "'segment' must be a segment number"),
     ],
 )
 def test_bad_start_events_are_refused_with_a_reason(event: Any, message: str) -> None:
@@ -107,7 +108,13 @@ def test_inline_items_one_task_per_item_duplicates_included(stack: Stack) -> Non
 def test_dynamodb_source_reads_every_company_once_over_parallel_segments(stack: Stack) -> None:
     seed_companies(stack.ddb, stack.companies, 57)
     job, reg = job_with(source={"kind": "dynamodb", "table": "companies", "segments": 3, "page_size": 7})
-    res = stack.splitter(jobs=reg).handle({"job": job.name, "run_id": "r1"}, ENOUGH_TIME)
+    # WHEN the splitter starts: one invocation per segment, in parallel
+    first = stack.splitter(jobs=reg).handle({"job": job.name, "run_id": "r1"}, ENOUGH_TIME)
+    assert first["continued"] and [c["segment"] for c in stack.continuations] == [0, 1, 2]
+    results = [stack.splitter(jobs=reg).handle(c, ENOUGH_TIME) for c in stack.continuations]
+    # THEN only the last segment to finish finishes the split, and every company is read once
+    assert [r["status"] for r in results] == ["SPLITTING", "SPLITTING", "RUNNING"]
+    res = results[-1]
     assert res["expected"] == 57
     seen: list[str] = []
     while recs := stack.receive(stack.task_queue):
@@ -375,7 +382,7 @@ def test_full_pipeline_reaches_succeeded_through_the_two_level_reduce(stack: Sta
     job, reg = job_with(tolerated_failure_pct=5.0)
     stack.service.behaviours["C0000007"] = Behaviour(status=400)
     seed_companies(stack.ddb, stack.companies, 45)
-    stack.splitter(jobs=reg).handle({"job": job.name, "run_id": "r1"}, ENOUGH_TIME)
+    stack.split({"job": job.name, "run_id": "r1"}, jobs=reg)
     # WHEN the event source drives the forwarder until the queue is empty
     drain(stack, stack.forwarder(jobs=reg))
     # THEN parts, then finalize were pushed once each, and the run ended SUCCEEDED with its report
