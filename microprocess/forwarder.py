@@ -351,7 +351,7 @@ class Forwarder:
         try:
             if outcome is PushOutcome.SUCCESS:
                 if env.kind is TaskKind.REDUCE_PART:
-                    if self.ledger.record_reduce_part(env.run_id, env.shard):
+                    if self.ledger.record_reduce_part(env.run_id, env.shard, w.run.shard_count):
                         log.info("run %s: all reduce parts done; enqueuing finalize", env.run_id)
                         enqueue_finalize(self.sender, job, env.run_id)
                 else:

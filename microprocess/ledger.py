@@ -113,7 +113,6 @@ class RunRecord:
     finished_at: str | None = None
     report_uri: str | None = None
     error: str | None = None
-    parts_done: frozenset[str] = frozenset()
     targets_final: bool = False
     source_run: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
@@ -374,7 +373,6 @@ class Ledger:
             finished_at=item.get("finished_at"),
             report_uri=item.get("report_uri"),
             error=item.get("error"),
-            parts_done=frozenset(item.get("parts_done", set())),
             targets_final=bool(item.get("targets_final", False)),
             source_run=item.get("source_run"),
             summary=json.loads(item["summary"]) if item.get("summary") else {},
@@ -851,22 +849,32 @@ class Ledger:
 
     # ---------------------------------------------------------------- reduce
 
-    def record_reduce_part(self, run_id: str, shard: int) -> bool:
+    def record_reduce_part(self, run_id: str, shard: int, shard_count: int) -> bool:
         """Record that shard `shard` is reduced. True for exactly one caller: the one that
-        completed the last part and so claims the finalize step."""
+        completed the last part and so claims the finalize step.
+
+        The set of reduced parts lives on its own item (`RUN#<run>` / `PARTS`), not on the
+        run item, which stays small and takes no write per part."""
         resp = self.client.update_item(
             TableName=self.table_name,
-            Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+            Key=_to_ddb({"pk": _run_pk(run_id), "sk": "PARTS"}),
             UpdateExpression="ADD parts_done :p",
-            ConditionExpression="#st = :reducing",
-            ExpressionAttributeNames={"#st": "status"},
-            ExpressionAttributeValues=_to_ddb({":p": {f"{shard:03d}"}, ":reducing": "REDUCING"}),
+            ExpressionAttributeValues=_to_ddb({":p": {f"{shard:03d}"}}),
             ReturnValues="ALL_NEW",
         )
-        item = _from_ddb(resp["Attributes"])
-        if len(item.get("parts_done", set())) < int(item["shard_count"]):
+        done = _from_ddb(resp["Attributes"]).get("parts_done", set())
+        if len(done) < shard_count:
             return False
         return self.claim_finalize(run_id)
+
+    def parts_done(self, run_id: str) -> frozenset[str]:
+        """The reduced parts of a run, as zero-padded shard numbers (`"007"`)."""
+        resp = self.client.get_item(
+            TableName=self.table_name,
+            Key=_to_ddb({"pk": _run_pk(run_id), "sk": "PARTS"}),
+            ConsistentRead=True,
+        )
+        return frozenset(_from_ddb(resp.get("Item", {})).get("parts_done", set()))
 
     def claim_finalize(self, run_id: str, *, reclaim_before: str | None = None) -> bool:
         """Claim the finalize step once (or again, if the earlier claim is older than `reclaim_before`)."""

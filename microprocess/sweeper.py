@@ -116,7 +116,8 @@ class Sweeper:
                 return False
             if not self.ledger.requeue_reduce(run.run_id, claimed_before=_iso(now - self.reduce_timeout)):
                 return True
-            missing = {k for k in range(run.shard_count) if f"{k:03d}" not in run.parts_done}
+            parts = self.ledger.parts_done(run.run_id)
+            missing = {k for k in range(run.shard_count) if f"{k:03d}" not in parts}
             if missing:
                 enqueue_reduce_parts(self.sender, job, run.run_id, run.shard_count, only=missing)
             elif self.ledger.claim_finalize(run.run_id, reclaim_before=_iso(now - self.reduce_timeout)):

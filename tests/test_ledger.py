@@ -178,8 +178,9 @@ def test_reduce_parts_claim_finalize_once_and_finish(ledger: Ledger) -> None:
     ]
     ledger.finish_split("r1")
     assert ledger.record_outcomes("r1", K, outs).claimed_reduce
-    assert [ledger.record_reduce_part("r1", k) for k in (0, 1, 1, 2)] == [False, False, False, True]
-    assert ledger.record_reduce_part("r1", 2) is False  # a redelivered part does not claim again
+    assert [ledger.record_reduce_part("r1", k, 3) for k in (0, 1, 1, 2)] == [False, False, False, True]
+    assert ledger.record_reduce_part("r1", 2, 3) is False  # a redelivered part does not claim again
+    assert ledger.parts_done("r1") == {"000", "001", "002"}
     assert ledger.claim_finalize("r1") is False
     assert ledger.claim_email("r1") and not ledger.claim_email("r1")
     ledger.release_email("r1")
