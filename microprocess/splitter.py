@@ -146,8 +146,10 @@ class Splitter:
                 continued = False
             now = self.ledger.require_run(req.run_id)
             # The last segment to finish (every cursor at its end) finishes the split.
-            if not continued and now.status is RunStatus.SPLITTING and all(
-                c == CURSOR_DONE for c in now.cursors.values()
+            if (
+                not continued
+                and now.status is RunStatus.SPLITTING
+                and all(c == CURSOR_DONE for c in now.cursors.values())
             ):
                 self._finish(job, req.run_id)
         elif run.status is RunStatus.RUNNING:
