@@ -28,11 +28,11 @@ from infra import LocalServiceUrls, MicroprocessStack, StageSettings
 from infra.lambda_function import powertools_layer_arn
 from infra.nag import add_cloud_checks
 from infra.scores_service import DomainSettings
+from microprocess.stacks import CLOUD_STACK, LOCAL_STACK
 
 ROOT = Path(__file__).resolve().parent
 STAGES = ("cloud", "local", "all")
-CLOUD_STACK = "Microprocess-Cloud"
-LOCAL_STACK = "Microprocess-Local"
+
 DEFAULT_ACCOUNT = "000000000000"
 DEFAULT_REGION = "us-east-1"
 #: The emulator's account: the local stage always deploys there.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from microprocess.stacks import CLOUD_OUTPUTS, LOCAL_OUTPUTS  # noqa: F401 - re-exported
+
 # ---------------------------------------------------------------- function environment
 
 LEDGER_TABLE: Final = "LEDGER_TABLE"
@@ -60,16 +62,4 @@ QUEUE_HOST_PREFIX: Final = "scores-queue"
 
 # ---------------------------------------------------------------- stack outputs (the CLI reads them)
 
-LOCAL_OUTPUTS: Final = (
-    "TaskQueueUrl",
-    "DeadLetterQueueUrl",
-    "LedgerTable",
-    "CompaniesTable",
-    "ReportsBucket",
-    "SplitterFunctionName",
-    "ForwarderFunctionName",
-    "DeadLetterFunctionName",
-    "SweeperFunctionName",
-    "SigningSecretArn",
-)
-CLOUD_OUTPUTS: Final = (*LOCAL_OUTPUTS, "LiveServiceUrl", "QueueServiceUrl", "DashboardName", "AlarmTopicArn")
+# Declared in the core package, which the CLI and the local stack read them from.

@@ -36,13 +36,14 @@ from microprocess.jobs import JOBS, UnknownJobError
 from microprocess.ledger import Ledger, Progress, RunNotFound, RunStatus
 from microprocess.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
 from microprocess.splitter import new_run_id
+from microprocess.stacks import CLOUD_STACK
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NO_STACK = 3
 EXIT_TIMEOUT = 4
 
-CLOUD_STACK = "Microprocess-Cloud"
+
 #: The keys of `status --json` (the ledger's progress without its `error`).
 STATUS_KEYS = (
     "run_id",

@@ -20,7 +20,7 @@ import os
 import random
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -76,17 +76,32 @@ class FaultInjector:
         return bool(self.config.duplicate_rate) and self._draw() < self.config.duplicate_rate
 
 
-def load_faults(setting: str) -> FaultInjector | None:
-    """The injector for a `MICROPROCESS_CHAOS` value (JSON or a path), or None when empty."""
+def read_chaos_document(setting: str) -> dict[str, Any] | None:
+    """The `MICROPROCESS_CHAOS` document (given as JSON, or as the path of a JSON file), or
+    None when the setting is empty. Shared by the functions and the queue service."""
     if not setting.strip():
         return None
     text = setting
-    if not setting.lstrip().startswith("{"):
+    if not setting.lstrip().startswith(("{", "[")):
         path = Path(setting)
         if not path.is_file():
             raise ValueError(f"MICROPROCESS_CHAOS names {setting!r}, which is neither JSON nor a file")
         text = path.read_text()
     try:
-        return FaultInjector(FaultConfig.model_validate(json.loads(text)))
-    except (json.JSONDecodeError, ValidationError, ValueError) as exc:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"MICROPROCESS_CHAOS is invalid: not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"MICROPROCESS_CHAOS is invalid: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def load_faults(setting: str) -> FaultInjector | None:
+    """The injector for a `MICROPROCESS_CHAOS` value (JSON or a path), or None when empty."""
+    doc = read_chaos_document(setting)
+    if doc is None:
+        return None
+    try:
+        return FaultInjector(FaultConfig.model_validate(doc))
+    except (ValidationError, ValueError) as exc:
         raise ValueError(f"MICROPROCESS_CHAOS is invalid: {exc}") from None

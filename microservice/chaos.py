@@ -26,12 +26,12 @@ import logging
 import random
 import threading
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from microprocess.faults import read_chaos_document
 from microservice.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -59,17 +59,12 @@ class ChaosConfig(BaseModel):
 
 def load_chaos(setting: str) -> ChaosConfig | None:
     """The chaos config of a `MICROPROCESS_CHAOS` value (JSON or a path), or None when empty."""
-    if not setting.strip():
+    doc = read_chaos_document(setting)
+    if doc is None:
         return None
-    text = setting
-    if not setting.lstrip().startswith("{"):
-        path = Path(setting)
-        if not path.is_file():
-            raise ValueError(f"MICROPROCESS_CHAOS names {setting!r}, which is neither JSON nor a file")
-        text = path.read_text()
     try:
-        return ChaosConfig.model_validate(json.loads(text))
-    except (json.JSONDecodeError, ValidationError) as exc:
+        return ChaosConfig.model_validate(doc)
+    except ValidationError as exc:
         raise ValueError(f"MICROPROCESS_CHAOS is invalid: {exc}") from None
 
 

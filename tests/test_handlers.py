@@ -58,7 +58,7 @@ def env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
 class InlineLambda:
     """Stands in for the Lambda client: an asynchronous self-invoke runs the handler at once."""
 
-    def invoke(self, *, FunctionName: str, InvocationType: str, Payload: bytes) -> dict[str, Any]:  # noqa: N803
+    def invoke(self, *, FunctionName: str, InvocationType: str, Payload: bytes) -> dict[str, Any]:
         import json
 
         assert InvocationType == "Event"

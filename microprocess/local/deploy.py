@@ -18,19 +18,8 @@ from pathlib import Path
 from microprocess.local.emulator import ACCOUNT_ID, REGION, aws_env
 from microprocess.local.processes import log_tail
 from microprocess.local.workspace import Workspace
-
-LOCAL_STACK = "Microprocess-Local"
-#: Outputs the local stack must have for the runner and the CLI.
-REQUIRED_OUTPUTS = (
-    "TaskQueueUrl",
-    "DeadLetterQueueUrl",
-    "LedgerTable",
-    "CompaniesTable",
-    "ReportsBucket",
-    "SplitterFunctionName",
-    "ForwarderFunctionName",
-    "SigningSecretArn",
-)
+from microprocess.stacks import LOCAL_OUTPUTS as REQUIRED_OUTPUTS
+from microprocess.stacks import LOCAL_STACK
 
 
 class DeployError(RuntimeError):
