@@ -126,6 +126,7 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
                 **common,
                 layer_paths=(Path(layer_path).resolve(),) if layer_path else (),
                 forwarder_max_concurrency=_int(app, "forwarder_max_concurrency", 0) or None,
+                task_visibility_timeout_s=_int(app, "task_visibility_timeout_s", 0) or None,
                 local_services=LocalServiceUrls(
                     queue=_text(app, "queue_service_url", DEFAULT_QUEUE_SERVICE_URL),
                     live=_text(app, "live_service_url", DEFAULT_LIVE_SERVICE_URL),

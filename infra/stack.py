@@ -74,6 +74,9 @@ class StageSettings:
         layer_paths: folders packaged as a layer for every function (local dependencies).
         forwarder_max_concurrency: local stage only: a lower cap on concurrent forwarder
             batches than the jobs declare (one laptop's cores run every batch), or None.
+        task_visibility_timeout_s: local stage only: the task queue's visibility timeout,
+            so that a crashed batch comes back in seconds rather than after 6 x the
+            forwarder timeout (redeliveries are harmless: pushes are idempotent), or None.
         local_services: set for the local stage: the URLs of the locally run services,
             replacing the VPC, Fargate services and ALBs.
         domain: host names and TLS for the cloud services (optional).
@@ -89,6 +92,7 @@ class StageSettings:
     layer_paths: tuple[Path, ...] = ()
     local_services: LocalServiceUrls | None = None
     forwarder_max_concurrency: int | None = None
+    task_visibility_timeout_s: int | None = None
     domain: DomainSettings | None = None
     alarm_email: str | None = None
     score_work_ms: int = 0
@@ -138,6 +142,10 @@ class MicroprocessStack(Stack):
             if not local:
                 raise ValueError("forwarder_max_concurrency is a local-stage setting; the cloud uses the declarations")
             push = replace(push, max_concurrency=min(push.max_concurrency, settings.forwarder_max_concurrency))
+        if settings.task_visibility_timeout_s is not None:
+            if not local:
+                raise ValueError("task_visibility_timeout_s is a local-stage setting; the cloud derives it")
+            push = replace(push, visibility_timeout_s=settings.task_visibility_timeout_s)
         self.push_settings = push
 
         access_logs = None if local else AccessLogBucket(self, "AccessLogs", removal_policy=stateful)

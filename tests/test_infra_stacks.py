@@ -577,3 +577,15 @@ def test_local_stage_takes_a_laptop_cap_on_forwarder_concurrency() -> None:
 
     assert forwarder_concurrency(LOCAL) == {min(8, declared)}
     assert forwarder_concurrency(CLOUD) == {declared}  # the cloud keeps the declarations
+
+
+def test_local_stage_takes_a_short_visibility_timeout() -> None:
+    from tests.test_infra_synth import synthesize
+
+    synth = synthesize({"stage": "all", "task_visibility_timeout_s": "20"})
+
+    def task_queue_visibility(stack: str) -> int:
+        return synth.templates[stack]["Resources"]["TaskQueue"]["Properties"]["VisibilityTimeout"]
+
+    assert task_queue_visibility(LOCAL) == 20
+    assert task_queue_visibility(CLOUD) == synthesized().stacks[CLOUD].push_settings.visibility_timeout_s

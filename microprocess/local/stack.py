@@ -40,6 +40,10 @@ from microprocess.local.workspace import Workspace
 
 Echo = Callable[[str], None]
 
+#: The local task queue's visibility timeout: a crashed forwarder batch is retried after
+#: this long (on AWS: 6 x the forwarder timeout, which the reduce's long pushes set).
+LOCAL_VISIBILITY_TIMEOUT_S = 20
+
 #: Companies seeded by `local up` unless told otherwise.
 DEFAULT_COMPANIES = 10_000
 
@@ -239,10 +243,11 @@ class LocalStack:
 
     @staticmethod
     def _laptop_context(options: UpOptions) -> dict[str, str]:
-        """CDK context that fits the local stage to this laptop (0: as the jobs declare)."""
-        if options.forwarder_concurrency == 0:
-            return {}
-        return {"forwarder_max_concurrency": str(options.forwarder_concurrency or laptop_concurrency())}
+        """CDK context that fits the local stage to this laptop (concurrency 0: as the jobs declare)."""
+        context = {"task_visibility_timeout_s": str(LOCAL_VISIBILITY_TIMEOUT_S)}
+        if options.forwarder_concurrency != 0:
+            context["forwarder_max_concurrency"] = str(options.forwarder_concurrency or laptop_concurrency())
+        return context
 
     def _fit_to_laptop(self, lam: Any, forwarder: str, options: UpOptions) -> int:
         """The forwarder event source's concurrency as deployed (from the CDK app's context)."""
