@@ -74,6 +74,11 @@ class _Work:
         return int(self.record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
 
 
+def _keys(env: TaskEnvelope) -> dict[str, str]:
+    """Structured-log keys of a message: its run and job (Powertools puts them in the JSON)."""
+    return {"run_id": env.run_id, "job": env.job, "task_id": env.task_id}
+
+
 class _Deferred(Exception):
     """A record to retry shortly (its task's page is not accounted yet)."""
 
@@ -184,7 +189,12 @@ class Forwarder:
             self._dead_letter(record, f"malformed message: unknown run '{env.run_id}' (not in the ledger)")
             return None
         if run.status is RunStatus.CANCELLED:
-            log.info("run %s is cancelled: acknowledging task %s without a call", run.run_id, env.task_id)
+            log.info(
+                "run %s is cancelled: acknowledging task %s without a call",
+                run.run_id,
+                env.task_id,
+                extra=_keys(env),
+            )
             return None
         if env.kind is TaskKind.TASK and run.status in (RunStatus.REDUCING, RunStatus.SUCCEEDED, RunStatus.FAILED):
             return None  # every task was terminal when the reduce was claimed: a late duplicate
@@ -273,7 +283,7 @@ class Forwarder:
         try:
             return self.pusher.push(path, payload, idempotency_key=env.idempotency_key, timeout=timeout)
         except Exception as exc:  # signing or secret fetch failed: retry later, do not lose the task
-            log.exception("push of %s failed before sending", env.idempotency_key)
+            log.exception("push of %s failed before sending", env.idempotency_key, extra=_keys(env))
             return PushResult(None, error=f"push not sent: {type(exc).__name__}: {exc}")
 
     def _retry_later(self, w: _Work, result: PushResult) -> None:
@@ -285,8 +295,15 @@ class Forwarder:
                 QueueUrl=self.task_queue_url, ReceiptHandle=w.record["receiptHandle"], VisibilityTimeout=delay
             )
         except Exception:  # the message comes back after the queue's own visibility timeout instead
-            log.exception("could not set the backoff of %s", w.message_id)
-        log.info("retry %s in %s s (attempt %s): %s", w.envelope.idempotency_key, delay, w.attempt, result.describe())
+            log.exception("could not set the backoff of %s", w.message_id, extra=_keys(w.envelope))
+        log.info(
+            "retry %s in %s s (attempt %s): %s",
+            w.envelope.idempotency_key,
+            delay,
+            w.attempt,
+            result.describe(),
+            extra=_keys(w.envelope),
+        )
         self.emit("TasksRetried", 1, w.job.name, run_id=w.envelope.run_id)
 
     # ----------------------------------------------------------------- tasks
@@ -309,7 +326,12 @@ class Forwarder:
             except InjectedCrash:
                 raise  # chaos: behave as the process dying here would
             except Exception:
-                log.exception("recording %d outcomes of run %s failed; they will be retried", len(pairs), run_id)
+                log.exception(
+                    "recording %d outcomes of run %s failed; they will be retried",
+                    len(pairs),
+                    run_id,
+                    extra={"run_id": run_id, "job": job.name},
+                )
                 failures += [w.message_id for w, _ in pairs]
                 continue
             new = set(res.newly_recorded)
@@ -318,7 +340,12 @@ class Forwarder:
             self.emit("TasksFailed", len(new) - ok, job.name, run_id=run_id)
             self.emit("DuplicatesAbsorbed", len(res.duplicates), job.name, run_id=run_id)
             if res.claimed_reduce:
-                log.info("run %s: last task done, reduce claimed; enqueuing %d parts", run_id, run.shard_count)
+                log.info(
+                    "run %s: last task done, reduce claimed; enqueuing %d parts",
+                    run_id,
+                    run.shard_count,
+                    extra={"run_id": run_id, "job": job.name},
+                )
                 self.emit("ReducesClaimed", 1, job.name, run_id=run_id)
                 enqueue_reduce_parts(self.sender, job, run_id, run.shard_count)
         return failures
@@ -352,7 +379,7 @@ class Forwarder:
             if outcome is PushOutcome.SUCCESS:
                 if env.kind is TaskKind.REDUCE_PART:
                     if self.ledger.record_reduce_part(env.run_id, env.shard, w.run.shard_count):
-                        log.info("run %s: all reduce parts done; enqueuing finalize", env.run_id)
+                        log.info("run %s: all reduce parts done; enqueuing finalize", env.run_id, extra=_keys(env))
                         enqueue_finalize(self.sender, job, env.run_id)
                 else:
                     body = result.json() or {}
@@ -363,7 +390,7 @@ class Forwarder:
                         summary=body.get("summary") or {},
                     )
                     if status is not None:
-                        log.info("run %s finished %s", env.run_id, status)
+                        log.info("run %s finished %s", env.run_id, status, extra=_keys(env))
                         self.emit(
                             "RunsSucceeded" if status is RunStatus.SUCCEEDED else "RunsFailed",
                             1,
@@ -378,5 +405,5 @@ class Forwarder:
                 self.emit("RunsFailed", 1, job.name, run_id=env.run_id)
             return []
         except Exception:
-            log.exception("settling %s of run %s failed; it will be retried", env.task_id, env.run_id)
+            log.exception("settling %s of run %s failed; it will be retried", env.task_id, env.run_id, extra=_keys(env))
             return [w.message_id]

@@ -581,3 +581,21 @@ def test_a_body_too_big_for_the_reason_attribute_still_reaches_the_dlq(stack: St
     assert res == {"batchItemFailures": []}
     [msg] = dlq_messages(stack)
     assert msg["body"] == big
+
+
+def test_forwarder_log_records_carry_run_id_and_job(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    stack.service.behaviours["C0000001"] = Behaviour(status=503)
+    recs = running_run(stack, 2)
+    with caplog.at_level(logging.INFO, logger="microprocess.forwarder"):
+        stack.forwarder().handle({"Records": recs})
+        stack.service.behaviours.clear()
+        stack.forwarder().handle({"Records": recs[1:]})
+
+    def keys_of(fragment: str) -> tuple[Any, Any]:
+        record = next(r for r in caplog.records if fragment in r.getMessage())
+        return getattr(record, "run_id", None), getattr(record, "job", None)
+
+    assert keys_of("retry r1:0-000000001 in") == ("r1", JOB.name)
+    assert keys_of("reduce claimed") == ("r1", JOB.name)
