@@ -334,6 +334,7 @@ def email_text(summary: dict[str, Any], report_url: str, link_expiry_s: int) -> 
         "",
         f"Report (link valid {link_expiry_s // 3600} h): {report_url}",
         f"Files: {summary['report_uri']}",
+        f"Later: microprocess report {summary['run_id']} --target aws",
     ]
     return subject, "\n".join(lines) + "\n"
 

@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     score_work_ms: int = Field(default=0, ge=0, le=60_000)
     microprocess_chaos: str = ""
     report_part_bytes: int = Field(default=S3_MIN_PART_BYTES, ge=S3_MIN_PART_BYTES, le=5 * 1024**3)
-    report_link_expiry_s: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
+    # A presigned URL dies with the credentials that signed it: on ECS the task role's
+    # temporary credentials last about 6 h, so a longer promise would be false.
+    report_link_expiry_s: int = Field(default=6 * 3600, ge=60, le=7 * 24 * 3600)
     signature_max_skew_s: int = Field(default=300, ge=1, le=3600)
 
     @model_validator(mode="after")

@@ -344,3 +344,29 @@ def test_part_tag_matches_the_bucket_lifecycle_rule() -> None:
     }
     assert (constants["PART_TAG_KEY"], constants["PART_TAG_VALUE"]) == (PART_TAG_KEY, PART_TAG_VALUE)
     assert ReportLayout(BUCKET, JOB.name, "r").part_csv(0).startswith(constants["PARTS_PREFIX"])
+
+
+def test_email_promises_no_more_than_the_signing_credentials_last() -> None:
+    from microservice.reduce import email_text
+    from microservice.settings import Settings
+
+    assert Settings.model_fields["report_link_expiry_s"].default == 6 * 3600
+    summary = {
+        "job": "credit-scores",
+        "run_id": "r1",
+        "status": "SUCCEEDED",
+        "expected": 1,
+        "succeeded": 1,
+        "failed": 0,
+        "failed_pct": 0.0,
+        "tolerated_failure_pct": 1.0,
+        "started_at": "a",
+        "finished_at": "b",
+        "duration_s": 1,
+        "score": {"mean": 1, "min": 1, "max": 1},
+        "bands": {"A": 1},
+        "failures": [],
+        "report_uri": "s3://b/reports/credit-scores/r1/",
+    }
+    _, body = email_text(summary, "https://link", 6 * 3600)
+    assert "link valid 6 h" in body and "microprocess report r1 --target aws" in body
