@@ -49,15 +49,6 @@ def ledger(ddb: Any, ledger_table: str) -> Ledger:
     return Ledger(ledger_table, client=ddb, rng=random.Random(7))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Heavy suites share one xdist worker each (make test uses --dist loadgroup).
-    for item in items:
-        if item.get_closest_marker("e2e"):
-            item.add_marker(pytest.mark.xdist_group("e2e"))
-        elif item.get_closest_marker("infra"):
-            item.add_marker(pytest.mark.xdist_group("infra"))
-
-
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 # Fixtures of the Lambda function tests (moto resources + an HTTP stand-in for the service).
