@@ -12,7 +12,8 @@ network or credentials:
 Context keys (all optional): stage (cloud|local|all, default all), account, region,
 domain, hosted_zone_id, certificate_arn, ses_sender, alarm_email, log_level,
 score_work_ms, intermediate_expiry_days, queue_service_url, live_service_url,
-local_layer_path. See infra/README.md.
+local_layer_path, and for the local stage forwarder_max_concurrency,
+task_visibility_timeout_s, reduce_visibility_timeout_s. See infra/README.md.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
                 layer_paths=(Path(layer_path).resolve(),) if layer_path else (),
                 forwarder_max_concurrency=_int(app, "forwarder_max_concurrency", 0) or None,
                 task_visibility_timeout_s=_int(app, "task_visibility_timeout_s", 0) or None,
+                reduce_visibility_timeout_s=_int(app, "reduce_visibility_timeout_s", 0) or None,
                 local_services=LocalServiceUrls(
                     queue=_text(app, "queue_service_url", DEFAULT_QUEUE_SERVICE_URL),
                     live=_text(app, "live_service_url", DEFAULT_LIVE_SERVICE_URL),

@@ -27,7 +27,7 @@ class DeadLetterHandler(Construct):
 
     Args:
         defaults: the stage's function defaults.
-        push_queue: the task queue (for reduce tasks) and the DLQ it consumes.
+        push_queue: the reduce queue (for reduce tasks) and the DLQ it consumes.
         ledger_table: the run ledger.
         reports_bucket: receives quarantined messages under `quarantine/`.
 
@@ -55,6 +55,7 @@ class DeadLetterHandler(Construct):
             environment={
                 contract.LEDGER_TABLE: ledger_table.table_name,
                 contract.TASK_QUEUE_URL: push_queue.queue.queue_url,
+                contract.REDUCE_QUEUE_URL: push_queue.reduce_queue.queue_url,
                 contract.DEAD_LETTER_QUEUE_URL: push_queue.dead_letter_queue.queue_url,
                 contract.REPORTS_BUCKET: reports_bucket.bucket_name,
             },
@@ -67,5 +68,5 @@ class DeadLetterHandler(Construct):
         )
         self.function.add_event_source(self.event_source)
         ledger_table.grant_read_write_data(self.function)
-        push_queue.queue.grant_send_messages(self.function)
+        push_queue.reduce_queue.grant_send_messages(self.function)
         reports_bucket.grant_put(self.function, f"{QUARANTINE_PREFIX}*")

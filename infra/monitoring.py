@@ -45,8 +45,9 @@ class Monitoring(Construct):
 
     Args:
         jobs: the job declarations (per-job widgets and stuck-run alarms).
-        push_queue: the task queue and DLQ.
-        forwarder: the forwarder function.
+        push_queue: the task queue, the reduce queue and the DLQ.
+        forwarder: the forwarder function (task queue).
+        reducer: the reduce forwarder function (reduce queue), on the dashboard (optional).
         live_target_group, queue_target_group: the services' target groups.
         oldest_message_age: alarm threshold on the task queue's age of oldest message.
         alarm_email: subscribe this address to the alarm topic (optional).
@@ -69,6 +70,7 @@ class Monitoring(Construct):
         queue_target_group: elbv2.ApplicationTargetGroup,
         oldest_message_age: Duration = DEFAULT_OLDEST_MESSAGE_AGE,
         alarm_email: str | None = None,
+        reducer: lambda_.IFunction | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         declared = list(jobs)
@@ -147,6 +149,35 @@ class Monitoring(Construct):
             cloudwatch.GraphWidget(title="Task queue: age of oldest message (s)", left=[oldest], width=8),
             cloudwatch.GraphWidget(title="Dead-letter queue: visible", left=[dlq_visible], width=8),
         )
+        reduces = push_queue.reduce_queue
+        reduce_widgets: list[cloudwatch.IWidget] = [
+            cloudwatch.GraphWidget(
+                title="Reduce queue: visible / in flight",
+                left=[
+                    reduces.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum"),
+                    reduces.metric_approximate_number_of_messages_not_visible(period=PERIOD, statistic="Maximum"),
+                ],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Reduce queue: age of oldest message (s)",
+                left=[reduces.metric_approximate_age_of_oldest_message(period=PERIOD, statistic="Maximum")],
+                width=8,
+            ),
+        ]
+        if reducer is not None:
+            reduce_widgets.append(
+                cloudwatch.GraphWidget(
+                    title="Reducer: invocations / errors / duration p95 (ms)",
+                    left=[
+                        reducer.metric_invocations(period=PERIOD, statistic="Sum"),
+                        reducer.metric_errors(period=PERIOD, statistic="Sum"),
+                    ],
+                    right=[reducer.metric_duration(period=PERIOD, statistic="p95")],
+                    width=8,
+                )
+            )
+        self.dashboard.add_widgets(*reduce_widgets)
         self.dashboard.add_widgets(
             cloudwatch.GraphWidget(
                 title="Forwarder: invocations / errors / throttles", left=list(fn_metrics.values()), width=8

@@ -1,4 +1,4 @@
-"""The push queue: an SQS standard task queue and its dead-letter queue."""
+"""The push queues: an SQS standard task queue, a reduce queue and their dead-letter queue."""
 
 from __future__ import annotations
 
@@ -11,19 +11,22 @@ RETENTION = Duration.days(14)
 
 
 class PushQueue(Construct):
-    """The task queue and its DLQ.
+    """The task queue, the reduce queue and their (shared) DLQ.
 
     Safe defaults (as in aws-solutions-constructs `aws-sqs-lambda`): DLQ on, SQS-managed
-    encryption, TLS enforced by a queue policy on both queues, a bounded receive count.
+    encryption, TLS enforced by a queue policy on every queue, a bounded receive count.
 
     Args:
-        visibility_timeout: the task queue's visibility timeout (>= 6 x the forwarder timeout).
-        max_receive_count: receives before a message moves to the DLQ.
+        visibility_timeout: the task queue's visibility timeout (>= 6 x the task forwarder timeout).
+        reduce_visibility_timeout: the reduce queue's visibility timeout (>= 6 x the reduce
+            forwarder timeout).
+        max_receive_count: receives before a message moves to the DLQ (both queues).
         dead_letter_visibility_timeout: the DLQ's visibility timeout (>= 6 x the
             dead-letter function's timeout).
 
     Attributes:
         queue: the task queue.
+        reduce_queue: the reduce queue (reduce parts and finalizes).
         dead_letter_queue: the DLQ.
     """
 
@@ -33,6 +36,7 @@ class PushQueue(Construct):
         construct_id: str,
         *,
         visibility_timeout: Duration,
+        reduce_visibility_timeout: Duration,
         max_receive_count: int,
         dead_letter_visibility_timeout: Duration,
     ) -> None:
@@ -45,6 +49,7 @@ class PushQueue(Construct):
             retention_period=RETENTION,
             visibility_timeout=dead_letter_visibility_timeout,
         )
+        redrive = sqs.DeadLetterQueue(queue=self.dead_letter_queue, max_receive_count=max_receive_count)
         self.queue = sqs.Queue(
             self,
             "TaskQueue",
@@ -52,5 +57,14 @@ class PushQueue(Construct):
             enforce_ssl=True,
             retention_period=RETENTION,
             visibility_timeout=visibility_timeout,
-            dead_letter_queue=sqs.DeadLetterQueue(queue=self.dead_letter_queue, max_receive_count=max_receive_count),
+            dead_letter_queue=redrive,
+        )
+        self.reduce_queue = sqs.Queue(
+            self,
+            "ReduceQueue",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=RETENTION,
+            visibility_timeout=reduce_visibility_timeout,
+            dead_letter_queue=redrive,
         )

@@ -38,7 +38,7 @@ class Splitter(Construct):
     Args:
         defaults: the stage's function defaults.
         jobs: the job declarations (one rule each, on its `schedule`).
-        push_queue: where the tasks go.
+        push_queue: where the tasks (task queue) and an empty run's reduce (reduce queue) go.
         ledger_table: the run ledger.
         reports_bucket: receives claim-checked items under `claims/`.
         source_tables: the DynamoDB source tables by role (e.g. `{"companies": table}`);
@@ -71,6 +71,7 @@ class Splitter(Construct):
             environment={
                 contract.LEDGER_TABLE: ledger_table.table_name,
                 contract.TASK_QUEUE_URL: push_queue.queue.queue_url,
+                contract.REDUCE_QUEUE_URL: push_queue.reduce_queue.queue_url,
                 contract.REPORTS_BUCKET: reports_bucket.bucket_name,
                 **{source_table_variable(role): table.table_name for role, table in source_tables.items()},
             },
@@ -81,6 +82,7 @@ class Splitter(Construct):
         self.function = handler.function
         ledger_table.grant_read_write_data(self.function)
         push_queue.queue.grant_send_messages(self.function)
+        push_queue.reduce_queue.grant_send_messages(self.function)  # a run with no items reduces at once
         reports_bucket.grant_put(self.function, f"{CLAIMS_PREFIX}*")
         self._grant_sources(declared, source_tables)
         # A separate policy (not the role's default policy, which the function depends on)

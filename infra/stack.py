@@ -45,6 +45,7 @@ PINNED_LOGICAL_IDS = {
     "ledger": "LedgerTable",
     "companies": "CompaniesTable",
     "task_queue": "TaskQueue",
+    "reduce_queue": "ReduceQueue",
     "dead_letter_queue": "DeadLetterQueue",
     "reports_bucket": "ReportsBucket",
     "signing_secret": "SigningSecret",
@@ -77,6 +78,8 @@ class StageSettings:
         task_visibility_timeout_s: local stage only: the task queue's visibility timeout,
             so that a crashed batch comes back in seconds rather than after 6 x the
             forwarder timeout (redeliveries are harmless: pushes are idempotent), or None.
+        reduce_visibility_timeout_s: local stage only: the same for the reduce queue
+            (whose forwarder's timeout fits a reduce push), or None.
         local_services: set for the local stage: the URLs of the locally run services,
             replacing the VPC, Fargate services and ALBs.
         domain: host names and TLS for the cloud services (optional).
@@ -93,6 +96,7 @@ class StageSettings:
     local_services: LocalServiceUrls | None = None
     forwarder_max_concurrency: int | None = None
     task_visibility_timeout_s: int | None = None
+    reduce_visibility_timeout_s: int | None = None
     domain: DomainSettings | None = None
     alarm_email: str | None = None
     score_work_ms: int = 0
@@ -116,8 +120,9 @@ class MicroprocessStack(Stack):
         **kwargs: passed to `Stack` (env, description, ...).
 
     Attributes:
-        ledger, companies, push_queue, reports, signing_secret, forwarder, dead_letter,
-        splitter, sweeper: the constructs of both stages.
+        ledger, companies, push_queue, reports, signing_secret, forwarder, reducer,
+        dead_letter, splitter, sweeper: the constructs of both stages (`forwarder` consumes
+        the task queue, `reducer` the reduce queue).
         scores, monitoring, network: the cloud-only constructs (None locally).
         push_settings: the queue numbers derived from the job declarations.
     """
@@ -141,11 +146,20 @@ class MicroprocessStack(Stack):
         if settings.forwarder_max_concurrency is not None:
             if not local:
                 raise ValueError("forwarder_max_concurrency is a local-stage setting; the cloud uses the declarations")
-            push = replace(push, max_concurrency=min(push.max_concurrency, settings.forwarder_max_concurrency))
+            cap = settings.forwarder_max_concurrency
+            push = replace(
+                push,
+                max_concurrency=min(push.max_concurrency, cap),
+                reduce_max_concurrency=min(push.reduce_max_concurrency, cap),
+            )
         if settings.task_visibility_timeout_s is not None:
             if not local:
                 raise ValueError("task_visibility_timeout_s is a local-stage setting; the cloud derives it")
             push = replace(push, visibility_timeout_s=settings.task_visibility_timeout_s)
+        if settings.reduce_visibility_timeout_s is not None:
+            if not local:
+                raise ValueError("reduce_visibility_timeout_s is a local-stage setting; the cloud derives it")
+            push = replace(push, reduce_visibility_timeout_s=settings.reduce_visibility_timeout_s)
         self.push_settings = push
 
         access_logs = None if local else AccessLogBucket(self, "AccessLogs", removal_policy=stateful)
@@ -157,6 +171,7 @@ class MicroprocessStack(Stack):
             self,
             "PushQueue",
             visibility_timeout=Duration.seconds(push.visibility_timeout_s),
+            reduce_visibility_timeout=Duration.seconds(push.reduce_visibility_timeout_s),
             max_receive_count=push.max_receive_count,
             dead_letter_visibility_timeout=Duration.seconds(VISIBILITY_FACTOR * DEAD_LETTER_TIMEOUT.to_seconds()),
         )
@@ -194,18 +209,21 @@ class MicroprocessStack(Stack):
             queue_service_url = self.scores.queue_url
             forwarder_network = {"vpc": self.network.vpc, "vpc_subnets": self.network.private_subnets}
 
+        pushing: dict[str, Any] = {
+            "defaults": defaults,
+            "push_queue": self.push_queue,
+            "ledger_table": self.ledger.table,
+            "reports_bucket": self.reports.bucket,
+            "signing_secret": self.signing_secret.secret,
+            "queue_service_url": queue_service_url,
+        }
         self.forwarder = Forwarder(
-            self,
-            "Forwarder",
-            defaults=defaults,
-            push_queue=self.push_queue,
-            settings=push,
-            ledger_table=self.ledger.table,
-            reports_bucket=self.reports.bucket,
-            signing_secret=self.signing_secret.secret,
-            queue_service_url=queue_service_url,
-            **forwarder_network,
+            self, "Forwarder", name="forwarder", consumer=push.tasks, **pushing, **forwarder_network
         )
+        if forwarder_network:
+            # The reducer shares the forwarder's security group: the one peer the queue service admits.
+            forwarder_network["security_groups"] = self.forwarder.function.connections.security_groups
+        self.reducer = Forwarder(self, "Reducer", name="reducer", consumer=push.reduces, **pushing, **forwarder_network)
         if self.scores is not None:
             self.scores.allow_queue_access_from(self.forwarder.function)
         self.dead_letter = DeadLetterHandler(
@@ -242,6 +260,7 @@ class MicroprocessStack(Stack):
                 jobs=declared,
                 push_queue=self.push_queue,
                 forwarder=self.forwarder.function,
+                reducer=self.reducer.function,
                 live_target_group=self.scores.live.target_group,
                 queue_target_group=self.scores.queue.target_group,
                 alarm_email=settings.alarm_email,
@@ -308,6 +327,7 @@ class MicroprocessStack(Stack):
         pin_logical_id(self.ledger.table, ids["ledger"])
         pin_logical_id(self.companies.table, ids["companies"])
         pin_logical_id(self.push_queue.queue, ids["task_queue"])
+        pin_logical_id(self.push_queue.reduce_queue, ids["reduce_queue"])
         pin_logical_id(self.push_queue.dead_letter_queue, ids["dead_letter_queue"])
         pin_logical_id(self.reports.bucket, ids["reports_bucket"])
         pin_logical_id(self.signing_secret.secret, ids["signing_secret"])
@@ -341,7 +361,7 @@ class MicroprocessStack(Stack):
         def actions(group: str) -> list[str]:
             return [f"AwsSolutions-IAM5[Action::{a}]" for a in s3_groups[group]]
 
-        for consumer in (self.forwarder, self.dead_letter, self.splitter, self.sweeper):
+        for consumer in (self.forwarder, self.reducer, self.dead_letter, self.splitter, self.sweeper):
             acknowledge(consumer, reason_index, table_indexes)
         acknowledge(self.forwarder, reason_prefix, prefix("claims/"))
         acknowledge(self.forwarder, reason_s3_actions, *actions("read"))
@@ -372,6 +392,8 @@ class MicroprocessStack(Stack):
             "DeadLetterFunctionName": self.dead_letter.function.function_name,
             "SweeperFunctionName": self.sweeper.function.function_name,
             "SigningSecretArn": self.signing_secret.secret.secret_arn,
+            "ReduceQueueUrl": self.push_queue.reduce_queue.queue_url,
+            "ReduceForwarderFunctionName": self.reducer.function.function_name,
         }
         if self.scores is not None and self.monitoring is not None:
             values |= {

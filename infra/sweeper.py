@@ -23,7 +23,7 @@ class Sweeper(Construct):
 
     Args:
         defaults: the stage's function defaults.
-        push_queue: where re-enqueued reduce tasks go.
+        push_queue: its reduce queue is where re-enqueued reduce tasks go.
         ledger_table: the run ledger.
         splitter_function: restarted for a run whose split stalled.
         rate: how often it runs.
@@ -53,6 +53,7 @@ class Sweeper(Construct):
             environment={
                 contract.LEDGER_TABLE: ledger_table.table_name,
                 contract.TASK_QUEUE_URL: push_queue.queue.queue_url,
+                contract.REDUCE_QUEUE_URL: push_queue.reduce_queue.queue_url,
                 contract.SPLITTER_FUNCTION_NAME: splitter_function.function_name,
             },
             timeout=TIMEOUT,
@@ -60,7 +61,7 @@ class Sweeper(Construct):
         )
         self.function = handler.function
         ledger_table.grant_read_write_data(self.function)
-        push_queue.queue.grant_send_messages(self.function)
+        push_queue.reduce_queue.grant_send_messages(self.function)
         # Only the unqualified function (what the sweeper invokes by name), not every version.
         splitter_function.grant_invoke_latest_version(self.function)
         self.rule = events.Rule(

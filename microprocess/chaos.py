@@ -189,7 +189,13 @@ class ChaosSuite:
         self.ledger = Ledger(self.outputs["LedgerTable"], client=aws_client("dynamodb", self.endpoint))
         self.functions = [
             self.outputs[k]
-            for k in ("SplitterFunctionName", "ForwarderFunctionName", "DeadLetterFunctionName", "SweeperFunctionName")
+            for k in (
+                "SplitterFunctionName",
+                "ForwarderFunctionName",
+                "ReduceForwarderFunctionName",
+                "DeadLetterFunctionName",
+                "SweeperFunctionName",
+            )
         ]
 
     def _set_env(self, function: str, values: dict[str, str]) -> None:

@@ -43,6 +43,7 @@ class DeadLetterHandler:
         sender: QueueSender,
         emit: MetricsEmitter | None = None,
     ) -> None:
+        """`sender` sends the reduce parts a dead-lettered last task claims (the reduce queue)."""
         if not bucket:
             raise ValueError("the dead-letter handler needs REPORTS_BUCKET for the quarantine")
         self.jobs, self.ledger, self.s3, self.bucket, self.sender = jobs, ledger, s3, bucket, sender

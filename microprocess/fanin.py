@@ -1,5 +1,7 @@
 """The two-level reduce (ARCHITECTURE §5): one reduce-part task per ledger shard, then
-one finalize task. They travel on the same push queue as any task."""
+one finalize task. They travel on the reduce queue (`REDUCE_QUEUE_URL`), consumed by a
+forwarder of their own with a timeout long enough for a reduce push; the callers pass a
+`QueueSender` for that queue (the task queue when no reduce queue is configured)."""
 
 from __future__ import annotations
 

@@ -115,6 +115,8 @@ class Forwarder:
         task_queue_url: str,
         dead_letter_queue_url: str,
         sender: QueueSender,
+        reduce_queue_url: str = "",
+        reduce_sender: QueueSender | None = None,
         faults: FaultInjector | None = None,
         emit: MetricsEmitter | None = None,
         retry_base_s: float = 2.0,
@@ -129,8 +131,11 @@ class Forwarder:
         self.sqs = sqs
         self.s3 = s3
         self.task_queue_url = task_queue_url
+        self.reduce_queue_url = reduce_queue_url or task_queue_url
         self.dead_letter_queue_url = dead_letter_queue_url
         self.sender = sender
+        #: Reduce parts and finalizes go to the reduce queue (the task queue when not given).
+        self.reduce_sender = reduce_sender or sender
         self.faults = faults
         self.emit = emit or (lambda name, value, job, **_: None)
         self.retry_base_s = retry_base_s
@@ -246,10 +251,22 @@ class Forwarder:
             MessageAttributes={REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:2000]}},
         )
 
+    def queue_url_of(self, record: dict[str, Any]) -> str:
+        """The URL of the queue a record came from, from its `eventSourceARN`
+        (arn:aws:sqs:<region>:<account>:<name>; a queue URL ends with /<account>/<name>).
+        The task queue when the ARN is missing or names neither known queue."""
+        parts = str(record.get("eventSourceARN") or "").split(":")
+        if len(parts) == 6 and parts[0] == "arn" and parts[2] == "sqs":
+            suffix = f"/{parts[4]}/{parts[5]}"
+            for url in (self.reduce_queue_url, self.task_queue_url):
+                if url.rstrip("/").endswith(suffix):
+                    return url
+        return self.task_queue_url
+
     def _defer(self, record: dict[str, Any]) -> None:
         try:
             self.sqs.change_message_visibility(
-                QueueUrl=self.task_queue_url, ReceiptHandle=record["receiptHandle"], VisibilityTimeout=1
+                QueueUrl=self.queue_url_of(record), ReceiptHandle=record["receiptHandle"], VisibilityTimeout=1
             )
         except Exception:
             log.exception("could not defer %s", record.get("messageId"))
@@ -257,9 +274,13 @@ class Forwarder:
     def _duplicate_some(self, work: list[_Work]) -> None:
         if not self.faults:
             return
-        copies = [w.record["body"] for w in work if self.faults.duplicate()]
-        if copies:
-            self.sender.send(copies, delay_s=1)
+        copies = [w for w in work if self.faults.duplicate()]
+        tasks = [w.record["body"] for w in copies if w.envelope.kind is TaskKind.TASK]
+        reduces = [w.record["body"] for w in copies if w.envelope.kind is not TaskKind.TASK]
+        if tasks:
+            self.sender.send(tasks, delay_s=1)
+        if reduces:  # a copy goes where the original came from
+            self.reduce_sender.send(reduces, delay_s=1)
 
     # ------------------------------------------------------------------ push
 
@@ -292,7 +313,7 @@ class Forwarder:
         )
         try:
             self.sqs.change_message_visibility(
-                QueueUrl=self.task_queue_url, ReceiptHandle=w.record["receiptHandle"], VisibilityTimeout=delay
+                QueueUrl=self.queue_url_of(w.record), ReceiptHandle=w.record["receiptHandle"], VisibilityTimeout=delay
             )
         except Exception:  # the message comes back after the queue's own visibility timeout instead
             log.exception("could not set the backoff of %s", w.message_id, extra=_keys(w.envelope))
@@ -347,7 +368,7 @@ class Forwarder:
                     extra={"run_id": run_id, "job": job.name},
                 )
                 self.emit("ReducesClaimed", 1, job.name, run_id=run_id)
-                enqueue_reduce_parts(self.sender, job, run_id, run.shard_count)
+                enqueue_reduce_parts(self.reduce_sender, job, run_id, run.shard_count)
         return failures
 
     @staticmethod
@@ -380,7 +401,7 @@ class Forwarder:
                 if env.kind is TaskKind.REDUCE_PART:
                     if self.ledger.record_reduce_part(env.run_id, env.shard, w.run.shard_count):
                         log.info("run %s: all reduce parts done; enqueuing finalize", env.run_id, extra=_keys(env))
-                        enqueue_finalize(self.sender, job, env.run_id)
+                        enqueue_finalize(self.reduce_sender, job, env.run_id)
                 else:
                     body = result.json() or {}
                     status = self.ledger.finish_run(

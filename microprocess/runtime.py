@@ -53,6 +53,15 @@ def sender() -> QueueSender:
     return QueueSender(client=client("sqs"), queue_url=get_settings().task_queue_url)
 
 
+@lru_cache(maxsize=1)
+def reduce_sender() -> QueueSender:
+    """The sender of reduce parts and finalizes: the reduce queue, or the task queue without one."""
+    s = get_settings()
+    if not s.reduce_queue_url or s.reduce_queue_url == s.task_queue_url:
+        return sender()
+    return QueueSender(client=client("sqs"), queue_url=s.reduce_queue_url)
+
+
 class SecretCache:
     """The signing secret, read from Secrets Manager once (or given directly in tests)."""
 
@@ -97,8 +106,10 @@ def forwarder() -> Forwarder:
         sqs=client("sqs"),
         s3=client("s3"),
         task_queue_url=s.task_queue_url,
+        reduce_queue_url=s.reduce_queue_url,
         dead_letter_queue_url=s.dead_letter_queue_url,
         sender=sender(),
+        reduce_sender=reduce_sender(),
         faults=faults(),
         emit=emitter(),
     )
@@ -114,6 +125,7 @@ def splitter(function_name: str) -> Splitter:
         jobs=JOBS,
         ledger=ledger(),
         sender=sender(),
+        reduce_sender=reduce_sender(),
         s3=client("s3"),
         dynamodb=client("dynamodb"),
         continue_with=continue_with,
@@ -126,7 +138,7 @@ def splitter(function_name: str) -> Splitter:
 def dead_letter() -> DeadLetterHandler:
     s = get_settings()
     return DeadLetterHandler(
-        jobs=JOBS, ledger=ledger(), s3=client("s3"), bucket=s.reports_bucket, sender=sender(), emit=emitter()
+        jobs=JOBS, ledger=ledger(), s3=client("s3"), bucket=s.reports_bucket, sender=reduce_sender(), emit=emitter()
     )
 
 
@@ -143,7 +155,7 @@ def sweeper() -> Sweeper:
     return Sweeper(
         jobs=JOBS,
         ledger=ledger(),
-        sender=sender(),
+        sender=reduce_sender(),
         restart_splitter=restart_splitter,
         stuck_after_s=s.stuck_after_s,
         reduce_timeout_s=s.reduce_timeout_s,

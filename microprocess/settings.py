@@ -26,6 +26,8 @@ class RuntimeSettings(BaseModel):
 
     ledger_table: str = Field(min_length=1)
     task_queue_url: str = ""
+    #: Where reduce parts and finalizes go (their own queue and forwarder); empty: the task queue.
+    reduce_queue_url: str = ""
     dead_letter_queue_url: str = ""
     companies_table: str = ""
     reports_bucket: str = ""

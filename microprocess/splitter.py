@@ -113,11 +113,14 @@ class Splitter:
         continue_with: Callable[[dict[str, Any]], None],
         faults: FaultInjector | None = None,
         emit: MetricsEmitter | None = None,
+        reduce_sender: QueueSender | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
         self.ledger = ledger
         self.sender = sender
+        #: Where reduce parts go (the reduce queue); the task queue when not given.
+        self.reduce_sender = reduce_sender or sender
         self.s3 = s3
         self.dynamodb = dynamodb
         self.continue_with = continue_with
@@ -160,7 +163,7 @@ class Splitter:
     def _finish(self, job: JobDeclaration, run_id: str) -> None:
         if self.ledger.finish_split(run_id):
             self.emit("ReducesClaimed", 1, job.name, run_id=run_id)
-            enqueue_reduce_parts(self.sender, job, run_id, self.ledger.require_run(run_id).shard_count)
+            enqueue_reduce_parts(self.reduce_sender, job, run_id, self.ledger.require_run(run_id).shard_count)
 
     def _source(self, job: JobDeclaration, req: StartRequest) -> Source:
         if req.items is not None:

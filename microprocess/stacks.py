@@ -22,5 +22,7 @@ LOCAL_OUTPUTS: Final = (
     "DeadLetterFunctionName",
     "SweeperFunctionName",
     "SigningSecretArn",
+    "ReduceQueueUrl",
+    "ReduceForwarderFunctionName",
 )
 CLOUD_OUTPUTS: Final = (*LOCAL_OUTPUTS, "LiveServiceUrl", "QueueServiceUrl", "DashboardName", "AlarmTopicArn")

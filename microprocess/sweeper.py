@@ -60,6 +60,7 @@ class Sweeper:
         emit: MetricsEmitter | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """`sender` sends the re-enqueued reduce parts and finalizes (the reduce queue)."""
         self.jobs, self.ledger, self.sender = jobs, ledger, sender
         self.restart_splitter = restart_splitter
         self.stuck_after = timedelta(seconds=stuck_after_s)

@@ -127,12 +127,15 @@ class RecordingSQS:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.visibility: list[int] = []
+        #: The queue of each visibility change, in the same order.
+        self.visibility_queues: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def change_message_visibility(self, **kw: Any) -> Any:
         self.visibility.append(kw["VisibilityTimeout"])
+        self.visibility_queues.append(kw["QueueUrl"])
         try:
             return self.inner.change_message_visibility(**kw)
         except Exception:  # records made by hand carry no real receipt handle
@@ -154,6 +157,10 @@ class Stack:
     companies: str
     settings: RuntimeSettings
     sender: QueueSender
+    #: The reduce queue: used by the core objects a test builds with `two_queues=True`
+    #: (otherwise reduce tasks share the task queue, as with REDUCE_QUEUE_URL unset).
+    reduce_queue: str
+    reduce_sender: QueueSender
     continuations: list[dict[str, Any]] = field(default_factory=list)
     emitted: list[tuple[str, float, str]] = field(default_factory=list)
 
@@ -163,7 +170,13 @@ class Stack:
     def metric(self, name: str) -> float:
         return sum(v for n, v, _ in self.emitted if n == name)
 
-    def forwarder(self, **kw: Any) -> Forwarder:
+    def two_queues(self) -> dict[str, Any]:
+        """Keyword arguments that send reduce parts and finalizes to the reduce queue."""
+        return {"reduce_queue_url": self.reduce_queue, "reduce_sender": self.reduce_sender}
+
+    def forwarder(self, *, two_queues: bool = False, **kw: Any) -> Forwarder:
+        if two_queues:
+            kw |= self.two_queues()
         return Forwarder(
             jobs=kw.pop("jobs", REGISTRY),
             ledger=kw.pop("ledger", self.ledger),
@@ -179,7 +192,9 @@ class Stack:
             **kw,
         )
 
-    def splitter(self, *, jobs: JobRegistry = REGISTRY, **kw: Any) -> Splitter:
+    def splitter(self, *, jobs: JobRegistry = REGISTRY, two_queues: bool = False, **kw: Any) -> Splitter:
+        if two_queues:
+            kw["reduce_sender"] = self.reduce_sender
         return Splitter(
             settings=kw.pop("settings", self.settings),
             jobs=jobs,
@@ -207,6 +222,9 @@ class Stack:
             MessageAttributeNames=["All"],
         )
         records = []
+        # the event source names the queue by ARN: arn:aws:sqs:<region>:<account>:<name>
+        account, name = queue_url.rstrip("/").split("/")[-2:]
+        arn = f"arn:aws:sqs:us-east-1:{account}:{name}"
         for m in resp.get("Messages", []):
             attrs = {
                 k: {"stringValue": v["StringValue"], "dataType": v["DataType"]}
@@ -219,6 +237,7 @@ class Stack:
                     message_id=m["MessageId"],
                     receiptHandle=m["ReceiptHandle"],
                     messageAttributes=attrs,
+                    eventSourceARN=arn,
                 )
             )
         return records
@@ -286,6 +305,7 @@ def stack(aws: None) -> Iterator[Stack]:
     )
     dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
     task_queue = sqs.create_queue(QueueName="tasks", Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
+    reduce_queue = sqs.create_queue(QueueName="reduces", Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
     s3.create_bucket(Bucket="reports")
     service = FakeService()
     service.start()
@@ -311,6 +331,8 @@ def stack(aws: None) -> Iterator[Stack]:
         companies="companies",
         settings=settings,
         sender=QueueSender(client=sqs, queue_url=task_queue, threads=2),
+        reduce_queue=reduce_queue,
+        reduce_sender=QueueSender(client=sqs, queue_url=reduce_queue, threads=2),
     )
     try:
         yield st

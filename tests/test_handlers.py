@@ -28,7 +28,14 @@ class FakeContext:
 
 def _reset_runtime() -> None:
     get_settings.cache_clear()
-    for fn in (runtime.faults, runtime.ledger, runtime.sender, runtime.forwarder, runtime.dead_letter):
+    for fn in (
+        runtime.faults,
+        runtime.ledger,
+        runtime.sender,
+        runtime.reduce_sender,
+        runtime.forwarder,
+        runtime.dead_letter,
+    ):
         fn.cache_clear()
     if hasattr(runtime.client, "cache_clear"):  # not while the Lambda client is stood in for
         runtime.client.cache_clear()
@@ -96,6 +103,27 @@ def test_handlers_run_a_job_end_to_end(env: Stack, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert '"TasksSucceeded"' in out and '"job": "credit-scores"' in out.replace('":"', '": "')
     assert '"run_id"' in out
+
+
+def test_with_a_reduce_queue_the_reducer_handler_finishes_the_run(env: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN functions configured with REDUCE_QUEUE_URL, as the stack deploys them
+    monkeypatch.setenv("REDUCE_QUEUE_URL", env.reduce_queue)
+    _reset_runtime()
+    assert runtime.reduce_sender().queue_url == env.reduce_queue and runtime.sender().queue_url == env.task_queue
+    seed_companies(env.ddb, env.companies, 12)
+    res = handler("splitter")(load_event("scheduled_event.json"), FakeContext())
+    # WHEN the forwarder handler drains the task queue
+    env.drive(lambda ev: handler("forwarder")(ev, FakeContext("forwarder-fn")), env.task_queue)
+    # THEN the reduce waits on the reduce queue, and the reducer handler (the same code) ends the run
+    assert env.ledger.require_run(res["run_id"]).status is RunStatus.REDUCING
+    assert env.depth(env.task_queue) == 0 and env.depth(env.reduce_queue) > 0
+    env.drive(lambda ev: handler("reducer")(ev, FakeContext("reducer-fn")), env.reduce_queue)
+    assert env.ledger.require_run(res["run_id"]).status is RunStatus.SUCCEEDED
+    assert env.depth(env.task_queue) == 0 and env.depth(env.reduce_queue) == 0
+
+
+def test_without_a_reduce_queue_the_reduce_sender_is_the_task_sender(env: Stack) -> None:
+    assert runtime.reduce_sender() is runtime.sender()
 
 
 def test_dead_letter_and_sweeper_handlers(env: Stack) -> None:

@@ -4,11 +4,13 @@ schema and the runtime settings; and the pinned logical IDs of the stateful reso
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
 
 from infra import contract
+from infra.push_settings import FORWARDER_OVERHEAD_S, REDUCE_MAX_CONCURRENCY
 from microprocess.forwarder import REDUCE_TIMEOUT_S
 from microprocess.jobs import JOBS
 from microprocess.ledger import LEDGER_SCHEMA
@@ -24,6 +26,7 @@ PINNED = {
     "LedgerTable": "AWS::DynamoDB::Table",
     "CompaniesTable": "AWS::DynamoDB::Table",
     "TaskQueue": "AWS::SQS::Queue",
+    "ReduceQueue": "AWS::SQS::Queue",
     "DeadLetterQueue": "AWS::SQS::Queue",
     "ReportsBucket": "AWS::S3::Bucket",
     "SigningSecret": "AWS::SecretsManager::Secret",
@@ -125,9 +128,42 @@ def test_redrive_and_visibility_derive_from_the_declarations(stack: str) -> None
     # the forwarder records FAILED at max_attempts; the DLQ catches only crashes
     assert queue["RedrivePolicy"]["maxReceiveCount"] == max(job.max_attempts for job in JOBS) + 2
     assert queue["VisibilityTimeout"] >= 6 * forwarder_timeout
-    # the forwarder outlasts its slowest push: a task's timeout or a reduce call
-    assert forwarder_timeout > max(REDUCE_TIMEOUT_S, *(job.task_timeout_s for job in JOBS))
+    # the task forwarder outlasts its slowest push: a task's timeout (reduce calls have their own queue)
+    assert forwarder_timeout > max(job.task_timeout_s for job in JOBS)
     assert forwarder_timeout <= 900
+    # ... and no more than that plus its overhead: a crashed batch comes back in minutes
+    assert forwarder_timeout == math.ceil(max(job.task_timeout_s for job in JOBS)) + FORWARDER_OVERHEAD_S
+
+
+@BOTH
+def test_reduce_queue_redrive_and_visibility_derive_from_the_reduce_timeout(stack: str) -> None:
+    queue = resources(stack)["ReduceQueue"]["Properties"]
+    reducer = function(stack, "reducer")
+    assert queue["RedrivePolicy"] == resources(stack)["TaskQueue"]["Properties"]["RedrivePolicy"]
+    assert queue["VisibilityTimeout"] == 6 * reducer["Timeout"]
+    # the task queue's visibility is 6 x its own (short) forwarder's timeout, not the reducer's
+    task_queue = resources(stack)["TaskQueue"]["Properties"]
+    assert task_queue["VisibilityTimeout"] == 6 * function(stack, "forwarder")["Timeout"] < queue["VisibilityTimeout"]
+    # the reducer outlasts a reduce call
+    assert reducer["Timeout"] == math.ceil(REDUCE_TIMEOUT_S) + FORWARDER_OVERHEAD_S
+    assert REDUCE_TIMEOUT_S < reducer["Timeout"] <= 900
+
+
+@BOTH
+def test_reduce_event_source_takes_one_record_at_a_time_with_a_small_cap(stack: str) -> None:
+    reducer = function(stack, "reducer")
+    (mapping,) = [
+        r["Properties"]
+        for r in resources(stack).values()
+        if r["Type"] == "AWS::Lambda::EventSourceMapping"
+        and r["Properties"]["FunctionName"] == {"Ref": reducer["LogicalId"]}
+    ]
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["ReduceQueue", "Arn"]}
+    assert mapping["BatchSize"] == 1
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ScalingConfig"] == {
+        "MaximumConcurrency": min(REDUCE_MAX_CONCURRENCY, *(job.max_concurrency for job in JOBS))
+    }
 
 
 @BOTH
@@ -144,7 +180,7 @@ def test_source_table_key_is_the_jobs_item_id_field(stack: str) -> None:
 @BOTH
 def test_function_variables_are_settings_the_runtime_reads(stack: str) -> None:
     known = {name.upper() for name in RuntimeSettings.model_fields} | contract.POWERTOOLS_VARIABLES
-    for name in ("splitter", "forwarder", "dead_letter", "sweeper"):
+    for name in ("splitter", "forwarder", "reducer", "dead_letter", "sweeper"):
         variables = set(function(stack, name)["Environment"]["Variables"])
         assert variables <= known, (name, variables - known)
 

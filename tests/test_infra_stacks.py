@@ -94,13 +94,20 @@ def test_queues_are_encrypted_and_refuse_plain_http(stack: str) -> None:
             if statement["Effect"] == "Deny" and statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}:
                 protected |= {q["Fn::GetAtt"][0] for q in policy["Properties"]["Queues"] if "Fn::GetAtt" in q}
                 protected |= {q["Ref"] for q in policy["Properties"]["Queues"] if "Ref" in q}
-    assert protected == {"TaskQueue", "DeadLetterQueue"}
+    assert protected == {"TaskQueue", "ReduceQueue", "DeadLetterQueue"}
 
 
 @BOTH
 def test_task_queue_redrives_to_the_dead_letter_queue(stack: str) -> None:
     queue = synthesized().templates[stack]["Resources"]["TaskQueue"]["Properties"]
     assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+
+
+@BOTH
+def test_reduce_queue_redrives_to_the_same_dead_letter_queue(stack: str) -> None:
+    queue = synthesized().templates[stack]["Resources"]["ReduceQueue"]["Properties"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+    assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
 
 
 @BOTH
@@ -140,6 +147,34 @@ def test_forwarder_may_send_to_both_queues_and_change_visibility(stack: str) -> 
     assert allowed("sqs:SendMessage", "TaskQueue")
     assert allowed("sqs:SendMessage", "DeadLetterQueue")
     assert allowed("sqs:ChangeMessageVisibility", "TaskQueue")
+    assert allowed("sqs:SendMessage", "ReduceQueue")  # the completion that finishes a run enqueues its reduce
+
+
+@BOTH
+def test_reducer_consumes_the_reduce_queue_and_may_send_finalizes_and_dead_letters(stack: str) -> None:
+    statements = statements_of(stack, role_of(functions(stack)["reducer"]))
+
+    def allowed(action: str, queue: str) -> bool:
+        return any(action in s["Action"] and s["Resource"] == {"Fn::GetAtt": [queue, "Arn"]} for s in statements)
+
+    assert allowed("sqs:ChangeMessageVisibility", "ReduceQueue")
+    assert allowed("sqs:SendMessage", "ReduceQueue")
+    assert allowed("sqs:SendMessage", "DeadLetterQueue")
+    assert not allowed("sqs:ChangeMessageVisibility", "TaskQueue")
+
+
+@BOTH
+def test_every_function_that_enqueues_reduce_tasks_may_send_to_the_reduce_queue(stack: str) -> None:
+    fns = functions(stack)
+    for name in ("forwarder", "reducer", "splitter", "dead_letter", "sweeper"):
+        statements = statements_of(stack, role_of(fns[name]))
+        assert any(
+            "sqs:SendMessage" in s["Action"] and s["Resource"] == {"Fn::GetAtt": ["ReduceQueue", "Arn"]}
+            for s in statements
+        ), name
+        variables = fns[name]["Environment"]["Variables"]
+        assert variables[contract.REDUCE_QUEUE_URL] == {"Ref": "ReduceQueue"}, name
+        assert variables[contract.TASK_QUEUE_URL] == {"Ref": "TaskQueue"}, name
 
 
 # ---------------------------------------------------------------------------- functions
@@ -148,7 +183,7 @@ def test_forwarder_may_send_to_both_queues_and_change_visibility(stack: str) -> 
 @BOTH
 def test_functions_run_python_311_handlers_with_powertools_settings(stack: str) -> None:
     fns = functions(stack)
-    assert set(fns) == {"splitter", "forwarder", "dead_letter", "sweeper"}
+    assert set(fns) == {"splitter", "forwarder", "reducer", "dead_letter", "sweeper"}
     for name, fn in fns.items():
         assert fn["Runtime"] == "python3.11"
         assert fn["Handler"] == f"functions.{name}.handler.lambda_handler"
@@ -170,6 +205,13 @@ def test_each_function_gets_the_variables_it_reads(stack: str) -> None:
             contract.QUEUE_SERVICE_URL,
             contract.SIGNING_SECRET_ARN,
             contract.REPORTS_BUCKET,
+        },
+        "reducer": common
+        | {
+            contract.REDUCE_QUEUE_URL,
+            contract.DEAD_LETTER_QUEUE_URL,
+            contract.QUEUE_SERVICE_URL,
+            contract.SIGNING_SECRET_ARN,
         },
         "dead_letter": common | {contract.DEAD_LETTER_QUEUE_URL, contract.REPORTS_BUCKET},
         "sweeper": common | {contract.SPLITTER_FUNCTION_NAME},
@@ -212,12 +254,18 @@ def test_local_layer_path_adds_a_dependencies_layer(tmp_path: Any) -> None:
 def test_local_forwarder_pushes_to_the_local_queue_service() -> None:
     variables = functions(LOCAL)["forwarder"]["Environment"]["Variables"]
     assert variables[contract.QUEUE_SERVICE_URL] == "http://127.0.0.1:8001"
+    reducer = functions(LOCAL)["reducer"]["Environment"]["Variables"]
+    assert reducer[contract.QUEUE_SERVICE_URL] == "http://127.0.0.1:8001"
 
 
 def test_forwarder_runs_in_the_vpc_in_the_cloud_only() -> None:
     assert "VpcConfig" in functions(CLOUD)["forwarder"]
-    assert all("VpcConfig" not in fn for name, fn in functions(CLOUD).items() if name != "forwarder")
+    pushers = ("forwarder", "reducer")
+    assert all("VpcConfig" not in fn for name, fn in functions(CLOUD).items() if name not in pushers)
     assert all("VpcConfig" not in fn for fn in functions(LOCAL).values())
+    # the reducer pushes too: in the VPC, in the forwarder's security group (the one the queue service admits)
+    forwarder, reducer = functions(CLOUD)["forwarder"]["VpcConfig"], functions(CLOUD)["reducer"]["VpcConfig"]
+    assert reducer == forwarder
 
 
 @BOTH
@@ -325,7 +373,8 @@ def test_only_the_forwarder_and_the_queue_service_read_the_signing_secret(stack:
             if "secretsmanager:GetSecretValue" in actions or "secretsmanager:*" in actions:
                 assert statement["Resource"] == {"Ref": "SigningSecret"}
                 readers |= {r["Ref"] for r in policy["Properties"]["Roles"]}
-    expected = {role_of(functions(stack)["forwarder"])}
+    # the two pushers: the forwarder (tasks) and the reducer (reduce parts and finalizes) sign their calls
+    expected = {role_of(functions(stack)["forwarder"]), role_of(functions(stack)["reducer"])}
     if stack == CLOUD:
         task_defs = synthesized().resources(CLOUD, "AWS::ECS::TaskDefinition").values()
         (queue_task,) = [
@@ -469,6 +518,13 @@ def test_queue_service_may_send_the_report_email() -> None:
 # ---------------------------------------------------------------------------- monitoring (cloud)
 
 
+def test_dashboard_shows_the_reduce_queue_and_the_reducer() -> None:
+    body = dashboard_body(CLOUD)
+    assert "Reduce queue: visible / in flight" in body and "Reduce queue: age of oldest message (s)" in body
+    assert '"ReduceQueue","QueueName"' in body.replace(" ", "")
+    assert functions(CLOUD)["reducer"]["LogicalId"] in body
+
+
 def test_dashboard_shows_the_queue_the_forwarder_the_services_and_each_job() -> None:
     body = dashboard_body(CLOUD)
     for metric in (
@@ -534,6 +590,8 @@ def test_outputs_are_exactly_the_contract() -> None:
         "DeadLetterFunctionName",
         "SweeperFunctionName",
         "SigningSecretArn",
+        "ReduceQueueUrl",
+        "ReduceForwarderFunctionName",
     )
     assert contract.CLOUD_OUTPUTS[len(contract.LOCAL_OUTPUTS) :] == (
         "LiveServiceUrl",
@@ -551,7 +609,7 @@ def test_local_stage_has_nothing_the_emulator_cannot_create() -> None:
     assert not [
         t for t in types if t.split("::")[1] in ("EC2", "ECS", "ElasticLoadBalancingV2", "CloudWatch", "SNS", "KMS")
     ]
-    assert len([t for t in resources.values() if t["Type"] == "AWS::Lambda::Function"]) == 4
+    assert len([t for t in resources.values() if t["Type"] == "AWS::Lambda::Function"]) == 5
     assert "017000801446" not in json.dumps(resources)
 
 
@@ -561,22 +619,27 @@ def test_cloud_stage_has_no_custom_resources() -> None:
 
 
 def test_local_stage_takes_a_laptop_cap_on_forwarder_concurrency() -> None:
+    from infra.push_settings import REDUCE_MAX_CONCURRENCY
     from microprocess.jobs import JOBS
     from tests.test_infra_synth import synthesize
 
     declared = min(job.max_concurrency for job in JOBS)
     synth = synthesize({"stage": "all", "forwarder_max_concurrency": "8"})
 
-    def forwarder_concurrency(stack: str) -> set[int]:
+    def forwarder_concurrency(stack: str, queue: str = "TaskQueue") -> set[int]:
         mappings = synth.resources(stack, "AWS::Lambda::EventSourceMapping").values()
         return {
             m["Properties"]["ScalingConfig"]["MaximumConcurrency"]
             for m in mappings
             if "ScalingConfig" in m["Properties"]
+            and m["Properties"]["EventSourceArn"] == {"Fn::GetAtt": [queue, "Arn"]}
         }
 
     assert forwarder_concurrency(LOCAL) == {min(8, declared)}
     assert forwarder_concurrency(CLOUD) == {declared}  # the cloud keeps the declarations
+    # the reducer's small cap, lowered by the laptop cap too
+    assert forwarder_concurrency(LOCAL, "ReduceQueue") == {min(8, REDUCE_MAX_CONCURRENCY, declared)}
+    assert forwarder_concurrency(CLOUD, "ReduceQueue") == {min(REDUCE_MAX_CONCURRENCY, declared)}
 
 
 def test_local_stage_takes_a_short_visibility_timeout() -> None:
@@ -589,3 +652,40 @@ def test_local_stage_takes_a_short_visibility_timeout() -> None:
 
     assert task_queue_visibility(LOCAL) == 20
     assert task_queue_visibility(CLOUD) == synthesized().stacks[CLOUD].push_settings.visibility_timeout_s
+
+
+def test_local_stage_takes_a_short_reduce_visibility_timeout() -> None:
+    from tests.test_infra_synth import synthesize
+
+    synth = synthesize({"stage": "all", "task_visibility_timeout_s": "20", "reduce_visibility_timeout_s": "20"})
+
+    def visibility(stack: str, queue: str) -> int:
+        return synth.templates[stack]["Resources"][queue]["Properties"]["VisibilityTimeout"]
+
+    assert visibility(LOCAL, "TaskQueue") == visibility(LOCAL, "ReduceQueue") == 20
+    cloud = synthesized().stacks[CLOUD].push_settings
+    assert visibility(CLOUD, "ReduceQueue") == cloud.reduce_visibility_timeout_s
+    assert visibility(CLOUD, "TaskQueue") == cloud.visibility_timeout_s
+
+
+def test_push_settings_derive_a_short_task_forwarder_and_a_long_reducer() -> None:
+    from infra.push_settings import FORWARDER_OVERHEAD_S, VISIBILITY_FACTOR, PushSettings
+    from microprocess.forwarder import REDUCE_TIMEOUT_S
+    from microprocess.jobs import JOBS
+
+    push = PushSettings.from_jobs(JOBS)
+    assert push.forwarder_timeout_s == max(job.task_timeout_s for job in JOBS) + FORWARDER_OVERHEAD_S == 70
+    assert push.visibility_timeout_s == VISIBILITY_FACTOR * push.forwarder_timeout_s == 420
+    assert push.reduce_forwarder_timeout_s == REDUCE_TIMEOUT_S + FORWARDER_OVERHEAD_S == 660
+    assert push.reduce_visibility_timeout_s == VISIBILITY_FACTOR * push.reduce_forwarder_timeout_s == 3960
+    assert (push.reduce_batch_size, push.tasks.timeout_s, push.reduces.timeout_s) == (1, 70, 660)
+
+
+def test_reduce_visibility_is_a_local_stage_setting() -> None:
+    from pathlib import Path
+
+    from infra.stack import MicroprocessStack, StageSettings
+
+    settings = StageSettings(repo_root=Path("."), ses_sender="a@example.com", reduce_visibility_timeout_s=20)
+    with pytest.raises(ValueError, match="reduce_visibility_timeout_s is a local-stage setting"):
+        MicroprocessStack(None, "X", settings=settings)  # type: ignore[arg-type]

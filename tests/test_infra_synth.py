@@ -111,7 +111,7 @@ def test_lambda_code_asset_holds_only_the_handlers_and_the_core() -> None:
     assert len(folders) == 1, folders
     files = {p.relative_to(folders[0]).as_posix() for p in folders[0].rglob("*") if p.is_file()}
     assert {p.split("/")[0] for p in files} == {"functions", "microprocess"}
-    for name in ("splitter", "forwarder", "dead_letter", "sweeper"):
+    for name in ("splitter", "forwarder", "reducer", "dead_letter", "sweeper"):
         assert f"functions/{name}/__init__.py" in files
     assert "microprocess/ledger.py" in files
     assert not [p for p in files if "__pycache__" in p or p.endswith(".pyc") or p.startswith("microprocess/local/")]

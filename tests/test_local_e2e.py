@@ -82,12 +82,16 @@ def emails_of(state: LocalState, run_id: str) -> list[dict[str, Any]]:
     return [m for m in captured_emails(state.endpoint_url) if run_id in (m.get("Subject") or "")]
 
 
-def queue_empty(state: LocalState) -> bool:
+def queue_attributes(state: LocalState) -> dict[str, str]:
     sqs = aws_client("sqs", state.endpoint_url)
-    attrs = sqs.get_queue_attributes(
+    return sqs.get_queue_attributes(
         QueueUrl=state.outputs["TaskQueueUrl"],
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
+
+
+def queue_empty(state: LocalState) -> bool:
+    attrs = queue_attributes(state)
     return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"]) == 0
 
 
@@ -140,13 +144,22 @@ def test_status_and_runs_agree_with_the_ledger(first_run: dict[str, Any], runner
     assert by_job == listed
 
 
+@pytest.fixture
+def slow_queue_service(stack: LocalStack) -> Iterator[None]:
+    """The queue service with every task call waiting 2 s; afterwards, the module's faults again,
+    so that a module fixture set up after this test (xdist may order it so) sees the stack it expects."""
+    slow = stack.ws.workdir / "slow.json"
+    slow.write_text(json.dumps({"rate_timeout": 1.0, "timeout_s": 2}))
+    stack.restart_service("queue", chaos=slow)
+    yield
+    stack.restart_service("queue", chaos=stack.ws.workdir / "chaos.json")
+
+
+@pytest.mark.usefixtures("slow_queue_service")
 def test_cancel_stops_calling_the_service(
     stack: LocalStack, state: LocalState, runner: CliRunner, ledger: Ledger
 ) -> None:
     # GIVEN a slow queue service (every task call waits 2 s), so that the run is still going when cancelled
-    slow = stack.ws.workdir / "slow.json"
-    slow.write_text(json.dumps({"rate_timeout": 1.0, "timeout_s": 2}))
-    stack.restart_service("queue", chaos=slow)
     (started,) = cli_json(runner, "run", "credit-scores", "--json")
     run_id = started["run_id"]
     deadline = time.monotonic() + 30
@@ -160,7 +173,7 @@ def test_cancel_stops_calling_the_service(
     deadline = time.monotonic() + 60
     while not queue_empty(state) and time.monotonic() < deadline:
         time.sleep(0.25)
-    assert queue_empty(state)
+    assert queue_empty(state), queue_attributes(state)
     final = ledger.progress(run_id)
     assert final.status is RunStatus.CANCELLED
     assert final.succeeded + final.failed < COMPANIES

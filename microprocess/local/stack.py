@@ -40,8 +40,8 @@ from microprocess.local.workspace import Workspace
 
 Echo = Callable[[str], None]
 
-#: The local task queue's visibility timeout: a crashed forwarder batch is retried after
-#: this long (on AWS: 6 x the forwarder timeout, which the reduce's long pushes set).
+#: The local push queues' visibility timeout (task and reduce queue): a crashed forwarder
+#: batch is retried after this long (on AWS: 6 x each queue's forwarder timeout).
 LOCAL_VISIBILITY_TIMEOUT_S = 20
 
 #: Companies seeded by `local up` unless told otherwise.
@@ -244,7 +244,11 @@ class LocalStack:
     @staticmethod
     def _laptop_context(options: UpOptions) -> dict[str, str]:
         """CDK context that fits the local stage to this laptop (concurrency 0: as the jobs declare)."""
-        context = {"task_visibility_timeout_s": str(LOCAL_VISIBILITY_TIMEOUT_S)}
+        # Both push queues: a crashed forwarder's (or reducer's) batch comes back in seconds.
+        context = {
+            "task_visibility_timeout_s": str(LOCAL_VISIBILITY_TIMEOUT_S),
+            "reduce_visibility_timeout_s": str(LOCAL_VISIBILITY_TIMEOUT_S),
+        }
         if options.forwarder_concurrency != 0:
             context["forwarder_max_concurrency"] = str(options.forwarder_concurrency or laptop_concurrency())
         return context
