@@ -115,7 +115,6 @@ class Forwarder:
         task_queue_url: str,
         dead_letter_queue_url: str,
         sender: QueueSender,
-        reduce_queue_url: str = "",
         reduce_sender: QueueSender | None = None,
         faults: FaultInjector | None = None,
         emit: MetricsEmitter | None = None,
@@ -131,7 +130,6 @@ class Forwarder:
         self.sqs = sqs
         self.s3 = s3
         self.task_queue_url = task_queue_url
-        self.reduce_queue_url = reduce_queue_url or task_queue_url
         self.dead_letter_queue_url = dead_letter_queue_url
         self.sender = sender
         #: Reduce parts and finalizes go to the reduce queue (the task queue when not given).
@@ -250,6 +248,11 @@ class Forwarder:
             MessageBody=body,
             MessageAttributes={REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:2000]}},
         )
+
+    @property
+    def reduce_queue_url(self) -> str:
+        """The reduce queue: where the reduce sender sends (the task queue without one)."""
+        return self.reduce_sender.queue_url
 
     def queue_url_of(self, record: dict[str, Any]) -> str:
         """The URL of the queue a record came from, from its `eventSourceARN`

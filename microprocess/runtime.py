@@ -106,7 +106,6 @@ def forwarder() -> Forwarder:
         sqs=client("sqs"),
         s3=client("s3"),
         task_queue_url=s.task_queue_url,
-        reduce_queue_url=s.reduce_queue_url,
         dead_letter_queue_url=s.dead_letter_queue_url,
         sender=sender(),
         reduce_sender=reduce_sender(),

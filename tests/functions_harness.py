@@ -172,7 +172,7 @@ class Stack:
 
     def two_queues(self) -> dict[str, Any]:
         """Keyword arguments that send reduce parts and finalizes to the reduce queue."""
-        return {"reduce_queue_url": self.reduce_queue, "reduce_sender": self.reduce_sender}
+        return {"reduce_sender": self.reduce_sender}
 
     def forwarder(self, *, two_queues: bool = False, **kw: Any) -> Forwarder:
         if two_queues:

@@ -14,6 +14,7 @@ from microprocess.faults import FaultConfig, FaultInjector
 from microprocess.forwarder import Forwarder
 from microprocess.ledger import RunStatus
 from microprocess.push import HttpPusher
+from microprocess.queue import QueueSender
 from microprocess.settings import RuntimeSettings
 from microprocess.sweeper import Sweeper
 from tests.functions_harness import JOB, REGISTRY, Behaviour, Stack, sqs_record
@@ -130,9 +131,9 @@ def test_queue_of_a_record_comes_from_its_event_source_arn(stack: Stack, arn: st
         sqs=stack.sqs,
         s3=stack.s3,
         task_queue_url=task,
-        reduce_queue_url=reduce,
         dead_letter_queue_url=stack.dlq,
         sender=stack.sender,
+        reduce_sender=QueueSender(client=stack.sqs, queue_url=reduce),
     )
     assert fwd.queue_url_of({"eventSourceARN": arn}) == (reduce if queue == "reduce" else task)
 
