@@ -41,30 +41,19 @@ class PushQueue(Construct):
         dead_letter_visibility_timeout: Duration,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.dead_letter_queue = sqs.Queue(
-            self,
-            "DeadLetterQueue",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=RETENTION,
-            visibility_timeout=dead_letter_visibility_timeout,
-        )
+        self.dead_letter_queue = self._queue("DeadLetterQueue", dead_letter_visibility_timeout)
         redrive = sqs.DeadLetterQueue(queue=self.dead_letter_queue, max_receive_count=max_receive_count)
-        self.queue = sqs.Queue(
+        self.queue = self._queue("TaskQueue", visibility_timeout, redrive)
+        self.reduce_queue = self._queue("ReduceQueue", reduce_visibility_timeout, redrive)
+
+    def _queue(self, construct_id: str, visibility: Duration, redrive: sqs.DeadLetterQueue | None = None) -> sqs.Queue:
+        """A queue with the settings all three share: SQS-managed encryption, TLS only, retention."""
+        return sqs.Queue(
             self,
-            "TaskQueue",
+            construct_id,
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
             retention_period=RETENTION,
-            visibility_timeout=visibility_timeout,
-            dead_letter_queue=redrive,
-        )
-        self.reduce_queue = sqs.Queue(
-            self,
-            "ReduceQueue",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=RETENTION,
-            visibility_timeout=reduce_visibility_timeout,
+            visibility_timeout=visibility,
             dead_letter_queue=redrive,
         )
