@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.figures import EventSourceUse, FunctionUse, Observed, parse_time
-from microprocess.jobs import CREDIT_SCORES
 from microprocess.ledger import Ledger, RunStatus
 from microprocess.local import LocalStack, StackAlreadyRunning, UpOptions, Workspace, aws_client, captured_emails
 from microprocess.local.emulator import aws_env
@@ -43,8 +42,9 @@ from microprocess.local.sender import ses_sender
 from microprocess.local.services import QUEUE, service_env
 from microprocess.local.tuning import warm_workers
 from microprocess.local.workspace import project_root
-from microprocess.queue import QueueSender
-from microprocess.settings import RuntimeSettings
+from microprocess.pipeline.queue import QueueSender
+from microprocess.pipeline.settings import RuntimeSettings
+from tests.declared import CREDIT_SCORES
 
 Echo = Callable[[str], None]
 
@@ -337,7 +337,7 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 
 def envelope_bodies(n: int) -> list[str]:
     """`n` message bodies of the real shape and size: task envelopes of seeded companies."""
-    from microprocess.envelope import TaskEnvelope, shard_of
+    from microprocess.pipeline.envelope import TaskEnvelope, shard_of
     from microservice.domain import generate_companies
 
     job = CREDIT_SCORES

@@ -15,7 +15,7 @@ import contextlib
 import json
 from typing import Any
 
-from microprocess.jobs import CREDIT_SCORES
+from tests.declared import CREDIT_SCORES
 
 TASK_PATH = CREDIT_SCORES.task_path
 _HEADERS = [(b"content-type", b"application/json")]

@@ -246,10 +246,10 @@ class RecordingSes:
 
 def build_report(results: int, workdir: Path) -> dict[str, Any]:
     """Build the report of a synthetic run of `results` tasks; measure this process's peak RSS."""
-    from microprocess.jobs import CREDIT_SCORES
     from microprocess.ledger import Ledger
     from microservice.reduce import ReduceRequest, finalize, reduce_part
     from microservice.settings import S3_MIN_PART_BYTES
+    from tests.declared import CREDIT_SCORES
 
     job, run_id, table, bucket = CREDIT_SCORES, "bench-memory-run", "ledger", "reports"
     client = SyntheticLedgerClient(table, run_id, job.name, results)

@@ -35,9 +35,9 @@ from bench.figures import (
     splitter_model,
     usage_split,
 )
-from microprocess.jobs import CREDIT_SCORES
-from microprocess.planner import MEASURED_COSTS_PATH, MeasuredCosts, plan_run
-from microprocess.pricing import Usage, cost_by_service, lambda_gb_seconds, load_price_table
+from microprocess.cli.planner import MEASURED_COSTS_PATH, MeasuredCosts, plan_run
+from microprocess.cli.pricing import Usage, cost_by_service, lambda_gb_seconds, load_price_table
+from tests.declared import CREDIT_SCORES
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 SEED_ITEMS = 19_000_000

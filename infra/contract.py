@@ -27,7 +27,7 @@ POWERTOOLS_METRICS_NAMESPACE: Final = "POWERTOOLS_METRICS_NAMESPACE"
 POWERTOOLS_TRACE_DISABLED: Final = "POWERTOOLS_TRACE_DISABLED"
 LOG_LEVEL: Final = "LOG_LEVEL"
 
-#: Variables read by Powertools itself rather than by `microprocess.settings.RuntimeSettings`.
+#: Variables read by Powertools itself rather than by `microprocess.pipeline.settings.RuntimeSettings`.
 POWERTOOLS_VARIABLES: Final = frozenset(
     {POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_TRACE_DISABLED, LOG_LEVEL}
 )

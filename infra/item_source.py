@@ -6,7 +6,7 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
-from microprocess.jobs import JobDeclaration, SourceKind
+from microprocess.declarations import JobDeclaration, SourceKind
 
 
 def source_partition_key(jobs: list[JobDeclaration], role: str) -> str:

@@ -51,7 +51,7 @@ def code_asset(root: Path) -> lambda_.Code:
             raise FileNotFoundError(f"{root / folder} is not a Python package: the Lambda code asset needs it")
     # `*` does not match dot-files: `.*` keeps .venv, .git and the caches out (and unwalked).
     exclude = [".*", "*", *(f"!{folder}" for folder in CODE_FOLDERS), *(f"!{folder}/**" for folder in CODE_FOLDERS)]
-    exclude += ["**/__pycache__", "**/*.pyc", "microprocess/local"]
+    exclude += ["!microprocess.toml", "**/__pycache__", "**/*.pyc", "microprocess/local"]
     return lambda_.Code.from_asset(str(root), exclude=exclude)
 
 

@@ -17,7 +17,7 @@ from constructs import Construct
 
 from infra import contract
 from infra.push_queue import PushQueue
-from microprocess.jobs import JobDeclaration
+from microprocess.declarations import JobDeclaration
 
 PERIOD = Duration.minutes(5)
 #: A task message older than this means the forwarder is not keeping up (or not running).

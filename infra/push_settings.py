@@ -15,8 +15,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from microprocess.forwarder import REDUCE_TIMEOUT_S
-from microprocess.jobs import JobDeclaration
+from microprocess.declarations import JobDeclaration
+from microprocess.pipeline.forwarder import REDUCE_TIMEOUT_S
 
 #: SQS redrives a message this many receives after the job's last attempt, so that the
 #: forwarder itself records FAILED at `max_attempts` and the DLQ only catches crashes.

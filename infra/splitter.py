@@ -16,7 +16,7 @@ from infra import contract
 from infra.forwarder import CLAIMS_PREFIX
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
-from microprocess.jobs import JobDeclaration, SourceKind
+from microprocess.declarations import JobDeclaration, SourceKind
 
 #: Lambda's maximum: the splitter works until its remaining time is short, then continues itself.
 TIMEOUT = Duration.minutes(15)

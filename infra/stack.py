@@ -35,7 +35,7 @@ from infra.scores_service import DomainSettings, ScoresService
 from infra.signing_secret import SigningSecret
 from infra.splitter import Splitter
 from infra.sweeper import Sweeper
-from microprocess.jobs import JOBS, JobRegistry
+from microprocess.declarations import JobRegistry, get_declarations
 
 #: The role name of the item source table every declared job reads today.
 COMPANIES_ROLE = "companies"
@@ -133,11 +133,11 @@ class MicroprocessStack(Stack):
         construct_id: str,
         *,
         settings: StageSettings,
-        jobs: JobRegistry = JOBS,
+        jobs: JobRegistry | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        declared = list(jobs)
+        declared = list(jobs if jobs is not None else get_declarations().jobs)
         local = settings.is_local
         stateful = RemovalPolicy.DESTROY if local else RemovalPolicy.RETAIN
         Tags.of(self).add("project", "microprocess")

@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from microprocess.faults import read_chaos_document
+from microprocess.chaos.faults import read_chaos_document
 from microservice.errors import error_response
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from microprocess.jobs import CREDIT_SCORES
 from microservice.chaos import ChaosMiddleware, ChaosMonkey, load_chaos
+from microservice.declared import JOB as CREDIT_SCORES
 from microservice.errors import install_error_handlers
 from microservice.routers import chaos, companies, health, reduce, tasks
 from microservice.settings import ServiceRole, Settings, SettingsError, get_settings

@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from microprocess.jobs import JobDeclaration
+from microprocess.declarations import JobDeclaration
 from microprocess.ledger import Ledger, LedgerError, RunNotFound, RunRecord, RunStatus, utc_now_iso
 from microservice.errors import ServiceError
 from microservice.report_page import render_report_page

@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from microprocess.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, verify
+from microprocess.service.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, verify
 from microservice.aws import AwsClients, get_aws
 from microservice.errors import ServiceError
 from microservice.settings import Settings, get_settings

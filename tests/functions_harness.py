@@ -17,14 +17,15 @@ from typing import Any
 import boto3
 import pytest
 
-from microprocess.forwarder import Forwarder
-from microprocess.jobs import CREDIT_SCORES, JobDeclaration, JobRegistry, declare
+from microprocess.declarations import JobDeclaration, JobRegistry, declare
 from microprocess.ledger import Ledger, ledger_table_definition
-from microprocess.push import HttpPusher
-from microprocess.queue import QueueSender
-from microprocess.settings import RuntimeSettings
-from microprocess.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, verify
-from microprocess.splitter import Splitter
+from microprocess.pipeline.forwarder import Forwarder
+from microprocess.pipeline.push import HttpPusher
+from microprocess.pipeline.queue import QueueSender
+from microprocess.pipeline.settings import RuntimeSettings
+from microprocess.pipeline.splitter import Splitter
+from microprocess.service.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, verify
+from tests.declared import CREDIT_SCORES
 
 EVENTS = Path(__file__).parent / "events"
 SECRET = "test-signing-secret"
@@ -313,7 +314,7 @@ def stack(aws: None) -> Iterator[Stack]:
         ledger_table="ledger",
         task_queue_url=task_queue,
         dead_letter_queue_url=dlq,
-        companies_table="companies",
+        source_tables='{"companies": "companies"}',
         reports_bucket="reports",
         queue_service_url=service.url,
         signing_secret=SECRET,

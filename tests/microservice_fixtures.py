@@ -15,14 +15,15 @@ import boto3
 import pytest
 from fastapi.testclient import TestClient
 
-from microprocess.envelope import shard_of
-from microprocess.jobs import CREDIT_SCORES, JobDeclaration
+from microprocess.declarations import JobDeclaration
 from microprocess.ledger import CURSOR_DONE, Ledger, RunStatus, TaskOutcome, TaskState
-from microprocess.signing import IDEMPOTENCY_HEADER, sign
+from microprocess.pipeline.envelope import shard_of
+from microprocess.service.signing import IDEMPOTENCY_HEADER, sign
 from microservice.aws import AwsClients, get_aws
 from microservice.domain import companies_table_definition, credit_score, generate_companies, seed_companies
 from microservice.main import create_app
 from microservice.settings import Settings
+from tests.declared import CREDIT_SCORES
 
 REGION = "us-east-1"
 SECRET = "test-signing-secret"
@@ -101,7 +102,7 @@ def signed_post(
     timestamp: int | None = None,
     idempotency_key: str | None = None,
 ) -> Any:
-    """POST `payload` signed like the forwarder signs it (`microprocess.signing.sign`)."""
+    """POST `payload` signed like the forwarder signs it (`microprocess.service.signing.sign`)."""
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", **sign(secret, body, timestamp)}
     key = idempotency_key if idempotency_key is not None else f"{payload.get('run_id')}:{payload.get('task_id')}"

@@ -17,7 +17,7 @@ from bench.counting import (
     with_consumed_capacity,
     write_units,
 )
-from microprocess.pricing import PRICE_TABLE_PATH, Usage, cost_by_service, load_price_table
+from microprocess.cli.pricing import PRICE_TABLE_PATH, Usage, cost_by_service, load_price_table
 
 SCHEMAS = {"ledger": ("pk", "sk")}
 

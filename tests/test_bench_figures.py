@@ -24,7 +24,7 @@ from bench.figures import (
 )
 from bench.noop_service import noop_result, wrap
 from bench.report_memory import build_report
-from microprocess.planner import MeasuredCosts
+from microprocess.cli.planner import MeasuredCosts
 
 LEDGER = "ledger-table"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from microprocess.chaos import ChaosSuite, markdown_table, scenarios
+from microprocess.chaos.suite import ChaosSuite, markdown_table, scenarios
 from microprocess.ledger import RunStatus
 
 pytestmark = pytest.mark.e2e

@@ -14,13 +14,13 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
-from microprocess import cli
-from microprocess.envelope import shard_of
-from microprocess.jobs import CREDIT_SCORES
+from microprocess.cli import commands as cli
+from microprocess.cli.progress import RateMeter
 from microprocess.ledger import CURSOR_DONE, Ledger, RunStatus, TaskOutcome, TaskState
 from microprocess.local.state import LocalState, write_state
 from microprocess.local.workspace import WORKDIR_ENV
-from microprocess.progress import RateMeter
+from microprocess.pipeline.envelope import shard_of
+from tests.declared import CREDIT_SCORES
 
 JOB = CREDIT_SCORES
 REGION = "us-east-1"

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from microprocess.envelope import EnvelopeTooLarge, MalformedEnvelope, TaskEnvelope, TaskKind, shard_of
-from microprocess.jobs import CREDIT_SCORES, JOBS, JobDeclarationError, JobRegistry, UnknownJobError, declare
-from microprocess.signing import SignatureError, sign, verify
+from microprocess.declarations import JobDeclarationError, JobRegistry, UnknownJobError, declare
+from microprocess.pipeline.envelope import EnvelopeTooLarge, MalformedEnvelope, TaskEnvelope, TaskKind, shard_of
+from microprocess.service.signing import SignatureError, sign, verify
+from tests.declared import CREDIT_SCORES, JOBS
 
 BASE = CREDIT_SCORES.model_dump()
 
@@ -47,7 +48,7 @@ def test_invalid_declarations_name_the_job_the_field_and_the_fix(change: dict, f
 def test_registry_refuses_duplicates_and_names_known_jobs() -> None:
     with pytest.raises(JobDeclarationError, match="declared twice"):
         JobRegistry([CREDIT_SCORES, CREDIT_SCORES])
-    with pytest.raises(UnknownJobError, match=r"unknown job 'x'; declared jobs: \['credit-scores'\]"):
+    with pytest.raises(UnknownJobError, match=r"unknown job 'x'; declared jobs: \['credit-scores', 'invoice-reminders'\]"):
         JOBS.get("x")
 
 

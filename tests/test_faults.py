@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from microprocess.faults import FaultConfig, FaultInjector, InjectedCrash, load_faults
+from microprocess.chaos.faults import FaultConfig, FaultInjector, InjectedCrash, load_faults
 
 
 def test_unset_means_no_faults() -> None:

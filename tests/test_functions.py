@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from microprocess.envelope import TaskEnvelope, TaskKind, shard_of
-from microprocess.faults import FaultConfig, FaultInjector, InjectedCrash
-from microprocess.forwarder import REASON_ATTRIBUTE, backoff_seconds
-from microprocess.jobs import UnknownJobError
+from microprocess.chaos.faults import FaultConfig, FaultInjector, InjectedCrash
+from microprocess.declarations import UnknownJobError
 from microprocess.ledger import RunStatus, TaskState
-from microprocess.splitter import StartEventError, parse_start_event, scheduled_run_id
-from microprocess.sweeper import Sweeper
+from microprocess.pipeline.envelope import TaskEnvelope, TaskKind, shard_of
+from microprocess.pipeline.forwarder import REASON_ATTRIBUTE, backoff_seconds
+from microprocess.pipeline.splitter import StartEventError, parse_start_event, scheduled_run_id
+from microprocess.pipeline.sweeper import Sweeper
 from tests.functions_harness import (
     JOB,
     REGISTRY,
@@ -434,7 +434,7 @@ def test_reduce_that_keeps_failing_ends_the_run_failed(stack: Stack) -> None:
 
 
 def test_dead_letter_marks_tasks_failed_and_the_run_still_finishes(stack: Stack) -> None:
-    from microprocess.deadletter import DeadLetterHandler
+    from microprocess.pipeline.deadletter import DeadLetterHandler
 
     recs = running_run(stack, 2)
     stack.forwarder().handle({"Records": [recs[0]]})
@@ -448,7 +448,7 @@ def test_dead_letter_marks_tasks_failed_and_the_run_still_finishes(stack: Stack)
 
 
 def test_dead_letter_quarantines_what_it_cannot_parse(stack: Stack) -> None:
-    from microprocess.deadletter import DeadLetterHandler
+    from microprocess.pipeline.deadletter import DeadLetterHandler
 
     handler = DeadLetterHandler(jobs=REGISTRY, ledger=stack.ledger, s3=stack.s3, bucket="reports", sender=stack.sender)
     attrs = {REASON_ATTRIBUTE: {"stringValue": "malformed message: body is not JSON", "dataType": "String"}}
@@ -461,7 +461,7 @@ def test_dead_letter_quarantines_what_it_cannot_parse(stack: Stack) -> None:
 
 
 def test_dead_lettered_reduce_fails_the_run(stack: Stack) -> None:
-    from microprocess.deadletter import DeadLetterHandler
+    from microprocess.pipeline.deadletter import DeadLetterHandler
 
     start(stack, [])
     [part, *_] = stack.receive(stack.task_queue)
@@ -564,7 +564,7 @@ def test_a_task_sent_but_not_yet_accounted_is_deferred_not_lost(stack: Stack) ->
 
 
 def test_dead_letter_quarantines_a_task_that_is_not_part_of_its_run(stack: Stack) -> None:
-    from microprocess.deadletter import DeadLetterHandler
+    from microprocess.pipeline.deadletter import DeadLetterHandler
 
     running_run(stack, 2)
     handler = DeadLetterHandler(jobs=REGISTRY, ledger=stack.ledger, s3=stack.s3, bucket="reports", sender=stack.sender)
@@ -588,7 +588,7 @@ def test_forwarder_log_records_carry_run_id_and_job(stack: Stack, caplog: pytest
 
     stack.service.behaviours["C0000001"] = Behaviour(status=503)
     recs = running_run(stack, 2)
-    with caplog.at_level(logging.INFO, logger="microprocess.forwarder"):
+    with caplog.at_level(logging.INFO, logger="microprocess.pipeline.forwarder"):
         stack.forwarder().handle({"Records": recs})
         stack.service.behaviours.clear()
         stack.forwarder().handle({"Records": recs[1:]})

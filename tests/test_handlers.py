@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from microprocess import runtime
 from microprocess.ledger import RunStatus
-from microprocess.settings import SettingsError, get_settings
+from microprocess.pipeline import runtime
+from microprocess.pipeline.settings import SettingsError, get_settings
 from tests.functions_harness import SECRET, Stack, load_event, seed_companies
 
 
@@ -47,7 +48,7 @@ def env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
         "LEDGER_TABLE": "ledger",
         "TASK_QUEUE_URL": stack.task_queue,
         "DEAD_LETTER_QUEUE_URL": stack.dlq,
-        "COMPANIES_TABLE": stack.companies,
+        "SOURCE_TABLES": json.dumps({"companies": stack.companies}),
         "REPORTS_BUCKET": stack.bucket,
         "QUEUE_SERVICE_URL": stack.service.url,
         "SIGNING_SECRET": SECRET,

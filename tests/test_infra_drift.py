@@ -11,11 +11,11 @@ import pytest
 
 from infra import contract
 from infra.push_settings import FORWARDER_OVERHEAD_S, REDUCE_MAX_CONCURRENCY
-from microprocess.forwarder import REDUCE_TIMEOUT_S
-from microprocess.jobs import JOBS
 from microprocess.ledger import LEDGER_SCHEMA
-from microprocess.settings import RuntimeSettings
+from microprocess.pipeline.forwarder import REDUCE_TIMEOUT_S
+from microprocess.pipeline.settings import RuntimeSettings
 from microservice.settings import Settings as ServiceSettings
+from tests.declared import JOBS
 from tests.test_infra_synth import CLOUD, LOCAL, synthesized
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]

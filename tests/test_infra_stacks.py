@@ -620,7 +620,7 @@ def test_cloud_stage_has_no_custom_resources() -> None:
 
 def test_local_stage_takes_a_laptop_cap_on_forwarder_concurrency() -> None:
     from infra.push_settings import REDUCE_MAX_CONCURRENCY
-    from microprocess.jobs import JOBS
+    from tests.declared import JOBS
     from tests.test_infra_synth import synthesize
 
     declared = min(job.max_concurrency for job in JOBS)
@@ -670,8 +670,8 @@ def test_local_stage_takes_a_short_reduce_visibility_timeout() -> None:
 
 def test_push_settings_derive_a_short_task_forwarder_and_a_long_reducer() -> None:
     from infra.push_settings import FORWARDER_OVERHEAD_S, VISIBILITY_FACTOR, PushSettings
-    from microprocess.forwarder import REDUCE_TIMEOUT_S
-    from microprocess.jobs import JOBS
+    from microprocess.pipeline.forwarder import REDUCE_TIMEOUT_S
+    from tests.declared import JOBS
 
     push = PushSettings.from_jobs(JOBS)
     assert push.forwarder_timeout_s == max(job.task_timeout_s for job in JOBS) + FORWARDER_OVERHEAD_S == 70

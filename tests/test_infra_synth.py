@@ -113,7 +113,7 @@ def test_lambda_code_asset_holds_only_the_handlers_and_the_core() -> None:
     assert {p.split("/")[0] for p in files} == {"functions", "microprocess"}
     for name in ("splitter", "forwarder", "reducer", "dead_letter", "sweeper"):
         assert f"functions/{name}/__init__.py" in files
-    assert "microprocess/ledger.py" in files
+    assert "microprocess/ledger/table.py" in files
     assert not [p for p in files if "__pycache__" in p or p.endswith(".pyc") or p.startswith("microprocess/local/")]
 
 

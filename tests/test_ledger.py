@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from microprocess.envelope import shard_of
-from microprocess.jobs import CREDIT_SCORES, declare
+from microprocess.declarations import declare
 from microprocess.ledger import (
     CRASH_AFTER_TASK_WRITE,
     CURSOR_DONE,
@@ -21,6 +20,8 @@ from microprocess.ledger import (
     TaskOutcome,
     TaskState,
 )
+from microprocess.pipeline.envelope import shard_of
+from tests.declared import CREDIT_SCORES
 
 JOB = CREDIT_SCORES
 K = JOB.counter_count

@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from moto import mock_aws
 
-from microprocess.envelope import shard_of
-from microprocess.jobs import CREDIT_SCORES, declare
+from microprocess.declarations import declare
 from microprocess.ledger import (
     CRASH_AFTER_TASK_WRITE,
     CURSOR_DONE,
@@ -29,6 +28,8 @@ from microprocess.ledger import (
     TaskState,
     ledger_table_definition,
 )
+from microprocess.pipeline.envelope import shard_of
+from tests.declared import CREDIT_SCORES
 
 JOB = declare(**{**CREDIT_SCORES.model_dump(), "shard_count": 3, "counter_count": 4})
 RUN = "run-1"

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from microprocess import cli
-from microprocess.jobs import CREDIT_SCORES
+from microprocess.cli import commands as cli
 from microprocess.ledger import Ledger, RunStatus
 from microprocess.local import LocalStack, LocalState, UpOptions, Workspace, aws_client, captured_emails
 from microprocess.local.processes import descendants, is_running, port_open
 from microprocess.local.workspace import WORKDIR_ENV, project_root
+from tests.declared import CREDIT_SCORES
 
 pytestmark = pytest.mark.e2e
 

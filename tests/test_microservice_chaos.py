@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from microprocess.jobs import CREDIT_SCORES
 from microservice.main import create_app
 from microservice.settings import SettingsError
+from tests.declared import CREDIT_SCORES
 from tests.microservice_fixtures import (  # noqa: F401  (env: fixture)
     Env,
     client_for,

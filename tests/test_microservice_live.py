@@ -8,8 +8,8 @@ import time
 
 from fastapi.testclient import TestClient
 
-from microprocess.jobs import CREDIT_SCORES
 from microservice.domain import credit_score, make_company, score_factors
+from tests.declared import CREDIT_SCORES
 from tests.microservice_fixtures import (  # noqa: F401  (env, live_client: fixtures)
     SEED,
     Env,

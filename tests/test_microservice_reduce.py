@@ -18,11 +18,11 @@ from fastapi.testclient import TestClient
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
 
-from microprocess.jobs import CREDIT_SCORES
 from microprocess.ledger import RunStatus, TaskOutcome, TaskState
 from microservice.reduce import PART_TAG_KEY, PART_TAG_VALUE, ReportLayout
 from microservice.report_stats import FAILURE_COLUMNS, REPORT_COLUMNS
 from microservice.s3_upload import S3StreamWriter
+from tests.declared import CREDIT_SCORES
 from tests.microservice_fixtures import (  # noqa: F401  (env, queue_client: fixtures)
     BUCKET,
     REGION,

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from microprocess.jobs import CREDIT_SCORES
-from microprocess.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from microprocess.service.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from microservice.aws import AwsClients
 from microservice.domain import credit_score, make_company
+from tests.declared import CREDIT_SCORES
 from tests.microservice_fixtures import (  # noqa: F401  (env, queue_client: fixtures)
     SECRET,
     SEED,

@@ -10,9 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from microprocess import planner
-from microprocess.jobs import CREDIT_SCORES, UnknownJobError
-from microprocess.planner import (
+from microprocess.cli import planner
+from microprocess.cli.planner import (
     MeasuredCosts,
     PlanError,
     ceiling_items_per_s,
@@ -21,7 +20,9 @@ from microprocess.planner import (
     splitter_invocations,
     wall_time,
 )
-from microprocess.pricing import PriceTable, Usage, load_price_table
+from microprocess.cli.pricing import PriceTable, Usage, load_price_table
+from microprocess.declarations import UnknownJobError
+from tests.declared import CREDIT_SCORES
 
 #: Hand-written measurements, so that the expected numbers below can be checked by hand.
 MEASURED = {

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from microprocess.deadletter import DeadLetterHandler
-from microprocess.envelope import TaskEnvelope, TaskKind
-from microprocess.faults import FaultConfig, FaultInjector
-from microprocess.forwarder import Forwarder
+from microprocess.chaos.faults import FaultConfig, FaultInjector
 from microprocess.ledger import RunStatus
-from microprocess.push import HttpPusher
-from microprocess.queue import QueueSender
-from microprocess.settings import RuntimeSettings
-from microprocess.sweeper import Sweeper
+from microprocess.pipeline.deadletter import DeadLetterHandler
+from microprocess.pipeline.envelope import TaskEnvelope, TaskKind
+from microprocess.pipeline.forwarder import Forwarder
+from microprocess.pipeline.push import HttpPusher
+from microprocess.pipeline.queue import QueueSender
+from microprocess.pipeline.settings import RuntimeSettings
+from microprocess.pipeline.sweeper import Sweeper
 from tests.functions_harness import JOB, REGISTRY, Behaviour, Stack, sqs_record
 from tests.test_functions import envelope_for
 

@@ -5,8 +5,8 @@ from typing import Any
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from microprocess import runtime
-from microprocess.logs import share_logger_config
+from microprocess.pipeline import runtime
+from microprocess.pipeline.logs import share_logger_config
 
 logger = Logger()
 tracer = Tracer()

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from microprocess.jobs import CREDIT_SCORES
+from microservice.declared import JOB as CREDIT_SCORES
 from microservice.dependencies import AwsDep, LedgerDep, SettingsDep
 from microservice.reduce import ReduceRequest, finalize, reduce_part
 from microservice.security import body_schema, signed_body

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from microprocess.jobs import CREDIT_SCORES
+from microservice.declared import JOB as CREDIT_SCORES
 from microservice.dependencies import CompanyStoreDep, SettingsDep
 from microservice.scoring import CreditScoreResult, CreditScoreTask, run_credit_score_task
 from microservice.security import body_schema, signed_body

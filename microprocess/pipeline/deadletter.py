@@ -16,12 +16,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from microprocess.envelope import MalformedEnvelope, TaskEnvelope, TaskKind
-from microprocess.fanin import enqueue_reduce_parts
-from microprocess.forwarder import REASON_ATTRIBUTE
-from microprocess.jobs import JobRegistry, UnknownJobError
+from microprocess.declarations import JobRegistry, UnknownJobError
 from microprocess.ledger import Ledger, TaskOutcome, TaskState
-from microprocess.queue import QueueSender
+from microprocess.pipeline.envelope import MalformedEnvelope, TaskEnvelope, TaskKind
+from microprocess.pipeline.fanin import enqueue_reduce_parts
+from microprocess.pipeline.forwarder import REASON_ATTRIBUTE
+from microprocess.pipeline.queue import QueueSender
 
 log = logging.getLogger(__name__)
 MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)

@@ -2,7 +2,7 @@
 
 Pure functions over three inputs kept in the repository:
 
-* the job declaration (`microprocess.jobs`): batch size and the event source's concurrency cap;
+* the job declaration (`microprocess.declarations`): batch size and the event source's concurrency cap;
 * the list prices (`microprocess/pricing_table.json`, dated, with their source);
 * what `make bench` measured (`microprocess/measured_costs.json`): AWS requests and
   DynamoDB units per item, forwarder invocations per item and their duration beyond
@@ -33,8 +33,7 @@ from typing import Annotated, Any
 
 import typer
 
-from microprocess.jobs import JOBS, JobDeclaration, JobRegistry, UnknownJobError
-from microprocess.pricing import (
+from microprocess.cli.pricing import (
     SERVICES,
     PriceTable,
     Usage,
@@ -42,6 +41,7 @@ from microprocess.pricing import (
     lambda_gb_seconds,
     load_price_table,
 )
+from microprocess.declarations import JobDeclaration, JobRegistry, UnknownJobError, get_declarations
 
 MEASURED_COSTS_PATH = Path(__file__).with_name("measured_costs.json")
 
@@ -332,7 +332,7 @@ def plan_job(
     *,
     concurrency: int | None = None,
     task_seconds: float = 0.5,
-    jobs: JobRegistry = JOBS,
+    jobs: JobRegistry | None = None,
     measured: MeasuredCosts | None = None,
     prices: PriceTable | None = None,
 ) -> Plan:
@@ -340,7 +340,7 @@ def plan_job(
 
     Raises `UnknownJobError` for an undeclared job and `PlanError` for bad numbers.
     """
-    job = jobs.get(job_name)
+    job = (jobs or get_declarations().jobs).get(job_name)
     return plan_run(
         job,
         items,
@@ -403,7 +403,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("plan")
     def plan_command(
-        job: Annotated[str, typer.Argument(help="A declared job, e.g. credit-scores.")],
+        job: Annotated[str, typer.Argument(help="A declared job (see microprocess.toml).")],
         items: Annotated[int, typer.Option("--items", help="Items in the run.")],
         concurrency: Annotated[
             int | None,

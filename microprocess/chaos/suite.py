@@ -6,7 +6,7 @@ checks that every run still ends as ARCHITECTURE §3 promises.
 
 Faults are configured, not coded in: each scenario writes one `MICROPROCESS_CHAOS`
 document read by the functions (crash points, duplicate deliveries; see
-`microprocess.faults`) and by the queue service (503/429 with Retry-After, timeouts,
+`microprocess.chaos.faults`) and by the queue service (503/429 with Retry-After, timeouts,
 poison and bad-request ids; see `microservice.chaos`).
 
 Every run must end with (checked from the ledger, the report and the captured email):
@@ -30,19 +30,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from microprocess.envelope import TaskEnvelope, shard_of
-from microprocess.jobs import CREDIT_SCORES, JobDeclaration
+from microprocess.declarations import JobDeclaration, SourceKind, get_declarations
 from microprocess.ledger import Ledger, RunStatus, TaskState
+from microprocess.pipeline.envelope import TaskEnvelope, shard_of
 
 Echo = Callable[[str], None]
-JOB: JobDeclaration = CREDIT_SCORES
+#: The job the suite drives: `[local] chaos_job` of the declaration file.
+JOB: JobDeclaration = get_declarations().jobs.get(get_declarations().local.chaos_job)  # type: ignore[union-attr]
 TERMINAL = {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
 #: Sweeper settings for the suite: stuck after a few quiet seconds (AWS default: 15 min).
 SWEEPER_ENV = {"STUCK_AFTER_S": "6", "REDUCE_TIMEOUT_S": "45"}
 
 
-def company(i: int) -> dict[str, str]:
-    return {"company_id": f"C{i:07d}"}
+def _item_ids() -> str:
+    """The id format of the chaos job's seeded items (`local_item_ids` of its source table)."""
+    table = get_declarations().tables.get(JOB.source.table or "") if JOB.source.kind is SourceKind.DYNAMODB else None
+    if table is None or not table.local_item_ids:
+        raise SystemExit(
+            f"the chaos job '{JOB.name}' must read a declared table with local_seed and local_item_ids "
+            "(the suite addresses seeded items by number)"
+        )
+    return table.local_item_ids
+
+
+def item(i: int) -> dict[str, str]:
+    """The i-th seeded item of the chaos job's source (1-based), as the splitter reads it."""
+    return {JOB.item_id_field: _item_ids().format(n=i)}
+
+
+#: An id no seeded item has: the service answers 404 (a permanent failure).
+UNKNOWN_ITEM_ID = "UNKNOWN-0000000"
 
 
 @dataclass(frozen=True)
@@ -51,12 +68,12 @@ class Scenario:
 
     Attributes:
         name: short name, shown in the summary table.
-        items: source items (companies C0000001.. plus `extra_items`).
-        function_faults: `microprocess.faults.FaultConfig` keys.
+        items: source items (the seeded items 1..items, plus `extra_items`).
+        function_faults: `microprocess.chaos.faults.FaultConfig` keys.
         service_faults: `microservice.chaos.ChaosConfig` keys.
         restart_service_at: restart the queue service when this fraction of tasks is done.
         malformed: put malformed messages straight on the task queue.
-        extra_items: items added to the source (unknown companies, duplicates).
+        extra_items: items added to the source (unknown items, duplicates).
         expect: the status the run must end with.
     """
 
@@ -70,7 +87,7 @@ class Scenario:
     expect: RunStatus = RunStatus.SUCCEEDED
 
     def source(self) -> list[dict[str, str]]:
-        return [company(i) for i in range(1, self.items + 1)] + list(self.extra_items)
+        return [item(i) for i in range(1, self.items + 1)] + list(self.extra_items)
 
 
 def scenarios(size: str) -> list[Scenario]:
@@ -96,14 +113,14 @@ def scenarios(size: str) -> list[Scenario]:
             "poison-under-tolerance",
             n,
             # one poison item (500 until max attempts) in >= 100 items: within the 1% tolerance
-            service_faults={"poison_ids": [company(7)["company_id"]]},
+            service_faults={"poison_ids": [item(7)[JOB.item_id_field]]},
         ),
         Scenario(
             "poison-over-tolerance",
             n,
             service_faults={
-                "poison_ids": [company(i)["company_id"] for i in (3, 5, 8)],
-                "bad_request_ids": [company(i)["company_id"] for i in (11, 13)],
+                "poison_ids": [item(i)[JOB.item_id_field] for i in (3, 5, 8)],
+                "bad_request_ids": [item(i)[JOB.item_id_field] for i in (11, 13)],
             },
             expect=RunStatus.FAILED,
         ),
@@ -112,8 +129,8 @@ def scenarios(size: str) -> list[Scenario]:
             "bad-input",
             n,
             malformed=True,
-            # an unknown company (404 → FAILED) and a duplicate item in the source (its own task)
-            extra_items=({"company_id": "C9999999"}, company(2)),
+            # an unknown item (404 → FAILED) and a duplicate item in the source (its own task)
+            extra_items=({JOB.item_id_field: UNKNOWN_ITEM_ID}, item(2)),
         ),
     ]
     if size == "full":
@@ -167,8 +184,7 @@ class ChaosSuite:
 
         ws = Workspace.discover(self.workdir)
         self.stack = LocalStack(ws, echo=self.echo)
-        companies = max(s.items for s in matrix)
-        state = self.stack.up(UpOptions(companies=companies))
+        state = self.stack.up(UpOptions(items=max(s.items for s in matrix)))
         try:
             self._connect(state)
             self._set_env(self.outputs["SweeperFunctionName"], SWEEPER_ENV)
@@ -248,7 +264,7 @@ class ChaosSuite:
     def _inject_malformed(self, run_id: str) -> int:
         """Malformed messages put straight on the queue: each must end in the quarantine."""
         queue = self.outputs["TaskQueueUrl"]
-        env = TaskEnvelope(job=JOB.name, run_id=run_id, task_id="0-000000001", shard=0, item=company(1))
+        env = TaskEnvelope(job=JOB.name, run_id=run_id, task_id="0-000000001", shard=0, item=item(1))
         fake_id = "0-999999999"
         bodies = [
             "this is not JSON",

@@ -43,7 +43,7 @@ class TaskEnvelope(BaseModel):
     Attributes:
         v: envelope schema version.
         kind: task, reduce-part or finalize.
-        job: the job name (see `microprocess.jobs`).
+        job: the job name (see `microprocess.declarations`).
         run_id: the run this task belongs to.
         task_id: deterministic id, unique within the run.
         shard: ledger shard of the task (for a reduce part: the shard it reduces).

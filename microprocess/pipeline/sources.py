@@ -12,14 +12,14 @@ import csv
 import importlib
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol
 
 from boto3.dynamodb.types import TypeDeserializer
 
-from microprocess.jobs import ItemSource, SourceKind
+from microprocess.declarations import ItemSource, SourceKind
 from microprocess.ledger import CURSOR_DONE, Ledger
 
 
@@ -60,7 +60,7 @@ class DynamoDBSource:
 
     def __init__(self, *, client: Any, table_name: str, segments: int) -> None:
         if not table_name:
-            raise SourceError("the dynamodb source needs a table name (COMPANIES_TABLE is empty)")
+            raise SourceError("the dynamodb source needs a table name (SOURCE_TABLES names none for its role)")
         self.client = client
         self.table_name = table_name
         self.segments = segments
@@ -203,11 +203,19 @@ class FailedTasksSource:
 
 
 def source_for(
-    declared: ItemSource, *, dynamodb: Any, s3: Any, companies_table: str
+    declared: ItemSource, *, dynamodb: Any, s3: Any, source_tables: Mapping[str, str]
 ) -> DynamoDBSource | S3ManifestSource | CallableSource:
-    """Build the declared source of a job (inline and retry sources come from the start event)."""
+    """Build the declared source of a job (inline and retry sources come from the start event).
+
+    `source_tables` maps a table role (`source.table`) to the deployed table's name."""
     if declared.kind is SourceKind.DYNAMODB:
-        return DynamoDBSource(client=dynamodb, table_name=companies_table, segments=declared.segments)
+        name = source_tables.get(declared.table or "", "")
+        if not name:
+            raise SourceError(
+                f"no deployed table for the source table role '{declared.table}' (SOURCE_TABLES has "
+                f"{sorted(source_tables)}): declare [tables.{declared.table}] and redeploy"
+            )
+        return DynamoDBSource(client=dynamodb, table_name=name, segments=declared.segments)
     if declared.kind is SourceKind.S3_MANIFEST:
         return S3ManifestSource(client=s3, uri=declared.uri or "", fmt=declared.format or "")
     if declared.kind is SourceKind.CALLABLE:

@@ -14,16 +14,16 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from microprocess.deadletter import DeadLetterHandler
-from microprocess.faults import FaultInjector, load_faults
-from microprocess.forwarder import Forwarder
-from microprocess.jobs import JOBS
+from microprocess.chaos.faults import FaultInjector, load_faults
+from microprocess.declarations import get_declarations
 from microprocess.ledger import Ledger
-from microprocess.push import HttpPusher
-from microprocess.queue import QueueSender
-from microprocess.settings import RuntimeSettings, get_settings
-from microprocess.splitter import Splitter
-from microprocess.sweeper import Sweeper
+from microprocess.pipeline.deadletter import DeadLetterHandler
+from microprocess.pipeline.forwarder import Forwarder
+from microprocess.pipeline.push import HttpPusher
+from microprocess.pipeline.queue import QueueSender
+from microprocess.pipeline.settings import RuntimeSettings, get_settings
+from microprocess.pipeline.splitter import Splitter
+from microprocess.pipeline.sweeper import Sweeper
 
 _CONFIG = Config(max_pool_connections=50, retries={"mode": "standard", "max_attempts": 5})
 
@@ -100,7 +100,7 @@ def emitter() -> Any:
 def forwarder() -> Forwarder:
     s = get_settings()
     return Forwarder(
-        jobs=JOBS,
+        jobs=get_declarations().jobs,
         ledger=ledger(),
         pusher=HttpPusher(s.queue_service_url, SecretCache(s)),
         sqs=client("sqs"),
@@ -121,7 +121,7 @@ def splitter(function_name: str) -> Splitter:
     s = get_settings()
     return Splitter(
         settings=s,
-        jobs=JOBS,
+        jobs=get_declarations().jobs,
         ledger=ledger(),
         sender=sender(),
         reduce_sender=reduce_sender(),
@@ -137,7 +137,12 @@ def splitter(function_name: str) -> Splitter:
 def dead_letter() -> DeadLetterHandler:
     s = get_settings()
     return DeadLetterHandler(
-        jobs=JOBS, ledger=ledger(), s3=client("s3"), bucket=s.reports_bucket, sender=reduce_sender(), emit=emitter()
+        jobs=get_declarations().jobs,
+        ledger=ledger(),
+        s3=client("s3"),
+        bucket=s.reports_bucket,
+        sender=reduce_sender(),
+        emit=emitter(),
     )
 
 
@@ -152,7 +157,7 @@ def sweeper() -> Sweeper:
         )
 
     return Sweeper(
-        jobs=JOBS,
+        jobs=get_declarations().jobs,
         ledger=ledger(),
         sender=reduce_sender(),
         restart_splitter=restart_splitter,

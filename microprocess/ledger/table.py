@@ -36,219 +36,36 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import boto3
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from microprocess.jobs import JobDeclaration
-
-
-@dataclass(frozen=True)
-class LedgerSchema:
-    """The ledger table's key schema: the single declaration infra and the core share."""
-
-    partition_key: str = "pk"
-    sort_key: str = "sk"
-    runs_index: str = "runs-by-job"
-    runs_index_partition_key: str = "gsi1pk"
-    runs_index_sort_key: str = "gsi1sk"
-
-
-LEDGER_SCHEMA = LedgerSchema()
-
-
-class RunStatus(StrEnum):
-    SPLITTING = "SPLITTING"
-    RUNNING = "RUNNING"
-    REDUCING = "REDUCING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
-
-
-class TaskState(StrEnum):
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-
-
-class LedgerError(Exception):
-    """A ledger operation that cannot be done; the message says why."""
-
-
-class RunNotFound(LedgerError):
-    pass
-
-
-class RunNotActive(LedgerError):
-    """The run is cancelled or finished, so the operation does not apply."""
-
-
-#: The split cursor of a segment that has been read to its end.
-CURSOR_DONE = "<done>"
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    run_id: str
-    job: str
-    status: RunStatus
-    shard_count: int
-    counter_count: int
-    expected: int
-    split_done: bool
-    cursors: dict[str, str]
-    seg_counts: dict[str, int]
-    created_at: str
-    split_finished_at: str | None = None
-    reduce_claimed_at: str | None = None
-    finished_at: str | None = None
-    report_uri: str | None = None
-    error: str | None = None
-    targets_final: bool = False
-    source_run: str | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
-    updated_at: str | None = None
-    finalize_claimed_at: str | None = None
-    sweep_done: int | None = None
-    sweep_changed_at: str | None = None
-
-    def owns_task(self, task_id: str) -> bool | None:
-        """Whether `task_id` is one of this run's tasks: True, False, or None when it cannot
-        tell yet (its page may be sent but not accounted). Task ids are `<segment>-<seq>`."""
-        seg, _, seq = task_id.partition("-")
-        if seg not in self.cursors or not seq.isdigit():
-            return False
-        if int(seq) < self.seg_counts.get(seg, 0):
-            return True
-        return False if self.split_done or self.cursors[seg] == CURSOR_DONE else None
-
-
-@dataclass(frozen=True)
-class TaskOutcome:
-    """The terminal outcome of one task, as the forwarder or dead-letter handler saw it."""
-
-    task_id: str
-    shard: int
-    state: TaskState
-    attempts: int
-    item_id: str | None = None
-    result: Any = None
-    error: str | None = None
-    item: Any = None  # kept for FAILED tasks so that `retry-failed` can re-run them
-    item_ref: str | None = None
-
-
-@dataclass(frozen=True)
-class TaskRecord:
-    task_id: str
-    shard: int
-    state: TaskState
-    attempts: int
-    item_id: str | None
-    result: Any
-    error: str | None
-    finished_at: str
-    item: Any = None
-    item_ref: str | None = None
-
-
-@dataclass(frozen=True)
-class RecordResult:
-    newly_recorded: list[str]
-    duplicates: list[str]
-    counted: bool  # False when the counter update was fenced off by a repair (sweeper recounts)
-    claimed_reduce: bool
-
-
-@dataclass(frozen=True)
-class Progress:
-    run_id: str
-    job: str
-    status: RunStatus
-    expected: int
-    succeeded: int
-    failed: int
-    split_done: bool
-    created_at: str
-    finished_at: str | None
-    report_uri: str | None
-    error: str | None
-
-    @property
-    def pending(self) -> int:
-        return max(self.expected - self.succeeded - self.failed, 0)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "job": self.job,
-            "status": str(self.status),
-            "expected": self.expected,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "pending": self.pending,
-            "split_done": self.split_done,
-            "started_at": self.created_at,
-            "finished_at": self.finished_at,
-            "report_uri": self.report_uri,
-            "error": self.error,
-        }
-
-
-@dataclass(frozen=True)
-class _Counter:
-    index: int
-    succeeded: int
-    failed: int
-    done: int
-    room: int | None
-    epoch: int
-
-
-def utc_now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-_ser = TypeSerializer()
-_de = TypeDeserializer()
-
-
-def _to_ddb(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _ser.serialize(v) for k, v in item.items() if v is not None}
-
-
-def _from_ddb(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _de.deserialize(v) for k, v in item.items()}
-
-
-def _is_conditional_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
-
-
-def _run_pk(run_id: str) -> str:
-    return f"RUN#{run_id}"
-
-
-def _counter_pk(run_id: str, j: int) -> str:
-    return f"RUN#{run_id}#C{j}"
-
-
-def _shard_pk(run_id: str, k: int) -> str:
-    return f"RUN#{run_id}#S{k}"
-
-
-#: Named points where a crash can be injected (chaos) between ledger writes.
-CRASH_AFTER_TASK_WRITE = "after_task_write"
-CRASH_AFTER_COUNTER_UPDATE = "after_counter_update"
+from microprocess.declarations import JobDeclaration
+from microprocess.ledger.records import (
+    CRASH_AFTER_COUNTER_UPDATE,
+    CRASH_AFTER_TASK_WRITE,
+    CURSOR_DONE,
+    LEDGER_SCHEMA,
+    LedgerError,
+    Progress,
+    RecordResult,
+    RunNotActive,
+    RunNotFound,
+    RunRecord,
+    RunStatus,
+    TaskOutcome,
+    TaskRecord,
+    TaskState,
+    _Counter,
+    _counter_pk,
+    _from_ddb,
+    _is_conditional_failure,
+    _run_pk,
+    _shard_pk,
+    _to_ddb,
+    utc_now_iso,
+)
 
 
 class Ledger:

@@ -6,13 +6,14 @@ Lambda runtime and the Powertools layer provide. The CDK stack sets these names.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from microprocess.envelope import DEFAULT_CLAIM_CHECK_BYTES, SQS_MAX_MESSAGE_BYTES
+from microprocess.pipeline.envelope import DEFAULT_CLAIM_CHECK_BYTES, SQS_MAX_MESSAGE_BYTES
 
 
 class SettingsError(ValueError):
@@ -29,7 +30,8 @@ class RuntimeSettings(BaseModel):
     #: Where reduce parts and finalizes go (their own queue and forwarder); empty: the task queue.
     reduce_queue_url: str = ""
     dead_letter_queue_url: str = ""
-    companies_table: str = ""
+    #: The DynamoDB source tables by role, as JSON (`{"<role>": "<table name>"}`).
+    source_tables: str = "{}"
     reports_bucket: str = ""
     queue_service_url: str = ""
     signing_secret_arn: str = ""
@@ -46,6 +48,17 @@ class RuntimeSettings(BaseModel):
     reduce_timeout_s: int = Field(default=1800, ge=1)
     #: Fault injection for the chaos suite: a JSON document or a path to one. Empty in production.
     microprocess_chaos: str = ""
+
+    @property
+    def source_table_names(self) -> dict[str, str]:
+        """`source_tables` parsed: table role -> deployed table name."""
+        try:
+            value = json.loads(self.source_tables or "{}")
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f'SOURCE_TABLES is not JSON ({exc.msg}): expected {{"<role>": "<table>"}}') from None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise SettingsError('SOURCE_TABLES must be a JSON object {"<role>": "<table name>"}')
+        return value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeSettings:

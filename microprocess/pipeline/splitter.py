@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from microprocess.envelope import EnvelopeTooLarge, TaskEnvelope, canonical_json, shard_of
-from microprocess.fanin import enqueue_reduce_parts
-from microprocess.faults import FaultInjector
-from microprocess.jobs import JobDeclaration, JobRegistry
+from microprocess.chaos.faults import FaultInjector
+from microprocess.declarations import JobDeclaration, JobRegistry
 from microprocess.ledger import CURSOR_DONE, Ledger, RunNotActive, RunStatus
-from microprocess.queue import QueueSender
-from microprocess.settings import RuntimeSettings
-from microprocess.sources import FailedTasksSource, InlineSource, Source, source_for
+from microprocess.pipeline.envelope import EnvelopeTooLarge, TaskEnvelope, canonical_json, shard_of
+from microprocess.pipeline.fanin import enqueue_reduce_parts
+from microprocess.pipeline.queue import QueueSender
+from microprocess.pipeline.settings import RuntimeSettings
+from microprocess.pipeline.sources import FailedTasksSource, InlineSource, Source, source_for
 
 MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
 
@@ -173,7 +173,9 @@ class Splitter:
             if original.job != job.name:
                 raise StartEventError(f"run {req.retry_of} belongs to job '{original.job}', not '{job.name}'")
             return FailedTasksSource(ledger=self.ledger, run_id=req.retry_of)
-        return source_for(job.source, dynamodb=self.dynamodb, s3=self.s3, companies_table=self.settings.companies_table)
+        return source_for(
+            job.source, dynamodb=self.dynamodb, s3=self.s3, source_tables=self.settings.source_table_names
+        )
 
     def _split(
         self,

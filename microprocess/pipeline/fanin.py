@@ -5,9 +5,9 @@ forwarder of their own with a timeout long enough for a reduce push; the callers
 
 from __future__ import annotations
 
-from microprocess.envelope import FINALIZE_TASK_ID, TaskEnvelope, TaskKind, reduce_part_id
-from microprocess.jobs import JobDeclaration
-from microprocess.queue import QueueSender
+from microprocess.declarations import JobDeclaration
+from microprocess.pipeline.envelope import FINALIZE_TASK_ID, TaskEnvelope, TaskKind, reduce_part_id
+from microprocess.pipeline.queue import QueueSender
 
 
 def reduce_part_envelopes(

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from microprocess.signing import IDEMPOTENCY_HEADER, sign
+from microprocess.service.signing import IDEMPOTENCY_HEADER, sign
 
 
 class PushOutcome(StrEnum):

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from microprocess.fanin import enqueue_finalize, enqueue_reduce_parts
-from microprocess.jobs import JobRegistry
+from microprocess.declarations import JobRegistry
 from microprocess.ledger import Ledger, LedgerError, RunRecord, RunStatus
+from microprocess.pipeline.fanin import enqueue_finalize, enqueue_reduce_parts
 
 log = logging.getLogger(__name__)
 MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)

@@ -31,11 +31,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from microprocess import planner
-from microprocess.jobs import JOBS, UnknownJobError
+from microprocess.cli import planner
+from microprocess.cli.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
+from microprocess.declarations import UnknownJobError, get_declarations
 from microprocess.ledger import Ledger, Progress, RunNotFound, RunStatus
-from microprocess.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
-from microprocess.splitter import new_run_id
+from microprocess.pipeline.splitter import new_run_id
 from microprocess.stacks import CLOUD_STACK
 
 EXIT_FAILED = 1
@@ -178,7 +178,7 @@ def connect(target: Target) -> Deployment:
 
 def _job_or_fail(job: str) -> str:
     try:
-        return JOBS.get(job).name
+        return get_declarations().jobs.get(job).name
     except UnknownJobError as exc:
         fail(str(exc), EXIT_USAGE)
 
@@ -255,7 +255,7 @@ def _finish_waited(progress: Progress, as_json: bool) -> None:
 
 @app.command()
 def run(
-    job: Annotated[str, typer.Argument(help="A declared job, e.g. credit-scores.")],
+    job: Annotated[str, typer.Argument(help="A declared job (see microprocess.toml).")],
     wait: WaitOption = False,
     as_json: JsonOption = False,
     timeout: TimeoutOption = 600.0,
@@ -304,7 +304,7 @@ def runs(
     target: TargetOption = Target.local,
 ) -> None:
     """List the newest runs of one job, or of every declared job."""
-    jobs = [_job_or_fail(job)] if job else JOBS.names()
+    jobs = [_job_or_fail(job)] if job else get_declarations().jobs.names()
     dep = connect(target)
     with _ledger_errors(dep):
         ledger = dep.ledger()

@@ -23,7 +23,15 @@ _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class JobDeclarationError(ValueError):
-    """A job declaration is invalid; the message names the job, the field and the fix."""
+    """A job or service declaration is invalid; the message names the file, the job or
+    service, the field and the fix."""
+
+
+class ReduceMode(StrEnum):
+    """Who builds a run's report."""
+
+    PLATFORM = "platform"  # the platform's built-in reduce: the service implements only the task endpoint
+    SERVICE = "service"  # the service's own reduce-part and finalize endpoints (see docs/push-contract.md)
 
 
 class SourceKind(StrEnum):
@@ -73,10 +81,19 @@ class JobDeclaration(BaseModel):
         name: kebab-case job name, also its EventBridge rule and metric dimension.
         schedule: EventBridge expression, `cron(...)` (6 fields) or `rate(...)`.
         source: where the items come from.
-        item_id_field: the item field that names the item in the report (e.g. `company_id`).
+        service: the declared service the job's tasks are pushed to.
+        item_id_field: the item field that names the item in the report (e.g. `invoice_id`).
         task_path: service path that handles one task (POST).
-        reduce_part_path: service path that reduces one ledger shard into a part file.
-        reduce_finalize_path: service path that joins the parts into the report and mails it.
+        reduce: `platform` (default: the built-in report) or `service` (the service's own
+            reduce-part and finalize endpoints).
+        reduce_part_path: service path that reduces one ledger shard into a part file
+            (`reduce = "service"` only).
+        reduce_finalize_path: service path that joins the parts into the report and mails it
+            (`reduce = "service"` only).
+        completion_path: service path that receives a signed completion callback once the
+            run's report exists (optional).
+        result_fields: result fields that become report columns (default: every field).
+        histogram_field: a numeric result field summarised as a histogram in the report.
         max_attempts: pushes per task before it is recorded FAILED.
         tolerated_failure_pct: above this percentage of failed tasks the run ends FAILED.
         max_concurrency: the event source's maximum concurrent forwarder batches (2..1000).
@@ -93,10 +110,15 @@ class JobDeclaration(BaseModel):
     description: str = ""
     schedule: str
     source: ItemSource
+    service: str = Field(min_length=1)
     item_id_field: str = "id"
     task_path: str
-    reduce_part_path: str
-    reduce_finalize_path: str
+    reduce: ReduceMode = ReduceMode.PLATFORM
+    reduce_part_path: str | None = None
+    reduce_finalize_path: str | None = None
+    completion_path: str | None = None
+    result_fields: tuple[str, ...] | None = None
+    histogram_field: str | None = None
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     tolerated_failure_pct: Annotated[float, Field(ge=0, le=100)] = 1.0
     max_concurrency: Annotated[int, Field(ge=2, le=1000)] = 50
@@ -123,10 +145,10 @@ class JobDeclaration(BaseModel):
             )
         return v
 
-    @field_validator("task_path", "reduce_part_path", "reduce_finalize_path")
+    @field_validator("task_path", "reduce_part_path", "reduce_finalize_path", "completion_path")
     @classmethod
-    def _path(cls, v: str) -> str:
-        if not _PATH.match(v):
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and not _PATH.match(v):
             raise ValueError("must be an absolute URL path such as '/tasks/credit-score'")
         return v
 
@@ -143,7 +165,27 @@ class JobDeclaration(BaseModel):
         if self.counter_count * 2 > 100:
             # The counter repair moves every counter in one transaction (≤ 100 actions).
             raise ValueError("counter_count must be at most 50")
+        service_paths = (self.reduce_part_path, self.reduce_finalize_path)
+        if self.reduce is ReduceMode.SERVICE and not all(service_paths):
+            raise ValueError(
+                "reduce = 'service' needs reduce_part_path and reduce_finalize_path (the service's reduce "
+                "endpoints); or drop them and use reduce = 'platform' (the built-in report)"
+            )
+        if self.reduce is ReduceMode.PLATFORM and any(service_paths):
+            raise ValueError(
+                "reduce_part_path and reduce_finalize_path are only used with reduce = 'service'; "
+                "remove them, or set reduce = 'service'"
+            )
         return self
+
+
+def explain(exc: ValidationError, what: str) -> str:
+    """One line naming every invalid field of `what` (e.g. "job 'x'") and its fix."""
+    problems = "; ".join(
+        f"field '{'.'.join(str(p) for p in err['loc']) or '(whole)'}': {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
+    )
+    return f"{what} is invalid: {problems}"
 
 
 def declare(**fields: object) -> JobDeclaration:
@@ -152,11 +194,7 @@ def declare(**fields: object) -> JobDeclaration:
     try:
         return JobDeclaration.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in err['loc']) or '(job)'}': {err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors()
-        )
-        raise JobDeclarationError(f"job '{name}' is invalid: {problems}") from None
+        raise JobDeclarationError(explain(exc, f"job '{name}'")) from None
 
 
 class UnknownJobError(KeyError):
@@ -190,27 +228,3 @@ class JobRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._jobs)
-
-
-CREDIT_SCORES = declare(
-    name="credit-scores",
-    description="Recompute the credit score of every company, monthly.",
-    schedule="cron(0 2 1 * ? *)",  # 02:00 UTC on the 1st of every month
-    source={"kind": "dynamodb", "table": "companies", "segments": 4, "page_size": 500},
-    item_id_field="company_id",
-    task_path="/tasks/credit-score",
-    reduce_part_path="/tasks/credit-score/reduce-part",
-    reduce_finalize_path="/tasks/credit-score/finalize",
-    max_attempts=5,
-    tolerated_failure_pct=1.0,
-    max_concurrency=50,
-    # 64 task partitions: each takes 1/64 of the completions, so 1,000 WCU/s per partition
-    # key allows 64,000 completions/s (16 would cap the ledger near 15,000/s: `make bench`, P3).
-    shard_count=64,
-    counter_count=16,
-    batch_size=10,
-    task_timeout_s=10.0,
-    recipients=("risk-team@example.com",),
-)
-
-JOBS = JobRegistry([CREDIT_SCORES])

@@ -29,13 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from microprocess.envelope import SQS_MAX_MESSAGE_BYTES, MalformedEnvelope, TaskEnvelope, TaskKind, shard_of
-from microprocess.fanin import enqueue_finalize, enqueue_reduce_parts
-from microprocess.faults import FaultInjector, InjectedCrash
-from microprocess.jobs import JobDeclaration, JobRegistry, UnknownJobError
+from microprocess.chaos.faults import FaultInjector, InjectedCrash
+from microprocess.declarations import JobDeclaration, JobRegistry, UnknownJobError
 from microprocess.ledger import Ledger, RunRecord, RunStatus, TaskOutcome, TaskState
-from microprocess.push import HttpPusher, PushOutcome, PushResult
-from microprocess.queue import QueueSender
+from microprocess.pipeline.envelope import SQS_MAX_MESSAGE_BYTES, MalformedEnvelope, TaskEnvelope, TaskKind, shard_of
+from microprocess.pipeline.fanin import enqueue_finalize, enqueue_reduce_parts
+from microprocess.pipeline.push import HttpPusher, PushOutcome, PushResult
+from microprocess.pipeline.queue import QueueSender
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""What a team's service imports: request signing and verification."""
