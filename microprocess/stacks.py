@@ -12,17 +12,21 @@ CLOUD_STACK: Final = "Microprocess-Cloud"
 LOCAL_STACK: Final = "Microprocess-Local"
 
 LOCAL_OUTPUTS: Final = (
-    "TaskQueueUrl",
+    "JobQueueUrls",
+    "ReduceQueueUrl",
     "DeadLetterQueueUrl",
     "LedgerTable",
-    "CompaniesTable",
     "ReportsBucket",
+    "SourceTables",
+    "ServiceSecretArns",
     "SplitterFunctionName",
     "ForwarderFunctionName",
+    "ReduceForwarderFunctionName",
     "DeadLetterFunctionName",
     "SweeperFunctionName",
-    "SigningSecretArn",
-    "ReduceQueueUrl",
-    "ReduceForwarderFunctionName",
 )
-CLOUD_OUTPUTS: Final = (*LOCAL_OUTPUTS, "LiveServiceUrl", "QueueServiceUrl", "DashboardName", "AlarmTopicArn")
+CLOUD_OUTPUTS: Final = (*LOCAL_OUTPUTS, "ServiceUrls", "DashboardName", "AlarmTopicArn")
+
+#: Key prefix, in the reports bucket, of the manifests `microprocess run --items FILE` uploads
+#: (the splitter may read it; the infra grants that).
+MANIFESTS_PREFIX: Final = "manifests/"

@@ -61,7 +61,7 @@ def deployment(ddb: Any, ledger_table: str, fake_lambda: FakeLambda, monkeypatch
         outputs={
             "LedgerTable": ledger_table,
             "SplitterFunctionName": "splitter-fn",
-            "TaskQueueUrl": queue,
+            "JobQueueUrls": json.dumps({JOB.name: queue}),
             "DeadLetterQueueUrl": dlq,
             "ReportsBucket": "reports",
         },
@@ -419,3 +419,45 @@ def test_rate_meter_reports_completions_per_second_over_its_window() -> None:
     assert meter.add(2.0, 300) == pytest.approx(150)
     meter.add(10.0, 1100)
     assert meter.add(11.0, 1200) == pytest.approx(100)  # old samples left the window
+
+
+def test_run_with_items_uploads_a_manifest_and_names_it_in_the_start(
+    deployment: cli.Deployment, fake_lambda: FakeLambda, runner: CliRunner, tmp_path: Path
+) -> None:
+    # GIVEN a local JSONL file of items
+    items = tmp_path / "invoices.jsonl"
+    items.write_text('{"invoice_id": "I-1"}\n{"invoice_id": "I-2"}\n')
+    # WHEN a run is started with --items and two --param
+    result = invoke(runner, "run", JOB.name, "--items", str(items), "--param", "region=eu", "--param", "dry=1", "--json")
+    # THEN the file is in the platform bucket under manifests/, and the start event names it and the params
+    assert result.exit_code == 0, result.output
+    run_id = json.loads(result.output.splitlines()[-1])["run_id"]
+    start = fake_lambda.invocations[-1]["Payload"]
+    assert start["items_uri"] == f"s3://reports/manifests/{run_id}.jsonl" and start["items_format"] == "jsonl"
+    assert start["params"] == {"region": "eu", "dry": "1"}
+    body = deployment.client("s3").get_object(Bucket="reports", Key=f"manifests/{run_id}.jsonl")["Body"].read()
+    assert body == items.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--param", "novalue"], "must be key=value"),
+        (["--source-uri", "http://x/y.jsonl"], "must be s3://bucket/key"),
+        (["--source-uri", "s3://bucket/items.txt"], "name a .jsonl"),
+    ],
+)
+def test_run_refuses_bad_inputs_with_the_fix(
+    deployment: cli.Deployment, fake_lambda: FakeLambda, runner: CliRunner, args: list[str], message: str
+) -> None:
+    result = invoke(runner, "run", JOB.name, *args)
+    assert result.exit_code == cli.EXIT_USAGE and message in result.output and not fake_lambda.invocations
+
+
+def test_run_with_source_uri_reads_that_manifest(
+    deployment: cli.Deployment, fake_lambda: FakeLambda, runner: CliRunner
+) -> None:
+    result = invoke(runner, "run", JOB.name, "--source-uri", "s3://team-bucket/daily/unpaid.csv")
+    assert result.exit_code == 0, result.output
+    start = fake_lambda.invocations[-1]["Payload"]
+    assert start["source_uri"] == "s3://team-bucket/daily/unpaid.csv" and start["items_format"] == "csv"
