@@ -29,7 +29,6 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from microprocess.cli import planner
 from microprocess.cli.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
@@ -114,7 +113,7 @@ class Deployment:
 
     Attributes:
         name: what to call it in messages.
-        outputs: the stack outputs (`LedgerTable`, `SplitterFunctionName`, `TaskQueueUrl`, ...).
+        outputs: the stack outputs (`LedgerTable`, `SplitterFunctionName`, `JobQueueUrls`, ...).
         client: makes a boto3 client for a service name.
         endpoint_url: the emulator's endpoint (local stack only).
         logs_hint: where to look when a function misbehaves.
@@ -430,20 +429,13 @@ def runs(
     if not found:
         out.print(f"no runs of {', '.join(jobs)}")
         return
-    table = Table()
-    for name in ("run", "status", "done", "failed", "expected", "started", "finished"):
-        table.add_column(name, overflow="fold")  # never cut a run id short
+    width = max(len("run"), *(len(d["run_id"]) for d in found))
+    out.print(f"{'run':<{width}}  {'status':<9}  {'done':>9}  {'failed':>7}  {'expected':>9}  started")
     for d in found:
-        table.add_row(
-            d["run_id"],
-            d["status"],
-            str(d["succeeded"] + d["failed"]),
-            str(d["failed"]),
-            str(d["expected"]),
-            _short_time(d["started_at"]),
-            _short_time(d["finished_at"]),
+        out.print(
+            f"{escape(d['run_id']):<{width}}  {d['status']:<9}  {d['succeeded'] + d['failed']:>9,}  "
+            f"{d['failed']:>7,}  {d['expected']:>9,}  {_short_time(d['started_at'])}"
         )
-    out.print(table)
 
 
 @app.command()
@@ -456,7 +448,10 @@ def cancel(
     with _ledger_errors(dep):
         ledger = dep.ledger()
         if not ledger.cancel(run_id):
-            fail(f"run {run_id} has already ended ({ledger.require_run(run_id).status}); nothing to cancel")
+            now = ledger.require_run(run_id).status
+            if now is RunStatus.REDUCING:
+                fail(f"run {run_id} is already reducing (every task is done); it is too late to cancel it")
+            fail(f"run {run_id} has already ended ({now}); nothing to cancel")
     out.print(f"cancelled run [bold]{run_id}[/]; its remaining messages are acknowledged without calls")
 
 
@@ -498,8 +493,13 @@ def _split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def download_report(dep: Deployment, run_id: str, out_dir: Path) -> list[Path]:
-    """Download every object under the run's report prefix to `out_dir/<run_id>/`."""
+#: The folder, under a run's report prefix, of the intermediate per-shard part files.
+PARTS_FOLDER = "parts/"
+
+
+def download_report(dep: Deployment, run_id: str, out_dir: Path, *, parts: bool = False) -> list[Path]:
+    """Download the report files under the run's report prefix to `out_dir/<run_id>/`
+    (with `parts`, also the intermediate per-shard part files)."""
     progress = dep.ledger().progress(run_id)
     if not progress.report_uri:
         fail(f"run {run_id} has no report yet (it is {progress.status})")
@@ -516,6 +516,8 @@ def download_report(dep: Deployment, run_id: str, out_dir: Path) -> list[Path]:
     if not keys:
         fail(f"nothing under {progress.report_uri}")
     base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
+    if not parts:
+        keys = [k for k in keys if not k[len(base) :].startswith(PARTS_FOLDER)]
     target_dir = out_dir / run_id
     written: list[Path] = []
     for key in keys:
@@ -542,12 +544,13 @@ def report(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to download into (the run gets a subfolder).")] = Path(
         "out"
     ),
+    parts: Annotated[bool, typer.Option("--parts", help="Also download the per-shard part files.")] = False,
     target: TargetOption = Target.local,
 ) -> None:
-    """Download the report of RUN to OUT/<run id>/."""
+    """Download the report of RUN to OUT/<run id>/ (the report files; --parts adds the per-shard parts)."""
     dep = connect(target)
     with _ledger_errors(dep):
-        written = download_report(dep, run_id, out_dir)
+        written = download_report(dep, run_id, out_dir, parts=parts)
     for path in written:
         out.print(escape(str(path)))
 
