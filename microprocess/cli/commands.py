@@ -87,11 +87,15 @@ class Target(StrEnum):
 
 TargetOption = Annotated[
     Target,
-    typer.Option("--target", envvar="MICROPROCESS_TARGET", help="The local stack or the AWS deployment."),
+    typer.Option(
+        "--target", envvar="MICROPROCESS_TARGET", metavar="local|aws", help="The local stack or the AWS deployment."
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the run with a progress bar until it ends.")]
-TimeoutOption = Annotated[float, typer.Option("--timeout", min=1, help="Give up waiting after this many seconds.")]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", min=1, metavar="SECONDS", help="Give up waiting after this many seconds.")
+]
 
 
 def emit_json(value: Any) -> None:
@@ -279,6 +283,7 @@ ItemsOption = Annotated[
     Path | None,
     typer.Option(
         "--items",
+        metavar="FILE",
         exists=True,
         dir_okay=False,
         help="A JSONL or CSV file of items to run instead of the declared source (uploaded as a manifest).",
@@ -287,12 +292,16 @@ ItemsOption = Annotated[
 SourceUriOption = Annotated[
     str | None,
     typer.Option(
-        "--source-uri", help="An s3://bucket/key JSONL or CSV manifest to read instead of the declared source."
+        "--source-uri",
+        metavar="S3_URI",
+        help="An s3://bucket/key JSONL or CSV manifest to read instead of the declared source.",
     ),
 ]
 ParamOption = Annotated[
     list[str] | None,
-    typer.Option("--param", help="key=value passed into every task of the run (`params`); repeatable."),
+    typer.Option(
+        "--param", metavar="KEY=VALUE", help="key=value passed into every task of the run (`params`); repeatable."
+    ),
 ]
 
 
@@ -411,9 +420,9 @@ def _short_time(iso: str | None) -> str:
 
 @app.command()
 def runs(
-    job: Annotated[str | None, typer.Option("--job", help="Only this job's runs.")] = None,
+    job: Annotated[str | None, typer.Option("--job", metavar="JOB", help="Only this job's runs.")] = None,
     as_json: JsonOption = False,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="Newest runs per job.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=1000, metavar="N", help="Newest runs per job.")] = 20,
     target: TargetOption = Target.local,
 ) -> None:
     """List the newest runs of one job, or of every declared job."""
@@ -541,9 +550,9 @@ def _list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
 @app.command()
 def report(
     run_id: Annotated[str, typer.Argument(metavar="RUN")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder to download into (the run gets a subfolder).")] = Path(
-        "out"
-    ),
+    out_dir: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Folder to download into (the run gets a subfolder).")
+    ] = Path("out"),
     parts: Annotated[bool, typer.Option("--parts", help="Also download the per-shard part files.")] = False,
     target: TargetOption = Target.local,
 ) -> None:
@@ -580,6 +589,7 @@ ServiceUrlOption = Annotated[
     list[str] | None,
     typer.Option(
         "--service",
+        metavar="NAME=URL",
         help="NAME=URL: point the declared service NAME at a process you run (no process is started for it).",
     ),
 ]
@@ -592,6 +602,7 @@ def local_up(
         typer.Option(
             "--items",
             min=0,
+            metavar="N",
             help="Items to seed into each declared table with a local_seed (default: its local_items).",
         ),
     ] = None,
@@ -601,7 +612,8 @@ def local_up(
         typer.Option("--no-example-service", help="Start no service process: every service needs --service NAME=URL."),
     ] = False,
     chaos: Annotated[
-        Path | None, typer.Option(exists=True, dir_okay=False, help="Fault file for the queue service and functions.")
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, metavar="FILE", help="Fault file for the services and functions."),
     ] = None,
     detach: Annotated[
         bool, typer.Option("--detach", help="Return once the stack is up (stop it with `local down`).")
@@ -754,10 +766,13 @@ def demo_items(declarations: Declarations, items: int | None) -> tuple[JobDeclar
 @app.command()
 def demo(
     items: Annotated[
-        int | None, typer.Option("--items", min=1, help="Items to seed and run (default: the table's local_items).")
+        int | None,
+        typer.Option("--items", min=1, metavar="N", help="Items to seed and run (default: the table's local_items)."),
     ] = None,
     timeout: TimeoutOption = 900.0,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the report is downloaded.")] = Path("out"),
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where the report is downloaded.")] = Path(
+        "out"
+    ),
 ) -> None:
     """Start the local stack, run the demo job over every seeded item, show the report and the email, stop."""
     from microprocess.local import LocalStack, LocalStackError, UpOptions, aws_client, captured_emails
