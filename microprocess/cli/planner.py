@@ -343,7 +343,11 @@ class Split:
 
     def enqueued_by(self, t: float) -> float:
         """`A(t)`: items enqueued by `t`."""
-        worked = sum(max(0.0, min(t, end) - start) for start, end in self.phases())
+        since = t - self.start
+        if since <= 0:
+            return 0.0
+        cycles, within = divmod(since, self.usable_s + self.gap_s)
+        worked = min(cycles * self.usable_s + min(within, self.usable_s), self.working_seconds_per_segment)
         return min(float(self.items), worked * self.items_per_s)
 
 
@@ -686,8 +690,9 @@ def render(plan: Plan, measured: MeasuredCosts) -> list[str]:
         f"(concurrency {plan.concurrency}, {plan.task_seconds:g} s per task, {plan.batch_items:.1f} items per batch)",
         f"  wall time          {_duration(w.seconds)}  until the last item is split and processed; "
         f"bound by {_BOUND_BY[w.bottleneck]}",
-        f"  split              {_duration(s.end)}: {s.segments} segment{'s' if s.segments > 1 else ''} in parallel "
-        f"x {s.items_per_s_per_segment:,.0f} items/s = {s.items_per_s:,.0f} items/s; {s.invocations:,} invocations "
+        f"  split              {_duration(s.end)}: "
+        + (f"{s.segments} segments in parallel x " if s.segments > 1 else "1 segment at ")
+        + f"{s.items_per_s_per_segment:,.0f} items/s = {s.items_per_s:,.0f} items/s; {s.invocations:,} invocations "
         f"({fanout}{s.segments} x {s.invocations_per_segment}, {s.continuations:,} self-continuations)",
         f"  processing         up to {w.peak_items_per_s:,.0f} items/s after a {_duration(w.ramp_seconds)} ramp "
         f"({INITIAL_CONCURRENCY} -> {plan.concurrency} concurrent batches, +{SCALE_UP_PER_MINUTE}/min); "
