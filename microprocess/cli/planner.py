@@ -21,7 +21,9 @@ Pure functions over four inputs:
 * *Processing* is bounded by the SQS event source, which starts with `INITIAL_CONCURRENCY`
   concurrent batches and adds `SCALE_UP_PER_MINUTE` per minute up to min(concurrency, 1,000),
   each batch moving `batch_items / batch_seconds` items per second, and by the ledger's
-  hottest item (1,000 write units/s): `cap(t)`, with integral `Cap(t)`.
+  hottest item (1,000 write units/s): `cap(t)`, with integral `Cap(t)`. The ramp is taken
+  to run from the start (AWS scales while messages wait; where the split is slower, the
+  capacity is not what bounds the run).
 * As a fluid queue, the items processed by `t` are min over `s <= t` of
   `A(s) + Cap(t) - Cap(s)`; they reach N when `Cap(t) = N + max_s (Cap(s) - A(s))`. The
   maximum lies at a breakpoint of `A` (within a phase `cap - rate` only grows). The last
@@ -625,6 +627,10 @@ def _notes(
                 f"the split cannot keep up ({need}): declare source.segments = {to_keep_up} (or more) for "
                 f"'{job.name}' in microprocess.toml"
             )
+        notes.append(
+            "while the split is the bound the queue stays nearly empty: batches may hold fewer items than the "
+            f"{m.batch_items:.1f} measured, so the forwarder's invocations (and their cost) may be higher than shown"
+        )
     pk_ceiling = ceiling_items_per_s(m.hottest_partition_key_writes_per_1000)
     if processing.peak_items_per_s > pk_ceiling:
         notes.append(
