@@ -15,8 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from bench.counting import s3_price_class
-from microprocess.cli.planner import Split
 from microprocess.cli.pricing import Usage
+from microprocess.cli.timeline import Split
 
 #: Callers whose S3 and SES requests are paid once per run (the reduce and the finalize).
 PER_RUN_CALLERS = frozenset({"service"})
