@@ -328,10 +328,13 @@ def test_a_no_op_service_costs_at_most_a_dollar_per_million() -> None:
 
 
 def test_the_report_model_reproduces_the_measured_report_requests() -> None:
-    # The bench measured 196 PUT and 192 GET for a run of credit-scores (64 shards) of 10,000 rows.
+    # The bench measured 196 PUT and 192 GET for a run of credit-scores (its 64 shards) of 10,000 rows.
     measured = planner.load_measured_costs()
     usage = report_s3_usage(
-        measured.items, 64, bytes_per_row=measured.report_bytes_per_row, part_bytes=measured.report_part_bytes
+        measured.items,
+        CREDIT_SCORES.shard_count,
+        bytes_per_row=measured.report_bytes_per_row,
+        part_bytes=measured.report_part_bytes,
     )
     assert (usage.s3_put_requests, usage.s3_get_requests) == (
         measured.per_run.s3_put_requests,
