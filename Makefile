@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test test-fast lint format synth chaos bench clean
+.PHONY: setup run test test-fast lint format synth chaos bench docs docs-check clean
 
 # The virtualenv is (re)built when missing or when a pinned requirements file changed.
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -52,6 +52,14 @@ chaos: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+
+# The README's CLI table, regenerated from the commands themselves.
+docs: setup
+	$(BIN)/python -m microprocess.cli.reference README.md
+
+# The README's runnable blocks, in order, in a scratch copy of the project (a few minutes).
+docs-check: setup
+	$(BIN)/python -m tests.docs_check README.md
 
 clean:
 	rm -rf cdk.out .microprocess out .pytest_cache
