@@ -94,6 +94,8 @@ class JobDeclaration(BaseModel):
             run's report exists (optional).
         result_fields: result fields that become report columns (default: every field).
         histogram_field: a numeric result field summarised as a histogram in the report.
+        max_queue_depth: the splitter pauses while the job's queue holds this many messages
+            (0: never); the local stage caps it further to what the emulator handles.
         max_attempts: pushes per task before it is recorded FAILED.
         tolerated_failure_pct: above this percentage of failed tasks the run ends FAILED.
         max_concurrency: the event source's maximum concurrent forwarder batches (2..1000).
@@ -119,6 +121,7 @@ class JobDeclaration(BaseModel):
     completion_path: str | None = None
     result_fields: tuple[str, ...] | None = None
     histogram_field: str | None = None
+    max_queue_depth: Annotated[int, Field(ge=0, le=100_000_000)] = 1_000_000
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     tolerated_failure_pct: Annotated[float, Field(ge=0, le=100)] = 1.0
     max_concurrency: Annotated[int, Field(ge=2, le=1000)] = 50

@@ -76,6 +76,8 @@ class RuntimeSettings(BaseModel):
     stuck_after_s: int = Field(default=900, ge=1)
     #: A claimed reduce not finished after this long is re-enqueued by the sweeper, s.
     reduce_timeout_s: int = Field(default=1800, ge=1)
+    #: A cap on every job's `max_queue_depth` (the local stage: what the emulator handles); 0: none.
+    max_queue_depth_cap: int = Field(default=0, ge=0)
     #: Fault injection for the chaos suite: a JSON document or a path to one. Empty in production.
     microprocess_chaos: str = ""
 
@@ -110,6 +112,11 @@ class RuntimeSettings(BaseModel):
                 f'SERVICE_ENDPOINTS["{service}"] must be {{"url": "<base url>", "secret_arn": "<arn>"}}'
             )
         return ServiceEndpoint(service, entry["url"], str(entry.get("secret_arn") or ""))
+
+    def queue_depth_limit(self, declared: int) -> int:
+        """The depth at which the splitter pauses for a job declaring `declared` (0: never)."""
+        caps = [v for v in (declared, self.max_queue_depth_cap) if v > 0]
+        return min(caps) if caps else 0
 
     @property
     def source_table_names(self) -> dict[str, str]:
