@@ -120,8 +120,8 @@ class Histogram:
             self.start, self.width, self.counts = stats.low, 0, [0]
             return
         self.width = nice_width(span / bins, integers=stats.all_int)
-        self.start = math.floor(stats.low / self.width) * self.width
-        n = max(1, math.ceil((stats.high - self.start) / self.width - 1e-9))
+        self.start = math.floor(round(stats.low / self.width, 9)) * self.width
+        n = max(1, math.ceil(round((stats.high - self.start) / self.width, 9)))
         self.counts = [0] * n
 
     def add(self, value: Any) -> None:
@@ -131,7 +131,8 @@ class Histogram:
         if self.width == 0:
             self.counts[0] += 1
             return
-        index = int((number - self.start) // self.width)
+        # rounded first: (0.5 - 0.1) / 0.1 is 4.000000000000001, but (0.5 - 0.1) // 0.1 is 3.0
+        index = math.floor(round((number - self.start) / self.width, 9))
         self.counts[min(max(index, 0), len(self.counts) - 1)] += 1
 
     def bins(self) -> list[dict[str, Any]]:
