@@ -21,7 +21,7 @@ from microprocess.pipeline.envelope import TaskEnvelope, TaskKind, shard_of
 from microprocess.pipeline.queue import QueueSender
 from microprocess.reduce import PlatformReducer, ReportLayout
 from microprocess.reduce.layout import PART_TAG_KEY, PART_TAG_VALUE
-from microprocess.reduce.parts import write_rows
+from microprocess.reduce.parts import PartSinks, write_rows
 from microprocess.reduce.s3stream import S3StreamWriter
 from tests.declared import INVOICE_REMINDERS
 
@@ -274,7 +274,7 @@ def test_the_part_builder_streams_rows_as_it_reads_them(env: Env, monkeypatch: p
 
     # WHEN the part is written
     with out:
-        stats = write_rows(records(), job, out)
+        stats = write_rows(records(), job, PartSinks(rows=out))
     # THEN rows left for S3 while the generator was still being read, and no more than one part was ever held
     assert pulled == 2000 and stats.rows == 2000
     assert parts_seen[1000] > 0 and parts_seen[-1] > parts_seen[1000]
@@ -381,3 +381,37 @@ def test_a_missing_part_is_built_during_finalize(env: Env) -> None:
     # WHEN finalized THEN the report is still complete
     reducer.finalize(job, run_id)
     assert len(csv_rows(env.text(ReportLayout(BUCKET, job.name, run_id).report_csv))) == 11
+
+
+def test_a_shard_whose_rows_bring_new_fields_late_still_gets_every_column(env: Env) -> None:
+    # GIVEN one shard whose first task failed, then results that gain a field on the way
+    job = platform_job(shard_count=1, result_fields=None, histogram_field=None)
+    outcomes = [
+        outcome(job, 0, failed=True),
+        outcome(job, 1, {"a": 1}),
+        outcome(job, 2, {"a": 2, "b": {"c": "x,y"}}),
+    ]
+    run_id = reducing_run(env.ledger, job, outcomes)
+    # WHEN reduced
+    reduce_all(env, job, run_id)
+    # THEN report.csv has the union of the columns and each row its own values
+    rows = csv_rows(env.text(ReportLayout(BUCKET, job.name, run_id).report_csv))
+    assert list(rows[0]) == ["task_id", "invoice_id", "state", "attempts", "error", "a", "b.c"]
+    assert [(r["state"], r["a"], r["b.c"]) for r in rows] == [
+        ("FAILED", "", ""),
+        ("SUCCEEDED", "1", ""),
+        ("SUCCEEDED", "2", "x,y"),
+    ]
+
+
+def test_parts_with_different_fields_are_joined_under_one_header(env: Env) -> None:
+    # GIVEN 40 tasks over 4 shards where only task 17 reports an extra field
+    job = platform_job(result_fields=None, histogram_field=None)
+    outcomes = [outcome(job, i, {"n": i, **({"extra": True} if i == 17 else {})}) for i in range(40)]
+    run_id = reducing_run(env.ledger, job, outcomes)
+    reduce_all(env, job, run_id)
+    rows = csv_rows(env.text(ReportLayout(BUCKET, job.name, run_id).report_csv))
+    # THEN every row has the same columns and the extra field only where it was reported
+    assert len(rows) == 40 and all(list(r) == list(rows[0]) for r in rows) and "extra" in rows[0]
+    assert {r["task_id"]: r["extra"] for r in rows if r["extra"]} == {"0-000000017": "true"}
+    assert sorted(int(r["n"]) for r in rows) == list(range(40))

@@ -1,26 +1,29 @@
 """Finalize: join the parts into the report, then publish it.
 
-`join_report` streams every part's JSONL rows, in shard order, into `report.jsonl`,
-`report.csv` and `failures.csv` (three multipart uploads, one part buffer each) and fills
-the histogram as the rows go by. `publish` writes `summary.json` and `report.html` for an
-ended run from the summary stored on it, with the status the ledger decided.
+`join_report` appends every part, in shard order, to `report.jsonl`, `report.csv` and
+`failures.csv` (three multipart uploads, one part buffer each), joining bytes: rows are
+parsed again only for a shard whose CSV columns differ from the run's (see `parts`).
+The histogram's bins are chosen from the parts' merged range, then filled from their
+value files. `publish` writes `summary.json` and `report.html` for an ended run from the
+summary stored on it, with the status the ledger decided.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from microprocess.declarations import JobDeclaration
-from microprocess.ledger import Ledger, RunRecord, TaskState
+from microprocess.ledger import Ledger, RunRecord
 from microprocess.reduce.layout import ReportLayout
 from microprocess.reduce.page import render_report_page
-from microprocess.reduce.parts import build_part
-from microprocess.reduce.rows import CsvEncoder, cell, column_for, task_columns
+from microprocess.reduce.parts import build_part, failure_columns
+from microprocess.reduce.rows import CsvEncoder, cell, task_columns
 from microprocess.reduce.s3stream import S3StreamWriter
 from microprocess.reduce.summary import Histogram, PartStats, publishable_summary
 
@@ -30,29 +33,30 @@ log = logging.getLogger(__name__)
 READ_CHUNK_BYTES = 1024 * 1024
 
 
-def failure_columns(job: JobDeclaration) -> tuple[str, ...]:
-    """The columns of failures.csv."""
-    return ("task_id", job.item_id_field, "attempts", "error")
-
-
 def _is_missing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
 
 
-def merged_stats(
+def part_stats(
     ledger: Ledger, s3: Any, layout: ReportLayout, job: JobDeclaration, shard_count: int, *, part_bytes: int
-) -> PartStats:
-    """The statistics of every part, merged in shard order; a missing part is built now."""
-    total = PartStats()
+) -> list[PartStats]:
+    """The statistics of every part, in shard order; a missing part is built now."""
+    parts = []
     for shard in range(shard_count):
         try:
             body = s3.get_object(Bucket=layout.bucket, Key=layout.part_stats(shard))["Body"].read()
-            part = PartStats.from_dict(json.loads(body))
+            parts.append(PartStats.from_dict(json.loads(body)))
         except ClientError as exc:
             if not _is_missing(exc):
                 raise
             log.warning("run %s: part %d is missing; building it during finalize", layout.run_id, shard)
-            part = build_part(ledger, s3, layout, job, shard, part_bytes=part_bytes)
+            parts.append(build_part(ledger, s3, layout, job, shard, part_bytes=part_bytes))
+    return parts
+
+
+def merged(parts: list[PartStats]) -> PartStats:
+    total = PartStats()
+    for part in parts:
         total.merge(part)
     return total
 
@@ -63,40 +67,62 @@ class JoinedReport:
     csv_bytes: int
     jsonl_bytes: int
     csv_parts: int
+    rebuilt_shards: int
+
+
+def _append(s3: Any, bucket: str, key: str, out: S3StreamWriter) -> None:
+    for chunk in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(READ_CHUNK_BYTES):
+        out.write(chunk)
+
+
+def _rebuild_csv(s3: Any, bucket: str, key: str, columns: list[str], out: S3StreamWriter) -> None:
+    """Encode a part's JSONL rows as CSV rows with the run's columns."""
+    encoder = CsvEncoder()
+    for line in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_lines(chunk_size=READ_CHUNK_BYTES):
+        if line:
+            row = json.loads(line)
+            out.write(encoder.encode(cell(row.get(c)) for c in columns))
+
+
+def _fill(histogram: Histogram, s3: Any, bucket: str, key: str) -> None:
+    as_int = histogram.stats.all_int
+    for line in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_lines(chunk_size=READ_CHUNK_BYTES):
+        if line:
+            histogram.add(int(line) if as_int else float(line))
 
 
 def join_report(
-    s3: Any, layout: ReportLayout, job: JobDeclaration, shard_count: int, stats: PartStats, *, part_bytes: int
+    s3: Any, layout: ReportLayout, job: JobDeclaration, parts: list[PartStats], *, part_bytes: int
 ) -> JoinedReport:
-    """Stream the parts into report.jsonl, report.csv and failures.csv (one row per task)."""
-    columns = [*task_columns(job), *stats.columns]
-    failures = failure_columns(job)
-    histogram = Histogram(stats.histogram) if job.histogram_field else None
-    histogram_column = column_for(job.histogram_field, job) if job.histogram_field else ""
+    """Join the parts into report.jsonl, report.csv and failures.csv (one row per task)."""
+    total = merged(parts)
+    columns = [*task_columns(job), *total.columns]
+    histogram = Histogram(total.histogram) if job.histogram_field else None
     encoder = CsvEncoder()
+    rebuilt = 0
 
     def writer(key: str, content_type: str) -> S3StreamWriter:
         return S3StreamWriter(s3, layout.bucket, key, part_bytes=part_bytes, content_type=content_type)
 
-    jsonl = writer(layout.report_jsonl, "application/x-ndjson")
-    report = writer(layout.report_csv, "text/csv")
-    failed = writer(layout.failures_csv, "text/csv")
-    with jsonl, report, failed:
+    with ExitStack() as files:
+        jsonl = files.enter_context(writer(layout.report_jsonl, "application/x-ndjson"))
+        report = files.enter_context(writer(layout.report_csv, "text/csv"))
+        failed = files.enter_context(writer(layout.failures_csv, "text/csv"))
         report.write(encoder.encode(columns))
-        failed.write(encoder.encode(failures))
-        for shard in range(shard_count):
-            body = s3.get_object(Bucket=layout.bucket, Key=layout.part_rows(shard))["Body"]
-            for line in body.iter_lines(chunk_size=READ_CHUNK_BYTES):
-                if not line:
-                    continue
-                jsonl.write(line + b"\n")
-                row = json.loads(line)
-                report.write(encoder.encode(cell(row.get(c)) for c in columns))
-                if row["state"] != TaskState.SUCCEEDED:
-                    failed.write(encoder.encode(cell(row.get(c)) for c in failures))
-                if histogram is not None:
-                    histogram.add(row.get(histogram_column))
-    return JoinedReport(histogram, report.bytes_written, jsonl.bytes_written, report.part_count)
+        failed.write(encoder.encode(failure_columns(job)))
+        for shard, part in enumerate(parts):
+            _append(s3, layout.bucket, layout.part_rows(shard), jsonl)
+            if part.csv_columns == columns:
+                _append(s3, layout.bucket, layout.part_csv(shard), report)
+            else:
+                rebuilt += 1
+                _rebuild_csv(s3, layout.bucket, layout.part_rows(shard), columns, report)
+            _append(s3, layout.bucket, layout.part_failures(shard), failed)
+            if histogram is not None and part.histogram.count:
+                _fill(histogram, s3, layout.bucket, layout.part_values(shard))
+    if rebuilt:
+        log.info("run %s: %d of %d part CSVs rebuilt for the run's columns", layout.run_id, rebuilt, len(parts))
+    return JoinedReport(histogram, report.bytes_written, jsonl.bytes_written, report.part_count, rebuilt)
 
 
 def presign(s3: Any, bucket: str, key: str, expiry_s: int) -> str:

@@ -1,8 +1,9 @@
 """Where a run's built-in report lives in the reports bucket.
 
 Under `s3://<bucket>/reports/<job>/<run_id>/`:
-`parts/part-<kkk>.jsonl` and `parts/part-<kkk>.json` (one shard's rows and statistics,
-tagged for expiry), then `report.csv`, `report.jsonl`, `failures.csv`, `summary.json`,
+`parts/part-<kkk>.jsonl`, `.csv`, `failures-<kkk>.csv`, `values-<kkk>.txt` and
+`part-<kkk>.json` (one shard's rows, as JSONL and CSV, its failures, its histogram values
+and its statistics; tagged for expiry), then `report.csv`, `report.jsonl`, `failures.csv`, `summary.json`,
 `report.html`.
 """
 
@@ -37,6 +38,15 @@ class ReportLayout:
 
     def part_rows(self, shard: int) -> str:
         return f"{self.prefix}parts/part-{shard:03d}.jsonl"
+
+    def part_csv(self, shard: int) -> str:
+        return f"{self.prefix}parts/part-{shard:03d}.csv"
+
+    def part_failures(self, shard: int) -> str:
+        return f"{self.prefix}parts/failures-{shard:03d}.csv"
+
+    def part_values(self, shard: int) -> str:
+        return f"{self.prefix}parts/values-{shard:03d}.txt"
 
     def part_stats(self, shard: int) -> str:
         return f"{self.prefix}parts/part-{shard:03d}.json"

@@ -25,7 +25,7 @@ from microprocess.ledger import Ledger, RunRecord, RunStatus, utc_now_iso
 from microprocess.pipeline.envelope import TaskEnvelope, TaskKind
 from microprocess.pipeline.fanin import enqueue_completion
 from microprocess.pipeline.queue import QueueSender
-from microprocess.reduce.finalize import join_report, merged_stats, presign, publish
+from microprocess.reduce.finalize import join_report, merged, part_stats, presign, publish
 from microprocess.reduce.layout import ReportLayout
 from microprocess.reduce.mail import send_report_email
 from microprocess.reduce.parts import build_part
@@ -133,8 +133,9 @@ class PlatformReducer:
         }
 
     def _build(self, job: JobDeclaration, run: RunRecord, layout: ReportLayout) -> RunStatus | None:
-        stats = merged_stats(self.ledger, self.s3, layout, job, run.shard_count, part_bytes=self.part_bytes)
-        joined = join_report(self.s3, layout, job, run.shard_count, stats, part_bytes=self.part_bytes)
+        parts = part_stats(self.ledger, self.s3, layout, job, run.shard_count, part_bytes=self.part_bytes)
+        joined = join_report(self.s3, layout, job, parts, part_bytes=self.part_bytes)
+        stats = merged(parts)
         files = {
             name: layout.s3_uri(key)
             for name, key in (
@@ -157,6 +158,7 @@ class PlatformReducer:
             reduced_at=utc_now_iso(),
         )
         summary["report_csv_bytes"] = joined.csv_bytes
+        summary["report_jsonl_bytes"] = joined.jsonl_bytes
         # The ledger makes the one failure-tolerance decision and records it with the report.
         return self.ledger.finish_run(
             run.run_id, tolerated_failure_pct=job.tolerated_failure_pct, report_uri=layout.uri, summary=summary

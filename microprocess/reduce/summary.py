@@ -164,6 +164,8 @@ class PartStats:
     last_finished_at: str | None = None
     columns: list[str] = field(default_factory=list)
     columns_dropped: int = 0
+    #: The columns of the part's CSV file; None when finalize must rebuild it from the JSONL.
+    csv_columns: list[str] | None = None
     histogram: NumericStats = field(default_factory=NumericStats)
     failure_count: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
@@ -203,6 +205,7 @@ class PartStats:
         lasts = [t for t in (self.last_finished_at, other.last_finished_at) if t]
         self.first_finished_at = min(firsts) if firsts else None
         self.last_finished_at = max(lasts) if lasts else None
+        self.csv_columns = None  # a property of one part file, not of a merge
         known = set(self.columns)
         self.columns += [c for c in other.columns if c not in known]
         self.columns_dropped += other.columns_dropped
