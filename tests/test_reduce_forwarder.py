@@ -167,3 +167,16 @@ def test_without_a_reducer_a_platform_finalize_fails_the_run_after_its_attempts(
     # THEN the run ends FAILED, naming the cause, instead of waiting forever
     run = stack.ledger.require_run("r1")
     assert run.status is RunStatus.FAILED and "has no reducer" in (run.error or "")
+
+
+def test_a_completion_envelope_carries_its_body_and_is_keyed_run_colon_completion() -> None:
+    from microprocess.pipeline.envelope import MalformedEnvelope
+    from microprocess.pipeline.fanin import completion_envelope
+    from tests.functions_harness import JOB
+
+    env = TaskEnvelope.parse(completion_envelope(JOB, "r9", {"run_id": "r9", "status": "FAILED"}))
+    assert env.kind is TaskKind.COMPLETION and env.idempotency_key == "r9:completion"
+    assert env.item == {"run_id": "r9", "status": "FAILED"}
+    bodiless = '{"kind": "completion", "job": "j", "run_id": "r9", "task_id": "completion", "shard": 0}'
+    with pytest.raises(MalformedEnvelope, match="completion message carries its callback body as 'item'"):
+        TaskEnvelope.parse(bodiless)

@@ -415,3 +415,24 @@ def test_parts_with_different_fields_are_joined_under_one_header(env: Env) -> No
     assert len(rows) == 40 and all(list(r) == list(rows[0]) for r in rows) and "extra" in rows[0]
     assert {r["task_id"]: r["extra"] for r in rows if r["extra"]} == {"0-000000017": "true"}
     assert sorted(int(r["n"]) for r in rows) == list(range(40))
+
+
+def test_the_reducer_refuses_a_shard_the_run_does_not_have(env: Env) -> None:
+    from microprocess.reduce import ReduceRefused
+
+    job = platform_job()
+    run_id = reducing_run(env.ledger, job, invoice_outcomes(job))
+    with pytest.raises(ReduceRefused, match=r"run r1 has shards 0..3; got shard 9"):
+        env.reducer().reduce_part(job, run_id, 9)
+
+
+def test_the_page_escapes_what_the_service_and_the_items_wrote(env: Env) -> None:
+    # GIVEN a failure whose error text holds markup
+    job = platform_job(tolerated_failure_pct=100.0)
+    bad = outcome(job, 0, failed=True)
+    bad = TaskOutcome(**{**bad.__dict__, "error": "<script>alert(1)</script>"})
+    run_id = reducing_run(env.ledger, job, [bad])
+    reduce_all(env, job, run_id)
+    page = env.text(ReportLayout(BUCKET, job.name, run_id).report_html)
+    # THEN it is shown as text, never as markup
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
