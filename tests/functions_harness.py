@@ -65,6 +65,8 @@ class FakeService:
     calls: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     bad_signatures: int = 0
+    #: What a completion callback (a body without "kind") is answered with.
+    completion_status: int = 200
 
     def start(self) -> None:
         service = self
@@ -86,6 +88,8 @@ class FakeService:
                 service.calls.append(
                     {"path": self.path, "payload": payload, "key": self.headers.get("Idempotency-Key")}
                 )
+                if "kind" not in payload:  # a completion callback: {run_id, job, status, ...}
+                    return self._send(service.completion_status, b"{}")
                 if payload["kind"] == "reduce-part":
                     return self._send(200, json.dumps({"shard": payload["shard"]}).encode())
                 if payload["kind"] == "finalize":
@@ -119,7 +123,7 @@ class FakeService:
         self.server.server_close()
 
     def task_calls(self) -> list[dict[str, Any]]:
-        return [c for c in self.calls if c["payload"]["kind"] == "task"]
+        return [c for c in self.calls if c["payload"].get("kind") == "task"]
 
 
 class RecordingSQS:

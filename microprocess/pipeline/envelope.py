@@ -27,6 +27,7 @@ class TaskKind(StrEnum):
     TASK = "task"  # one item
     REDUCE_PART = "reduce-part"  # reduce one ledger shard into a part file
     FINALIZE = "finalize"  # join the parts into the report, send the email
+    COMPLETION = "completion"  # the signed completion callback of an ended run (its body travels as `item`)
 
 
 class MalformedEnvelope(ValueError):
@@ -42,12 +43,13 @@ class TaskEnvelope(BaseModel):
 
     Attributes:
         v: envelope schema version.
-        kind: task, reduce-part or finalize.
+        kind: task, reduce-part, finalize or completion.
         job: the job name (see `microprocess.declarations`).
         run_id: the run this task belongs to.
         task_id: deterministic id, unique within the run.
         shard: ledger shard of the task (for a reduce part: the shard it reduces).
-        item: the item itself, for tasks small enough to travel inline.
+        item: the item itself, for tasks small enough to travel inline (for a completion: the
+            callback body).
         item_ref: `s3://bucket/key` of the item, for tasks that travel by reference.
     """
 
@@ -66,7 +68,10 @@ class TaskEnvelope(BaseModel):
     def _payload(self) -> TaskEnvelope:
         if self.kind is TaskKind.TASK and (self.item is None) == (self.item_ref is None):
             raise ValueError("a task carries exactly one of 'item' and 'item_ref'")
-        if self.kind is not TaskKind.TASK and (self.item is not None or self.item_ref is not None):
+        if self.kind is TaskKind.COMPLETION:
+            if not isinstance(self.item, dict) or self.item_ref is not None:
+                raise ValueError("a completion message carries its callback body as 'item' (an object), no 'item_ref'")
+        elif self.kind is not TaskKind.TASK and (self.item is not None or self.item_ref is not None):
             raise ValueError(f"a {self.kind} message carries no item")
         return self
 
@@ -125,6 +130,8 @@ def reduce_part_id(shard: int) -> str:
 
 
 FINALIZE_TASK_ID = "finalize"
+#: Task id of a run's completion callback (its idempotency key is `<run>:completion`).
+COMPLETION_TASK_ID = "completion"
 
 
 def canonical_json(value: Any) -> str:

@@ -27,15 +27,18 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from microprocess.chaos.faults import FaultInjector, InjectedCrash
-from microprocess.declarations import JobDeclaration, JobRegistry, UnknownJobError
+from microprocess.declarations import JobDeclaration, JobRegistry, ReduceMode, UnknownJobError
 from microprocess.ledger import Ledger, RunRecord, RunStatus, TaskOutcome, TaskState
 from microprocess.pipeline.envelope import SQS_MAX_MESSAGE_BYTES, MalformedEnvelope, TaskEnvelope, TaskKind, shard_of
 from microprocess.pipeline.fanin import enqueue_finalize, enqueue_reduce_parts
 from microprocess.pipeline.push import HttpPusher, PushOutcome, PushResult
 from microprocess.pipeline.queue import QueueSender
+
+if TYPE_CHECKING:
+    from microprocess.reduce import PlatformReducer
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,7 @@ class Forwarder:
         sender_for: the sender of a job's task queue, by job name (chaos duplicates).
         sender: one sender for every job (tests); instead of `sender_for`.
         reduce_sender: the reduce queue's sender.
+        reducer: the built-in reduce, for jobs with `reduce = "platform"` (the reducer function's).
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class Forwarder:
         sender_for: Callable[[str], QueueSender] | None = None,
         sender: QueueSender | None = None,
         reduce_sender: QueueSender | None = None,
+        reducer: PlatformReducer | None = None,
         faults: FaultInjector | None = None,
         emit: MetricsEmitter | None = None,
         retry_base_s: float = 2.0,
@@ -160,6 +165,7 @@ class Forwarder:
         if reduce_sender is None and sender is None:
             raise ValueError("give the Forwarder a reduce_sender (the reduce queue)")
         self.reduce_sender: QueueSender = reduce_sender or sender  # type: ignore[assignment]
+        self.reducer = reducer
         self.faults = faults
         self.emit = emit or (lambda name, value, job, **_: None)
         self.retry_base_s = retry_base_s
@@ -243,7 +249,7 @@ class Forwarder:
                 raise _Deferred
         if env.kind is not TaskKind.TASK and run.status in (RunStatus.SPLITTING, RunStatus.RUNNING):
             run = self.runs.get(env.run_id, fresh=True) or run  # statuses only move on: the cache is behind
-        if env.kind is not TaskKind.TASK and run.status is not RunStatus.REDUCING:
+        if env.kind is not TaskKind.TASK and run.status is not RunStatus.REDUCING and not _after_end(env, job, run):
             return None  # the run has already ended
         item = env.item
         if env.item_ref:
@@ -323,12 +329,18 @@ class Forwarder:
 
     def _push(self, w: _Work) -> PushResult:
         env, job = w.envelope, w.job
+        if env.kind in (TaskKind.REDUCE_PART, TaskKind.FINALIZE) and job.reduce is ReduceMode.PLATFORM:
+            return self._reduce_in_process(w)
         if env.kind is TaskKind.TASK:
             path, timeout = job.task_path, job.task_timeout_s
         elif env.kind is TaskKind.REDUCE_PART:
             path, timeout = job.reduce_part_path or "", REDUCE_TIMEOUT_S
-        else:
+        elif env.kind is TaskKind.FINALIZE:
             path, timeout = job.reduce_finalize_path or "", REDUCE_TIMEOUT_S
+        else:
+            if not job.completion_path:
+                return PushResult(None, error=f"job '{job.name}' declares no completion_path")
+            path, timeout = job.completion_path, job.task_timeout_s
         payload = {
             "run_id": env.run_id,
             "task_id": env.task_id,
@@ -338,6 +350,8 @@ class Forwarder:
             "shard": env.shard,
             "kind": str(env.kind),
         }
+        if env.kind is TaskKind.COMPLETION:
+            payload = dict(env.item)  # {run_id, job, status, expected, succeeded, failed, report_uri}
         try:
             return self.pusher_for(job.service).push(
                 path, payload, idempotency_key=env.idempotency_key, timeout=timeout
@@ -431,9 +445,43 @@ class Forwarder:
 
     # ---------------------------------------------------------------- reduce
 
+    def _reduce_in_process(self, w: _Work) -> PushResult:
+        """Run a platform reduce part or finalize here; its answer stands in for a service's."""
+        if self.reducer is None:
+            return PushResult(None, error=f"job '{w.job.name}' reduces on the platform; this function has no reducer")
+        try:
+            answer = self.reducer.handle(w.envelope, w.job)
+        except Exception as exc:  # retried with backoff like a failed push; the last error fails the run
+            log.exception("platform %s of run %s failed", w.envelope.kind, w.envelope.run_id, extra=_keys(w.envelope))
+            return PushResult(None, error=f"platform {w.envelope.kind} failed: {type(exc).__name__}: {exc}")
+        return PushResult(200, json.dumps(answer, default=str).encode())
+
+    def _settle_completion(self, w: _Work) -> list[str]:
+        """A completion callback never changes its run: retried like a task, then given up (logged)."""
+        assert w.result is not None
+        env, job, result = w.envelope, w.job, w.result
+        if result.outcome is PushOutcome.SUCCESS:
+            log.info("run %s: completion callback delivered", env.run_id, extra=_keys(env))
+            self.emit("CompletionsDelivered", 1, job.name, run_id=env.run_id)
+            return []
+        if result.outcome is PushOutcome.RETRY and w.attempt < job.max_attempts:
+            self._retry_later(w, result)
+            return [w.message_id]
+        log.error(
+            "run %s: completion callback given up after %d attempts: %s",
+            env.run_id,
+            w.attempt,
+            result.describe(),
+            extra=_keys(env),
+        )
+        self.emit("CompletionsFailed", 1, job.name, run_id=env.run_id)
+        return []
+
     def _settle_reduce(self, w: _Work) -> list[str]:
         assert w.result is not None
         env, job, result = w.envelope, w.job, w.result
+        if env.kind is TaskKind.COMPLETION:
+            return self._settle_completion(w)
         outcome = result.outcome
         try:
             if outcome is PushOutcome.SUCCESS:
@@ -443,12 +491,15 @@ class Forwarder:
                         enqueue_finalize(self.reduce_sender, job, env.run_id)
                 else:
                     body = result.json() or {}
-                    status = self.ledger.finish_run(
-                        env.run_id,
-                        tolerated_failure_pct=job.tolerated_failure_pct,
-                        report_uri=str(body.get("report_uri", "")),
-                        summary=body.get("summary") or {},
-                    )
+                    if job.reduce is ReduceMode.PLATFORM:  # the in-process finalize ended the run itself
+                        status = RunStatus(body["ended"]) if body.get("ended") else None
+                    else:
+                        status = self.ledger.finish_run(
+                            env.run_id,
+                            tolerated_failure_pct=job.tolerated_failure_pct,
+                            report_uri=str(body.get("report_uri", "")),
+                            summary=body.get("summary") or {},
+                        )
                     if status is not None:
                         log.info("run %s finished %s", env.run_id, status, extra=_keys(env))
                         self.emit(
@@ -467,3 +518,11 @@ class Forwarder:
         except Exception:
             log.exception("settling %s of run %s failed; it will be retried", env.task_id, env.run_id, extra=_keys(env))
             return [w.message_id]
+
+
+def _after_end(env: TaskEnvelope, job: JobDeclaration, run: RunRecord) -> bool:
+    """Reduce-queue messages still handled once their run has ended: its completion callback,
+    and a platform finalize delivered again (it publishes and notifies what a crash left undone)."""
+    if run.status not in (RunStatus.SUCCEEDED, RunStatus.FAILED):
+        return False
+    return env.kind is TaskKind.COMPLETION or (env.kind is TaskKind.FINALIZE and job.reduce is ReduceMode.PLATFORM)

@@ -24,6 +24,7 @@ from microprocess.pipeline.queue import QueueSender
 from microprocess.pipeline.settings import RuntimeSettings, get_settings
 from microprocess.pipeline.splitter import Splitter
 from microprocess.pipeline.sweeper import Sweeper
+from microprocess.reduce import PlatformReducer
 
 _CONFIG = Config(max_pool_connections=50, retries={"mode": "standard", "max_attempts": 5})
 
@@ -110,6 +111,22 @@ def emitter() -> Any:
 
 
 @lru_cache(maxsize=1)
+def platform_reducer() -> PlatformReducer | None:
+    """The built-in reduce (jobs with `reduce = "platform"`); None without a reports bucket."""
+    s = get_settings()
+    if not s.reports_bucket:
+        return None
+    return PlatformReducer(
+        ledger=ledger(),
+        s3=client("s3"),
+        ses=client("ses"),
+        bucket=s.reports_bucket,
+        completion_sender=reduce_sender(),
+        email_sender=s.ses_sender,
+    )
+
+
+@lru_cache(maxsize=1)
 def forwarder() -> Forwarder:
     s = get_settings()
     return Forwarder(
@@ -123,6 +140,7 @@ def forwarder() -> Forwarder:
         dead_letter_queue_url=s.dead_letter_queue_url,
         sender_for=sender_for,
         reduce_sender=reduce_sender(),
+        reducer=platform_reducer(),
         faults=faults(),
         emit=emitter(),
     )
@@ -184,7 +202,7 @@ def sweeper() -> Sweeper:
 def reset() -> None:
     """Forget every cached setting, client and core object (tests; a changed environment)."""
     get_settings.cache_clear()
-    for cached in (faults, ledger, _sender, pusher_for, forwarder, dead_letter):
+    for cached in (faults, ledger, _sender, pusher_for, platform_reducer, forwarder, dead_letter):
         cached.cache_clear()
     if hasattr(client, "cache_clear"):  # not while a test stands in for it
         client.cache_clear()
