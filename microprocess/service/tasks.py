@@ -204,6 +204,9 @@ M = TypeVar("M", bound=BaseModel)
 def parse_task(raw: bytes, model: type[M], *, kind: str, key: str) -> M:
     """The verified body as `model`, checked against the route's kind and the Idempotency-Key."""
     doc = parse_json(raw)
+    sent_kind = doc.get("kind") if isinstance(doc, dict) else None
+    if sent_kind is not None and sent_kind != kind:  # before the schema: the item of another kind differs
+        raise Rejected(400, "wrong_kind", f"this route takes kind {kind!r} but the body is kind {sent_kind!r}")
     try:
         task = model.model_validate(doc)
     except ValidationError as exc:
@@ -211,9 +214,6 @@ def parse_task(raw: bytes, model: type[M], *, kind: str, key: str) -> M:
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False)
         )
         raise Rejected(422, "invalid_request", f"body does not match {model.__name__}: {problems}") from None
-    sent_kind = getattr(task, "kind", kind)
-    if sent_kind != kind:
-        raise Rejected(400, "wrong_kind", f"this route takes kind {kind!r} but the body is kind {sent_kind!r}")
     expected = f"{getattr(task, 'run_id', '')}:{getattr(task, 'task_id', '')}"
     if key != expected:
         raise Rejected(
