@@ -8,9 +8,12 @@ costs at most one Secrets Manager call per interval.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 class CachedSecret:
@@ -20,6 +23,8 @@ class CachedSecret:
         load: returns the secret value (the secret itself, `{"current","previous"}` JSON or a
             JSON list; see `microprocess.service.signing.parse_secrets`). May block (network).
         min_refresh_interval_s: `refresh()` re-reads at most this often, seconds.
+        max_age_s: a value older than this is re-read on use (a finished rotation takes
+            effect); if that read fails, the old value is kept and the read tried again later.
         clock: monotonic seconds (tests).
     """
 
@@ -28,10 +33,12 @@ class CachedSecret:
         load: Callable[[], str],
         *,
         min_refresh_interval_s: float = 30.0,
+        max_age_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._load = load
         self.min_refresh_interval_s = min_refresh_interval_s
+        self.max_age_s = max_age_s
         self._clock = clock
         self._value: str | None = None
         self._read_at = float("-inf")
@@ -42,6 +49,14 @@ class CachedSecret:
             with self._lock:
                 if self._value is None:
                     self._value = self._read()
+        elif self._clock() - self._read_at > self.max_age_s:
+            with self._lock:
+                if self._clock() - self._read_at > self.max_age_s:
+                    try:
+                        self._value = self._read()
+                    except Exception:
+                        log.warning("could not re-read the signing secret; keeping the cached one", exc_info=True)
+                        self._read_at = self._clock() - self.max_age_s + self.min_refresh_interval_s
         return self._value
 
     def _read(self) -> str:

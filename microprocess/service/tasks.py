@@ -2,7 +2,7 @@
 framework-neutral pipeline every adapter runs (verify, parse, check, call, answer).
 
 Order of checks (docs/push-contract.md, "What a service does"): size (413) → signature (401)
-→ JSON (400) → schema (422) → kind matches the route (400) → Idempotency-Key matches the
+→ JSON (400) → kind matches the route (400) → schema (422) → Idempotency-Key matches the
 body (400) → the handler. Nothing before the handler reads or writes anything.
 """
 
