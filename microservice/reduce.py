@@ -24,12 +24,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, Field
-
-from microprocess.service.tasks import TaskRequest
+from pydantic import Field
 
 from microprocess.declarations import JobDeclaration
 from microprocess.ledger import Ledger, LedgerError, RunNotFound, RunRecord, RunStatus, utc_now_iso
+from microprocess.service.tasks import TaskRequest
 from microservice.errors import ServiceError
 from microservice.report_page import render_report_page
 from microservice.report_stats import FAILURE_COLUMNS, REPORT_COLUMNS, ReportRow, ReportStats

@@ -8,7 +8,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from microprocess.service.tasks import TaskRequest
-
 from microservice.companies import CompanyStore
 from microservice.domain import SCORING_FIELDS, credit_score, score_factors
 from microservice.errors import ServiceError

@@ -132,7 +132,15 @@ def reduce_payload(run_id: str, shard: int, *, job: str = CREDIT_SCORES.name) ->
 
 
 def finalize_payload(run_id: str, *, job: str = CREDIT_SCORES.name) -> dict[str, Any]:
-    return {"run_id": run_id, "task_id": "finalize", "attempt": 1, "job": job, "shard": 0, "item": None, "kind": "finalize"}
+    return {
+        "run_id": run_id,
+        "task_id": "finalize",
+        "attempt": 1,
+        "job": job,
+        "shard": 0,
+        "item": None,
+        "kind": "finalize",
+    }
 
 
 def failure_error(number: int) -> str:

@@ -76,7 +76,7 @@ def test_reminders_service_passes_every_clause(reminders_url: str) -> None:
     assert replay.evidence.startswith("refused: HTTP 401")
 
 
-def test_bundled_service_passes_every_clause(env: Env) -> None:  # noqa: F811
+def test_bundled_service_passes_every_clause(env: Env) -> None:
     # GIVEN the bundled credit-score service (queue role) over moto, running
     app = create_scores_app(queue_settings())
     app.dependency_overrides[get_aws] = lambda: env.aws
@@ -146,8 +146,16 @@ def _cli() -> typer.Typer:
 def test_cli_prints_one_line_per_clause_and_exits_zero(reminders_url: str) -> None:
     result = CliRunner().invoke(
         _cli(),
-        ["check-service", "reminders", "--url", reminders_url, "--secret", SECRET, "--item", '{"invoice_id": "I-1", '
-         '"customer": "A", "amount": 1, "due_date": "2026-01-01"}'],
+        [
+            "check-service",
+            "reminders",
+            "--url",
+            reminders_url,
+            "--secret",
+            SECRET,
+            "--item",
+            '{"invoice_id": "I-1", "customer": "A", "amount": 1, "due_date": "2026-01-01"}',
+        ],
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()

@@ -1,8 +1,6 @@
 """docs/push-contract.md is true: its worked example and its curl recipe, and the pusher's side
 (signature v2, re-reading a rotated secret after a 401, the size limit)."""
 
-# ruff: noqa: F811  (pytest fixtures are imported, then named as test parameters)
-
 from __future__ import annotations
 
 import hashlib
@@ -56,9 +54,7 @@ def test_the_worked_example_is_what_the_sdk_computes_and_what_the_page_says() ->
     assert signature(EXAMPLE_SECRET, base) == EXAMPLE_SIGNATURE and EXAMPLE_SIGNATURE in DOC
     # AND a reader's own implementation of the recipe (HMAC of the seven lines) agrees
     lines = ["microprocess-v2", "POST", "/tasks/remind", "1796083200", "n8R2xQ4vLk7TzW1pYc3sDf", "r-20261201:I-1001"]
-    mine = hmac.new(
-        EXAMPLE_SECRET.encode(), "\n".join([*lines, EXAMPLE_DIGEST]).encode(), hashlib.sha256
-    ).hexdigest()
+    mine = hmac.new(EXAMPLE_SECRET.encode(), "\n".join([*lines, EXAMPLE_DIGEST]).encode(), hashlib.sha256).hexdigest()
     assert "v2=" + mine == EXAMPLE_SIGNATURE
     # AND a service at that moment accepts it
     assert verify(EXAMPLE_HEADERS, EXAMPLE_BODY, "POST", "/tasks/remind", EXAMPLE_SECRET, now=1796083200 + 5)
@@ -109,7 +105,7 @@ class _Service:
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 try:
-                    verify(self.headers, raw, "POST", self.path, service.secrets, replay_guard=guard)
+                    verify(dict(self.headers.items()), raw, "POST", self.path, service.secrets, replay_guard=guard)
                 except SignatureError as exc:
                     service.refused.append(str(exc))
                     return self._send(401, b'{"error":"bad_signature"}')

@@ -279,7 +279,11 @@ def check_service(
     again = client.post(task_path, good_body, again_headers)
     same = first_ok and again.status == first.status and again.json() == first.json()
     results.append(
-        ClauseResult(SAME_TASK_AGAIN, same, f"first {first.describe()}; again {again.describe()}" if not same else again.describe())
+        ClauseResult(
+            SAME_TASK_AGAIN,
+            same,
+            f"first {first.describe()}; again {again.describe()}" if not same else again.describe(),
+        )
     )
     replay = client.post(task_path, good_body, again_headers)
     if replay.status == 401:
@@ -307,9 +311,7 @@ def check_service(
 
     given = [r.retry_after for r in client.replies if r.retry_after is not None]
     bad = [v for v in given if not well_formed_retry_after(v)]
-    evidence = (
-        f"malformed: {bad[:3]}" if bad else (f"{len(given)} given, all well-formed" if given else "none given")
-    )
+    evidence = f"malformed: {bad[:3]}" if bad else (f"{len(given)} given, all well-formed" if given else "none given")
     results.append(ClauseResult(RETRY_AFTER, not bad, evidence))
     return results
 
@@ -360,7 +362,7 @@ def register(app: typer.Typer) -> None:
         try:
             sample = json.loads(item)
         except ValueError as exc:
-            typer.echo(f"error: --item is not JSON ({exc}); e.g. --item '{{\"invoice_id\": \"I-1\"}}'", err=True)
+            typer.echo(f'error: --item is not JSON ({exc}); e.g. --item \'{{"invoice_id": "I-1"}}\'', err=True)
             raise typer.Exit(2) from None
         try:
             results = check_service(
@@ -372,6 +374,8 @@ def register(app: typer.Typer) -> None:
         for result in results:
             typer.echo(result.line())
         failed = [r.clause for r in results if not r.passed]
-        typer.echo(f"{len(results) - len(failed)} of {len(results)} clauses pass" + (f"; {len(failed)} fail" if failed else ""))
+        typer.echo(
+            f"{len(results) - len(failed)} of {len(results)} clauses pass" + (f"; {len(failed)} fail" if failed else "")
+        )
         if failed:
             raise typer.Exit(1)

@@ -16,6 +16,14 @@ from microservice.security import body_schema, signed_body
 
 router = APIRouter(tags=["reduce"])
 
+if CREDIT_SCORES.reduce_part_path is None or CREDIT_SCORES.reduce_finalize_path is None:
+    raise RuntimeError(
+        "job credit-scores must declare reduce_part_path and reduce_finalize_path (reduce = 'service') "
+        "in microprocess.toml: this service's reduce routes are those paths"
+    )
+PART_PATH: str = CREDIT_SCORES.reduce_part_path
+FINALIZE_PATH: str = CREDIT_SCORES.reduce_finalize_path
+
 SignedReducePart = Annotated[ReduceRequest, Depends(signed_body(ReduceRequest, kind="reduce-part"))]
 SignedFinalize = Annotated[ReduceRequest, Depends(signed_body(ReduceRequest, kind="finalize"))]
 
@@ -27,7 +35,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post(CREDIT_SCORES.reduce_part_path, responses=_ERRORS, openapi_extra=body_schema(ReduceRequest))
+@router.post(PART_PATH, responses=_ERRORS, openapi_extra=body_schema(ReduceRequest))
 def reduce_part_task(req: SignedReducePart, ledger: LedgerDep, aws: AwsDep, settings: SettingsDep) -> dict[str, Any]:
     """Reduce one ledger shard into `parts/part-<kkk>.csv` and `.json`; the answer is the part's statistics."""
     return reduce_part(
@@ -36,7 +44,7 @@ def reduce_part_task(req: SignedReducePart, ledger: LedgerDep, aws: AwsDep, sett
 
 
 @router.post(
-    CREDIT_SCORES.reduce_finalize_path,
+    FINALIZE_PATH,
     responses={**_ERRORS, 502: {"description": "retry: the email failed (the report is written)"}},
     openapi_extra=body_schema(ReduceRequest),
 )
