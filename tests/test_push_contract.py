@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 import pytest
 
-from microprocess.pipeline.push import HttpPusher, PushOutcome, SecretCache
+from microprocess.pipeline.push import MAX_RETRY_AFTER_S, HttpPusher, PushOutcome, SecretCache, parse_retry_after
 from microprocess.service import MAX_BODY_BYTES, ReplayGuard, SignatureError, signature_base, verify
 from microprocess.service.signing import signature
 from reminders_service.main import create_app as create_reminders_app
@@ -188,3 +188,20 @@ def test_a_body_over_the_limit_is_never_sent(service: _Service) -> None:
 def test_secret_cache_needs_a_secret_or_an_arn() -> None:
     with pytest.raises(ValueError, match="secret or its ARN"):
         SecretCache()
+
+
+def test_retry_after_is_seconds_or_a_date_and_nothing_else() -> None:
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after("9" * 12) == MAX_RETRY_AFTER_S  # capped at the longest SQS backoff
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: now
+    assert 3500 < (parse_retry_after(_http_date(3600)) or 0) <= 3600
+    for bad in ("1e400", "nan", "inf", "-5", "1.5", "9" * 400, "soon", "\u00b2", ""):
+        assert parse_retry_after(bad) is None, bad
+
+
+def _http_date(seconds_ahead: int) -> str:
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    return format_datetime(datetime.now(UTC) + timedelta(seconds=seconds_ahead), usegmt=True)

@@ -192,11 +192,11 @@ def _refused_401(clause: str, reply: Reply) -> ClauseResult:
 def well_formed_retry_after(value: str) -> bool:
     """Delta-seconds (digits) or an HTTP date (RFC 9110 §10.2.3)."""
     text = value.strip()
-    if text.isdigit():
+    if re.fullmatch(r"[0-9]{1,12}", text):
         return True
     try:
         return parsedate_to_datetime(text) is not None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return False
 
 

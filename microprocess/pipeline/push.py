@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
@@ -69,20 +71,28 @@ class PushResult:
         return f"HTTP {self.status}: {text}" if text else f"HTTP {self.status}"
 
 
+#: The longest backoff a `Retry-After` can ask for: SQS's maximum visibility timeout, seconds.
+MAX_RETRY_AFTER_S = 43_200.0
+_DELTA_SECONDS = re.compile(r"[0-9]{1,12}")
+
+
 def parse_retry_after(value: str | None) -> float | None:
-    """`Retry-After` as seconds (delta-seconds or an HTTP date)."""
+    """`Retry-After` as seconds in [0, 43200]: delta-seconds (ASCII digits) or an HTTP date.
+
+    Anything else (`1e400`, `nan`, `-5`, text) is None: the exponential backoff applies.
+    """
     if not value:
         return None
+    text = value.strip()
+    if _DELTA_SECONDS.fullmatch(text):
+        return min(float(int(text)), MAX_RETRY_AFTER_S)
     try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        from datetime import UTC, datetime
-
-        return max((parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds(), 0.0)
-    except (TypeError, ValueError):
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if when is None or when.tzinfo is None:
+        return None
+    return min(max((when - datetime.now(UTC)).total_seconds(), 0.0), MAX_RETRY_AFTER_S)
 
 
 class SecretCache(CachedSecret):

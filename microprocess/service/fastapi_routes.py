@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from microprocess.service.asgi import Handler, call_handler
+from microprocess.service.asgi import CONTENT_LENGTH, Handler, call_handler
 from microprocess.service.signing import MAX_BODY_BYTES
 from microprocess.service.tasks import (
     Answer,
@@ -45,7 +45,7 @@ async def read_limited(request: Request, max_bytes: int = MAX_BODY_BYTES) -> byt
     from `Content-Length` before reading, else while counting the streamed chunks."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit() or len(declared.strip()) > 18:
+        if not CONTENT_LENGTH.fullmatch(declared.strip()):
             raise Rejected(400, "bad_content_length", "Content-Length is not a number")
         if int(declared) > max_bytes:
             raise Rejected(413, "body_too_large", f"Content-Length is {declared} bytes; the limit is {max_bytes}")
