@@ -18,6 +18,7 @@ from microprocess.service import (
     NONCE_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    CompletionRequest,
     PermanentFailure,
     ReplayGuard,
     RetryLater,
@@ -317,3 +318,31 @@ def test_the_sdk_imports_without_boto3_cdk_or_powertools() -> None:
     # THEN it works, and none of them was loaded
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "loaded: []"
+
+
+def test_a_completion_callback_route_takes_the_runs_outcome() -> None:
+    # GIVEN a service with a completion route (kind `completion`)
+    seen: list[CompletionRequest] = []
+    app = FastAPI()
+    app.include_router(
+        task_router("/hooks/done", seen.append, secrets=SECRET, kind="completion", model=CompletionRequest)
+    )
+    client = TestClient(app)
+    outcome = {
+        "run_id": "r-1",
+        "task_id": "completion",
+        "kind": "completion",
+        "job": "invoice-reminders",
+        "status": "SUCCEEDED",
+        "expected": 3,
+        "succeeded": 3,
+        "failed": 0,
+        "report_uri": "s3://reports/reports/invoice-reminders/r-1/",
+    }
+    # WHEN the platform posts the run's outcome; and a task body arrives there by mistake
+    done = _post(client, "/hooks/done", outcome)
+    task = _post(client, "/hooks/done", _task(1))
+    # THEN the first reaches the handler as a typed outcome; the second is a permanent 400
+    assert done.status_code == 200
+    assert [(c.status, c.succeeded, c.idempotency_key) for c in seen] == [("SUCCEEDED", 3, "r-1:completion")]
+    assert (task.status_code, task.json()["error"]) == (400, "wrong_kind")
