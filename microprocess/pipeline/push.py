@@ -141,7 +141,7 @@ class HttpPusher:
 
     def __init__(self, base_url: str, secret: Callable[[], str], *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         if not base_url:
-            raise ValueError("HttpPusher needs the queue service URL (is QUEUE_SERVICE_URL set?)")
+            raise ValueError("HttpPusher needs the service's URL (SERVICE_ENDPOINTS[<service>].url)")
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"queue service URL {base_url!r} must be http(s)://host[:port]")
