@@ -326,3 +326,18 @@ def test_secret_is_read_from_secrets_manager_once(env: Env) -> None:
     # THEN the first two are accepted, the last refused, and the secret was fetched once
     assert (ok1.status_code, ok2.status_code, bad.status_code) == (200, 200, 401)
     assert calls == [arn]
+
+
+def test_no_header_value_reaches_a_5xx_before_authentication(queue_client: TestClient, env: Env) -> None:
+    # GIVEN a well-signed task whose headers are then bent in every odd way
+    body = json.dumps(task_payload("C0000026")).encode()
+    good = sign_request(SECRET, "POST", TASK, body, "run-1:t-C0000026")
+    odd_values = ["", " ", "0", "-1", "0x10", "1e9", "１２３", "²", "9" * 400, "9" * 5000, "\t1\t", "null"]
+    for name in (TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER, IDEMPOTENCY_HEADER):
+        for value in odd_values:
+            # WHEN one header carries an odd value
+            headers: dict[str, Any] = {**good, name: value.encode()}  # raw bytes: non-ASCII travels too
+            resp = queue_client.post(TASK, content=body, headers={"Content-Type": "application/json", **headers})
+            # THEN a 4xx (401: refused), never a 5xx
+            assert resp.status_code == 401, (name, value, resp.status_code)
+    assert "score" not in stored(env, "C0000026")
