@@ -36,6 +36,7 @@ from tests.microservice_fixtures import (  # noqa: F401  (env, queue_client: fix
 )
 
 TASK = CREDIT_SCORES.task_path
+FINALIZE = CREDIT_SCORES.reduce_finalize_path or "/no-finalize-declared"
 
 
 def stored(env: Env, company_id: str) -> dict[str, Any]:
@@ -212,7 +213,7 @@ def test_signed_body_sent_to_another_route_is_refused(queue_client: TestClient, 
     body = json.dumps(payload).encode()
     headers = sign_request(SECRET, "POST", TASK, body, "run-1:t-C0000015")
     # WHEN it is sent to the finalize route
-    resp = _raw_post(queue_client, CREDIT_SCORES.reduce_finalize_path, body, headers)
+    resp = _raw_post(queue_client, FINALIZE, body, headers)
     # THEN 401, and nothing is written
     assert resp.status_code == 401
     assert env.s3.list_objects_v2(Bucket="reports").get("KeyCount", 0) == 0
@@ -224,7 +225,7 @@ def test_kind_must_match_the_route(queue_client: TestClient, env: Env) -> None:
     # THEN a permanent 400 naming both kinds; and a reduce-part body to finalize likewise
     assert resp.status_code == 400
     assert resp.json()["error"] == "wrong_kind"
-    part = signed_post(queue_client, CREDIT_SCORES.reduce_finalize_path, reduce_payload("run-k", 0))
+    part = signed_post(queue_client, FINALIZE, reduce_payload("run-k", 0))
     assert part.status_code == 400 and part.json()["error"] == "wrong_kind"
     assert "score" not in stored(env, "C0000016")
 
@@ -332,7 +333,20 @@ def test_no_header_value_reaches_a_5xx_before_authentication(queue_client: TestC
     # GIVEN a well-signed task whose headers are then bent in every odd way
     body = json.dumps(task_payload("C0000026")).encode()
     good = sign_request(SECRET, "POST", TASK, body, "run-1:t-C0000026")
-    odd_values = ["", " ", "0", "-1", "0x10", "1e9", "１２３", "²", "9" * 400, "9" * 5000, "\t1\t", "null"]
+    odd_values = [
+        "",
+        " ",
+        "0",
+        "-1",
+        "0x10",
+        "1e9",
+        "\uff11\uff12\uff13",
+        "\u00b2",
+        "9" * 400,
+        "9" * 5000,
+        "\t1\t",
+        "null",
+    ]
     for name in (TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER, IDEMPOTENCY_HEADER):
         for value in odd_values:
             # WHEN one header carries an odd value
