@@ -126,10 +126,12 @@ def score_factors(company: Mapping[str, Any]) -> dict[str, int]:
         defaults = float(company["payment_defaults"])
         court = float(company["court_actions"])
         late = float(company["days_beyond_terms"])
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(
             f"company {company.get('company_id', '?')}: a scoring attribute is not a number: {exc}"
         ) from None
+    if not all(math.isfinite(v) for v in (age, employees, margin, defaults, court, late)):
+        raise ValueError(f"company {company.get('company_id', '?')}: a scoring attribute is not a finite number")
     return {
         "base": 520,
         "age": round(8 * min(max(age, 0), 30)),

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from microprocess.service.asgi import BodyLimit
+from microprocess.service.fastapi_routes import install_contract_errors
 from microservice.chaos import ChaosMiddleware, ChaosMonkey, load_chaos
 from microservice.declared import JOB as CREDIT_SCORES
 from microservice.errors import install_error_handlers
 from microservice.routers import chaos, companies, health, reduce, tasks
+from microservice.security import install_verifier
 from microservice.settings import ServiceRole, Settings, SettingsError, get_settings
 
 
@@ -30,6 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
+    install_contract_errors(app)
+    install_verifier(app, resolved)
     app.include_router(health.router)
     if resolved.service_role is ServiceRole.LIVE:
         app.include_router(companies.router)
@@ -44,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.chaos = ChaosMonkey(chaos_config)
         app.add_middleware(ChaosMiddleware, monkey=app.state.chaos, task_path=CREDIT_SCORES.task_path)
         app.include_router(chaos.router)
+    # Outermost (added last): a body over the contract's limit is refused before any middleware reads it.
+    app.add_middleware(BodyLimit)
     return app
 
 

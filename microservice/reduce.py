@@ -24,10 +24,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from microprocess.declarations import JobDeclaration
 from microprocess.ledger import Ledger, LedgerError, RunNotFound, RunRecord, RunStatus, utc_now_iso
+from microprocess.service.tasks import TaskRequest
 from microservice.errors import ServiceError
 from microservice.report_page import render_report_page
 from microservice.report_stats import FAILURE_COLUMNS, REPORT_COLUMNS, ReportRow, ReportStats
@@ -48,16 +49,10 @@ PART_TAGGING = urlencode({PART_TAG_KEY: PART_TAG_VALUE})
 _REDUCIBLE = (RunStatus.REDUCING, RunStatus.SUCCEEDED, RunStatus.FAILED)
 
 
-class ReduceRequest(BaseModel):
-    """Body of the reduce-part and finalize pushes (`TaskEnvelope` of kind reduce-part / finalize)."""
+class ReduceRequest(TaskRequest[None]):
+    """Body of the reduce-part and finalize pushes (kind `reduce-part` / `finalize`; no item)."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    run_id: str = Field(min_length=1, max_length=128)
-    task_id: str = Field(min_length=1, max_length=256)
-    attempt: int = Field(default=1, ge=0)
     job: str = Field(min_length=1, max_length=64)
-    shard: int = Field(default=0, ge=0, lt=256)
     item: None = None
 
 

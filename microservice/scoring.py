@@ -5,22 +5,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from microprocess.service.tasks import TaskRequest
 from microservice.companies import CompanyStore
 from microservice.domain import SCORING_FIELDS, credit_score, score_factors
 from microservice.errors import ServiceError
 
 
-class CreditScoreTask(BaseModel):
-    """Body of `POST /tasks/credit-score` (the forwarder's push; other envelope keys are ignored)."""
+class CreditScoreTask(TaskRequest[dict[str, Any]]):
+    """Body of `POST /tasks/credit-score` (the forwarder's push, kind `task`).
 
-    model_config = ConfigDict(extra="ignore")
-
-    run_id: str = Field(min_length=1, max_length=128)
-    task_id: str = Field(min_length=1, max_length=256)
-    attempt: int = Field(default=1, ge=0)
-    item: dict[str, Any] = Field(description="the company: at least `company_id`; other attributes are optional")
+    `item` is the company: at least `company_id`; other attributes are optional.
+    """
 
 
 class CreditScoreResult(BaseModel):
@@ -43,7 +40,7 @@ def _simulate_work(work_ms: int) -> None:
 def _score(company: dict[str, Any]) -> tuple[int, str]:
     try:
         return credit_score(company)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise ServiceError(400, "unscorable_company", str(exc)) from None
 
 

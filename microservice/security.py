@@ -1,82 +1,77 @@
-"""Signed requests: every `/tasks/*` call must carry a valid, fresh HMAC signature.
+"""Signed requests: every `/tasks/*` call is checked by the platform's service SDK.
 
-The check runs on the raw body *before* the body is parsed or anything is read or
-written, so a bad, missing or stale signature gets 401 and nothing happens.
+`microprocess.service` verifies signature v2 on the raw body *before* it is parsed or
+anything is read or written (docs/push-contract.md), so a bad, missing, stale, future-dated
+or replayed signature gets 401 and nothing happens. This module only says where the
+secret comes from and which model and kind each route takes.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import Depends, Request
-from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
+from fastapi import FastAPI, Request
+from pydantic import BaseModel
 
-from microprocess.service.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, verify
+from microprocess.service.fastapi_routes import signed_task
+from microprocess.service.rotation import CachedSecret
+from microprocess.service.signing import DEFAULT_MAX_FUTURE_S, ReplayGuard
+from microprocess.service.tasks import Verifier
 from microservice.aws import AwsClients, get_aws
 from microservice.errors import ServiceError
 from microservice.settings import Settings, get_settings
-
-log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def signing_secret(settings: Settings, aws: AwsClients) -> str:
-    """The HMAC secret: `SIGNING_SECRET`, else the Secrets Manager secret `SIGNING_SECRET_ARN` (cached)."""
+    """The secret value: `SIGNING_SECRET`, else the Secrets Manager secret `SIGNING_SECRET_ARN`.
+
+    The value may hold two secrets during a rotation (`{"current": ..., "previous": ...}`).
+    """
     if settings.signing_secret:
         return settings.signing_secret
     if settings.signing_secret_arn:
-        return aws.secret_string(settings.signing_secret_arn)
+        return str(aws.secretsmanager.get_secret_value(SecretId=settings.signing_secret_arn)["SecretString"])
     raise ServiceError(500, "no_signing_secret", "set SIGNING_SECRET or SIGNING_SECRET_ARN to accept tasks")
 
 
-def signed_body(model: type[M]) -> Callable[..., Awaitable[M]]:
-    """A dependency that verifies the request's signature, then parses its body into `model`.
+def install_verifier(app: FastAPI, settings: Settings) -> None:
+    """One `Verifier` per app: the secret (read lazily, re-read on rotation) and a replay guard."""
 
-    401 `bad_signature` for a missing, wrong or stale signature; 422 `invalid_request`
-    for a signed body that does not match `model`; 400 `idempotency_key_mismatch` when an
-    `Idempotency-Key` header is present and is not `<run_id>:<task_id>` of the body.
+    def load() -> str:
+        # Resolved per read so tests' `dependency_overrides[get_aws]` apply.
+        aws_factory = app.dependency_overrides.get(get_aws, get_aws)
+        return signing_secret(settings, aws_factory())
+
+    app.state.verifier = Verifier(
+        CachedSecret(load),
+        max_age_s=settings.signature_max_skew_s,
+        replay_guard=ReplayGuard(ttl_s=settings.signature_max_skew_s + DEFAULT_MAX_FUTURE_S),
+    )
+
+
+def signed_body(model: type[M], *, kind: str) -> Callable[[Request], Awaitable[M]]:
+    """A dependency: the verified body parsed into `model`, of the route's `kind`.
+
+    413 over the contract's size limit; 401 `bad_signature`; 400 `malformed_body` (not JSON,
+    or numbers out of range); 422 `invalid_request` (not `model`); 400 `wrong_kind`;
+    400 `idempotency_key_mismatch` when `Idempotency-Key` is not `<run_id>:<task_id>`.
     """
 
-    async def dependency(
-        request: Request,
-        settings: Annotated[Settings, Depends(get_settings)],
-        aws: Annotated[AwsClients, Depends(get_aws)],
-    ) -> M:
-        raw = await request.body()
-        # The secret may need one Secrets Manager call (blocking): keep it off the event loop.
-        secret = settings.signing_secret or await run_in_threadpool(signing_secret, settings, aws)
-        try:
-            verify(
-                secret,
-                raw,
-                request.headers.get(TIMESTAMP_HEADER),
-                request.headers.get(SIGNATURE_HEADER),
-                max_skew_s=settings.signature_max_skew_s,
-            )
-        except SignatureError as exc:
-            log.warning("rejected %s %s: %s", request.method, request.url.path, exc)
-            raise ServiceError(401, "bad_signature", f"request refused: {exc}") from None
-        try:
-            payload = model.model_validate_json(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False)
-            )
-            raise ServiceError(422, "invalid_request", f"body does not match {model.__name__}: {problems}") from None
-        key = request.headers.get(IDEMPOTENCY_HEADER)
-        expected = f"{getattr(payload, 'run_id', '')}:{getattr(payload, 'task_id', '')}"
-        if key is not None and key != expected:
-            raise ServiceError(
-                400,
-                "idempotency_key_mismatch",
-                f"{IDEMPOTENCY_HEADER} is {key!r} but the body is task {expected!r}; send '<run_id>:<task_id>'",
-            )
-        return payload
+    def verifier_of(request: Request) -> Verifier:
+        verifier = getattr(request.app.state, "verifier", None)
+        if verifier is None:  # an app assembled without create_app: the environment's settings
+            install_verifier(request.app, get_settings())
+            verifier = request.app.state.verifier
+        assert isinstance(verifier, Verifier)
+        return verifier
+
+    async def dependency(request: Request) -> M:
+        inner = signed_task(model, kind=kind, verifier=lambda: verifier_of(request))
+        return await inner(request)
 
     return dependency
 

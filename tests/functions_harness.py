@@ -24,7 +24,7 @@ from microprocess.pipeline.push import HttpPusher
 from microprocess.pipeline.queue import QueueSender
 from microprocess.pipeline.settings import RuntimeSettings
 from microprocess.pipeline.splitter import Splitter
-from microprocess.service.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, verify
+from microprocess.service.signing import SignatureError, verify
 from tests.declared import CREDIT_SCORES
 
 EVENTS = Path(__file__).parent / "events"
@@ -80,7 +80,7 @@ class FakeService:
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 try:
-                    verify(SECRET, raw, self.headers.get(TIMESTAMP_HEADER), self.headers.get(SIGNATURE_HEADER))
+                    verify(dict(self.headers.items()), raw, "POST", self.path, SECRET)
                 except SignatureError:
                     service.bad_signatures += 1
                     return self._send(401, b'{"detail":"bad signature"}')

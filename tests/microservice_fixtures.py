@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from microprocess.declarations import JobDeclaration
 from microprocess.ledger import CURSOR_DONE, Ledger, RunStatus, TaskOutcome, TaskState
 from microprocess.pipeline.envelope import shard_of
-from microprocess.service.signing import IDEMPOTENCY_HEADER, sign
+from microprocess.service.signing import sign_request
 from microservice.aws import AwsClients, get_aws
 from microservice.domain import companies_table_definition, credit_score, generate_companies, seed_companies
 from microservice.main import create_app
@@ -102,11 +102,10 @@ def signed_post(
     timestamp: int | None = None,
     idempotency_key: str | None = None,
 ) -> Any:
-    """POST `payload` signed like the forwarder signs it (`microprocess.service.signing.sign`)."""
+    """POST `payload` signed like the forwarder signs it (`microprocess.service.signing.sign_request`)."""
     body = json.dumps(payload, separators=(",", ":")).encode()
-    headers = {"Content-Type": "application/json", **sign(secret, body, timestamp)}
     key = idempotency_key if idempotency_key is not None else f"{payload.get('run_id')}:{payload.get('task_id')}"
-    headers[IDEMPOTENCY_HEADER] = key
+    headers = {"Content-Type": "application/json", **sign_request(secret, "POST", path, body, key, timestamp=timestamp)}
     return client.post(path, content=body, headers=headers)
 
 
@@ -116,6 +115,7 @@ def task_payload(company_id: str, *, run_id: str = "run-1", item: dict[str, Any]
         "task_id": f"t-{company_id}",
         "attempt": 1,
         "item": item if item is not None else {"company_id": company_id},
+        "kind": "task",
     }
 
 
@@ -127,11 +127,20 @@ def reduce_payload(run_id: str, shard: int, *, job: str = CREDIT_SCORES.name) ->
         "job": job,
         "shard": shard,
         "item": None,
+        "kind": "reduce-part",
     }
 
 
 def finalize_payload(run_id: str, *, job: str = CREDIT_SCORES.name) -> dict[str, Any]:
-    return {"run_id": run_id, "task_id": "finalize", "attempt": 1, "job": job, "shard": 0, "item": None}
+    return {
+        "run_id": run_id,
+        "task_id": "finalize",
+        "attempt": 1,
+        "job": job,
+        "shard": 0,
+        "item": None,
+        "kind": "finalize",
+    }
 
 
 def failure_error(number: int) -> str:

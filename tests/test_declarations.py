@@ -1,4 +1,4 @@
-"""Job declarations, the task envelope and request signing: valid shapes and clear errors."""
+"""Job declarations and the task envelope: valid shapes and clear errors (signing: test_service_sdk.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 from microprocess.declarations import JobDeclarationError, JobRegistry, UnknownJobError, declare
 from microprocess.pipeline.envelope import EnvelopeTooLarge, MalformedEnvelope, TaskEnvelope, TaskKind, shard_of
-from microprocess.service.signing import SignatureError, sign, verify
 from tests.declared import CREDIT_SCORES, JOBS
 
 BASE = CREDIT_SCORES.model_dump()
@@ -89,20 +88,3 @@ def test_shards_are_stable_and_spread() -> None:
     shards = [shard_of(f"0-{i:09d}", 16) for i in range(1600)]
     assert shards == [shard_of(f"0-{i:09d}", 16) for i in range(1600)]
     assert min(shards.count(k) for k in range(16)) > 60
-
-
-def test_signatures_verify_and_reject_tampering_staleness_and_absence() -> None:
-    body = b'{"a":1}'
-    headers = sign("s3cret", body, timestamp=1000)
-    ts, sig = headers["X-Microprocess-Timestamp"], headers["X-Microprocess-Signature"]
-    verify("s3cret", body, ts, sig, now=1000)
-    with pytest.raises(SignatureError, match="does not match"):
-        verify("s3cret", b'{"a":2}', ts, sig, now=1000)
-    with pytest.raises(SignatureError, match="does not match"):
-        verify("other", body, ts, sig, now=1000)
-    with pytest.raises(SignatureError, match="at most 300 s"):
-        verify("s3cret", body, ts, sig, now=1000 + 301)
-    with pytest.raises(SignatureError, match="missing"):
-        verify("s3cret", body, None, sig, now=1000)
-    with pytest.raises(SignatureError, match="v1="):
-        verify("s3cret", body, ts, sig.removeprefix("v1="), now=1000)

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from microprocess.service.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from microprocess.service.signing import (
+    IDEMPOTENCY_HEADER,
+    MAX_BODY_BYTES,
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign_request,
+)
 from microservice.aws import AwsClients
 from microservice.domain import credit_score, make_company
 from tests.declared import CREDIT_SCORES
@@ -29,6 +36,7 @@ from tests.microservice_fixtures import (  # noqa: F401  (env, queue_client: fix
 )
 
 TASK = CREDIT_SCORES.task_path
+FINALIZE = CREDIT_SCORES.reduce_finalize_path or "/no-finalize-declared"
 
 
 def stored(env: Env, company_id: str) -> dict[str, Any]:
@@ -127,19 +135,27 @@ def _raw_post(client: TestClient, path: str, body: bytes, headers: dict[str, str
     return client.post(path, content=body, headers={"Content-Type": "application/json", **headers})
 
 
-def _bad_signature_cases(body: bytes) -> dict[str, dict[str, str]]:
+def _bad_signature_cases(path: str, body: bytes, key: str) -> dict[str, dict[str, str]]:
     now = int(time.time())
-    good = sign(SECRET, body, now)
+    good = sign_request(SECRET, "POST", path, body, key, timestamp=now)
     return {
         "missing": {},
-        "missing signature": {TIMESTAMP_HEADER: str(now)},
-        "wrong secret": sign("another-secret", body, now),
+        "missing signature": {TIMESTAMP_HEADER: str(now), IDEMPOTENCY_HEADER: key},
+        "wrong secret": sign_request("another-secret", "POST", path, body, key, timestamp=now),
         # well outside the 300 s window (whole seconds, and the loop takes time: 301 would be flaky)
-        "stale": sign(SECRET, body, now - 400),
-        "from the future": sign(SECRET, body, now + 400),
-        "other body": sign(SECRET, body + b" ", now),
-        "not hex v1": {**good, SIGNATURE_HEADER: good[SIGNATURE_HEADER].replace("v1=", "v0=")},
+        "stale": sign_request(SECRET, "POST", path, body, key, timestamp=now - 400),
+        "from the future": sign_request(SECRET, "POST", path, body, key, timestamp=now + 120),
+        "other body": sign_request(SECRET, "POST", path, body + b" ", key, timestamp=now),
+        "signed for another path": sign_request(SECRET, "POST", path + "-other", body, key, timestamp=now),
+        "signed for another method": sign_request(SECRET, "PUT", path, body, key, timestamp=now),
+        "signed under another key": {
+            **sign_request(SECRET, "POST", path, body, "run-z:other", timestamp=now),
+            IDEMPOTENCY_HEADER: key,
+        },
+        "v1 signature": {**good, SIGNATURE_HEADER: good[SIGNATURE_HEADER].replace("v2=", "v1=")},
         "timestamp not a number": {**good, TIMESTAMP_HEADER: "yesterday"},
+        "absurd timestamp": {**good, TIMESTAMP_HEADER: "9" * 400},
+        "short nonce": {**good, NONCE_HEADER: "abc"},
     }
 
 
@@ -150,9 +166,10 @@ def test_bad_missing_or_stale_signature_is_401_and_nothing_happens(
     # GIVEN a well-formed body for the route
     payload = task_payload("C0000009") if path == TASK else reduce_payload("run-z", 0)
     body = json.dumps(payload).encode()
-    for case, headers in _bad_signature_cases(body).items():
-        # WHEN it arrives with a bad, missing or stale signature
-        resp = _raw_post(queue_client, path, body, {IDEMPOTENCY_HEADER: "run-z:x", **headers})
+    key = f"{payload['run_id']}:{payload['task_id']}"
+    for case, headers in _bad_signature_cases(path, body, key).items():
+        # WHEN it arrives with a bad, missing, stale, future-dated or misplaced signature
+        resp = _raw_post(queue_client, path, body, headers)
         # THEN 401 with an error JSON
         assert resp.status_code == 401, case
         assert resp.json()["error"] == "bad_signature", case
@@ -168,9 +185,124 @@ def test_unsigned_garbage_is_401_not_422(queue_client: TestClient) -> None:
 
 def test_signature_at_the_edge_of_the_window_is_accepted(queue_client: TestClient) -> None:
     payload = task_payload("C0000010")
+    resp = signed_post(queue_client, TASK, payload, timestamp=int(time.time()) - 290)
+    assert resp.status_code == 200
+    # and a little clock skew ahead is tolerated too
+    again = signed_post(queue_client, TASK, payload, timestamp=int(time.time()) + 10)
+    assert again.status_code == 200
+
+
+def test_exact_replay_is_refused_and_changes_nothing(queue_client: TestClient, env: Env) -> None:
+    # GIVEN a signed task that was accepted
+    payload = task_payload("C0000014", run_id="run-r")
     body = json.dumps(payload).encode()
-    headers = {IDEMPOTENCY_HEADER: "run-1:t-C0000010", **sign(SECRET, body, int(time.time()) - 290)}
+    headers = sign_request(SECRET, "POST", TASK, body, "run-r:t-C0000014")
     assert _raw_post(queue_client, TASK, body, headers).status_code == 200
+    record = stored(env, "C0000014")
+    # WHEN the very same bytes and headers are sent again within the window
+    resp = _raw_post(queue_client, TASK, body, headers)
+    # THEN 401 (replay), and the record is unchanged
+    assert resp.status_code == 401
+    assert "replay" in resp.json()["message"]
+    assert stored(env, "C0000014") == record
+
+
+def test_signed_body_sent_to_another_route_is_refused(queue_client: TestClient, env: Env) -> None:
+    # GIVEN a task signed for the task route
+    payload = task_payload("C0000015")
+    body = json.dumps(payload).encode()
+    headers = sign_request(SECRET, "POST", TASK, body, "run-1:t-C0000015")
+    # WHEN it is sent to the finalize route
+    resp = _raw_post(queue_client, FINALIZE, body, headers)
+    # THEN 401, and nothing is written
+    assert resp.status_code == 401
+    assert env.s3.list_objects_v2(Bucket="reports").get("KeyCount", 0) == 0
+
+
+def test_kind_must_match_the_route(queue_client: TestClient, env: Env) -> None:
+    # GIVEN a validly signed body of kind finalize, sent to the task route
+    resp = signed_post(queue_client, TASK, {**task_payload("C0000016"), "kind": "finalize"})
+    # THEN a permanent 400 naming both kinds; and a reduce-part body to finalize likewise
+    assert resp.status_code == 400
+    assert resp.json()["error"] == "wrong_kind"
+    part = signed_post(queue_client, FINALIZE, reduce_payload("run-k", 0))
+    assert part.status_code == 400 and part.json()["error"] == "wrong_kind"
+    assert "score" not in stored(env, "C0000016")
+
+
+def test_huge_integer_in_a_signed_scoring_field_is_a_400(queue_client: TestClient, env: Env) -> None:
+    # GIVEN a signed task whose company has a 400-digit number of employees
+    item = {**make_company(17, seed=SEED), "employees": int("9" * 400)}
+    body = json.dumps(task_payload("C0000017", item=item)).encode()
+    headers = sign_request(SECRET, "POST", TASK, body, "run-1:t-C0000017")
+    # WHEN it is pushed
+    resp = _raw_post(queue_client, TASK, body, headers)
+    # THEN a permanent 400 naming the range, not a 500; nothing stored
+    assert resp.status_code == 400
+    assert resp.json()["error"] == "malformed_body"
+    assert "out of range" in resp.json()["message"]
+    assert "score" not in stored(env, "C0000017")
+
+
+def test_non_finite_scoring_field_as_a_string_is_a_400(queue_client: TestClient) -> None:
+    item = {**make_company(18, seed=SEED), "employees": "inf", "age_years": "1e400"}
+    resp = signed_post(queue_client, TASK, task_payload("C0000018", item=item))
+    assert resp.status_code == 400
+    assert resp.json()["error"] == "unscorable_company"
+
+
+def test_body_over_the_limit_is_413_before_it_is_read(queue_client: TestClient, env: Env) -> None:
+    # GIVEN a 30 MiB body, validly signed
+    body = b'{"run_id":"run-1","task_id":"t-C0000019","kind":"task","item":{"pad":"' + b"x" * (30 * 2**20) + b'"}}'
+    headers = sign_request(SECRET, "POST", TASK, body, "run-1:t-C0000019")
+    # WHEN it is pushed
+    resp = _raw_post(queue_client, TASK, body, headers)
+    # THEN 413 naming the limit, and nothing happened
+    assert resp.status_code == 413
+    assert str(MAX_BODY_BYTES) in resp.json()["message"]
+    assert "score" not in stored(env, "C0000019")
+
+
+def test_chunked_body_over_the_limit_is_413(queue_client: TestClient) -> None:
+    # GIVEN a body streamed without Content-Length (chunked), over the limit
+    def chunks() -> Any:
+        for _ in range(12):
+            yield b"x" * 2**20
+
+    resp = queue_client.post(TASK, content=chunks(), headers={"Content-Type": "application/json"})
+    # THEN 413 (counted while streaming), not 401 after reading it all
+    assert resp.status_code == 413
+
+
+def test_previous_secret_is_accepted_during_a_rotation(env: Env) -> None:
+    # GIVEN the service's secret holds the current and the previous secret
+    rotating = json.dumps({"current": "new-secret", "previous": SECRET})
+    with client_for(queue_settings(signing_secret=rotating), env) as client:
+        # WHEN tasks arrive signed with either, and one with a third secret
+        new = signed_post(client, TASK, task_payload("C0000020"), secret="new-secret")
+        old = signed_post(client, TASK, task_payload("C0000021"), secret=SECRET)
+        other = signed_post(client, TASK, task_payload("C0000022"), secret="third")
+    # THEN both are accepted, the third refused
+    assert (new.status_code, old.status_code, other.status_code) == (200, 200, 401)
+
+
+def test_service_rereads_a_rotated_secret_on_a_mismatch(env: Env) -> None:
+    # GIVEN a service that read its secret from Secrets Manager
+    arn = env.aws.secretsmanager.create_secret(Name="rotating", SecretString="first")["ARN"]
+    settings = queue_settings(signing_secret="", signing_secret_arn=arn)
+    with client_for(settings, env) as client:
+        assert signed_post(client, TASK, task_payload("C0000023"), secret="first").status_code == 200
+        # WHEN the secret rotates to {"current": "second", "previous": "first"} and, once the
+        # service's re-read interval has passed, a push signed with the new one arrives
+        env.aws.secretsmanager.put_secret_value(
+            SecretId=arn, SecretString=json.dumps({"current": "second", "previous": "first"})
+        )
+        cached = client.app.state.verifier.secrets  # type: ignore[attr-defined]
+        cached._read_at -= cached.min_refresh_interval_s
+        resp = signed_post(client, TASK, task_payload("C0000024"), secret="second")
+        # THEN it is accepted (the service re-read the secret once), and the old one still is
+        assert resp.status_code == 200
+        assert signed_post(client, TASK, task_payload("C0000025"), secret="first").status_code == 200
 
 
 def test_secret_is_read_from_secrets_manager_once(env: Env) -> None:
@@ -195,3 +327,31 @@ def test_secret_is_read_from_secrets_manager_once(env: Env) -> None:
     # THEN the first two are accepted, the last refused, and the secret was fetched once
     assert (ok1.status_code, ok2.status_code, bad.status_code) == (200, 200, 401)
     assert calls == [arn]
+
+
+def test_no_header_value_reaches_a_5xx_before_authentication(queue_client: TestClient, env: Env) -> None:
+    # GIVEN a well-signed task whose headers are then bent in every odd way
+    body = json.dumps(task_payload("C0000026")).encode()
+    good = sign_request(SECRET, "POST", TASK, body, "run-1:t-C0000026")
+    odd_values = [
+        "",
+        " ",
+        "0",
+        "-1",
+        "0x10",
+        "1e9",
+        "\uff11\uff12\uff13",
+        "\u00b2",
+        "9" * 400,
+        "9" * 5000,
+        "\t1\t",
+        "null",
+    ]
+    for name in (TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER, IDEMPOTENCY_HEADER):
+        for value in odd_values:
+            # WHEN one header carries an odd value
+            headers: dict[str, Any] = {**good, name: value.encode()}  # raw bytes: non-ASCII travels too
+            resp = queue_client.post(TASK, content=body, headers={"Content-Type": "application/json", **headers})
+            # THEN a 4xx (401: refused), never a 5xx
+            assert resp.status_code == 401, (name, value, resp.status_code)
+    assert "score" not in stored(env, "C0000026")

@@ -50,10 +50,15 @@ class LocalState(BaseModel):
 
 
 def write_state(path: Path, state: LocalState) -> None:
-    """Write atomically (a reader never sees half a file)."""
+    """Write atomically (a reader never sees half a file), readable by the owner only (0600):
+    it names the local stack's processes, endpoints and secret ARNs."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(state.model_dump(), indent=2) + "\n")
+    # Created 0600 from the first byte (no window where another user could read it).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(state.model_dump(), indent=2) + "\n")
+    os.chmod(tmp, 0o600)  # O_CREAT keeps the mode of an older leftover file
     tmp.replace(path)
 
 

@@ -23,7 +23,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post(CREDIT_SCORES.task_path, responses=_ERRORS, openapi_extra=body_schema(CreditScoreTask))
 def credit_score_task(
-    task: Annotated[CreditScoreTask, Depends(signed_body(CreditScoreTask))],
+    task: Annotated[CreditScoreTask, Depends(signed_body(CreditScoreTask, kind="task"))],
     store: CompanyStoreDep,
     settings: SettingsDep,
 ) -> CreditScoreResult:

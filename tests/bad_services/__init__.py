@@ -1,0 +1,1 @@
+"""Deliberately wrong services: `microprocess check-service` must fail on each, naming the clause."""
