@@ -7,15 +7,13 @@ the first task, re-read when a signature does not match: rotation).
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, date, datetime
 
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from microprocess.service import PermanentFailure, TaskRequest
+from microprocess.service import PermanentFailure, TaskRequest, secret_from_environment
 from microprocess.service.fastapi_routes import task_router
-from microprocess.service.rotation import CachedSecret
 
 
 class Invoice(BaseModel):
@@ -23,16 +21,6 @@ class Invoice(BaseModel):
     customer: str = Field(min_length=1, max_length=256)
     amount: float = Field(gt=0, lt=1e12)
     due_date: date
-
-
-def read_secret() -> str:
-    if secret := os.environ.get("SIGNING_SECRET"):
-        return secret
-    if arn := os.environ.get("SIGNING_SECRET_ARN"):
-        import boto3  # only when the secret lives in Secrets Manager
-
-        return str(boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
-    raise RuntimeError("set SIGNING_SECRET or SIGNING_SECRET_ARN to accept tasks")
 
 
 def remind(task: TaskRequest[Invoice], today: date | None = None) -> dict[str, object]:
@@ -47,7 +35,7 @@ def remind(task: TaskRequest[Invoice], today: date | None = None) -> dict[str, o
 def create_app() -> FastAPI:
     app = FastAPI(title="reminders-queue: invoice reminders")
     app.include_router(
-        task_router("/tasks/remind", remind, secrets=CachedSecret(read_secret), model=TaskRequest[Invoice])
+        task_router("/tasks/remind", remind, secrets=secret_from_environment(), model=TaskRequest[Invoice])
     )
     app.add_api_route("/healthz", lambda: {"status": "ok", "service": "reminders-queue"}, methods=["GET"])
     return app

@@ -316,6 +316,28 @@ def check_service(
     return results
 
 
+def _local_defaults(service: str, job: Any, *, url: str, secret: str, item: str) -> tuple[str, str, str]:
+    """Fill what was not given from the running local stack (its URL for the service and the
+    service's signing secret) and from the job's declared `sample_item`."""
+    if not item and getattr(job, "sample_item", None) is not None:
+        item = json.dumps(job.sample_item)
+    if url and secret:
+        return url, secret, item
+    from microprocess.local import NoLocalStack, Workspace, aws_client, read_live_state
+
+    try:
+        state = read_live_state(Workspace.discover().state_file)
+    except NoLocalStack:
+        return url, secret, item  # not running locally: the options are required
+    url = url or state.services.get(service, "")
+    if not secret:
+        arns = json.loads(state.outputs.get("ServiceSecretArns") or "{}")
+        if service in arns:
+            sm = aws_client("secretsmanager", state.endpoint_url)
+            secret = str(sm.get_secret_value(SecretId=arns[service])["SecretString"])
+    return url, secret, item
+
+
 def register(app: typer.Typer) -> None:
     """Add the `check-service` command to a Typer app (the CLI wires it with one line)."""
 
@@ -347,6 +369,7 @@ def register(app: typer.Typer) -> None:
             names = [j.name for j in declarations.jobs_of(service)]
             typer.echo(f"error: service {service!r} serves jobs {names}; choose one with --job", err=True)
             raise typer.Exit(2)
+        url, secret, item = _local_defaults(service, jobs[0], url=url, secret=secret, item=item)
         problems = [
             text
             for text, missing in (

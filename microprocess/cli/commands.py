@@ -30,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
 from rich.markup import escape
 
-from microprocess.cli import planner
+from microprocess.cli import check_service, planner
 from microprocess.cli.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
 from microprocess.declarations import (
     Declarations,
@@ -78,6 +78,7 @@ app = typer.Typer(
 local_app = typer.Typer(help="The embedded local stack (ministack + the CDK app's local stage).", no_args_is_help=True)
 app.add_typer(local_app, name="local")
 planner.register(app)
+check_service.register(app)
 
 
 class Target(StrEnum):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -94,6 +94,7 @@ class JobDeclaration(BaseModel):
             run's report exists (optional).
         result_fields: result fields that become report columns (default: every field).
         histogram_field: a numeric result field summarised as a histogram in the report.
+        sample_item: an item the service accepts, for `microprocess check-service`.
         max_queue_depth: the splitter pauses while the job's queue holds this many messages
             (0: never); the local stage caps it further to what the emulator handles.
         max_attempts: pushes per task before it is recorded FAILED.
@@ -122,6 +123,7 @@ class JobDeclaration(BaseModel):
     result_fields: tuple[str, ...] | None = None
     histogram_field: str | None = None
     max_queue_depth: Annotated[int, Field(ge=0, le=100_000_000)] = 1_000_000
+    sample_item: dict[str, Any] | None = None
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     tolerated_failure_pct: Annotated[float, Field(ge=0, le=100)] = 1.0
     max_concurrency: Annotated[int, Field(ge=2, le=1000)] = 50

@@ -7,7 +7,6 @@ clients, connections and the ledger's epoch cache. Handlers call one function he
 from __future__ import annotations
 
 import json
-import threading
 from functools import cache, lru_cache
 from typing import Any
 
@@ -19,9 +18,9 @@ from microprocess.declarations import get_declarations
 from microprocess.ledger import Ledger
 from microprocess.pipeline.deadletter import DeadLetterHandler
 from microprocess.pipeline.forwarder import Forwarder
-from microprocess.pipeline.push import HttpPusher
+from microprocess.pipeline.push import HttpPusher, SecretCache
 from microprocess.pipeline.queue import QueueSender
-from microprocess.pipeline.settings import RuntimeSettings, get_settings
+from microprocess.pipeline.settings import get_settings
 from microprocess.pipeline.splitter import Splitter
 from microprocess.pipeline.sweeper import Sweeper
 from microprocess.reduce import PlatformReducer
@@ -71,28 +70,12 @@ def reduce_sender() -> QueueSender:
 @cache
 def pusher_for(service: str) -> HttpPusher:
     """The signed HTTP pusher to `service`'s queue endpoint (`SERVICE_ENDPOINTS`), one per service."""
-    endpoint = get_settings().endpoint_for(service)
-    return HttpPusher(endpoint.url, SecretCache(get_settings(), secret_arn=endpoint.secret_arn))
-
-
-class SecretCache:
-    """The signing secret, read from Secrets Manager once (or given directly in tests)."""
-
-    def __init__(self, settings: RuntimeSettings, *, secret_arn: str | None = None) -> None:
-        self.settings = settings
-        self.secret_arn = settings.signing_secret_arn if secret_arn is None else secret_arn
-        self._value: str | None = settings.signing_secret or None
-        self._lock = threading.Lock()
-
-    def __call__(self) -> str:
-        if self._value is None:
-            with self._lock:
-                if self._value is None:
-                    if not self.secret_arn:
-                        raise RuntimeError("no signing secret: set SERVICE_ENDPOINTS (secret_arn) or SIGNING_SECRET")
-                    resp = client("secretsmanager").get_secret_value(SecretId=self.secret_arn)
-                    self._value = resp["SecretString"]
-        return self._value
+    s = get_settings()
+    endpoint = s.endpoint_for(service)
+    secret = SecretCache(
+        secret=s.signing_secret, secret_arn=endpoint.secret_arn, client=lambda: client("secretsmanager")
+    )
+    return HttpPusher(endpoint.url, secret)
 
 
 def emitter() -> Any:

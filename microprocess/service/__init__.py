@@ -6,6 +6,7 @@ Framework adapters: `microprocess.service.asgi` (plain ASGI: `TaskApp`, `BodyLim
 docs/push-contract.md.
 """
 
+from microprocess.service.rotation import CachedSecret, secret_from_environment
 from microprocess.service.signing import (
     IDEMPOTENCY_HEADER,
     MAX_BODY_BYTES,
@@ -35,6 +36,7 @@ __all__ = [
     "NONCE_HEADER",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
+    "CachedSecret",
     "CompletionRequest",
     "PermanentFailure",
     "Rejected",
@@ -45,6 +47,7 @@ __all__ = [
     "Verifier",
     "current_secret",
     "parse_secrets",
+    "secret_from_environment",
     "sign_request",
     "signature_base",
     "verify",

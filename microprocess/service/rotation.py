@@ -9,9 +9,10 @@ costs at most one Secrets Manager call per interval.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +77,28 @@ class CachedSecret:
                 return False
             self._value = self._read()
             return True
+
+
+#: Where a service finds its signing secret: the value itself, or the Secrets Manager secret holding it.
+SECRET_ENV = "SIGNING_SECRET"
+SECRET_ARN_ENV = "SIGNING_SECRET_ARN"
+
+
+def secret_from_environment(environ: Mapping[str, str] | None = None) -> CachedSecret:
+    """The service's signing secret as the platform hands it over: `SIGNING_SECRET` (the value),
+    else `SIGNING_SECRET_ARN` (read from Secrets Manager with boto3, imported only then; the local
+    stack and the cloud stage set this one). Read on the first request, re-read on rotation.
+
+    Raises `RuntimeError` at the first request when neither is set, naming both."""
+    env = os.environ if environ is None else environ
+
+    def load() -> str:
+        if value := env.get(SECRET_ENV):
+            return value
+        if arn := env.get(SECRET_ARN_ENV):
+            import boto3  # only services whose secret lives in Secrets Manager need it
+
+            return str(boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
+        raise RuntimeError(f"set {SECRET_ENV} (the secret) or {SECRET_ARN_ENV} (its Secrets Manager ARN)")
+
+    return CachedSecret(load)
