@@ -8,7 +8,6 @@ from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from infra import contract
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
 
@@ -52,17 +51,12 @@ class DeadLetterHandler(Construct):
             "Handler",
             name="dead_letter",
             defaults=defaults,
-            environment={
-                contract.LEDGER_TABLE: ledger_table.table_name,
-                contract.TASK_QUEUE_URL: push_queue.queue.queue_url,
-                contract.REDUCE_QUEUE_URL: push_queue.reduce_queue.queue_url,
-                contract.DEAD_LETTER_QUEUE_URL: push_queue.dead_letter_queue.queue_url,
-                contract.REPORTS_BUCKET: reports_bucket.bucket_name,
-            },
+            environment={},
             timeout=TIMEOUT,
             description="Records dead-lettered tasks as FAILED so that their runs still finish",
         )
         self.function = handler.function
+        self.role = handler.role
         self.event_source = event_sources.SqsEventSource(
             push_queue.dead_letter_queue, batch_size=BATCH_SIZE, report_batch_item_failures=True
         )

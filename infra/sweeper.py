@@ -51,15 +51,13 @@ class Sweeper(Construct):
             name="sweeper",
             defaults=defaults,
             environment={
-                contract.LEDGER_TABLE: ledger_table.table_name,
-                contract.TASK_QUEUE_URL: push_queue.queue.queue_url,
-                contract.REDUCE_QUEUE_URL: push_queue.reduce_queue.queue_url,
                 contract.SPLITTER_FUNCTION_NAME: splitter_function.function_name,
             },
             timeout=TIMEOUT,
             description="Repairs counters, re-enqueues lost reduces and reports stuck runs",
         )
         self.function = handler.function
+        self.role = handler.role
         ledger_table.grant_read_write_data(self.function)
         push_queue.reduce_queue.grant_send_messages(self.function)
         # Only the unqualified function (what the sweeper invokes by name), not every version.

@@ -2,6 +2,10 @@
 
 The CDK app names its stacks and creates these outputs (`infra/`); the local stack
 runner and the CLI read them. A test checks the synthesized templates against this.
+
+JSON outputs: `JobQueueUrls` `{"<job>": "<task queue url>"}`, `SourceTables`
+`{"<table role>": "<table name>"}`, `ServiceSecretArns` `{"<service>": "<signing secret arn>"}`
+and (cloud) `ServiceUrls` `{"<service>": "<queue endpoint base url>"}`.
 """
 
 from __future__ import annotations
@@ -11,18 +15,21 @@ from typing import Final
 CLOUD_STACK: Final = "Microprocess-Cloud"
 LOCAL_STACK: Final = "Microprocess-Local"
 
+#: Outputs whose value is a JSON document.
+JSON_OUTPUTS: Final = ("JobQueueUrls", "SourceTables", "ServiceSecretArns", "ServiceUrls")
+
 LOCAL_OUTPUTS: Final = (
-    "TaskQueueUrl",
+    "JobQueueUrls",
+    "ReduceQueueUrl",
     "DeadLetterQueueUrl",
     "LedgerTable",
-    "CompaniesTable",
     "ReportsBucket",
+    "SourceTables",
+    "ServiceSecretArns",
     "SplitterFunctionName",
     "ForwarderFunctionName",
+    "ReduceForwarderFunctionName",
     "DeadLetterFunctionName",
     "SweeperFunctionName",
-    "SigningSecretArn",
-    "ReduceQueueUrl",
-    "ReduceForwarderFunctionName",
 )
-CLOUD_OUTPUTS: Final = (*LOCAL_OUTPUTS, "LiveServiceUrl", "QueueServiceUrl", "DashboardName", "AlarmTopicArn")
+CLOUD_OUTPUTS: Final = (*LOCAL_OUTPUTS, "ServiceUrls", "DashboardName", "AlarmTopicArn")

@@ -1,7 +1,8 @@
-"""The scores microservice in the cloud: one image, two Fargate services, two load balancers.
+"""A bundled service in the cloud (`bundled = "<folder>"` in the declaration file): one image
+built from `<folder>/Dockerfile`, two Fargate services, two load balancers.
 
-* `scores-live` (public): an internet-facing ALB, host `scores-live.<domain>`.
-* `scores-queue` (private): an internal ALB, host `scores-queue.<domain>`, reachable only
+* `<name>-live` (public): an internet-facing ALB, host `<name>-live.<domain>`.
+* `<name>-queue` (private): an internal ALB, host `<name>-queue.<domain>`, reachable only
   from the security groups the stack allows (the forwarder's).
 
 Without a domain both ALBs listen on plain HTTP and are reached by their DNS names.
@@ -29,7 +30,6 @@ from infra import contract
 from infra.fargate_service import FargateWebService
 from infra.nag import acknowledge
 
-DOCKERFILE = "microservice/Dockerfile"
 #: Never sent to the Docker build context (the image is built from the repository root).
 IMAGE_EXCLUDE = (
     ".venv",
@@ -52,12 +52,12 @@ IMAGE_EXCLUDE = (
 
 @dataclass(frozen=True)
 class DomainSettings:
-    """A DNS name for the services: `scores-live.<name>` and `scores-queue.<name>`.
+    """A DNS name for the bundled services: `<service>-live.<name>` and `<service>-queue.<name>`.
 
     Attributes:
         name: the domain, e.g. `example.com`.
         hosted_zone_id: the Route 53 public hosted zone of `name`.
-        certificate_arn: an ACM certificate (same region) covering both host names
+        certificate_arn: an ACM certificate (same region) covering the host names
             (e.g. `*.example.com`).
     """
 
@@ -80,14 +80,15 @@ class ServiceCapacity:
     cpu_target_percent: int = 60
 
 
-class ScoresService(Construct):
-    """Both roles of the scores microservice, their load balancers and DNS names.
+class BundledService(Construct):
+    """Both roles of a bundled service, their load balancers and DNS names.
 
     Args:
+        service_name: the declared service name (`scores`): host names `<name>-live`, `<name>-queue`.
+        folder: the folder (relative to `image_directory`) holding its Dockerfile.
         vpc: the network.
         subnets: where the tasks run (private).
         image_directory: the Docker build context (the repository root).
-        dockerfile: the Dockerfile, relative to `image_directory`.
         live_environment, queue_environment: the containers' variables (besides `SERVICE_ROLE`).
         domain: host names and TLS; None serves plain HTTP on the ALBs' DNS names.
         access_logs_bucket: receives the ALBs' access logs.
@@ -100,8 +101,8 @@ class ScoresService(Construct):
             never by synth).
         cluster: the ECS cluster (Container Insights on).
         live, queue: the `FargateWebService` of each role.
-        public_load_balancer: the internet-facing ALB of `scores-live`.
-        internal_load_balancer: the internal ALB of `scores-queue`.
+        public_load_balancer: the internet-facing ALB of `<name>-live`.
+        internal_load_balancer: the internal ALB of `<name>-queue`.
         live_url, queue_url: base URLs of the services.
     """
 
@@ -110,10 +111,11 @@ class ScoresService(Construct):
         scope: Construct,
         construct_id: str,
         *,
+        service_name: str,
+        folder: str,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         image_directory: Path,
-        dockerfile: str = DOCKERFILE,
         live_environment: Mapping[str, str],
         queue_environment: Mapping[str, str],
         domain: DomainSettings | None,
@@ -124,6 +126,15 @@ class ScoresService(Construct):
         removal_policy: RemovalPolicy = RemovalPolicy.DESTROY,
     ) -> None:
         super().__init__(scope, construct_id)
+        dockerfile = f"{folder}/Dockerfile"
+        if not (image_directory / dockerfile).is_file():
+            raise FileNotFoundError(
+                f"service '{service_name}' is bundled = '{folder}', but {image_directory / dockerfile} does not "
+                "exist: add the Dockerfile, or declare the service with url = 'https://...' instead"
+            )
+        self.service_name = service_name
+        self.live_host_prefix = f"{service_name}-{contract.LIVE_ROLE}"
+        self.queue_host_prefix = f"{service_name}-{contract.QUEUE_ROLE}"
         self.image_asset = ecr_assets.DockerImageAsset(
             self,
             "Image",
@@ -141,6 +152,7 @@ class ScoresService(Construct):
                 role.capitalize(),
                 cluster=self.cluster,
                 image=image,
+                service_name=service_name,
                 service_role=role,
                 environment=environment,
                 subnets=subnets,
@@ -153,30 +165,30 @@ class ScoresService(Construct):
                 removal_policy=removal_policy,
             )
 
-        self.live = service("live", live_environment, live_capacity)
-        self.queue = service("queue", queue_environment, queue_capacity)
+        self.live = service(contract.LIVE_ROLE, live_environment, live_capacity)
+        self.queue = service(contract.QUEUE_ROLE, queue_environment, queue_capacity)
 
         self.public_load_balancer = elbv2.ApplicationLoadBalancer(
             self, "PublicAlb", vpc=vpc, internet_facing=True, drop_invalid_header_fields=True
         )
         acknowledge(
             self.public_load_balancer,
-            "scores-live is a public API: its load balancer accepts HTTP(S) from anywhere; the tasks "
+            f"{self.live_host_prefix} is a public API: its load balancer accepts HTTP(S) from anywhere; the tasks "
             "behind it accept traffic from the load balancer only.",
             "AwsSolutions-EC23",
         )
         self.internal_load_balancer = elbv2.ApplicationLoadBalancer(
             self, "InternalAlb", vpc=vpc, internet_facing=False, drop_invalid_header_fields=True
         )
-        self.public_load_balancer.log_access_logs(access_logs_bucket, "alb/scores-live")
-        self.internal_load_balancer.log_access_logs(access_logs_bucket, "alb/scores-queue")
+        self.public_load_balancer.log_access_logs(access_logs_bucket, f"alb/{self.live_host_prefix}")
+        self.internal_load_balancer.log_access_logs(access_logs_bucket, f"alb/{self.queue_host_prefix}")
 
         certificate = (
             acm.Certificate.from_certificate_arn(self, "Certificate", domain.certificate_arn) if domain else None
         )
-        self._route(self.public_load_balancer, self.live, contract.LIVE_HOST_PREFIX, domain, certificate, open_=True)
+        self._route(self.public_load_balancer, self.live, self.live_host_prefix, domain, certificate, open_=True)
         self._internal_listener = self._route(
-            self.internal_load_balancer, self.queue, contract.QUEUE_HOST_PREFIX, domain, certificate, open_=False
+            self.internal_load_balancer, self.queue, self.queue_host_prefix, domain, certificate, open_=False
         )
         self._port = 443 if domain else 80
         if domain:
@@ -184,8 +196,8 @@ class ScoresService(Construct):
                 self, "Zone", hosted_zone_id=domain.hosted_zone_id, zone_name=domain.name
             )
             for prefix, alb in (
-                (contract.LIVE_HOST_PREFIX, self.public_load_balancer),
-                (contract.QUEUE_HOST_PREFIX, self.internal_load_balancer),
+                (self.live_host_prefix, self.public_load_balancer),
+                (self.queue_host_prefix, self.internal_load_balancer),
             ):
                 route53.ARecord(
                     self,
@@ -194,8 +206,8 @@ class ScoresService(Construct):
                     record_name=prefix,
                     target=route53.RecordTarget.from_alias(route53_targets.LoadBalancerTarget(alb)),
                 )
-            self.live_url = f"https://{domain.host(contract.LIVE_HOST_PREFIX)}"
-            self.queue_url = f"https://{domain.host(contract.QUEUE_HOST_PREFIX)}"
+            self.live_url = f"https://{domain.host(self.live_host_prefix)}"
+            self.queue_url = f"https://{domain.host(self.queue_host_prefix)}"
         else:
             self.live_url = f"http://{self.public_load_balancer.load_balancer_dns_name}"
             self.queue_url = f"http://{self.internal_load_balancer.load_balancer_dns_name}"
@@ -244,5 +256,5 @@ class ScoresService(Construct):
         """Let `peers` (e.g. the forwarder) reach the queue service's internal load balancer."""
         for peer in peers:
             self.internal_load_balancer.connections.allow_from(
-                peer, ec2.Port.tcp(self._port), "scores-queue: only the forwarder pushes tasks"
+                peer, ec2.Port.tcp(self._port), f"{self.queue_host_prefix}: only the forwarder pushes tasks"
             )
