@@ -159,7 +159,7 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
             declarations=declarations,
             service_urls=service_urls,
             env=cdk.Environment(account=_text(app, "account", DEFAULT_ACCOUNT), region=region),
-            description="microprocess: pushed background jobs on AWS (SQS, Lambda, DynamoDB; bundled services on Fargate)",
+            description="microprocess: background jobs pushed to services (SQS, Lambda, DynamoDB; bundled: Fargate)",
         )
         add_cloud_checks(app, cloud)
         stacks[CLOUD_STACK] = cloud
