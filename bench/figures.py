@@ -10,13 +10,13 @@ the planner reads.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from bench.counting import s3_price_class
 from microprocess.cli.pricing import Usage
+from microprocess.cli.timeline import Split
 
 #: Callers whose S3 and SES requests are paid once per run (the reduce and the finalize).
 PER_RUN_CALLERS = frozenset({"service"})
@@ -28,12 +28,18 @@ PER_ITEM_FUNCTIONS = ("forwarder", "dead_letter")
 
 @dataclass
 class FunctionUse:
-    """Invocations of one function during the run, from its REPORT lines."""
+    """Invocations of one function during the run, from its REPORT lines.
+
+    `cpu_s` is the CPU time the function's own process spent in its invocations (the sum of
+    `time.process_time()` deltas around each invocation, all threads), as opposed to
+    `duration_s`, which includes every wait on the emulator. 0.0: not recorded.
+    """
 
     memory_mb: int
     invocations: int = 0
     duration_s: float = 0.0
     log_bytes: int = 0
+    cpu_s: float = 0.0
 
     @property
     def mean_s(self) -> float:
@@ -217,30 +223,97 @@ def split_rate(obs: Observed) -> float:
     return float(obs.run["expected"]) / (done - created)
 
 
-def splitter_model(items: int, items_per_s: float, timeout_s: float, margin_s: float) -> dict[str, Any]:
-    """Self-continuations and invocations of the splitter for `items` at `items_per_s`."""
-    usable = timeout_s - margin_s
-    per_invocation = usable * items_per_s
-    invocations = max(1, math.ceil(items / per_invocation))
+def splitter_model(
+    items: int, items_per_s: float, timeout_s: float, margin_s: float, *, segments: int, gap_s: float = 1.0
+) -> dict[str, Any]:
+    """The split of `items` as the planner models it (`microprocess.cli.planner.Split`):
+    `segments` in parallel sharing the measured `items_per_s`, each invocation working
+    `timeout_s - margin_s`, then continuing itself after `gap_s`."""
+    split = Split(
+        items=items,
+        segments=segments,
+        items_per_s_per_segment=items_per_s / segments,
+        usable_s=timeout_s - margin_s,
+        gap_s=gap_s,
+    )
     return {
         "items": items,
-        "items_per_invocation": round(per_invocation),
-        "invocations": invocations,
-        "self_continuations": invocations - 1,
-        "split_hours": round(items / items_per_s / 3600, 2),
-        "usable_seconds_per_invocation": usable,
+        "segments": segments,
+        "items_per_invocation": round(split.items_per_s_per_segment * split.usable_s),
+        "invocations": split.invocations,
+        "invocations_per_segment": split.invocations_per_segment,
+        "self_continuations": split.continuations,
+        "split_hours": round(split.end / 3600, 2),
+        "usable_seconds_per_invocation": split.usable_s,
     }
 
 
 # ----------------------------------------------------------------------------- the planner's file
 
 
-def measured_costs(obs: Observed, *, measured_at: str, cores: int) -> dict[str, Any]:
-    """The contents of `microprocess/measured_costs.json`."""
+def forwarder_cpu(obs: Observed, lambda_workers_cpu_s: float | None = None) -> tuple[float, str]:
+    """(CPU seconds per forwarder batch, where it comes from).
+
+    The forwarder's own CPU time (`FunctionUse.cpu_s`) when the bench recorded it; otherwise
+    the CPU time of all the emulator's Lambda worker processes during the run divided by the
+    forwarder's invocations: an upper bound (it includes the splitter's and the other
+    functions' CPU and the workers' own runtime loop). Never the wall time: a batch's wall
+    time on a CPU-starved laptop is mostly waiting on the emulator.
+    """
+    fwd = obs.functions["forwarder"]
+    if not fwd.invocations:
+        raise ValueError("the forwarder ran no invocation: no CPU time per batch to measure")
+    if fwd.cpu_s > 0:
+        return fwd.cpu_s / fwd.invocations, "forwarder process CPU time (time.process_time per invocation)"
+    if lambda_workers_cpu_s:
+        return lambda_workers_cpu_s / fwd.invocations, (
+            "upper bound: CPU time of all the emulator's Lambda workers during the run / forwarder invocations"
+        )
+    raise ValueError(
+        "the forwarder's CPU time was not recorded: fill FunctionUse.cpu_s (process_time per invocation) "
+        "or pass the Lambda workers' CPU seconds during the run"
+    )
+
+
+def report_figures(p5: dict[str, Any], *, part_bytes: int) -> dict[str, Any]:
+    """The report section of the measured costs, from one P5 build (`bench.report_memory`):
+    bytes of report.csv and build time per row, the multipart part size."""
+    rows = int(p5["report_rows"])
+    if rows <= 0:
+        raise ValueError("the P5 report has no rows")
+    return {
+        "rows": rows,
+        "bytes_per_row": round(p5["report_bytes"] / rows, 4),
+        "seconds_per_row": round(p5["seconds"] / rows, 9),
+        "part_bytes": part_bytes,
+    }
+
+
+def measured_costs(
+    obs: Observed,
+    *,
+    measured_at: str,
+    cores: int,
+    split_segments: int,
+    report: dict[str, Any],
+    lambda_workers_cpu_s: float | None = None,
+) -> dict[str, Any]:
+    """The contents of `microprocess/measured_costs.json`.
+
+    Args:
+        split_segments: scan segments the measured run's split read in parallel (the job's
+            `source.segments`): the planner divides the split rate by it.
+        report: `report_figures` of the largest P5 build.
+        lambda_workers_cpu_s: CPU seconds of the emulator's Lambda workers during the run (the
+            fallback of `forwarder_cpu`).
+    """
     per_item, per_run = usage_split(obs)
     forwarder = obs.functions["forwarder"]
     splitter = obs.functions["splitter"]
     hk = hot_key(obs)
+    cpu_per_batch, cpu_source = forwarder_cpu(obs, lambda_workers_cpu_s)
+    if split_segments < 1:
+        raise ValueError(f"split_segments must be at least 1, got {split_segments}")
     return {
         "measured_at": measured_at,
         "source": "make bench: the full pipeline on the local stack against a no-op task endpoint "
@@ -254,10 +327,13 @@ def measured_costs(obs: Observed, *, measured_at: str, cores: int) -> dict[str, 
             "batch_size": obs.batch_size,
             "batches_per_item": round(batches_per_item(obs), 6),
             "overhead_s_per_batch": round(forwarder.mean_s, 4),
+            "cpu_s_per_batch": round(cpu_per_batch, 5),
+            "cpu_source": cpu_source,
         },
         "splitter": {
             "memory_mb": splitter.memory_mb,
             "items_per_s": round(split_rate(obs), 1),
+            "segments": split_segments,
             "seconds_per_item": round(splitter.duration_s / obs.items, 7),
             "timeout_s": obs.splitter_timeout_s,
             "margin_s": obs.splitter_margin_s,
@@ -266,4 +342,5 @@ def measured_costs(obs: Observed, *, measured_at: str, cores: int) -> dict[str, 
             "hottest_item_write_units_per_1000": hk["hottest_item_write_units_per_1000"],
             "hottest_partition_key_write_units_per_1000": hk["hottest_partition_key_write_units_per_1000"],
         },
+        "report": report,
     }

@@ -31,12 +31,14 @@ from bench.figures import (
     observed_from_dict,
     observed_to_dict,
     reduce_latency,
+    report_figures,
     split_rate,
     splitter_model,
     usage_split,
 )
 from microprocess.cli.planner import MEASURED_COSTS_PATH, MeasuredCosts, plan_run
 from microprocess.cli.pricing import Usage, cost_by_service, lambda_gb_seconds, load_price_table
+from microservice.settings import S3_MIN_PART_BYTES
 from tests.declared import CREDIT_SCORES
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -56,9 +58,9 @@ METHODS = {
     "per started KB of the item; the event source's receive/delete (inside the emulator) from its log, one "
     "ReceiveMessage + one DeleteMessageBatch per batch; Lambda invocations, durations and log bytes from the "
     "functions' REPORT lines and log groups. Priced with microprocess/pricing_table.json for a run of 1,000,000 "
-    "items: per-item usage x 1e6 + the per-run usage (report files, email, sweeper) + forwarder GB-s = "
-    "batches x (service latency + measured forwarder time per batch) x memory + splitter GB-s at its measured "
-    "seconds per item.",
+    "items: per-item usage x 1e6 + the per-run report's S3 requests at N rows + the email + Lambda GB-s: "
+    "forwarder batches x (service latency + assumed AWS waits + the forwarder's CPU time per batch at its vCPU "
+    "share) x memory, the split's modelled invocation time, the reducer's report time at N rows (P5), the sweeps.",
     "p3": "Writes per ledger item (pk|sk) and per partition key from the proxied PutItem/UpdateItem/DeleteItem/"
     "BatchWriteItem/TransactWriteItems bodies during (a), conditional failures included; per 1,000 completions; "
     "ceiling = 1,000 write units/s per item / the hottest item's write units per completion.",
@@ -67,8 +69,9 @@ METHODS = {
     "p5": "python -m bench.report_memory in a fresh process: the microservice's reduce_part (16 shards) + finalize "
     "over a real Ledger whose DynamoDB client makes up 1 MB Query pages on demand, S3 kept in files on disk, so "
     "the process holds only what the report builder holds; peak RSS = getrusage ru_maxrss.",
-    "p6": "Items/s enqueued by the splitter during (a) (expected / (split_finished_at - created_at)); model: each "
-    "invocation works (timeout - margin) s at that rate, then continues itself.",
+    "p6": "Items/s enqueued by the splitter during (a) (expected / (split_finished_at - created_at)), over the "
+    "job's scan segments; model: the segments split in parallel, each invocation works (timeout - margin) s at "
+    "its share of that rate, then continues itself.",
 }
 
 
@@ -167,17 +170,28 @@ def from_raw(raw: dict[str, Any]) -> dict[str, Any]:
 def figures(obs: Any, timings: dict[str, Any], baselines: list[Any], p5: dict[int, Any], cores: int) -> dict[str, Any]:
     prices = load_price_table()
     measured_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    mc_doc = measured_costs(obs, measured_at=measured_at, cores=cores)
-    mc = MeasuredCosts.from_dict(mc_doc)
     job = CREDIT_SCORES
+    mc_doc = measured_costs(
+        obs,
+        measured_at=measured_at,
+        cores=cores,
+        split_segments=job.source.segments,
+        report=report_figures(p5[max(p5)], part_bytes=S3_MIN_PART_BYTES),
+        lambda_workers_cpu_s=timings["plain"].get("cpu_s", {}).get("lambda_workers"),
+    )
+    mc = MeasuredCosts.from_dict(mc_doc)
 
     # P2: a run of one million items, priced with the table.
     p2_plan = plan_run(job, 1_000_000, measured=mc, prices=prices, task_seconds=0.0)
     p2_at_half = plan_run(job, 1_000_000, measured=mc, prices=prices, task_seconds=0.5)
-    # How the total moves with the forwarder's own time per batch (the one input the emulator inflates):
-    # total = fixed + slope x seconds; the break-even time for $1.00 per million.
-    fixed = plan_run(job, 1_000_000, measured=replace(mc, forwarder_overhead_s=1e-9), prices=prices, task_seconds=0.0)
-    one_s = plan_run(job, 1_000_000, measured=replace(mc, forwarder_overhead_s=1.0), prices=prices, task_seconds=0.0)
+    # How the total moves with the forwarder's own CPU time per batch: total = fixed + slope x CPU
+    # seconds; the break-even CPU time for $1.00 per million.
+    fixed = plan_run(
+        job, 1_000_000, measured=replace(mc, forwarder_cpu_s_per_batch=0.0), prices=prices, task_seconds=0.0
+    )
+    one_s = plan_run(
+        job, 1_000_000, measured=replace(mc, forwarder_cpu_s_per_batch=1.0), prices=prices, task_seconds=0.0
+    )
     slope = one_s.total_usd - fixed.total_usd
     breakeven = (1.0 - fixed.total_usd) / slope if slope > 0 else None
     per_item, per_run = usage_split(obs)
@@ -208,7 +222,9 @@ def figures(obs: Any, timings: dict[str, Any], baselines: list[Any], p5: dict[in
     hk = hot_key(obs)
     lat = reduce_latency(obs)
     rate = split_rate(obs)
-    model = splitter_model(SEED_ITEMS, rate, obs.splitter_timeout_s, obs.splitter_margin_s)
+    model = splitter_model(
+        SEED_ITEMS, rate, obs.splitter_timeout_s, obs.splitter_margin_s, segments=job.source.segments
+    )
     seed_plan = plan_run(job, SEED_ITEMS, measured=mc, prices=prices, task_seconds=0.5)
 
     plain, counted = timings["plain"], timings["counted"]
@@ -252,16 +268,19 @@ def figures(obs: Any, timings: dict[str, Any], baselines: list[Any], p5: dict[in
         "p2_detail": {
             "forwarder_memory_mb": fwd.memory_mb,
             "service_latency_s": 0.0,
-            "service_latency_note": "no-op endpoint: its own time is inside the measured forwarder time per batch",
+            "service_latency_note": "no-op endpoint; a batch on AWS = latency + the planner's assumed AWS waits + "
+            "the forwarder's measured CPU time at its vCPU share (the local wall time below is not priced)",
+            "forwarder_cpu_s_per_batch": mc.forwarder_cpu_s_per_batch,
+            "forwarder_cpu_source": mc_doc["forwarder"]["cpu_source"],
             "forwarder_seconds_per_batch": round(fwd.mean_s, 4),
             "forwarder_invocations": fwd.invocations,
             "splitter_invocations": spl.invocations,
             "splitter_seconds": round(spl.duration_s, 2),
             "usd_per_million_at_0_5_s_latency": round(p2_at_half.total_usd, 4),
             "by_service_at_0_5_s_latency": {k: round(v, 4) for k, v in p2_at_half.cost.items()},
-            "usd_per_million_without_forwarder_time": round(fixed.total_usd, 4),
-            "usd_per_million_per_forwarder_second_per_batch": round(slope, 4),
-            "forwarder_seconds_per_batch_for_1_usd": round(breakeven, 4) if breakeven is not None else None,
+            "usd_per_million_without_forwarder_cpu": round(fixed.total_usd, 4),
+            "usd_per_million_per_forwarder_cpu_second_per_batch": round(slope, 4),
+            "forwarder_cpu_seconds_per_batch_for_1_usd": round(breakeven, 4) if breakeven is not None else None,
             "usd_per_million_naive": round(sum(naive.values()), 4),
             "naive_note": "this run's whole bill / its items x 1e6 (per-run costs spread over 10k items only)",
             "per_item_usage": {k: round(v, 7) for k, v in per_item.as_dict().items()},
@@ -326,8 +345,9 @@ def table(r: dict[str, Any]) -> str:
         ("P5 RSS", f"{r['p5_rss_10k_mb']} MB (10k) / {r['p5_rss_100k_mb']} MB (100k), ratio {r['p5_ratio']}"),
         (
             "P6 splitter",
-            f"{r['p6_split_items_per_s']:,.0f} items/s; 19 M items: {model['invocations']} invocations, "
-            f"{model['self_continuations']} self-continuations ({model['split_hours']} h)",
+            f"{r['p6_split_items_per_s']:,.0f} items/s over {model['segments']} segments; 19 M items: "
+            f"{model['invocations']} invocations, {model['self_continuations']} self-continuations "
+            f"({model['split_hours']} h)",
         ),
     ]
     width = max(len(k) for k, _ in rows)

@@ -49,9 +49,10 @@ from infra.push_queue import PushQueue
 from infra.push_settings import VISIBILITY_FACTOR, PushSettings
 from infra.reports import DEFAULT_EXPIRY_DAYS, Reports
 from infra.signing_secret import SigningSecret
-from infra.splitter import MANIFESTS_PREFIX, Splitter
+from infra.splitter import Splitter
 from infra.sweeper import Sweeper
 from microprocess.declarations import Declarations, get_declarations, load_declarations
+from microprocess.stacks import MANIFESTS_PREFIX
 
 
 def table_variable(role: str) -> str:

@@ -16,12 +16,10 @@ from infra.forwarder import CLAIMS_PREFIX
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
 from microprocess.declarations import JobDeclaration, SourceKind
+from microprocess.stacks import MANIFESTS_PREFIX
 
 #: Lambda's maximum: the splitter works until its remaining time is short, then continues itself.
 TIMEOUT = Duration.minutes(15)
-#: Key prefix of the reports bucket where the CLI uploads run-time manifests (`microprocess run
-#: JOB --manifest FILE`); the splitter reads them like a declared S3 manifest.
-MANIFESTS_PREFIX = "manifests/"
 #: EventBridge retries of a failed delivery; a doubled start is harmless (the run id is the event time).
 SCHEDULE_RETRY_ATTEMPTS = 4
 

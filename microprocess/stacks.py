@@ -15,9 +15,6 @@ from typing import Final
 CLOUD_STACK: Final = "Microprocess-Cloud"
 LOCAL_STACK: Final = "Microprocess-Local"
 
-#: Outputs whose value is a JSON document.
-JSON_OUTPUTS: Final = ("JobQueueUrls", "SourceTables", "ServiceSecretArns", "ServiceUrls")
-
 LOCAL_OUTPUTS: Final = (
     "JobQueueUrls",
     "ReduceQueueUrl",
@@ -33,3 +30,9 @@ LOCAL_OUTPUTS: Final = (
     "SweeperFunctionName",
 )
 CLOUD_OUTPUTS: Final = (*LOCAL_OUTPUTS, "ServiceUrls", "DashboardName", "AlarmTopicArn")
+#: Outputs whose value is a JSON document.
+JSON_OUTPUTS: Final = ("JobQueueUrls", "SourceTables", "ServiceSecretArns", "ServiceUrls")
+
+#: Key prefix, in the reports bucket, of the manifests `microprocess run --items FILE` uploads
+#: (the splitter may read it; the infra grants that).
+MANIFESTS_PREFIX: Final = "manifests/"

@@ -6,6 +6,7 @@ The forwarder reads the status: 4xx (but 408/429) is a permanent failure, so a
 
 from __future__ import annotations
 
+from botocore.exceptions import EndpointConnectionError, NoCredentialsError, NoRegionError
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -35,5 +36,19 @@ async def _service_error_handler(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
+async def _aws_setup_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    # A service started without its AWS settings (e.g. run alone on a laptop): say which setting
+    # is missing instead of a bare 500. 503: the request may succeed once the setting is fixed.
+    fixes = {
+        NoRegionError: "no AWS region is set: export AWS_REGION (e.g. us-east-1)",
+        NoCredentialsError: "no AWS credentials: export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
+        EndpointConnectionError: "the AWS endpoint does not answer: is AWS_ENDPOINT_URL right (local stack up?)",
+    }
+    message = next((fix for kind, fix in fixes.items() if isinstance(exc, kind)), str(exc))
+    return error_response(503, "aws_not_configured", f"{message} ({type(exc).__name__})")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error_handler)
+    for kind in (NoRegionError, NoCredentialsError, EndpointConnectionError):
+        app.add_exception_handler(kind, _aws_setup_error_handler)

@@ -13,11 +13,13 @@ from bench.figures import (
     EventSourceUse,
     FunctionUse,
     Observed,
+    forwarder_cpu,
     hot_key,
     measured_costs,
     observed_from_dict,
     observed_to_dict,
     reduce_latency,
+    report_figures,
     split_rate,
     splitter_model,
     usage_split,
@@ -125,20 +127,49 @@ def test_reduce_latency_and_split_rate(observed: Observed) -> None:
     assert split_rate(observed) == pytest.approx(250.0)
 
 
-def test_splitter_model_for_the_seed() -> None:
-    m = splitter_model(19_000_000, 250.0, 900, 60)
-    assert m["items_per_invocation"] == 210_000
-    assert (m["invocations"], m["self_continuations"]) == (91, 90)
+def test_splitter_model_for_the_seed_runs_its_segments_in_parallel() -> None:
+    # 250 items/s over 4 segments: 62.5 each, 840 s per invocation -> 52,500 items per invocation;
+    # 4,750,000 items per segment -> 91 invocations per segment (90 continuations), plus the fan-out.
+    m = splitter_model(19_000_000, 250.0, 900, 60, segments=4)
+    assert m["items_per_invocation"] == 52_500
+    assert (m["invocations_per_segment"], m["invocations"], m["self_continuations"]) == (91, 1 + 4 * 91, 4 * 90)
+    # 1 s fan-out + 76,000 s of work + 90 gaps of 1 s
+    assert m["split_hours"] == round((1 + 76_000 + 90) / 3600, 2)
+
+
+P5_100K = {"report_rows": 100_000, "report_bytes": 4_070_051, "seconds": 3.13}
 
 
 def test_measured_costs_feed_the_planner(observed: Observed) -> None:
-    doc = measured_costs(observed, measured_at="2026-11-01T00:00:00Z", cores=2)
+    doc = measured_costs(
+        observed,
+        measured_at="2026-11-01T00:00:00Z",
+        cores=2,
+        split_segments=4,
+        report=report_figures(P5_100K, part_bytes=5 * 1024 * 1024),
+        lambda_workers_cpu_s=3.0,
+    )
     mc = MeasuredCosts.from_dict(json.loads(json.dumps(doc)))
     assert mc.batches_per_item == pytest.approx(0.1)
-    assert mc.forwarder_overhead_s == pytest.approx(0.12)
+    assert mc.forwarder_cpu_s_per_batch == pytest.approx(0.03)  # 3.0 CPU-s of the workers / 100 invocations
+    assert "upper bound" in doc["forwarder"]["cpu_source"]
     assert mc.splitter_items_per_s == pytest.approx(250.0)
-    assert mc.splitter_seconds_per_item == pytest.approx(0.004)
+    assert mc.items_per_s_per_segment == pytest.approx(62.5)
+    assert mc.report_bytes_per_row == pytest.approx(40.70051)
+    assert mc.report_seconds_per_row == pytest.approx(3.13e-5)
     assert mc.ledger_ceiling_items_per_s == pytest.approx(62_500)
+
+
+def test_the_forwarders_own_cpu_time_wins_over_the_workers_and_is_required(observed: Observed) -> None:
+    # GIVEN the forwarder's process CPU time recorded: 2.5 CPU-s over 100 invocations
+    observed.functions["forwarder"].cpu_s = 2.5
+    per_batch, source = forwarder_cpu(observed, lambda_workers_cpu_s=9.0)
+    assert per_batch == pytest.approx(0.025)
+    assert "process CPU time" in source
+    # GIVEN neither: the bench must not fall back on the wall time
+    observed.functions["forwarder"].cpu_s = 0.0
+    with pytest.raises(ValueError, match="CPU time was not recorded"):
+        forwarder_cpu(observed)
 
 
 def test_observations_round_trip(observed: Observed) -> None:

@@ -61,7 +61,7 @@ def deployment(ddb: Any, ledger_table: str, fake_lambda: FakeLambda, monkeypatch
         outputs={
             "LedgerTable": ledger_table,
             "SplitterFunctionName": "splitter-fn",
-            "TaskQueueUrl": queue,
+            "JobQueueUrls": json.dumps({JOB.name: queue}),
             "DeadLetterQueueUrl": dlq,
             "ReportsBucket": "reports",
         },
@@ -222,6 +222,19 @@ def test_runs_lists_every_job_newest_first_and_agrees_with_the_ledger(
     assert table.exit_code == 0 and "r-new" in table.stdout and "SUCCEEDED" in table.stdout
 
 
+def test_runs_never_wraps_a_long_run_id_at_80_columns(
+    runner: CliRunner, deployment: cli.Deployment, ledger: Ledger
+) -> None:
+    # GIVEN a run id as manual starts make them (job, time, random suffix)
+    run_id = "credit-scores-20261201T054647Z-3e52"
+    play_run(ledger, run_id, ok=2)
+    # WHEN runs prints its table on an 80-column terminal
+    result = runner.invoke(cli.app, ["runs"], env={"COLUMNS": "80"})
+    # THEN the run id stands whole on its row, with its status
+    row = next(line for line in result.stdout.splitlines() if run_id in line)
+    assert "SUCCEEDED" in row
+
+
 def test_runs_of_an_unknown_job_lists_the_declared_jobs(runner: CliRunner, deployment: cli.Deployment) -> None:
     result = invoke(runner, "runs", "--job", "nope")
     assert result.exit_code == cli.EXIT_USAGE and "declared jobs" in result.stderr
@@ -243,6 +256,17 @@ def test_cancel_stops_a_running_run_once(runner: CliRunner, deployment: cli.Depl
     # a second cancel (or a cancel of a finished run) is refused with the status
     again = invoke(runner, "cancel", "r-1")
     assert again.exit_code == cli.EXIT_FAILED and "already ended (CANCELLED)" in again.stderr
+
+
+def test_cancel_that_loses_the_race_to_the_reduce_says_it_is_too_late(
+    runner: CliRunner, deployment: cli.Deployment, ledger: Ledger
+) -> None:
+    # GIVEN a run whose last task just claimed the reduce
+    play_run(ledger, "r-1", ok=2, finish=False)
+    assert ledger.record_outcomes("r-1", JOB.counter_count, [outcome(0), outcome(1)]).claimed_reduce
+    # WHEN it is cancelled, THEN the message says it is reducing (not that it "ended")
+    result = invoke(runner, "cancel", "r-1")
+    assert result.exit_code == cli.EXIT_FAILED and "already reducing" in result.stderr and "ended" not in result.stderr
 
 
 def test_cancel_of_an_unknown_run_says_so(runner: CliRunner, deployment: cli.Deployment) -> None:
@@ -296,7 +320,7 @@ def test_retry_failed_refuses_a_run_without_failures_or_still_running(
 # ----------------------------------------------------------------------------- report
 
 
-def test_report_downloads_every_object_under_the_prefix(
+def test_report_downloads_the_report_files_and_the_parts_only_when_asked(
     runner: CliRunner, deployment: cli.Deployment, ledger: Ledger, tmp_path: Path
 ) -> None:
     s3 = deployment.client("s3")
@@ -308,12 +332,14 @@ def test_report_downloads_every_object_under_the_prefix(
     result = invoke(runner, "report", "r-1", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "r-1"
-    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()) == [
-        "parts/p-000.csv",
-        "report.csv",
-        "summary.json",
-    ]
+
+    def files() -> list[str]:
+        return sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
+
+    assert files() == ["report.csv", "summary.json"] and "parts/" not in result.stdout
     assert cli.count_report_rows(run_dir / "report.csv") == 1
+    with_parts = invoke(runner, "report", "r-1", "--out", str(tmp_path), "--parts")
+    assert with_parts.exit_code == 0 and files() == ["parts/p-000.csv", "report.csv", "summary.json"]
 
 
 def test_report_uri_naming_one_file_downloads_its_folder(
@@ -419,3 +445,47 @@ def test_rate_meter_reports_completions_per_second_over_its_window() -> None:
     assert meter.add(2.0, 300) == pytest.approx(150)
     meter.add(10.0, 1100)
     assert meter.add(11.0, 1200) == pytest.approx(100)  # old samples left the window
+
+
+def test_run_with_items_uploads_a_manifest_and_names_it_in_the_start(
+    deployment: cli.Deployment, fake_lambda: FakeLambda, runner: CliRunner, tmp_path: Path
+) -> None:
+    # GIVEN a local JSONL file of items
+    items = tmp_path / "invoices.jsonl"
+    items.write_text('{"invoice_id": "I-1"}\n{"invoice_id": "I-2"}\n')
+    # WHEN a run is started with --items and two --param
+    result = invoke(
+        runner, "run", JOB.name, "--items", str(items), "--param", "region=eu", "--param", "dry=1", "--json"
+    )
+    # THEN the file is in the platform bucket under manifests/, and the start event names it and the params
+    assert result.exit_code == 0, result.output
+    run_id = json.loads(result.output.splitlines()[-1])["run_id"]
+    start = fake_lambda.invocations[-1]["Payload"]
+    assert start["items_uri"] == f"s3://reports/manifests/{run_id}.jsonl" and start["items_format"] == "jsonl"
+    assert start["params"] == {"region": "eu", "dry": "1"}
+    body = deployment.client("s3").get_object(Bucket="reports", Key=f"manifests/{run_id}.jsonl")["Body"].read()
+    assert body == items.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--param", "novalue"], "must be key=value"),
+        (["--source-uri", "http://x/y.jsonl"], "must be s3://bucket/key"),
+        (["--source-uri", "s3://bucket/items.txt"], "name a .jsonl"),
+    ],
+)
+def test_run_refuses_bad_inputs_with_the_fix(
+    deployment: cli.Deployment, fake_lambda: FakeLambda, runner: CliRunner, args: list[str], message: str
+) -> None:
+    result = invoke(runner, "run", JOB.name, *args)
+    assert result.exit_code == cli.EXIT_USAGE and message in result.output and not fake_lambda.invocations
+
+
+def test_run_with_source_uri_reads_that_manifest(
+    deployment: cli.Deployment, fake_lambda: FakeLambda, runner: CliRunner
+) -> None:
+    result = invoke(runner, "run", JOB.name, "--source-uri", "s3://team-bucket/daily/unpaid.csv")
+    assert result.exit_code == 0, result.output
+    start = fake_lambda.invocations[-1]["Payload"]
+    assert start["source_uri"] == "s3://team-bucket/daily/unpaid.csv" and start["items_format"] == "csv"

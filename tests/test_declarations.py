@@ -48,7 +48,9 @@ def test_invalid_declarations_name_the_job_the_field_and_the_fix(change: dict, f
 def test_registry_refuses_duplicates_and_names_known_jobs() -> None:
     with pytest.raises(JobDeclarationError, match="declared twice"):
         JobRegistry([CREDIT_SCORES, CREDIT_SCORES])
-    with pytest.raises(UnknownJobError, match=r"unknown job 'x'; declared jobs: \['credit-scores', 'invoice-reminders'\]"):
+    with pytest.raises(
+        UnknownJobError, match=r"unknown job 'x'; declared jobs: \['credit-scores', 'invoice-reminders'\]"
+    ):
         JOBS.get("x")
 
 

@@ -28,18 +28,7 @@ class FakeContext:
 
 
 def _reset_runtime() -> None:
-    get_settings.cache_clear()
-    for fn in (
-        runtime.faults,
-        runtime.ledger,
-        runtime.sender,
-        runtime.reduce_sender,
-        runtime.forwarder,
-        runtime.dead_letter,
-    ):
-        fn.cache_clear()
-    if hasattr(runtime.client, "cache_clear"):  # not while the Lambda client is stood in for
-        runtime.client.cache_clear()
+    runtime.reset()
 
 
 @pytest.fixture
@@ -47,6 +36,7 @@ def env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     for key, value in {
         "LEDGER_TABLE": "ledger",
         "TASK_QUEUE_URL": stack.task_queue,
+        "JOB_QUEUES": json.dumps({"credit-scores": stack.task_queue}),
         "DEAD_LETTER_QUEUE_URL": stack.dlq,
         "SOURCE_TABLES": json.dumps({"companies": stack.companies}),
         "REPORTS_BUCKET": stack.bucket,
@@ -110,7 +100,10 @@ def test_with_a_reduce_queue_the_reducer_handler_finishes_the_run(env: Stack, mo
     # GIVEN functions configured with REDUCE_QUEUE_URL, as the stack deploys them
     monkeypatch.setenv("REDUCE_QUEUE_URL", env.reduce_queue)
     _reset_runtime()
-    assert runtime.reduce_sender().queue_url == env.reduce_queue and runtime.sender().queue_url == env.task_queue
+    assert (
+        runtime.reduce_sender().queue_url == env.reduce_queue
+        and runtime.sender_for("credit-scores").queue_url == env.task_queue
+    )
     seed_companies(env.ddb, env.companies, 12)
     res = handler("splitter")(load_event("scheduled_event.json"), FakeContext())
     # WHEN the forwarder handler drains the task queue
@@ -124,7 +117,16 @@ def test_with_a_reduce_queue_the_reducer_handler_finishes_the_run(env: Stack, mo
 
 
 def test_without_a_reduce_queue_the_reduce_sender_is_the_task_sender(env: Stack) -> None:
-    assert runtime.reduce_sender() is runtime.sender()
+    assert runtime.reduce_sender() is runtime.sender_for("credit-scores")
+
+
+def test_a_job_without_a_queue_is_refused_with_the_fix(env: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN functions that know only credit-scores' queue (no default task queue)
+    monkeypatch.delenv("TASK_QUEUE_URL")
+    _reset_runtime()
+    # WHEN another job's sender is asked for, THEN the error names the job, the queues known and the fix
+    with pytest.raises(SettingsError, match=r"no task queue for job 'invoice-reminders'.*redeploy"):
+        runtime.sender_for("invoice-reminders")
 
 
 def test_dead_letter_and_sweeper_handlers(env: Stack) -> None:

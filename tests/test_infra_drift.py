@@ -11,11 +11,11 @@ import pytest
 
 from infra import contract
 from infra.push_settings import FORWARDER_OVERHEAD_S, REDUCE_MAX_CONCURRENCY
+from microprocess.declarations.loading import DECLARATIONS_ENV
 from microprocess.ledger import LEDGER_SCHEMA
 from microprocess.pipeline.forwarder import REDUCE_TIMEOUT_S
 from microprocess.pipeline.settings import RuntimeSettings
 from microservice.settings import Settings as ServiceSettings
-from microprocess.declarations.loading import DECLARATIONS_ENV
 from tests.declared import DECLARATIONS, JOBS
 from tests.test_infra_synth import CLOUD, LOCAL, synthesized
 

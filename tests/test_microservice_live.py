@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -93,3 +94,18 @@ def test_score_work_ms_simulates_work(env: Env) -> None:
         # THEN it took at least that long
         assert resp.status_code == 200
         assert time.perf_counter() - start >= 0.08
+
+
+def test_run_alone_without_a_region_answers_a_json_error_that_names_the_fix(monkeypatch: Any) -> None:
+    # GIVEN the live role started as the README's "run it alone" snippet does, with no AWS region
+    from microservice.main import create_app
+
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    with TestClient(create_app(live_settings()), raise_server_exceptions=False) as client:
+        # WHEN a company is asked for
+        resp = client.get("/companies/C0000001")
+    # THEN the answer is a JSON 503 naming the missing setting, not a bare 500
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"] == "aws_not_configured" and "AWS_REGION" in resp.json()["message"]

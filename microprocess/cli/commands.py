@@ -29,14 +29,20 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from microprocess.cli import planner
 from microprocess.cli.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
-from microprocess.declarations import UnknownJobError, get_declarations
+from microprocess.declarations import (
+    Declarations,
+    JobDeclaration,
+    JobDeclarationError,
+    SourceKind,
+    UnknownJobError,
+    get_declarations,
+)
 from microprocess.ledger import Ledger, Progress, RunNotFound, RunStatus
 from microprocess.pipeline.splitter import new_run_id
-from microprocess.stacks import CLOUD_STACK
+from microprocess.stacks import CLOUD_STACK, MANIFESTS_PREFIX
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -81,11 +87,15 @@ class Target(StrEnum):
 
 TargetOption = Annotated[
     Target,
-    typer.Option("--target", envvar="MICROPROCESS_TARGET", help="The local stack or the AWS deployment."),
+    typer.Option(
+        "--target", envvar="MICROPROCESS_TARGET", metavar="local|aws", help="The local stack or the AWS deployment."
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the run with a progress bar until it ends.")]
-TimeoutOption = Annotated[float, typer.Option("--timeout", min=1, help="Give up waiting after this many seconds.")]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", min=1, metavar="SECONDS", help="Give up waiting after this many seconds.")
+]
 
 
 def emit_json(value: Any) -> None:
@@ -107,7 +117,7 @@ class Deployment:
 
     Attributes:
         name: what to call it in messages.
-        outputs: the stack outputs (`LedgerTable`, `SplitterFunctionName`, `TaskQueueUrl`, ...).
+        outputs: the stack outputs (`LedgerTable`, `SplitterFunctionName`, `JobQueueUrls`, ...).
         client: makes a boto3 client for a service name.
         endpoint_url: the emulator's endpoint (local stack only).
         logs_hint: where to look when a function misbehaves.
@@ -127,6 +137,22 @@ class Deployment:
 
     def ledger(self) -> Ledger:
         return Ledger(self.output("LedgerTable"), client=self.client("dynamodb"))
+
+    def json_output(self, key: str) -> dict[str, Any]:
+        """An output that holds a JSON object (`JobQueueUrls`, `SourceTables`, ...)."""
+        raw = self.output(key)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            fail(f"the {self.name} stack's output '{key}' is not JSON: {raw[:100]!r}; redeploy it", EXIT_NO_STACK)
+        if not isinstance(value, dict):
+            fail(f"the {self.name} stack's output '{key}' is not a JSON object; redeploy it", EXIT_NO_STACK)
+        return value
+
+    def job_queue_url(self, job: str) -> str | None:
+        """The task queue of `job` (None when the stack predates the job: redeploy)."""
+        url = self.json_output("JobQueueUrls").get(job)
+        return str(url) if url else None
 
 
 def _local_deployment() -> Deployment:
@@ -214,14 +240,14 @@ def status_dict(progress: Progress) -> dict[str, Any]:
     return {k: full[k] for k in STATUS_KEYS}
 
 
-def wait_for(dep: Deployment, run_id: str, *, timeout_s: float, show: bool) -> Progress:
+def wait_for(dep: Deployment, run_id: str, *, timeout_s: float, show: bool, job: str) -> Progress:
     ledger = dep.ledger()
     try:
         return watch_run(
             ledger,
             run_id,
             sqs=dep.client("sqs"),
-            queue_url=dep.outputs.get("TaskQueueUrl"),
+            queue_url=dep.job_queue_url(job),
             dlq_url=dep.outputs.get("DeadLetterQueueUrl"),
             timeout_s=timeout_s,
             console=err,
@@ -253,26 +279,122 @@ def _finish_waited(progress: Progress, as_json: bool) -> None:
 # ----------------------------------------------------------------------------- run commands
 
 
+ItemsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--items",
+        metavar="FILE",
+        exists=True,
+        dir_okay=False,
+        help="A JSONL or CSV file of items to run instead of the declared source (uploaded as a manifest).",
+    ),
+]
+SourceUriOption = Annotated[
+    str | None,
+    typer.Option(
+        "--source-uri",
+        metavar="S3_URI",
+        help="An s3://bucket/key JSONL or CSV manifest to read instead of the declared source.",
+    ),
+]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param", metavar="KEY=VALUE", help="key=value passed into every task of the run (`params`); repeatable."
+    ),
+]
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, str]:
+    """`--param key=value` options as a dict; a pair without `=` or with an empty key is refused."""
+    params: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            fail(f"--param {pair!r} must be key=value, e.g. --param region=eu", EXIT_USAGE)
+        params[key.strip()] = value
+    return params
+
+
+def manifest_format(path: Path) -> str:
+    """`jsonl` or `csv`, from the file's suffix."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    fail(f"--items {path}: name a .jsonl (one JSON item per line) or .csv (a header line) file", EXIT_USAGE)
+
+
+def check_manifest_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an s3:// manifest URI, with its format from the key's suffix."""
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not uri.startswith("s3://") or not bucket or not key:
+        fail(f"--source-uri {uri!r} must be s3://bucket/key", EXIT_USAGE)
+    return uri, manifest_format(Path(key))
+
+
+def upload_manifest(dep: Deployment, run_id: str, path: Path) -> tuple[str, str]:
+    """Upload `path` to the platform bucket as the run's manifest; returns (s3 uri, format)."""
+    fmt = manifest_format(path)
+    bucket = dep.output("ReportsBucket")
+    key = f"{MANIFESTS_PREFIX}{run_id}.{fmt}"
+    dep.client("s3").upload_file(str(path), bucket, key)
+    return f"s3://{bucket}/{key}", fmt
+
+
+def start_payload(
+    dep: Deployment,
+    job: str,
+    run_id: str,
+    *,
+    items: Path | None = None,
+    source_uri: str | None = None,
+    params: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The splitter's start event for a manual run (uploading `items` first)."""
+    if items is not None and source_uri is not None:
+        fail("give --items FILE or --source-uri s3://..., not both", EXIT_USAGE)
+    payload: dict[str, Any] = {"job": job, "run_id": run_id, "source": "manual"}
+    if items is not None:
+        payload["items_uri"], payload["items_format"] = upload_manifest(dep, run_id, items)
+    elif source_uri is not None:
+        payload["source_uri"], payload["items_format"] = check_manifest_uri(source_uri)
+    if params:
+        payload["params"] = params
+    return payload
+
+
 @app.command()
 def run(
     job: Annotated[str, typer.Argument(help="A declared job (see microprocess.toml).")],
+    items: ItemsOption = None,
+    source_uri: SourceUriOption = None,
+    param: ParamOption = None,
     wait: WaitOption = False,
     as_json: JsonOption = False,
     timeout: TimeoutOption = 600.0,
     target: TargetOption = Target.local,
 ) -> None:
-    """Start a run of JOB the way its schedule does (an asynchronous splitter invocation)."""
+    """Start a run of JOB the way its schedule does (an asynchronous splitter invocation).
+
+    By default the run reads the job's declared source; `--items FILE` runs the items of a local
+    JSONL/CSV file instead, `--source-uri s3://...` another manifest. `--param key=value` is passed
+    into every task."""
     job = _job_or_fail(job)
+    params = parse_params(param)
+    if source_uri is not None:
+        check_manifest_uri(source_uri)
     dep = connect(target)
     run_id = new_run_id(job)
     with _ledger_errors(dep):
-        start_run(dep, {"job": job, "run_id": run_id, "source": "manual"})
+        start_run(dep, start_payload(dep, job, run_id, items=items, source_uri=source_uri, params=params))
         if as_json:
             emit_json({"run_id": run_id})
         else:
             out.print(f"started run [bold]{run_id}[/]")
         if wait:
-            _finish_waited(wait_for(dep, run_id, timeout_s=timeout, show=True), as_json)
+            _finish_waited(wait_for(dep, run_id, timeout_s=timeout, show=True, job=job), as_json)
 
 
 @app.command()
@@ -298,9 +420,9 @@ def _short_time(iso: str | None) -> str:
 
 @app.command()
 def runs(
-    job: Annotated[str | None, typer.Option("--job", help="Only this job's runs.")] = None,
+    job: Annotated[str | None, typer.Option("--job", metavar="JOB", help="Only this job's runs.")] = None,
     as_json: JsonOption = False,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="Newest runs per job.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=1000, metavar="N", help="Newest runs per job.")] = 20,
     target: TargetOption = Target.local,
 ) -> None:
     """List the newest runs of one job, or of every declared job."""
@@ -316,20 +438,13 @@ def runs(
     if not found:
         out.print(f"no runs of {', '.join(jobs)}")
         return
-    table = Table()
-    for name in ("run", "status", "done", "failed", "expected", "started", "finished"):
-        table.add_column(name, overflow="fold")  # never cut a run id short
+    width = max(len("run"), *(len(d["run_id"]) for d in found))
+    out.print(f"{'run':<{width}}  {'status':<9}  {'done':>9}  {'failed':>7}  {'expected':>9}  started")
     for d in found:
-        table.add_row(
-            d["run_id"],
-            d["status"],
-            str(d["succeeded"] + d["failed"]),
-            str(d["failed"]),
-            str(d["expected"]),
-            _short_time(d["started_at"]),
-            _short_time(d["finished_at"]),
+        out.print(
+            f"{escape(d['run_id']):<{width}}  {d['status']:<9}  {d['succeeded'] + d['failed']:>9,}  "
+            f"{d['failed']:>7,}  {d['expected']:>9,}  {_short_time(d['started_at'])}"
         )
-    out.print(table)
 
 
 @app.command()
@@ -342,7 +457,10 @@ def cancel(
     with _ledger_errors(dep):
         ledger = dep.ledger()
         if not ledger.cancel(run_id):
-            fail(f"run {run_id} has already ended ({ledger.require_run(run_id).status}); nothing to cancel")
+            now = ledger.require_run(run_id).status
+            if now is RunStatus.REDUCING:
+                fail(f"run {run_id} is already reducing (every task is done); it is too late to cancel it")
+            fail(f"run {run_id} has already ended ({now}); nothing to cancel")
     out.print(f"cancelled run [bold]{run_id}[/]; its remaining messages are acknowledged without calls")
 
 
@@ -374,7 +492,7 @@ def retry_failed(
         else:
             out.print(f"started run [bold]{new_id}[/] over the {progress.failed} failed tasks of {run_id}")
         if wait:
-            _finish_waited(wait_for(dep, new_id, timeout_s=timeout, show=True), as_json)
+            _finish_waited(wait_for(dep, new_id, timeout_s=timeout, show=True, job=progress.job), as_json)
 
 
 def _split_s3_uri(uri: str) -> tuple[str, str]:
@@ -384,8 +502,13 @@ def _split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def download_report(dep: Deployment, run_id: str, out_dir: Path) -> list[Path]:
-    """Download every object under the run's report prefix to `out_dir/<run_id>/`."""
+#: The folder, under a run's report prefix, of the intermediate per-shard part files.
+PARTS_FOLDER = "parts/"
+
+
+def download_report(dep: Deployment, run_id: str, out_dir: Path, *, parts: bool = False) -> list[Path]:
+    """Download the report files under the run's report prefix to `out_dir/<run_id>/`
+    (with `parts`, also the intermediate per-shard part files)."""
     progress = dep.ledger().progress(run_id)
     if not progress.report_uri:
         fail(f"run {run_id} has no report yet (it is {progress.status})")
@@ -402,6 +525,8 @@ def download_report(dep: Deployment, run_id: str, out_dir: Path) -> list[Path]:
     if not keys:
         fail(f"nothing under {progress.report_uri}")
     base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
+    if not parts:
+        keys = [k for k in keys if not k[len(base) :].startswith(PARTS_FOLDER)]
     target_dir = out_dir / run_id
     written: list[Path] = []
     for key in keys:
@@ -425,15 +550,16 @@ def _list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
 @app.command()
 def report(
     run_id: Annotated[str, typer.Argument(metavar="RUN")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder to download into (the run gets a subfolder).")] = Path(
-        "out"
-    ),
+    out_dir: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Folder to download into (the run gets a subfolder).")
+    ] = Path("out"),
+    parts: Annotated[bool, typer.Option("--parts", help="Also download the per-shard part files.")] = False,
     target: TargetOption = Target.local,
 ) -> None:
-    """Download the report of RUN to OUT/<run id>/."""
+    """Download the report of RUN to OUT/<run id>/ (the report files; --parts adds the per-shard parts)."""
     dep = connect(target)
     with _ledger_errors(dep):
-        written = download_report(dep, run_id, out_dir)
+        written = download_report(dep, run_id, out_dir, parts=parts)
     for path in written:
         out.print(escape(str(path)))
 
@@ -459,26 +585,59 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+ServiceUrlOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--service",
+        metavar="NAME=URL",
+        help="NAME=URL: point the declared service NAME at a process you run (no process is started for it).",
+    ),
+]
+
+
 @local_app.command("up")
 def local_up(
-    companies: Annotated[int, typer.Option(min=0, help="Companies to seed into the companies table.")] = 10_000,
+    items: Annotated[
+        int | None,
+        typer.Option(
+            "--items",
+            min=0,
+            metavar="N",
+            help="Items to seed into each declared table with a local_seed (default: its local_items).",
+        ),
+    ] = None,
+    service: ServiceUrlOption = None,
+    no_example_service: Annotated[
+        bool,
+        typer.Option("--no-example-service", help="Start no service process: every service needs --service NAME=URL."),
+    ] = False,
     chaos: Annotated[
-        Path | None, typer.Option(exists=True, dir_okay=False, help="Fault file for the queue service and functions.")
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, metavar="FILE", help="Fault file for the services and functions."),
     ] = None,
     detach: Annotated[
         bool, typer.Option("--detach", help="Return once the stack is up (stop it with `local down`).")
     ] = False,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request the services take.")] = False,
 ) -> None:
-    """Start the local stack: ministack, the deployed local stage, both services; seed the companies."""
+    """Start the local stack: ministack, the deployed local stage, the declared services; seed the tables."""
     from microprocess.local import LocalStack, LocalStackError, StackAlreadyRunning, UpOptions
+    from microprocess.local.services import ServiceConfigError, parse_service_urls
 
     ws = _workspace()
-    stack = LocalStack(ws, echo=lambda line: err.print(escape(line)))
-    _stop_on_signals()
     try:
-        state = stack.up(UpOptions(companies=companies, chaos=chaos, access_log=access_log))
-    except StackAlreadyRunning as exc:
+        declarations = get_declarations()
+        urls = parse_service_urls(service or [], declarations)
+    except (JobDeclarationError, ServiceConfigError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    stack = LocalStack(ws, echo=lambda line: err.print(escape(line)), declarations=declarations)
+    _stop_on_signals()
+    options = UpOptions(
+        items=items, chaos=chaos, access_log=access_log, service_urls=urls, start_examples=not no_example_service
+    )
+    try:
+        state = stack.up(options)
+    except (StackAlreadyRunning, ServiceConfigError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         err.print("interrupted; stopped what was started")
@@ -591,23 +750,46 @@ def _phases(dep: Deployment, run_id: str) -> str:
     return "; ".join(parts)
 
 
+def demo_items(declarations: Declarations, items: int | None) -> tuple[JobDeclaration, int]:
+    """The demo job (`[local] demo_job`) and how many items its seeded source table will hold."""
+    job = declarations.demo_job
+    table = declarations.tables.get(job.source.table or "") if job.source.kind is SourceKind.DYNAMODB else None
+    if table is None or not table.local_seed:
+        fail(
+            f"the demo job '{job.name}' must read a declared table with a local_seed (so `local up` can fill it); "
+            f"set [local] demo_job in {declarations.path} to such a job",
+            EXIT_USAGE,
+        )
+    return job, table.local_items if items is None else items
+
+
 @app.command()
 def demo(
-    companies: Annotated[int, typer.Option(min=1, help="Companies to seed and score.")] = 10_000,
+    items: Annotated[
+        int | None,
+        typer.Option("--items", min=1, metavar="N", help="Items to seed and run (default: the table's local_items)."),
+    ] = None,
     timeout: TimeoutOption = 900.0,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the report is downloaded.")] = Path("out"),
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where the report is downloaded.")] = Path(
+        "out"
+    ),
 ) -> None:
-    """Start the local stack, score every company, show the report and the email, stop the stack."""
+    """Start the local stack, run the demo job over every seeded item, show the report and the email, stop."""
     from microprocess.local import LocalStack, LocalStackError, UpOptions, aws_client, captured_emails
 
+    try:
+        declarations = get_declarations()
+    except JobDeclarationError as exc:
+        fail(str(exc), EXIT_USAGE)
+    job, expected_rows = demo_items(declarations, items)
     ws = _workspace()
-    stack = LocalStack(ws, echo=lambda line: err.print(f"  {escape(line)}"))
+    stack = LocalStack(ws, echo=lambda line: err.print(f"  {escape(line)}"), declarations=declarations)
     _stop_on_signals()
     code = EXIT_FAILED
     try:
-        err.print(f"starting the local stack with {companies:,} companies…")
+        err.print(f"starting the local stack with {expected_rows:,} items for {job.name}…")
         try:
-            state = stack.up(UpOptions(companies=companies))
+            state = stack.up(UpOptions(items=items))
         except LocalStackError as exc:
             fail(str(exc))
         except Exception as exc:  # a deploy or process failure: its message says what to do
@@ -621,21 +803,19 @@ def demo(
             endpoint_url=endpoint,
             logs_hint=f"see {ws.logs}/ministack.log",
         )
-        run_id = new_run_id("credit-scores")
+        run_id = new_run_id(job.name)
         started = time.monotonic()
         with _ledger_errors(dep):
-            start_run(dep, {"job": "credit-scores", "run_id": run_id, "source": "manual"})
+            start_run(dep, {"job": job.name, "run_id": run_id, "source": "manual"})
             out.print(f"started run [bold]{run_id}[/]")
-            final = wait_for(dep, run_id, timeout_s=timeout, show=True)
+            final = wait_for(dep, run_id, timeout_s=timeout, show=True, job=job.name)
             run_time = time.monotonic() - started
             _print_status(final)
             out.print(f"run time: {run_time:.1f} s ({final.expected / max(run_time, 1e-3):,.0f} tasks/s)")
             phases = _phases(dep, run_id)
             if phases:
                 out.print(f"  {phases}")
-            depth = queue_depth(
-                dep.client("sqs"), dep.outputs.get("TaskQueueUrl"), dep.outputs.get("DeadLetterQueueUrl")
-            )
+            depth = queue_depth(dep.client("sqs"), dep.job_queue_url(job.name), dep.outputs.get("DeadLetterQueueUrl"))
             if depth.dead_letters:
                 out.print(f"[yellow]{depth.dead_letters} messages in the dead-letter queue[/]")
             rows = None
@@ -645,12 +825,12 @@ def demo(
                 out.print(f"report: {escape(str(csvs[0] if csvs else out_dir / run_id))} ({len(written)} files)")
                 if csvs:
                     rows = count_report_rows(csvs[0])
-                    out.print(f"report.csv: {rows:,} rows for {companies:,} companies")
+                    out.print(f"report.csv: {rows:,} rows for {expected_rows:,} items")
             _print_email(_email_for(captured_emails(endpoint), run_id))
-        if final.status is RunStatus.SUCCEEDED and rows == companies:
+        if final.status is RunStatus.SUCCEEDED and rows == expected_rows:
             code = 0
         else:
-            err.print(f"[red]demo failed: run {final.status}, report rows {rows}, companies {companies}[/]")
+            err.print(f"[red]demo failed: run {final.status}, report rows {rows}, items {expected_rows}[/]")
     except KeyboardInterrupt:
         err.print("interrupted")
         code = 130

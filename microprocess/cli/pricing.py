@@ -136,3 +136,16 @@ def total_cost(usage: Usage, prices: PriceTable | None = None) -> float:
 def lambda_gb_seconds(invocations: float, seconds_each: float, memory_mb: int) -> float:
     """GB-seconds of `invocations` that each run `seconds_each` with `memory_mb` MB (1 GB = 1024 MB)."""
     return invocations * seconds_each * memory_mb / 1024.0
+
+
+#: Memory at which a Lambda function has the equivalent of one full vCPU (Lambda allocates CPU
+#: in proportion to memory: https://docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html).
+LAMBDA_MB_PER_VCPU = 1769
+
+
+def lambda_vcpu_share(memory_mb: int) -> float:
+    """The share of one vCPU a function with `memory_mb` MB runs on, capped at 1 (one Python thread
+    uses one core at most): CPU work measured on one full core takes 1 / share times as long there."""
+    if memory_mb <= 0:
+        raise ValueError(f"memory_mb must be positive, got {memory_mb}")
+    return min(1.0, memory_mb / LAMBDA_MB_PER_VCPU)

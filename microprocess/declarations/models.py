@@ -46,7 +46,7 @@ class SourceKind(StrEnum):
 class ItemSource(BaseModel):
     """The declaration of a job's item source.
 
-    `table` names a table *role* (for example `companies`); the deployed table name
+    `table` names a table *role* (for example `customers`); the deployed table name
     is passed to the functions in their environment, never hard-coded.
     """
 
@@ -63,7 +63,7 @@ class ItemSource(BaseModel):
     @model_validator(mode="after")
     def _fields_for_kind(self) -> ItemSource:
         if self.kind is SourceKind.DYNAMODB and not self.table:
-            raise ValueError("source.table is required for a dynamodb source: name the table role, e.g. 'companies'")
+            raise ValueError("source.table is required for a dynamodb source: name the table role, e.g. 'customers'")
         if self.kind is SourceKind.S3_MANIFEST:
             if not (self.uri and self.uri.startswith("s3://")):
                 raise ValueError("source.uri must be an s3://bucket/key URI for an s3 source")
@@ -132,7 +132,7 @@ class JobDeclaration(BaseModel):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _JOB_NAME.match(v):
-            raise ValueError("name must be 3-40 chars of lowercase letters, digits and '-', e.g. 'credit-scores'")
+            raise ValueError("name must be 3-40 chars of lowercase letters, digits and '-', e.g. 'invoice-reminders'")
         return v
 
     @field_validator("schedule")
@@ -149,7 +149,7 @@ class JobDeclaration(BaseModel):
     @classmethod
     def _path(cls, v: str | None) -> str | None:
         if v is not None and not _PATH.match(v):
-            raise ValueError("must be an absolute URL path such as '/tasks/credit-score'")
+            raise ValueError("must be an absolute URL path such as '/tasks/remind'")
         return v
 
     @field_validator("recipients")

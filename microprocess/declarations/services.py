@@ -111,7 +111,7 @@ class TableDeclaration(BaseModel):
     """A DynamoDB table the stack creates and a job reads as its source (a table *role*).
 
     Attributes:
-        name: the role (`companies`); jobs name it in `source.table`.
+        name: the role (`customers`); jobs name it in `source.table`.
         partition_key: the table's string partition key.
         local_seed: `module:function(dynamodb_client, table_name, n, *, seed)` that fills it
             on the local stack.
@@ -132,7 +132,7 @@ class TableDeclaration(BaseModel):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _NAME.match(v):
-            raise ValueError("name must be 2-32 chars of lowercase letters, digits and '-', e.g. 'companies'")
+            raise ValueError("name must be 2-32 chars of lowercase letters, digits and '-', e.g. 'customers'")
         return v
 
     @field_validator("partition_key")

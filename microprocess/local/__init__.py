@@ -1,4 +1,4 @@
-"""The embedded local stack: ministack + the CDK app's local stage + the two service processes.
+"""The embedded local stack: ministack + the CDK app's local stage + the declared services' processes.
 
 Front door:
 
@@ -10,7 +10,6 @@ Front door:
 
 from microprocess.local.emulator import captured_emails
 from microprocess.local.stack import (
-    DEFAULT_COMPANIES,
     LocalStack,
     LocalStackError,
     StackAlreadyRunning,
@@ -22,7 +21,6 @@ from microprocess.local.state import LocalState, NoLocalStack, read_live_state, 
 from microprocess.local.workspace import Workspace
 
 __all__ = [
-    "DEFAULT_COMPANIES",
     "LocalStack",
     "LocalStackError",
     "LocalState",

@@ -1,8 +1,8 @@
 """Deploying the local stage of the CDK app into the emulator with the pinned CDK CLI.
 
 The same `app.py` that deploys to AWS: context `stage=local` selects the
-`Microprocess-Local` stack, which swaps the Fargate services for the two locally
-run microservice processes (their URLs are passed as context).
+`Microprocess-Local` stack, which swaps the Fargate services for the locally run
+service processes (their URLs are passed as the `service_urls` context).
 """
 
 from __future__ import annotations
@@ -71,12 +71,12 @@ def deploy_local_stage(
     ws: Workspace,
     endpoint_url: str,
     *,
-    queue_service_url: str,
-    live_service_url: str,
+    service_urls: Mapping[str, str],
     timeout_s: float = 300.0,
     extra_context: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, str], dict[str, float]]:
-    """Bootstrap the emulator's account and deploy `Microprocess-Local`.
+    """Bootstrap the emulator's account and deploy `Microprocess-Local`, pointing each declared
+    service at its local URL (`service_urls`: service name -> base URL of its push endpoint).
 
     Returns (the stack outputs, seconds per step).
     """
@@ -95,7 +95,7 @@ def deploy_local_stage(
         log=log,
         timeout_s=timeout_s,
     )
-    context = {"stage": "local", "queue_service_url": queue_service_url, "live_service_url": live_service_url}
+    context = {"stage": "local", "service_urls": json.dumps(service_urls, sort_keys=True)}
     context.update(extra_context or {})
     ws.cdk_outputs_file.unlink(missing_ok=True)
     argv = [

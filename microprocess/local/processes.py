@@ -239,3 +239,21 @@ def wait_http_ok(url: str, handle: ProcessHandle, *, timeout_s: float) -> None:
         f"{handle.name} was not ready at {url} after {timeout_s:.0f} s ({last}); "
         f"see {handle.log}:\n{log_tail(handle.log)}"
     )
+
+
+def wait_port_open(port: int, handle: ProcessHandle, *, timeout_s: float) -> None:
+    """Wait until `handle` accepts connections on 127.0.0.1:`port` (uvicorn binds once its app has
+    started); fail early, with the log's tail, if the process exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not is_running(handle.pid, handle.start_ticks):
+            raise ProcessError(
+                f"{handle.name} exited before it was ready; its log ({handle.log}) ends with:\n{log_tail(handle.log)}"
+            )
+        if port_open(port):
+            return
+        time.sleep(0.1)
+    raise ProcessError(
+        f"{handle.name} did not listen on port {port} after {timeout_s:.0f} s; "
+        f"see {handle.log}:\n{log_tail(handle.log)}"
+    )

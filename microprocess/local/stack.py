@@ -1,4 +1,4 @@
-"""The embedded local stack: emulator, deployed local stage, two service processes.
+"""The embedded local stack: emulator, deployed local stage, the declared services' processes.
 
 `LocalStack.up` starts everything, records it in `local.json` as it goes (so that
 `local down` can stop even a half-started stack), and stops what it started if any
@@ -7,6 +7,8 @@ step fails. `stop_recorded` stops exactly the processes `local.json` names.
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import shutil
 import sys
@@ -21,6 +23,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from microprocess.declarations import Declarations, get_declarations
 from microprocess.local.deploy import deploy_local_stage
 from microprocess.local.emulator import FAKE_CREDENTIALS, REGION, start_emulator
 from microprocess.local.processes import (
@@ -30,10 +33,10 @@ from microprocess.local.processes import (
     is_running,
     log_tail,
     stop,
-    wait_http_ok,
+    wait_port_open,
 )
 from microprocess.local.sender import ses_sender
-from microprocess.local.services import LIVE, QUEUE, ROLES, ServiceRole, service_env, spawn_service
+from microprocess.local.services import ServiceProcess, plan_processes, service_env, spawn_service
 from microprocess.local.state import LocalState, NoLocalStack, read_state, write_state
 from microprocess.local.tuning import laptop_concurrency, warm_workers
 from microprocess.local.workspace import Workspace
@@ -43,9 +46,6 @@ Echo = Callable[[str], None]
 #: The local push queues' visibility timeout (task and reduce queue): a crashed forwarder
 #: batch is retried after this long (on AWS: 6 x each queue's forwarder timeout).
 LOCAL_VISIBILITY_TIMEOUT_S = 20
-
-#: Companies seeded by `local up` unless told otherwise.
-DEFAULT_COMPANIES = 10_000
 
 
 class LocalStackError(RuntimeError):
@@ -61,17 +61,22 @@ class UpOptions:
     """How to start the local stack.
 
     Attributes:
-        companies: companies seeded into the companies table.
-        chaos: a fault file given to the queue service and the functions (`MICROPROCESS_CHAOS`).
-        seed: random seed of the seeded companies.
+        items: items seeded into each declared table that has a `local_seed` (None: its `local_items`).
+        chaos: a fault file given to the services' push endpoints and the functions (`MICROPROCESS_CHAOS`).
+        seed: random seed of the seeded items.
+        service_urls: services the user runs themselves (`--service NAME=URL`): no process is started for them.
+        start_examples: start the declared services' local processes (False: `--no-example-service`;
+            every service then needs a URL in `service_urls`).
         access_log: log every HTTP request of the services (slower; useful when debugging).
         forwarder_concurrency: cap on concurrent forwarder batches; None: `laptop_concurrency()`
             (4 per core); 0: as deployed (the job's declaration).
         warm: start the forwarder's workers during set-up, so that run time does not pay their imports.
     """
 
-    companies: int = DEFAULT_COMPANIES
+    items: int | None = None
     chaos: Path | None = None
+    service_urls: dict[str, str] = field(default_factory=dict)
+    start_examples: bool = True
     seed: int = 42
     access_log: bool = False
     forwarder_concurrency: int | None = None
@@ -105,18 +110,30 @@ def aws_client(service: str, endpoint_url: str, **kwargs: Any) -> Any:
     )
 
 
-def seed_companies(ws: Workspace, endpoint_url: str, table: str, n: int, *, seed: int) -> None:
-    """Fill the companies table with `n` companies using the microservice's own seeder."""
+def seed_tables(
+    ws: Workspace, declarations: Declarations, endpoint_url: str, tables: dict[str, str], n: int | None, *, seed: int
+) -> dict[str, int]:
+    """Fill every declared table that has a `local_seed` with `n` items (None: its `local_items`),
+    using the seeder the declaration names. Returns the items seeded per table role."""
     if str(ws.root) not in sys.path:
-        sys.path.insert(0, str(ws.root))  # `microservice/` is a project folder, not an installed package
-    try:
-        from microservice.domain import seed_companies as seed_fn
-    except ImportError as exc:
-        raise LocalStackError(
-            f"cannot seed the companies table: microservice.domain.seed_companies is missing ({exc})"
-        ) from None
-    client = aws_client("dynamodb", endpoint_url, max_pool_connections=32)
-    seed_fn(client, table, n, seed=seed)
+        sys.path.insert(0, str(ws.root))  # seeders live in project folders, not installed packages
+    seeded: dict[str, int] = {}
+    for role, table in declarations.tables.items():
+        if not table.local_seed:
+            continue
+        count = table.local_items if n is None else n
+        module_name, _, attr = table.local_seed.partition(":")
+        try:
+            seeder = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise LocalStackError(
+                f"cannot seed the table '{role}': its local_seed '{table.local_seed}' cannot be imported ({exc}); "
+                f"fix [tables.{role}] local_seed in {declarations.path}"
+            ) from None
+        client = aws_client("dynamodb", endpoint_url, max_pool_connections=32)
+        seeder(client, tables[role], count, seed=seed)
+        seeded[role] = count
+    return seeded
 
 
 class LocalStack:
@@ -125,11 +142,14 @@ class LocalStack:
     Args:
         ws: the work folder.
         echo: where progress lines go.
+        declarations: the team's jobs, services and tables (default: `get_declarations()`).
     """
 
-    def __init__(self, ws: Workspace, *, echo: Echo = print) -> None:
+    def __init__(self, ws: Workspace, *, echo: Echo = print, declarations: Declarations | None = None) -> None:
         self.ws = ws
         self.echo = echo
+        self.declarations = declarations or get_declarations()
+        self.processes: dict[str, ServiceProcess] = {}
         self.handles: dict[str, ProcessHandle] = {}
         self.state: LocalState | None = None
         self.timings = SetupTimings()
@@ -186,18 +206,20 @@ class LocalStack:
         self._step("emulator", t)
         self.echo(f"emulator ready at {endpoint} (pid {handle.pid})")
 
-        ports = {"live": free_port(), "queue": free_port()}
-        while ports["queue"] == ports["live"]:
-            ports["queue"] = free_port()
-        urls = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
+        planned = plan_processes(self.declarations, options.service_urls, start_examples=options.start_examples)
+        ports: dict[str, int] = {}
+        for proc in planned:
+            port = free_port()
+            while port in ports.values():
+                port = free_port()
+            ports[proc.key] = port
+        urls = {key: f"http://127.0.0.1:{port}" for key, port in ports.items()}
+        urls.update(options.service_urls)  # the services the user runs themselves
+        push_urls = {name: urls[name] for name in self.declarations.services.names()}
 
         t = time.monotonic()
         outputs, cdk_steps = deploy_local_stage(
-            self.ws,
-            endpoint,
-            queue_service_url=urls["queue"],
-            live_service_url=urls["live"],
-            extra_context=self._laptop_context(options),
+            self.ws, endpoint, service_urls=push_urls, extra_context=self._laptop_context(options)
         )
         self.timings.steps.update({f"cdk {k}": v for k, v in cdk_steps.items()})
         self._pending_outputs = outputs
@@ -210,19 +232,27 @@ class LocalStack:
         with ThreadPoolExecutor(max_workers=2) as pool:
             # Seeding and warming (emulator-bound) overlap the services' start (interpreter-bound).
             seeding = pool.submit(
-                seed_companies, self.ws, endpoint, outputs["CompaniesTable"], options.companies, seed=options.seed
+                seed_tables,
+                self.ws,
+                self.declarations,
+                endpoint,
+                json.loads(outputs.get("SourceTables") or "{}"),
+                options.items,
+                seed=options.seed,
             )
             warming = pool.submit(
                 warm_workers, lam, outputs["ForwarderFunctionName"], concurrency if options.warm else 0
             )
-            self._start_services(endpoint, outputs, ports, sender, chaos, options.access_log)
+            self._start_services(endpoint, outputs, planned, ports, sender, chaos, options.access_log)
             self._record(endpoint, urls=urls)
-            seeding.result()
+            seeded = seeding.result()
             warmed = warming.result()
         self._step("services+seed+warm", t)
+        seeded_text = ", ".join(f"{n:,} items into {role}" for role, n in seeded.items()) or "nothing"
         self.echo(
-            f"services up: live {urls['live']}, queue {urls['queue']}; seeded {options.companies} companies; "
-            f"{warmed} forwarder workers warm"
+            "services up: "
+            + ", ".join(f"{key} {url}" for key, url in urls.items())
+            + f"; seeded {seeded_text}; {warmed} forwarder workers warm"
         )
 
         ses = aws_client("ses", endpoint)
@@ -264,17 +294,26 @@ class LocalStack:
         self,
         endpoint: str,
         outputs: dict[str, str],
+        planned: list[ServiceProcess],
         ports: dict[str, int],
         sender: str,
         chaos: Path | None,
         access_log: bool,
     ) -> None:
-        for role in ROLES:
-            env = service_env(role, endpoint_url=endpoint, outputs=outputs, ses_sender=sender, chaos=chaos)
-            self.handles[role.process] = spawn_service(self.ws, role, ports[role.key], env, access_log=access_log)
+        for proc in planned:
+            env = service_env(
+                proc,
+                declarations=self.declarations,
+                endpoint_url=endpoint,
+                outputs=outputs,
+                ses_sender=sender,
+                chaos=chaos,
+            )
+            self.handles[proc.process] = spawn_service(self.ws, proc, ports[proc.key], env, access_log=access_log)
+            self.processes[proc.key] = proc
             self._record(endpoint)
-        for role in ROLES:
-            wait_http_ok(f"http://127.0.0.1:{ports[role.key]}/healthz", self.handles[role.process], timeout_s=60)
+        for proc in planned:
+            wait_port_open(ports[proc.key], self.handles[proc.process], timeout_s=60)
 
     def _record(self, endpoint: str, *, urls: dict[str, str] | None = None) -> LocalState:
         previous = self.state
@@ -295,24 +334,29 @@ class LocalStack:
     # --------------------------------------------------------- maintenance
 
     def restart_service(self, key: str, *, chaos: Path | None = None) -> ProcessHandle:
-        """Restart one service on its port with a new fault file (or none) — used by the e2e tests."""
+        """Restart one service process on its port with a new fault file (or none) — used by the e2e tests.
+
+        `key` is its key in `services` (a service's name is its push endpoint)."""
         if self.state is None:
             raise LocalStackError("the stack is not up")
-        role = {r.key: r for r in ROLES}[key]
+        proc = self.processes.get(key)
+        if proc is None:
+            raise LocalStackError(f"no service process '{key}' was started (started: {sorted(self.processes)})")
         url = self.state.services[key]
         port = int(url.rsplit(":", 1)[1])
-        old = self.handles.pop(role.process)
+        old = self.handles.pop(proc.process)
         stop(old.pid, old.start_ticks)
         env = service_env(
-            role,
+            proc,
+            declarations=self.declarations,
             endpoint_url=self.state.endpoint_url,
             outputs=self.state.outputs,
             ses_sender=ses_sender(self.ws.root, self.state.outputs),
             chaos=chaos.resolve() if chaos else None,
         )
-        handle = spawn_service(self.ws, role, port, env, access_log=self._options.access_log)
-        self.handles[role.process] = handle
-        wait_http_ok(f"{url}/healthz", handle, timeout_s=60)
+        handle = spawn_service(self.ws, proc, port, env, access_log=self._options.access_log)
+        self.handles[proc.process] = handle
+        wait_port_open(port, handle, timeout_s=60)
         self._record(self.state.endpoint_url, urls=self.state.services)
         return handle
 
@@ -344,8 +388,8 @@ class LocalStack:
 
 
 def _stop_all(handles: dict[str, ProcessHandle], echo: Echo) -> list[str]:
-    order = [r.process for r in (QUEUE, LIVE)] + ["ministack"]
-    names = [n for n in order if n in handles] + [n for n in handles if n not in order]
+    # The services first, the emulator last (a service may still be answering a push).
+    names = [n for n in handles if n != "ministack"] + (["ministack"] if "ministack" in handles else [])
     stopped: list[str] = []
     problems: list[str] = []
     for name in names:
@@ -377,7 +421,3 @@ def stop_recorded(ws: Workspace, *, echo: Echo = print) -> list[str]:
     stopped = _stop_all(handles, echo)
     ws.state_file.unlink(missing_ok=True)
     return stopped
-
-
-def service_role(key: str) -> ServiceRole:
-    return {r.key: r for r in ROLES}[key]

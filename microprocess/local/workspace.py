@@ -20,10 +20,15 @@ PROJECT_ENV = "MICROPROCESS_PROJECT_DIR"
 
 
 def project_root() -> Path:
-    """The project folder: `$MICROPROCESS_PROJECT_DIR`, else the folder the package is installed
-    from (an editable install), else the current folder."""
+    """The project folder: `$MICROPROCESS_PROJECT_DIR`, else the nearest folder at or above the
+    working directory that holds the CDK app (`app.py` and `cdk.json`), else the folder the
+    package is installed from (an editable install), else the current folder."""
     if os.environ.get(PROJECT_ENV):
         return Path(os.environ[PROJECT_ENV]).resolve()
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "app.py").is_file() and (folder / "cdk.json").is_file():
+            return folder
     here = Path(microprocess.__file__).resolve().parent.parent
     if (here / "pyproject.toml").is_file():
         return here

@@ -24,7 +24,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -104,17 +104,36 @@ class RunCache:
 
 
 class Forwarder:
+    """Pushes queued tasks to their job's service and records the outcomes.
+
+    Args:
+        jobs: the declared jobs.
+        ledger: the run ledger.
+        pusher_for: the signed pusher to a service, by service name (one per service).
+        pusher: one pusher for every service (tests, single-service tools); instead of `pusher_for`.
+        sqs, s3: boto3 clients.
+        job_queue_urls: each job's task queue (so a record's queue is known from its ARN).
+        task_queue_url: a default task queue (tests, single-queue tools).
+        dead_letter_queue_url: where malformed records go.
+        sender_for: the sender of a job's task queue, by job name (chaos duplicates).
+        sender: one sender for every job (tests); instead of `sender_for`.
+        reduce_sender: the reduce queue's sender.
+    """
+
     def __init__(
         self,
         *,
         jobs: JobRegistry,
         ledger: Ledger,
-        pusher: HttpPusher,
         sqs: Any,
         s3: Any,
-        task_queue_url: str,
         dead_letter_queue_url: str,
-        sender: QueueSender,
+        pusher_for: Callable[[str], HttpPusher] | None = None,
+        pusher: HttpPusher | None = None,
+        job_queue_urls: Mapping[str, str] | None = None,
+        task_queue_url: str = "",
+        sender_for: Callable[[str], QueueSender] | None = None,
+        sender: QueueSender | None = None,
         reduce_sender: QueueSender | None = None,
         faults: FaultInjector | None = None,
         emit: MetricsEmitter | None = None,
@@ -124,16 +143,23 @@ class Forwarder:
         rng: random.Random | None = None,
         max_workers: int = 10,
     ) -> None:
+        if (pusher_for is None) == (pusher is None):
+            raise ValueError("give the Forwarder exactly one of pusher_for (per service) and pusher")
+        if (sender_for is None) == (sender is None):
+            raise ValueError("give the Forwarder exactly one of sender_for (per job) and sender")
         self.jobs = jobs
         self.ledger = ledger
-        self.pusher = pusher
+        self.pusher_for: Callable[[str], HttpPusher] = pusher_for or (lambda _service: pusher)  # type: ignore[assignment,return-value]
         self.sqs = sqs
         self.s3 = s3
+        self.job_queue_urls = dict(job_queue_urls or {})
         self.task_queue_url = task_queue_url
         self.dead_letter_queue_url = dead_letter_queue_url
-        self.sender = sender
-        #: Reduce parts and finalizes go to the reduce queue (the task queue when not given).
-        self.reduce_sender = reduce_sender or sender
+        self.sender_for: Callable[[str], QueueSender] = sender_for or (lambda _job: sender)  # type: ignore[assignment,return-value]
+        #: Reduce parts and finalizes go to the reduce queue (the default sender's when not given).
+        if reduce_sender is None and sender is None:
+            raise ValueError("give the Forwarder a reduce_sender (the reduce queue)")
+        self.reduce_sender: QueueSender = reduce_sender or sender  # type: ignore[assignment]
         self.faults = faults
         self.emit = emit or (lambda name, value, job, **_: None)
         self.retry_base_s = retry_base_s
@@ -259,12 +285,17 @@ class Forwarder:
         (arn:aws:sqs:<region>:<account>:<name>; a queue URL ends with /<account>/<name>).
         The task queue when the ARN is missing or names neither known queue."""
         parts = str(record.get("eventSourceARN") or "").split(":")
+        known = [self.reduce_queue_url, *self.job_queue_urls.values(), self.task_queue_url]
         if len(parts) == 6 and parts[0] == "arn" and parts[2] == "sqs":
             suffix = f"/{parts[4]}/{parts[5]}"
-            for url in (self.reduce_queue_url, self.task_queue_url):
-                if url.rstrip("/").endswith(suffix):
+            for url in known:
+                if url and url.rstrip("/").endswith(suffix):
                     return url
-        return self.task_queue_url
+        try:  # a record without a known ARN: its job's queue
+            job = TaskEnvelope.parse(record.get("body", "")).job
+            return self.job_queue_urls.get(job) or self.task_queue_url
+        except MalformedEnvelope:
+            return self.task_queue_url
 
     def _defer(self, record: dict[str, Any]) -> None:
         try:
@@ -278,10 +309,13 @@ class Forwarder:
         if not self.faults:
             return
         copies = [w for w in work if self.faults.duplicate()]
-        tasks = [w.record["body"] for w in copies if w.envelope.kind is TaskKind.TASK]
+        tasks: dict[str, list[str]] = defaultdict(list)
+        for w in copies:
+            if w.envelope.kind is TaskKind.TASK:
+                tasks[w.job.name].append(w.record["body"])
         reduces = [w.record["body"] for w in copies if w.envelope.kind is not TaskKind.TASK]
-        if tasks:
-            self.sender.send(tasks, delay_s=1)
+        for job_name, bodies in tasks.items():  # a copy goes where the original came from
+            self.sender_for(job_name).send(bodies, delay_s=1)
         if reduces:  # a copy goes where the original came from
             self.reduce_sender.send(reduces, delay_s=1)
 
@@ -292,9 +326,9 @@ class Forwarder:
         if env.kind is TaskKind.TASK:
             path, timeout = job.task_path, job.task_timeout_s
         elif env.kind is TaskKind.REDUCE_PART:
-            path, timeout = job.reduce_part_path, REDUCE_TIMEOUT_S
+            path, timeout = job.reduce_part_path or "", REDUCE_TIMEOUT_S
         else:
-            path, timeout = job.reduce_finalize_path, REDUCE_TIMEOUT_S
+            path, timeout = job.reduce_finalize_path or "", REDUCE_TIMEOUT_S
         payload = {
             "run_id": env.run_id,
             "task_id": env.task_id,
@@ -305,7 +339,9 @@ class Forwarder:
             "kind": str(env.kind),
         }
         try:
-            return self.pusher.push(path, payload, idempotency_key=env.idempotency_key, timeout=timeout)
+            return self.pusher_for(job.service).push(
+                path, payload, idempotency_key=env.idempotency_key, timeout=timeout
+            )
         except Exception as exc:  # signing or secret fetch failed: retry later, do not lose the task
             log.exception("push of %s failed before sending", env.idempotency_key, extra=_keys(env))
             return PushResult(None, error=f"push not sent: {type(exc).__name__}: {exc}")

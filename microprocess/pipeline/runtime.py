@@ -48,25 +48,38 @@ def ledger() -> Ledger:
     )
 
 
-@lru_cache(maxsize=1)
-def sender() -> QueueSender:
-    return QueueSender(client=client("sqs"), queue_url=get_settings().task_queue_url)
+@cache
+def _sender(queue_url: str) -> QueueSender:
+    return QueueSender(client=client("sqs"), queue_url=queue_url)
 
 
-@lru_cache(maxsize=1)
+def sender_for(job: str) -> QueueSender:
+    """The sender of `job`'s tasks: the job's own task queue (`JOB_QUEUES`)."""
+    return _sender(get_settings().queue_url_for(job))
+
+
 def reduce_sender() -> QueueSender:
-    """The sender of reduce parts and finalizes: the reduce queue, or the task queue without one."""
+    """The sender of reduce parts, finalizes and completion callbacks: the reduce queue."""
     s = get_settings()
-    if not s.reduce_queue_url or s.reduce_queue_url == s.task_queue_url:
-        return sender()
-    return QueueSender(client=client("sqs"), queue_url=s.reduce_queue_url)
+    url = s.reduce_queue_url or s.task_queue_url  # one queue for everything: tests and single-queue tools
+    if not url:
+        raise RuntimeError("no reduce queue: set REDUCE_QUEUE_URL")
+    return _sender(url)
+
+
+@cache
+def pusher_for(service: str) -> HttpPusher:
+    """The signed HTTP pusher to `service`'s queue endpoint (`SERVICE_ENDPOINTS`), one per service."""
+    endpoint = get_settings().endpoint_for(service)
+    return HttpPusher(endpoint.url, SecretCache(get_settings(), secret_arn=endpoint.secret_arn))
 
 
 class SecretCache:
     """The signing secret, read from Secrets Manager once (or given directly in tests)."""
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(self, settings: RuntimeSettings, *, secret_arn: str | None = None) -> None:
         self.settings = settings
+        self.secret_arn = settings.signing_secret_arn if secret_arn is None else secret_arn
         self._value: str | None = settings.signing_secret or None
         self._lock = threading.Lock()
 
@@ -74,9 +87,9 @@ class SecretCache:
         if self._value is None:
             with self._lock:
                 if self._value is None:
-                    if not self.settings.signing_secret_arn:
-                        raise RuntimeError("no signing secret: set SIGNING_SECRET_ARN")
-                    resp = client("secretsmanager").get_secret_value(SecretId=self.settings.signing_secret_arn)
+                    if not self.secret_arn:
+                        raise RuntimeError("no signing secret: set SERVICE_ENDPOINTS (secret_arn) or SIGNING_SECRET")
+                    resp = client("secretsmanager").get_secret_value(SecretId=self.secret_arn)
                     self._value = resp["SecretString"]
         return self._value
 
@@ -102,12 +115,13 @@ def forwarder() -> Forwarder:
     return Forwarder(
         jobs=get_declarations().jobs,
         ledger=ledger(),
-        pusher=HttpPusher(s.queue_service_url, SecretCache(s)),
+        pusher_for=pusher_for,
         sqs=client("sqs"),
         s3=client("s3"),
+        job_queue_urls=s.job_queue_urls,
         task_queue_url=s.task_queue_url,
         dead_letter_queue_url=s.dead_letter_queue_url,
-        sender=sender(),
+        sender_for=sender_for,
         reduce_sender=reduce_sender(),
         faults=faults(),
         emit=emitter(),
@@ -123,7 +137,7 @@ def splitter(function_name: str) -> Splitter:
         settings=s,
         jobs=get_declarations().jobs,
         ledger=ledger(),
-        sender=sender(),
+        sender_for=sender_for,
         reduce_sender=reduce_sender(),
         s3=client("s3"),
         dynamodb=client("dynamodb"),
@@ -165,3 +179,12 @@ def sweeper() -> Sweeper:
         reduce_timeout_s=s.reduce_timeout_s,
         emit=emitter(),
     )
+
+
+def reset() -> None:
+    """Forget every cached setting, client and core object (tests; a changed environment)."""
+    get_settings.cache_clear()
+    for cached in (faults, ledger, _sender, pusher_for, forwarder, dead_letter):
+        cached.cache_clear()
+    if hasattr(client, "cache_clear"):  # not while a test stands in for it
+        client.cache_clear()

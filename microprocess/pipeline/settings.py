@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,12 +22,34 @@ class SettingsError(ValueError):
     """A missing or invalid environment variable; the message names it."""
 
 
+@dataclass(frozen=True)
+class ServiceEndpoint:
+    """A service's queue endpoint: its base URL and the ARN of its signing secret."""
+
+    service: str
+    url: str
+    secret_arn: str
+
+
+def _json_map(variable: str, raw: str, shape: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw or "{}")
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{variable} is not JSON ({exc.msg}): expected {shape}") from None
+    if not isinstance(value, dict):
+        raise SettingsError(f"{variable} must be a JSON object {shape}")
+    return value
+
+
 class RuntimeSettings(BaseModel):
     """What the functions read from their environment (names are the upper-case field names)."""
 
     model_config = ConfigDict(frozen=True)
 
     ledger_table: str = Field(min_length=1)
+    #: Each job's task queue, as JSON (`{"<job>": "<queue url>"}`).
+    job_queues: str = "{}"
+    #: The task queue of a job missing from `job_queues` (tests and single-queue tools); empty: none.
     task_queue_url: str = ""
     #: Where reduce parts and finalizes go (their own queue and forwarder); empty: the task queue.
     reduce_queue_url: str = ""
@@ -33,8 +57,14 @@ class RuntimeSettings(BaseModel):
     #: The DynamoDB source tables by role, as JSON (`{"<role>": "<table name>"}`).
     source_tables: str = "{}"
     reports_bucket: str = ""
+    #: Each service's queue endpoint and signing secret, as JSON
+    #: (`{"<service>": {"url": "<base url>", "secret_arn": "<arn>"}}`).
+    service_endpoints: str = "{}"
+    #: The endpoint and secret of a service missing from `service_endpoints` (tests and tools).
     queue_service_url: str = ""
     signing_secret_arn: str = ""
+    #: The address the built-in reduce mails reports from (SES identity).
+    ses_sender: str = ""
     splitter_function_name: str = ""
     #: The secret's value itself (tests and tools only; deployed functions use the ARN).
     signing_secret: str = ""
@@ -50,13 +80,42 @@ class RuntimeSettings(BaseModel):
     microprocess_chaos: str = ""
 
     @property
+    def job_queue_urls(self) -> dict[str, str]:
+        """`job_queues` parsed: job name -> task queue URL."""
+        return _json_map("JOB_QUEUES", self.job_queues, '{"<job>": "<queue url>"}')
+
+    def queue_url_for(self, job: str) -> str:
+        """The task queue of `job`; raises `SettingsError` naming the fix when there is none."""
+        url = self.job_queue_urls.get(job) or self.task_queue_url
+        if not url:
+            raise SettingsError(
+                f"no task queue for job '{job}': JOB_QUEUES has {sorted(self.job_queue_urls)}; "
+                "declare the job in the declaration file and redeploy (cdk deploy / microprocess local up)"
+            )
+        return url
+
+    def endpoint_for(self, service: str) -> ServiceEndpoint:
+        """Where `service`'s tasks are pushed and which secret signs them."""
+        raw = _json_map("SERVICE_ENDPOINTS", self.service_endpoints, '{"<service>": {"url": ..., "secret_arn": ...}}')
+        entry = raw.get(service)
+        if entry is None:
+            if not self.queue_service_url:
+                raise SettingsError(
+                    f"no endpoint for service '{service}': SERVICE_ENDPOINTS has {sorted(raw)}; declare the "
+                    "service and redeploy (cdk deploy / microprocess local up)"
+                )
+            return ServiceEndpoint(service, self.queue_service_url, self.signing_secret_arn)
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or not entry["url"]:
+            raise SettingsError(
+                f'SERVICE_ENDPOINTS["{service}"] must be {{"url": "<base url>", "secret_arn": "<arn>"}}'
+            )
+        return ServiceEndpoint(service, entry["url"], str(entry.get("secret_arn") or ""))
+
+    @property
     def source_table_names(self) -> dict[str, str]:
         """`source_tables` parsed: table role -> deployed table name."""
-        try:
-            value = json.loads(self.source_tables or "{}")
-        except json.JSONDecodeError as exc:
-            raise SettingsError(f'SOURCE_TABLES is not JSON ({exc.msg}): expected {{"<role>": "<table>"}}') from None
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        value = _json_map("SOURCE_TABLES", self.source_tables, '{"<role>": "<table name>"}')
+        if not all(isinstance(v, str) for v in value.values()):
             raise SettingsError('SOURCE_TABLES must be a JSON object {"<role>": "<table name>"}')
         return value
 

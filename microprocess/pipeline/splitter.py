@@ -107,20 +107,24 @@ class Splitter:
         settings: RuntimeSettings,
         jobs: JobRegistry,
         ledger: Ledger,
-        sender: QueueSender,
         s3: Any,
         dynamodb: Any,
         continue_with: Callable[[dict[str, Any]], None],
         faults: FaultInjector | None = None,
         emit: MetricsEmitter | None = None,
+        sender_for: Callable[[str], QueueSender] | None = None,
+        sender: QueueSender | None = None,
         reduce_sender: QueueSender | None = None,
     ) -> None:
+        if (sender_for is None) == (sender is None):
+            raise ValueError("give the Splitter exactly one of sender_for (each job's task queue) and sender")
         self.settings = settings
         self.jobs = jobs
         self.ledger = ledger
-        self.sender = sender
-        #: Where reduce parts go (the reduce queue); the task queue when not given.
-        self.reduce_sender = reduce_sender or sender
+        #: The sender of a job's tasks, by job name (its own task queue).
+        self.sender_for: Callable[[str], QueueSender] = sender_for or (lambda _job: sender)  # type: ignore[assignment,return-value]
+        #: Where reduce parts go (the reduce queue); the task sender when not given.
+        self.reduce_sender: QueueSender = reduce_sender or sender  # type: ignore[assignment]
         self.s3 = s3
         self.dynamodb = dynamodb
         self.continue_with = continue_with
@@ -198,7 +202,7 @@ class Splitter:
                 bodies = [
                     self._body(job, req.run_id, f"{seg}-{seq + i:09d}", item) for i, item in enumerate(page.items)
                 ]
-                self.sender.send(bodies)
+                self.sender_for(job.name).send(bodies)
                 if self.faults:
                     self.faults.maybe_crash("splitter_after_send")
                 if self.ledger.account_page(

@@ -1,0 +1,100 @@
+"""What the docs say runs, runs: the README's CLI table, make targets and links, and its runnable blocks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from microprocess.cli.commands import app
+from microprocess.cli.reference import END, START, reference_table, render
+from tests.docs_check import ROOT, run_steps, scratch_copy, steps
+
+DOCS = [ROOT / "README.md", ROOT / "infra" / "README.md", ROOT / "microservice" / "README.md"]
+
+
+def test_the_readme_cli_table_is_the_cli_itself() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert render(readme, reference_table(app)) == readme, "the README's CLI table is stale: run `make docs`"
+
+
+def test_the_cli_table_lists_every_command_and_option() -> None:
+    # A worked example: every option of `run` appears in its row.
+    table = reference_table(app)
+    row = next(line for line in table.splitlines() if line.startswith("| `microprocess run "))
+    for option in ("--items FILE", "--source-uri S3_URI", "--param KEY=VALUE]...", "--wait", "--json", "--timeout"):
+        assert option in row, row
+    assert "| `microprocess local up " in table and "| `microprocess local status" in table
+
+
+def test_render_replaces_only_between_the_markers() -> None:
+    text = f"intro\n{START}\nold\n{END}\noutro\n"
+    assert render(text, "NEW") == f"intro\n{START}\nNEW\n{END}\noutro\n"
+    with pytest.raises(ValueError, match="markers"):
+        render("no markers", "NEW")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_make_target_and_relative_link_in_the_docs_exists(doc: Path) -> None:
+    text = doc.read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), flags=re.M))
+    for target in re.findall(r"`make ([a-z][a-z-]*)", text):
+        assert target in targets, f"{doc.name} names `make {target}`, which the Makefile lacks"
+    for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+        assert (doc.parent / link).exists(), f"{doc.name} links to {link}, which does not exist"
+
+
+def test_steps_reads_markers_and_their_blocks() -> None:
+    md = "\n".join(
+        [
+            "<!-- docs-check: file app/x.py -->",
+            "```python",
+            "print(1)",
+            "```",
+            "prose",
+            "```bash",
+            "not run",
+            "```",
+            "<!-- docs-check: run -->",
+            "",
+            "```bash",
+            "echo hi",
+            "```",
+        ]
+    )
+    found = steps(md)
+    assert [(s.action, s.target, s.text) for s in found] == [
+        ("file", "app/x.py", "print(1)\n"),
+        ("run", "", "echo hi\n"),
+    ]
+    with pytest.raises(ValueError, match="followed by a fenced block"):
+        steps("<!-- docs-check: run -->\nno block\n")
+
+
+def test_a_failing_block_fails_the_check_naming_it(tmp_path: Path) -> None:
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").symlink_to("/bin/true")
+    with pytest.raises(AssertionError, match=r"block at line 6 failed \(exit 3\)"):
+        run_steps(
+            steps("<!-- docs-check: run -->\n```bash\nexit 3\n```\n".replace("```bash", "\n\n\n\n```bash")),
+            tmp_path,
+            echo=False,
+        )
+
+
+@pytest.mark.e2e
+def test_the_readme_runs_as_written_your_own_job_included() -> None:
+    # The README's runnable blocks ("Your own job" from nothing to a report, then the CLI examples),
+    # in order, in a scratch copy of the project: as a newcomer would type them.
+    readme = (ROOT / "README.md").read_text()
+    found = steps(readme)
+    assert any(s.action == "run" and "local up" in s.text for s in found), "the README has no runnable local up"
+    copy = ROOT / ".microprocess" / "docs-check-test" / "project"
+    import shutil
+
+    shutil.rmtree(copy.parent, ignore_errors=True)
+    try:
+        run_steps(found, scratch_copy(copy))
+    finally:
+        shutil.rmtree(copy.parent, ignore_errors=True)
