@@ -82,6 +82,8 @@ def render(value: Any) -> str:
     """A CloudFormation string value as text: `Ref`s become `<Id>`, `GetAtt`s `<Id.Attr>`."""
     if isinstance(value, str):
         return value
+    if isinstance(value, list):  # a statement's list of resources
+        return " ".join(render(v) for v in value)
     if "Ref" in value:
         return f"<{value['Ref']}>"
     if "Fn::GetAtt" in value:
