@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Duration, RemovalPolicy, Stack, Tags
+from aws_cdk import Duration, FeatureFlags, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
@@ -53,6 +53,9 @@ from infra.splitter import Splitter
 from infra.sweeper import Sweeper
 from microprocess.declarations import Declarations, get_declarations, load_declarations
 from microprocess.stacks import MANIFESTS_PREFIX
+
+#: The feature flags the cloud stage relies on (`cdk init` writes them into a new app's cdk.json).
+REQUIRED_FEATURE_FLAGS = ("@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy",)
 
 
 def table_variable(role: str) -> str:
@@ -181,6 +184,12 @@ class MicroprocessPlatform(Construct):
         self.declarations = declared
         jobs = list(declared.jobs)
         local = settings.local
+        missing_flags = [f for f in REQUIRED_FEATURE_FLAGS if not local and not FeatureFlags.of(self).is_enabled(f)]
+        if missing_flags:
+            raise ValueError(
+                f"the microprocess platform needs the CDK feature flag(s) {missing_flags} (S3 access logs "
+                "delivered by bucket policy, no ACLs): set them to true in the app's cdk.json context"
+            )
         stateful = RemovalPolicy.DESTROY if local else RemovalPolicy.RETAIN
         Tags.of(self).add("project", "microprocess")
         Tags.of(self).add("stage", "local" if local else "cloud")
