@@ -20,6 +20,7 @@ from aws_cdk import aws_ses as ses
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from infra import permissions
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
 from infra.push_settings import QueueConsumer
@@ -124,16 +125,19 @@ class Forwarder(Construct):
             )
             self.function.add_event_source(source)
             self.event_sources[label] = source
-        ledger_table.grant_read_write_data(self.function)
-        if tasks:
-            for queue in push_queue.task_queues.values():
-                queue.grant_send_messages(self.function)
-            reports_bucket.grant_read(self.function, f"{CLAIMS_PREFIX}*")
+        # Consuming its queues (receive, delete, change visibility) is granted by the event sources.
+        permissions.allow_ledger(self.function, ledger_table)
+        sends = [push_queue.reduce_queue, push_queue.dead_letter_queue]
+        if tasks:  # chaos duplicates re-send a task to its own queue
+            sends += list(push_queue.task_queues.values())
+            permissions.allow(
+                self.function, permissions.GET_OBJECT, [reports_bucket.arn_for_objects(f"{CLAIMS_PREFIX}*")]
+            )
         else:
-            reports_bucket.grant_read_write(self.function, f"{REPORTS_PREFIX}*")
+            permissions.allow(
+                self.function, permissions.REPORT_OBJECTS, [reports_bucket.arn_for_objects(f"{REPORTS_PREFIX}*")]
+            )
             if email_identity is not None:
                 email_identity.grant_send_email(self.function)
-        push_queue.reduce_queue.grant_send_messages(self.function)
-        push_queue.dead_letter_queue.grant_send_messages(self.function)
-        for secret in signing_secrets:
-            secret.grant_read(self.function)
+        permissions.allow(self.function, permissions.SEND_MESSAGE, [queue.queue_arn for queue in sends])
+        permissions.allow(self.function, permissions.READ_SECRET, [secret.secret_arn for secret in signing_secrets])

@@ -498,17 +498,17 @@ class MicroprocessPlatform(Construct):
         def actions(group: str) -> list[str]:
             return [f"AwsSolutions-IAM5[Action::{a}]" for a in s3_groups[group]]
 
+        # The functions' actions are explicit lists (infra/permissions.py): only resource
+        # wildcards remain, each scoped to the ledger's indexes or to one key prefix.
         for consumer in (self.forwarder, self.reducer, self.dead_letter, self.splitter, self.sweeper):
             acknowledge(consumer, reason_index, table_indexes)
         acknowledge(self.forwarder, reason_prefix, prefix(CLAIMS_PREFIX))
-        acknowledge(self.forwarder, reason_s3_actions, *actions("read"))
         acknowledge(
             self.reducer,
             "The built-in reduce writes and reads every report file of a run (reports/<job>/<run>/...), "
             "named by run ids only known at run time: the grant is scoped to the reports/ prefix.",
             prefix(REPORTS_PREFIX),
         )
-        acknowledge(self.reducer, reason_s3_actions, *actions("read_write"))
         acknowledge(self.splitter, reason_prefix, prefix(CLAIMS_PREFIX))
         acknowledge(
             self.splitter,
@@ -516,9 +516,7 @@ class MicroprocessPlatform(Construct):
             "run time: GetObject only, scoped to the manifests/ prefix.",
             prefix(MANIFESTS_PREFIX),
         )
-        acknowledge(self.splitter, reason_s3_actions, *actions("put"))
         acknowledge(self.dead_letter, reason_prefix, prefix("quarantine/"))
-        acknowledge(self.dead_letter, reason_s3_actions, *actions("put"))
         for service in self.bundled.values():
             queue_role = service.queue.task_role
             acknowledge(queue_role, reason_index, table_indexes)

@@ -12,6 +12,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from infra import permissions
 from infra.forwarder import CLAIMS_PREFIX
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
@@ -74,18 +75,16 @@ class Splitter(Construct):
         )
         self.function = handler.function
         self.role = handler.role
-        ledger_table.grant_read_write_data(self.function)
-        for job in declared:
-            push_queue.task_queues[job.name].grant_send_messages(self.function)
-        push_queue.reduce_queue.grant_send_messages(self.function)  # a run with no items reduces at once
-        reports_bucket.grant_put(self.function, f"{CLAIMS_PREFIX}*")
-        # Run-time manifests: GetObject (and HeadObject, which GetObject allows) under one prefix.
-        handler.role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject"], resources=[reports_bucket.arn_for_objects(f"{MANIFESTS_PREFIX}*")]
-            )
+        permissions.allow_ledger(self.function, ledger_table)
+        # each job's task queue, and the reduce queue: a run with no items reduces at once
+        queues = [push_queue.task_queues[job.name] for job in declared] + [push_queue.reduce_queue]
+        permissions.allow(self.function, permissions.SEND_MESSAGE, [queue.queue_arn for queue in queues])
+        permissions.allow(self.function, permissions.PUT_OBJECT, [reports_bucket.arn_for_objects(f"{CLAIMS_PREFIX}*")])
+        # run-time manifests uploaded by the CLI
+        permissions.allow(
+            self.function, permissions.GET_OBJECT, [reports_bucket.arn_for_objects(f"{MANIFESTS_PREFIX}*")]
         )
-        self._grant_sources(declared, source_tables, handler.role)
+        self._grant_sources(declared, source_tables)
         # A separate policy (not the role's default policy, which the function depends on)
         # lets the function name its own ARN without a circular dependency.
         iam.Policy(
@@ -112,9 +111,9 @@ class Splitter(Construct):
                 ],
             )
 
-    def _grant_sources(
-        self, jobs: list[JobDeclaration], source_tables: Mapping[str, dynamodb.ITable], role: iam.IRole
-    ) -> None:
+    def _grant_sources(self, jobs: list[JobDeclaration], source_tables: Mapping[str, dynamodb.ITable]) -> None:
+        scanned: dict[str, dynamodb.ITable] = {}
+        objects: set[str] = set()
         for job in jobs:
             source = job.source
             if source.kind is SourceKind.DYNAMODB:
@@ -124,13 +123,12 @@ class Splitter(Construct):
                         f"job '{job.name}' reads the table role '{source.table}', but the stack passes only "
                         f"{sorted(source_tables)}: add an ItemSourceTable for it"
                     )
-                table.grant_read_data(self.function)
+                scanned[source.table or ""] = table
             elif source.kind is SourceKind.S3_MANIFEST and source.uri:
-                # One object, one action: no wildcard (a bucket outside the stack, so no L2 grant,
-                # whose action groups would need acknowledging).
+                # One object, one action, no wildcard (a bucket outside the stack).
                 bucket_name, _, key = source.uri.removeprefix("s3://").partition("/")
-                role.add_to_principal_policy(
-                    iam.PolicyStatement(
-                        actions=["s3:GetObject"], resources=[f"arn:{Aws.PARTITION}:s3:::{bucket_name}/{key}"]
-                    )
-                )
+                objects.add(f"arn:{Aws.PARTITION}:s3:::{bucket_name}/{key}")
+        if scanned:
+            permissions.allow(self.function, permissions.SOURCE_TABLE, [t.table_arn for t in scanned.values()])
+        if objects:
+            permissions.allow(self.function, permissions.GET_OBJECT, sorted(objects))

@@ -9,7 +9,7 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from infra import contract
+from infra import contract, permissions
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
 
@@ -58,8 +58,8 @@ class Sweeper(Construct):
         )
         self.function = handler.function
         self.role = handler.role
-        ledger_table.grant_read_write_data(self.function)
-        push_queue.reduce_queue.grant_send_messages(self.function)
+        permissions.allow_ledger(self.function, ledger_table)
+        permissions.allow(self.function, permissions.SEND_MESSAGE, [push_queue.reduce_queue.queue_arn])
         # Only the unqualified function (what the sweeper invokes by name), not every version.
         splitter_function.grant_invoke_latest_version(self.function)
         self.rule = events.Rule(

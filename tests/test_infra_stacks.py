@@ -45,6 +45,17 @@ def statements_of(stack: str, role_logical_id: str) -> list[dict[str, Any]]:
     return out
 
 
+def allowed_on(statements: list[dict[str, Any]], action: str) -> set[str]:
+    """The resources (rendered) on which `statements` allow `action`."""
+    out: set[str] = set()
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if action in actions:
+            targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            out |= {render(t) for t in targets}
+    return out
+
+
 def mappings_of(stack: str, function: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The event source mappings of `function`, by the logical ID of the queue they consume."""
     out = {}
@@ -159,7 +170,7 @@ def test_forwarder_may_send_to_every_queue_and_change_visibility_on_each_task_qu
     statements = statements_of(stack, role_of(functions(stack)["forwarder"]))
 
     def allowed(action: str, queue: str) -> bool:
-        return any(action in s["Action"] and s["Resource"] == {"Fn::GetAtt": [queue, "Arn"]} for s in statements)
+        return f"<{queue}.Arn>" in allowed_on(statements, action)
 
     for task_queue in TASK_QUEUES.values():
         assert allowed("sqs:SendMessage", task_queue)
@@ -174,7 +185,7 @@ def test_reducer_consumes_the_reduce_queue_and_may_send_finalizes_and_dead_lette
     statements = statements_of(stack, role_of(functions(stack)["reducer"]))
 
     def allowed(action: str, queue: str) -> bool:
-        return any(action in s["Action"] and s["Resource"] == {"Fn::GetAtt": [queue, "Arn"]} for s in statements)
+        return f"<{queue}.Arn>" in allowed_on(statements, action)
 
     assert allowed("sqs:ChangeMessageVisibility", "ReduceQueue")
     assert allowed("sqs:SendMessage", "ReduceQueue")
@@ -203,10 +214,7 @@ def test_every_function_that_enqueues_reduce_tasks_may_send_to_the_reduce_queue(
     fns = functions(stack)
     for name in ("forwarder", "reducer", "splitter", "dead_letter", "sweeper"):
         statements = statements_of(stack, role_of(fns[name]))
-        assert any(
-            "sqs:SendMessage" in s["Action"] and s["Resource"] == {"Fn::GetAtt": ["ReduceQueue", "Arn"]}
-            for s in statements
-        ), name
+        assert "<ReduceQueue.Arn>" in allowed_on(statements, "sqs:SendMessage"), name
         variables = fns[name]["Environment"]["Variables"]
         assert variables[contract.REDUCE_QUEUE_URL] == {"Ref": "ReduceQueue"}, name
         assert render_json(variables[contract.JOB_QUEUES]) == {
@@ -434,7 +442,9 @@ def test_only_the_pushers_and_the_bundled_queue_service_read_a_signing_secret(st
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             if "secretsmanager:GetSecretValue" in actions or "secretsmanager:*" in actions:
-                readers[statement["Resource"]["Ref"]] |= {r["Ref"] for r in policy["Properties"]["Roles"]}
+                targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                for target in targets:
+                    readers[target["Ref"]] |= {r["Ref"] for r in policy["Properties"]["Roles"]}
     # the two pushers: the forwarder (tasks) and the reducer (reduce parts and finalizes) sign their calls
     pushers = {role_of(functions(stack)["forwarder"]), role_of(functions(stack)["reducer"])}
     assert readers["RemindersSigningSecret"] == pushers
@@ -782,3 +792,98 @@ def test_reduce_visibility_is_a_local_stage_setting() -> None:
     with pytest.raises(ValueError, match="forwarder_max_concurrency is a local-stage setting"):
         StageSettings(repo_root=Path("."), ses_sender="a@example.com", forwarder_max_concurrency=4)
     StageSettings(repo_root=Path("."), ses_sender="a@example.com", local=True, reduce_visibility_timeout_s=20)
+
+
+# ---------------------------------------------------------------------------- least privilege
+
+LEDGER = {"<LedgerTable.Arn>"}
+LEDGER_ACTIONS = {
+    "dynamodb:BatchGetItem": LEDGER,
+    "dynamodb:ConditionCheckItem": LEDGER,
+    "dynamodb:GetItem": LEDGER,
+    "dynamodb:PutItem": LEDGER,
+    "dynamodb:Query": LEDGER | {"<LedgerTable.Arn>/index/*"},
+    "dynamodb:UpdateItem": LEDGER,
+}
+#: What an SQS event source needs on the queue it consumes (granted by the event source itself).
+CONSUME = (
+    "sqs:ChangeMessageVisibility",
+    "sqs:DeleteMessage",
+    "sqs:GetQueueAttributes",
+    "sqs:GetQueueUrl",
+    "sqs:ReceiveMessage",
+)
+TASK_QUEUE_ARNS = {f"<{q}.Arn>" for q in TASK_QUEUES.values()}
+SECRETS = {f"<{s}>" for s in SIGNING_SECRETS.values()}
+SENDER = "arn:<AWS::Partition>:ses:us-east-1:000000000000:identity/<SENDER>"
+#: Every action of every function, and on what: a widening fails here, to be reviewed.
+#: `<LOGS>` is the function's own log group, `<SPLITTER>` the splitter's ARN; X-Ray (`*`) is on all.
+EXPECTED_ACTIONS: dict[str, dict[str, set[str]]] = {
+    "forwarder": {
+        **LEDGER_ACTIONS,
+        **{action: TASK_QUEUE_ARNS for action in CONSUME},
+        "sqs:SendMessage": TASK_QUEUE_ARNS | {"<ReduceQueue.Arn>", "<DeadLetterQueue.Arn>"},
+        "s3:GetObject": {"<ReportsBucket.Arn>/claims/*"},
+        "secretsmanager:GetSecretValue": SECRETS,
+    },
+    "reducer": {
+        **LEDGER_ACTIONS,
+        **{action: {"<ReduceQueue.Arn>"} for action in CONSUME},
+        "sqs:SendMessage": {"<ReduceQueue.Arn>", "<DeadLetterQueue.Arn>"},
+        "s3:AbortMultipartUpload": {"<ReportsBucket.Arn>/reports/*"},
+        "s3:GetObject": {"<ReportsBucket.Arn>/reports/*"},
+        "s3:PutObject": {"<ReportsBucket.Arn>/reports/*"},
+        "secretsmanager:GetSecretValue": SECRETS,
+        "ses:SendEmail": {SENDER},
+        "ses:SendRawEmail": {SENDER},
+    },
+    "dead_letter": {
+        **LEDGER_ACTIONS,
+        **{action: {"<DeadLetterQueue.Arn>"} for action in CONSUME},
+        "sqs:SendMessage": {"<ReduceQueue.Arn>"},
+        "s3:PutObject": {"<ReportsBucket.Arn>/quarantine/*"},
+    },
+    "splitter": {
+        **LEDGER_ACTIONS,
+        "dynamodb:Scan": {"<CompaniesTable.Arn>"},
+        "sqs:SendMessage": TASK_QUEUE_ARNS | {"<ReduceQueue.Arn>"},
+        "s3:PutObject": {"<ReportsBucket.Arn>/claims/*"},
+        "s3:GetObject": {"<ReportsBucket.Arn>/manifests/*", "arn:<AWS::Partition>:s3:::invoice-manifests/unpaid.jsonl"},
+        "lambda:InvokeFunction": {"<SPLITTER>"},
+    },
+    "sweeper": {
+        **LEDGER_ACTIONS,
+        "sqs:SendMessage": {"<ReduceQueue.Arn>"},
+        "lambda:InvokeFunction": {"<SPLITTER>", "<SPLITTER>:$LATEST"},
+    },
+}
+
+
+def test_each_function_has_exactly_its_listed_actions() -> None:
+    # GIVEN the cloud stage WHEN each function's role policies are read THEN every action on
+    # every resource is one the list above names: no action group, no resource beyond it
+    fns = functions(CLOUD)
+    resources = synthesized().templates[CLOUD]["Resources"]
+    (sender,) = [k for k, v in resources.items() if v["Type"] == "AWS::SES::EmailIdentity"]
+    splitter = f"<{fns['splitter']['LogicalId']}.Arn>"
+    for name, expected in EXPECTED_ACTIONS.items():
+        log_group = f"<{fns[name]['LoggingConfig']['LogGroup']['Ref']}.Arn>"
+        found: dict[str, set[str]] = {}
+        for statement in statements_of(CLOUD, role_of(fns[name])):
+            assert statement["Effect"] == "Allow"
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            for action in actions:
+                found.setdefault(action, set()).update(
+                    render(t).replace(log_group, "<LOGS>").replace(splitter, "<SPLITTER>").replace(sender, "SENDER")
+                    for t in targets
+                )
+        wanted = {
+            **expected,
+            "logs:CreateLogStream": {"<LOGS>"},
+            "logs:PutLogEvents": {"<LOGS>"},
+            "xray:PutTelemetryRecords": {"*"},
+            "xray:PutTraceSegments": {"*"},
+        }
+        assert found == wanted, name
+        assert not [a for a in found if "*" in a], name  # no action wildcard at all
