@@ -2,8 +2,10 @@
 built from `<folder>/Dockerfile`, two Fargate services, two load balancers.
 
 * `<name>-live` (public): an internet-facing ALB, host `<name>-live.<domain>`.
-* `<name>-queue` (private): an internal ALB, host `<name>-queue.<domain>`, reachable only
-  from the security groups the stack allows (the forwarder's).
+* `<name>-queue` (private): an internal ALB, host `<name>-queue.<domain>` in a private hosted
+  zone of the VPC, reachable only from the security groups the stack allows (the forwarder's).
+
+The public ALB carries a WAF web ACL with a per-IP rate rule.
 
 Without a domain both ALBs listen on plain HTTP and are reached by their DNS names.
 """
@@ -24,6 +26,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_route53 as route53
 from aws_cdk import aws_route53_targets as route53_targets
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
 from infra import contract
@@ -48,6 +51,10 @@ IMAGE_EXCLUDE = (
     ".ruff_cache",
     "*.egg-info",
 )
+
+
+#: Requests per client IP per 5 minutes the public ALB accepts before WAF blocks the IP.
+LIVE_RATE_LIMIT = 2000
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,8 @@ class BundledService(Construct):
         domain: host names and TLS; None serves plain HTTP on the ALBs' DNS names.
         access_logs_bucket: receives the ALBs' access logs.
         live_capacity, queue_capacity: size and scaling of each service.
+        live_rate_limit: requests per client IP per 5 minutes the public ALB's WAF rule allows
+            before it blocks that IP (until its rate falls again).
         log_retention: how long the services' log groups keep events.
         removal_policy: for the log groups.
 
@@ -102,6 +111,8 @@ class BundledService(Construct):
         cluster: the ECS cluster (Container Insights on).
         live, queue: the `FargateWebService` of each role.
         public_load_balancer: the internet-facing ALB of `<name>-live`.
+        web_acl: the WAF web ACL on it (a per-IP rate rule).
+        private_zone: with a domain, the private hosted zone (in the VPC) of `<name>-queue.<domain>`.
         internal_load_balancer: the internal ALB of `<name>-queue`.
         live_url, queue_url: base URLs of the services.
     """
@@ -121,6 +132,7 @@ class BundledService(Construct):
         domain: DomainSettings | None,
         access_logs_bucket: s3.IBucket,
         live_capacity: ServiceCapacity = ServiceCapacity(),
+        live_rate_limit: int = LIVE_RATE_LIMIT,
         queue_capacity: ServiceCapacity = ServiceCapacity(max_capacity=10),
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         removal_policy: RemovalPolicy = RemovalPolicy.DESTROY,
@@ -180,6 +192,7 @@ class BundledService(Construct):
         self.internal_load_balancer = elbv2.ApplicationLoadBalancer(
             self, "InternalAlb", vpc=vpc, internet_facing=False, drop_invalid_header_fields=True
         )
+        self.web_acl = self._rate_limit(self.public_load_balancer, live_rate_limit)
         self.public_load_balancer.log_access_logs(access_logs_bucket, f"alb/{self.live_host_prefix}")
         self.internal_load_balancer.log_access_logs(access_logs_bucket, f"alb/{self.queue_host_prefix}")
 
@@ -191,21 +204,29 @@ class BundledService(Construct):
             self.internal_load_balancer, self.queue, self.queue_host_prefix, domain, certificate, open_=False
         )
         self._port = 443 if domain else 80
+        self.private_zone: route53.PrivateHostedZone | None = None
         if domain:
             zone = route53.HostedZone.from_hosted_zone_attributes(
                 self, "Zone", hosted_zone_id=domain.hosted_zone_id, zone_name=domain.name
             )
-            for prefix, alb in (
-                (self.live_host_prefix, self.public_load_balancer),
-                (self.queue_host_prefix, self.internal_load_balancer),
-            ):
-                route53.ARecord(
-                    self,
-                    f"{prefix}-record",
-                    zone=zone,
-                    record_name=prefix,
-                    target=route53.RecordTarget.from_alias(route53_targets.LoadBalancerTarget(alb)),
-                )
+            route53.ARecord(
+                self,
+                f"{self.live_host_prefix}-record",
+                zone=zone,
+                record_name=self.live_host_prefix,
+                target=route53.RecordTarget.from_alias(route53_targets.LoadBalancerTarget(self.public_load_balancer)),
+            )
+            # The queue host resolves inside the VPC only: a private zone named exactly that host
+            # (so it shadows no other name of the domain), never a public record of an internal ALB.
+            self.private_zone = route53.PrivateHostedZone(
+                self, "QueueZone", zone_name=domain.host(self.queue_host_prefix), vpc=vpc
+            )
+            route53.ARecord(
+                self,
+                f"{self.queue_host_prefix}-record",
+                zone=self.private_zone,
+                target=route53.RecordTarget.from_alias(route53_targets.LoadBalancerTarget(self.internal_load_balancer)),
+            )
             self.live_url = f"https://{domain.host(self.live_host_prefix)}"
             self.queue_url = f"https://{domain.host(self.queue_host_prefix)}"
         else:
@@ -251,6 +272,40 @@ class BundledService(Construct):
         if open_:
             alb.add_redirect(source_port=80, target_port=443)
         return listener
+
+    def _rate_limit(self, alb: elbv2.ApplicationLoadBalancer, limit: int) -> wafv2.CfnWebACL:
+        """A regional WAF web ACL on `alb`: allow, but block an IP above `limit` requests per 5 minutes."""
+        metric = f"{self.live_host_prefix}-rate"
+        acl = wafv2.CfnWebACL(
+            self,
+            "PublicWebAcl",
+            scope="REGIONAL",
+            default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+            visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
+                cloud_watch_metrics_enabled=True,
+                metric_name=f"{self.live_host_prefix}-acl",
+                sampled_requests_enabled=True,
+            ),
+            rules=[
+                wafv2.CfnWebACL.RuleProperty(
+                    name="rate-per-ip",
+                    priority=0,
+                    action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+                    statement=wafv2.CfnWebACL.StatementProperty(
+                        rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                            limit=limit, aggregate_key_type="IP", evaluation_window_sec=300
+                        )
+                    ),
+                    visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
+                        cloud_watch_metrics_enabled=True, metric_name=metric, sampled_requests_enabled=True
+                    ),
+                )
+            ],
+        )
+        wafv2.CfnWebACLAssociation(
+            self, "PublicWebAclAssociation", resource_arn=alb.load_balancer_arn, web_acl_arn=acl.attr_arn
+        )
+        return acl
 
     def allow_queue_access_from(self, *peers: ec2.IConnectable) -> None:
         """Let `peers` (e.g. the forwarder) reach the queue service's internal load balancer."""

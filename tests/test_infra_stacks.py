@@ -559,9 +559,17 @@ def test_with_a_domain_hosts_route_over_https() -> None:
             "AWS::ElasticLoadBalancingV2::ListenerRule",
             {"Conditions": [{"Field": "host-header", "HostHeaderConfig": {"Values": [host]}}]},
         )
-        template.has_resource_properties(
-            "AWS::Route53::RecordSet", {"Name": f"{host}.", "Type": "A", "HostedZoneId": "Z0123456789ABCDEFGHIJ"}
-        )
+    records = {
+        r["Properties"]["Name"]: r["Properties"] for r in synth.resources(CLOUD, "AWS::Route53::RecordSet").values()
+    }
+    assert set(records) == {"scores-live.example.com.", "scores-queue.example.com."}
+    # the public host in the public zone; the queue host only in a private zone of the VPC
+    assert records["scores-live.example.com."]["HostedZoneId"] == "Z0123456789ABCDEFGHIJ"
+    (zone_id, zone) = only(synth.resources(CLOUD, "AWS::Route53::HostedZone"))
+    assert records["scores-queue.example.com."]["HostedZoneId"] == {"Ref": zone_id}
+    assert zone["Properties"]["Name"] == "scores-queue.example.com."
+    (vpc_id,) = synth.resources(CLOUD, "AWS::EC2::VPC")
+    assert zone["Properties"]["VPCs"] == [{"VPCId": {"Ref": vpc_id}, "VPCRegion": "us-east-1"}]
     outputs = synth.templates[CLOUD]["Outputs"]
     assert render_json(outputs["ServiceUrls"]["Value"])["scores"] == "https://scores-queue.example.com"
     (forwarder,) = [
@@ -576,6 +584,27 @@ def test_with_a_domain_hosts_route_over_https() -> None:
         "AWS::ElasticLoadBalancingV2::Listener",
         {"Port": 80, "DefaultActions": [Match.object_like({"Type": "redirect"})]},
     )
+
+
+def test_the_public_load_balancer_has_a_waf_rate_rule() -> None:
+    synth = synthesized()
+    (acl_id, acl) = only(synth.resources(CLOUD, "AWS::WAFv2::WebACL"))
+    assert acl["Properties"]["Scope"] == "REGIONAL" and acl["Properties"]["DefaultAction"] == {"Allow": {}}
+    (rule,) = acl["Properties"]["Rules"]
+    assert rule["Action"] == {"Block": {}}
+    assert rule["Statement"]["RateBasedStatement"] == {
+        "AggregateKeyType": "IP",
+        "EvaluationWindowSec": 300,
+        "Limit": 2000,
+    }
+    (_, association) = only(synth.resources(CLOUD, "AWS::WAFv2::WebACLAssociation"))
+    assert association["Properties"]["WebACLArn"] == {"Fn::GetAtt": [acl_id, "Arn"]}
+    (public_alb,) = [
+        k
+        for k, r in synth.resources(CLOUD, "AWS::ElasticLoadBalancingV2::LoadBalancer").items()
+        if r["Properties"]["Scheme"] == "internet-facing"
+    ]
+    assert association["Properties"]["ResourceArn"] == {"Ref": public_alb}
 
 
 def test_queue_service_may_send_the_report_email() -> None:
