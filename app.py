@@ -9,10 +9,14 @@ network or credentials:
     npx cdk deploy Microprocess-Cloud -c account=123456789012 -c region=eu-west-1 \
         -c domain=example.com -c hosted_zone_id=Z123 -c certificate_arn=arn:aws:acm:...
 
+Plain HTTP: a cloud stage for a real account (`-c account=...`) with a bundled service
+needs a domain (HTTPS) or `-c allow_plain_http=true`; the placeholder account (synth only,
+never deployable) synthesizes plain-HTTP listeners so that `make synth` needs no context.
+
 Context keys (all optional): stage (cloud|local|all, default all), declarations (the
 declaration file, default microprocess.toml), service_urls (JSON {"<service>": "<url>"}),
 account, region, domain, hosted_zone_id, certificate_arn, vpc_id, subnet_ids,
-security_group_id, ses_sender, alarm_email, log_level, score_work_ms,
+security_group_id, allow_plain_http, ses_sender, alarm_email, log_level, score_work_ms,
 intermediate_expiry_days, local_layer_path, and for the local stage
 forwarder_max_concurrency, task_visibility_timeout_s, reduce_visibility_timeout_s.
 See infra/README.md.
@@ -146,6 +150,7 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
     }
     stacks: dict[str, MicroprocessStack] = {}
     if stage in ("cloud", "all"):
+        account = _text(app, "account", DEFAULT_ACCOUNT)
         cloud = MicroprocessStack(
             app,
             CLOUD_STACK,
@@ -153,12 +158,14 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
                 **common,
                 layer_arns=(powertools_layer_arn(region),),
                 domain=_domain(app),
+                # 000000000000 is no real account: a synth-only stage may show its listeners as they are.
+                allow_plain_http=account == DEFAULT_ACCOUNT or _text(app, "allow_plain_http") == "true",
                 vpc=_vpc(app),
                 alarm_email=_text(app, "alarm_email") or None,
             ),
             declarations=declarations,
             service_urls=service_urls,
-            env=cdk.Environment(account=_text(app, "account", DEFAULT_ACCOUNT), region=region),
+            env=cdk.Environment(account=account, region=region),
             description="microprocess: background jobs pushed to services (SQS, Lambda, DynamoDB; bundled: Fargate)",
         )
         add_cloud_checks(app, cloud)

@@ -112,6 +112,8 @@ class StageSettings:
             forwarder timeout (redeliveries are harmless: pushes are idempotent), or None.
         reduce_visibility_timeout_s: local stage only: the same for the reduce queue, or None.
         domain: host names and TLS for the bundled services (cloud, optional).
+        allow_plain_http: let a bundled service without `domain` listen on plain HTTP (port 80,
+            the ALB's DNS name). Off by default: such a stage fails with the context to pass.
         vpc: a team's VPC for the pushers when every service is external (cloud, optional).
         alarm_email: subscribed to the alarm topic (cloud, optional).
         score_work_ms: simulated work per item in a bundled service (`SCORE_WORK_MS`, load tests), ms.
@@ -128,6 +130,7 @@ class StageSettings:
     task_visibility_timeout_s: int | None = None
     reduce_visibility_timeout_s: int | None = None
     domain: DomainSettings | None = None
+    allow_plain_http: bool = False
     vpc: VpcAttachment | None = None
     alarm_email: str | None = None
     score_work_ms: int = 0
@@ -203,6 +206,13 @@ class MicroprocessPlatform(Construct):
         self.push_settings = push
         self.endpoints = resolve_endpoints(declared, service_urls or {}, local=local)
         builds = [e for e in self.endpoints.values() if e.bundled]
+        if builds and not local and settings.domain is None and not settings.allow_plain_http:
+            raise ValueError(
+                f"the bundled service(s) {[e.service for e in builds]} would listen on plain HTTP without a domain: "
+                "pass -c domain=example.com -c hosted_zone_id=Z... -c certificate_arn=arn:aws:acm:... (HTTPS), "
+                "or give their URLs in service_urls, or accept plain HTTP for a throwaway stage with "
+                "-c allow_plain_http=true"
+            )
         if builds and settings.vpc is not None:
             raise ValueError(
                 f"context vpc_id is for stages whose services are all external; {[e.service for e in builds]} "

@@ -187,3 +187,22 @@ def test_the_splitter_reads_a_declared_s3_manifest_by_its_one_object() -> None:
 def test_the_s3_manifest_job_synthesizes_in_the_external_only_cloud_stage_too() -> None:
     statements = splitter_statements(synthesized_external().templates[CLOUD])
     assert any(render(s["Resource"]).endswith("invoice-manifests/unpaid.jsonl") for s in statements)
+
+
+# ---------------------------------------------------------------------------- no plain HTTP
+
+
+def test_a_real_accounts_bundled_service_without_a_domain_is_refused_plain_http() -> None:
+    with pytest.raises(ValueError, match=r"\['scores'\] would listen on plain HTTP without a domain: pass -c domain="):
+        synthesize({"stage": "cloud", "account": "123456789012"})
+
+
+def test_plain_http_only_when_asked_for_or_with_nothing_listening() -> None:
+    # asked for explicitly (a throwaway stage)
+    asked = synthesize({"stage": "cloud", "account": "123456789012", "allow_plain_http": "true"})
+    assert asked.resources(CLOUD, "AWS::ElasticLoadBalancingV2::Listener")
+    # every service external: no listener at all, so no domain is needed
+    external = synthesize(
+        {"stage": "cloud", "account": "123456789012", "service_urls": json.dumps({"scores": EXTERNAL_SCORES_URL})}
+    )
+    assert not external.resources(CLOUD, "AWS::ElasticLoadBalancingV2::Listener")
