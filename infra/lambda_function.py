@@ -8,6 +8,7 @@ empty: it may write to that log group and nothing else until a `grant_*` adds ac
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -76,6 +77,8 @@ def code_asset(root: Path, declarations_file: Path | None = None) -> lambda_.Cod
     an unchanged tree is never re-uploaded.
     """
     staging = Path(tempfile.mkdtemp(prefix="microprocess-code-"))
+    # CDK copies the asset into the cloud assembly when the function binds it, within this process.
+    atexit.register(shutil.rmtree, staging, ignore_errors=True)
     stage_code(root, declarations_file or root / DECLARATIONS_FILE, staging)
     return lambda_.Code.from_asset(str(staging))
 
