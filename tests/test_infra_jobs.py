@@ -206,3 +206,21 @@ def test_plain_http_only_when_asked_for_or_with_nothing_listening() -> None:
         {"stage": "cloud", "account": "123456789012", "service_urls": json.dumps({"scores": EXTERNAL_SCORES_URL})}
     )
     assert not external.resources(CLOUD, "AWS::ElasticLoadBalancingV2::Listener")
+
+
+def test_the_team_vpc_stage_passes_aws_solutions_checks_without_a_given_security_group() -> None:
+    from cdk_nag import AwsSolutionsChecks
+
+    context = {k: v for k, v in TEAM_VPC.items() if k != "security_group_id"}
+    synth = synthesize(context)
+    # a new outbound-only security group in the team's VPC, shared by both pushers
+    forwarder, reducer = (function(synth.templates[CLOUD], n)["VpcConfig"] for n in ("forwarder", "reducer"))
+    assert forwarder == reducer and len(forwarder["SecurityGroupIds"]) == 1
+    report = AwsSolutionsChecks().validate_scope(synth.stacks[CLOUD])
+    errors = [
+        (v.rule_name, r.construct_path)
+        for v in report.violations
+        if v.severity == "error"
+        for r in v.violating_resources
+    ]
+    assert not errors, errors
