@@ -9,11 +9,17 @@ network or credentials:
     npx cdk deploy Microprocess-Cloud -c account=123456789012 -c region=eu-west-1 \
         -c domain=example.com -c hosted_zone_id=Z123 -c certificate_arn=arn:aws:acm:...
 
-Context keys (all optional): stage (cloud|local|all, default all), account, region,
-domain, hosted_zone_id, certificate_arn, ses_sender, alarm_email, log_level,
-score_work_ms, intermediate_expiry_days, queue_service_url, live_service_url,
-local_layer_path, and for the local stage forwarder_max_concurrency,
-task_visibility_timeout_s, reduce_visibility_timeout_s. See infra/README.md.
+Plain HTTP: a cloud stage for a real account (`-c account=...`) with a bundled service
+needs a domain (HTTPS) or `-c allow_plain_http=true`; the placeholder account (synth only,
+never deployable) synthesizes plain-HTTP listeners so that `make synth` needs no context.
+
+Context keys (all optional): stage (cloud|local|all, default all), declarations (the
+declaration file, default microprocess.toml), service_urls (JSON {"<service>": "<url>"}),
+account, region, domain, hosted_zone_id, certificate_arn, vpc_id, subnet_ids,
+security_group_id, allow_plain_http, ses_sender, alarm_email, log_level, score_work_ms,
+intermediate_expiry_days, local_layer_path, and for the local stage
+forwarder_max_concurrency, task_visibility_timeout_s, reduce_visibility_timeout_s.
+See infra/README.md.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ from typing import Any
 
 import aws_cdk as cdk
 
-from infra import LocalServiceUrls, MicroprocessStack, StageSettings
+from infra import DomainSettings, MicroprocessStack, StageSettings, VpcAttachment
+from infra.endpoints import EndpointError, parse_service_urls
 from infra.lambda_function import powertools_layer_arn
 from infra.nag import add_cloud_checks
-from infra.scores_service import DomainSettings
+from microprocess.declarations import Declarations, load_declarations
 from microprocess.stacks import CLOUD_STACK, LOCAL_STACK
 
 ROOT = Path(__file__).resolve().parent
@@ -39,9 +46,12 @@ DEFAULT_REGION = "us-east-1"
 #: The emulator's account: the local stage always deploys there.
 LOCAL_ACCOUNT = "000000000000"
 DEFAULT_SES_SENDER = "reports@example.com"
-DEFAULT_QUEUE_SERVICE_URL = "http://127.0.0.1:8001"
-DEFAULT_LIVE_SERVICE_URL = "http://127.0.0.1:8000"
 DOMAIN_KEYS = ("domain", "hosted_zone_id", "certificate_arn")
+#: Context keys that no longer exist, and what replaced them.
+REPLACED_KEYS = {
+    "queue_service_url": 'service_urls=\'{"<service>": "<url>"}\'',
+    "live_service_url": 'service_urls=\'{"<service>": "<url>"}\' (the queue endpoint of each service)',
+}
 
 
 class ContextError(ValueError):
@@ -82,6 +92,37 @@ def _domain(app: cdk.App) -> DomainSettings | None:
     )
 
 
+def _vpc(app: cdk.App) -> VpcAttachment | None:
+    vpc_id, subnets = _text(app, "vpc_id"), _text(app, "subnet_ids")
+    if not vpc_id and not subnets:
+        return None
+    if not (vpc_id and subnets):
+        raise ContextError(
+            "context 'vpc_id' and 'subnet_ids' go together: -c vpc_id=vpc-0123 -c subnet_ids=subnet-1,subnet-2 "
+            "(and optionally -c security_group_id=sg-0123)"
+        )
+    try:
+        return VpcAttachment(
+            vpc_id=vpc_id,
+            subnet_ids=tuple(s.strip() for s in subnets.split(",") if s.strip()),
+            security_group_id=_text(app, "security_group_id") or None,
+        )
+    except ValueError as exc:
+        raise ContextError(f"context vpc_id/subnet_ids/security_group_id: {exc}") from None
+
+
+def _service_urls(app: cdk.App) -> dict[str, str]:
+    try:
+        return parse_service_urls(app.node.try_get_context("service_urls"))
+    except (EndpointError, json.JSONDecodeError) as exc:
+        raise ContextError(f'context \'service_urls\' must be a JSON object {{"<service>": "<url>"}}: {exc}') from None
+
+
+def _declarations(app: cdk.App) -> Declarations:
+    path = Path(_text(app, "declarations", str(ROOT / "microprocess.toml")))
+    return load_declarations(path if path.is_absolute() else ROOT / path)
+
+
 def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[cdk.App, dict[str, MicroprocessStack]]:
     """Build the app and the stages that context `stage` selects; returns (app, stacks by name)."""
     app = cdk.App(
@@ -94,7 +135,12 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
     stage = _text(app, "stage", "all")
     if stage not in STAGES:
         raise ContextError(f"context 'stage' must be one of {list(STAGES)}, got {stage!r}")
+    for key, replacement in REPLACED_KEYS.items():
+        if _text(app, key):
+            raise ContextError(f"context '{key}' is gone: pass {replacement}")
     region = _text(app, "region", DEFAULT_REGION)
+    declarations = _declarations(app)
+    service_urls = _service_urls(app)
     common: dict[str, Any] = {
         "repo_root": ROOT,
         "ses_sender": _text(app, "ses_sender", DEFAULT_SES_SENDER),
@@ -104,6 +150,7 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
     }
     stacks: dict[str, MicroprocessStack] = {}
     if stage in ("cloud", "all"):
+        account = _text(app, "account", DEFAULT_ACCOUNT)
         cloud = MicroprocessStack(
             app,
             CLOUD_STACK,
@@ -111,10 +158,15 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
                 **common,
                 layer_arns=(powertools_layer_arn(region),),
                 domain=_domain(app),
+                # 000000000000 is no real account: a synth-only stage may show its listeners as they are.
+                allow_plain_http=account == DEFAULT_ACCOUNT or _text(app, "allow_plain_http") == "true",
+                vpc=_vpc(app),
                 alarm_email=_text(app, "alarm_email") or None,
             ),
-            env=cdk.Environment(account=_text(app, "account", DEFAULT_ACCOUNT), region=region),
-            description="microprocess: pushed background jobs on AWS (Fargate scores services, SQS, Lambda)",
+            declarations=declarations,
+            service_urls=service_urls,
+            env=cdk.Environment(account=account, region=region),
+            description="microprocess: background jobs pushed to services (SQS, Lambda, DynamoDB; bundled: Fargate)",
         )
         add_cloud_checks(app, cloud)
         stacks[CLOUD_STACK] = cloud
@@ -125,15 +177,14 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
             LOCAL_STACK,
             settings=StageSettings(
                 **common,
+                local=True,
                 layer_paths=(Path(layer_path).resolve(),) if layer_path else (),
                 forwarder_max_concurrency=_int(app, "forwarder_max_concurrency", 0) or None,
                 task_visibility_timeout_s=_int(app, "task_visibility_timeout_s", 0) or None,
                 reduce_visibility_timeout_s=_int(app, "reduce_visibility_timeout_s", 0) or None,
-                local_services=LocalServiceUrls(
-                    queue=_text(app, "queue_service_url", DEFAULT_QUEUE_SERVICE_URL),
-                    live=_text(app, "live_service_url", DEFAULT_LIVE_SERVICE_URL),
-                ),
             ),
+            declarations=declarations,
+            service_urls=service_urls,
             env=cdk.Environment(account=LOCAL_ACCOUNT, region=region),
             description="microprocess: the local stage, deployed into the embedded emulator",
             # No AWS::CDK::Metadata resource: nothing in the local stage talks to AWS.

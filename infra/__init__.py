@@ -1,8 +1,11 @@
 """The CDK constructs and stack of microprocess (one construct per capability, one file each).
 
-The front door: `MicroprocessStack` composes them for a stage; `StageSettings` says which.
+The front door: `MicroprocessPlatform` (the whole platform as one construct, for any stack),
+`MicroprocessStack` (our own stack around it), `StageSettings` (which stage, and its knobs).
 """
 
-from infra.stack import LocalServiceUrls, MicroprocessStack, StageSettings
+from infra.bundled_service import DomainSettings
+from infra.platform import MicroprocessPlatform, StageSettings, VpcAttachment
+from infra.stack import MicroprocessStack
 
-__all__ = ["LocalServiceUrls", "MicroprocessStack", "StageSettings"]
+__all__ = ["DomainSettings", "MicroprocessPlatform", "MicroprocessStack", "StageSettings", "VpcAttachment"]

@@ -14,28 +14,38 @@ from microprocess.stacks import CLOUD_OUTPUTS, LOCAL_OUTPUTS  # noqa: F401 - re-
 # ---------------------------------------------------------------- function environment
 
 LEDGER_TABLE: Final = "LEDGER_TABLE"
-COMPANIES_TABLE: Final = "COMPANIES_TABLE"
-TASK_QUEUE_URL: Final = "TASK_QUEUE_URL"
+REPORTS_BUCKET: Final = "REPORTS_BUCKET"
+#: The declaration file, relative to the code asset's root (where the stack stages it).
+MICROPROCESS_DECLARATIONS: Final = "MICROPROCESS_DECLARATIONS"
+#: JSON `{"<job>": "<task queue url>"}`.
+JOB_QUEUES: Final = "JOB_QUEUES"
 REDUCE_QUEUE_URL: Final = "REDUCE_QUEUE_URL"
 DEAD_LETTER_QUEUE_URL: Final = "DEAD_LETTER_QUEUE_URL"
-REPORTS_BUCKET: Final = "REPORTS_BUCKET"
-QUEUE_SERVICE_URL: Final = "QUEUE_SERVICE_URL"
-SIGNING_SECRET_ARN: Final = "SIGNING_SECRET_ARN"
+#: JSON `{"<table role>": "<table name>"}`.
+SOURCE_TABLES: Final = "SOURCE_TABLES"
+#: JSON `{"<service>": {"url": "<queue endpoint base url>", "secret_arn": "<signing secret arn>"}}`.
+SERVICE_ENDPOINTS: Final = "SERVICE_ENDPOINTS"
 SPLITTER_FUNCTION_NAME: Final = "SPLITTER_FUNCTION_NAME"
 POWERTOOLS_SERVICE_NAME: Final = "POWERTOOLS_SERVICE_NAME"
 POWERTOOLS_METRICS_NAMESPACE: Final = "POWERTOOLS_METRICS_NAMESPACE"
 POWERTOOLS_TRACE_DISABLED: Final = "POWERTOOLS_TRACE_DISABLED"
 LOG_LEVEL: Final = "LOG_LEVEL"
+#: The declaration file's name in the code asset (MICROPROCESS_DECLARATIONS's value).
+DECLARATIONS_FILE: Final = "microprocess.toml"
 
 #: Variables read by Powertools itself rather than by `microprocess.pipeline.settings.RuntimeSettings`.
 POWERTOOLS_VARIABLES: Final = frozenset(
     {POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_TRACE_DISABLED, LOG_LEVEL}
 )
+#: Read by `microprocess.declarations.get_declarations()` rather than by `RuntimeSettings`.
+DECLARATIONS_VARIABLES: Final = frozenset({MICROPROCESS_DECLARATIONS})
 
 # ---------------------------------------------------------------- service environment
 
 SERVICE_ROLE: Final = "SERVICE_ROLE"
+#: The reducer's (built-in reduce) and a bundled queue service's report sender.
 SES_SENDER: Final = "SES_SENDER"
+SIGNING_SECRET_ARN: Final = "SIGNING_SECRET_ARN"
 SCORE_WORK_MS: Final = "SCORE_WORK_MS"
 
 # ---------------------------------------------------------------- metrics (Powertools EMF)
@@ -53,13 +63,14 @@ RUNS_FAILED: Final = "RunsFailed"
 STUCK_RUNS: Final = "StuckRuns"
 JOB_METRICS: Final = (TASKS_SUCCEEDED, TASKS_FAILED, RUNS_SUCCEEDED, RUNS_FAILED, STUCK_RUNS)
 
-# ---------------------------------------------------------------- the scores microservice
+# ---------------------------------------------------------------- a bundled service
 
-#: The port the microservice image listens on (microservice/Dockerfile: EXPOSE and uvicorn --port).
+#: The port a bundled service's image listens on (e.g. microservice/Dockerfile: EXPOSE and uvicorn --port).
 SERVICE_PORT: Final = 8080
 HEALTH_CHECK_PATH: Final = "/healthz"
-LIVE_HOST_PREFIX: Final = "scores-live"
-QUEUE_HOST_PREFIX: Final = "scores-queue"
+#: A bundled service's two roles; its host names are `<service>-<role>.<domain>`.
+LIVE_ROLE: Final = "live"
+QUEUE_ROLE: Final = "queue"
 
 # ---------------------------------------------------------------- stack outputs (the CLI reads them)
 

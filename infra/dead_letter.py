@@ -8,7 +8,7 @@ from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from infra import contract
+from infra import permissions
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
 
@@ -52,21 +52,18 @@ class DeadLetterHandler(Construct):
             "Handler",
             name="dead_letter",
             defaults=defaults,
-            environment={
-                contract.LEDGER_TABLE: ledger_table.table_name,
-                contract.TASK_QUEUE_URL: push_queue.queue.queue_url,
-                contract.REDUCE_QUEUE_URL: push_queue.reduce_queue.queue_url,
-                contract.DEAD_LETTER_QUEUE_URL: push_queue.dead_letter_queue.queue_url,
-                contract.REPORTS_BUCKET: reports_bucket.bucket_name,
-            },
+            environment={},
             timeout=TIMEOUT,
             description="Records dead-lettered tasks as FAILED so that their runs still finish",
         )
         self.function = handler.function
+        self.role = handler.role
         self.event_source = event_sources.SqsEventSource(
             push_queue.dead_letter_queue, batch_size=BATCH_SIZE, report_batch_item_failures=True
         )
         self.function.add_event_source(self.event_source)
-        ledger_table.grant_read_write_data(self.function)
-        push_queue.reduce_queue.grant_send_messages(self.function)
-        reports_bucket.grant_put(self.function, f"{QUARANTINE_PREFIX}*")
+        permissions.allow_ledger(self.function, ledger_table)
+        permissions.allow(self.function, permissions.SEND_MESSAGE, [push_queue.reduce_queue.queue_arn])
+        permissions.allow(
+            self.function, permissions.PUT_OBJECT, [reports_bucket.arn_for_objects(f"{QUARANTINE_PREFIX}*")]
+        )

@@ -1,4 +1,4 @@
-"""One role of the scores microservice as an ECS Fargate service behind a target group."""
+"""One role of a bundled service as an ECS Fargate service behind a target group."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ class FargateWebService(Construct):
     Args:
         cluster: the ECS cluster.
         image: the container image.
-        service_role: the microservice role (`live` or `queue`), set as `SERVICE_ROLE`.
+        service_name: the declared service (`scores`): the log stream prefix is `<name>-<role>`.
+        service_role: the service's role (`live` or `queue`), set as `SERVICE_ROLE`.
         environment: the container's other variables.
         subnets: where the tasks run.
         cpu: task CPU units (256 = 0.25 vCPU).
@@ -49,6 +50,7 @@ class FargateWebService(Construct):
         *,
         cluster: ecs.ICluster,
         image: ecs.ContainerImage,
+        service_name: str,
         service_role: str,
         environment: Mapping[str, str],
         subnets: ec2.SubnetSelection,
@@ -79,7 +81,7 @@ class FargateWebService(Construct):
             "App",
             image=image,
             environment={contract.SERVICE_ROLE: service_role, **environment},
-            logging=ecs.LogDrivers.aws_logs(stream_prefix=f"scores-{service_role}", log_group=self.log_group),
+            logging=ecs.LogDrivers.aws_logs(stream_prefix=f"{service_name}-{service_role}", log_group=self.log_group),
             port_mappings=[ecs.PortMapping(container_port=port)],
         )
         execution_role = self.task_definition.execution_role

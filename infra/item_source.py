@@ -1,4 +1,4 @@
-"""A DynamoDB table a job reads its items from (e.g. the `companies` role)."""
+"""A DynamoDB table jobs read their items from: one per declared `[tables.<role>]`."""
 
 from __future__ import annotations
 
@@ -6,29 +6,12 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
-from microprocess.declarations import JobDeclaration, SourceKind
-
-
-def source_partition_key(jobs: list[JobDeclaration], role: str) -> str:
-    """The partition key of the source table `role`: the `item_id_field` of the jobs reading it.
-
-    Raises ValueError naming the jobs when they disagree or none reads the role.
-    """
-    keys = {job.item_id_field for job in jobs if job.source.kind is SourceKind.DYNAMODB and job.source.table == role}
-    if len(keys) != 1:
-        readers = [job.name for job in jobs if job.source.table == role]
-        raise ValueError(
-            f"source table '{role}': the jobs reading it ({readers or 'none'}) must declare one "
-            f"item_id_field as its key; found {sorted(keys) or 'none'}"
-        )
-    return keys.pop()
-
 
 class ItemSourceTable(Construct):
     """An on-demand table keyed by the item id, with point-in-time recovery and encryption.
 
     Args:
-        partition_key: the item id attribute (string), e.g. `company_id`.
+        partition_key: the declared partition key (string), e.g. `company_id`.
         point_in_time_recovery: keep continuous backups.
         removal_policy: what happens to the table when the stack is deleted.
 

@@ -1,13 +1,16 @@
 """One Python Lambda function of microprocess: code, layers, its own role and log group.
 
 The code is one asset for all functions (the repository's `functions/` and `microprocess/`
-folders, staged without Docker); the handler names the entry point. The log group is an
+folders and the declaration file, staged without Docker); the handler names the entry point. The log group is an
 ordinary resource with a retention (no log-retention custom resource), and the role starts
 empty: it may write to that log group and nothing else until a `grant_*` adds access.
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from infra.contract import DECLARATIONS_FILE
 from infra.nag import acknowledge
 
 RUNTIME = lambda_.Runtime.PYTHON_3_11
@@ -28,8 +32,12 @@ RUNTIME = lambda_.Runtime.PYTHON_3_11
 POWERTOOLS_LAYER_VERSION = 27
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
 
-#: The code asset is an allow-list: only these top-level folders are packaged.
+#: The code asset is an allow-list: only these top-level folders are packaged (plus the
+#: declaration file, staged as `microprocess.toml` at the root).
 CODE_FOLDERS = ("functions", "microprocess")
+#: Never packaged: caches, and the embedded local stack (a laptop tool, not Lambda code).
+CODE_EXCLUDED = ("__pycache__", "*.pyc", ".*")
+CODE_EXCLUDED_PATHS = ("microprocess/local",)
 
 
 def powertools_layer_arn(region: str, version: int = POWERTOOLS_LAYER_VERSION) -> str:
@@ -40,19 +48,39 @@ def powertools_layer_arn(region: str, version: int = POWERTOOLS_LAYER_VERSION) -
     )
 
 
-def code_asset(root: Path) -> lambda_.Code:
-    """The functions' code: `functions/` and `microprocess/` from the repository at `root`.
+def stage_code(root: Path, declarations_file: Path, staging: Path) -> Path:
+    """Copy `functions/` and `microprocess/` from `root`, and `declarations_file` as
+    `microprocess.toml`, into `staging`; returns `staging`.
 
-    Everything else (virtualenv, node_modules, cdk.out, tests, emulator state, caches) is
-    excluded by an allow-list, so a new folder at the root never leaks into the package.
+    Staging (rather than an exclude list over `root`) lets the declaration file live anywhere
+    (a team's own repository) and keeps everything else at the root out of the package.
     """
     for folder in CODE_FOLDERS:
         if not (root / folder / "__init__.py").is_file():
             raise FileNotFoundError(f"{root / folder} is not a Python package: the Lambda code asset needs it")
-    # `*` does not match dot-files: `.*` keeps .venv, .git and the caches out (and unwalked).
-    exclude = [".*", "*", *(f"!{folder}" for folder in CODE_FOLDERS), *(f"!{folder}/**" for folder in CODE_FOLDERS)]
-    exclude += ["!microprocess.toml", "**/__pycache__", "**/*.pyc", "microprocess/local"]
-    return lambda_.Code.from_asset(str(root), exclude=exclude)
+    if not declarations_file.is_file():
+        raise FileNotFoundError(f"declaration file {declarations_file} does not exist: the functions read it")
+    ignore = shutil.ignore_patterns(*CODE_EXCLUDED)
+    for folder in CODE_FOLDERS:
+        shutil.copytree(root / folder, staging / folder, ignore=ignore, dirs_exist_ok=True)
+    for path in CODE_EXCLUDED_PATHS:
+        shutil.rmtree(staging / path, ignore_errors=True)
+    shutil.copyfile(declarations_file, staging / DECLARATIONS_FILE)
+    return staging
+
+
+def code_asset(root: Path, declarations_file: Path | None = None) -> lambda_.Code:
+    """The functions' code: `functions/` and `microprocess/` from the repository at `root`, and
+    the declaration file (default `root/microprocess.toml`) as `microprocess.toml` at the root.
+
+    Staged into a fresh folder at synth time (no Docker); the asset hash is the content's, so
+    an unchanged tree is never re-uploaded.
+    """
+    staging = Path(tempfile.mkdtemp(prefix="microprocess-code-"))
+    # CDK copies the asset into the cloud assembly when the function binds it, within this process.
+    atexit.register(shutil.rmtree, staging, ignore_errors=True)
+    stage_code(root, declarations_file or root / DECLARATIONS_FILE, staging)
+    return lambda_.Code.from_asset(str(staging))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -13,6 +13,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from infra import contract
@@ -20,7 +21,7 @@ from infra.push_queue import PushQueue
 from microprocess.declarations import JobDeclaration
 
 PERIOD = Duration.minutes(5)
-#: A task message older than this means the forwarder is not keeping up (or not running).
+#: A task message older than this means the forwarder is not keeping up with a job (or not running).
 DEFAULT_OLDEST_MESSAGE_AGE = Duration.hours(1)
 WIDTH = 24
 
@@ -38,18 +39,20 @@ def job_metric(name: str, job: str, *, period: Duration = PERIOD, label: str | N
 
 
 class Monitoring(Construct):
-    """A dashboard of the push path and the services, and alarms to an encrypted SNS topic.
+    """A dashboard of the push path, the services and each job, and alarms to an encrypted
+    SNS topic.
 
-    Alarms: the DLQ is not empty; the oldest task message is older than
-    `oldest_message_age`; the forwarder reports errors; a job has stuck runs.
+    Alarms: the DLQ is not empty; the forwarder reports errors; per job: its oldest task
+    message is older than `oldest_message_age`, a run ended FAILED, the sweeper found stuck runs.
 
     Args:
-        jobs: the job declarations (per-job widgets and stuck-run alarms).
-        push_queue: the task queue, the reduce queue and the DLQ.
-        forwarder: the forwarder function (task queue).
-        reducer: the reduce forwarder function (reduce queue), on the dashboard (optional).
-        live_target_group, queue_target_group: the services' target groups.
-        oldest_message_age: alarm threshold on the task queue's age of oldest message.
+        jobs: the job declarations (per-job widgets and alarms).
+        push_queue: the task queues, the reduce queue and the DLQ.
+        forwarder: the forwarder function (task queues).
+        reducer: the reducer function (reduce queue).
+        service_target_groups: the bundled services' target groups by label
+            (`<service>-live`, `<service>-queue`); empty when every service is external.
+        oldest_message_age: alarm threshold on each task queue's age of oldest message.
         alarm_email: subscribe this address to the alarm topic (optional).
 
     Attributes:
@@ -66,11 +69,10 @@ class Monitoring(Construct):
         jobs: Iterable[JobDeclaration],
         push_queue: PushQueue,
         forwarder: lambda_.IFunction,
-        live_target_group: elbv2.ApplicationTargetGroup,
-        queue_target_group: elbv2.ApplicationTargetGroup,
+        reducer: lambda_.IFunction,
+        service_target_groups: Mapping[str, elbv2.ApplicationTargetGroup],
         oldest_message_age: Duration = DEFAULT_OLDEST_MESSAGE_AGE,
         alarm_email: str | None = None,
-        reducer: lambda_.IFunction | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         declared = list(jobs)
@@ -87,11 +89,9 @@ class Monitoring(Construct):
         if alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
 
-        queue, dlq = push_queue.queue, push_queue.dead_letter_queue
-        visible = queue.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum")
-        in_flight = queue.metric_approximate_number_of_messages_not_visible(period=PERIOD, statistic="Maximum")
-        oldest = queue.metric_approximate_age_of_oldest_message(period=PERIOD, statistic="Maximum")
-        dlq_visible = dlq.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum")
+        dlq_visible = push_queue.dead_letter_queue.metric_approximate_number_of_messages_visible(
+            period=PERIOD, statistic="Maximum"
+        )
         errors = forwarder.metric_errors(period=PERIOD, statistic="Sum")
 
         self.alarms: dict[str, cloudwatch.Alarm] = {}
@@ -102,55 +102,12 @@ class Monitoring(Construct):
             description="Messages reached the DLQ (a forwarder crash or a malformed message): "
             "see the dead-letter function's logs",
         )
-        self._alarm(
-            "TaskQueueOldestMessage",
-            oldest,
-            threshold=oldest_message_age.to_seconds(),
-            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            description=f"A task has waited more than {oldest_message_age.to_human_string()}: "
-            "the forwarder is not keeping up",
-        )
         self._alarm("ForwarderErrors", errors, threshold=1, description="The forwarder function failed invocations")
-        for job in declared:
-            self._alarm(
-                f"StuckRuns-{job.name}",
-                job_metric(contract.STUCK_RUNS, job.name),
-                threshold=1,
-                description=f"The sweeper found runs of '{job.name}' without progress",
-            )
-
-        fn_metrics = {
-            "Invocations": forwarder.metric_invocations(period=PERIOD, statistic="Sum"),
-            "Errors": errors,
-            "Throttles": forwarder.metric_throttles(period=PERIOD, statistic="Sum"),
-        }
-        concurrency = forwarder.metric("ConcurrentExecutions", period=PERIOD, statistic="Maximum")
-        duration_p95 = forwarder.metric_duration(period=PERIOD, statistic="p95")
-
-        services = (("scores-live", live_target_group), ("scores-queue", queue_target_group))
-        requests = [tg.metrics.request_count(period=PERIOD, statistic="Sum").with_(label=name) for name, tg in services]
-        target_5xx = [
-            tg.metrics.http_code_target(elbv2.HttpCodeTarget.TARGET_5XX_COUNT, period=PERIOD, statistic="Sum").with_(
-                label=name
-            )
-            for name, tg in services
-        ]
-        latency_p95 = [
-            tg.metrics.target_response_time(period=PERIOD, statistic="p95").with_(label=name) for name, tg in services
-        ]
 
         self.dashboard = cloudwatch.Dashboard(self, "Dashboard", default_interval=Duration.hours(6))
-        self.dashboard.add_widgets(
-            cloudwatch.GraphWidget(
-                title="Task queue: visible / in flight",
-                left=[visible, in_flight],
-                width=8,
-            ),
-            cloudwatch.GraphWidget(title="Task queue: age of oldest message (s)", left=[oldest], width=8),
-            cloudwatch.GraphWidget(title="Dead-letter queue: visible", left=[dlq_visible], width=8),
-        )
         reduces = push_queue.reduce_queue
-        reduce_widgets: list[cloudwatch.IWidget] = [
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Dead-letter queue: visible", left=[dlq_visible], width=8),
             cloudwatch.GraphWidget(
                 title="Reduce queue: visible / in flight",
                 left=[
@@ -164,53 +121,121 @@ class Monitoring(Construct):
                 left=[reduces.metric_approximate_age_of_oldest_message(period=PERIOD, statistic="Maximum")],
                 width=8,
             ),
-        ]
-        if reducer is not None:
-            reduce_widgets.append(
-                cloudwatch.GraphWidget(
-                    title="Reducer: invocations / errors / duration p95 (ms)",
-                    left=[
-                        reducer.metric_invocations(period=PERIOD, statistic="Sum"),
-                        reducer.metric_errors(period=PERIOD, statistic="Sum"),
-                    ],
-                    right=[reducer.metric_duration(period=PERIOD, statistic="p95")],
-                    width=8,
-                )
-            )
-        self.dashboard.add_widgets(*reduce_widgets)
+        )
         self.dashboard.add_widgets(
             cloudwatch.GraphWidget(
-                title="Forwarder: invocations / errors / throttles", left=list(fn_metrics.values()), width=8
+                title="Forwarder: invocations / errors / throttles",
+                left=[
+                    forwarder.metric_invocations(period=PERIOD, statistic="Sum"),
+                    errors,
+                    forwarder.metric_throttles(period=PERIOD, statistic="Sum"),
+                ],
+                width=6,
             ),
-            cloudwatch.GraphWidget(title="Forwarder: concurrent executions", left=[concurrency], width=8),
-            cloudwatch.GraphWidget(title="Forwarder: duration p95 (ms)", left=[duration_p95], width=8),
+            cloudwatch.GraphWidget(
+                title="Forwarder: concurrent executions",
+                left=[forwarder.metric("ConcurrentExecutions", period=PERIOD, statistic="Maximum")],
+                width=6,
+            ),
+            cloudwatch.GraphWidget(
+                title="Forwarder: duration p95 (ms)",
+                left=[forwarder.metric_duration(period=PERIOD, statistic="p95")],
+                width=6,
+            ),
+            cloudwatch.GraphWidget(
+                title="Reducer: invocations / errors / duration p95 (ms)",
+                left=[
+                    reducer.metric_invocations(period=PERIOD, statistic="Sum"),
+                    reducer.metric_errors(period=PERIOD, statistic="Sum"),
+                ],
+                right=[reducer.metric_duration(period=PERIOD, statistic="p95")],
+                width=6,
+            ),
         )
-        self.dashboard.add_widgets(
-            cloudwatch.GraphWidget(title="Services: requests", left=requests, width=8),
-            cloudwatch.GraphWidget(title="Services: target 5xx", left=target_5xx, width=8),
-            cloudwatch.GraphWidget(title="Services: latency p95 (s)", left=latency_p95, width=8),
-        )
-        for job in declared:
+        if service_target_groups:
+            groups = service_target_groups.items()
             self.dashboard.add_widgets(
                 cloudwatch.GraphWidget(
-                    title=f"{job.name}: tasks",
-                    left=[
-                        job_metric(name, job.name, label=name)
-                        for name in (contract.TASKS_SUCCEEDED, contract.TASKS_FAILED)
-                    ],
-                    width=12,
+                    title="Services: requests",
+                    left=[tg.metrics.request_count(period=PERIOD, statistic="Sum").with_(label=n) for n, tg in groups],
+                    width=8,
                 ),
                 cloudwatch.GraphWidget(
-                    title=f"{job.name}: runs",
+                    title="Services: target 5xx",
                     left=[
-                        job_metric(name, job.name, label=name)
-                        for name in (contract.RUNS_SUCCEEDED, contract.RUNS_FAILED, contract.STUCK_RUNS)
+                        tg.metrics.http_code_target(
+                            elbv2.HttpCodeTarget.TARGET_5XX_COUNT, period=PERIOD, statistic="Sum"
+                        ).with_(label=n)
+                        for n, tg in groups
                     ],
-                    width=12,
+                    width=8,
+                ),
+                cloudwatch.GraphWidget(
+                    title="Services: latency p95 (s)",
+                    left=[
+                        tg.metrics.target_response_time(period=PERIOD, statistic="p95").with_(label=n)
+                        for n, tg in groups
+                    ],
+                    width=8,
                 ),
             )
+        for job in declared:
+            self._job(job, push_queue.task_queues[job.name], oldest_message_age)
         self.dashboard.add_widgets(
             cloudwatch.AlarmStatusWidget(title="Alarms", alarms=list(self.alarms.values()), width=WIDTH)
+        )
+
+    def _job(self, job: JobDeclaration, queue: sqs.IQueue, oldest_message_age: Duration) -> None:
+        """One row per job (its queue depth, age of oldest task, progress, failures) and its alarms."""
+        name = job.name
+        oldest = queue.metric_approximate_age_of_oldest_message(period=PERIOD, statistic="Maximum")
+        self._alarm(
+            f"OldestTask-{name}",
+            oldest,
+            threshold=oldest_message_age.to_seconds(),
+            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            description=f"A task of '{name}' has waited more than {oldest_message_age.to_human_string()}: "
+            "the forwarder is not keeping up with the job (or its concurrency cap is too low)",
+        )
+        self._alarm(
+            f"FailedRuns-{name}",
+            job_metric(contract.RUNS_FAILED, name),
+            threshold=1,
+            description=f"A run of '{name}' ended FAILED (above its tolerated failure percentage): "
+            "see the run's report of failures",
+        )
+        self._alarm(
+            f"StuckRuns-{name}",
+            job_metric(contract.STUCK_RUNS, name),
+            threshold=1,
+            description=f"The sweeper found runs of '{name}' without progress",
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title=f"{name}: task queue visible / in flight",
+                left=[
+                    queue.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum"),
+                    queue.metric_approximate_number_of_messages_not_visible(period=PERIOD, statistic="Maximum"),
+                ],
+                width=6,
+            ),
+            cloudwatch.GraphWidget(title=f"{name}: age of oldest task (s)", left=[oldest], width=6),
+            cloudwatch.GraphWidget(
+                title=f"{name}: progress",
+                left=[
+                    job_metric(metric, name, label=metric)
+                    for metric in (contract.TASKS_SUCCEEDED, contract.RUNS_SUCCEEDED)
+                ],
+                width=6,
+            ),
+            cloudwatch.GraphWidget(
+                title=f"{name}: failures",
+                left=[
+                    job_metric(metric, name, label=metric)
+                    for metric in (contract.TASKS_FAILED, contract.RUNS_FAILED, contract.STUCK_RUNS)
+                ],
+                width=6,
+            ),
         )
 
     def _alarm(

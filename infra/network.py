@@ -1,4 +1,4 @@
-"""The VPC the scores services and the forwarder run in (cloud stage only)."""
+"""The VPC the bundled services and the pushers run in (cloud stage, only with a bundled service)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HMAC key that signs every push from the forwarder to the queue service."""
+"""The HMAC key that signs every push from the forwarder to one service."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ KEY_LENGTH = 64
 class SigningSecret(Construct):
     """A generated Secrets Manager secret (64 alphanumeric characters).
 
-    Nobody can read it until a `grant_read` says so: the stack grants it to the forwarder
-    and the queue service only.
+    Nobody can read it until a `grant_read` says so: the stack grants it to the forwarder,
+    the reducer and (a bundled service) the service's queue role only.
 
     Args:
+        service_name: the service whose pushes it signs.
         removal_policy: what happens to the secret when the stack is deleted.
 
     Attributes:
@@ -25,13 +26,18 @@ class SigningSecret(Construct):
     """
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, removal_policy: RemovalPolicy = RemovalPolicy.DESTROY
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        service_name: str,
+        removal_policy: RemovalPolicy = RemovalPolicy.DESTROY,
     ) -> None:
         super().__init__(scope, construct_id)
         self.secret = secretsmanager.Secret(
             self,
             "Secret",
-            description="microprocess: HMAC key signing the pushes to the scores-queue service",
+            description=f"microprocess: HMAC key signing the pushes to the service '{service_name}'",
             generate_secret_string=secretsmanager.SecretStringGenerator(
                 password_length=KEY_LENGTH, exclude_punctuation=True, include_space=False
             ),
@@ -39,7 +45,7 @@ class SigningSecret(Construct):
         )
         acknowledge(
             self.secret,
-            "Automatic rotation would break the pushes in flight: the forwarder and the queue service "
+            "Automatic rotation would break the pushes in flight: the forwarder and the service "
             "cache the key per process and accept one key at a time. Rotate by putting a new value "
             "and restarting both (see infra/README.md).",
             "AwsSolutions-SMG4",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from aws_cdk import Duration
+from aws_cdk import Aws, Duration
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -12,21 +12,17 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from infra import contract
+from infra import permissions
 from infra.forwarder import CLAIMS_PREFIX
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
 from microprocess.declarations import JobDeclaration, SourceKind
+from microprocess.stacks import MANIFESTS_PREFIX
 
 #: Lambda's maximum: the splitter works until its remaining time is short, then continues itself.
 TIMEOUT = Duration.minutes(15)
 #: EventBridge retries of a failed delivery; a doubled start is harmless (the run id is the event time).
 SCHEDULE_RETRY_ATTEMPTS = 4
-
-
-def source_table_variable(role: str) -> str:
-    """The environment variable naming the source table `role` (`companies` -> `COMPANIES_TABLE`)."""
-    return f"{role.upper().replace('-', '_')}_TABLE"
 
 
 class Splitter(Construct):
@@ -38,11 +34,14 @@ class Splitter(Construct):
     Args:
         defaults: the stage's function defaults.
         jobs: the job declarations (one rule each, on its `schedule`).
-        push_queue: where the tasks (task queue) and an empty run's reduce (reduce queue) go.
+        push_queue: where the tasks (each job's task queue) and an empty run's reduce
+            (reduce queue) go.
         ledger_table: the run ledger.
-        reports_bucket: receives claim-checked items under `claims/`.
+        reports_bucket: receives claim-checked items under `claims/`; holds run-time
+            manifests under `manifests/`.
         source_tables: the DynamoDB source tables by role (e.g. `{"companies": table}`);
             every dynamodb source a job declares must be here.
+        environment: the function's own variables (`SOURCE_TABLES`).
 
     Attributes:
         function: the `lambda_.Function`.
@@ -60,6 +59,7 @@ class Splitter(Construct):
         ledger_table: dynamodb.ITable,
         reports_bucket: s3.IBucket,
         source_tables: Mapping[str, dynamodb.ITable],
+        environment: Mapping[str, str],
     ) -> None:
         super().__init__(scope, construct_id)
         declared = list(jobs)
@@ -68,22 +68,22 @@ class Splitter(Construct):
             "Handler",
             name="splitter",
             defaults=defaults,
-            environment={
-                contract.LEDGER_TABLE: ledger_table.table_name,
-                contract.TASK_QUEUE_URL: push_queue.queue.queue_url,
-                contract.REDUCE_QUEUE_URL: push_queue.reduce_queue.queue_url,
-                contract.REPORTS_BUCKET: reports_bucket.bucket_name,
-                **{source_table_variable(role): table.table_name for role, table in source_tables.items()},
-            },
+            environment=environment,
             timeout=TIMEOUT,
             memory_size=1024,
-            description="Reads a job's items in pages and sends one task per item to the push queue",
+            description="Reads a job's items in pages and sends one task per item to the job's task queue",
         )
         self.function = handler.function
-        ledger_table.grant_read_write_data(self.function)
-        push_queue.queue.grant_send_messages(self.function)
-        push_queue.reduce_queue.grant_send_messages(self.function)  # a run with no items reduces at once
-        reports_bucket.grant_put(self.function, f"{CLAIMS_PREFIX}*")
+        self.role = handler.role
+        permissions.allow_ledger(self.function, ledger_table)
+        # each job's task queue, and the reduce queue: a run with no items reduces at once
+        queues = [push_queue.task_queues[job.name] for job in declared] + [push_queue.reduce_queue]
+        permissions.allow(self.function, permissions.SEND_MESSAGE, [queue.queue_arn for queue in queues])
+        permissions.allow(self.function, permissions.PUT_OBJECT, [reports_bucket.arn_for_objects(f"{CLAIMS_PREFIX}*")])
+        # run-time manifests uploaded by the CLI
+        permissions.allow(
+            self.function, permissions.GET_OBJECT, [reports_bucket.arn_for_objects(f"{MANIFESTS_PREFIX}*")]
+        )
         self._grant_sources(declared, source_tables)
         # A separate policy (not the role's default policy, which the function depends on)
         # lets the function name its own ARN without a circular dependency.
@@ -112,6 +112,8 @@ class Splitter(Construct):
             )
 
     def _grant_sources(self, jobs: list[JobDeclaration], source_tables: Mapping[str, dynamodb.ITable]) -> None:
+        scanned: dict[str, dynamodb.ITable] = {}
+        objects: set[str] = set()
         for job in jobs:
             source = job.source
             if source.kind is SourceKind.DYNAMODB:
@@ -121,8 +123,12 @@ class Splitter(Construct):
                         f"job '{job.name}' reads the table role '{source.table}', but the stack passes only "
                         f"{sorted(source_tables)}: add an ItemSourceTable for it"
                     )
-                table.grant_read_data(self.function)
+                scanned[source.table or ""] = table
             elif source.kind is SourceKind.S3_MANIFEST and source.uri:
+                # One object, one action, no wildcard (a bucket outside the stack).
                 bucket_name, _, key = source.uri.removeprefix("s3://").partition("/")
-                bucket = s3.Bucket.from_bucket_name(self, f"Manifest-{job.name}", bucket_name)
-                bucket.grant_read(self.function, key)
+                objects.add(f"arn:{Aws.PARTITION}:s3:::{bucket_name}/{key}")
+        if scanned:
+            permissions.allow(self.function, permissions.SOURCE_TABLE, [t.table_arn for t in scanned.values()])
+        if objects:
+            permissions.allow(self.function, permissions.GET_OBJECT, sorted(objects))

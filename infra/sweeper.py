@@ -9,7 +9,7 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from infra import contract
+from infra import contract, permissions
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
 
@@ -51,17 +51,15 @@ class Sweeper(Construct):
             name="sweeper",
             defaults=defaults,
             environment={
-                contract.LEDGER_TABLE: ledger_table.table_name,
-                contract.TASK_QUEUE_URL: push_queue.queue.queue_url,
-                contract.REDUCE_QUEUE_URL: push_queue.reduce_queue.queue_url,
                 contract.SPLITTER_FUNCTION_NAME: splitter_function.function_name,
             },
             timeout=TIMEOUT,
             description="Repairs counters, re-enqueues lost reduces and reports stuck runs",
         )
         self.function = handler.function
-        ledger_table.grant_read_write_data(self.function)
-        push_queue.reduce_queue.grant_send_messages(self.function)
+        self.role = handler.role
+        permissions.allow_ledger(self.function, ledger_table)
+        permissions.allow(self.function, permissions.SEND_MESSAGE, [push_queue.reduce_queue.queue_arn])
         # Only the unqualified function (what the sweeper invokes by name), not every version.
         splitter_function.grant_invoke_latest_version(self.function)
         self.rule = events.Rule(

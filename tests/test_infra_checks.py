@@ -13,7 +13,16 @@ from aws_cdk import Validations
 from aws_cdk import aws_sqs as sqs
 from cdk_nag import AwsSolutionsChecks
 
-from tests.test_infra_synth import CLOUD, LOCAL, ROOT, load_app_module, synthesize, synthesized, synthesized_with_domain
+from tests.test_infra_synth import (
+    CLOUD,
+    LOCAL,
+    ROOT,
+    load_app_module,
+    synthesize,
+    synthesized,
+    synthesized_external,
+    synthesized_with_domain,
+)
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
 
@@ -34,9 +43,12 @@ def violations(report: object) -> list[tuple[str, str, str]]:
     return out
 
 
-@pytest.mark.parametrize("synth", [synthesized, synthesized_with_domain], ids=["no-domain", "domain"])
+@pytest.mark.parametrize(
+    "synth", [synthesized, synthesized_with_domain, synthesized_external], ids=["no-domain", "domain", "external"]
+)
 def test_cloud_stage_passes_aws_solutions_checks(synth) -> None:  # type: ignore[no-untyped-def]
-    # GIVEN the synthesized cloud stack WHEN the AwsSolutions pack checks it
+    # GIVEN the synthesized cloud stack (with the S3-manifest job invoice-reminders) WHEN the
+    # AwsSolutions pack checks it
     found = violations(AwsSolutionsChecks().validate_scope(synth().stacks[CLOUD]))
     # THEN nothing is left unacknowledged (errors fail, warnings are listed)
     errors = [v for v in found if v[0] == "error"]
@@ -75,6 +87,7 @@ def test_templates_pass_cfn_lint() -> None:
     synth = synthesized()
     templates = [str(synth.outdir / f"{name}.template.json") for name in (CLOUD, LOCAL)]
     templates.append(str(synthesized_with_domain().outdir / f"{CLOUD}.template.json"))
+    templates.append(str(synthesized_external().outdir / f"{CLOUD}.template.json"))
     cfn_lint = Path(sys.executable).parent / "cfn-lint"
     result = subprocess.run(
         [str(cfn_lint), "--ignore-checks", *CFN_LINT_IGNORED, "--", *templates],

@@ -11,26 +11,32 @@ import pytest
 
 from infra import contract
 from infra.push_settings import FORWARDER_OVERHEAD_S, REDUCE_MAX_CONCURRENCY
+from microprocess.declarations.loading import DECLARATIONS_ENV
 from microprocess.ledger import LEDGER_SCHEMA
 from microprocess.pipeline.forwarder import REDUCE_TIMEOUT_S
 from microprocess.pipeline.settings import RuntimeSettings
 from microservice.settings import Settings as ServiceSettings
-from tests.declared import JOBS
+from tests.declared import DECLARATIONS, JOBS
 from tests.test_infra_synth import CLOUD, LOCAL, synthesized
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
 BOTH = pytest.mark.parametrize("stack", [CLOUD, LOCAL])
 
 #: Changing one of these replaces the resource (and loses its data): the test is the alarm.
+#: Written out, not derived, so that a change of the naming rule is caught too.
 PINNED = {
     "LedgerTable": "AWS::DynamoDB::Table",
     "CompaniesTable": "AWS::DynamoDB::Table",
-    "TaskQueue": "AWS::SQS::Queue",
+    "CreditScoresTaskQueue": "AWS::SQS::Queue",
+    "InvoiceRemindersTaskQueue": "AWS::SQS::Queue",
     "ReduceQueue": "AWS::SQS::Queue",
     "DeadLetterQueue": "AWS::SQS::Queue",
     "ReportsBucket": "AWS::S3::Bucket",
-    "SigningSecret": "AWS::SecretsManager::Secret",
+    "ScoresSigningSecret": "AWS::SecretsManager::Secret",
+    "RemindersSigningSecret": "AWS::SecretsManager::Secret",
 }
+#: The task queue of each job, by job name.
+TASK_QUEUES = {"credit-scores": "CreditScoresTaskQueue", "invoice-reminders": "InvoiceRemindersTaskQueue"}
 PINNED_CLOUD_ONLY = {"AccessLogsBucket": "AWS::S3::Bucket"}
 
 
@@ -49,6 +55,22 @@ def function(stack: str, name: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- logical IDs
+
+
+def test_pinned_ids_cover_every_declared_job_table_and_service() -> None:
+    assert set(TASK_QUEUES) == set(JOBS.names())
+    assert {f"{role.capitalize()}Table" for role in DECLARATIONS.tables} == {"CompaniesTable"}
+    assert {k for k, t in PINNED.items() if t == "AWS::SecretsManager::Secret"} == {
+        f"{name.capitalize()}SigningSecret" for name in DECLARATIONS.services.names()
+    }
+
+
+def test_two_names_that_would_share_a_logical_id_are_refused() -> None:
+    from infra import logical_ids
+
+    with pytest.raises(ValueError, match="'job-1' and 'job1' would get the same CloudFormation logical ID"):
+        logical_ids.check_unique("job", ["job-1", "job1"])
+    assert logical_ids.task_queue("credit-scores") == "CreditScoresTaskQueue"
 
 
 @BOTH
@@ -109,25 +131,31 @@ def test_one_schedule_rule_per_job_naming_the_job(stack: str) -> None:
 
 
 @BOTH
-def test_event_source_settings_equal_the_declarations(stack: str) -> None:
+def test_each_jobs_event_source_has_that_jobs_batch_size_and_concurrency(stack: str) -> None:
     forwarder = function(stack, "forwarder")
-    (mapping,) = [
-        r["Properties"]
+    mappings = {
+        r["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]: r["Properties"]
         for r in resources(stack).values()
         if r["Type"] == "AWS::Lambda::EventSourceMapping"
         and r["Properties"]["FunctionName"] == {"Ref": forwarder["LogicalId"]}
-    ]
-    assert mapping["BatchSize"] == min(job.batch_size for job in JOBS)
-    assert mapping["ScalingConfig"] == {"MaximumConcurrency": min(job.max_concurrency for job in JOBS)}
+    }
+    assert set(mappings) == set(TASK_QUEUES.values())
+    for job in JOBS:
+        mapping = mappings[TASK_QUEUES[job.name]]
+        assert mapping["BatchSize"] == job.batch_size, job.name
+        assert mapping["ScalingConfig"] == {"MaximumConcurrency": job.max_concurrency}, job.name
+    # the repository's two jobs differ, so a shared setting could not satisfy both
+    assert len({(j.batch_size, j.max_concurrency) for j in JOBS}) == len(JOBS)
 
 
 @BOTH
 def test_redrive_and_visibility_derive_from_the_declarations(stack: str) -> None:
-    queue = resources(stack)["TaskQueue"]["Properties"]
     forwarder_timeout = function(stack, "forwarder")["Timeout"]
-    # the forwarder records FAILED at max_attempts; the DLQ catches only crashes
-    assert queue["RedrivePolicy"]["maxReceiveCount"] == max(job.max_attempts for job in JOBS) + 2
-    assert queue["VisibilityTimeout"] >= 6 * forwarder_timeout
+    for job in JOBS:
+        queue = resources(stack)[TASK_QUEUES[job.name]]["Properties"]
+        # the forwarder records FAILED at the job's max_attempts; the DLQ catches only crashes
+        assert queue["RedrivePolicy"]["maxReceiveCount"] == job.max_attempts + 2, job.name
+        assert queue["VisibilityTimeout"] >= 6 * forwarder_timeout
     # the task forwarder outlasts its slowest push: a task's timeout (reduce calls have their own queue)
     assert forwarder_timeout > max(job.task_timeout_s for job in JOBS)
     assert forwarder_timeout <= 900
@@ -139,11 +167,14 @@ def test_redrive_and_visibility_derive_from_the_declarations(stack: str) -> None
 def test_reduce_queue_redrive_and_visibility_derive_from_the_reduce_timeout(stack: str) -> None:
     queue = resources(stack)["ReduceQueue"]["Properties"]
     reducer = function(stack, "reducer")
-    assert queue["RedrivePolicy"] == resources(stack)["TaskQueue"]["Properties"]["RedrivePolicy"]
+    # a reduce task of any job: the most attempts any job declares
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == max(job.max_attempts for job in JOBS) + 2
     assert queue["VisibilityTimeout"] == 6 * reducer["Timeout"]
-    # the task queue's visibility is 6 x its own (short) forwarder's timeout, not the reducer's
-    task_queue = resources(stack)["TaskQueue"]["Properties"]
-    assert task_queue["VisibilityTimeout"] == 6 * function(stack, "forwarder")["Timeout"] < queue["VisibilityTimeout"]
+    # a task queue's visibility is 6 x its own (short) forwarder's timeout, not the reducer's
+    for logical_id in TASK_QUEUES.values():
+        task_queue = resources(stack)[logical_id]["Properties"]
+        forwarder_timeout = function(stack, "forwarder")["Timeout"]
+        assert task_queue["VisibilityTimeout"] == 6 * forwarder_timeout < queue["VisibilityTimeout"]
     # the reducer outlasts a reduce call
     assert reducer["Timeout"] == math.ceil(REDUCE_TIMEOUT_S) + FORWARDER_OVERHEAD_S
     assert REDUCE_TIMEOUT_S < reducer["Timeout"] <= 900
@@ -167,11 +198,13 @@ def test_reduce_event_source_takes_one_record_at_a_time_with_a_small_cap(stack: 
 
 
 @BOTH
-def test_source_table_key_is_the_jobs_item_id_field(stack: str) -> None:
-    table = resources(stack)["CompaniesTable"]["Properties"]
-    readers = [job for job in JOBS if job.source.table == "companies"]
-    assert readers
-    assert table["KeySchema"] == [{"AttributeName": readers[0].item_id_field, "KeyType": "HASH"}]
+def test_each_source_table_is_keyed_as_declared(stack: str) -> None:
+    for role, declared in DECLARATIONS.tables.items():
+        table = resources(stack)[f"{role.capitalize()}Table"]["Properties"]
+        assert table["KeySchema"] == [{"AttributeName": declared.partition_key, "KeyType": "HASH"}]
+        # and the jobs reading it address items by that key
+        readers = [job for job in JOBS if job.source.table == role]
+        assert readers and all(job.item_id_field == declared.partition_key for job in readers)
 
 
 # ---------------------------------------------------------------------------- runtime settings
@@ -179,7 +212,11 @@ def test_source_table_key_is_the_jobs_item_id_field(stack: str) -> None:
 
 @BOTH
 def test_function_variables_are_settings_the_runtime_reads(stack: str) -> None:
-    known = {name.upper() for name in RuntimeSettings.model_fields} | contract.POWERTOOLS_VARIABLES
+    known = (
+        {name.upper() for name in RuntimeSettings.model_fields}
+        | contract.POWERTOOLS_VARIABLES
+        | contract.DECLARATIONS_VARIABLES
+    )
     for name in ("splitter", "forwarder", "reducer", "dead_letter", "sweeper"):
         variables = set(function(stack, name)["Environment"]["Variables"])
         assert variables <= known, (name, variables - known)
@@ -191,3 +228,7 @@ def test_service_variables_are_settings_the_service_reads() -> None:
         (container,) = task["Properties"]["ContainerDefinitions"]
         names = {e["Name"] for e in container["Environment"]}
         assert names <= known, names - known
+
+
+def test_the_declarations_variable_is_the_one_the_loader_reads() -> None:
+    assert contract.MICROPROCESS_DECLARATIONS == DECLARATIONS_ENV

@@ -9,10 +9,14 @@ import pytest
 from aws_cdk.assertions import Match
 
 from infra import contract
-from tests.test_infra_synth import CLOUD, LOCAL, synthesized, synthesized_with_domain
+from tests.declared import DECLARATIONS, JOBS
+from tests.test_infra_synth import CLOUD, LOCAL, render, render_json, synthesized, synthesized_with_domain
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
 BOTH = pytest.mark.parametrize("stack", [CLOUD, LOCAL])
+#: The task queue of each declared job, by job name (logical IDs pinned from the job names).
+TASK_QUEUES = {"credit-scores": "CreditScoresTaskQueue", "invoice-reminders": "InvoiceRemindersTaskQueue"}
+SIGNING_SECRETS = {"scores": "ScoresSigningSecret", "reminders": "RemindersSigningSecret"}
 
 
 def only(resources: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
@@ -41,6 +45,26 @@ def statements_of(stack: str, role_logical_id: str) -> list[dict[str, Any]]:
     return out
 
 
+def allowed_on(statements: list[dict[str, Any]], action: str) -> set[str]:
+    """The resources (rendered) on which `statements` allow `action`."""
+    out: set[str] = set()
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if action in actions:
+            targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            out |= {render(t) for t in targets}
+    return out
+
+
+def mappings_of(stack: str, function: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The event source mappings of `function`, by the logical ID of the queue they consume."""
+    out = {}
+    for mapping in synthesized().resources(stack, "AWS::Lambda::EventSourceMapping").values():
+        if mapping["Properties"]["FunctionName"] == {"Ref": function["LogicalId"]}:
+            out[mapping["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]] = mapping["Properties"]
+    return out
+
+
 def dashboard_body(stack: str) -> str:
     _, dashboard = only(synthesized().resources(stack, "AWS::CloudWatch::Dashboard"))
     parts = dashboard["Properties"]["DashboardBody"]["Fn::Join"][1]
@@ -53,7 +77,8 @@ def dashboard_body(stack: str) -> str:
 @BOTH
 def test_tables_are_on_demand_encrypted_and_recoverable(stack: str) -> None:
     template = synthesized().template(stack)
-    template.resource_count_is("AWS::DynamoDB::Table", 2)
+    # the ledger and one table per declared [tables.<role>]
+    template.resource_count_is("AWS::DynamoDB::Table", 1 + len(DECLARATIONS.tables))
     template.all_resources_properties(
         "AWS::DynamoDB::Table",
         {
@@ -94,13 +119,19 @@ def test_queues_are_encrypted_and_refuse_plain_http(stack: str) -> None:
             if statement["Effect"] == "Deny" and statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}:
                 protected |= {q["Fn::GetAtt"][0] for q in policy["Properties"]["Queues"] if "Fn::GetAtt" in q}
                 protected |= {q["Ref"] for q in policy["Properties"]["Queues"] if "Ref" in q}
-    assert protected == {"TaskQueue", "ReduceQueue", "DeadLetterQueue"}
+    assert protected == {*TASK_QUEUES.values(), "ReduceQueue", "DeadLetterQueue"}
+
+
+def test_one_task_queue_per_declared_job() -> None:
+    assert set(TASK_QUEUES) == set(JOBS.names())
 
 
 @BOTH
-def test_task_queue_redrives_to_the_dead_letter_queue(stack: str) -> None:
-    queue = synthesized().templates[stack]["Resources"]["TaskQueue"]["Properties"]
-    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+def test_every_task_queue_redrives_to_the_dead_letter_queue(stack: str) -> None:
+    for logical_id in TASK_QUEUES.values():
+        queue = synthesized().templates[stack]["Resources"][logical_id]["Properties"]
+        assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+        assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
 
 
 @BOTH
@@ -111,15 +142,12 @@ def test_reduce_queue_redrives_to_the_same_dead_letter_queue(stack: str) -> None
 
 
 @BOTH
-def test_forwarder_event_source_reports_partial_batch_failures(stack: str) -> None:
-    forwarder = functions(stack)["forwarder"]
-    mappings = synthesized().resources(stack, "AWS::Lambda::EventSourceMapping")
-    (mapping,) = [
-        m["Properties"] for m in mappings.values() if m["Properties"]["FunctionName"] == {"Ref": forwarder["LogicalId"]}
-    ]
-    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["TaskQueue", "Arn"]}
-    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert mapping["MaximumBatchingWindowInSeconds"] >= 1
+def test_forwarder_has_one_event_source_per_job_reporting_partial_batch_failures(stack: str) -> None:
+    mappings = mappings_of(stack, functions(stack)["forwarder"])
+    assert set(mappings) == set(TASK_QUEUES.values())
+    for mapping in mappings.values():
+        assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert mapping["MaximumBatchingWindowInSeconds"] >= 1
 
 
 @BOTH
@@ -138,16 +166,18 @@ def test_dead_letter_function_has_its_own_event_source_on_the_dlq(stack: str) ->
 
 
 @BOTH
-def test_forwarder_may_send_to_both_queues_and_change_visibility(stack: str) -> None:
+def test_forwarder_may_send_to_every_queue_and_change_visibility_on_each_task_queue(stack: str) -> None:
     statements = statements_of(stack, role_of(functions(stack)["forwarder"]))
 
     def allowed(action: str, queue: str) -> bool:
-        return any(action in s["Action"] and s["Resource"] == {"Fn::GetAtt": [queue, "Arn"]} for s in statements)
+        return f"<{queue}.Arn>" in allowed_on(statements, action)
 
-    assert allowed("sqs:SendMessage", "TaskQueue")
+    for task_queue in TASK_QUEUES.values():
+        assert allowed("sqs:SendMessage", task_queue)
+        assert allowed("sqs:ChangeMessageVisibility", task_queue)
     assert allowed("sqs:SendMessage", "DeadLetterQueue")
-    assert allowed("sqs:ChangeMessageVisibility", "TaskQueue")
     assert allowed("sqs:SendMessage", "ReduceQueue")  # the completion that finishes a run enqueues its reduce
+    assert not allowed("sqs:ChangeMessageVisibility", "ReduceQueue")
 
 
 @BOTH
@@ -155,12 +185,28 @@ def test_reducer_consumes_the_reduce_queue_and_may_send_finalizes_and_dead_lette
     statements = statements_of(stack, role_of(functions(stack)["reducer"]))
 
     def allowed(action: str, queue: str) -> bool:
-        return any(action in s["Action"] and s["Resource"] == {"Fn::GetAtt": [queue, "Arn"]} for s in statements)
+        return f"<{queue}.Arn>" in allowed_on(statements, action)
 
     assert allowed("sqs:ChangeMessageVisibility", "ReduceQueue")
     assert allowed("sqs:SendMessage", "ReduceQueue")
     assert allowed("sqs:SendMessage", "DeadLetterQueue")
-    assert not allowed("sqs:ChangeMessageVisibility", "TaskQueue")
+    for task_queue in TASK_QUEUES.values():
+        assert not allowed("sqs:ChangeMessageVisibility", task_queue)
+        assert not allowed("sqs:SendMessage", task_queue)
+
+
+@BOTH
+def test_reducer_writes_the_built_in_reports_and_mails_them(stack: str) -> None:
+    statements = statements_of(stack, role_of(functions(stack)["reducer"]))
+    writes = [s for s in statements if "s3:PutObject" in s["Action"]]
+    assert writes
+    for statement in writes:
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        objects = [render(r) for r in resources if "/" in render(r)]
+        assert objects == ["<ReportsBucket.Arn>/reports/*"]  # only the reports prefix, never claims/ or manifests/
+    assert any("ses:SendEmail" in s["Action"] for s in statements)
+    variables = functions(stack)["reducer"]["Environment"]["Variables"]
+    assert variables[contract.SES_SENDER] == "reports@example.com"
 
 
 @BOTH
@@ -168,13 +214,12 @@ def test_every_function_that_enqueues_reduce_tasks_may_send_to_the_reduce_queue(
     fns = functions(stack)
     for name in ("forwarder", "reducer", "splitter", "dead_letter", "sweeper"):
         statements = statements_of(stack, role_of(fns[name]))
-        assert any(
-            "sqs:SendMessage" in s["Action"] and s["Resource"] == {"Fn::GetAtt": ["ReduceQueue", "Arn"]}
-            for s in statements
-        ), name
+        assert "<ReduceQueue.Arn>" in allowed_on(statements, "sqs:SendMessage"), name
         variables = fns[name]["Environment"]["Variables"]
         assert variables[contract.REDUCE_QUEUE_URL] == {"Ref": "ReduceQueue"}, name
-        assert variables[contract.TASK_QUEUE_URL] == {"Ref": "TaskQueue"}, name
+        assert render_json(variables[contract.JOB_QUEUES]) == {
+            job: f"<{logical_id}>" for job, logical_id in TASK_QUEUES.items()
+        }, name
 
 
 # ---------------------------------------------------------------------------- functions
@@ -196,31 +241,50 @@ def test_functions_run_python_311_handlers_with_powertools_settings(stack: str) 
 @BOTH
 def test_each_function_gets_the_variables_it_reads(stack: str) -> None:
     fns = functions(stack)
-    common = {contract.LEDGER_TABLE, contract.TASK_QUEUE_URL}
-    wanted = {
-        "splitter": common | {contract.COMPANIES_TABLE, contract.REPORTS_BUCKET},
-        "forwarder": common
-        | {
-            contract.DEAD_LETTER_QUEUE_URL,
-            contract.QUEUE_SERVICE_URL,
-            contract.SIGNING_SECRET_ARN,
-            contract.REPORTS_BUCKET,
-        },
-        "reducer": common
-        | {
-            contract.REDUCE_QUEUE_URL,
-            contract.DEAD_LETTER_QUEUE_URL,
-            contract.QUEUE_SERVICE_URL,
-            contract.SIGNING_SECRET_ARN,
-        },
-        "dead_letter": common | {contract.DEAD_LETTER_QUEUE_URL, contract.REPORTS_BUCKET},
-        "sweeper": common | {contract.SPLITTER_FUNCTION_NAME},
+    common = {
+        contract.LEDGER_TABLE,
+        contract.REPORTS_BUCKET,
+        contract.MICROPROCESS_DECLARATIONS,
+        contract.JOB_QUEUES,
+        contract.REDUCE_QUEUE_URL,
+        contract.DEAD_LETTER_QUEUE_URL,
     }
-    for name, variables in wanted.items():
-        assert variables <= set(fns[name]["Environment"]["Variables"]), name
+    own = {
+        "splitter": {contract.SOURCE_TABLES},
+        "forwarder": {contract.SERVICE_ENDPOINTS},
+        "reducer": {contract.SERVICE_ENDPOINTS, contract.SES_SENDER},
+        "dead_letter": set(),
+        "sweeper": {contract.SPLITTER_FUNCTION_NAME},
+    }
+    for name, extra in own.items():
+        variables = set(fns[name]["Environment"]["Variables"]) - contract.POWERTOOLS_VARIABLES
+        assert variables == common | extra, name
+        assert fns[name]["Environment"]["Variables"][contract.MICROPROCESS_DECLARATIONS] == "microprocess.toml"
     assert fns["sweeper"]["Environment"]["Variables"][contract.SPLITTER_FUNCTION_NAME] == {
         "Ref": fns["splitter"]["LogicalId"]
     }
+    assert render_json(fns["splitter"]["Environment"]["Variables"][contract.SOURCE_TABLES]) == {
+        role: f"<{role.capitalize()}Table>" for role in DECLARATIONS.tables
+    }
+
+
+@BOTH
+def test_pushers_know_each_service_url_and_its_own_signing_secret(stack: str) -> None:
+    for name in ("forwarder", "reducer"):
+        endpoints = render_json(functions(stack)[name]["Environment"]["Variables"][contract.SERVICE_ENDPOINTS])
+        assert set(endpoints) == set(DECLARATIONS.services.names())
+        for service, endpoint in endpoints.items():
+            assert endpoint["secret_arn"] == f"<{SIGNING_SECRETS[service]}>"
+        if stack == CLOUD:
+            # the bundled service behind its internal ALB; the external one at its declared URL
+            assert endpoints["scores"]["url"].startswith("http://<") and "InternalAlb" in endpoints["scores"]["url"]
+            assert endpoints["reminders"]["url"] == "https://reminders-queue.example.com"
+        else:
+            # no service_urls context: the default local ports, in declaration order
+            assert endpoints == {
+                "scores": {"url": "http://127.0.0.1:8001", "secret_arn": "<ScoresSigningSecret>"},
+                "reminders": {"url": "http://127.0.0.1:8002", "secret_arn": "<RemindersSigningSecret>"},
+            }
 
 
 def test_cloud_functions_use_the_powertools_layer_and_tracing() -> None:
@@ -251,11 +315,16 @@ def test_local_layer_path_adds_a_dependencies_layer(tmp_path: Any) -> None:
         assert fn["Properties"]["Layers"] == [{"Ref": layer_id}]
 
 
-def test_local_forwarder_pushes_to_the_local_queue_service() -> None:
-    variables = functions(LOCAL)["forwarder"]["Environment"]["Variables"]
-    assert variables[contract.QUEUE_SERVICE_URL] == "http://127.0.0.1:8001"
-    reducer = functions(LOCAL)["reducer"]["Environment"]["Variables"]
-    assert reducer[contract.QUEUE_SERVICE_URL] == "http://127.0.0.1:8001"
+def test_local_stage_takes_the_service_urls_from_context() -> None:
+    from tests.test_infra_synth import synthesize
+
+    urls = {"scores": "http://127.0.0.1:9101", "reminders": "http://127.0.0.1:9102/v1"}
+    synth = synthesize({"stage": "local", "service_urls": json.dumps(urls)})
+    for fn in synth.resources(LOCAL, "AWS::Lambda::Function").values():
+        variables = fn["Properties"]["Environment"]["Variables"]
+        if contract.SERVICE_ENDPOINTS in variables:
+            endpoints = render_json(variables[contract.SERVICE_ENDPOINTS])
+            assert {name: e["url"] for name, e in endpoints.items()} == urls
 
 
 def test_forwarder_runs_in_the_vpc_in_the_cloud_only() -> None:
@@ -358,23 +427,28 @@ def test_ses_identity_for_the_default_sender(stack: str) -> None:
 
 
 @BOTH
-def test_signing_secret_is_generated(stack: str) -> None:
-    secret = synthesized().templates[stack]["Resources"]["SigningSecret"]["Properties"]
-    assert secret["GenerateSecretString"]["PasswordLength"] == 64
-    assert secret["GenerateSecretString"]["ExcludePunctuation"] is True
+def test_one_generated_signing_secret_per_service(stack: str) -> None:
+    secrets = synthesized().resources(stack, "AWS::SecretsManager::Secret")
+    assert set(secrets) == set(SIGNING_SECRETS.values())
+    for secret in secrets.values():
+        assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] == 64
+        assert secret["Properties"]["GenerateSecretString"]["ExcludePunctuation"] is True
 
 
 @BOTH
-def test_only_the_forwarder_and_the_queue_service_read_the_signing_secret(stack: str) -> None:
-    readers = set()
+def test_only_the_pushers_and_the_bundled_queue_service_read_a_signing_secret(stack: str) -> None:
+    readers: dict[str, set[str]] = {logical_id: set() for logical_id in SIGNING_SECRETS.values()}
     for policy in synthesized().resources(stack, "AWS::IAM::Policy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             if "secretsmanager:GetSecretValue" in actions or "secretsmanager:*" in actions:
-                assert statement["Resource"] == {"Ref": "SigningSecret"}
-                readers |= {r["Ref"] for r in policy["Properties"]["Roles"]}
+                targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                for target in targets:
+                    readers[target["Ref"]] |= {r["Ref"] for r in policy["Properties"]["Roles"]}
     # the two pushers: the forwarder (tasks) and the reducer (reduce parts and finalizes) sign their calls
-    expected = {role_of(functions(stack)["forwarder"]), role_of(functions(stack)["reducer"])}
+    pushers = {role_of(functions(stack)["forwarder"]), role_of(functions(stack)["reducer"])}
+    assert readers["RemindersSigningSecret"] == pushers
+    expected = set(pushers)
     if stack == CLOUD:
         task_defs = synthesized().resources(CLOUD, "AWS::ECS::TaskDefinition").values()
         (queue_task,) = [
@@ -383,7 +457,9 @@ def test_only_the_forwarder_and_the_queue_service_read_the_signing_secret(stack:
             if {"Name": "SERVICE_ROLE", "Value": "queue"} in t["Properties"]["ContainerDefinitions"][0]["Environment"]
         ]
         expected.add(queue_task["Properties"]["TaskRoleArn"]["Fn::GetAtt"][0])
-    assert readers == expected
+        env = {e["Name"]: e["Value"] for e in queue_task["Properties"]["ContainerDefinitions"][0]["Environment"]}
+        assert env[contract.SIGNING_SECRET_ARN] == {"Ref": "ScoresSigningSecret"}
+    assert readers["ScoresSigningSecret"] == expected
 
 
 # ---------------------------------------------------------------------------- scores service (cloud)
@@ -463,10 +539,9 @@ def test_only_the_forwarder_reaches_the_queue_service() -> None:
 
 def test_without_a_domain_the_services_answer_on_the_alb_names() -> None:
     outputs = synthesized().templates[CLOUD]["Outputs"]
-    live = json.dumps(outputs["LiveServiceUrl"]["Value"])
-    queue = json.dumps(outputs["QueueServiceUrl"]["Value"])
-    assert "http://" in live and "DNSName" in live
-    assert "http://" in queue and "DNSName" in queue
+    urls = render_json(outputs["ServiceUrls"]["Value"])
+    assert urls["scores"].startswith("http://<") and urls["scores"].endswith(".DNSName>")
+    assert urls["reminders"] == "https://reminders-queue.example.com"
     synthesized().template(CLOUD).all_resources_properties(
         "AWS::ElasticLoadBalancingV2::Listener", {"Port": 80, "Protocol": "HTTP"}
     )
@@ -484,23 +559,52 @@ def test_with_a_domain_hosts_route_over_https() -> None:
             "AWS::ElasticLoadBalancingV2::ListenerRule",
             {"Conditions": [{"Field": "host-header", "HostHeaderConfig": {"Values": [host]}}]},
         )
-        template.has_resource_properties(
-            "AWS::Route53::RecordSet", {"Name": f"{host}.", "Type": "A", "HostedZoneId": "Z0123456789ABCDEFGHIJ"}
-        )
+    records = {
+        r["Properties"]["Name"]: r["Properties"] for r in synth.resources(CLOUD, "AWS::Route53::RecordSet").values()
+    }
+    assert set(records) == {"scores-live.example.com.", "scores-queue.example.com."}
+    # the public host in the public zone; the queue host only in a private zone of the VPC
+    assert records["scores-live.example.com."]["HostedZoneId"] == "Z0123456789ABCDEFGHIJ"
+    (zone_id, zone) = only(synth.resources(CLOUD, "AWS::Route53::HostedZone"))
+    assert records["scores-queue.example.com."]["HostedZoneId"] == {"Ref": zone_id}
+    assert zone["Properties"]["Name"] == "scores-queue.example.com."
+    (vpc_id,) = synth.resources(CLOUD, "AWS::EC2::VPC")
+    assert zone["Properties"]["VPCs"] == [{"VPCId": {"Ref": vpc_id}, "VPCRegion": "us-east-1"}]
     outputs = synth.templates[CLOUD]["Outputs"]
-    assert outputs["LiveServiceUrl"]["Value"] == "https://scores-live.example.com"
-    assert outputs["QueueServiceUrl"]["Value"] == "https://scores-queue.example.com"
+    assert render_json(outputs["ServiceUrls"]["Value"])["scores"] == "https://scores-queue.example.com"
     (forwarder,) = [
         f["Properties"]
         for f in synth.resources(CLOUD, "AWS::Lambda::Function").values()
         if f["Properties"]["Handler"].startswith("functions.forwarder.")
     ]
-    assert forwarder["Environment"]["Variables"][contract.QUEUE_SERVICE_URL] == "https://scores-queue.example.com"
+    endpoints = render_json(forwarder["Environment"]["Variables"][contract.SERVICE_ENDPOINTS])
+    assert endpoints["scores"]["url"] == "https://scores-queue.example.com"
     # plain HTTP on the public ALB only redirects
     template.has_resource_properties(
         "AWS::ElasticLoadBalancingV2::Listener",
         {"Port": 80, "DefaultActions": [Match.object_like({"Type": "redirect"})]},
     )
+
+
+def test_the_public_load_balancer_has_a_waf_rate_rule() -> None:
+    synth = synthesized()
+    (acl_id, acl) = only(synth.resources(CLOUD, "AWS::WAFv2::WebACL"))
+    assert acl["Properties"]["Scope"] == "REGIONAL" and acl["Properties"]["DefaultAction"] == {"Allow": {}}
+    (rule,) = acl["Properties"]["Rules"]
+    assert rule["Action"] == {"Block": {}}
+    assert rule["Statement"]["RateBasedStatement"] == {
+        "AggregateKeyType": "IP",
+        "EvaluationWindowSec": 300,
+        "Limit": 2000,
+    }
+    (_, association) = only(synth.resources(CLOUD, "AWS::WAFv2::WebACLAssociation"))
+    assert association["Properties"]["WebACLArn"] == {"Fn::GetAtt": [acl_id, "Arn"]}
+    (public_alb,) = [
+        k
+        for k, r in synth.resources(CLOUD, "AWS::ElasticLoadBalancingV2::LoadBalancer").items()
+        if r["Properties"]["Scheme"] == "internet-facing"
+    ]
+    assert association["Properties"]["ResourceArn"] == {"Ref": public_alb}
 
 
 def test_queue_service_may_send_the_report_email() -> None:
@@ -523,6 +627,15 @@ def test_dashboard_shows_the_reduce_queue_and_the_reducer() -> None:
     assert "Reduce queue: visible / in flight" in body and "Reduce queue: age of oldest message (s)" in body
     assert '"ReduceQueue","QueueName"' in body.replace(" ", "")
     assert functions(CLOUD)["reducer"]["LogicalId"] in body
+
+
+def test_dashboard_has_a_row_per_job_on_its_own_queue() -> None:
+    body = dashboard_body(CLOUD).replace(" ", "")
+    for job, queue in TASK_QUEUES.items():
+        for title in ("taskqueuevisible/inflight", "ageofoldesttask(s)", "progress", "failures"):
+            assert f'"{job}:{title}"' in body, (job, title)
+        assert f'"{queue}","QueueName"' in body
+        assert f'"job","{job}"' in body
 
 
 def test_dashboard_shows_the_queue_the_forwarder_the_services_and_each_job() -> None:
@@ -555,20 +668,31 @@ def test_alarms_page_through_an_encrypted_topic() -> None:
         a["Properties"]["MetricName"]: a["Properties"]
         for a in synth.resources(CLOUD, "AWS::CloudWatch::Alarm").values()
     }
-    assert set(alarms) == {"ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage", "Errors", "StuckRuns"}
-    for alarm in alarms.values():
+    all_alarms = [a["Properties"] for a in synth.resources(CLOUD, "AWS::CloudWatch::Alarm").values()]
+    for alarm in all_alarms:
         assert alarm["AlarmActions"] == [{"Ref": topic_id}]
+    assert set(alarms) == {
+        "ApproximateNumberOfMessagesVisible",
+        "ApproximateAgeOfOldestMessage",
+        "Errors",
+        "RunsFailed",
+        "StuckRuns",
+    }
     dlq = alarms["ApproximateNumberOfMessagesVisible"]
     assert dlq["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}
     assert dlq["Threshold"] == 1 and dlq["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
-    assert alarms["ApproximateAgeOfOldestMessage"]["Threshold"] == 3600
     forwarder = functions(CLOUD)["forwarder"]["LogicalId"]
     assert alarms["Errors"]["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": forwarder}}]
-    assert alarms["StuckRuns"]["Namespace"] == "Microprocess"
-    assert {d["Name"]: d["Value"] for d in alarms["StuckRuns"]["Dimensions"]} == {
-        "job": "credit-scores",
-        "service": contract.POWERTOOLS_SERVICE,
-    }
+    # per job: its own task queue's oldest message, its failed runs, its stuck runs
+    oldest = [a for a in all_alarms if a["MetricName"] == "ApproximateAgeOfOldestMessage"]
+    assert sorted(a["Dimensions"][0]["Value"]["Fn::GetAtt"][0] for a in oldest) == sorted(TASK_QUEUES.values())
+    assert all(a["Threshold"] == 3600 for a in oldest)
+    for metric in ("RunsFailed", "StuckRuns"):
+        per_job = [a for a in all_alarms if a["MetricName"] == metric]
+        assert all(a["Namespace"] == "Microprocess" for a in per_job)
+        assert sorted(tuple(sorted((d["Name"], d["Value"]) for d in a["Dimensions"])) for a in per_job) == sorted(
+            (("job", job), ("service", contract.POWERTOOLS_SERVICE)) for job in TASK_QUEUES
+        )
     assert resources[topic["Properties"]["KmsMasterKeyId"]["Fn::GetAtt"][0]]["Properties"]["EnableKeyRotation"] is True
 
 
@@ -580,25 +704,28 @@ def test_outputs_are_exactly_the_contract() -> None:
     assert list(synth.templates[LOCAL]["Outputs"]) == list(contract.LOCAL_OUTPUTS)
     assert list(synth.templates[CLOUD]["Outputs"]) == list(contract.CLOUD_OUTPUTS)
     assert contract.LOCAL_OUTPUTS == (
-        "TaskQueueUrl",
+        "JobQueueUrls",
+        "ReduceQueueUrl",
         "DeadLetterQueueUrl",
         "LedgerTable",
-        "CompaniesTable",
         "ReportsBucket",
+        "SourceTables",
+        "ServiceSecretArns",
         "SplitterFunctionName",
         "ForwarderFunctionName",
+        "ReduceForwarderFunctionName",
         "DeadLetterFunctionName",
         "SweeperFunctionName",
-        "SigningSecretArn",
-        "ReduceQueueUrl",
-        "ReduceForwarderFunctionName",
     )
-    assert contract.CLOUD_OUTPUTS[len(contract.LOCAL_OUTPUTS) :] == (
-        "LiveServiceUrl",
-        "QueueServiceUrl",
-        "DashboardName",
-        "AlarmTopicArn",
-    )
+    assert contract.CLOUD_OUTPUTS[len(contract.LOCAL_OUTPUTS) :] == ("ServiceUrls", "DashboardName", "AlarmTopicArn")
+
+
+@BOTH
+def test_json_outputs_name_each_job_table_and_service(stack: str) -> None:
+    outputs = synthesized().templates[stack]["Outputs"]
+    assert render_json(outputs["JobQueueUrls"]["Value"]) == {job: f"<{q}>" for job, q in TASK_QUEUES.items()}
+    assert render_json(outputs["SourceTables"]["Value"]) == {"companies": "<CompaniesTable>"}
+    assert render_json(outputs["ServiceSecretArns"]["Value"]) == {s: f"<{i}>" for s, i in SIGNING_SECRETS.items()}
 
 
 def test_local_stage_has_nothing_the_emulator_cannot_create() -> None:
@@ -618,40 +745,43 @@ def test_cloud_stage_has_no_custom_resources() -> None:
     assert not [t for t in types if t.startswith("Custom::") or t == "AWS::CloudFormation::CustomResource"]
 
 
-def test_local_stage_takes_a_laptop_cap_on_forwarder_concurrency() -> None:
+def test_local_stage_takes_a_laptop_cap_on_every_event_source() -> None:
     from infra.push_settings import REDUCE_MAX_CONCURRENCY
-    from tests.declared import JOBS
     from tests.test_infra_synth import synthesize
 
-    declared = min(job.max_concurrency for job in JOBS)
     synth = synthesize({"stage": "all", "forwarder_max_concurrency": "8"})
 
-    def forwarder_concurrency(stack: str, queue: str = "TaskQueue") -> set[int]:
-        mappings = synth.resources(stack, "AWS::Lambda::EventSourceMapping").values()
-        return {
+    def concurrency(stack: str, queue: str) -> int:
+        (cap,) = [
             m["Properties"]["ScalingConfig"]["MaximumConcurrency"]
-            for m in mappings
-            if "ScalingConfig" in m["Properties"]
-            and m["Properties"]["EventSourceArn"] == {"Fn::GetAtt": [queue, "Arn"]}
-        }
+            for m in synth.resources(stack, "AWS::Lambda::EventSourceMapping").values()
+            if m["Properties"]["EventSourceArn"] == {"Fn::GetAtt": [queue, "Arn"]}
+        ]
+        return cap
 
-    assert forwarder_concurrency(LOCAL) == {min(8, declared)}
-    assert forwarder_concurrency(CLOUD) == {declared}  # the cloud keeps the declarations
+    for job, queue in TASK_QUEUES.items():
+        declared = JOBS.get(job).max_concurrency
+        assert concurrency(LOCAL, queue) == min(8, declared), job
+        assert concurrency(CLOUD, queue) == declared, job  # the cloud keeps the declarations
     # the reducer's small cap, lowered by the laptop cap too
-    assert forwarder_concurrency(LOCAL, "ReduceQueue") == {min(8, REDUCE_MAX_CONCURRENCY, declared)}
-    assert forwarder_concurrency(CLOUD, "ReduceQueue") == {min(REDUCE_MAX_CONCURRENCY, declared)}
+    lowest = min(job.max_concurrency for job in JOBS)
+    assert concurrency(LOCAL, "ReduceQueue") == min(8, REDUCE_MAX_CONCURRENCY, lowest)
+    assert concurrency(CLOUD, "ReduceQueue") == min(REDUCE_MAX_CONCURRENCY, lowest)
 
 
 def test_local_stage_takes_a_short_visibility_timeout() -> None:
     from tests.test_infra_synth import synthesize
 
     synth = synthesize({"stage": "all", "task_visibility_timeout_s": "20"})
+    cloud = synthesized().stacks[CLOUD].platform.push_settings
 
-    def task_queue_visibility(stack: str) -> int:
-        return synth.templates[stack]["Resources"]["TaskQueue"]["Properties"]["VisibilityTimeout"]
+    for job, queue in TASK_QUEUES.items():
 
-    assert task_queue_visibility(LOCAL) == 20
-    assert task_queue_visibility(CLOUD) == synthesized().stacks[CLOUD].push_settings.visibility_timeout_s
+        def visibility(stack: str) -> int:
+            return synth.templates[stack]["Resources"][queue]["Properties"]["VisibilityTimeout"]  # noqa: B023
+
+        assert visibility(LOCAL) == 20
+        assert visibility(CLOUD) == cloud.jobs[job].visibility_timeout_s == 6 * cloud.forwarder_timeout_s
 
 
 def test_local_stage_takes_a_short_reduce_visibility_timeout() -> None:
@@ -662,30 +792,127 @@ def test_local_stage_takes_a_short_reduce_visibility_timeout() -> None:
     def visibility(stack: str, queue: str) -> int:
         return synth.templates[stack]["Resources"][queue]["Properties"]["VisibilityTimeout"]
 
-    assert visibility(LOCAL, "TaskQueue") == visibility(LOCAL, "ReduceQueue") == 20
-    cloud = synthesized().stacks[CLOUD].push_settings
-    assert visibility(CLOUD, "ReduceQueue") == cloud.reduce_visibility_timeout_s
-    assert visibility(CLOUD, "TaskQueue") == cloud.visibility_timeout_s
+    assert visibility(LOCAL, "CreditScoresTaskQueue") == visibility(LOCAL, "ReduceQueue") == 20
+    cloud = synthesized().stacks[CLOUD].platform.push_settings
+    assert visibility(CLOUD, "ReduceQueue") == cloud.reduces.visibility_timeout_s
+    assert visibility(CLOUD, "CreditScoresTaskQueue") == cloud.jobs["credit-scores"].visibility_timeout_s
 
 
 def test_push_settings_derive_a_short_task_forwarder_and_a_long_reducer() -> None:
     from infra.push_settings import FORWARDER_OVERHEAD_S, VISIBILITY_FACTOR, PushSettings
     from microprocess.pipeline.forwarder import REDUCE_TIMEOUT_S
-    from tests.declared import JOBS
 
     push = PushSettings.from_jobs(JOBS)
     assert push.forwarder_timeout_s == max(job.task_timeout_s for job in JOBS) + FORWARDER_OVERHEAD_S == 70
-    assert push.visibility_timeout_s == VISIBILITY_FACTOR * push.forwarder_timeout_s == 420
-    assert push.reduce_forwarder_timeout_s == REDUCE_TIMEOUT_S + FORWARDER_OVERHEAD_S == 660
-    assert push.reduce_visibility_timeout_s == VISIBILITY_FACTOR * push.reduce_forwarder_timeout_s == 3960
-    assert (push.reduce_batch_size, push.tasks.timeout_s, push.reduces.timeout_s) == (1, 70, 660)
+    for job in JOBS:
+        assert push.jobs[job.name].visibility_timeout_s == VISIBILITY_FACTOR * push.forwarder_timeout_s == 420
+    assert push.reducer_timeout_s == REDUCE_TIMEOUT_S + FORWARDER_OVERHEAD_S == 660
+    assert push.reduces.visibility_timeout_s == VISIBILITY_FACTOR * push.reducer_timeout_s == 3960
+    assert push.reduces.batch_size == 1
 
 
 def test_reduce_visibility_is_a_local_stage_setting() -> None:
     from pathlib import Path
 
-    from infra.stack import MicroprocessStack, StageSettings
+    from infra import StageSettings
 
-    settings = StageSettings(repo_root=Path("."), ses_sender="a@example.com", reduce_visibility_timeout_s=20)
     with pytest.raises(ValueError, match="reduce_visibility_timeout_s is a local-stage setting"):
-        MicroprocessStack(None, "X", settings=settings)  # type: ignore[arg-type]
+        StageSettings(repo_root=Path("."), ses_sender="a@example.com", reduce_visibility_timeout_s=20)
+    with pytest.raises(ValueError, match="forwarder_max_concurrency is a local-stage setting"):
+        StageSettings(repo_root=Path("."), ses_sender="a@example.com", forwarder_max_concurrency=4)
+    StageSettings(repo_root=Path("."), ses_sender="a@example.com", local=True, reduce_visibility_timeout_s=20)
+
+
+# ---------------------------------------------------------------------------- least privilege
+
+LEDGER = {"<LedgerTable.Arn>"}
+LEDGER_ACTIONS = {
+    "dynamodb:BatchGetItem": LEDGER,
+    "dynamodb:ConditionCheckItem": LEDGER,
+    "dynamodb:GetItem": LEDGER,
+    "dynamodb:PutItem": LEDGER,
+    "dynamodb:Query": LEDGER | {"<LedgerTable.Arn>/index/*"},
+    "dynamodb:UpdateItem": LEDGER,
+}
+#: What an SQS event source needs on the queue it consumes (granted by the event source itself).
+CONSUME = (
+    "sqs:ChangeMessageVisibility",
+    "sqs:DeleteMessage",
+    "sqs:GetQueueAttributes",
+    "sqs:GetQueueUrl",
+    "sqs:ReceiveMessage",
+)
+TASK_QUEUE_ARNS = {f"<{q}.Arn>" for q in TASK_QUEUES.values()}
+SECRETS = {f"<{s}>" for s in SIGNING_SECRETS.values()}
+SENDER = "arn:<AWS::Partition>:ses:us-east-1:000000000000:identity/<SENDER>"
+#: Every action of every function, and on what: a widening fails here, to be reviewed.
+#: `<LOGS>` is the function's own log group, `<SPLITTER>` the splitter's ARN; X-Ray (`*`) is on all.
+EXPECTED_ACTIONS: dict[str, dict[str, set[str]]] = {
+    "forwarder": {
+        **LEDGER_ACTIONS,
+        **{action: TASK_QUEUE_ARNS for action in CONSUME},
+        "sqs:SendMessage": TASK_QUEUE_ARNS | {"<ReduceQueue.Arn>", "<DeadLetterQueue.Arn>"},
+        "s3:GetObject": {"<ReportsBucket.Arn>/claims/*"},
+        "secretsmanager:GetSecretValue": SECRETS,
+    },
+    "reducer": {
+        **LEDGER_ACTIONS,
+        **{action: {"<ReduceQueue.Arn>"} for action in CONSUME},
+        "sqs:SendMessage": {"<ReduceQueue.Arn>", "<DeadLetterQueue.Arn>"},
+        "s3:AbortMultipartUpload": {"<ReportsBucket.Arn>/reports/*"},
+        "s3:GetObject": {"<ReportsBucket.Arn>/reports/*"},
+        "s3:PutObject": {"<ReportsBucket.Arn>/reports/*"},
+        "secretsmanager:GetSecretValue": SECRETS,
+        "ses:SendEmail": {SENDER},
+        "ses:SendRawEmail": {SENDER},
+    },
+    "dead_letter": {
+        **LEDGER_ACTIONS,
+        **{action: {"<DeadLetterQueue.Arn>"} for action in CONSUME},
+        "sqs:SendMessage": {"<ReduceQueue.Arn>"},
+        "s3:PutObject": {"<ReportsBucket.Arn>/quarantine/*"},
+    },
+    "splitter": {
+        **LEDGER_ACTIONS,
+        "dynamodb:Scan": {"<CompaniesTable.Arn>"},
+        "sqs:SendMessage": TASK_QUEUE_ARNS | {"<ReduceQueue.Arn>"},
+        "s3:PutObject": {"<ReportsBucket.Arn>/claims/*"},
+        "s3:GetObject": {"<ReportsBucket.Arn>/manifests/*", "arn:<AWS::Partition>:s3:::invoice-manifests/unpaid.jsonl"},
+        "lambda:InvokeFunction": {"<SPLITTER>"},
+    },
+    "sweeper": {
+        **LEDGER_ACTIONS,
+        "sqs:SendMessage": {"<ReduceQueue.Arn>"},
+        "lambda:InvokeFunction": {"<SPLITTER>", "<SPLITTER>:$LATEST"},
+    },
+}
+
+
+def test_each_function_has_exactly_its_listed_actions() -> None:
+    # GIVEN the cloud stage WHEN each function's role policies are read THEN every action on
+    # every resource is one the list above names: no action group, no resource beyond it
+    fns = functions(CLOUD)
+    resources = synthesized().templates[CLOUD]["Resources"]
+    (sender,) = [k for k, v in resources.items() if v["Type"] == "AWS::SES::EmailIdentity"]
+    splitter = f"<{fns['splitter']['LogicalId']}.Arn>"
+    for name, expected in EXPECTED_ACTIONS.items():
+        log_group = f"<{fns[name]['LoggingConfig']['LogGroup']['Ref']}.Arn>"
+        found: dict[str, set[str]] = {}
+        for statement in statements_of(CLOUD, role_of(fns[name])):
+            assert statement["Effect"] == "Allow"
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            for action in actions:
+                found.setdefault(action, set()).update(
+                    render(t).replace(log_group, "<LOGS>").replace(splitter, "<SPLITTER>").replace(sender, "SENDER")
+                    for t in targets
+                )
+        wanted = {
+            **expected,
+            "logs:CreateLogStream": {"<LOGS>"},
+            "logs:PutLogEvents": {"<LOGS>"},
+            "xray:PutTelemetryRecords": {"*"},
+            "xray:PutTraceSegments": {"*"},
+        }
+        assert found == wanted, name
+        assert not [a for a in found if "*" in a], name  # no action wildcard at all

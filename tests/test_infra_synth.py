@@ -67,6 +67,38 @@ def synthesized() -> Synth:
     return synthesize()
 
 
+#: A URL for the bundled service that makes every declared service external.
+EXTERNAL_SCORES_URL = "https://scores-queue.team.example.net"
+
+
+@functools.cache
+def synthesized_external() -> Synth:
+    """The cloud stage with every service external: `scores` given a URL in `service_urls`
+    (the repository's `reminders` is declared with one)."""
+    return synthesize({"stage": "cloud", "service_urls": json.dumps({"scores": EXTERNAL_SCORES_URL})})
+
+
+def render(value: Any) -> str:
+    """A CloudFormation string value as text: `Ref`s become `<Id>`, `GetAtt`s `<Id.Attr>`."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # a statement's list of resources
+        return " ".join(render(v) for v in value)
+    if "Ref" in value:
+        return f"<{value['Ref']}>"
+    if "Fn::GetAtt" in value:
+        return "<{}.{}>".format(*value["Fn::GetAtt"])
+    if "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return separator.join(render(p) for p in parts)
+    raise AssertionError(f"cannot render {value}")
+
+
+def render_json(value: Any) -> Any:
+    """A JSON document a template builds with `Fn::Join` (JOB_QUEUES, outputs, ...), parsed."""
+    return json.loads(render(value))
+
+
 @functools.cache
 def synthesized_with_domain() -> Synth:
     """The cloud stage with a domain, hosted zone and certificate."""
@@ -104,13 +136,15 @@ def test_stage_context_selects_one_stage() -> None:
     assert set(local_only.stacks) == {LOCAL}
 
 
-def test_lambda_code_asset_holds_only_the_handlers_and_the_core() -> None:
+def test_lambda_code_asset_holds_the_handlers_the_core_and_the_declarations() -> None:
     synth = synthesized()
     assets = json.loads((synth.outdir / f"{LOCAL}.assets.json").read_text())["files"]
     folders = [synth.outdir / a["source"]["path"] for a in assets.values() if a["source"]["path"].startswith("asset.")]
     assert len(folders) == 1, folders
     files = {p.relative_to(folders[0]).as_posix() for p in folders[0].rglob("*") if p.is_file()}
-    assert {p.split("/")[0] for p in files} == {"functions", "microprocess"}
+    assert {p.split("/")[0] for p in files} == {"functions", "microprocess", "microprocess.toml"}
+    # the functions read the declarations from the asset root (MICROPROCESS_DECLARATIONS=microprocess.toml)
+    assert (folders[0] / "microprocess.toml").read_text() == (ROOT / "microprocess.toml").read_text()
     for name in ("splitter", "forwarder", "reducer", "dead_letter", "sweeper"):
         assert f"functions/{name}/__init__.py" in files
     assert "microprocess/ledger/table.py" in files

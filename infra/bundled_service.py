@@ -1,8 +1,11 @@
-"""The scores microservice in the cloud: one image, two Fargate services, two load balancers.
+"""A bundled service in the cloud (`bundled = "<folder>"` in the declaration file): one image
+built from `<folder>/Dockerfile`, two Fargate services, two load balancers.
 
-* `scores-live` (public): an internet-facing ALB, host `scores-live.<domain>`.
-* `scores-queue` (private): an internal ALB, host `scores-queue.<domain>`, reachable only
-  from the security groups the stack allows (the forwarder's).
+* `<name>-live` (public): an internet-facing ALB, host `<name>-live.<domain>`.
+* `<name>-queue` (private): an internal ALB, host `<name>-queue.<domain>` in a private hosted
+  zone of the VPC, reachable only from the security groups the stack allows (the forwarder's).
+
+The public ALB carries a WAF web ACL with a per-IP rate rule.
 
 Without a domain both ALBs listen on plain HTTP and are reached by their DNS names.
 """
@@ -23,13 +26,13 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_route53 as route53
 from aws_cdk import aws_route53_targets as route53_targets
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
 from infra import contract
 from infra.fargate_service import FargateWebService
 from infra.nag import acknowledge
 
-DOCKERFILE = "microservice/Dockerfile"
 #: Never sent to the Docker build context (the image is built from the repository root).
 IMAGE_EXCLUDE = (
     ".venv",
@@ -50,14 +53,18 @@ IMAGE_EXCLUDE = (
 )
 
 
+#: Requests per client IP per 5 minutes the public ALB accepts before WAF blocks the IP.
+LIVE_RATE_LIMIT = 2000
+
+
 @dataclass(frozen=True)
 class DomainSettings:
-    """A DNS name for the services: `scores-live.<name>` and `scores-queue.<name>`.
+    """A DNS name for the bundled services: `<service>-live.<name>` and `<service>-queue.<name>`.
 
     Attributes:
         name: the domain, e.g. `example.com`.
         hosted_zone_id: the Route 53 public hosted zone of `name`.
-        certificate_arn: an ACM certificate (same region) covering both host names
+        certificate_arn: an ACM certificate (same region) covering the host names
             (e.g. `*.example.com`).
     """
 
@@ -80,18 +87,21 @@ class ServiceCapacity:
     cpu_target_percent: int = 60
 
 
-class ScoresService(Construct):
-    """Both roles of the scores microservice, their load balancers and DNS names.
+class BundledService(Construct):
+    """Both roles of a bundled service, their load balancers and DNS names.
 
     Args:
+        service_name: the declared service name (`scores`): host names `<name>-live`, `<name>-queue`.
+        folder: the folder (relative to `image_directory`) holding its Dockerfile.
         vpc: the network.
         subnets: where the tasks run (private).
         image_directory: the Docker build context (the repository root).
-        dockerfile: the Dockerfile, relative to `image_directory`.
         live_environment, queue_environment: the containers' variables (besides `SERVICE_ROLE`).
         domain: host names and TLS; None serves plain HTTP on the ALBs' DNS names.
         access_logs_bucket: receives the ALBs' access logs.
         live_capacity, queue_capacity: size and scaling of each service.
+        live_rate_limit: requests per client IP per 5 minutes the public ALB's WAF rule allows
+            before it blocks that IP (until its rate falls again).
         log_retention: how long the services' log groups keep events.
         removal_policy: for the log groups.
 
@@ -100,8 +110,10 @@ class ScoresService(Construct):
             never by synth).
         cluster: the ECS cluster (Container Insights on).
         live, queue: the `FargateWebService` of each role.
-        public_load_balancer: the internet-facing ALB of `scores-live`.
-        internal_load_balancer: the internal ALB of `scores-queue`.
+        public_load_balancer: the internet-facing ALB of `<name>-live`.
+        web_acl: the WAF web ACL on it (a per-IP rate rule).
+        private_zone: with a domain, the private hosted zone (in the VPC) of `<name>-queue.<domain>`.
+        internal_load_balancer: the internal ALB of `<name>-queue`.
         live_url, queue_url: base URLs of the services.
     """
 
@@ -110,20 +122,31 @@ class ScoresService(Construct):
         scope: Construct,
         construct_id: str,
         *,
+        service_name: str,
+        folder: str,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         image_directory: Path,
-        dockerfile: str = DOCKERFILE,
         live_environment: Mapping[str, str],
         queue_environment: Mapping[str, str],
         domain: DomainSettings | None,
         access_logs_bucket: s3.IBucket,
         live_capacity: ServiceCapacity = ServiceCapacity(),
+        live_rate_limit: int = LIVE_RATE_LIMIT,
         queue_capacity: ServiceCapacity = ServiceCapacity(max_capacity=10),
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         removal_policy: RemovalPolicy = RemovalPolicy.DESTROY,
     ) -> None:
         super().__init__(scope, construct_id)
+        dockerfile = f"{folder}/Dockerfile"
+        if not (image_directory / dockerfile).is_file():
+            raise FileNotFoundError(
+                f"service '{service_name}' is bundled = '{folder}', but {image_directory / dockerfile} does not "
+                "exist: add the Dockerfile, or declare the service with url = 'https://...' instead"
+            )
+        self.service_name = service_name
+        self.live_host_prefix = f"{service_name}-{contract.LIVE_ROLE}"
+        self.queue_host_prefix = f"{service_name}-{contract.QUEUE_ROLE}"
         self.image_asset = ecr_assets.DockerImageAsset(
             self,
             "Image",
@@ -141,6 +164,7 @@ class ScoresService(Construct):
                 role.capitalize(),
                 cluster=self.cluster,
                 image=image,
+                service_name=service_name,
                 service_role=role,
                 environment=environment,
                 subnets=subnets,
@@ -153,49 +177,58 @@ class ScoresService(Construct):
                 removal_policy=removal_policy,
             )
 
-        self.live = service("live", live_environment, live_capacity)
-        self.queue = service("queue", queue_environment, queue_capacity)
+        self.live = service(contract.LIVE_ROLE, live_environment, live_capacity)
+        self.queue = service(contract.QUEUE_ROLE, queue_environment, queue_capacity)
 
         self.public_load_balancer = elbv2.ApplicationLoadBalancer(
             self, "PublicAlb", vpc=vpc, internet_facing=True, drop_invalid_header_fields=True
         )
         acknowledge(
             self.public_load_balancer,
-            "scores-live is a public API: its load balancer accepts HTTP(S) from anywhere; the tasks "
+            f"{self.live_host_prefix} is a public API: its load balancer accepts HTTP(S) from anywhere; the tasks "
             "behind it accept traffic from the load balancer only.",
             "AwsSolutions-EC23",
         )
         self.internal_load_balancer = elbv2.ApplicationLoadBalancer(
             self, "InternalAlb", vpc=vpc, internet_facing=False, drop_invalid_header_fields=True
         )
-        self.public_load_balancer.log_access_logs(access_logs_bucket, "alb/scores-live")
-        self.internal_load_balancer.log_access_logs(access_logs_bucket, "alb/scores-queue")
+        self.web_acl = self._rate_limit(self.public_load_balancer, live_rate_limit)
+        self.public_load_balancer.log_access_logs(access_logs_bucket, f"alb/{self.live_host_prefix}")
+        self.internal_load_balancer.log_access_logs(access_logs_bucket, f"alb/{self.queue_host_prefix}")
 
         certificate = (
             acm.Certificate.from_certificate_arn(self, "Certificate", domain.certificate_arn) if domain else None
         )
-        self._route(self.public_load_balancer, self.live, contract.LIVE_HOST_PREFIX, domain, certificate, open_=True)
+        self._route(self.public_load_balancer, self.live, self.live_host_prefix, domain, certificate, open_=True)
         self._internal_listener = self._route(
-            self.internal_load_balancer, self.queue, contract.QUEUE_HOST_PREFIX, domain, certificate, open_=False
+            self.internal_load_balancer, self.queue, self.queue_host_prefix, domain, certificate, open_=False
         )
         self._port = 443 if domain else 80
+        self.private_zone: route53.PrivateHostedZone | None = None
         if domain:
             zone = route53.HostedZone.from_hosted_zone_attributes(
                 self, "Zone", hosted_zone_id=domain.hosted_zone_id, zone_name=domain.name
             )
-            for prefix, alb in (
-                (contract.LIVE_HOST_PREFIX, self.public_load_balancer),
-                (contract.QUEUE_HOST_PREFIX, self.internal_load_balancer),
-            ):
-                route53.ARecord(
-                    self,
-                    f"{prefix}-record",
-                    zone=zone,
-                    record_name=prefix,
-                    target=route53.RecordTarget.from_alias(route53_targets.LoadBalancerTarget(alb)),
-                )
-            self.live_url = f"https://{domain.host(contract.LIVE_HOST_PREFIX)}"
-            self.queue_url = f"https://{domain.host(contract.QUEUE_HOST_PREFIX)}"
+            route53.ARecord(
+                self,
+                f"{self.live_host_prefix}-record",
+                zone=zone,
+                record_name=self.live_host_prefix,
+                target=route53.RecordTarget.from_alias(route53_targets.LoadBalancerTarget(self.public_load_balancer)),
+            )
+            # The queue host resolves inside the VPC only: a private zone named exactly that host
+            # (so it shadows no other name of the domain), never a public record of an internal ALB.
+            self.private_zone = route53.PrivateHostedZone(
+                self, "QueueZone", zone_name=domain.host(self.queue_host_prefix), vpc=vpc
+            )
+            route53.ARecord(
+                self,
+                f"{self.queue_host_prefix}-record",
+                zone=self.private_zone,
+                target=route53.RecordTarget.from_alias(route53_targets.LoadBalancerTarget(self.internal_load_balancer)),
+            )
+            self.live_url = f"https://{domain.host(self.live_host_prefix)}"
+            self.queue_url = f"https://{domain.host(self.queue_host_prefix)}"
         else:
             self.live_url = f"http://{self.public_load_balancer.load_balancer_dns_name}"
             self.queue_url = f"http://{self.internal_load_balancer.load_balancer_dns_name}"
@@ -240,9 +273,43 @@ class ScoresService(Construct):
             alb.add_redirect(source_port=80, target_port=443)
         return listener
 
+    def _rate_limit(self, alb: elbv2.ApplicationLoadBalancer, limit: int) -> wafv2.CfnWebACL:
+        """A regional WAF web ACL on `alb`: allow, but block an IP above `limit` requests per 5 minutes."""
+        metric = f"{self.live_host_prefix}-rate"
+        acl = wafv2.CfnWebACL(
+            self,
+            "PublicWebAcl",
+            scope="REGIONAL",
+            default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+            visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
+                cloud_watch_metrics_enabled=True,
+                metric_name=f"{self.live_host_prefix}-acl",
+                sampled_requests_enabled=True,
+            ),
+            rules=[
+                wafv2.CfnWebACL.RuleProperty(
+                    name="rate-per-ip",
+                    priority=0,
+                    action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+                    statement=wafv2.CfnWebACL.StatementProperty(
+                        rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                            limit=limit, aggregate_key_type="IP", evaluation_window_sec=300
+                        )
+                    ),
+                    visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
+                        cloud_watch_metrics_enabled=True, metric_name=metric, sampled_requests_enabled=True
+                    ),
+                )
+            ],
+        )
+        wafv2.CfnWebACLAssociation(
+            self, "PublicWebAclAssociation", resource_arn=alb.load_balancer_arn, web_acl_arn=acl.attr_arn
+        )
+        return acl
+
     def allow_queue_access_from(self, *peers: ec2.IConnectable) -> None:
         """Let `peers` (e.g. the forwarder) reach the queue service's internal load balancer."""
         for peer in peers:
             self.internal_load_balancer.connections.allow_from(
-                peer, ec2.Port.tcp(self._port), "scores-queue: only the forwarder pushes tasks"
+                peer, ec2.Port.tcp(self._port), f"{self.queue_host_prefix}: only the forwarder pushes tasks"
             )

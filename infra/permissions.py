@@ -1,0 +1,49 @@
+"""The IAM actions each function needs, written out: least privilege without CDK's grant
+action groups (`s3:GetObject*`, `s3:List*`, `dynamodb:*Stream*`, ...).
+
+Each list names what the runtime calls (boto3 operations in `microprocess/`), so a widening
+shows up in review and in `tests/test_infra_stacks.py`, which asserts every function's actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+
+#: The ledger (`microprocess.ledger.Ledger`): conditional puts, counter updates, reads, queries
+#: of the runs index, batch reads of shard counters, and transactions of those.
+LEDGER: tuple[str, ...] = (
+    "dynamodb:BatchGetItem",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:Query",
+    "dynamodb:UpdateItem",
+)
+#: A DynamoDB item source: a parallel scan.
+SOURCE_TABLE: tuple[str, ...] = ("dynamodb:Scan",)
+#: Sending to a queue (SendMessageBatch is authorised by SendMessage).
+SEND_MESSAGE: tuple[str, ...] = ("sqs:SendMessage",)
+#: Reading an object (HeadObject is authorised by GetObject).
+GET_OBJECT: tuple[str, ...] = ("s3:GetObject",)
+#: Writing an object (multipart parts and completion are authorised by PutObject).
+PUT_OBJECT: tuple[str, ...] = ("s3:PutObject",)
+#: The built-in reduce: read and write report files, abort a failed multipart upload.
+REPORT_OBJECTS: tuple[str, ...] = ("s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject")
+#: Reading a signing key.
+READ_SECRET: tuple[str, ...] = ("secretsmanager:GetSecretValue",)
+
+
+def allow(grantee: iam.IGrantable, actions: Iterable[str], resources: Iterable[str]) -> None:
+    """Add one statement allowing `actions` on `resources` to `grantee`'s policy."""
+    grantee.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(actions=list(actions), resources=list(resources))
+    )
+
+
+def allow_ledger(grantee: iam.IGrantable, table: dynamodb.ITable) -> None:
+    """The ledger actions on the table; Query on its indexes too (the runs index lists a job's runs)."""
+    allow(grantee, LEDGER, [table.table_arn])
+    allow(grantee, ("dynamodb:Query",), [f"{table.table_arn}/index/*"])

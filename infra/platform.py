@@ -1,0 +1,576 @@
+"""The microprocess platform as one construct: what a stack (ours, or a team's own) adds.
+
+It composes the constructs for one stage, cloud or local, from a declaration file:
+
+* per job: a task queue and an event source on the one task forwarder function (the job's
+  batch size and concurrency cap), a schedule rule, dashboard widgets and alarms (cloud);
+* per table role: an on-demand source table;
+* per service: a signing secret, and, for a `bundled` service in the cloud, its two Fargate
+  services behind two load balancers in a VPC. A service with a URL (declared, or given in
+  `service_urls`) is an external endpoint: the stage builds nothing for it. A stage whose
+  services are all external has no VPC, Fargate service, load balancer or NAT gateway, unless
+  `vpc` puts the pushers in the team's own VPC.
+* shared: the ledger, the reduce queue and its reducer, the DLQ and its function, the
+  splitter, the sweeper, the reports bucket and the SES identity.
+
+The local stage (`settings.local`) is the same serverless core pointed at locally run
+services; no VPC, Fargate, ALB, monitoring or custom resources (the emulator runs none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import Duration, FeatureFlags, RemovalPolicy, Stack, Tags
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from infra import contract, logical_ids
+from infra.access_logs import AccessLogBucket
+from infra.bundled_service import BundledService, DomainSettings
+from infra.dead_letter import TIMEOUT as DEAD_LETTER_TIMEOUT
+from infra.dead_letter import DeadLetterHandler
+from infra.endpoints import Endpoint, resolve_endpoints
+from infra.forwarder import CLAIMS_PREFIX, REPORTS_PREFIX, Forwarder
+from infra.item_source import ItemSourceTable
+from infra.lambda_function import RUNTIME, FunctionDefaults, code_asset
+from infra.ledger import LedgerTable
+from infra.monitoring import Monitoring
+from infra.nag import acknowledge
+from infra.network import Network
+from infra.push_queue import PushQueue
+from infra.push_settings import VISIBILITY_FACTOR, PushSettings
+from infra.reports import DEFAULT_EXPIRY_DAYS, Reports
+from infra.signing_secret import SigningSecret
+from infra.splitter import Splitter
+from infra.sweeper import Sweeper
+from microprocess.declarations import Declarations, get_declarations, load_declarations
+from microprocess.stacks import MANIFESTS_PREFIX
+
+#: The feature flags the cloud stage relies on (`cdk init` writes them into a new app's cdk.json).
+REQUIRED_FEATURE_FLAGS = ("@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy",)
+
+
+def table_variable(role: str) -> str:
+    """The variable naming table `role` in a bundled service's container (`companies` -> `COMPANIES_TABLE`)."""
+    return f"{role.upper().replace('-', '_')}_TABLE"
+
+
+@dataclass(frozen=True)
+class VpcAttachment:
+    """A team's existing VPC the pushers (forwarder, reducer) run in, for external services
+    reachable only inside it (e.g. an internal load balancer). Nothing else goes there.
+
+    Attributes:
+        vpc_id: the VPC (`vpc-...`).
+        subnet_ids: private subnets with a route to SQS, DynamoDB, S3 and Secrets Manager
+            (NAT or VPC endpoints), in at least two availability zones.
+        security_group_id: the pushers' security group (one the services admit); None creates
+            one in the VPC (outbound only).
+    """
+
+    vpc_id: str
+    subnet_ids: tuple[str, ...]
+    security_group_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.vpc_id.startswith("vpc-"):
+            raise ValueError(f"vpc_id must be a VPC id (vpc-...), got {self.vpc_id!r}")
+        if not self.subnet_ids or not all(s.startswith("subnet-") for s in self.subnet_ids):
+            raise ValueError(
+                f"subnet_ids must list the VPC's private subnet ids (subnet-...), got {list(self.subnet_ids)}"
+            )
+        if self.security_group_id is not None and not self.security_group_id.startswith("sg-"):
+            raise ValueError(f"security_group_id must be a security group id (sg-...), got {self.security_group_id!r}")
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Everything one stage needs besides the declarations and the service URLs.
+
+    Attributes:
+        repo_root: the microprocess checkout (functions/, microprocess/, a bundled service's
+            folder and Dockerfile).
+        ses_sender: the address reports are mailed from.
+        local: the local stage (services run as local processes; no VPC, Fargate, monitoring).
+        log_level: the functions' LOG_LEVEL.
+        intermediate_expiry_days: days before report parts, quarantined messages and
+            claim-checked items expire.
+        layer_arns: published layers attached to every function by ARN (cloud: Powertools).
+        layer_paths: folders packaged as a layer for every function (local dependencies).
+        forwarder_max_concurrency: local stage only: a cap on every event source's concurrent
+            batches, below what the jobs declare (one laptop's cores run every batch), or None.
+        task_visibility_timeout_s: local stage only: every task queue's visibility timeout,
+            so that a crashed batch comes back in seconds rather than after 6 x the
+            forwarder timeout (redeliveries are harmless: pushes are idempotent), or None.
+        reduce_visibility_timeout_s: local stage only: the same for the reduce queue, or None.
+        domain: host names and TLS for the bundled services (cloud, optional).
+        allow_plain_http: let a bundled service without `domain` listen on plain HTTP (port 80,
+            the ALB's DNS name). Off by default: such a stage fails with the context to pass.
+        vpc: a team's VPC for the pushers when every service is external (cloud, optional).
+        alarm_email: subscribed to the alarm topic (cloud, optional).
+        score_work_ms: simulated work per item in a bundled service (`SCORE_WORK_MS`, load tests), ms.
+    """
+
+    repo_root: Path
+    ses_sender: str
+    local: bool = False
+    log_level: str = "INFO"
+    intermediate_expiry_days: int = DEFAULT_EXPIRY_DAYS
+    layer_arns: tuple[str, ...] = ()
+    layer_paths: tuple[Path, ...] = ()
+    forwarder_max_concurrency: int | None = None
+    task_visibility_timeout_s: int | None = None
+    reduce_visibility_timeout_s: int | None = None
+    domain: DomainSettings | None = None
+    allow_plain_http: bool = False
+    vpc: VpcAttachment | None = None
+    alarm_email: str | None = None
+    score_work_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if self.local:
+            return
+        for name in ("forwarder_max_concurrency", "task_visibility_timeout_s", "reduce_visibility_timeout_s"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} is a local-stage setting; the cloud derives it from the declarations")
+
+
+class MicroprocessPlatform(Construct):
+    """microprocess for one stage: add it to any stack.
+
+    Args:
+        settings: the stage's settings.
+        declarations: the declarations, or the path of a declaration file (default:
+            `get_declarations()`, i.e. `microprocess.toml`). The file ships in the functions'
+            code asset as `microprocess.toml`.
+        service_urls: `{service: url}`: where a service is reached, overriding its declared
+            `url` or `bundled` (cloud) or the default local port (local).
+
+    Attributes:
+        declarations: what it was built from.
+        push_settings: the queue numbers derived from the job declarations.
+        endpoints: each service's endpoint in this stage, by service name.
+        ledger, reports, push_queue: the shared stateful constructs.
+        source_tables: one `ItemSourceTable` per declared table role.
+        signing_secrets: one `SigningSecret` per service.
+        bundled: the `BundledService` of each service built here (cloud), by name.
+        forwarder, reducer, dead_letter, splitter, sweeper: the functions' constructs.
+        network: the VPC built for bundled services (None when none is built).
+        monitoring: dashboard and alarms (cloud; None locally).
+        outputs: the stack outputs of the contract (`microprocess.stacks`), by name.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: StageSettings,
+        declarations: Declarations | Path | str | None = None,
+        service_urls: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        if isinstance(declarations, Declarations):
+            declared = declarations
+        elif declarations is None:
+            declared = get_declarations()
+        else:
+            declared = load_declarations(declarations)
+        self.declarations = declared
+        jobs = list(declared.jobs)
+        local = settings.local
+        missing_flags = [f for f in REQUIRED_FEATURE_FLAGS if not local and not FeatureFlags.of(self).is_enabled(f)]
+        if missing_flags:
+            raise ValueError(
+                f"the microprocess platform needs the CDK feature flag(s) {missing_flags} (S3 access logs "
+                "delivered by bucket policy, no ACLs): set them to true in the app's cdk.json context"
+            )
+        stateful = RemovalPolicy.DESTROY if local else RemovalPolicy.RETAIN
+        Tags.of(self).add("project", "microprocess")
+        Tags.of(self).add("stage", "local" if local else "cloud")
+
+        push = PushSettings.from_jobs(jobs)
+        if settings.forwarder_max_concurrency is not None:
+            push = push.capped(settings.forwarder_max_concurrency)
+        push = push.with_visibility(
+            tasks_s=settings.task_visibility_timeout_s, reduces_s=settings.reduce_visibility_timeout_s
+        )
+        self.push_settings = push
+        self.endpoints = resolve_endpoints(declared, service_urls or {}, local=local)
+        builds = [e for e in self.endpoints.values() if e.bundled]
+        if builds and not local and settings.domain is None and not settings.allow_plain_http:
+            raise ValueError(
+                f"the bundled service(s) {[e.service for e in builds]} would listen on plain HTTP without a domain: "
+                "pass -c domain=example.com -c hosted_zone_id=Z... -c certificate_arn=arn:aws:acm:... (HTTPS), "
+                "or give their URLs in service_urls, or accept plain HTTP for a throwaway stage with "
+                "-c allow_plain_http=true"
+            )
+        if builds and settings.vpc is not None:
+            raise ValueError(
+                f"context vpc_id is for stages whose services are all external; {[e.service for e in builds]} "
+                "are bundled (built in a VPC of their own): give their URLs in service_urls, or drop vpc_id"
+            )
+
+        access_logs = None if local else AccessLogBucket(self, "AccessLogs", removal_policy=stateful)
+        self.ledger = LedgerTable(self, "Ledger", removal_policy=stateful)
+        logical_ids.check_unique("table", declared.tables)
+        self.source_tables = {
+            role: ItemSourceTable(self, f"Table-{role}", partition_key=table.partition_key, removal_policy=stateful)
+            for role, table in declared.tables.items()
+        }
+        self.push_queue = PushQueue(
+            self,
+            "PushQueue",
+            jobs=push.jobs,
+            reduces=push.reduces,
+            dead_letter_visibility_timeout=Duration.seconds(VISIBILITY_FACTOR * DEAD_LETTER_TIMEOUT.to_seconds()),
+        )
+        self.reports = Reports(
+            self,
+            "Reports",
+            sender=settings.ses_sender,
+            expiry_days=settings.intermediate_expiry_days,
+            server_access_logs_bucket=access_logs.bucket if access_logs else None,
+            removal_policy=stateful,
+        )
+        logical_ids.check_unique("service", self.endpoints)
+        self.signing_secrets = {
+            name: SigningSecret(self, f"Signing-{name}", service_name=name) for name in self.endpoints
+        }
+
+        self.network: Network | None = None
+        self.bundled: dict[str, BundledService] = {}
+        if builds:
+            assert access_logs is not None
+            self.network = Network(self, "Network", flow_logs_bucket=access_logs.bucket)
+            for endpoint in builds:
+                self.bundled[endpoint.service] = self._bundled_service(endpoint, settings, self.network, access_logs)
+        service_urls_resolved = {
+            name: endpoint.url if endpoint.url is not None else self.bundled[name].queue_url
+            for name, endpoint in self.endpoints.items()
+        }
+        self.service_urls = service_urls_resolved
+
+        stack = Stack.of(self)
+        shared_environment = {
+            contract.POWERTOOLS_SERVICE_NAME: contract.POWERTOOLS_SERVICE,
+            contract.POWERTOOLS_METRICS_NAMESPACE: contract.METRIC_NAMESPACE,
+            contract.LOG_LEVEL: settings.log_level,
+            # The emulator has no X-Ray.
+            **({contract.POWERTOOLS_TRACE_DISABLED: "true"} if local else {}),
+            # Every function sees the pipeline: the ledger, the bucket, the declarations, the queues.
+            contract.LEDGER_TABLE: self.ledger.table.table_name,
+            contract.REPORTS_BUCKET: self.reports.bucket.bucket_name,
+            contract.MICROPROCESS_DECLARATIONS: contract.DECLARATIONS_FILE,
+            contract.JOB_QUEUES: stack.to_json_string(
+                {job: queue.queue_url for job, queue in self.push_queue.task_queues.items()}
+            ),
+            contract.REDUCE_QUEUE_URL: self.push_queue.reduce_queue.queue_url,
+            contract.DEAD_LETTER_QUEUE_URL: self.push_queue.dead_letter_queue.queue_url,
+        }
+        defaults = FunctionDefaults(
+            code=code_asset(settings.repo_root, declared.path),
+            layers=self._layers(settings),
+            environment=shared_environment,
+            tracing=not local,
+        )
+        source_tables_json = stack.to_json_string(
+            {role: table.table.table_name for role, table in self.source_tables.items()}
+        )
+        service_endpoints_json = stack.to_json_string(
+            {
+                name: {"url": service_urls_resolved[name], "secret_arn": self.signing_secrets[name].secret.secret_arn}
+                for name in self.endpoints
+            }
+        )
+        pusher_network = self._pusher_network(settings)
+        secrets: list[secretsmanager.ISecret] = [s.secret for s in self.signing_secrets.values()]
+        pushing: dict[str, Any] = {
+            "defaults": defaults,
+            "push_queue": self.push_queue,
+            "ledger_table": self.ledger.table,
+            "reports_bucket": self.reports.bucket,
+            "signing_secrets": secrets,
+        }
+        self.forwarder = Forwarder(
+            self,
+            "Forwarder",
+            name="forwarder",
+            sources={job: (self.push_queue.task_queues[job], consumer) for job, consumer in push.jobs.items()},
+            timeout=Duration.seconds(push.forwarder_timeout_s),
+            environment={contract.SERVICE_ENDPOINTS: service_endpoints_json},
+            **pushing,
+            **pusher_network,
+        )
+        if pusher_network and "security_groups" not in pusher_network:
+            # The reducer shares the forwarder's security group: the one peer the services admit.
+            pusher_network["security_groups"] = self.forwarder.function.connections.security_groups
+        self.reducer = Forwarder(
+            self,
+            "Reducer",
+            name="reducer",
+            sources={"reduce": (self.push_queue.reduce_queue, push.reduces)},
+            timeout=Duration.seconds(push.reducer_timeout_s),
+            environment={
+                contract.SERVICE_ENDPOINTS: service_endpoints_json,
+                contract.SES_SENDER: settings.ses_sender,
+            },
+            email_identity=self.reports.email_identity,
+            **pushing,
+            **pusher_network,
+        )
+        for service in self.bundled.values():
+            service.allow_queue_access_from(self.forwarder.function)
+        self.dead_letter = DeadLetterHandler(
+            self,
+            "DeadLetter",
+            defaults=defaults,
+            push_queue=self.push_queue,
+            ledger_table=self.ledger.table,
+            reports_bucket=self.reports.bucket,
+        )
+        self.splitter = Splitter(
+            self,
+            "Splitter",
+            defaults=defaults,
+            jobs=jobs,
+            push_queue=self.push_queue,
+            ledger_table=self.ledger.table,
+            reports_bucket=self.reports.bucket,
+            source_tables={role: table.table for role, table in self.source_tables.items()},
+            environment={contract.SOURCE_TABLES: source_tables_json},
+        )
+        self.sweeper = Sweeper(
+            self,
+            "Sweeper",
+            defaults=defaults,
+            push_queue=self.push_queue,
+            ledger_table=self.ledger.table,
+            splitter_function=self.splitter.function,
+        )
+        self.monitoring: Monitoring | None = None
+        if not local:
+            target_groups: dict[str, elbv2.ApplicationTargetGroup] = {}
+            for service in self.bundled.values():
+                target_groups[service.live_host_prefix] = service.live.target_group
+                target_groups[service.queue_host_prefix] = service.queue.target_group
+            self.monitoring = Monitoring(
+                self,
+                "Monitoring",
+                jobs=jobs,
+                push_queue=self.push_queue,
+                forwarder=self.forwarder.function,
+                reducer=self.reducer.function,
+                service_target_groups=target_groups,
+                alarm_email=settings.alarm_email,
+            )
+
+        self._pin_stateful(access_logs)
+        self._acknowledge_grant_wildcards()
+        self.outputs = self._outputs(stack, source_tables_json)
+
+    # ------------------------------------------------------------------ parts
+
+    def _layers(self, settings: StageSettings) -> list[lambda_.ILayerVersion]:
+        layers: list[lambda_.ILayerVersion] = [
+            lambda_.LayerVersion.from_layer_version_arn(self, f"Layer{i}", arn)
+            for i, arn in enumerate(settings.layer_arns)
+        ]
+        for i, path in enumerate(settings.layer_paths):
+            if not path.is_dir():
+                raise FileNotFoundError(f"layer folder {path} does not exist (context key local_layer_path)")
+            layers.append(
+                lambda_.LayerVersion(
+                    self,
+                    f"LocalLayer{i}",
+                    code=lambda_.Code.from_asset(str(path)),
+                    compatible_runtimes=[RUNTIME],
+                    description="microprocess dependencies for the local stage",
+                )
+            )
+        return layers
+
+    def _pusher_network(self, settings: StageSettings) -> dict[str, Any]:
+        """Where the forwarder and the reducer run: the built VPC, the team's VPC, or no VPC."""
+        if self.network is not None:
+            return {"vpc": self.network.vpc, "vpc_subnets": self.network.private_subnets}
+        attachment = settings.vpc
+        if attachment is None or settings.local:
+            return {}
+        vpc = ec2.Vpc.from_vpc_attributes(
+            self,
+            "TeamVpc",
+            vpc_id=attachment.vpc_id,
+            # Unused: the subnets are given explicitly (no lookup at synth).
+            availability_zones=[f"{Stack.of(self).region}-subnet{n}" for n in range(len(attachment.subnet_ids))],
+        )
+        subnets = ec2.SubnetSelection(
+            subnets=[
+                ec2.Subnet.from_subnet_id(self, f"TeamSubnet{n}", subnet_id)
+                for n, subnet_id in enumerate(attachment.subnet_ids)
+            ]
+        )
+        network: dict[str, Any] = {"vpc": vpc, "vpc_subnets": subnets}
+        if attachment.security_group_id:
+            network["security_groups"] = [
+                ec2.SecurityGroup.from_security_group_id(self, "PusherSecurityGroup", attachment.security_group_id)
+            ]
+        return network
+
+    def _bundled_service(
+        self, endpoint: Endpoint, settings: StageSettings, network: Network, access_logs: AccessLogBucket
+    ) -> BundledService:
+        """A bundled service (Fargate live + queue roles) with the access its queue role needs:
+        it builds reports itself when a job reduces with `reduce = "service"`."""
+        name = endpoint.service
+        service = self.declarations.services.get(name)
+        assert endpoint.bundled is not None
+        tables = {role: self.source_tables[role].table for role in service.tables}
+        common = {
+            **{table_variable(role): table.table_name for role, table in tables.items()},
+            contract.SCORE_WORK_MS: str(settings.score_work_ms),
+        }
+        secret = self.signing_secrets[name].secret
+        built = BundledService(
+            self,
+            logical_ids.pascal(name),
+            service_name=name,
+            folder=endpoint.bundled,
+            vpc=network.vpc,
+            subnets=network.private_subnets,
+            image_directory=settings.repo_root,
+            live_environment=common,
+            queue_environment={
+                **common,
+                contract.LEDGER_TABLE: self.ledger.table.table_name,
+                contract.REPORTS_BUCKET: self.reports.bucket.bucket_name,
+                contract.SIGNING_SECRET_ARN: secret.secret_arn,
+                contract.SES_SENDER: settings.ses_sender,
+            },
+            domain=settings.domain,
+            access_logs_bucket=access_logs.bucket,
+        )
+        live_role, queue_role = built.live.task_role, built.queue.task_role
+        for table in tables.values():
+            table.grant_read_data(live_role)
+            table.grant_read_write_data(queue_role)
+        self.ledger.table.grant_read_write_data(queue_role)
+        self.reports.bucket.grant_read_write(queue_role)
+        self.reports.email_identity.grant_send_email(queue_role)
+        secret.grant_read(queue_role)
+        return built
+
+    def _pin_stateful(self, access_logs: AccessLogBucket | None) -> None:
+        logical_ids.pin(self.ledger.table, logical_ids.LEDGER)
+        for role, table in self.source_tables.items():
+            logical_ids.pin(table.table, logical_ids.table(role))
+        for job, queue in self.push_queue.task_queues.items():
+            logical_ids.pin(queue, logical_ids.task_queue(job))
+        logical_ids.pin(self.push_queue.reduce_queue, logical_ids.REDUCE_QUEUE)
+        logical_ids.pin(self.push_queue.dead_letter_queue, logical_ids.DEAD_LETTER_QUEUE)
+        logical_ids.pin(self.reports.bucket, logical_ids.REPORTS_BUCKET)
+        for name, secret in self.signing_secrets.items():
+            logical_ids.pin(secret.secret, logical_ids.signing_secret(name))
+        if access_logs is not None:
+            logical_ids.pin(access_logs.bucket, logical_ids.ACCESS_LOGS_BUCKET)
+
+    def _acknowledge_grant_wildcards(self) -> None:
+        """The wildcards CDK's `grant_*` methods write, acknowledged where they occur."""
+        table_indexes = f"AwsSolutions-IAM5[Resource::<{logical_ids.LEDGER}.Arn>/index/*]"
+        bucket = logical_ids.REPORTS_BUCKET
+
+        def prefix(p: str) -> str:
+            return f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/{p}*]"
+
+        reason_index = "The ledger grant covers its indexes: the one index (runs-by-job) lists a job's runs."
+        reason_prefix = (
+            "Objects are addressed by run and task ids under a fixed key prefix of the reports bucket; "
+            "the grant is scoped to that prefix."
+        )
+        reason_s3_actions = (
+            "CDK's S3 grant action groups (GetObject*, GetBucket*, List*, DeleteObject*, Abort*) on the "
+            "reports bucket only, scoped to a key prefix where the code allows it."
+        )
+        s3_groups = {
+            "read": ["s3:GetObject*", "s3:GetBucket*", "s3:List*"],
+            "put": ["s3:Abort*"],
+            "read_write": ["s3:GetObject*", "s3:GetBucket*", "s3:List*", "s3:DeleteObject*", "s3:Abort*"],
+        }
+
+        def actions(group: str) -> list[str]:
+            return [f"AwsSolutions-IAM5[Action::{a}]" for a in s3_groups[group]]
+
+        # The functions' actions are explicit lists (infra/permissions.py): only resource
+        # wildcards remain, each scoped to the ledger's indexes or to one key prefix.
+        for consumer in (self.forwarder, self.reducer, self.dead_letter, self.splitter, self.sweeper):
+            acknowledge(consumer, reason_index, table_indexes)
+        acknowledge(self.forwarder, reason_prefix, prefix(CLAIMS_PREFIX))
+        acknowledge(
+            self.reducer,
+            "The built-in reduce writes and reads every report file of a run (reports/<job>/<run>/...), "
+            "named by run ids only known at run time: the grant is scoped to the reports/ prefix.",
+            prefix(REPORTS_PREFIX),
+        )
+        acknowledge(self.splitter, reason_prefix, prefix(CLAIMS_PREFIX))
+        acknowledge(
+            self.splitter,
+            "Run-time manifests are uploaded by the CLI under manifests/<job>/<run>... with names known at "
+            "run time: GetObject only, scoped to the manifests/ prefix.",
+            prefix(MANIFESTS_PREFIX),
+        )
+        acknowledge(self.dead_letter, reason_prefix, prefix("quarantine/"))
+        for service in self.bundled.values():
+            queue_role = service.queue.task_role
+            acknowledge(queue_role, reason_index, table_indexes)
+            acknowledge(
+                queue_role,
+                "The queue service writes and reads every report file of every run "
+                "(reports/<job>/<run>/...) and reads claim-checked items: the whole reports bucket.",
+                prefix(""),
+            )
+            acknowledge(queue_role, reason_s3_actions, *actions("read_write"))
+
+    def _outputs(self, stack: Stack, source_tables_json: str) -> dict[str, str]:
+        """The outputs of the contract (`microprocess.stacks`), in its order."""
+        values = {
+            "JobQueueUrls": stack.to_json_string(
+                {job: queue.queue_url for job, queue in self.push_queue.task_queues.items()}
+            ),
+            "ReduceQueueUrl": self.push_queue.reduce_queue.queue_url,
+            "DeadLetterQueueUrl": self.push_queue.dead_letter_queue.queue_url,
+            "LedgerTable": self.ledger.table.table_name,
+            "ReportsBucket": self.reports.bucket.bucket_name,
+            "SourceTables": source_tables_json,
+            "ServiceSecretArns": stack.to_json_string(
+                {name: secret.secret.secret_arn for name, secret in self.signing_secrets.items()}
+            ),
+            "SplitterFunctionName": self.splitter.function.function_name,
+            "ForwarderFunctionName": self.forwarder.function.function_name,
+            "ReduceForwarderFunctionName": self.reducer.function.function_name,
+            "DeadLetterFunctionName": self.dead_letter.function.function_name,
+            "SweeperFunctionName": self.sweeper.function.function_name,
+        }
+        if self.monitoring is not None:
+            values |= {
+                "ServiceUrls": stack.to_json_string(self.service_urls),
+                "DashboardName": self.monitoring.dashboard.dashboard_name,
+                "AlarmTopicArn": self.monitoring.topic.topic_arn,
+            }
+        expected = contract.CLOUD_OUTPUTS if self.monitoring is not None else contract.LOCAL_OUTPUTS
+        if tuple(values) != expected:
+            raise AssertionError(f"stack outputs {list(values)} differ from the contract {list(expected)}")
+        return values
+
+    def source_table(self, role: str) -> dynamodb.ITable:
+        """The deployed table of the role `role` (KeyError naming the declared roles)."""
+        if role not in self.source_tables:
+            raise KeyError(f"no source table '{role}'; declared tables: {sorted(self.source_tables)}")
+        return self.source_tables[role].table
