@@ -18,7 +18,8 @@ declaration file, default microprocess.toml), service_urls (JSON {"<service>": "
 account, region, domain, hosted_zone_id, certificate_arn, vpc_id, subnet_ids,
 security_group_id, allow_plain_http, ses_sender, alarm_email, log_level, score_work_ms,
 intermediate_expiry_days, local_layer_path, and for the local stage
-forwarder_max_concurrency, task_visibility_timeout_s, reduce_visibility_timeout_s.
+forwarder_max_concurrency, task_visibility_timeout_s, reduce_visibility_timeout_s,
+sweeper_rate_minutes, stuck_after_s, max_queue_depth_cap.
 See infra/README.md.
 """
 
@@ -180,6 +181,9 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
                 local=True,
                 layer_paths=(Path(layer_path).resolve(),) if layer_path else (),
                 forwarder_max_concurrency=_int(app, "forwarder_max_concurrency", 0) or None,
+                sweeper_rate_minutes=_int(app, "sweeper_rate_minutes", 0) or None,
+                stuck_after_s=_int(app, "stuck_after_s", 0) or None,
+                max_queue_depth_cap=_int(app, "max_queue_depth_cap", 0) or None,
                 task_visibility_timeout_s=_int(app, "task_visibility_timeout_s", 0) or None,
                 reduce_visibility_timeout_s=_int(app, "reduce_visibility_timeout_s", 0) or None,
             ),

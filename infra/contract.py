@@ -45,6 +45,8 @@ DECLARATIONS_VARIABLES: Final = frozenset({MICROPROCESS_DECLARATIONS})
 SERVICE_ROLE: Final = "SERVICE_ROLE"
 #: The reducer's (built-in reduce) and a bundled queue service's report sender.
 SES_SENDER: Final = "SES_SENDER"
+STUCK_AFTER_S: Final = "STUCK_AFTER_S"
+MAX_QUEUE_DEPTH_CAP: Final = "MAX_QUEUE_DEPTH_CAP"
 SIGNING_SECRET_ARN: Final = "SIGNING_SECRET_ARN"
 SCORE_WORK_MS: Final = "SCORE_WORK_MS"
 

@@ -30,8 +30,9 @@ SEND_MESSAGE: tuple[str, ...] = ("sqs:SendMessage",)
 GET_OBJECT: tuple[str, ...] = ("s3:GetObject",)
 #: Writing an object (multipart parts and completion are authorised by PutObject).
 PUT_OBJECT: tuple[str, ...] = ("s3:PutObject",)
-#: The built-in reduce: read and write report files, abort a failed multipart upload.
-REPORT_OBJECTS: tuple[str, ...] = ("s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject")
+#: The built-in reduce: read and write report files (part files carry an expiry tag), abort a
+#: failed multipart upload.
+REPORT_OBJECTS: tuple[str, ...] = ("s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject", "s3:PutObjectTagging")
 #: Reading a signing key.
 READ_SECRET: tuple[str, ...] = ("secretsmanager:GetSecretValue",)
 

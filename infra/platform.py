@@ -111,6 +111,11 @@ class StageSettings:
             so that a crashed batch comes back in seconds rather than after 6 x the
             forwarder timeout (redeliveries are harmless: pushes are idempotent), or None.
         reduce_visibility_timeout_s: local stage only: the same for the reduce queue, or None.
+        max_queue_depth_cap: local stage only: a cap on every job's `max_queue_depth` (the
+            splitter waits while a job's queue is this deep: the emulator slows past ~10,000).
+        sweeper_rate_minutes: local stage only: how often the sweeper runs (cloud: every 5 minutes).
+        stuck_after_s: local stage only: quiet seconds before the sweeper restarts a split or
+            repairs a run (cloud: 900), so that a dead splitter is noticed within a minute locally.
         domain: host names and TLS for the bundled services (cloud, optional).
         allow_plain_http: let a bundled service without `domain` listen on plain HTTP (port 80,
             the ALB's DNS name). Off by default: such a stage fails with the context to pass.
@@ -129,6 +134,9 @@ class StageSettings:
     forwarder_max_concurrency: int | None = None
     task_visibility_timeout_s: int | None = None
     reduce_visibility_timeout_s: int | None = None
+    sweeper_rate_minutes: int | None = None
+    stuck_after_s: int | None = None
+    max_queue_depth_cap: int | None = None
     domain: DomainSettings | None = None
     allow_plain_http: bool = False
     vpc: VpcAttachment | None = None
@@ -138,7 +146,14 @@ class StageSettings:
     def __post_init__(self) -> None:
         if self.local:
             return
-        for name in ("forwarder_max_concurrency", "task_visibility_timeout_s", "reduce_visibility_timeout_s"):
+        for name in (
+            "forwarder_max_concurrency",
+            "task_visibility_timeout_s",
+            "reduce_visibility_timeout_s",
+            "sweeper_rate_minutes",
+            "stuck_after_s",
+            "max_queue_depth_cap",
+        ):
             if getattr(self, name) is not None:
                 raise ValueError(f"{name} is a local-stage setting; the cloud derives it from the declarations")
 
@@ -346,7 +361,14 @@ class MicroprocessPlatform(Construct):
             ledger_table=self.ledger.table,
             reports_bucket=self.reports.bucket,
             source_tables={role: table.table for role, table in self.source_tables.items()},
-            environment={contract.SOURCE_TABLES: source_tables_json},
+            environment={
+                contract.SOURCE_TABLES: source_tables_json,
+                **(
+                    {contract.MAX_QUEUE_DEPTH_CAP: str(settings.max_queue_depth_cap)}
+                    if settings.max_queue_depth_cap
+                    else {}
+                ),
+            },
         )
         self.sweeper = Sweeper(
             self,
@@ -355,6 +377,8 @@ class MicroprocessPlatform(Construct):
             push_queue=self.push_queue,
             ledger_table=self.ledger.table,
             splitter_function=self.splitter.function,
+            **({"rate": Duration.minutes(settings.sweeper_rate_minutes)} if settings.sweeper_rate_minutes else {}),
+            **({"stuck_after_s": settings.stuck_after_s} if settings.stuck_after_s else {}),
         )
         self.monitoring: Monitoring | None = None
         if not local:

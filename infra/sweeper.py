@@ -14,6 +14,8 @@ from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
 
 RATE = Duration.minutes(5)
+#: A run with no progress for this long is repaired and reported stuck (cloud default), s.
+STUCK_AFTER_S = 900
 #: Shorter than the rate, so that sweeps do not overlap in the common case (repairs are fenced anyway).
 TIMEOUT = Duration.minutes(4)
 
@@ -27,6 +29,7 @@ class Sweeper(Construct):
         ledger_table: the run ledger.
         splitter_function: restarted for a run whose split stalled.
         rate: how often it runs.
+        stuck_after_s: a run with no progress for this long is repaired, restarted or reported stuck.
 
     Attributes:
         function: the `lambda_.Function`.
@@ -43,6 +46,7 @@ class Sweeper(Construct):
         ledger_table: dynamodb.ITable,
         splitter_function: lambda_.IFunction,
         rate: Duration = RATE,
+        stuck_after_s: int = STUCK_AFTER_S,
     ) -> None:
         super().__init__(scope, construct_id)
         handler = MicroprocessFunction(
@@ -52,6 +56,7 @@ class Sweeper(Construct):
             defaults=defaults,
             environment={
                 contract.SPLITTER_FUNCTION_NAME: splitter_function.function_name,
+                contract.STUCK_AFTER_S: str(stuck_after_s),
             },
             timeout=TIMEOUT,
             description="Repairs counters, re-enqueues lost reduces and reports stuck runs",

@@ -224,3 +224,18 @@ def test_the_team_vpc_stage_passes_aws_solutions_checks_without_a_given_security
         for r in v.violating_resources
     ]
     assert not errors, errors
+
+
+def test_the_local_stage_sweeps_every_minute_and_caps_the_queue_depth() -> None:
+    # GIVEN the local stage as `microprocess local up` deploys it (its laptop context)
+    from microprocess.local.stack import LOCAL_MAX_QUEUE_DEPTH, LOCAL_STUCK_AFTER_S, LocalStack, UpOptions
+
+    context = {"stage": "local", **LocalStack._laptop_context(UpOptions(forwarder_concurrency=0))}
+    template = synthesize(context).templates["Microprocess-Local"]
+    # THEN the sweeper runs every minute and acts after LOCAL_STUCK_AFTER_S quiet seconds (a dead
+    # splitter is restarted within about a minute), and the splitter waits below the emulator's depth
+    rules = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::Events::Rule"]
+    assert any(r.get("ScheduleExpression") == "rate(1 minute)" for r in rules)
+    assert function(template, "sweeper")["Environment"]["Variables"][contract.STUCK_AFTER_S] == str(LOCAL_STUCK_AFTER_S)
+    splitter_env = function(template, "splitter")["Environment"]["Variables"]
+    assert splitter_env[contract.MAX_QUEUE_DEPTH_CAP] == str(LOCAL_MAX_QUEUE_DEPTH)

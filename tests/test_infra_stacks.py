@@ -254,7 +254,7 @@ def test_each_function_gets_the_variables_it_reads(stack: str) -> None:
         "forwarder": {contract.SERVICE_ENDPOINTS},
         "reducer": {contract.SERVICE_ENDPOINTS, contract.SES_SENDER},
         "dead_letter": set(),
-        "sweeper": {contract.SPLITTER_FUNCTION_NAME},
+        "sweeper": {contract.SPLITTER_FUNCTION_NAME, contract.STUCK_AFTER_S},
     }
     for name, extra in own.items():
         variables = set(fns[name]["Environment"]["Variables"]) - contract.POWERTOOLS_VARIABLES
@@ -860,6 +860,7 @@ EXPECTED_ACTIONS: dict[str, dict[str, set[str]]] = {
         **{action: {"<ReduceQueue.Arn>"} for action in CONSUME},
         "sqs:SendMessage": {"<ReduceQueue.Arn>", "<DeadLetterQueue.Arn>"},
         "s3:AbortMultipartUpload": {"<ReportsBucket.Arn>/reports/*"},
+        "s3:PutObjectTagging": {"<ReportsBucket.Arn>/reports/*"},
         "s3:GetObject": {"<ReportsBucket.Arn>/reports/*"},
         "s3:PutObject": {"<ReportsBucket.Arn>/reports/*"},
         "secretsmanager:GetSecretValue": SECRETS,

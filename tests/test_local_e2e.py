@@ -47,7 +47,7 @@ def stack(workspace: Workspace) -> Iterator[LocalStack]:
     chaos = workspace.workdir / "chaos.json"
     chaos.write_text(json.dumps({"bad_request_ids": BAD_REQUEST_IDS}))
     stack = LocalStack(workspace, echo=lambda line: None)
-    stack.up(UpOptions(companies=COMPANIES, chaos=chaos, seed=7))
+    stack.up(UpOptions(items=COMPANIES, chaos=chaos, seed=7))
     try:
         yield stack
     finally:
@@ -85,7 +85,7 @@ def emails_of(state: LocalState, run_id: str) -> list[dict[str, Any]]:
 def queue_attributes(state: LocalState) -> dict[str, str]:
     sqs = aws_client("sqs", state.endpoint_url)
     return sqs.get_queue_attributes(
-        QueueUrl=state.outputs["TaskQueueUrl"],
+        QueueUrl=json.loads(state.outputs["JobQueueUrls"])["credit-scores"],
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
 
@@ -96,7 +96,7 @@ def queue_empty(state: LocalState) -> bool:
 
 
 def chaos_requests(state: LocalState) -> int:
-    with urllib.request.urlopen(f"{state.services['queue']}/_chaos/stats", timeout=5) as resp:
+    with urllib.request.urlopen(f"{state.services['scores']}/_chaos/stats", timeout=5) as resp:
         return int(json.loads(resp.read())["requests"])
 
 
@@ -150,9 +150,9 @@ def slow_queue_service(stack: LocalStack) -> Iterator[None]:
     so that a module fixture set up after this test (xdist may order it so) sees the stack it expects."""
     slow = stack.ws.workdir / "slow.json"
     slow.write_text(json.dumps({"rate_timeout": 1.0, "timeout_s": 2}))
-    stack.restart_service("queue", chaos=slow)
+    stack.restart_service("scores", chaos=slow)
     yield
-    stack.restart_service("queue", chaos=stack.ws.workdir / "chaos.json")
+    stack.restart_service("scores", chaos=stack.ws.workdir / "chaos.json")
 
 
 @pytest.mark.usefixtures("slow_queue_service")
@@ -190,7 +190,7 @@ def test_retry_failed_finishes_the_failed_tasks(
     first_run: dict[str, Any], stack: LocalStack, state: LocalState, runner: CliRunner, ledger: Ledger
 ) -> None:
     # GIVEN the faults are off again
-    stack.restart_service("queue", chaos=None)
+    stack.restart_service("scores", chaos=None)
     # WHEN the failures of the first run are retried
     started, final = cli_json(
         runner, "retry-failed", first_run["run_id"], "--wait", "--json", "--timeout", RUN_TIMEOUT_S

@@ -137,7 +137,7 @@ def test_up_refuses_a_running_stack_and_leaves_it_alone(tmp_path: Path) -> None:
         # WHEN another stack is started there (as `demo` does), then cleaned up
         second = LocalStack(ws, echo=lambda line: None)
         with pytest.raises(StackAlreadyRunning, match="microprocess local down"):
-            second.up(UpOptions(companies=1))
+            second.up(UpOptions(items=1))
         second.down()
         # THEN the running stack, its local.json and its log are untouched
         assert is_running(running.pid, running.start_ticks)

@@ -228,7 +228,7 @@ class ChaosSuite:
         chaos_value = str(chaos_file) if sc.function_faults else ""
         for fn in self.functions:
             self._set_env(fn, {"MICROPROCESS_CHAOS": chaos_value})
-        self.stack.restart_service("queue", chaos=chaos_file if sc.service_faults else None)
+        self.stack.restart_service(JOB.service, chaos=chaos_file if sc.service_faults else None)
         quarantine_before = self._quarantine_keys()
 
         run_id = f"chaos-{sc.name}-{secrets.token_hex(3)}"
@@ -263,7 +263,7 @@ class ChaosSuite:
 
     def _inject_malformed(self, run_id: str) -> int:
         """Malformed messages put straight on the queue: each must end in the quarantine."""
-        queue = self.outputs["TaskQueueUrl"]
+        queue = json.loads(self.outputs["JobQueueUrls"])[JOB.name]
         env = TaskEnvelope(job=JOB.name, run_id=run_id, task_id="0-000000001", shard=0, item=item(1))
         fake_id = "0-999999999"
         bodies = [
@@ -300,7 +300,7 @@ class ChaosSuite:
                 and done >= sc.restart_service_at * prog.expected
             ):
                 self.echo(f"    restarting the queue service at {done}/{prog.expected} (a deploy)")
-                self.stack.restart_service("queue", chaos=chaos_file if sc.service_faults else None)
+                self.stack.restart_service(JOB.service, chaos=chaos_file if sc.service_faults else None)
                 restarted = True
             if time.monotonic() - last_sweep > 5:  # the schedule runs it every 5 minutes; here, often
                 self.lam.invoke(FunctionName=self.outputs["SweeperFunctionName"], Payload=b"{}")

@@ -46,6 +46,13 @@ Echo = Callable[[str], None]
 #: The local push queues' visibility timeout (task and reduce queue): a crashed forwarder
 #: batch is retried after this long (on AWS: 6 x each queue's forwarder timeout).
 LOCAL_VISIBILITY_TIMEOUT_S = 20
+#: The local sweeper runs every minute and acts on a run quiet for this long, so that a dead
+#: splitter is restarted within about a minute (on AWS: every 5 minutes, after 15 quiet minutes).
+LOCAL_SWEEPER_RATE_MINUTES = 1
+LOCAL_STUCK_AFTER_S = 45
+#: The deepest a job's queue gets locally before the splitter waits (ministack scans the whole
+#: queue per receive: past ~10,000 waiting messages everything slows down).
+LOCAL_MAX_QUEUE_DEPTH = 5000
 
 
 class LocalStackError(RuntimeError):
@@ -278,6 +285,10 @@ class LocalStack:
         context = {
             "task_visibility_timeout_s": str(LOCAL_VISIBILITY_TIMEOUT_S),
             "reduce_visibility_timeout_s": str(LOCAL_VISIBILITY_TIMEOUT_S),
+            "sweeper_rate_minutes": str(LOCAL_SWEEPER_RATE_MINUTES),
+            "stuck_after_s": str(LOCAL_STUCK_AFTER_S),
+            # The emulator slows down past ~10,000 waiting messages: the splitter waits below that.
+            "max_queue_depth_cap": str(LOCAL_MAX_QUEUE_DEPTH),
         }
         if options.forwarder_concurrency != 0:
             context["forwarder_max_concurrency"] = str(options.forwarder_concurrency or laptop_concurrency())
