@@ -64,13 +64,17 @@ def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
     while READY not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert READY in log.read_text(), log.read_text()
-    # ... and so survives a SIGTERM
-    os.kill(handle.pid, signal.SIGTERM)
-    time.sleep(0.3)
-    assert is_running(handle.pid, handle.start_ticks)
-    # WHEN it is stopped THEN the SIGKILL after the grace period ends it
-    stop(handle.pid, handle.start_ticks, grace_s=0.5)
-    assert not is_running(handle.pid)
+    try:
+        # ... and so survives a SIGTERM
+        os.kill(handle.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        assert is_running(handle.pid, handle.start_ticks)
+        # WHEN it is stopped THEN the SIGKILL after the grace period ends it
+        stop(handle.pid, handle.start_ticks, grace_s=0.5)
+        assert not is_running(handle.pid)
+    finally:  # never leave it behind, whatever failed
+        if is_running(handle.pid, handle.start_ticks):
+            os.kill(handle.pid, signal.SIGKILL)
 
 
 def test_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
