@@ -100,6 +100,31 @@ def test_the_run_cache_rereads_a_run_at_least_every_2_s(stack: Stack, clock: Fak
     assert str(cache.get("r1").status) == "CANCELLED"  # type: ignore[union-attr]
 
 
+# ------------------------------------------------------------------ the push request
+
+
+def test_the_push_is_a_signed_post_of_run_task_attempt_and_item(stack: Stack) -> None:
+    # GIVEN the second delivery of the first task of run r1
+    [record] = enqueued(stack, 1)
+    record["attributes"]["ApproximateReceiveCount"] = "2"
+    # WHEN the forwarder pushes it
+    assert stack.forwarder().handle({"Records": [record]}) == {"batchItemFailures": []}
+    # THEN the service got one POST (signed: the stand-in answers 401 otherwise) on the job's task path,
+    # keyed <run>:<task>, whose body carries the run, the task, the attempt and the item
+    [call] = stack.service.calls
+    assert stack.service.bad_signatures == 0
+    assert (call["path"], call["key"]) == (JOB.task_path, "r1:0-000000000")
+    assert call["payload"] == {
+        "run_id": "r1",
+        "task_id": "0-000000000",
+        "attempt": 2,
+        "item": {"company_id": "C0000000"},
+        "job": JOB.name,
+        "shard": 0,  # BLAKE2b of "0-000000000" is f125...f228; 0x28 = 40, and 40 mod 4 shards = 0
+        "kind": "task",
+    }
+
+
 # ------------------------------------------------------------------ Retry-After
 
 
