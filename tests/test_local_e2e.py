@@ -175,6 +175,7 @@ def test_cancel_stops_calling_the_service(
     deadline = time.monotonic() + 30
     while ledger.get_run(run_id) is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert ledger.get_run(run_id) is not None, f"run {run_id} did not start within 30 s: see the splitter's log"
     # WHEN it is cancelled
     result = runner.invoke(cli.app, ["cancel", run_id], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
