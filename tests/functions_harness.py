@@ -253,17 +253,33 @@ class Stack:
         )["Attributes"]
         return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
-    def drive(self, handler: Callable[[dict[str, Any]], dict[str, Any]], queue_url: str, max_rounds: int = 500) -> int:
+    def drive(
+        self,
+        handler: Callable[[dict[str, Any]], dict[str, Any]],
+        queue_url: str,
+        max_rounds: int = 500,
+        timeout_s: float = 60.0,
+    ) -> int:
         """Act as the SQS event source: deliver batches, delete what succeeded, make the
-        retried ones visible again at once (the backoff itself is asserted separately)."""
+        retried ones visible again at once (the backoff itself is asserted separately).
+        Fails when no message has been deliverable for `timeout_s`, rather than wait for
+        messages that a handler hid in flight."""
         rounds = 0
+        deadline = time.monotonic() + timeout_s
         while rounds < max_rounds:
             records = self.receive(queue_url)
             if not records:
-                if self.depth(queue_url) == 0:
+                depth = self.depth(queue_url)
+                if depth == 0:
                     return rounds
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"queue {queue_url} still holds {depth} messages in flight and none came back for "
+                        f"{timeout_s:g} s: a handler hid them instead of finishing them or reporting them failed"
+                    )
                 time.sleep(0.05)
                 continue
+            deadline = time.monotonic() + timeout_s
             rounds += 1
             result = handler({"Records": records})
             failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}

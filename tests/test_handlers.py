@@ -145,3 +145,24 @@ def test_missing_environment_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(SettingsError, match="LEDGER_TABLE"):
         get_settings()
     get_settings.cache_clear()
+
+
+def test_the_deployed_forwarder_stops_calling_within_2_s_of_a_cancel(
+    env: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from microprocess.pipeline import forwarder as forwarder_module
+    from tests.test_forwarder_promises import STATUS_REREAD_S, FakeClock, enqueued
+
+    clock = FakeClock()
+    monkeypatch.setattr(forwarder_module, "time", clock)
+    forward = handler("forwarder")
+    # GIVEN the forwarder handler, wired from its environment, has pushed tasks of a RUNNING run
+    records = enqueued(env, 4)
+    assert forward({"Records": records[:2]}, FakeContext("forwarder-fn")) == {"batchItemFailures": []}
+    assert len(env.service.task_calls()) == 2
+    # WHEN the run is cancelled and 2 s pass
+    env.ledger.cancel("r1")
+    clock.now += STATUS_REREAD_S
+    # THEN its next messages are acknowledged without calls
+    assert forward({"Records": records[2:]}, FakeContext("forwarder-fn")) == {"batchItemFailures": []}
+    assert len(env.service.task_calls()) == 2

@@ -65,10 +65,15 @@ def test_synth_fails_on_an_unacknowledged_finding_in_the_cloud_stage(tmp_path: P
 
 
 def test_the_local_stage_is_not_nagged(tmp_path: Path) -> None:
-    # the same careless queue in the local stage synthesizes: the plugin checks the cloud stack only
+    # GIVEN the same careless queue in the local stage, which the AwsSolutions pack does flag
     app, stacks = load_app_module().create_app(outdir=str(tmp_path), context={"stage": "local"})
-    sqs.Queue(stacks[LOCAL], "Careless")
-    app.synth()
+    careless = sqs.Queue(stacks[LOCAL], "Careless")
+    flagged = [v for v in violations(AwsSolutionsChecks().validate_scope(careless)) if v[0] == "error"]
+    assert {rule for _, rule, _ in flagged} >= {"AwsSolutions-SQS3", "AwsSolutions-SQS4"}
+    # WHEN the app synthesizes THEN the plugin, which checks the cloud stack only, lets it through
+    assembly = app.synth()
+    template = assembly.get_stack_by_name(stacks[LOCAL].stack_name).template
+    assert [k for k, r in template["Resources"].items() if k.startswith("Careless") and r["Type"] == "AWS::SQS::Queue"]
 
 
 def test_every_acknowledgment_states_a_reason() -> None:

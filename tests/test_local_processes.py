@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,8 +30,13 @@ import subprocess, sys, time
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
 time.sleep(120)
 """
-# A process that ignores SIGTERM (a hung worker), so only SIGKILL ends it.
-STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+# A process that ignores SIGTERM (a hung worker), so only SIGKILL ends it. Once its handler is in
+# place it prints READY (built at run time: the log's first line already holds the command itself).
+READY = "SIGTERM ignored"
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('SIGTERM', 'ignored', flush=True); "
+    "time.sleep(120)"
+)
 
 
 def _wait_for_children(pid: int, n: int) -> list[int]:
@@ -50,12 +57,24 @@ def test_stop_ends_the_process_and_its_children(tmp_path: Path) -> None:
 
 
 def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
-    handle = spawn("stubborn", [sys.executable, "-c", STUBBORN], env={}, cwd=tmp_path, log=tmp_path / "s.log")
-    time.sleep(0.3)  # let it install its handler
-    started = time.monotonic()
-    stop(handle.pid, handle.start_ticks, grace_s=0.5)
-    assert not is_running(handle.pid)
-    assert time.monotonic() - started < 5
+    # GIVEN a process that has installed its SIGTERM handler (it says so in its log) ...
+    log = tmp_path / "s.log"
+    handle = spawn("stubborn", [sys.executable, "-c", STUBBORN], env={}, cwd=tmp_path, log=log)
+    deadline = time.monotonic() + 20
+    while READY not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert READY in log.read_text(), log.read_text()
+    try:
+        # ... and so survives a SIGTERM
+        os.kill(handle.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        assert is_running(handle.pid, handle.start_ticks)
+        # WHEN it is stopped THEN the SIGKILL after the grace period ends it
+        stop(handle.pid, handle.start_ticks, grace_s=0.5)
+        assert not is_running(handle.pid)
+    finally:  # never leave it behind, whatever failed
+        if is_running(handle.pid, handle.start_ticks):
+            os.kill(handle.pid, signal.SIGKILL)
 
 
 def test_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:

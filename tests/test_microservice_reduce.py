@@ -346,27 +346,27 @@ def test_part_tag_matches_the_bucket_lifecycle_rule() -> None:
     assert ReportLayout(BUCKET, JOB.name, "r").part_csv(0).startswith(constants["PARTS_PREFIX"])
 
 
-def test_email_promises_no_more_than_the_signing_credentials_last() -> None:
-    from microservice.reduce import email_text
-    from microservice.settings import Settings
-
-    assert Settings.model_fields["report_link_expiry_s"].default == 6 * 3600
-    summary = {
-        "job": "credit-scores",
-        "run_id": "r1",
-        "status": "SUCCEEDED",
-        "expected": 1,
-        "succeeded": 1,
-        "failed": 0,
-        "failed_pct": 0.0,
-        "tolerated_failure_pct": 1.0,
-        "started_at": "a",
-        "finished_at": "b",
-        "duration_s": 1,
-        "score": {"mean": 1, "min": 1, "max": 1},
-        "bands": {"A": 1},
-        "failures": [],
-        "report_uri": "s3://b/reports/credit-scores/r1/",
-    }
-    _, body = email_text(summary, "https://link", 6 * 3600)
-    assert "link valid 6 h" in body and "microprocess report r1 --target aws" in body
+@pytest.mark.parametrize(
+    ("expiry_s", "promised", "link_expires"),
+    [
+        (None, "link valid 6 h", "X-Amz-Expires=21600"),  # the default: 6 h, what the task role's credentials last
+        (5_400, "link valid 1 h", "X-Amz-Expires=5400"),  # 1.5 h is promised as 1 h: whole hours, rounded down
+        (7_200, "link valid 2 h", "X-Amz-Expires=7200"),
+    ],
+)
+def test_the_email_promises_no_longer_than_its_link_lasts(
+    env: Env, expiry_s: int | None, promised: str, link_expires: str
+) -> None:
+    # GIVEN the queue service with the link lifetime configured (or left at its default)
+    settings = queue_settings() if expiry_s is None else queue_settings(report_link_expiry_s=expiry_s)
+    record_run(env.ledger, "run-link", total=8, job=SMALL, batch=8)
+    with client_for(settings, env) as client:
+        reduce_all(client, "run-link", SMALL.shard_count)
+        # WHEN the run is finalized
+        assert signed_post(client, FINALIZE, finalize_payload("run-link")).status_code == 200
+    # THEN the email states the link's lifetime, and the presigned link in it lasts exactly that
+    [mail] = sent_mail()
+    assert promised in mail.body
+    [link] = [word for word in mail.body.split() if "report.html" in word]
+    assert link_expires in link
+    assert "microprocess report run-link --target aws" in mail.body
