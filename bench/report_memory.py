@@ -258,7 +258,9 @@ def build_report(results: int, workdir: Path) -> dict[str, Any]:
     baseline = _rss_mb()
     started = time.perf_counter()
     for shard in range(SHARDS):
-        req = ReduceRequest(run_id=run_id, task_id=f"reduce-part-{shard:03d}", job=job.name, shard=shard)
+        req = ReduceRequest(
+            run_id=run_id, task_id=f"reduce-part-{shard:03d}", job=job.name, shard=shard, kind="reduce-part"
+        )
         reduce_part(ledger, s3, bucket, job, req, part_bytes=S3_MIN_PART_BYTES)
     answer = finalize(
         ledger,
@@ -266,7 +268,7 @@ def build_report(results: int, workdir: Path) -> dict[str, Any]:
         ses,
         bucket,
         job,
-        ReduceRequest(run_id=run_id, task_id="finalize", job=job.name),
+        ReduceRequest(run_id=run_id, task_id="finalize", job=job.name, kind="finalize"),
         sender="reports@example.com",
         part_bytes=S3_MIN_PART_BYTES,
         link_expiry_s=3600,

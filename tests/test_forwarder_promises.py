@@ -138,7 +138,7 @@ def http_date_in(seconds: float) -> str:
     [
         ("120", 120.0),
         ("0", 0.0),
-        ("-5", 0.0),  # never a negative wait
+        ("-5", None),  # not delay-seconds (RFC 9110: 1*DIGIT): ignored, never a negative wait
         ("Fri, 31 Dec 1999 23:59:59 GMT", 0.0),  # RFC 9110's own example: a date in the past is "now"
         ("", None),
         (None, None),

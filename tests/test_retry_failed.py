@@ -106,7 +106,7 @@ def deployment(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> SplitterLambda:
         outputs={
             "LedgerTable": "ledger",
             "SplitterFunctionName": "splitter-fn",
-            "TaskQueueUrl": stack.task_queue,
+            "JobQueueUrls": json.dumps({"credit-scores": stack.task_queue}),
             "DeadLetterQueueUrl": stack.dlq,
             "ReportsBucket": stack.bucket,
         },

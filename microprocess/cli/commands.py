@@ -404,7 +404,8 @@ def status(
     as_json: JsonOption = False,
     target: TargetOption = Target.local,
 ) -> None:
-    """Show the progress of RUN."""
+    """Show the progress of RUN: run_id, job, status, expected, succeeded, failed, pending,
+    split_done, started_at, finished_at, report_uri."""
     dep = connect(target)
     with _ledger_errors(dep):
         progress = dep.ledger().progress(run_id)

@@ -42,7 +42,8 @@ def _rows(command: Any, path: str) -> list[tuple[str, str]]:
         for name in sorted(command.commands):
             rows.extend(_rows(command.commands[name], f"{path} {name}"))
         return rows
-    summary = (command.help or "").strip().split("\n")[0].rstrip(".")
+    first_paragraph = (command.help or "").strip().split("\n\n")[0]
+    summary = " ".join(first_paragraph.split()).rstrip(".")
     return [(_usage(command, path), summary)]
 
 
