@@ -1,0 +1,195 @@
+"""End to end on ONE real local stack: two declared jobs on their two services at once, a run
+over an items file, a missing manifest, and a signing-secret rotation in the middle of a run.
+
+The stack runs every declared service: `scores` (bundled example, two roles) for credit-scores
+(service reduce) and `reminders` (second example, one task endpoint) for invoice-reminders
+(the platform's built-in reduce).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from microprocess.cli import commands as cli
+from microprocess.ledger import Ledger, RunStatus, TaskState
+from microprocess.local import LocalStack, LocalState, UpOptions, Workspace, aws_client, captured_emails
+from microprocess.local.workspace import WORKDIR_ENV, project_root
+from tests.declared import CREDIT_SCORES, INVOICE_REMINDERS
+
+pytestmark = pytest.mark.e2e
+
+COMPANIES = 200
+INVOICES = 120
+RUN_TIMEOUT_S = "180"
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    ws = Workspace.discover(project_root() / ".microprocess" / f"e2e-jobs-{os.getpid()}")
+    ws.create()
+    stack = LocalStack(ws, echo=lambda line: None)
+    stack.up(UpOptions(items=COMPANIES, seed=11))
+    try:
+        yield stack
+    finally:
+        stack.down()
+        shutil.rmtree(ws.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def state(stack: LocalStack) -> LocalState:
+    assert stack.state is not None
+    return stack.state
+
+
+@pytest.fixture(scope="module")
+def ledger(state: LocalState) -> Ledger:
+    return Ledger(state.outputs["LedgerTable"], client=aws_client("dynamodb", state.endpoint_url))
+
+
+@pytest.fixture(scope="module")
+def workdir_env(stack: LocalStack) -> Iterator[None]:
+    # The CLI finds this stack's local.json through the work folder, as a user's shell would.
+    previous = os.environ.get(WORKDIR_ENV)
+    os.environ[WORKDIR_ENV] = str(stack.ws.workdir)
+    yield
+    if previous is None:
+        os.environ.pop(WORKDIR_ENV, None)
+    else:
+        os.environ[WORKDIR_ENV] = previous
+
+
+def cli_json(*args: str, code: int = 0) -> list[Any]:
+    result = CliRunner().invoke(cli.app, list(args), catch_exceptions=False)
+    assert result.exit_code == code, f"{args}: exit {result.exit_code}\n{result.stdout}\n{result.stderr}"
+    return [json.loads(line) for line in result.stdout.strip().splitlines() if line.strip()]
+
+
+def invoices_file(path: Path, n: int, *, first: int = 1) -> Path:
+    """`n` overdue invoices as JSONL (the reminders service refuses invoices that are not overdue)."""
+    due = (date.today() - timedelta(days=10)).isoformat()
+    with path.open("w") as f:
+        for i in range(first, first + n):
+            f.write(
+                json.dumps({"invoice_id": f"INV-{i:05d}", "customer": f"C{i}", "amount": 10.0 + i, "due_date": due})
+            )
+            f.write("\n")
+    return path
+
+
+def report_rows(state: LocalState, run_id: str, tmp_path: Path) -> list[dict[str, str]]:
+    result = CliRunner().invoke(cli.app, ["report", run_id, "--out", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    with (tmp_path / run_id / "report.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def emails_of(state: LocalState, run_id: str) -> list[dict[str, Any]]:
+    return [m for m in captured_emails(state.endpoint_url) if run_id in (m.get("Subject") or "")]
+
+
+@pytest.mark.usefixtures("workdir_env")
+def test_two_jobs_run_at_once_on_their_two_services_each_exact(
+    state: LocalState, ledger: Ledger, tmp_path: Path
+) -> None:
+    # GIVEN the two declared jobs, one over its declared table, one over a file of items
+    items = invoices_file(tmp_path / "invoices.jsonl", INVOICES)
+    results: dict[str, list[Any]] = {}
+
+    def run(name: str, *args: str) -> None:
+        results[name] = cli_json("run", name, *args, "--wait", "--json", "--timeout", RUN_TIMEOUT_S)
+
+    # WHEN both run at the same time
+    threads = [
+        threading.Thread(target=run, args=("credit-scores",)),
+        threading.Thread(target=run, args=("invoice-reminders", "--items", str(items), "--param", "campaign=e2e")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # THEN each SUCCEEDED with exact counts, one report row per task and one email to its recipients
+    for job, expected in ((CREDIT_SCORES, COMPANIES), (INVOICE_REMINDERS, INVOICES)):
+        started, final = results[job.name]
+        assert (final["status"], final["expected"], final["succeeded"], final["failed"]) == (
+            "SUCCEEDED",
+            expected,
+            expected,
+            0,
+        ), final
+        rows = report_rows(state, final["run_id"], tmp_path)
+        assert len(rows) == expected
+        assert len({r[job.item_id_field] for r in rows}) == expected
+        (email,) = emails_of(state, final["run_id"])
+        assert email["To"] == list(job.recipients)
+    # AND the reminders were pushed to the reminders service (its results), the scores to scores
+    reminders = report_rows(state, results["invoice-reminders"][1]["run_id"], tmp_path)
+    assert all(r["state"] == "SUCCEEDED" and r["reminded"] == "True" for r in reminders), reminders[0]
+    assert {r["channel"] for r in reminders} == {"email"}
+    # AND the run kept what it read and the params it was given
+    run = ledger.require_run(results["invoice-reminders"][1]["run_id"])
+    assert run.expected == INVOICES
+
+
+@pytest.mark.usefixtures("workdir_env")
+def test_a_run_whose_manifest_is_missing_ends_failed_with_the_reason(ledger: Ledger) -> None:
+    # GIVEN invoice-reminders' declared manifest, s3://invoice-manifests/unpaid.jsonl, which does not exist here
+    started, final = cli_json("run", "invoice-reminders", "--wait", "--json", "--timeout", "120", code=cli.EXIT_FAILED)
+    # THEN the run ends FAILED (not SPLITTING forever), and the reason names the source and the fix
+    assert final["status"] == "FAILED" and final["expected"] == 0
+    error = ledger.require_run(started["run_id"]).error or ""
+    assert "s3://invoice-manifests/unpaid.jsonl" in error, error
+
+
+@pytest.mark.usefixtures("workdir_env")
+def test_a_secret_rotation_in_the_middle_of_a_run_fails_no_task(
+    stack: LocalStack, state: LocalState, ledger: Ledger, tmp_path: Path
+) -> None:
+    sm = aws_client("secretsmanager", state.endpoint_url)
+    arn = json.loads(state.outputs["ServiceSecretArns"])["reminders"]
+    old = sm.get_secret_value(SecretId=arn)["SecretString"]
+    log = stack.ws.log("reminders")
+    refused_before = log.read_text(errors="replace").count("refused POST")
+    # GIVEN a run of invoice-reminders under way
+    items = invoices_file(tmp_path / "rotation.jsonl", 400, first=10_000)
+    (started,) = cli_json("run", "invoice-reminders", "--items", str(items), "--json")
+    run_id = started["run_id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        prog = ledger.progress(run_id) if ledger.get_run(run_id) else None
+        if prog is not None and prog.succeeded + prog.failed >= 40:
+            break
+        time.sleep(0.2)
+    # WHEN the secret is rotated twice: first the service takes the new one and still accepts the
+    # old one (current + previous), then the old one is dropped, so the forwarder's cached (old)
+    # secret is refused with 401 and it must re-read the secret and sign again
+    sm.put_secret_value(SecretId=arn, SecretString=json.dumps({"current": "rotated-1", "previous": old}))
+    stack.restart_service("reminders")
+    time.sleep(2)
+    sm.put_secret_value(SecretId=arn, SecretString=json.dumps({"current": "rotated-2", "previous": "rotated-1"}))
+    stack.restart_service("reminders")
+    (final,) = cli_json("status", run_id, "--json")
+    deadline = time.monotonic() + 180
+    while final["status"] not in ("SUCCEEDED", "FAILED") and time.monotonic() < deadline:
+        time.sleep(1)
+        (final,) = cli_json("status", run_id, "--json")
+    # THEN no task failed, and the run SUCCEEDED with every task counted once
+    assert (final["status"], final["expected"], final["succeeded"], final["failed"]) == ("SUCCEEDED", 400, 400, 0)
+    failed = [t for s in range(ledger.require_run(run_id).shard_count) for t in ledger.iter_results(run_id, s)]
+    assert all(t.state is TaskState.SUCCEEDED for t in failed)
+    # AND the rotation was really exercised: the service refused the old signature at least once
+    refused = log.read_text(errors="replace").count("refused POST") - refused_before
+    assert refused >= 1, "the forwarder never met the rotated secret: the rotation did not happen mid-run"
+    assert RunStatus(final["status"]) is RunStatus.SUCCEEDED
