@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from microprocess.chaos.faults import FaultInjector
+from microprocess.control.lookup import index_page
 from microprocess.declarations import JobDeclaration, JobRegistry
 from microprocess.ledger import CURSOR_DONE, Ledger, RunNotActive, RunStatus
 from microprocess.pipeline.envelope import EnvelopeTooLarge, TaskEnvelope, canonical_json, shard_of
@@ -202,6 +203,8 @@ class Splitter:
                 bodies = [
                     self._body(job, req.run_id, f"{seg}-{seq + i:09d}", item) for i, item in enumerate(page.items)
                 ]
+                if job.item_index:  # before the send, so a task is findable by its item id while pending
+                    index_page(self.ledger, job.item_id_field, req.run_id, seg, seq, page.items)
                 self.sender_for(job.name).send(bodies)
                 if self.faults:
                     self.faults.maybe_crash("splitter_after_send")
