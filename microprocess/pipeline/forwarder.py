@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from microprocess.chaos.faults import FaultInjector, InjectedCrash
+from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobDeclaration, JobRegistry, UnknownJobError
 from microprocess.ledger import Ledger, RunRecord, RunStatus, TaskOutcome, TaskState
 from microprocess.pipeline.envelope import SQS_MAX_MESSAGE_BYTES, MalformedEnvelope, TaskEnvelope, TaskKind, shard_of
@@ -399,6 +400,8 @@ class Forwarder:
             self.emit("TasksSucceeded", ok, job.name, run_id=run_id)
             self.emit("TasksFailed", len(new) - ok, job.name, run_id=run_id)
             self.emit("DuplicatesAbsorbed", len(res.duplicates), job.name, run_id=run_id)
+            if len(new) > ok:  # new failures: has the run become unable to succeed? (stop_early)
+                stop_if_hopeless(self.ledger, run_id, job, emit=self.emit)
             if res.claimed_reduce:
                 log.info(
                     "run %s: last task done, reduce claimed; enqueuing %d parts",

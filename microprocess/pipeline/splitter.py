@@ -19,6 +19,7 @@ from typing import Any
 
 from microprocess.chaos.faults import FaultInjector
 from microprocess.control.lookup import index_page
+from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobDeclaration, JobRegistry
 from microprocess.ledger import CURSOR_DONE, Ledger, RunNotActive, RunStatus
 from microprocess.pipeline.envelope import EnvelopeTooLarge, TaskEnvelope, canonical_json, shard_of
@@ -169,6 +170,8 @@ class Splitter:
         if self.ledger.finish_split(run_id):
             self.emit("ReducesClaimed", 1, job.name, run_id=run_id)
             enqueue_reduce_parts(self.reduce_sender, job, run_id, self.ledger.require_run(run_id).shard_count)
+        else:  # the expected total is final now: failures so far may already be too many
+            stop_if_hopeless(self.ledger, run_id, job, emit=self.emit)
 
     def _source(self, job: JobDeclaration, req: StartRequest) -> Source:
         if req.items is not None:
