@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from microprocess.chaos.faults import FaultInjector, InjectedCrash
+from microprocess.control.pause import park, prior_attempts
 from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobDeclaration, JobRegistry, UnknownJobError
 from microprocess.ledger import Ledger, RunRecord, RunStatus, TaskOutcome, TaskState
@@ -72,7 +73,8 @@ class _Work:
 
     @property
     def attempt(self) -> int:
-        return int(self.record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+        receives = int(self.record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+        return receives + prior_attempts(self.record)  # + the attempts before a pause parked it
 
 
 def _keys(env: TaskEnvelope) -> dict[str, str]:
@@ -226,6 +228,11 @@ class Forwarder:
                 extra=_keys(env),
             )
             return None
+        if run.status is RunStatus.PAUSED:
+            run = self.runs.get(env.run_id, fresh=True) or run  # resumed since the cached read?
+            if run.status is RunStatus.PAUSED:
+                park(self.ledger, record, env)  # kept until `resume`: no push, no attempt, no DLQ
+                return None
         if env.kind is TaskKind.TASK and run.status in (RunStatus.REDUCING, RunStatus.SUCCEEDED, RunStatus.FAILED):
             return None  # every task was terminal when the reduce was claimed: a late duplicate
         if env.kind is TaskKind.TASK:
