@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from microprocess.cli import planner
+from microprocess.cli import control, planner
 from microprocess.cli.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
 from microprocess.declarations import (
     Declarations,
@@ -403,6 +403,7 @@ def status(
         emit_json(status_dict(progress))
     else:
         _print_status(progress)
+        control.print_control_status(dep, progress)  # the job's concurrency cap in force; how to resume
 
 
 def _short_time(iso: str | None) -> str:
@@ -820,6 +821,9 @@ def demo(
         err.print("stopping the local stack…")
         stack.down()
     raise typer.Exit(code)
+
+
+control.register(app)  # tasks, pause, resume, scale (after connect and the options they use)
 
 
 def main() -> None:
