@@ -202,3 +202,48 @@ def test_scale_refuses_a_cap_out_of_range_with_the_fix(
     assert message in result.stderr
     if value == "51":
         assert "raise max_concurrency for [jobs.credit-scores] in microprocess.toml" in result.stderr
+
+
+def reducing_run(ledger: Ledger, run_id: str = "r1", *, parts: int = 0) -> None:
+    """A run of 3 tasks, all done, its reduce claimed, `parts` of its reduce parts done."""
+    ledger.create_run(run_id, JOB, segments=1)
+    ledger.account_page(run_id, segment="0", cursor_from="", cursor_to=CURSOR_DONE, count=3)
+    ledger.finish_split(run_id)
+    outs = [outcome(i, TaskState.SUCCEEDED) for i in range(3)]
+    assert ledger.record_outcomes(run_id, JOB.counter_count, outs).claimed_reduce
+    for k in range(parts):
+        ledger.record_reduce_part(run_id, k, JOB.shard_count)
+
+
+def test_status_shows_the_reduce_phase_and_the_reduce_queue(app: typer.Typer, deployment: Any, ledger: Ledger) -> None:
+    dep, _ = deployment
+    reducing_run(ledger, parts=5)
+    dep.client("sqs").send_message(QueueUrl=dep.outputs["ReduceQueueUrl"], MessageBody="{}")
+    status = invoke(CliRunner(), app, "status", "r1")
+    assert f"reduce       parts 5/{JOB.shard_count}, finalize waiting for the parts, email -" in status.stdout
+    assert "reduce queue 1 (+0 in flight)" in status.stdout
+    for k in range(5, JOB.shard_count):
+        ledger.record_reduce_part("r1", k, JOB.shard_count)
+    ledger.claim_email("r1")
+    status = invoke(CliRunner(), app, "status", "r1")
+    assert f"parts {JOB.shard_count}/{JOB.shard_count}, finalize claimed, email sending" in status.stdout
+
+
+def test_the_progress_bar_shows_the_reduce_phase_to_the_end(deployment: Any, ledger: Ledger) -> None:
+    from rich.console import Console
+
+    from microprocess.cli.progress import watch_run
+
+    dep, _ = deployment
+    reducing_run(ledger, parts=JOB.shard_count)
+    ledger.finish_run("r1", tolerated_failure_pct=1.0, report_uri="s3://reports/r1/")
+    buf = io.StringIO()
+    final = watch_run(
+        ledger,
+        "r1",
+        sqs=dep.client("sqs"),
+        reduce_queue_url=dep.outputs["ReduceQueueUrl"],
+        console=Console(file=buf, width=400),
+    )
+    assert final.status is RunStatus.SUCCEEDED
+    assert f"reduce: parts {JOB.shard_count}/{JOB.shard_count}, finalize claimed, email -" in buf.getvalue()

@@ -246,6 +246,7 @@ def wait_for(dep: Deployment, run_id: str, *, timeout_s: float, show: bool, job:
             sqs=dep.client("sqs"),
             queue_url=dep.job_queue_url(job),
             dlq_url=dep.outputs.get("DeadLetterQueueUrl"),
+            reduce_queue_url=dep.outputs.get("ReduceQueueUrl"),
             timeout_s=timeout_s,
             console=err,
             show=show,

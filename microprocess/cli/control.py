@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from microprocess.cli.progress import reduce_phase
 from microprocess.control.lookup import RunTasks, TaskDetail
 from microprocess.control.pause import PauseError, RunResumer, pause
 from microprocess.control.scale import EventSourceCap, JobScaler, ScaleError
@@ -139,12 +140,21 @@ def cap_in_force(dep: "Deployment", job_name: str) -> EventSourceCap | None:
 
 
 def print_control_status(dep: "Deployment", progress: Progress) -> None:
-    """Extra `status` lines: the cap in force for the run's job, and where a paused run resumes."""
+    """Extra `status` lines: the cap in force for the run's job, the reduce phase (parts done of
+    total, finalize, email, reduce queue depth), and how to resume a paused run."""
     out = _cli().out
     cap = cap_in_force(dep, progress.job)
     if cap is not None:
         shown = cap.concurrency if cap.concurrency is not None else "unset (1000)"
         out.print(f"{'concurrency':<12} {shown} (declared max {cap.declared})")
+    try:
+        phase = reduce_phase(
+            dep.ledger(), progress.run_id, sqs=dep.client("sqs"), reduce_queue_url=dep.outputs.get("ReduceQueueUrl")
+        )
+    except Exception:  # a status display never fails on the reduce phase
+        phase = None
+    if phase is not None:
+        out.print(f"{'reduce':<12} {escape(phase.describe())}")
     if progress.status is RunStatus.PAUSED:
         out.print(f"{'paused':<12} resume with `microprocess resume {progress.run_id}`")
 
