@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from microprocess.cli.progress import reduce_phase
+from microprocess.control.adaptive import AdaptiveConcurrency, CloudWatchSignals
 from microprocess.control.lookup import RunTasks, TaskDetail
 from microprocess.control.pause import PauseError, RunResumer, pause
 from microprocess.control.scale import EventSourceCap, JobScaler, ScaleError
@@ -159,6 +160,39 @@ def print_control_status(dep: "Deployment", progress: Progress) -> None:
         out.print(f"{'paused':<12} resume with `microprocess resume {progress.run_id}`")
 
 
+def run_adaptive(dep: "Deployment", job: JobDeclaration, *, interval_s: float, ticks: int, as_json: bool) -> None:
+    """Decide and apply JOB's cap every `interval_s` seconds from its metrics of that interval."""
+    import time
+
+    cli = _cli()
+    adaptive = AdaptiveConcurrency(
+        jobs=[job],
+        scaler=scaler(dep),
+        signals=CloudWatchSignals(dep.client("cloudwatch"), window_s=max(int(interval_s), 60)),
+    )
+    done = 0
+    try:
+        while True:
+            with cli._ledger_errors(dep):
+                try:
+                    decision = adaptive.tick()[job.name]
+                except ScaleError as exc:
+                    cli.fail(str(exc), cli.EXIT_NO_STACK)
+            if as_json:
+                cli.emit_json({"job": job.name, **decision.as_dict()})
+            else:
+                cli.out.print(
+                    f"{job.name}: {decision.action:<8} {decision.previous} → {decision.concurrency}: "
+                    f"{escape(decision.reason)}"
+                )
+            done += 1
+            if ticks and done >= ticks:
+                return
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        return
+
+
 def register(app: typer.Typer) -> None:
     """Add `tasks`, `pause`, `resume` and `scale` to a Typer app."""
     from microprocess.cli import commands as cli
@@ -262,11 +296,26 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option("--concurrency", help="New cap on concurrent forwarder batches (2..1000, ≤ declared max)."),
         ] = None,
+        adaptive: Annotated[
+            bool,
+            typer.Option(
+                "--adaptive",
+                help="Keep adjusting the cap by itself (AIMD on the service's 429/503 answers and push time), "
+                "within the declared maximum, until Ctrl-C (or --ticks).",
+            ),
+        ] = False,
+        interval: Annotated[float, typer.Option("--interval", min=10, help="Seconds between decisions.")] = 60.0,
+        ticks: Annotated[int, typer.Option("--ticks", min=0, help="Stop after this many decisions (0: never).")] = 0,
         as_json: JsonOption = False,
         target: TargetOption = Target.local,
     ) -> None:
         """Show or change JOB's concurrency cap (its event source's maximum concurrency), mid-run."""
         declared = _job(job)
+        if adaptive:
+            if concurrency is not None:
+                cli.fail("give --concurrency N or --adaptive, not both", cli.EXIT_USAGE)
+            run_adaptive(cli.connect(target), declared, interval_s=interval, ticks=ticks, as_json=as_json)
+            return
         if concurrency is not None:
             try:
                 from microprocess.control.scale import check_concurrency

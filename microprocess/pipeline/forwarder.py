@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from microprocess.chaos.faults import FaultInjector, InjectedCrash
+from microprocess.control.adaptive import observe_pushes
 from microprocess.control.pause import park, prior_attempts
 from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobDeclaration, JobRegistry, UnknownJobError
@@ -191,8 +192,12 @@ class Forwarder:
         if work and self.faults:
             self.faults.maybe_crash("before_push")
         self._duplicate_some(work)
+        started = time.monotonic()
         for w, result in zip(work, self._pool.map(self._push, work), strict=True):
             w.result = result
+        pushed = [(w.job.name, w.result.status) for w in work if w.envelope.kind is TaskKind.TASK and w.result]
+        if pushed:  # the adaptive concurrency's signals (429/503, push time), as EMF metrics
+            observe_pushes(self.emit, pushed, time.monotonic() - started)
         if work and self.faults:
             self.faults.maybe_crash("after_push")
         tasks = [w for w in work if w.envelope.kind is TaskKind.TASK]
