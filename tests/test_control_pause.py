@@ -153,3 +153,17 @@ def test_pause_and_resume_refuse_what_does_not_apply(stack: Stack) -> None:
         pause(stack.ledger, "r1")
     with pytest.raises(PauseError, match="not paused; nothing to resume"):
         resumer(stack).resume("r1", JOB)
+
+
+def test_a_paused_run_can_be_cancelled_and_its_parked_messages_are_dropped(stack: Stack) -> None:
+    from microprocess.control.pause import cancel_paused
+
+    stack.split({"job": JOB.name, "run_id": "r1", "items": companies(12)})
+    pause(stack.ledger, "r1")
+    stack.drive(stack.forwarder().handle, stack.task_queue)
+    assert resumer(stack).parked_count("r1", JOB.shard_count) == 12
+    assert cancel_paused(stack.ledger, "r1") is True
+    assert stack.ledger.require_run("r1").status is RunStatus.CANCELLED
+    assert resumer(stack).parked_count("r1", JOB.shard_count) == 0
+    assert cancel_paused(stack.ledger, "r1") is False
+    assert not stack.service.task_calls()

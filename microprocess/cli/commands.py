@@ -33,6 +33,7 @@ from rich.table import Table
 
 from microprocess.cli import control, planner
 from microprocess.cli.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
+from microprocess.control.pause import cancel_paused
 from microprocess.declarations import (
     Declarations,
     JobDeclaration,
@@ -457,7 +458,7 @@ def cancel(
     dep = connect(target)
     with _ledger_errors(dep):
         ledger = dep.ledger()
-        if not ledger.cancel(run_id):
+        if not ledger.cancel(run_id) and not cancel_paused(ledger, run_id):
             fail(f"run {run_id} has already ended ({ledger.require_run(run_id).status}); nothing to cancel")
     out.print(f"cancelled run [bold]{run_id}[/]; its remaining messages are acknowledged without calls")
 

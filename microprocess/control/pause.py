@@ -133,6 +133,47 @@ def paused_from(ledger: Ledger, run_id: str) -> RunStatus | None:
     return RunStatus(item.get("paused_from") or RunStatus.RUNNING)
 
 
+def cancel_paused(ledger: Ledger, run_id: str, shard_count: int | None = None) -> bool:
+    """Cancel a paused run (the ledger's `cancel` takes splitting and running runs) and drop
+    its parked messages, as a cancel drops a running run's messages. False if it is not paused."""
+    try:
+        ledger.client.update_item(
+            TableName=ledger.table_name,
+            Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+            UpdateExpression="SET #st = :c, finished_at = :now REMOVE paused_from",
+            ConditionExpression="#st = :p",
+            ExpressionAttributeNames={"#st": "status"},
+            ExpressionAttributeValues=_to_ddb(
+                {":c": str(RunStatus.CANCELLED), ":p": str(RunStatus.PAUSED), ":now": utc_now_iso()}
+            ),
+        )
+    except ClientError as exc:
+        if _is_conditional_failure(exc):
+            return False
+        raise
+    shards = shard_count if shard_count is not None else ledger.require_run(run_id).shard_count
+    for shard in range(shards):
+        parked = _query_partition(ledger, _parked_pk(run_id, shard))
+        batch_write(ledger, [{"DeleteRequest": {"Key": _to_ddb({"pk": i["pk"], "sk": i["sk"]})}} for i in parked])
+    return True
+
+
+def _query_partition(ledger: Ledger, pk: str) -> list[dict[str, Any]]:
+    kwargs: dict[str, Any] = {
+        "TableName": ledger.table_name,
+        "KeyConditionExpression": "pk = :p",
+        "ExpressionAttributeValues": _to_ddb({":p": pk}),
+        "ConsistentRead": True,
+    }
+    items: list[dict[str, Any]] = []
+    while True:
+        resp = ledger.client.query(**kwargs)
+        items.extend(_from_ddb(raw) for raw in resp.get("Items", []))
+        if "LastEvaluatedKey" not in resp:
+            return items
+        kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+
 @dataclass(frozen=True)
 class ResumeResult:
     """What `resume` did: the status the run went back to, messages re-sent, and the follow-ups."""
@@ -240,19 +281,7 @@ class RunResumer:
         return sent
 
     def _parked(self, run_id: str, shard: int) -> list[dict[str, Any]]:
-        kwargs: dict[str, Any] = {
-            "TableName": self.ledger.table_name,
-            "KeyConditionExpression": "pk = :p",
-            "ExpressionAttributeValues": _to_ddb({":p": _parked_pk(run_id, shard)}),
-            "ConsistentRead": True,
-        }
-        items: list[dict[str, Any]] = []
-        while True:
-            resp = self.ledger.client.query(**kwargs)
-            items.extend(_from_ddb(raw) for raw in resp.get("Items", []))
-            if "LastEvaluatedKey" not in resp:
-                return items
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return _query_partition(self.ledger, _parked_pk(run_id, shard))
 
     def _send(self, queue_url: str, items: list[dict[str, Any]]) -> None:
         for start in range(0, len(items), SQS_BATCH):
