@@ -54,7 +54,7 @@ def test_a_hopeless_run_ends_failed_at_once_and_its_other_messages_are_acknowled
     stack: Stack,
 ) -> None:
     # GIVEN a split run of 40 companies whose job tolerates 5%; the service rejects every one
-    job, registry = job_with(tolerated_failure_pct=5.0)
+    job, registry = job_with(tolerated_failure_pct=5.0, stop_early=True)
     for i in range(40):
         stack.service.behaviours[f"C{i:07d}"] = Behaviour(status=400)
     stack.split({"job": job.name, "run_id": "r1", "items": companies(40)}, jobs=registry)
@@ -90,7 +90,7 @@ def test_without_stop_early_a_hopeless_run_pushes_every_task_and_fails_at_its_en
 
 def test_failures_within_what_the_split_may_still_add_do_not_stop_a_splitting_run(stack: Stack) -> None:
     # GIVEN a splitting run (one page of 10 accounted) with 5% tolerated, and 3 failures
-    job, _ = job_with(tolerated_failure_pct=5.0)
+    job, _ = job_with(tolerated_failure_pct=5.0, stop_early=True)
     stack.ledger.create_run("r1", job, segments=1)
     stack.ledger.account_page("r1", segment="0", cursor_from="", cursor_to="p1", count=10)
     outs = [outcome(i, TaskState.FAILED, job.shard_count) for i in range(3)]
@@ -100,13 +100,13 @@ def test_failures_within_what_the_split_may_still_add_do_not_stop_a_splitting_ru
     assert stack.ledger.require_run("r1").status is RunStatus.SPLITTING
     # WHEN the split finishes with 10 tasks in all THEN the splitter's finish stops it (30% > 5%)
     stack.ledger.account_page("r1", segment="0", cursor_from="p1", cursor_to=CURSOR_DONE, count=0)
-    stack.splitter(jobs=job_with(tolerated_failure_pct=5.0)[1])._finish(job, "r1")
+    stack.splitter(jobs=job_with(tolerated_failure_pct=5.0, stop_early=True)[1])._finish(job, "r1")
     run = stack.ledger.require_run("r1")
     assert run.status is RunStatus.FAILED and "stopped early: 3 of 10" in (run.error or "")
 
 
 def test_with_nothing_tolerated_one_failure_stops_a_splitting_run_and_its_splitter(stack: Stack) -> None:
-    job, _ = job_with(tolerated_failure_pct=0.0)
+    job, _ = job_with(tolerated_failure_pct=0.0, stop_early=True)
     stack.ledger.create_run("r1", job, segments=1)
     stack.ledger.account_page("r1", segment="0", cursor_from="", cursor_to="p1", count=10)
     stack.ledger.record_outcomes("r1", job.counter_count, [outcome(0, TaskState.FAILED, job.shard_count)])
@@ -121,7 +121,7 @@ def test_a_dead_lettered_failure_can_stop_the_run(stack: Stack) -> None:
     from microprocess.pipeline.envelope import TaskEnvelope
     from tests.functions_harness import sqs_record
 
-    job, registry = job_with(tolerated_failure_pct=0.0)
+    job, registry = job_with(tolerated_failure_pct=0.0, stop_early=True)
     stack.split({"job": job.name, "run_id": "r1", "items": companies(5)}, jobs=registry)
     body = TaskEnvelope(
         job=job.name, run_id="r1", task_id="0-000000001", shard=shard_of("0-000000001", job.shard_count), item={}
