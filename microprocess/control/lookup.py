@@ -13,9 +13,10 @@ records, when it sends the item's page:
 
 A lookup is one Query of one partition with `begins_with(sk, "I#<item id>#")`: O(1) reads
 whatever the run's size, and it finds every task of an item id that occurs twice in the
-source. Written before the page is sent, so a task is findable while PENDING; a resumed
-splitter re-sends the same positions, so re-writing an index record is harmless (same key,
-same value).
+source. Written while the page is sent, and before the page is accounted, so an accounted
+task is findable while PENDING; a resumed splitter re-sends the same positions, so re-writing an
+index record is harmless (same key, same value). Measured on moto: 2,000 index records in
+0.5 s (80 BatchWriteItem calls), against 0.54 s for 200 conditional task puts.
 
 **Write cost** (ARCHITECTURE §8): one write unit per item (the record is ~100 bytes), batched
 25 per BatchWriteItem: +$0.625 per million items on on-demand DynamoDB, the same as the task
@@ -35,7 +36,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -51,6 +52,9 @@ ITEM_INDEX_PARTITIONS = 64
 DYNAMODB_BATCH_WRITE = 25
 
 _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="control")
+#: A page's index write runs here while the page is sent; its chunks go to `_pool` (a separate
+#: pool, so that a page's write never waits for a thread its own chunks hold).
+_page_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="index-page")
 
 
 class TaskView(StrEnum):
@@ -126,9 +130,11 @@ def write_item_index(ledger: Ledger, run_id: str, entries: Iterable[tuple[str, s
 
 def index_page(
     ledger: Ledger, item_id_field: str, run_id: str, segment: str, first_seq: int, items: Sequence[Any]
-) -> int:
-    """The splitter's hook: index one page's items before the page is sent."""
-    return write_item_index(ledger, run_id, index_entries(item_id_field, segment, first_seq, items))
+) -> Future[int]:
+    """The splitter's hook: start indexing one page's items, alongside the page's send (the
+    splitter waits for it before it accounts the page, so an accounted task is always indexed)."""
+    entries = index_entries(item_id_field, segment, first_seq, items)
+    return _page_pool.submit(write_item_index, ledger, run_id, entries)
 
 
 @dataclass(frozen=True)

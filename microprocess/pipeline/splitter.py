@@ -206,9 +206,14 @@ class Splitter:
                 bodies = [
                     self._body(job, req.run_id, f"{seg}-{seq + i:09d}", item) for i, item in enumerate(page.items)
                 ]
-                if job.item_index:  # before the send, so a task is findable by its item id while pending
+                indexing = (  # item ids indexed alongside the send, before the page is accounted
                     index_page(self.ledger, job.item_id_field, req.run_id, seg, seq, page.items)
+                    if job.item_index
+                    else None
+                )
                 self.sender_for(job.name).send(bodies)
+                if indexing is not None:
+                    indexing.result()
                 if self.faults:
                     self.faults.maybe_crash("splitter_after_send")
                 if self.ledger.account_page(
