@@ -167,3 +167,35 @@ def test_a_paused_run_can_be_cancelled_and_its_parked_messages_are_dropped(stack
     assert resumer(stack).parked_count("r1", JOB.shard_count) == 0
     assert cancel_paused(stack.ledger, "r1") is False
     assert not stack.service.task_calls()
+
+
+def test_a_resume_that_crashed_after_re_sending_is_run_again_without_double_counting(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import microprocess.control.pause as pause_module
+
+    # GIVEN a paused run with 15 parked messages, and a resume that dies after re-sending the first
+    # shard's messages, before deleting their parked records
+    stack.split({"job": JOB.name, "run_id": "r1", "items": companies(15)})
+    pause(stack.ledger, "r1")
+    fwd = stack.forwarder()
+    stack.drive(fwd.handle, stack.task_queue)
+    real_batch_write = pause_module.batch_write
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("killed before the parked records were deleted")
+
+    monkeypatch.setattr(pause_module, "batch_write", crash)
+    with pytest.raises(RuntimeError):
+        resumer(stack).resume("r1", JOB)
+    assert 0 < stack.depth(stack.task_queue) < 15
+    assert resumer(stack).parked_count("r1", JOB.shard_count) == 15
+    # WHEN it is run again
+    monkeypatch.setattr(pause_module, "batch_write", real_batch_write)
+    again = resumer(stack).resume("r1", JOB)
+    # THEN every parked message is re-sent (some a second time), and every task is counted once
+    assert again.requeued == 15
+    stack.drive(fwd.handle, stack.task_queue)
+    run = stack.ledger.progress("r1")
+    assert (run.status, run.succeeded, run.failed) == (RunStatus.SUCCEEDED, 15, 0)
+    assert stack.metric("DuplicatesAbsorbed") > 0
