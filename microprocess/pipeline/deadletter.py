@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from microprocess.control.pause import prior_attempts
 from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobRegistry, UnknownJobError
 from microprocess.ledger import Ledger, TaskOutcome, TaskState
@@ -93,6 +94,7 @@ class DeadLetterHandler:
                 self.emit("RunsFailed", 1, job.name, run_id=env.run_id)
             return
         attempts = int(record.get("attributes", {}).get("ApproximateReceiveCount", "0") or 0)
+        attempts += prior_attempts(record)  # made before a pause parked and re-sent the message
         item_id = None
         if isinstance(env.item, dict) and job.item_id_field in env.item:
             item_id = str(env.item[job.item_id_field])
