@@ -122,7 +122,7 @@ def test_two_jobs_run_at_once_on_their_two_services_each_exact(
         t.join()
     # THEN each SUCCEEDED with exact counts, one report row per task and one email to its recipients
     for job, expected in ((CREDIT_SCORES, COMPANIES), (INVOICE_REMINDERS, INVOICES)):
-        started, final = results[job.name]
+        _, final = results[job.name]
         assert (final["status"], final["expected"], final["succeeded"], final["failed"]) == (
             "SUCCEEDED",
             expected,

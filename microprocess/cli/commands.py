@@ -30,8 +30,9 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
 from rich.markup import escape
 
-from microprocess.cli import check_service, planner
+from microprocess.cli import check_service, control, planner
 from microprocess.cli.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
+from microprocess.control.pause import cancel_paused
 from microprocess.declarations import (
     Declarations,
     JobDeclaration,
@@ -250,6 +251,7 @@ def wait_for(dep: Deployment, run_id: str, *, timeout_s: float, show: bool, job:
             sqs=dep.client("sqs"),
             queue_url=dep.job_queue_url(job),
             dlq_url=dep.outputs.get("DeadLetterQueueUrl"),
+            reduce_queue_url=dep.outputs.get("ReduceQueueUrl"),
             timeout_s=timeout_s,
             console=err,
             show=show,
@@ -413,6 +415,7 @@ def status(
         emit_json(status_dict(progress))
     else:
         _print_status(progress)
+        control.print_control_status(dep, progress)  # the job's concurrency cap in force; how to resume
 
 
 def _short_time(iso: str | None) -> str:
@@ -458,7 +461,7 @@ def cancel(
     dep = connect(target)
     with _ledger_errors(dep):
         ledger = dep.ledger()
-        if not ledger.cancel(run_id):
+        if not ledger.cancel(run_id) and not cancel_paused(ledger, run_id):
             now = ledger.require_run(run_id).status
             if now is RunStatus.REDUCING:
                 fail(f"run {run_id} is already reducing (every task is done); it is too late to cancel it")
@@ -840,6 +843,9 @@ def demo(
         err.print("stopping the local stack…")
         stack.down()
     raise typer.Exit(code)
+
+
+control.register(app)  # tasks, pause, resume, scale (after connect and the options they use)
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 Each poll reads the run's progress from the ledger (one run read and one batch read
 of its counters) and the depth of the task queue and the dead-letter queue. The bar
 shows done/total, the completion rate over the last few seconds, the ETA, failures,
-queue messages visible / in flight, and the DLQ depth.
+queue messages visible / in flight, and the DLQ depth; once the reduce is claimed, the
+reduce phase (parts done of total, the finalize, the email) and the reduce queue's depth.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from microprocess.ledger import Ledger, RunNotFound
+from microprocess.ledger import Ledger, RunNotFound, RunStatus
 from microprocess.ledger import Progress as RunProgress
 
 #: How long a just-started run may be missing from the ledger (the asynchronous splitter has not
@@ -64,6 +65,63 @@ def queue_depth(sqs: Any, queue_url: str | None, dlq_url: str | None) -> QueueDe
     )
 
 
+@dataclass(frozen=True)
+class ReducePhase:
+    """Where a run's reduce is: parts done of total, the finalize, the email, the reduce queue.
+
+    Attributes:
+        parts_done: reduce parts recorded done (one per ledger shard).
+        parts_total: the run's shard count.
+        finalize_claimed: the last part has claimed the finalize.
+        email: `sent`, `sending` (claimed, not confirmed), or `-`.
+        queue_visible: reduce queue messages waiting (None when unknown).
+        queue_in_flight: reduce queue messages being handled (None when unknown).
+    """
+
+    parts_done: int
+    parts_total: int
+    finalize_claimed: bool
+    email: str
+    queue_visible: int | None = None
+    queue_in_flight: int | None = None
+
+    def describe(self) -> str:
+        finalize = "claimed" if self.finalize_claimed else "waiting for the parts"
+        queue = f"; reduce queue {_n(self.queue_visible)} (+{_n(self.queue_in_flight)} in flight)"
+        return f"parts {self.parts_done}/{self.parts_total}, finalize {finalize}, email {self.email}{queue}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def reduce_phase(
+    ledger: Ledger, run_id: str, *, sqs: Any = None, reduce_queue_url: str | None = None
+) -> ReducePhase | None:
+    """The reduce phase of a run whose reduce is claimed (None before): two reads of the ledger
+    (the run's reduce attributes, its set of done parts) and one of the reduce queue."""
+    from microprocess.ledger.records import _from_ddb, _run_pk, _to_ddb
+
+    resp = ledger.client.get_item(
+        TableName=ledger.table_name,
+        Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+        ProjectionExpression="reduce_claimed_at, finalize_claimed_at, email_claimed_at, email_sent_at, shard_count",
+        ConsistentRead=True,
+    )
+    run = _from_ddb(resp.get("Item", {}))
+    if not run.get("reduce_claimed_at"):
+        return None
+    email = "sent" if run.get("email_sent_at") else "sending" if run.get("email_claimed_at") else "-"
+    depth = queue_depth(sqs, reduce_queue_url, None) if sqs is not None else QueueDepth()
+    return ReducePhase(
+        parts_done=len(ledger.parts_done(run_id)),
+        parts_total=int(run.get("shard_count", 0)),
+        finalize_claimed=bool(run.get("finalize_claimed_at")),
+        email=email,
+        queue_visible=depth.visible,
+        queue_in_flight=depth.in_flight,
+    )
+
+
 class RateMeter:
     """Completions per second over a sliding window of samples."""
 
@@ -101,6 +159,7 @@ def watch_run(
     sqs: Any = None,
     queue_url: str | None = None,
     dlq_url: str | None = None,
+    reduce_queue_url: str | None = None,
     timeout_s: float = 600.0,
     poll_s: float = 0.5,
     start_grace_s: float = DEFAULT_START_GRACE_S,
@@ -127,6 +186,7 @@ def watch_run(
         TextColumn("queue {task.fields[q_visible]} (+{task.fields[in_flight]} in flight)"),
         TextColumn("DLQ {task.fields[dlq]}"),
         TimeElapsedColumn(),
+        TextColumn("{task.fields[phase]}"),
         console=console,
         transient=False,
         disable=not show,
@@ -134,7 +194,16 @@ def watch_run(
     )
     with bar:
         task = bar.add_task(
-            run_id, total=None, status="STARTING", rate="-", eta="-:--", failed=0, q_visible="?", in_flight="?", dlq="?"
+            run_id,
+            total=None,
+            status="STARTING",
+            rate="-",
+            eta="-:--",
+            failed=0,
+            q_visible="?",
+            in_flight="?",
+            dlq="?",
+            phase="",
         )
         while True:
             now = clock()
@@ -149,6 +218,9 @@ def watch_run(
             depth = queue_depth(sqs, queue_url, dlq_url) if sqs is not None else QueueDepth()
             if last is not None:
                 done = last.succeeded + last.failed
+                phase = None
+                if last.status is RunStatus.REDUCING or (last.status.terminal and last.report_uri):
+                    phase = reduce_phase(ledger, run_id, sqs=sqs, reduce_queue_url=reduce_queue_url)
                 rate = meter.add(now, done)
                 if last.status.terminal and now > started:
                     rate = done / (now - started)  # the whole run's average, not its quiet reduce tail
@@ -163,6 +235,7 @@ def watch_run(
                     q_visible=_n(depth.visible),
                     in_flight=_n(depth.in_flight),
                     dlq=_n(depth.dead_letters),
+                    phase=f"reduce: {phase.describe()}" if phase else "",
                 )
                 if last.status.terminal:
                     bar.refresh()

@@ -105,6 +105,11 @@ class JobDeclaration(BaseModel):
         batch_size: SQS records per forwarder invocation (1..10).
         task_timeout_s: per-request timeout of a push, seconds.
         recipients: who gets the report email.
+        stop_early: end the run FAILED as soon as its failures exceed the tolerance of its
+            expected total (it cannot succeed any more); its remaining tasks are not pushed.
+        item_index: write one item-id record per item at split time, so that one item is found
+            by its id without reading the run (`microprocess tasks RUN --item ID`); one write
+            unit per item.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -132,6 +137,8 @@ class JobDeclaration(BaseModel):
     batch_size: Annotated[int, Field(ge=1, le=10)] = 10
     task_timeout_s: Annotated[float, Field(gt=0, le=120)] = 30.0
     recipients: tuple[str, ...] = ()
+    stop_early: bool = True
+    item_index: bool = True
 
     @field_validator("name")
     @classmethod

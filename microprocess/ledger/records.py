@@ -35,6 +35,8 @@ class RunStatus(StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    #: `microprocess pause`: no pushes, no split; `paused_from` on the run item says where it resumes.
+    PAUSED = "PAUSED"
 
     @property
     def terminal(self) -> bool:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from microprocess.control.pause import prior_attempts
+from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobRegistry, UnknownJobError
 from microprocess.ledger import Ledger, TaskOutcome, TaskState
 from microprocess.pipeline.envelope import MalformedEnvelope, TaskEnvelope, TaskKind
@@ -92,6 +94,7 @@ class DeadLetterHandler:
                 self.emit("RunsFailed", 1, job.name, run_id=env.run_id)
             return
         attempts = int(record.get("attributes", {}).get("ApproximateReceiveCount", "0") or 0)
+        attempts += prior_attempts(record)  # made before a pause parked and re-sent the message
         item_id = None
         if isinstance(env.item, dict) and job.item_id_field in env.item:
             item_id = str(env.item[job.item_id_field])
@@ -108,6 +111,7 @@ class DeadLetterHandler:
         res = self.ledger.record_outcomes(env.run_id, run.counter_count, [outcome])
         if res.newly_recorded:
             self.emit("TasksFailed", 1, job.name, run_id=env.run_id)
+            stop_if_hopeless(self.ledger, env.run_id, job, emit=self.emit)
         if res.claimed_reduce:
             self.emit("ReducesClaimed", 1, job.name, run_id=env.run_id)
             enqueue_reduce_parts(self.sender, job, env.run_id, run.shard_count)

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from microprocess.chaos.faults import FaultInjector, InjectedCrash
+from microprocess.control.adaptive import observe_pushes
+from microprocess.control.pause import park, prior_attempts
+from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobDeclaration, JobRegistry, ReduceMode, UnknownJobError
 from microprocess.ledger import Ledger, RunRecord, RunStatus, TaskOutcome, TaskState
 from microprocess.pipeline.envelope import SQS_MAX_MESSAGE_BYTES, MalformedEnvelope, TaskEnvelope, TaskKind, shard_of
@@ -74,7 +77,8 @@ class _Work:
 
     @property
     def attempt(self) -> int:
-        return int(self.record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+        receives = int(self.record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+        return receives + prior_attempts(self.record)  # + the attempts before a pause parked it
 
 
 def _keys(env: TaskEnvelope) -> dict[str, str]:
@@ -194,8 +198,12 @@ class Forwarder:
         if work and self.faults:
             self.faults.maybe_crash("before_push")
         self._duplicate_some(work)
+        started = time.monotonic()
         for w, result in zip(work, self._pool.map(self._push, work), strict=True):
             w.result = result
+        pushed = [(w.job.name, w.result.status) for w in work if w.envelope.kind is TaskKind.TASK and w.result]
+        if pushed:  # the adaptive concurrency's signals (429/503, push time), as EMF metrics
+            observe_pushes(self.emit, pushed, time.monotonic() - started)
         if work and self.faults:
             self.faults.maybe_crash("after_push")
         tasks = [w for w in work if w.envelope.kind is TaskKind.TASK]
@@ -231,6 +239,11 @@ class Forwarder:
                 extra=_keys(env),
             )
             return None
+        if run.status is RunStatus.PAUSED:
+            run = self.runs.get(env.run_id, fresh=True) or run  # resumed since the cached read?
+            if run.status is RunStatus.PAUSED:
+                park(self.ledger, record, env)  # kept until `resume`: no push, no attempt, no DLQ
+                return None
         if env.kind is TaskKind.TASK and run.status in (RunStatus.REDUCING, RunStatus.SUCCEEDED, RunStatus.FAILED):
             return None  # every task was terminal when the reduce was claimed: a late duplicate
         if env.kind is TaskKind.TASK:
@@ -413,6 +426,8 @@ class Forwarder:
             self.emit("TasksSucceeded", ok, job.name, run_id=run_id)
             self.emit("TasksFailed", len(new) - ok, job.name, run_id=run_id)
             self.emit("DuplicatesAbsorbed", len(res.duplicates), job.name, run_id=run_id)
+            if len(new) > ok:  # new failures: has the run become unable to succeed? (stop_early)
+                stop_if_hopeless(self.ledger, run_id, job, emit=self.emit)
             if res.claimed_reduce:
                 log.info(
                     "run %s: last task done, reduce claimed; enqueuing %d parts",

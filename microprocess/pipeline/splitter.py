@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from microprocess.chaos.faults import FaultInjector
+from microprocess.control.lookup import index_page
+from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobDeclaration, JobRegistry
 from microprocess.ledger import CURSOR_DONE, Ledger, RunNotActive, RunStatus
 from microprocess.pipeline.envelope import EnvelopeTooLarge, TaskEnvelope, canonical_json, shard_of
@@ -168,6 +170,8 @@ class Splitter:
         if self.ledger.finish_split(run_id):
             self.emit("ReducesClaimed", 1, job.name, run_id=run_id)
             enqueue_reduce_parts(self.reduce_sender, job, run_id, self.ledger.require_run(run_id).shard_count)
+        else:  # the expected total is final now: failures so far may already be too many
+            stop_if_hopeless(self.ledger, run_id, job, emit=self.emit)
 
     def _source(self, job: JobDeclaration, req: StartRequest) -> Source:
         if req.items is not None:
@@ -202,7 +206,14 @@ class Splitter:
                 bodies = [
                     self._body(job, req.run_id, f"{seg}-{seq + i:09d}", item) for i, item in enumerate(page.items)
                 ]
+                indexing = (  # item ids indexed alongside the send, before the page is accounted
+                    index_page(self.ledger, job.item_id_field, req.run_id, seg, seq, page.items)
+                    if job.item_index
+                    else None
+                )
                 self.sender_for(job.name).send(bodies)
+                if indexing is not None:
+                    indexing.result()
                 if self.faults:
                     self.faults.maybe_crash("splitter_after_send")
                 if self.ledger.account_page(

@@ -1,0 +1,164 @@
+"""Adaptive concurrency: the AIMD controller's decisions, the forwarder's signals, and the actuator on moto."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from microprocess.control.adaptive import (
+    METRIC_NAMESPACE,
+    SERVICE_DIMENSION,
+    AdaptiveConcurrency,
+    AimdController,
+    AimdSettings,
+    Signals,
+)
+from microprocess.control.scale import EventSourceCap
+from tests.functions_harness import JOB, Behaviour, Stack
+
+
+def controller(ceiling: int = 100, **kw: Any) -> AimdController:
+    return AimdController(AimdSettings(ceiling=ceiling, **kw))
+
+
+def test_throttling_halves_the_cap_then_healthy_intervals_add_it_back_up_to_the_declared_maximum() -> None:
+    c = controller(ceiling=100)  # step: 100 // 20 = 5
+    throttled = c.decide(100, Signals(pushes=1000, throttled=50, p90_latency_ms=80))
+    assert (throttled.action, throttled.concurrency) == ("decrease", 50)
+    assert "50 of 1000 pushes answered 429/503" in throttled.reason
+    again = c.decide(50, Signals(pushes=500, throttled=20, p90_latency_ms=80))
+    assert again.concurrency == 25
+    caps = [25]
+    for _ in range(20):
+        caps.append(c.decide(caps[-1], Signals(pushes=500, throttled=0, p90_latency_ms=80)).concurrency)
+    assert caps[1:4] == [30, 35, 40]  # additive
+    assert caps[-1] == 100 and max(caps) == 100  # never above the declared maximum
+    assert c.decide(100, Signals(pushes=500, p90_latency_ms=80)).action == "hold"
+
+
+def test_a_latency_climb_against_the_healthy_baseline_decreases() -> None:
+    c = controller(ceiling=100)
+    for _ in range(3):
+        c.decide(40, Signals(pushes=100, p90_latency_ms=100))
+    assert c.baseline_ms == pytest.approx(100)
+    slow = c.decide(40, Signals(pushes=100, p90_latency_ms=250))
+    assert (slow.action, slow.concurrency) == ("decrease", 20)
+    assert "above 2 x the healthy 100 ms" in slow.reason
+    assert c.baseline_ms == pytest.approx(100)  # an overloaded interval does not move the baseline
+    drift = c.decide(20, Signals(pushes=100, p90_latency_ms=150))  # within 2x: healthy, followed
+    assert drift.action == "increase" and c.baseline_ms == pytest.approx(110)
+
+
+def test_push_time_near_the_task_timeout_decreases_without_a_baseline() -> None:
+    settings = AimdSettings.for_job(JOB)  # task_timeout_s 10 -> limit 8,000 ms
+    c = AimdController(settings)
+    d = c.decide(JOB.max_concurrency, Signals(pushes=100, p90_latency_ms=9000))
+    assert d.action == "decrease" and "near the task timeout" in d.reason
+
+
+@pytest.mark.parametrize(
+    ("current", "signals", "expected"),
+    [
+        (2, Signals(pushes=100, throttled=100), (2, "hold")),  # never below the event source's floor
+        (3, Signals(pushes=100, throttled=100), (2, "decrease")),
+        (60, Signals(pushes=5, throttled=5), (60, "hold")),  # too few pushes to judge
+        (60, Signals(pushes=0), (60, "hold")),  # idle
+        (500, Signals(pushes=100), (100, "hold")),  # a cap above the declared maximum is brought back
+        (98, Signals(pushes=100, p90_latency_ms=10), (100, "increase")),
+    ],
+)
+def test_decisions_stay_within_the_floor_and_the_declared_maximum(
+    current: int, signals: Signals, expected: tuple[int, str]
+) -> None:
+    d = controller(ceiling=100).decide(current, signals)
+    assert (d.concurrency, d.action) == expected
+
+
+class FakeScaler:
+    def __init__(self, cap: int | None) -> None:
+        self.concurrency = cap
+        self.sets: list[int] = []
+
+    def cap(self, job: Any) -> EventSourceCap:
+        return EventSourceCap(job.name, "u", "arn", "fn", self.concurrency, "Enabled", job.max_concurrency)
+
+    def set(self, job: Any, n: int) -> tuple[EventSourceCap, EventSourceCap]:
+        before = self.cap(job)
+        self.concurrency = n
+        self.sets.append(n)
+        return before, self.cap(job)
+
+
+def test_the_actuator_applies_decisions_to_the_mapping_and_emits_them() -> None:
+    scaler = FakeScaler(cap=None)  # unset: AWS's default, taken as the declared maximum
+    emitted: list[tuple[str, float, str]] = []
+    signals = iter([Signals(pushes=400, throttled=40), Signals(pushes=400, p90_latency_ms=50)])
+    adaptive = AdaptiveConcurrency(
+        jobs=[JOB],
+        scaler=scaler,  # type: ignore[arg-type]
+        signals=lambda job: next(signals),
+        emit=lambda name, value, job, **_: emitted.append((name, value, job)),
+    )
+    first = adaptive.tick()[JOB.name]
+    assert (first.previous, first.concurrency) == (JOB.max_concurrency, JOB.max_concurrency // 2)
+    second = adaptive.tick()[JOB.name]
+    assert second.action == "increase" and scaler.sets == [25, 27]
+    assert ("ConcurrencyDecreased", 1, JOB.name) in emitted and ("ConcurrencyIncreased", 1, JOB.name) in emitted
+    assert ("EffectiveConcurrency", 27, JOB.name) in emitted
+
+
+def test_the_forwarder_emits_pushes_throttles_and_push_time_per_job(stack: Stack) -> None:
+    stack.service.behaviours["C0000001"] = Behaviour(status=429, retry_after="1")
+    stack.service.behaviours["C0000002"] = Behaviour(status=503)
+    stack.split({"job": JOB.name, "run_id": "r1", "items": [{"company_id": f"C{i:07d}"} for i in range(5)]})
+    stack.forwarder().handle({"Records": stack.receive(stack.task_queue)})
+    assert stack.metric("ServicePushes") == 5
+    assert stack.metric("ServiceThrottled") == 2
+    assert stack.metric("PushBatchMilliseconds") > 0
+
+
+def test_the_metric_names_match_the_stacks_contract() -> None:
+    from infra import contract
+
+    assert METRIC_NAMESPACE == contract.METRIC_NAMESPACE
+    assert SERVICE_DIMENSION == (contract.SERVICE_DIMENSION, contract.POWERTOOLS_SERVICE)
+
+
+class FakeCloudWatch:
+    """GetMetricData in the shape AWS answers (moto computes no percentiles)."""
+
+    def __init__(self, values: dict[str, list[float]]) -> None:
+        self.values = values
+        self.requests: list[dict[str, Any]] = []
+
+    def get_metric_data(self, **kw: Any) -> dict[str, Any]:
+        self.requests.append(kw)
+        return {
+            "MetricDataResults": [
+                {"Id": q["Id"], "Label": q["Id"], "Values": self.values.get(q["Id"], []), "StatusCode": "Complete"}
+                for q in kw["MetricDataQueries"]
+            ]
+        }
+
+
+def test_signals_are_read_from_the_jobs_metrics_of_the_last_interval() -> None:
+    from microprocess.control.adaptive import CloudWatchSignals
+
+    cw = FakeCloudWatch({"pushes": [1200.0], "throttled": [36.0], "p90": [412.5]})
+    signals = CloudWatchSignals(cw, window_s=60)(JOB.name)
+    assert signals == Signals(pushes=1200, throttled=36, p90_latency_ms=412.5)
+    (request,) = cw.requests
+    stats = {
+        q["Id"]: (q["MetricStat"]["Metric"]["MetricName"], q["MetricStat"]["Stat"])
+        for q in request["MetricDataQueries"]
+    }
+    assert stats == {
+        "pushes": ("ServicePushes", "Sum"),
+        "throttled": ("ServiceThrottled", "Sum"),
+        "p90": ("PushBatchMilliseconds", "p90"),
+    }
+    dims = request["MetricDataQueries"][0]["MetricStat"]["Metric"]["Dimensions"]
+    assert {"Name": "job", "Value": JOB.name} in dims
+    assert (request["EndTime"] - request["StartTime"]).total_seconds() == 60
+    assert CloudWatchSignals(FakeCloudWatch({}))(JOB.name) == Signals(pushes=0, throttled=0, p90_latency_ms=None)
