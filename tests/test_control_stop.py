@@ -1,4 +1,5 @@
-"""Stop early: the tolerance decision, and a hopeless run ending FAILED at once through the real forwarder."""
+"""Stop early: the tolerance decision, and a hopeless run stopped at once through the real forwarder,
+reduced (the report of what was done, the not-attempted tasks listed) and ended FAILED."""
 
 from __future__ import annotations
 
@@ -60,16 +61,17 @@ def test_a_hopeless_run_ends_failed_at_once_and_its_other_messages_are_acknowled
     stack.split({"job": job.name, "run_id": "r1", "items": companies(40)}, jobs=registry)
     # WHEN the forwarder takes the run's messages
     stack.drive(stack.forwarder(jobs=registry).handle, stack.task_queue)
-    # THEN the first batch with failures (moto delivers in any order) ended the run FAILED, saying why
+    # THEN the first batch with failures (moto delivers in any order) stopped the run and claimed
+    # its reduce at once; the reduce (on the same queue in this harness) built the report of what
+    # was done and ended the run FAILED, above the tolerance
     run = stack.ledger.require_run("r1")
-    assert run.status is RunStatus.FAILED
-    assert run.error and run.error.startswith("stopped early: ")
-    assert "of 40 tasks failed" in run.error and "above the tolerated 5.0%" in run.error
+    assert run.status is RunStatus.FAILED and run.report_uri
+    assert run.error and "of 40 tasks failed" in run.error and "above the tolerated 5.0%" in run.error
+    assert [c["payload"]["kind"] for c in stack.service.calls if c["payload"]["kind"] != "task"][-1] == "finalize"
     # AND only that first batch was pushed: the other 30 messages were acknowledged without a call
     assert len(stack.service.task_calls()) == 10
     assert stack.depth(stack.task_queue) == 0 and stack.depth(stack.dlq) == 0
-    # AND no reduce ran, and the not-attempted tasks are exactly the 30 without a record
-    assert not [c for c in stack.service.calls if c["payload"]["kind"] != "task"]
+    # AND the not-attempted tasks are exactly the 30 without a record
     pushed = {c["payload"]["task_id"] for c in stack.service.task_calls()}
     assert set(not_attempted(stack.ledger, "r1")) == {f"0-{i:09d}" for i in range(40)} - pushed
     assert len(pushed) == 10
@@ -102,7 +104,7 @@ def test_failures_within_what_the_split_may_still_add_do_not_stop_a_splitting_ru
     stack.ledger.account_page("r1", segment="0", cursor_from="p1", cursor_to=CURSOR_DONE, count=0)
     stack.splitter(jobs=job_with(tolerated_failure_pct=5.0, stop_early=True)[1])._finish(job, "r1")
     run = stack.ledger.require_run("r1")
-    assert run.status is RunStatus.FAILED and "stopped early: 3 of 10" in (run.error or "")
+    assert run.status is RunStatus.REDUCING and "stopped early: 3 of 10" in (run.error or "")
 
 
 def test_with_nothing_tolerated_one_failure_stops_a_splitting_run_and_its_splitter(stack: Stack) -> None:
@@ -128,4 +130,5 @@ def test_a_dead_lettered_failure_can_stop_the_run(stack: Stack) -> None:
     ).to_json()
     handler = DeadLetterHandler(jobs=registry, ledger=stack.ledger, s3=stack.s3, bucket="reports", sender=stack.sender)
     handler.handle({"Records": [sqs_record(body, receive_count=5)]})
-    assert stack.ledger.require_run("r1").status is RunStatus.FAILED
+    run = stack.ledger.require_run("r1")
+    assert run.status is RunStatus.REDUCING and (run.error or "").startswith("stopped early")

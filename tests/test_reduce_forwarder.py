@@ -188,3 +188,36 @@ def test_a_completion_envelope_carries_its_body_and_is_keyed_run_colon_completio
     bodiless = '{"kind": "completion", "job": "j", "run_id": "r9", "task_id": "completion", "shard": 0}'
     with pytest.raises(MalformedEnvelope, match="completion message carries its callback body as 'item'"):
         TaskEnvelope.parse(bodiless)
+
+
+def test_a_run_stopped_early_is_reported_with_its_not_attempted_tasks_and_mailed_once(stack: Stack) -> None:
+    # GIVEN a platform-reduce job tolerating 5% whose service rejects every item, stop_early on
+    boto3.client("ses", region_name="us-east-1").verify_email_identity(EmailAddress=SENDER)
+    job, jobs = job_with(
+        reduce="platform",
+        reduce_part_path=None,
+        reduce_finalize_path=None,
+        tolerated_failure_pct=5.0,
+        stop_early=True,
+        recipients=(RECIPIENT,),
+    )
+    for i in range(40):
+        stack.service.behaviours[f"C{i:07d}"] = Behaviour(status=400)
+    items = [{"company_id": f"C{i:07d}"} for i in range(40)]
+    stack.splitter(jobs=jobs, two_queues=True).handle({"job": job.name, "run_id": "r1", "items": items}, ENOUGH_TIME)
+    # WHEN the task forwarder meets the first failures, and the reducer then drains the reduce queue
+    stack.drive(stack.forwarder(jobs=jobs, two_queues=True).handle, stack.task_queue)
+    assert stack.ledger.require_run("r1").status is RunStatus.REDUCING
+    stack.drive(reducer_forwarder(stack, jobs).handle, stack.reduce_queue)
+    # THEN the run ended FAILED with a report: a row per attempted task, and the rest listed as not attempted
+    run = stack.ledger.require_run("r1")
+    assert run.status is RunStatus.FAILED and run.report_uri
+    pushed = {c["payload"]["task_id"] for c in stack.service.task_calls()}
+    layout = ReportLayout(stack.bucket, job.name, "r1")
+    listed = stack.s3.get_object(Bucket=stack.bucket, Key=layout.not_attempted_csv)["Body"].read().decode().split()
+    assert listed[0] == "task_id" and set(listed[1:]) == {f"0-{i:09d}" for i in range(40)} - pushed
+    assert len(listed) - 1 == 40 - len(pushed) > 0
+    report = stack.s3.get_object(Bucket=stack.bucket, Key=layout.report_csv)["Body"].read().decode().splitlines()
+    assert len(report) - 1 == len(pushed)
+    # AND one email
+    assert len(mail()) == 1

@@ -111,7 +111,7 @@ class DeadLetterHandler:
         res = self.ledger.record_outcomes(env.run_id, run.counter_count, [outcome])
         if res.newly_recorded:
             self.emit("TasksFailed", 1, job.name, run_id=env.run_id)
-            stop_if_hopeless(self.ledger, env.run_id, job, emit=self.emit)
+            stop_if_hopeless(self.ledger, env.run_id, job, emit=self.emit, reduce_sender=self.sender)
         if res.claimed_reduce:
             self.emit("ReducesClaimed", 1, job.name, run_id=env.run_id)
             enqueue_reduce_parts(self.sender, job, env.run_id, run.shard_count)

@@ -427,7 +427,7 @@ class Forwarder:
             self.emit("TasksFailed", len(new) - ok, job.name, run_id=run_id)
             self.emit("DuplicatesAbsorbed", len(res.duplicates), job.name, run_id=run_id)
             if len(new) > ok:  # new failures: has the run become unable to succeed? (stop_early)
-                stop_if_hopeless(self.ledger, run_id, job, emit=self.emit)
+                stop_if_hopeless(self.ledger, run_id, job, emit=self.emit, reduce_sender=self.reduce_sender)
             if res.claimed_reduce:
                 log.info(
                     "run %s: last task done, reduce claimed; enqueuing %d parts",

@@ -171,7 +171,7 @@ class Splitter:
             self.emit("ReducesClaimed", 1, job.name, run_id=run_id)
             enqueue_reduce_parts(self.reduce_sender, job, run_id, self.ledger.require_run(run_id).shard_count)
         else:  # the expected total is final now: failures so far may already be too many
-            stop_if_hopeless(self.ledger, run_id, job, emit=self.emit)
+            stop_if_hopeless(self.ledger, run_id, job, emit=self.emit, reduce_sender=self.reduce_sender)
 
     def _source(self, job: JobDeclaration, req: StartRequest) -> Source:
         if req.items is not None:

@@ -64,6 +64,11 @@ class ReportLayout:
         return f"{self.prefix}failures.csv"
 
     @property
+    def not_attempted_csv(self) -> str:
+        """The tasks of a run stopped before they ran (stop early): one task id per row."""
+        return f"{self.prefix}not_attempted.csv"
+
+    @property
     def summary_json(self) -> str:
         return f"{self.prefix}summary.json"
 

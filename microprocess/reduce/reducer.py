@@ -29,7 +29,7 @@ from microprocess.reduce.finalize import join_report, merged, part_stats, presig
 from microprocess.reduce.layout import ReportLayout
 from microprocess.reduce.mail import send_report_email
 from microprocess.reduce.parts import build_part
-from microprocess.reduce.s3stream import S3_MIN_PART_BYTES
+from microprocess.reduce.s3stream import S3_MIN_PART_BYTES, S3StreamWriter
 from microprocess.reduce.summary import build_summary
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,8 @@ class PlatformReducer:
         parts = part_stats(self.ledger, self.s3, layout, job, run.shard_count, part_bytes=self.part_bytes)
         joined = join_report(self.s3, layout, job, parts, part_bytes=self.part_bytes)
         stats = merged(parts)
+        progress = self.ledger.progress(run.run_id)
+        not_attempted = self._list_not_attempted(run, layout) if progress.pending else 0
         files = {
             name: layout.s3_uri(key)
             for name, key in (
@@ -144,11 +146,12 @@ class PlatformReducer:
                 ("failures_csv", layout.failures_csv),
                 ("summary_json", layout.summary_json),
                 ("report_html", layout.report_html),
+                *((("not_attempted_csv", layout.not_attempted_csv),) if not_attempted else ()),
             )
         }
         summary = build_summary(
             run=run,
-            progress=self.ledger.progress(run.run_id),
+            progress=progress,
             stats=stats,
             histogram=joined.histogram,
             histogram_field=job.histogram_field,
@@ -157,12 +160,28 @@ class PlatformReducer:
             files=files,
             reduced_at=utc_now_iso(),
         )
+        summary["not_attempted"] = not_attempted
         summary["report_csv_bytes"] = joined.csv_bytes
         summary["report_jsonl_bytes"] = joined.jsonl_bytes
         # The ledger makes the one failure-tolerance decision and records it with the report.
         return self.ledger.finish_run(
             run.run_id, tolerated_failure_pct=job.tolerated_failure_pct, report_uri=layout.uri, summary=summary
         )
+
+    def _list_not_attempted(self, run: RunRecord, layout: ReportLayout) -> int:
+        """Write not_attempted.csv: the run's tasks that never ran (a run stopped early). Streams
+        the ids from the ledger; returns how many there were."""
+        from microprocess.control.lookup import not_attempted  # the lookup reads the task records
+
+        count = 0
+        with S3StreamWriter(
+            self.s3, self.bucket, layout.not_attempted_csv, content_type="text/csv", part_bytes=self.part_bytes
+        ) as writer:
+            writer.write(b"task_id\n")
+            for task_id in not_attempted(self.ledger, run.run_id):
+                writer.write(f"{task_id}\n".encode())
+                count += 1
+        return count
 
     def _notify_once(self, job: JobDeclaration, run: RunRecord, summary: dict[str, Any], layout: ReportLayout) -> str:
         """Enqueue the completion callback and send the email, once per run (the email claim
