@@ -1022,12 +1022,13 @@ class Ledger:
             epoch += 1
             self._forget_epoch(run_id)
         counts = self._repair_note(run_id, epoch)
-        started = clock()
+        started, counted_now = clock(), 0
         for shard in range(run.shard_count):
             if shard in counts:
                 continue
-            if budget_s is not None and clock() - started >= budget_s:
+            if counted_now and budget_s is not None and clock() - started >= budget_s:
                 return RepairState(run_id, epoch, len(counts), run.shard_count, False, 0, 0)
+            counted_now += 1
             counts[shard] = self._recount_shard(run_id, shard)
             self.client.update_item(
                 TableName=self.table_name,
