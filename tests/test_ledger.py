@@ -338,7 +338,9 @@ def test_writes_retried_after_they_were_applied_count_once_and_claim_at_the_end(
     # WHEN the tasks complete in batches of 5
     claims = record(amb, "r1", [outcome(i) for i in range(20)], batch=5)
     # THEN the fault fired, every task is new and counted once, and only the last batch claims
-    assert injector.fired["applied_then_error at UpdateItem"] > 0 and injector.fired["applied_then_error at PutItem"] > 0
+    assert (
+        injector.fired["applied_then_error at UpdateItem"] > 0 and injector.fired["applied_then_error at PutItem"] > 0
+    )
     prog = amb.progress("r1")
     assert (prog.expected, prog.succeeded, prog.failed) == (20, 20, 0)
     assert claims == [False, False, False, True]
@@ -388,7 +390,12 @@ def test_the_item_size_error_of_dynamodb_also_fails_only_that_task(ddb: Any, led
 
             if len(kw["Item"].get("result", {}).get("S", "")) > 100_000:
                 raise ClientError(
-                    {"Error": {"Code": "ValidationException", "Message": "Item size has exceeded the maximum allowed size"}},
+                    {
+                        "Error": {
+                            "Code": "ValidationException",
+                            "Message": "Item size has exceeded the maximum allowed size",
+                        }
+                    },
                     "PutItem",
                 )
             return self.inner.put_item(**kw)
@@ -396,7 +403,9 @@ def test_the_item_size_error_of_dynamodb_also_fails_only_that_task(ddb: Any, led
     strict = Ledger(ledger_table, client=Strict(ddb))
     strict.create_run("r1", JOB)
     split(strict, "r1", [2])
-    out = TaskOutcome("0-000000001", shard_of("0-000000001", JOB.shard_count), TaskState.SUCCEEDED, 1, result="y" * 200_000)
+    out = TaskOutcome(
+        "0-000000001", shard_of("0-000000001", JOB.shard_count), TaskState.SUCCEEDED, 1, result="y" * 200_000
+    )
     res = strict.record_outcomes("r1", K, [outcome(0), out])
     assert len(res.newly_recorded) == 2
     assert (strict.progress("r1").succeeded, strict.progress("r1").failed) == (1, 1)

@@ -782,10 +782,10 @@ class Ledger:
             time.sleep(0.05)
         out = []
         for m in markers:
-            rec = records.get(m["task_id"])
-            if rec is None or rec.get("state") != str(TaskState.FAILED):
+            found = records.get(m["task_id"])
+            if found is None or found.get("state") != str(TaskState.FAILED):
                 continue
-            out.append(_task_record(rec, shard))
+            out.append(_task_record(found, shard))
         return out
 
     def task_exists(self, run_id: str, shard: int, task_id: str) -> bool:
