@@ -58,6 +58,8 @@ from microprocess.pipeline.sources import (
 
 log = logging.getLogger(__name__)
 MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
+#: Where pages read from a source that can change are kept (REPORTS_BUCKET), so re-sent pages match.
+SPLITS_PREFIX = "splits/"
 #: Transient source errors a run may have before it ends FAILED (each is one splitter attempt).
 MAX_SPLIT_ERRORS = 5
 
@@ -400,22 +402,32 @@ class Splitter:
         if stable or not self.settings.reports_bucket:
             return _read(source, seg, cursor, limit)
         bucket = self.settings.reports_bucket
-        key = f"splits/{run.run_id}/{seg}/{hashlib.sha256(cursor.encode()).hexdigest()[:32]}.json"
-        kept = self._kept_page(bucket, key)
-        if kept is not None:
-            return kept
-        page = _read(source, seg, cursor, limit)
-        body = json.dumps({"cursor": cursor, "items": page.items, "next_cursor": page.next_cursor}, default=str)
+        key = f"{SPLITS_PREFIX}{run.run_id}/{seg}/{hashlib.sha256(cursor.encode()).hexdigest()[:32]}.json"
         try:
-            self.s3.put_object(Bucket=bucket, Key=key, Body=body.encode(), IfNoneMatch="*")
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                raise
-            kept = self._kept_page(bucket, key)  # another splitter kept this page first: send its items
+            kept = self._kept_page(bucket, key)
             if kept is not None:
                 return kept
-        return page
+            page = _read(source, seg, cursor, limit)
+            body = json.dumps({"cursor": cursor, "items": page.items, "next_cursor": page.next_cursor}, default=str)
+            try:
+                self.s3.put_object(Bucket=bucket, Key=key, Body=body.encode(), IfNoneMatch="*")
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    raise
+                kept = self._kept_page(bucket, key)  # another splitter kept this page first: send its items
+                if kept is not None:
+                    return kept
+            return page
+        except ClientError as exc:
+            if not is_permanent(exc):
+                raise
+            raise SourceReadError(
+                SourceError(
+                    f"the splitter cannot keep its pages in s3://{bucket}/{SPLITS_PREFIX} ({exc}): grant it "
+                    f"read and write on that prefix of REPORTS_BUCKET"
+                )
+            ) from exc
 
     def _kept_page(self, bucket: str, key: str) -> Page | None:
         try:
