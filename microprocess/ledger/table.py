@@ -282,6 +282,7 @@ class Ledger:
             _run_key(run_id),
             set_expr="cursors.#s = :to, seg_counts.#s = seg_counts.#s + :n, updated_at = :now",
             add_expr="expected :n, pages :one",
+            remove_expr="split_errors",  # the errors `note_split_error` counts are those since the last page
             cond="cursors.#s = :from AND #st = :splitting",
             names={"#s": segment, "#st": "status"},
             values={
@@ -310,6 +311,7 @@ class Ledger:
         token_attr: str,
         names: dict[str, str] | None = None,
         add_expr: str = "",
+        remove_expr: str = "",
     ) -> bool:
         """A conditional update that is safe when the SDK retries it after it was applied:
         it also sets `token_attr` to a fresh token, and a failed condition whose item holds
@@ -317,6 +319,7 @@ class Ledger:
         True if this call's update was applied."""
         token = _token()
         expr = f"SET #ctok = :ctok, {set_expr}" + (f" ADD {add_expr}" if add_expr else "")
+        expr += f" REMOVE {remove_expr}" if remove_expr else ""
         try:
             self.client.update_item(
                 TableName=self.table_name,
@@ -334,7 +337,8 @@ class Ledger:
             return _written_by(exc, token, token_attr)
 
     def note_split_error(self, run_id: str, error: str) -> int:
-        """Remember a transient error of the split; returns how many the run has had."""
+        """Remember a transient error of the split; returns how many the run has had since
+        its last accounted page."""
         resp = self.client.update_item(
             TableName=self.table_name,
             Key=_to_ddb(_run_key(run_id)),

@@ -1,9 +1,10 @@
 """Item sources the splitter reads in pages, from a cursor.
 
-Every source is deterministic from a cursor: reading segment `s` from cursor `c`
-always yields the same page, so a splitter resumed after a crash re-reads (and
-re-sends, harmlessly) exactly the page it had not accounted. The cursor of a
-segment read to its end is `CURSOR_DONE`.
+A source reads segment `s` from cursor `c`; the cursor of a segment read to its end is
+`CURSOR_DONE`. A table, an S3 object or a function may change between two reads of the
+same cursor, so the splitter keeps each page it reads from them (see
+`microprocess.pipeline.splitter`) and re-sends that, never a fresh read. Errors that no
+retry will fix are told apart from transient ones by `is_permanent`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import csv
 import importlib
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol
@@ -21,7 +22,6 @@ from typing import Any, Protocol
 from boto3.dynamodb.types import Binary, TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from microprocess.declarations import ItemSource, SourceKind
 from microprocess.ledger import CURSOR_DONE, Ledger
 
 
@@ -238,24 +238,3 @@ def is_permanent(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", "")) in PERMANENT_CODES
     return not isinstance(exc, BotoCoreError | OSError | TimeoutError)
-
-
-def source_for(
-    declared: ItemSource, *, dynamodb: Any, s3: Any, source_tables: Mapping[str, str]
-) -> DynamoDBSource | S3ManifestSource | CallableSource:
-    """Build the declared source of a job (inline and retry sources come from the start event).
-
-    `source_tables` maps a table role (`source.table`) to the deployed table's name."""
-    if declared.kind is SourceKind.DYNAMODB:
-        name = source_tables.get(declared.table or "", "")
-        if not name:
-            raise SourceError(
-                f"no deployed table for the source table role '{declared.table}' (SOURCE_TABLES has "
-                f"{sorted(source_tables)}): declare [tables.{declared.table}] and redeploy"
-            )
-        return DynamoDBSource(client=dynamodb, table_name=name, segments=declared.segments)
-    if declared.kind is SourceKind.S3_MANIFEST:
-        return S3ManifestSource(client=s3, uri=declared.uri or "", fmt=declared.format or "")
-    if declared.kind is SourceKind.CALLABLE:
-        return CallableSource(declared.function or "")
-    raise SourceError(f"source kind '{declared.kind}' needs items in the start event")
