@@ -869,6 +869,13 @@ def test_bad_run_time_inputs_are_refused_with_a_reason(event: Any, message: str)
         parse_start_event(event)
 
 
+def test_inline_items_too_big_for_the_ledger_are_refused_naming_items_uri(stack: Stack) -> None:
+    big = [{"company_id": f"C{i:07d}", "pad": "x" * 1000} for i in range(400)]
+    with pytest.raises(StartEventError, match="items_uri"):
+        stack.splitter().handle({"job": JOB.name, "run_id": "r1", "items": big}, ENOUGH_TIME)
+    assert stack.ledger.get_run("r1") is None
+
+
 def test_5_a_repair_that_does_not_finish_in_one_sweep_continues_and_raises_the_alarm(stack: Stack) -> None:
     from microprocess.ledger import CRASH_AFTER_TASK_WRITE, Ledger
 

@@ -502,3 +502,33 @@ def test_failed_page_reads_failures_only_from_a_cursor(ledger: Ledger) -> None:
         seen += [t.item["n"] for t in page]
         pages += 1
     assert sorted(seen) == list(range(0, 40, 4)) and pages >= 4
+
+
+def test_the_repair_removes_markers_left_by_a_writer_that_died_before_its_clean_up(ddb: Any, ledger_table: str) -> None:
+    # GIVEN a counter update whose clean-up (REMOVE of its marker) never ran
+    ledger = Ledger(ledger_table, client=ddb, rng=random.Random(1))
+    ledger.create_run("r1", JOB)
+    split(ledger, "r1", [3])
+    ledger.finish_split("r1")
+    real_update = ddb.update_item
+
+    class NoCleanUp:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(ddb, name)
+
+        def update_item(self, **kw: Any) -> Any:
+            if kw["UpdateExpression"] == "REMOVE #b":
+                raise RuntimeError("killed before the clean-up")
+            return real_update(**kw)
+
+    with pytest.raises(RuntimeError, match="clean-up"):
+        Ledger(ledger_table, client=NoCleanUp()).record_outcomes("r1", K, [outcome(0)])
+
+    def markers() -> int:
+        items = ddb.scan(TableName=ledger_table)["Items"]
+        return sum(1 for it in items if it["sk"]["S"] == "COUNT" for name in it if name.startswith("b_"))
+
+    assert markers() == 1
+    # WHEN the sweeper repairs THEN the marker is gone and the count is exact
+    assert ledger.repair_counters("r1") == (1, 0)
+    assert markers() == 0

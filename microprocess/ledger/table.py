@@ -1048,21 +1048,28 @@ class Ledger:
         if run.split_done and succeeded + failed > run.expected:
             raise LedgerError(f"run {run_id}: {succeeded + failed} task records but {run.expected} expected")
         plan = _spread(succeeded, failed, k, run.expected if run.split_done else None)
+        strays = self._stray_markers(run_id, k)
 
         def rewrite(j: int) -> dict[str, Any]:
             s_j, f_j, room_j = plan[j]
             values = {":s": s_j, ":f": f_j, ":d": s_j + f_j, ":e1": epoch, ":e2": epoch + 1}
             expr = "SET succeeded = :s, failed = :f, done = :d, epoch = :e2"
+            removes = [f"#m{i}" for i in range(len(strays[j]))]
             if room_j is None:
-                expr += " REMOVE room"
+                removes.append("room")
             else:
                 expr += ", room = :r"
                 values[":r"] = room_j
-            return {
+            if removes:
+                expr += " REMOVE " + ", ".join(removes)
+            update: dict[str, Any] = {
                 "UpdateExpression": expr,
                 "ConditionExpression": "epoch = :e1",
                 "ExpressionAttributeValues": _to_ddb(values),
             }
+            if strays[j]:
+                update["ExpressionAttributeNames"] = {f"#m{i}": name for i, name in enumerate(strays[j])}
+            return update
 
         self._transact_counters(run_id, k, rewrite)
         self.client.delete_item(TableName=self.table_name, Key=_to_ddb({"pk": _run_pk(run_id), "sk": "REPAIR"}))
@@ -1074,6 +1081,23 @@ class Ledger:
                 ExpressionAttributeValues=_to_ddb({":t": True}),
             )
         return RepairState(run_id, epoch, run.shard_count, run.shard_count, True, succeeded, failed)
+
+    def _stray_markers(self, run_id: str, k: int) -> dict[int, list[str]]:
+        """The `b_<token>` markers left on counters by writers that died between their add and
+        its clean-up (the repair's rewrite removes them, so counters stay small)."""
+        keys = [_to_ddb({"pk": _counter_pk(run_id, j), "sk": "COUNT"}) for j in range(k)]
+        strays: dict[int, list[str]] = {j: [] for j in range(k)}
+        request = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
+        for _ in range(20):
+            resp = self.client.batch_get_item(RequestItems=request)
+            for raw in resp.get("Responses", {}).get(self.table_name, []):
+                j = int(raw["pk"]["S"].rsplit("#C", 1)[1])
+                strays[j] = sorted(name for name in raw if name.startswith("b_"))[:40]
+            request = resp.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            time.sleep(0.05)
+        return strays
 
     def repair_state(self, run_id: str) -> RepairState | None:
         """The repair under way for a run (its fence and counted shards), or None."""

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
 #: Where pages read from a source that can change are kept (REPORTS_BUCKET), so re-sent pages match.
 SPLITS_PREFIX = "splits/"
+#: Inline items are kept on one ledger item (DynamoDB: 400 KB); larger lists go by `items_uri`.
+MAX_INLINE_ITEMS_BYTES = 350_000
 #: Transient source errors a run may have before it ends FAILED (each is one splitter attempt).
 MAX_SPLIT_ERRORS = 5
 
@@ -308,6 +310,12 @@ class Splitter:
         declared = job.source
         base: dict[str, Any] = {"page_size": declared.page_size, "segments": 1}
         if req.items is not None:
+            size = len(json.dumps(req.items, separators=(",", ":"), default=str).encode())
+            if size > MAX_INLINE_ITEMS_BYTES:
+                raise StartEventError(
+                    f"inline 'items' are {size:,} bytes, over the {MAX_INLINE_ITEMS_BYTES:,}-byte limit (they are "
+                    "kept in one ledger item): upload them as a JSONL or CSV manifest and pass 'items_uri'"
+                )
             return {**base, "kind": str(SourceKind.INLINE), "items": "ledger", "count": len(req.items)}
         if req.retry_of:
             original = self.ledger.require_run(req.retry_of)
