@@ -7,6 +7,10 @@ Layout (declared once in `LEDGER_SCHEMA`; the CDK construct reads the same objec
 | run     | `RUN#<run>`        | `RUN`       | job, status, split cursors, expected, timings, report |
 | counter | `RUN#<run>#C<j>`   | `COUNT`     | succeeded, failed, done, room, epoch (j < counter_count) |
 | task    | `RUN#<run>#S<k>`   | `T#<task>`  | state, result or error, attempts; written once |
+| failure | `RUN#<run>#S<k>`   | `F#<task>`  | a failed task's item and error (what `retry-failed` reads) |
+| items   | `RUN#<run>`        | `ITEMS`     | the inline items a run was started with |
+| parts   | `RUN#<run>`        | `PARTS`     | the reduced parts |
+| repair  | `RUN#<run>`        | `REPAIR`    | the fence and per-shard recounts of a repair under way |
 
 How the invariants hold (ARCHITECTURE §3):
 
@@ -21,9 +25,16 @@ How the invariants hold (ARCHITECTURE §3):
   batch that takes a counter's room to 0 runs the full completion check (read the run
   and all counters, consistently); the last batch of a run always empties its counter.
 * **Reduce once.** The claim is `SET status = REDUCING IF status = RUNNING AND split_done`.
+* **Ambiguous failures are safe** (§3.8). The SDK retries a write after a 5xx or a timeout
+  that DynamoDB may have applied. Puts and claims carry a fresh token and return the old
+  item when their condition fails: a retry that finds its own token was applied. A counter
+  ADD sets a `b_<token>` attribute under `attribute_not_exists`, so its retry fails and finds
+  it (the attribute is removed right after; a repair sweeps up any a crash left).
 * **Repair never over-counts.** A crash between a task's put and the counter update
   under-counts. The sweeper repairs by recounting the task records inside an *epoch
-  fence*: it bumps every counter's epoch, recounts, then rewrites the counters with the
+  fence*: it bumps every counter's epoch, recounts shard by shard (in steps that fit a
+  function's time limit, noted on the `REPAIR` item so that any later sweep resumes an
+  interrupted repair: the fence is never a lock), then rewrites the counters with the
   next epoch, all by transactions. A counter update is conditional on the epoch the
   writer saw before it wrote its tasks, so no task is both recounted and added.
 """
