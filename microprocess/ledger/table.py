@@ -349,15 +349,16 @@ class Ledger:
 
     def note_split_error(self, run_id: str, error: str) -> int:
         """Remember a transient error of the split; returns how many the run has had since
-        its last accounted page."""
+        its last accounted page. Each error adds its own token to a set, so an SDK retry of
+        this write does not count it twice."""
         resp = self.client.update_item(
             TableName=self.table_name,
             Key=_to_ddb(_run_key(run_id)),
-            UpdateExpression="SET split_error = :e ADD split_errors :one",
-            ExpressionAttributeValues=_to_ddb({":e": error[:2000], ":one": 1}),
+            UpdateExpression="SET split_error = :e ADD split_errors :tok",
+            ExpressionAttributeValues=_to_ddb({":e": error[:2000], ":tok": {_token()}}),
             ReturnValues="UPDATED_NEW",
         )
-        return int(_from_ddb(resp["Attributes"]).get("split_errors", 1))
+        return len(_from_ddb(resp["Attributes"]).get("split_errors", set()))
 
     def finish_split(self, run_id: str) -> bool:
         """Mark the split done, fix the counters' targets, and run the completion check.
