@@ -33,6 +33,8 @@ PUT_OBJECT: tuple[str, ...] = ("s3:PutObject",)
 #: The built-in reduce: read and write report files (part files carry an expiry tag), abort a
 #: failed multipart upload.
 REPORT_OBJECTS: tuple[str, ...] = ("s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject", "s3:PutObjectTagging")
+#: Reading a queue's depth (the splitter's backpressure).
+QUEUE_DEPTH: tuple[str, ...] = ("sqs:GetQueueAttributes",)
 #: Reading a signing key.
 READ_SECRET: tuple[str, ...] = ("secretsmanager:GetSecretValue",)
 

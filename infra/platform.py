@@ -52,6 +52,7 @@ from infra.signing_secret import SigningSecret
 from infra.splitter import Splitter
 from infra.sweeper import Sweeper
 from microprocess.declarations import Declarations, get_declarations, load_declarations
+from microprocess.pipeline.splitter import SPLITS_PREFIX
 from microprocess.stacks import MANIFESTS_PREFIX
 
 #: The feature flags the cloud stage relies on (`cdk init` writes them into a new app's cdk.json).
@@ -549,6 +550,12 @@ class MicroprocessPlatform(Construct):
             "Run-time manifests are uploaded by the CLI under manifests/<job>/<run>... with names known at "
             "run time: GetObject only, scoped to the manifests/ prefix.",
             prefix(MANIFESTS_PREFIX),
+        )
+        acknowledge(
+            self.splitter,
+            "The splitter keeps each page it read under splits/<run>/... (names known at run time), so that a "
+            "re-sent page sends the same items: Get/PutObject scoped to the splits/ prefix.",
+            prefix(SPLITS_PREFIX),
         )
         acknowledge(self.dead_letter, reason_prefix, prefix("quarantine/"))
         for service in self.bundled.values():

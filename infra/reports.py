@@ -7,9 +7,10 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_ses as ses
 from constructs import Construct
 
-#: Prefixes whose objects are intermediate and expire: quarantined DLQ messages and
-#: claim-checked items (needed only while their run is in flight).
-EXPIRING_PREFIXES = ("quarantine/", "claims/")
+#: Prefixes whose objects are intermediate and expire: quarantined DLQ messages,
+#: claim-checked items, the splitter's kept pages and run-time manifests (needed only while
+#: their run is in flight).
+EXPIRING_PREFIXES = ("quarantine/", "claims/", "splits/", "manifests/")
 #: The report part files live at `reports/<job>/<run>/parts/`. An S3 lifecycle filter
 #: matches a literal prefix only (no `*` in the middle), so the parts expire by tag: the
 #: writer of a part file tags it with this key and value.

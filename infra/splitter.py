@@ -17,6 +17,7 @@ from infra.forwarder import CLAIMS_PREFIX
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
 from microprocess.declarations import JobDeclaration, SourceKind
+from microprocess.pipeline.splitter import SPLITS_PREFIX
 from microprocess.stacks import MANIFESTS_PREFIX
 
 #: Lambda's maximum: the splitter works until its remaining time is short, then continues itself.
@@ -79,7 +80,17 @@ class Splitter(Construct):
         # each job's task queue, and the reduce queue: a run with no items reduces at once
         queues = [push_queue.task_queues[job.name] for job in declared] + [push_queue.reduce_queue]
         permissions.allow(self.function, permissions.SEND_MESSAGE, [queue.queue_arn for queue in queues])
+        # backpressure: the splitter waits while a job's queue is at its declared depth
+        permissions.allow(
+            self.function, permissions.QUEUE_DEPTH, [push_queue.task_queues[job.name].queue_arn for job in declared]
+        )
         permissions.allow(self.function, permissions.PUT_OBJECT, [reports_bucket.arn_for_objects(f"{CLAIMS_PREFIX}*")])
+        # the pages it read, kept (written once) so that a re-sent page sends the same items
+        permissions.allow(
+            self.function,
+            (*permissions.GET_OBJECT, *permissions.PUT_OBJECT),
+            [reports_bucket.arn_for_objects(f"{SPLITS_PREFIX}*")],
+        )
         # run-time manifests uploaded by the CLI
         permissions.allow(
             self.function, permissions.GET_OBJECT, [reports_bucket.arn_for_objects(f"{MANIFESTS_PREFIX}*")]

@@ -70,3 +70,28 @@ def test_zero_disables_the_gate_and_negative_is_refused() -> None:
     assert gate(queue, Clock(), 0).wait_for_room(500, budget_s=1).room and queue.reads == 0
     with pytest.raises(ValueError, match="max_depth must be >= 0"):
         gate(queue, Clock(), -1)
+
+
+def test_the_real_splitter_waits_below_the_depth_and_continues_itself_when_the_queue_stays_full(
+    stack: Any,
+) -> None:
+    # GIVEN a job of pages of 5 and functions capped at a queue depth of 5 (as the local stage caps it)
+    from tests.functions_harness import job_with
+
+    job, registry = job_with(source={"kind": "inline", "page_size": 5})
+    settings = stack.settings.model_copy(update={"max_queue_depth_cap": 5, "splitter_margin_ms": 1_000})
+    event = {"job": job.name, "run_id": "r1", "items": [{"company_id": f"C{i:07d}"} for i in range(12)]}
+    # WHEN the splitter runs with 3 s left and nothing drains the queue
+    res = stack.splitter(jobs=registry, settings=settings).handle(event, lambda: 3_000)
+    # THEN it sent one page, found the queue full, and handed over to a continuation (nothing lost)
+    assert res["continued"] is True and res["expected"] == 5 and stack.depth(stack.task_queue) == 5
+    [cont] = stack.continuations
+    stack.continuations.clear()
+    # AND once the queue is drained, the continuation sends one more page and stops again
+    stack.sqs.purge_queue(QueueUrl=stack.task_queue)
+    res = stack.splitter(jobs=registry, settings=settings).handle(cont, lambda: 3_000)
+    assert res["continued"] is True and res["expected"] == 10 and stack.depth(stack.task_queue) == 5
+    # AND with room (a deeper limit) it sends the rest
+    roomy = settings.model_copy(update={"max_queue_depth_cap": 100})
+    res = stack.splitter(jobs=registry, settings=roomy).handle(stack.continuations.pop(), lambda: 900_000)
+    assert res["continued"] is False and res["expected"] == 12

@@ -51,3 +51,52 @@ def test_crashes_follow_the_rate_and_the_seed() -> None:
         except InjectedCrash:
             crashes += 1
     assert 200 < crashes < 400
+
+
+def test_applied_then_error_makes_the_sdk_send_an_applied_write_again(aws: None) -> None:
+    # GIVEN a table and a client with the "applied, then error" fault at rate 1
+    import boto3
+
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    client.create_table(
+        TableName="t",
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+    )
+    injector = FaultInjector(FaultConfig(applied_then_error=1.0))
+    injector.install_ambiguous_writes(client)
+    # WHEN a naive (non-idempotent) ADD is sent once, and a read is made
+    client.update_item(
+        TableName="t",
+        Key={"pk": {"S": "a"}},
+        UpdateExpression="ADD n :one",
+        ExpressionAttributeValues={":one": {"N": "1"}},
+    )
+    item = client.get_item(TableName="t", Key={"pk": {"S": "a"}})["Item"]
+    # THEN the SDK applied it twice (the bug the ledger must not have), reads are untouched,
+    # and the injector counted the fault it fired
+    assert item["n"] == {"N": "2"}
+    assert injector.fired == {"applied_then_error at UpdateItem": 1}
+
+
+def test_applied_then_error_is_inert_at_rate_0(aws: None) -> None:
+    import boto3
+
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    client.create_table(
+        TableName="t",
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+    )
+    injector = FaultInjector(FaultConfig())
+    injector.install_ambiguous_writes(client)
+    client.update_item(
+        TableName="t",
+        Key={"pk": {"S": "a"}},
+        UpdateExpression="ADD n :one",
+        ExpressionAttributeValues={":one": {"N": "1"}},
+    )
+    assert client.get_item(TableName="t", Key={"pk": {"S": "a"}})["Item"]["n"] == {"N": "1"} and not injector.fired
+    assert load_faults('{"applied_then_error": 0.2}').config.applied_then_error == 0.2  # type: ignore[union-attr]

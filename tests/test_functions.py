@@ -228,6 +228,9 @@ def test_batch_entry_failures_are_retried_not_dropped(stack: Stack) -> None:
     refused: list[str] = []
 
     class Flaky:
+        def __getattr__(self, name: str) -> Any:  # every other SQS call as it is
+            return getattr(real, name)
+
         def send_message_batch(self, **kw: Any) -> Any:
             first, rest = kw["Entries"][0], kw["Entries"][1:]
             if first["Id"] in refused or len(kw["Entries"]) == 1:
@@ -599,3 +602,321 @@ def test_forwarder_log_records_carry_run_id_and_job(stack: Stack, caplog: pytest
 
     assert keys_of("retry r1:0-000000001 in") == ("r1", JOB.name)
     assert keys_of("reduce claimed") == ("r1", JOB.name)
+
+
+# ------------------------------------------------ rare faults (the review's scenarios)
+
+
+def drain_reduces(st: Stack, job_registry: Any = REGISTRY) -> None:
+    drain(st, st.forwarder(jobs=job_registry))
+
+
+def test_1_ambiguous_ledger_writes_never_claim_the_reduce_early(stack: Stack) -> None:
+    # GIVEN a forwarder whose every ledger write is applied, then retried by the SDK (a 500
+    # or a read timeout on a request DynamoDB had carried out)
+    import boto3
+
+    from microprocess.ledger import Ledger
+
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    injector = FaultInjector(FaultConfig(applied_then_error=1.0))
+    injector.install_ambiguous_writes(client)
+    ambiguous = Ledger("ledger", client=client)
+    start(stack, companies(20))
+    # WHEN the event source drives it in batches of 10
+    drain(stack, stack.forwarder(ledger=ambiguous))
+    # THEN the fault fired, and every task was pushed and counted once: no early reduce, no
+    # task acknowledged as a late duplicate without being pushed
+    assert sum(injector.fired.values()) > 0
+    pushed = {c["payload"]["task_id"] for c in stack.service.task_calls()}
+    assert len(pushed) == 20 and len(task_records(stack, "r1")) == 20
+    run = stack.ledger.require_run("r1")
+    assert run.status is RunStatus.SUCCEEDED and stack.ledger.progress("r1").succeeded == 20
+
+
+def test_2_a_split_read_to_the_end_but_never_marked_done_is_finished_by_the_sweeper(stack: Stack) -> None:
+    # GIVEN a two-segment run whose cursors are both done, but whose finish_split call died
+    stack.ledger.create_run("r1", JOB, segments=2)
+    stack.ledger.account_page("r1", segment="0", cursor_from="", cursor_to="<done>", count=0)
+    stack.ledger.account_page("r1", segment="1", cursor_from="", cursor_to="<done>", count=0)
+    # WHEN the sweeper runs
+    report = sweeper(stack).sweep()
+    # THEN it finishes the split (an empty run: the reduce is claimed at once)
+    assert report.splits_finished == ["r1"] and report.reduces_claimed == ["r1"]
+    assert stack.ledger.require_run("r1").status is RunStatus.REDUCING
+
+
+def test_2_a_restarted_splitter_finishes_a_split_read_to_the_end(stack: Stack) -> None:
+    stack.ledger.create_run("r1", JOB, segments=2)
+    for seg in ("0", "1"):
+        stack.ledger.account_page("r1", segment=seg, cursor_from="", cursor_to="<done>", count=0)
+    res = stack.splitter().handle({"job": JOB.name, "run_id": "r1", "source": "sweeper"}, ENOUGH_TIME)
+    assert res["status"] == "REDUCING" and not res["continued"]
+
+
+class CrashOnFirstSend(FaultInjector):
+    def __init__(self) -> None:
+        super().__init__(FaultConfig())
+        self.crashed = 0
+
+    def maybe_crash(self, point: str) -> None:
+        if point == "splitter_after_send" and not self.crashed:
+            self.crashed += 1
+            raise InjectedCrash(point)
+
+
+@pytest.mark.parametrize("how", ["items", "items_uri", "retry_of"])
+def test_3_the_sweeper_restarts_a_run_from_its_own_source(stack: Stack, how: str) -> None:
+    # GIVEN a job whose declared source (the companies table) holds 50 companies, and a run of
+    # 3 items started inline, from an uploaded manifest, or as retry-failed, whose splitter died
+    seed_companies(stack.ddb, stack.companies, 50)
+    three = companies(3, offset=100)
+    event: dict[str, Any] = {"job": JOB.name, "run_id": "r2"}
+    if how == "items":
+        event["items"] = three
+    elif how == "items_uri":
+        body = "".join(json.dumps(c) + "\n" for c in three)
+        stack.s3.put_object(Bucket="reports", Key="uploads/r2.jsonl", Body=body.encode())
+        event["items_uri"] = "s3://reports/uploads/r2.jsonl"
+    else:
+        for c in three:
+            stack.service.behaviours[c["company_id"]] = Behaviour(status=400)
+        start(stack, three + companies(4, offset=200), run_id="r1")
+        drain(stack)
+        assert stack.ledger.progress("r1").failed == 3
+        stack.service.behaviours.clear()
+        event["retry_of"] = "r1"
+    with pytest.raises(InjectedCrash):
+        stack.splitter(faults=CrashOnFirstSend()).handle(event, ENOUGH_TIME)
+    # WHEN the sweeper restarts the split (its event names the run, nothing else)
+    restarts: list[dict[str, Any]] = []
+    later = datetime.now(UTC) + timedelta(seconds=10)
+    sweeper(stack, restarts, stuck_after_s=5, now=lambda: later).sweep()
+    assert [r["run_id"] for r in restarts] == ["r2"] and "items" not in restarts[0]
+    res = stack.split(restarts[0])
+    # THEN the run reads its own 3 items, not the job's table
+    assert res["expected"] == 3 and res["status"] == "RUNNING"
+    drain(stack)
+    pushed = {c["payload"]["item"]["company_id"] for c in stack.service.task_calls() if c["payload"]["run_id"] == "r2"}
+    assert pushed == {c["company_id"] for c in three}
+    assert stack.ledger.require_run("r2").status is RunStatus.SUCCEEDED
+
+
+def test_4_a_null_manifest_line_is_a_failed_task_and_the_run_goes_on(stack: Stack) -> None:
+    # GIVEN a manifest with a `null` line among 5 items
+    lines = [json.dumps(c) for c in companies(2)] + ["null"] + [json.dumps(c) for c in companies(2, offset=2)]
+    stack.s3.put_object(Bucket="reports", Key="m/items.jsonl", Body=("\n".join(lines) + "\n").encode())
+    job, reg = job_with(tolerated_failure_pct=50.0)
+    # WHEN a run reads it
+    res = stack.split({"job": job.name, "run_id": "r1", "items_uri": "s3://reports/m/items.jsonl"}, jobs=reg)
+    # THEN the split finishes with 5 expected, the null item FAILED with its reason
+    assert res["expected"] == 5 and res["status"] == "RUNNING"
+    drain(stack, stack.forwarder(jobs=reg))
+    [failed] = [t for t in task_records(stack, "r1") if t.state is TaskState.FAILED]
+    assert failed.task_id == "0-000000002" and "null" in (failed.error or "")
+    assert stack.ledger.require_run("r1").status is RunStatus.SUCCEEDED
+
+
+def test_4_a_binary_attribute_is_sent_base64_encoded(stack: Stack) -> None:
+    stack.ddb.put_item(TableName=stack.companies, Item={"company_id": {"S": "C0000001"}, "logo": {"B": b"\x00\xffPNG"}})
+    seed_companies(stack.ddb, stack.companies, 1)
+    job, reg = job_with(source={"kind": "dynamodb", "table": "companies", "segments": 1})
+    res = stack.split({"job": job.name, "run_id": "r1"}, jobs=reg)
+    assert res["expected"] == 2
+    items = [TaskEnvelope.parse(r["body"]).item for r in stack.receive(stack.task_queue)]
+    assert {"company_id": "C0000001", "logo": "AP9QTkc="} in items
+
+
+def test_6_a_deploy_that_changes_shard_count_mid_run_keeps_the_runs_layout(stack: Stack) -> None:
+    # GIVEN a run split with 4 shards that hands over to a continuation after its first page
+    job4, reg4 = job_with(source={"kind": "inline", "page_size": 5})
+    budget = iter([900_000, 1_000])
+    stack.splitter(jobs=reg4).handle({"job": job4.name, "run_id": "r1", "items": companies(12)}, lambda: next(budget))
+    [cont] = stack.continuations
+    stack.continuations.clear()
+    # WHEN a deploy makes the job 8 shards (and pages of 2) before the continuation runs
+    _, reg8 = job_with(source={"kind": "inline", "page_size": 2}, shard_count=8, counter_count=8)
+    res = stack.split(cont, jobs=reg8)
+    # THEN every task is in the run's own 4-shard layout and pages, and the run completes
+    raw = stack.ddb.get_item(TableName="ledger", Key={"pk": {"S": "RUN#r1"}, "sk": {"S": "RUN"}})["Item"]
+    assert res["expected"] == 12 and raw["pages"]["N"] == "3"  # pages of 5: the run's, not the deploy's 2
+    drain(stack, stack.forwarder(jobs=reg8))
+    assert all(t.shard == shard_of(t.task_id, 4) for t in task_records(stack, "r1"))
+    assert stack.ledger.require_run("r1").status is RunStatus.SUCCEEDED
+    parts = {c["payload"]["shard"] for c in stack.service.calls if c["payload"]["kind"] == "reduce-part"}
+    assert parts == {0, 1, 2, 3}
+
+
+def test_7_a_result_over_the_item_limit_fails_its_task_and_counts_the_others(stack: Stack) -> None:
+    # GIVEN a service that answers one company with a 500 KB result
+    stack.service.behaviours["C0000002"] = Behaviour(body=json.dumps({"blob": "x" * 500_000}).encode())
+    _, reg = job_with(tolerated_failure_pct=50.0)
+    start(stack, companies(5))
+    # WHEN the batch is settled
+    drain(stack, stack.forwarder(jobs=reg))
+    # THEN the big one is FAILED saying why, the other four SUCCEEDED, and the run ends
+    by_item = {t.item_id: t for t in task_records(stack, "r1")}
+    assert by_item["C0000002"].state is TaskState.FAILED and "400 KB" in (by_item["C0000002"].error or "")
+    assert sum(t.state is TaskState.SUCCEEDED for t in by_item.values()) == 4
+    assert stack.ledger.require_run("r1").status is RunStatus.SUCCEEDED
+
+
+def test_9_a_resumed_page_sends_the_same_items_after_a_row_was_deleted(stack: Stack) -> None:
+    # GIVEN a table of 12 companies read in pages of 5, and a splitter that dies after sending page 1
+    seed_companies(stack.ddb, stack.companies, 12)
+    job, reg = job_with(source={"kind": "dynamodb", "table": "companies", "segments": 1, "page_size": 5})
+    with pytest.raises(InjectedCrash):
+        stack.splitter(jobs=reg, faults=CrashOnFirstSend()).handle({"job": job.name, "run_id": "r1"}, ENOUGH_TIME)
+    first = [TaskEnvelope.parse(r["body"]) for r in stack.receive(stack.task_queue, 10)]
+    for r in stack.receive(stack.task_queue, 10):  # (there are only 5)
+        first.append(TaskEnvelope.parse(r["body"]))
+    sent = {e.task_id: e.item["company_id"] for e in first}
+    # WHEN a row of that page is deleted, then the split resumes
+    gone = sent["0-000000001"]
+    stack.ddb.delete_item(TableName=stack.companies, Key={"company_id": {"S": gone}})
+    stack.split({"job": job.name, "run_id": "r1"}, jobs=reg)
+    # THEN every re-sent task carries the item it carried the first time, and every live row
+    # is processed once
+    drain(stack, stack.forwarder(jobs=reg))
+    for call in stack.service.task_calls():
+        tid = call["payload"]["task_id"]
+        if tid in sent:
+            assert call["payload"]["item"]["company_id"] == sent[tid]
+    processed = {t.item_id for t in task_records(stack, "r1")}
+    live = {f"C{i:07d}" for i in range(12)} - {gone}
+    assert live <= processed and stack.ledger.require_run("r1").status is RunStatus.SUCCEEDED
+
+
+def test_10_retry_failed_reads_only_failures_page_by_page(stack: Stack) -> None:
+    # GIVEN a run of 30 with 5 failures
+    for i in (1, 7, 12, 20, 29):
+        stack.service.behaviours[f"C{i:07d}"] = Behaviour(status=400)
+    job, reg = job_with(source={"kind": "inline", "page_size": 2}, tolerated_failure_pct=50.0)
+    stack.split({"job": job.name, "run_id": "r1", "items": companies(30)}, jobs=reg)
+    drain(stack, stack.forwarder(jobs=reg))
+    stack.service.behaviours.clear()
+    # WHEN retry-failed runs in pages of 2, one page per invocation (time runs low after each)
+    calls = {"n": 0}
+
+    def low_after_one_page() -> int:
+        calls["n"] += 1
+        return 900_000 if calls["n"] % 2 else 1_000
+
+    res = stack.splitter(jobs=reg).handle({"job": job.name, "run_id": "r2", "retry_of": "r1"}, low_after_one_page)
+    while stack.continuations:
+        res = stack.splitter(jobs=reg).handle(stack.continuations.pop(0), low_after_one_page)
+    # THEN the new run holds exactly the 5 failed items
+    assert res["expected"] == 5 and calls["n"] > 3
+    drain(stack, stack.forwarder(jobs=reg))
+    retried = {c["payload"]["item"]["company_id"] for c in stack.service.task_calls() if c["payload"]["run_id"] == "r2"}
+    assert retried == {f"C{i:07d}" for i in (1, 7, 12, 20, 29)}
+
+
+@pytest.mark.parametrize(
+    ("uri", "needle"),
+    [
+        ("s3://no-such-bucket-x/items.jsonl", "NoSuchBucket"),
+        ("s3://reports/missing.jsonl", "does not exist"),
+        ("s3://reports/bad.jsonl", "not JSON"),
+    ],
+)
+def test_b_an_unreadable_source_fails_the_run_with_the_reason(stack: Stack, uri: str, needle: str) -> None:
+    stack.s3.put_object(Bucket="reports", Key="bad.jsonl", Body=b'{"company_id": "C1"}\n{oops\n')
+    res = stack.split({"job": JOB.name, "run_id": "r1", "items_uri": uri})
+    run = stack.ledger.require_run("r1")
+    assert res["status"] == "FAILED" and run.status is RunStatus.FAILED
+    assert uri in (run.error or "") and needle in (run.error or "") and "Fix:" in (run.error or "")
+
+
+def test_b_a_transient_source_error_is_retried_then_fails_the_run(stack: Stack) -> None:
+    from botocore.exceptions import ClientError
+
+    class Throttled:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(stack.s3, name)
+
+        def get_object(self, **kw: Any) -> Any:
+            if kw["Key"] != "x.jsonl":
+                return stack.s3.get_object(**kw)
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "reduce your request rate"}}, "GetObject")
+
+    event = {"job": JOB.name, "run_id": "r1", "items_uri": "s3://reports/x.jsonl"}
+    for _ in range(4):
+        with pytest.raises(ClientError, match="SlowDown"):
+            stack.splitter(s3=Throttled()).handle(event, ENOUGH_TIME)
+        assert stack.ledger.require_run("r1").status is RunStatus.SPLITTING
+    stack.splitter(s3=Throttled()).handle(event, ENOUGH_TIME)
+    run = stack.ledger.require_run("r1")
+    assert run.status is RunStatus.FAILED and "SlowDown" in (run.error or "") and "5 attempts" in (run.error or "")
+
+
+def test_params_and_the_source_are_recorded_on_the_run(stack: Stack) -> None:
+    stack.split({"job": JOB.name, "run_id": "r1", "items": companies(2), "params": {"as_of": "2026-11-30"}})
+    run = stack.ledger.require_run("r1")
+    assert run.params == {"as_of": "2026-11-30"}
+    assert run.source["kind"] == "inline" and run.source["count"] == 2 and run.shard_count == JOB.shard_count
+    assert stack.ledger.inline_items("r1") == companies(2)
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ({"job": "credit-scores", "items": [], "retry_of": "r0"}, "at most one of"),
+        ({"job": "credit-scores", "items_uri": "https://x/y"}, "'items_uri' must be an s3://"),
+        ({"job": "credit-scores", "source_uri": "s3://b/k", "items_format": "xml"}, "'items_format'"),
+        ({"job": "credit-scores", "params": [1]}, "'params' must be a JSON object"),
+    ],
+)
+def test_bad_run_time_inputs_are_refused_with_a_reason(event: Any, message: str) -> None:
+    with pytest.raises(StartEventError, match=message):
+        parse_start_event(event)
+
+
+def test_inline_items_too_big_for_the_ledger_are_refused_naming_items_uri(stack: Stack) -> None:
+    big = [{"company_id": f"C{i:07d}", "pad": "x" * 1000} for i in range(400)]
+    with pytest.raises(StartEventError, match="items_uri"):
+        stack.splitter().handle({"job": JOB.name, "run_id": "r1", "items": big}, ENOUGH_TIME)
+    assert stack.ledger.get_run("r1") is None
+
+
+def test_5_a_repair_that_does_not_finish_in_one_sweep_continues_and_raises_the_alarm(stack: Stack) -> None:
+    from microprocess.ledger import CRASH_AFTER_TASK_WRITE, Ledger
+
+    def crash(point: str) -> None:
+        if point == CRASH_AFTER_TASK_WRITE:
+            raise InjectedCrash(point)
+
+    recs = running_run(stack, 3)
+    with pytest.raises(InjectedCrash):
+        stack.forwarder(ledger=Ledger("ledger", client=stack.ddb, crash_hook=crash)).handle({"Records": recs})
+    # WHEN sweeps with a repair budget of 0 s (one shard per sweep) run
+    reports = []
+    for _ in range(JOB.shard_count):
+        reports.append(sweeper(stack, repair_budget_s=0).sweep())
+    # THEN each unfinished step reports the run stuck, and the last one repairs and claims
+    assert [r.repairs_continuing for r in reports[:-1]] == [["r1"]] * (JOB.shard_count - 1)
+    assert all(r.stuck == ["r1"] for r in reports[:-1]) and stack.metric("StuckRuns") == JOB.shard_count - 1
+    assert reports[-1].repaired == ["r1"] and reports[-1].reduces_claimed == ["r1"]
+
+
+def test_5_a_sweep_that_fails_on_a_run_raises_the_stuck_alarm(stack: Stack) -> None:
+    running_run(stack, 2)
+
+    class Broken:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(stack.ledger, name)
+
+        def repair_state(self, run_id: str) -> Any:
+            raise RuntimeError("DynamoDB is down")
+
+    s = Sweeper(
+        jobs=REGISTRY,
+        ledger=Broken(),  # type: ignore[arg-type]
+        sender=stack.sender,
+        restart_splitter=lambda e: None,
+        stuck_after_s=0,
+        reduce_timeout_s=0,
+        emit=stack.emit,
+    )
+    report = s.sweep()
+    assert report.stuck == ["r1"] and "DynamoDB is down" in report.errors[0] and stack.metric("StuckRuns") == 1

@@ -877,8 +877,13 @@ EXPECTED_ACTIONS: dict[str, dict[str, set[str]]] = {
         **LEDGER_ACTIONS,
         "dynamodb:Scan": {"<CompaniesTable.Arn>"},
         "sqs:SendMessage": TASK_QUEUE_ARNS | {"<ReduceQueue.Arn>"},
-        "s3:PutObject": {"<ReportsBucket.Arn>/claims/*"},
-        "s3:GetObject": {"<ReportsBucket.Arn>/manifests/*", "arn:<AWS::Partition>:s3:::invoice-manifests/unpaid.jsonl"},
+        "sqs:GetQueueAttributes": TASK_QUEUE_ARNS,
+        "s3:PutObject": {"<ReportsBucket.Arn>/claims/*", "<ReportsBucket.Arn>/splits/*"},
+        "s3:GetObject": {
+            "<ReportsBucket.Arn>/manifests/*",
+            "<ReportsBucket.Arn>/splits/*",
+            "arn:<AWS::Partition>:s3:::invoice-manifests/unpaid.jsonl",
+        },
         "lambda:InvokeFunction": {"<SPLITTER>"},
     },
     "sweeper": {

@@ -1,7 +1,8 @@
 """A stateful model test of the ledger's invariants (ARCHITECTURE §3: 1, 2, 3, 5, 6).
 
 Hypothesis interleaves split pages (sent before they are accounted), duplicate and
-batched deliveries, failures, crashes between writing a task and counting it,
+batched deliveries, deliveries whose every write is applied and then retried by the SDK
+("applied, then error"), failures, crashes between writing a task and counting it,
 crashed splitters re-accounting a page, repairs, and repeated completion checks.
 After every step it checks: nothing counted twice, the reduce claimed at most
 once and only when the split is done and every task is terminal, and (after a
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from moto import mock_aws
 
+from microprocess.chaos.faults import FaultConfig, FaultInjector
 from microprocess.declarations import declare
 from microprocess.ledger import (
     CRASH_AFTER_TASK_WRITE,
@@ -55,6 +57,12 @@ class LedgerMachine(RuleBasedStateMachine):
                 raise Crash(point)
 
         self.crashing = Ledger("ledger", client=client, crash_hook=hook, max_workers=2)
+        # A forwarder whose every write is applied, then retried by the SDK (a 500 or a read
+        # timeout on a request DynamoDB had carried out): "applied, then error".
+        ambiguous_client = boto3.client("dynamodb", region_name="us-east-1")
+        self.injector = FaultInjector(FaultConfig(applied_then_error=1.0))
+        self.injector.install_ambiguous_writes(ambiguous_client)
+        self.ambiguous = Ledger("ledger", client=ambiguous_client, rng=random.Random(1), max_workers=2)
         self.claims = 0
         self.sent: list[str] = []  # task ids on the queue (sent before accounted)
         self.accounted = 0
@@ -114,6 +122,22 @@ class LedgerMachine(RuleBasedStateMachine):
         batch = data.draw(st.lists(st.sampled_from(self.sent), min_size=1, max_size=4))
         res = self.ledger.record_outcomes(RUN, JOB.counter_count, [self._outcome(t, fail) for t in batch])
         for t in res.newly_recorded:
+            self.recorded[t] = TaskState.FAILED if fail else TaskState.SUCCEEDED
+        if not res.counted:
+            self.uncounted += len(res.newly_recorded)
+        self.claims += int(res.claimed_reduce)
+
+    @precondition(lambda self: self.sent)
+    @rule(data=st.data(), fail=st.booleans())
+    def deliver_applied_then_error(self, data: st.DataObject, fail: bool) -> None:
+        """A batch whose task puts and counter update are each applied, then retried by the SDK."""
+        batch = data.draw(st.lists(st.sampled_from(self.sent), min_size=1, max_size=4))
+        fired = sum(self.injector.fired.values())
+        res = self.ambiguous.record_outcomes(RUN, JOB.counter_count, [self._outcome(t, fail) for t in batch])
+        if res.newly_recorded:  # a write that failed its condition (a duplicate) is not ambiguous
+            assert sum(self.injector.fired.values()) > fired, "the fault did not fire"
+        for t in res.newly_recorded:
+            assert t not in self.recorded, f"{t} recorded twice"
             self.recorded[t] = TaskState.FAILED if fail else TaskState.SUCCEEDED
         if not res.counted:
             self.uncounted += len(res.newly_recorded)

@@ -148,13 +148,16 @@ def test_a_finalize_delivered_twice_at_once_mails_and_calls_back_once(
     assert TaskEnvelope.parse(finalize["body"]).kind is TaskKind.FINALIZE
     # WHEN the finalize arrives twice in one batch (handled concurrently) and once more later
     twin = {**finalize, "messageId": "twin"}
-    answer = fwd.handle({"Records": [finalize, twin]})
+    pending = [finalize, twin]
     # moto's S3 is not thread-safe for two puts of one key at once (AWS is: the last write wins);
-    # a twin that hit it is retried, as SQS would redeliver it
-    retried = [r for r in (finalize, twin) if {"itemIdentifier": r["messageId"]} in answer["batchItemFailures"]]
-    assert len(retried) <= 1, answer
-    for record in retried:
-        assert fwd.handle({"Records": [record]}) == {"batchItemFailures": []}
+    # a twin that hit it is retried, as SQS would redeliver it (a few times at most)
+    for _ in range(3):
+        answer = fwd.handle({"Records": pending})
+        failed = {f["itemIdentifier"] for f in answer["batchItemFailures"]}
+        pending = [r for r in pending if r["messageId"] in failed]
+        if not pending:
+            break
+    assert not pending, answer
     assert fwd.handle({"Records": [{**finalize, "messageId": "late"}]}) == {"batchItemFailures": []}
     # THEN one email and one completion envelope
     queued = []

@@ -9,6 +9,11 @@ document read by the functions (crash points, duplicate deliveries; see
 `microprocess.chaos.faults`) and by the queue service (503/429 with Retry-After, timeouts,
 poison and bad-request ids; see `microservice.chaos`).
 
+Every scenario must also prove that its fault fired (`Scenario.evidence`: at least one
+kill, duplicate, retry, quarantined message or injected fault, counted from the metrics
+and from the functions' `chaos: injected ...` log lines): a scenario whose fault did not
+happen fails, it does not pass by luck.
+
 Every run must end with (checked from the ledger, the report and the captured email):
 finished (SUCCEEDED, or FAILED exactly when failures exceed the tolerance); expected =
 number of source items; succeeded + failed = expected; every task exactly once in the
@@ -22,6 +27,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import secrets
 import sys
 import time
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from microprocess.chaos.faults import FIRED_LOG_PREFIX
 from microprocess.declarations import JobDeclaration, SourceKind, get_declarations
 from microprocess.ledger import Ledger, RunStatus, TaskState
 from microprocess.pipeline.envelope import TaskEnvelope, shard_of
@@ -75,6 +82,11 @@ class Scenario:
         malformed: put malformed messages straight on the task queue.
         extra_items: items added to the source (unknown items, duplicates).
         expect: the status the run must end with.
+        evidence: `Row` counts that must be above 0 for the scenario to count: proof that its
+            fault fired (e.g. `splitter_kills`, `duplicates_absorbed`, `retries`, `crashes`,
+            `ambiguous_writes`, `quarantined`). Required for every scenario with a fault.
+        kill_splitter: the first this many splitter invocations crash after sending a page
+            (deterministic, unlike a crash rate), then the split resumes.
     """
 
     name: str
@@ -85,6 +97,26 @@ class Scenario:
     malformed: bool = False
     extra_items: tuple[dict[str, str], ...] = ()
     expect: RunStatus = RunStatus.SUCCEEDED
+    evidence: tuple[str, ...] = ()
+    kill_splitter: int = 0
+
+    def __post_init__(self) -> None:
+        faulty = (
+            self.function_faults
+            or self.service_faults
+            or self.restart_service_at
+            or self.malformed
+            or self.extra_items
+            or self.kill_splitter
+        )
+        if faulty and not self.evidence:
+            raise ValueError(
+                f"scenario '{self.name}' injects a fault but names no evidence that it fired: "
+                f"set evidence to some of {sorted(EVIDENCE)}"
+            )
+        unknown = set(self.evidence) - EVIDENCE
+        if unknown:
+            raise ValueError(f"scenario '{self.name}': unknown evidence {sorted(unknown)}; known: {sorted(EVIDENCE)}")
 
     def source(self) -> list[dict[str, str]]:
         return [item(i) for i in range(1, self.items + 1)] + list(self.extra_items)
@@ -95,7 +127,7 @@ def scenarios(size: str) -> list[Scenario]:
     crash = 0.04 if size == "full" else 0.05
     matrix = [
         Scenario("baseline", n),
-        Scenario("duplicates", n, function_faults={"duplicate_rate": 0.25}),
+        Scenario("duplicates", n, function_faults={"duplicate_rate": 0.25}, evidence=("duplicates_absorbed",)),
         Scenario(
             "forwarder-crashes",
             n,
@@ -107,13 +139,20 @@ def scenarios(size: str) -> list[Scenario]:
                     "after_counter_update": crash,
                 }
             },
+            evidence=("crashes",),
         ),
-        Scenario("service-503-429", n, service_faults={"rate_503": 0.15, "rate_429": 0.15, "retry_after_s": 1}),
+        Scenario(
+            "service-503-429",
+            n,
+            service_faults={"rate_503": 0.15, "rate_429": 0.15, "retry_after_s": 1},
+            evidence=("retries",),
+        ),
         Scenario(
             "poison-under-tolerance",
             n,
             # one poison item (500 until max attempts) in >= 100 items: within the 1% tolerance
             service_faults={"poison_ids": [item(7)[JOB.item_id_field]]},
+            evidence=("retries", "failed"),
         ),
         Scenario(
             "poison-over-tolerance",
@@ -123,14 +162,25 @@ def scenarios(size: str) -> list[Scenario]:
                 "bad_request_ids": [item(i)[JOB.item_id_field] for i in (11, 13)],
             },
             expect=RunStatus.FAILED,
+            evidence=("retries", "failed"),
         ),
-        Scenario("splitter-killed", n, function_faults={"crash_rates": {"splitter_after_send": 0.5}}),
+        # The first two splitter invocations die after sending their page (the resumed one
+        # re-sends it: duplicates the ledger absorbs); a crash rate could miss every page.
+        Scenario("splitter-killed", n, kill_splitter=2, evidence=("splitter_kills",)),
+        Scenario(
+            "ambiguous-writes",
+            n,
+            # DynamoDB writes applied, then answered as failed: the SDK sends them again
+            function_faults={"applied_then_error": 0.1},
+            evidence=("ambiguous_writes",),
+        ),
         Scenario(
             "bad-input",
             n,
             malformed=True,
             # an unknown item (404 → FAILED) and a duplicate item in the source (its own task)
             extra_items=({JOB.item_id_field: UNKNOWN_ITEM_ID}, item(2)),
+            evidence=("quarantined", "failed"),
         ),
     ]
     if size == "full":
@@ -140,11 +190,13 @@ def scenarios(size: str) -> list[Scenario]:
                 "service-timeouts",
                 n,
                 service_faults={"rate_timeout": 0.02, "timeout_s": JOB.task_timeout_s + 1},
+                evidence=("retries",),
             ),
         )
-        matrix.insert(5, Scenario("service-restarted", n, restart_service_at=0.4))
+        matrix.insert(5, Scenario("service-restarted", n, restart_service_at=0.4, evidence=("service_restarts",)))
         return matrix
-    return [s for s in matrix if s.name in ("forwarder-crashes", "duplicates", "poison-over-tolerance", "bad-input")]
+    small = ("forwarder-crashes", "duplicates", "poison-over-tolerance", "bad-input")
+    return [s for s in matrix if s.name in small]
 
 
 @dataclass
@@ -160,12 +212,50 @@ class Row:
     emails: int = 0
     splitter_kills: int = 0
     quarantined: int = 0
+    crashes: int = 0
+    ambiguous_writes: int = 0
+    service_restarts: int = 0
     wall_s: float = 0.0
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+#: The `Row` counts a scenario may name as the evidence that its fault fired.
+EVIDENCE = frozenset(
+    {
+        "duplicates_absorbed",
+        "retries",
+        "splitter_kills",
+        "quarantined",
+        "crashes",
+        "ambiguous_writes",
+        "service_restarts",
+        "failed",
+    }
+)
+_FIRED = re.compile(re.escape(FIRED_LOG_PREFIX) + r" (\w+) at (\w+)")
+
+
+def fired_faults(log_lines: list[str]) -> dict[str, int]:
+    """Count the injected faults in the functions' log lines, by kind (`crash`,
+    `duplicate`, `applied_then_error`)."""
+    counts: dict[str, int] = {}
+    for line in log_lines:
+        for kind, _point in _FIRED.findall(line):
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def evidence_problems(sc: Scenario, row: Row) -> list[str]:
+    """What the row lacks to prove that the scenario's fault fired (empty: it did)."""
+    return [
+        f"the fault did not fire: {name} is {getattr(row, name)} (expected at least 1)"
+        for name in sc.evidence
+        if getattr(row, name) <= 0
+    ]
 
 
 class ChaosSuite:
@@ -175,6 +265,7 @@ class ChaosSuite:
         self.workdir = workdir
         self.echo = echo
         self.timeout_s = timeout_s
+        self.service_restarts = 0
 
     # ----------------------------------------------------------- lifecycle
 
@@ -236,9 +327,10 @@ class ChaosSuite:
         row = Row(sc.name, len(source))
         started = time.monotonic()
         t0_ms = int(time.time() * 1000)
-        row.splitter_kills = self._start(run_id, source)
+        row.splitter_kills = self._start(run_id, source, kill_first=sc.kill_splitter, chaos_value=chaos_value)
         injected = self._inject_malformed(run_id) if sc.malformed else 0
         self._wait(sc, run_id, chaos_file)
+        row.service_restarts = self.service_restarts
         row.wall_s = round(time.monotonic() - started, 1)
         time.sleep(1.5)  # let late duplicates and log lines land before counting
         self._check(sc, row, run_id, source, injected, quarantine_before, t0_ms)
@@ -246,12 +338,21 @@ class ChaosSuite:
         self.echo(f"    {row.status} in {row.wall_s} s ({self._phases(run_id)}): {verdict}")
         return row
 
-    def _start(self, run_id: str, source: list[dict[str, str]]) -> int:
-        """Start the run with a synchronous splitter call; a killed splitter is resumed."""
+    def _start(self, run_id: str, source: list[dict[str, str]], *, kill_first: int = 0, chaos_value: str = "") -> int:
+        """Start the run with a synchronous splitter call; a killed splitter is resumed.
+        With `kill_first`, the first that many invocations crash after sending their page."""
         event = json.dumps({"job": JOB.name, "run_id": run_id, "items": source, "source": "chaos"}).encode()
+        splitter = self.outputs["SplitterFunctionName"]
+        killing = kill_first > 0
+        if killing:
+            doc = {"seed": 7, "crash_rates": {"splitter_after_send": 1.0}}
+            self._set_env(splitter, {"MICROPROCESS_CHAOS": json.dumps(doc)})
         kills = 0
         for _ in range(50):
-            resp = self.lam.invoke(FunctionName=self.outputs["SplitterFunctionName"], Payload=event)
+            if killing and kills >= kill_first:
+                self._set_env(splitter, {"MICROPROCESS_CHAOS": chaos_value})
+                killing = False
+            resp = self.lam.invoke(FunctionName=splitter, Payload=event)
             payload = resp["Payload"].read()
             if not resp.get("FunctionError"):
                 result = json.loads(payload)
@@ -285,6 +386,7 @@ class ChaosSuite:
         return len(bodies)
 
     def _wait(self, sc: Scenario, run_id: str, chaos_file: Path) -> None:
+        self.service_restarts = 0
         deadline = time.monotonic() + self.timeout_s
         restarted = False
         last_sweep = time.monotonic()
@@ -302,6 +404,7 @@ class ChaosSuite:
                 self.echo(f"    restarting the queue service at {done}/{prog.expected} (a deploy)")
                 self.stack.restart_service(JOB.service, chaos=chaos_file if sc.service_faults else None)
                 restarted = True
+                self.service_restarts += 1
             if time.monotonic() - last_sweep > 5:  # the schedule runs it every 5 minutes; here, often
                 self.lam.invoke(FunctionName=self.outputs["SweeperFunctionName"], Payload=b"{}")
                 last_sweep = time.monotonic()
@@ -351,6 +454,9 @@ class ChaosSuite:
         row.reduce_claims = int(metrics.get("ReducesClaimed", 0))
         if row.reduce_claims != 1:
             p.append(f"reduce claimed {row.reduce_claims} times")
+        fired = fired_faults(self._log_lines(t0_ms))
+        row.crashes = fired.get("crash", 0)
+        row.ambiguous_writes = fired.get("applied_then_error", 0)
         row.emails = self._emails(run_id)
         if row.emails != 1:
             p.append(f"{row.emails} emails for the run")
@@ -363,6 +469,7 @@ class ChaosSuite:
                 time.sleep(1)
             if row.quarantined != injected:
                 p.append(f"{injected} malformed messages injected, {row.quarantined} quarantined")
+        p.extend(evidence_problems(sc, row))
 
     def _phases(self, run_id: str) -> str:
         """Seconds from the run's creation to each milestone the ledger records."""
@@ -400,6 +507,28 @@ class ChaosSuite:
         from microprocess.local.emulator import captured_emails
 
         return sum(1 for m in captured_emails(self.endpoint) if run_id in str(m.get("Subject", "")))
+
+    def _log_lines(self, t0_ms: int) -> list[str]:
+        """The functions' log lines since `t0_ms` that report an injected fault (the scenarios
+        run one at a time, so these are the current scenario's)."""
+        lines: list[str] = []
+        for fn in self.functions:
+            config = self.lam.get_function_configuration(FunctionName=fn)
+            group = (config.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{fn}"
+            kwargs: dict[str, Any] = {"logGroupName": group, "startTime": t0_ms}
+            while True:
+                try:
+                    resp = self.logs.filter_log_events(**kwargs)
+                except self.logs.exceptions.ResourceNotFoundException:
+                    break
+                lines += [
+                    ev.get("message", "") for ev in resp.get("events", []) if FIRED_LOG_PREFIX in ev.get("message", "")
+                ]
+                token = resp.get("nextToken")
+                if not token or token == kwargs.get("nextToken"):
+                    break
+                kwargs["nextToken"] = token
+        return lines
 
     def _metrics(self, run_id: str, t0_ms: int) -> dict[str, float]:
         """Sum the EMF metrics the functions logged for `run_id` since `t0_ms`."""
@@ -446,6 +575,8 @@ COLUMNS = [
     ("reduce_claims", "reduce count"),
     ("emails", "emails"),
     ("splitter_kills", "splitter kills"),
+    ("crashes", "crashes"),
+    ("ambiguous_writes", "ambiguous writes"),
     ("quarantined", "quarantined"),
     ("wall_s", "wall time (s)"),
 ]

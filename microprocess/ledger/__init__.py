@@ -13,6 +13,7 @@ from microprocess.ledger.records import (
     LedgerSchema,
     Progress,
     RecordResult,
+    RepairState,
     RunNotActive,
     RunNotFound,
     RunRecord,
@@ -20,6 +21,8 @@ from microprocess.ledger.records import (
     TaskOutcome,
     TaskRecord,
     TaskState,
+    failed_percentage,
+    run_verdict,
     utc_now_iso,
 )
 from microprocess.ledger.table import Ledger, ledger_table_definition
@@ -34,6 +37,7 @@ __all__ = [
     "LedgerSchema",
     "Progress",
     "RecordResult",
+    "RepairState",
     "RunNotActive",
     "RunNotFound",
     "RunRecord",
@@ -41,6 +45,8 @@ __all__ = [
     "TaskOutcome",
     "TaskRecord",
     "TaskState",
+    "failed_percentage",
     "ledger_table_definition",
+    "run_verdict",
     "utc_now_iso",
 ]

@@ -7,6 +7,10 @@ Layout (declared once in `LEDGER_SCHEMA`; the CDK construct reads the same objec
 | run     | `RUN#<run>`        | `RUN`       | job, status, split cursors, expected, timings, report |
 | counter | `RUN#<run>#C<j>`   | `COUNT`     | succeeded, failed, done, room, epoch (j < counter_count) |
 | task    | `RUN#<run>#S<k>`   | `T#<task>`  | state, result or error, attempts; written once |
+| failure | `RUN#<run>#S<k>`   | `F#<task>`  | a failed task's item and error (what `retry-failed` reads) |
+| items   | `RUN#<run>`        | `ITEMS`     | the inline items a run was started with |
+| parts   | `RUN#<run>`        | `PARTS`     | the reduced parts |
+| repair  | `RUN#<run>`        | `REPAIR`    | the fence and per-shard recounts of a repair under way |
 
 How the invariants hold (ARCHITECTURE §3):
 
@@ -21,9 +25,16 @@ How the invariants hold (ARCHITECTURE §3):
   batch that takes a counter's room to 0 runs the full completion check (read the run
   and all counters, consistently); the last batch of a run always empties its counter.
 * **Reduce once.** The claim is `SET status = REDUCING IF status = RUNNING AND split_done`.
+* **Ambiguous failures are safe** (§3.8). The SDK retries a write after a 5xx or a timeout
+  that DynamoDB may have applied. Puts and claims carry a fresh token and return the old
+  item when their condition fails: a retry that finds its own token was applied. A counter
+  ADD sets a `b_<token>` attribute under `attribute_not_exists`, so its retry fails and finds
+  it (the attribute is removed right after; a repair sweeps up any a crash left).
 * **Repair never over-counts.** A crash between a task's put and the counter update
   under-counts. The sweeper repairs by recounting the task records inside an *epoch
-  fence*: it bumps every counter's epoch, recounts, then rewrites the counters with the
+  fence*: it bumps every counter's epoch, recounts shard by shard (in steps that fit a
+  function's time limit, noted on the `REPAIR` item so that any later sweep resumes an
+  interrupted repair: the fence is never a lock), then rewrites the counters with the
   next epoch, all by transactions. A counter update is conditional on the epoch the
   writer saw before it wrote its tasks, so no task is both recounted and added.
 """
@@ -47,9 +58,12 @@ from microprocess.ledger.records import (
     CRASH_AFTER_TASK_WRITE,
     CURSOR_DONE,
     LEDGER_SCHEMA,
+    TASK_RECORD_LIMIT_BYTES,
+    WRITE_TOKEN,
     LedgerError,
     Progress,
     RecordResult,
+    RepairState,
     RunNotActive,
     RunNotFound,
     RunRecord,
@@ -61,9 +75,15 @@ from microprocess.ledger.records import (
     _counter_pk,
     _from_ddb,
     _is_conditional_failure,
+    _item_size,
+    _run_key,
     _run_pk,
     _shard_pk,
     _to_ddb,
+    _token,
+    _written_by,
+    failed_percentage,
+    run_verdict,
     utc_now_iso,
 )
 
@@ -112,13 +132,30 @@ class Ledger:
         *,
         segments: int = 1,
         source_run: str | None = None,
+        source: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        inline_items: list[Any] | None = None,
     ) -> tuple[RunRecord, bool]:
         """Create the run if it does not exist. Returns (run, created).
+
+        The run records what it reads (`source`, a plain dict the splitter builds), its
+        run-time `params`, and its own shard and counter counts, so that every later step
+        (a resumed splitter, the sweeper, the forwarder) uses the run's settings, never a
+        redeployed job's. Inline items are kept on an item of their own (`RUN#<run>` /
+        `ITEMS`) so that a restarted splitter reads the same list.
 
         Idempotent: a second call with the same run id returns the existing run
         (created=False). The same run id for another job is an error.
         """
         now = utc_now_iso()
+        if inline_items is not None:
+            self._put_once(
+                {
+                    "pk": _run_pk(run_id),
+                    "sk": "ITEMS",
+                    "items": json.dumps(inline_items, separators=(",", ":"), default=str),
+                }
+            )
         item = {
             "pk": _run_pk(run_id),
             "sk": "RUN",
@@ -136,25 +173,47 @@ class Ledger:
             "created_at": now,
             "updated_at": now,
             "source_run": source_run,
+            "source": json.dumps(source, sort_keys=True, default=str) if source else None,
+            "params": json.dumps(params, sort_keys=True, default=str) if params else None,
             LEDGER_SCHEMA.runs_index_partition_key: f"JOB#{job.name}",
             LEDGER_SCHEMA.runs_index_sort_key: f"{now}#{run_id}",
         }
-        try:
-            self.client.put_item(
-                TableName=self.table_name,
-                Item=_to_ddb(item),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
+        if self._put_once(item):
             return self._run_from_item(item), True
-        except ClientError as exc:
-            if not _is_conditional_failure(exc):
-                raise
         existing = self.get_run(run_id)
         if existing is None:  # pragma: no cover - a put that failed its condition means the item exists
             raise LedgerError(f"run {run_id} exists but could not be read")
         if existing.job != job.name:
             raise LedgerError(f"run id {run_id} already belongs to job '{existing.job}', not '{job.name}'")
         return existing, False
+
+    def _put_once(self, item: dict[str, Any]) -> bool:
+        """Put `item` if its key is new. True if this call wrote it: a put the SDK retried
+        after it was applied is recognised by its write token (ARCHITECTURE §3.8)."""
+        token = _token()
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=_to_ddb({**item, WRITE_TOKEN: token}),
+                ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+            return True
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            return _written_by(exc, token)
+
+    def inline_items(self, run_id: str) -> list[Any]:
+        """The inline items a run was started with (empty when it was started with none)."""
+        resp = self.client.get_item(
+            TableName=self.table_name,
+            Key=_to_ddb({"pk": _run_pk(run_id), "sk": "ITEMS"}),
+            ConsistentRead=True,
+        )
+        if "Item" not in resp:
+            return []
+        return list(json.loads(_from_ddb(resp["Item"])["items"]))
 
     def get_run(self, run_id: str, *, consistent: bool = True) -> RunRecord | None:
         resp = self.client.get_item(
@@ -197,6 +256,9 @@ class Ledger:
             finalize_claimed_at=item.get("finalize_claimed_at"),
             sweep_done=int(item["sweep_done"]) if "sweep_done" in item else None,
             sweep_changed_at=item.get("sweep_changed_at"),
+            source=json.loads(item["source"]) if item.get("source") else {},
+            params=json.loads(item["params"]) if item.get("params") else {},
+            email_sent_at=item.get("email_sent_at"),
         )
 
     def list_runs(self, job: str, *, limit: int = 20) -> list[RunRecord]:
@@ -222,39 +284,81 @@ class Ledger:
         """Account one sent page: move the segment's cursor and add `count` expected tasks.
 
         One conditional write on the run item: it succeeds only if the segment's cursor
-        is still `cursor_from`, so a page is accounted at most once. Returns False when
-        the cursor had already moved (a resumed splitter re-sent the page).
+        is still `cursor_from`, so a page is accounted at most once (an SDK retry of an
+        applied write finds its own token and answers True). Returns False when the cursor
+        had already moved (a resumed splitter re-sent the page).
         Raises `RunNotActive` if the run is no longer splitting (cancelled).
         """
+        if self._claim(
+            _run_key(run_id),
+            set_expr="cursors.#s = :to, seg_counts.#s = seg_counts.#s + :n, updated_at = :now",
+            add_expr="expected :n, pages :one",
+            remove_expr="split_errors",  # the errors `note_split_error` counts are those since the last page
+            cond="cursors.#s = :from AND #st = :splitting",
+            names={"#s": segment, "#st": "status"},
+            values={
+                ":to": cursor_to,
+                ":from": cursor_from,
+                ":n": count,
+                ":one": 1,
+                ":splitting": "SPLITTING",
+                ":now": utc_now_iso(),
+            },
+            token_attr="tok_page",
+        ):
+            return True
+        run = self.require_run(run_id)
+        if run.status is not RunStatus.SPLITTING:
+            raise RunNotActive(f"run {run_id} is {run.status}; it takes no more pages")
+        return False
+
+    def _claim(
+        self,
+        key: dict[str, Any],
+        *,
+        set_expr: str,
+        cond: str,
+        values: dict[str, Any],
+        token_attr: str,
+        names: dict[str, str] | None = None,
+        add_expr: str = "",
+        remove_expr: str = "",
+    ) -> bool:
+        """A conditional update that is safe when the SDK retries it after it was applied:
+        it also sets `token_attr` to a fresh token, and a failed condition whose item holds
+        that token means this caller's write went through (ARCHITECTURE §3.8).
+        True if this call's update was applied."""
+        token = _token()
+        expr = f"SET #ctok = :ctok, {set_expr}" + (f" ADD {add_expr}" if add_expr else "")
+        expr += f" REMOVE {remove_expr}" if remove_expr else ""
         try:
             self.client.update_item(
                 TableName=self.table_name,
-                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
-                UpdateExpression=(
-                    "SET cursors.#s = :to, seg_counts.#s = seg_counts.#s + :n, updated_at = :now "
-                    "ADD expected :n, pages :one"
-                ),
-                ConditionExpression="cursors.#s = :from AND #st = :splitting",
-                ExpressionAttributeNames={"#s": segment, "#st": "status"},
-                ExpressionAttributeValues=_to_ddb(
-                    {
-                        ":to": cursor_to,
-                        ":from": cursor_from,
-                        ":n": count,
-                        ":one": 1,
-                        ":splitting": "SPLITTING",
-                        ":now": utc_now_iso(),
-                    }
-                ),
+                Key=_to_ddb(key),
+                UpdateExpression=expr,
+                ConditionExpression=cond,
+                ExpressionAttributeNames={**(names or {}), "#ctok": token_attr},
+                ExpressionAttributeValues=_to_ddb({**values, ":ctok": token}),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
             return True
         except ClientError as exc:
             if not _is_conditional_failure(exc):
                 raise
-        run = self.require_run(run_id)
-        if run.status is not RunStatus.SPLITTING:
-            raise RunNotActive(f"run {run_id} is {run.status}; it takes no more pages")
-        return False
+            return _written_by(exc, token, token_attr)
+
+    def note_split_error(self, run_id: str, error: str) -> int:
+        """Remember a transient error of the split; returns how many the run has had since
+        its last accounted page. Each error adds its own token to a set, so an SDK retry of
+        this write does not count it twice."""
+        resp = self.client.update_item(
+            TableName=self.table_name,
+            Key=_to_ddb(_run_key(run_id)),
+            UpdateExpression="SET split_error = :e ADD split_errors :tok",
+            ExpressionAttributeValues=_to_ddb({":e": error[:2000], ":tok": {_token()}}),
+            ReturnValues="UPDATED_NEW",
+        )
+        return len(_from_ddb(resp["Attributes"]).get("split_errors", set()))
 
     def finish_split(self, run_id: str) -> bool:
         """Mark the split done, fix the counters' targets, and run the completion check.
@@ -362,17 +466,25 @@ class Ledger:
         record and is not counted again. Then the batch's new successes and failures go to
         one randomly chosen counter. If that update empties the counter's room, the full
         completion check runs and may claim the reduce.
+
+        Every write is safe when the SDK retries it after it was applied (a 5xx or a timeout
+        on a request DynamoDB had carried out): the task put and the counter update carry
+        this call's token, and a retry that fails its condition on its own token counts as
+        done, never as a duplicate or a second add. A result too big for a DynamoDB item
+        makes its task FAILED with the reason; the batch's other tasks are counted as usual.
         """
         epoch = self._known_epoch(run_id, counter_count)
         outcomes = list({o.task_id: o for o in outcomes}.values())  # one outcome per task in a batch
-        written = list(self._pool.map(lambda o: self._put_task(run_id, o), outcomes))
-        newly = [o for o, w in zip(outcomes, written, strict=True) if w]
-        dupes = [o.task_id for o, w in zip(outcomes, written, strict=True) if not w]
+        token = _token()
+        written = list(self._pool.map(lambda o: self._put_task(run_id, o, token), outcomes))
+        newly = [o for o, w in zip(outcomes, written, strict=True) if w is not None]
+        dupes = [o.task_id for o, w in zip(outcomes, written, strict=True) if w is None]
         self._crash(CRASH_AFTER_TASK_WRITE)
         if not newly:
             return RecordResult([], dupes, True, False)
-        s = sum(1 for o in newly if o.state is TaskState.SUCCEEDED)
-        f = len(newly) - s
+        states = [w for w in written if w is not None]
+        s = sum(1 for state in states if state is TaskState.SUCCEEDED)
+        f = len(states) - s
         counted, emptied = self._count(run_id, counter_count, epoch, s, f)
         self._crash(CRASH_AFTER_COUNTER_UPDATE)
         claimed = self.check_completion(run_id) if emptied else False
@@ -382,34 +494,42 @@ class Ledger:
         if self._crash_hook is not None:
             self._crash_hook(point)
 
-    def _put_task(self, run_id: str, o: TaskOutcome) -> bool:
-        item: dict[str, Any] = {
-            "pk": _shard_pk(run_id, o.shard),
-            "sk": f"T#{o.task_id}",
-            "task_id": o.task_id,
-            "state": str(o.state),
-            "attempts": o.attempts,
-            "item_id": o.item_id,
-            "finished_at": utc_now_iso(),
-            "error": o.error,
-        }
-        if o.result is not None:
-            item["result"] = json.dumps(o.result, separators=(",", ":"), default=str)
-        if o.state is TaskState.FAILED:
-            if o.item is not None:
-                item["item"] = json.dumps(o.item, separators=(",", ":"), default=str)
-            item["item_ref"] = o.item_ref
+    def _put_task(self, run_id: str, o: TaskOutcome, token: str) -> TaskState | None:
+        """Write the task's record once. Returns the state recorded (FAILED for a result too
+        big to store), or None when the task already had a record (a duplicate)."""
+        item = _task_item(run_id, o, token)
+        if _item_size(item) > TASK_RECORD_LIMIT_BYTES:
+            item = _task_item(run_id, _oversize(o, _item_size(item)), token)
+        try:
+            return self._write_task(item)
+        except ClientError as exc:
+            if not _is_item_too_large(exc):
+                raise
+            # DynamoDB measures a little differently from our estimate: the same outcome.
+            return self._write_task(_task_item(run_id, _oversize(o, _item_size(item)), token))
+
+    def _write_task(self, item: dict[str, Any]) -> TaskState | None:
+        state = TaskState(item["state"])
+        if state is TaskState.FAILED:
+            # A failed task also gets a small `F#` item beside it, so that `retry-failed` reads
+            # the failures of a run and not all its records. Written first (a crash after it
+            # leaves a marker whose task has no record yet, or a SUCCEEDED one: the reader
+            # checks the record, see `failed_page`), then the record, once.
+            marker = {k: item.get(k) for k in ("pk", "task_id", "attempts", "item_id", "error", "item", "item_ref")}
+            marker["sk"] = f"F#{item['task_id']}"
+            self.client.put_item(TableName=self.table_name, Item=_to_ddb(marker))
         try:
             self.client.put_item(
                 TableName=self.table_name,
                 Item=_to_ddb(item),
                 ConditionExpression="attribute_not_exists(sk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-            return True
+            return state
         except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return False
-            raise
+            if not _is_conditional_failure(exc):
+                raise
+            return state if _written_by(exc, item[WRITE_TOKEN]) else None
 
     def _known_epoch(self, run_id: str, counter_count: int) -> int:
         """The counters' epoch as last seen (read once per run per process)."""
@@ -465,9 +585,13 @@ class Ledger:
         )
 
     def _add(self, run_id: str, j: int, epoch: int, s: int, f: int, *, capped: bool | None) -> str:
+        """Add to counter j, once. The update also sets an attribute named after a fresh token
+        (`b_<token>`) under the condition that it does not exist yet: an SDK retry of an
+        applied update fails that condition and finds its attribute, so the ADD is never
+        applied twice (ARCHITECTURE §3.8). A second, idempotent update removes the attribute."""
         n = s + f
         epoch_clause = "attribute_not_exists(epoch)" if epoch == 0 else "epoch = :e"
-        values: dict[str, Any] = {":s": s, ":f": f, ":n": n}
+        values: dict[str, Any] = {":s": s, ":f": f, ":n": n, ":one": 1}
         if epoch:
             values[":e"] = epoch
         if capped is None:  # the form that worked last for this run first: a failed try is a billed write
@@ -475,39 +599,51 @@ class Ledger:
             attempts = [first, not first]
         else:
             attempts = [capped]
+        key = _to_ddb({"pk": _counter_pk(run_id, j), "sk": "COUNT"})
         for cap in attempts:
+            marker = f"b_{_token()}"
             if cap:
-                expr = "ADD succeeded :s, failed :f, done :n, room :neg"
-                cond = f"room >= :n AND {epoch_clause}"
+                expr = "SET #b = :one ADD succeeded :s, failed :f, done :n, room :neg"
+                cond = f"attribute_not_exists(#b) AND room >= :n AND {epoch_clause}"
                 vals = {**values, ":neg": -n}
             else:
-                expr = "ADD succeeded :s, failed :f, done :n"
-                cond = f"attribute_not_exists(room) AND {epoch_clause}"
+                expr = "SET #b = :one ADD succeeded :s, failed :f, done :n"
+                cond = f"attribute_not_exists(#b) AND attribute_not_exists(room) AND {epoch_clause}"
                 vals = values
             try:
                 resp = self.client.update_item(
                     TableName=self.table_name,
-                    Key=_to_ddb({"pk": _counter_pk(run_id, j), "sk": "COUNT"}),
+                    Key=key,
                     UpdateExpression=expr,
                     ConditionExpression=cond,
+                    ExpressionAttributeNames={"#b": marker},
                     ExpressionAttributeValues=_to_ddb(vals),
                     ReturnValues="ALL_NEW",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
+                new = _from_ddb(resp["Attributes"])
             except ClientError as exc:
                 if not _is_conditional_failure(exc):
                     raise
                 old = _from_ddb(exc.response.get("Item", {}) or {})
-                if int(old.get("epoch", 0)) != epoch:
-                    self._forget_epoch(run_id)
-                    return "fenced"
-                if cap and "room" not in old:
-                    continue  # targets not set yet: the uncapped form applies
-                if not cap and "room" in old:
-                    self._capped[run_id] = True
-                    continue  # targets were just set: the capped form applies
-                return "no-room"
-            new = _from_ddb(resp["Attributes"])
+                if marker in old:  # our own update, retried by the SDK after it was applied
+                    new = old
+                else:
+                    if int(old.get("epoch", 0)) != epoch:
+                        self._forget_epoch(run_id)
+                        return "fenced"
+                    if cap and "room" not in old:
+                        continue  # targets not set yet: the uncapped form applies
+                    if not cap and "room" in old:
+                        self._capped[run_id] = True
+                        continue  # targets were just set: the capped form applies
+                    return "no-room"
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=key,
+                UpdateExpression="REMOVE #b",
+                ExpressionAttributeNames={"#b": marker},
+            )
             self._capped[run_id] = cap
             return "emptied" if "room" in new and int(new["room"]) == 0 else "ok"
         return "no-room"
@@ -557,29 +693,21 @@ class Ledger:
                 f"run {run_id}: counters say {succeeded + failed} done but {run.expected} expected; "
                 "refusing to reduce — run the sweeper's repair"
             )
-        try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
-                UpdateExpression="SET #st = :reducing, reduce_claimed_at = :now, succeeded = :s, failed = :f",
-                ConditionExpression="#st = :running AND split_done = :t",
-                ExpressionAttributeNames={"#st": "status"},
-                ExpressionAttributeValues=_to_ddb(
-                    {
-                        ":reducing": "REDUCING",
-                        ":running": "RUNNING",
-                        ":t": True,
-                        ":now": utc_now_iso(),
-                        ":s": succeeded,
-                        ":f": failed,
-                    }
-                ),
-            )
-            return True
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return False
-            raise
+        return self._claim(
+            _run_key(run_id),
+            set_expr="#st = :reducing, reduce_claimed_at = :now, succeeded = :s, failed = :f",
+            cond="#st = :running AND split_done = :t",
+            names={"#st": "status"},
+            values={
+                ":reducing": "REDUCING",
+                ":running": "RUNNING",
+                ":t": True,
+                ":now": utc_now_iso(),
+                ":s": succeeded,
+                ":f": failed,
+            },
+            token_attr="tok_reduce",
+        )
 
     # -------------------------------------------------------------- progress
 
@@ -611,27 +739,70 @@ class Ledger:
         while True:
             resp = self.client.query(**kwargs)
             for raw in resp.get("Items", []):
-                item = _from_ddb(raw)
-                yield TaskRecord(
-                    task_id=item["task_id"],
-                    shard=shard,
-                    state=TaskState(item["state"]),
-                    attempts=int(item.get("attempts", 0)),
-                    item_id=item.get("item_id"),
-                    result=json.loads(item["result"]) if item.get("result") else None,
-                    error=item.get("error"),
-                    finished_at=item["finished_at"],
-                    item=json.loads(item["item"]) if item.get("item") else None,
-                    item_ref=item.get("item_ref"),
-                )
+                yield _task_record(_from_ddb(raw), shard)
             if "LastEvaluatedKey" not in resp:
                 return
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
     def iter_failed(self, run_id: str) -> Iterator[TaskRecord]:
+        """Every FAILED task of a run (reads only the failures, page by page)."""
+        cursor = ""
+        while cursor != CURSOR_DONE:
+            page, cursor = self.failed_page(run_id, cursor, 100)
+            yield from page
+
+    def failed_page(self, run_id: str, cursor: str, limit: int) -> tuple[list[TaskRecord], str]:
+        """Up to `limit` FAILED tasks of a run from `cursor` (`""` to start), and the cursor of
+        the next page (`CURSOR_DONE` at the end). Reads the run's `F#` failure items shard by
+        shard, never its successes, so `retry-failed` of a 19 M-item run reads what failed;
+        each failure is checked against its task record (a marker whose record is missing
+        or SUCCEEDED, left by a crash or a late duplicate, is skipped)."""
         run = self.require_run(run_id)
-        for k in range(run.shard_count):
-            yield from (t for t in self.iter_results(run_id, k) if t.state is TaskState.FAILED)
+        state = json.loads(cursor) if cursor else {"k": 0}
+        shard, start_key = int(state["k"]), state.get("key")
+        found: list[TaskRecord] = []
+        while shard < run.shard_count and len(found) < limit:
+            kwargs: dict[str, Any] = {
+                "TableName": self.table_name,
+                "KeyConditionExpression": "pk = :p AND begins_with(sk, :f)",
+                "ExpressionAttributeValues": _to_ddb({":p": _shard_pk(run_id, shard), ":f": "F#"}),
+                "ConsistentRead": True,
+                "Limit": limit - len(found),
+            }
+            if start_key:
+                kwargs["ExclusiveStartKey"] = start_key
+            resp = self.client.query(**kwargs)
+            markers = [_from_ddb(raw) for raw in resp.get("Items", [])]
+            found.extend(self._confirmed_failures(run_id, shard, markers))
+            start_key = resp.get("LastEvaluatedKey")
+            if not start_key:
+                shard += 1
+        if shard >= run.shard_count:
+            return found, CURSOR_DONE
+        return found, json.dumps({"k": shard, "key": start_key}, sort_keys=True)
+
+    def _confirmed_failures(self, run_id: str, shard: int, markers: list[dict[str, Any]]) -> list[TaskRecord]:
+        if not markers:
+            return []
+        keys = [_to_ddb({"pk": _shard_pk(run_id, shard), "sk": f"T#{m['task_id']}"}) for m in markers]
+        records: dict[str, dict[str, Any]] = {}
+        request = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
+        for _ in range(20):
+            resp = self.client.batch_get_item(RequestItems=request)
+            for raw in resp.get("Responses", {}).get(self.table_name, []):
+                rec = _from_ddb(raw)
+                records[rec["task_id"]] = rec
+            request = resp.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            time.sleep(0.05)
+        out = []
+        for m in markers:
+            found = records.get(m["task_id"])
+            if found is None or found.get("state") != str(TaskState.FAILED):
+                continue
+            out.append(_task_record(found, shard))
+        return out
 
     def task_exists(self, run_id: str, shard: int, task_id: str) -> bool:
         resp = self.client.get_item(
@@ -647,22 +818,14 @@ class Ledger:
     def cancel(self, run_id: str) -> bool:
         """Cancel a run that is splitting or running. Returns False if it had already ended."""
         self.require_run(run_id)
-        try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
-                UpdateExpression="SET #st = :c, finished_at = :now",
-                ConditionExpression="#st IN (:sp, :ru)",
-                ExpressionAttributeNames={"#st": "status"},
-                ExpressionAttributeValues=_to_ddb(
-                    {":c": "CANCELLED", ":now": utc_now_iso(), ":sp": "SPLITTING", ":ru": "RUNNING"}
-                ),
-            )
-            return True
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return False
-            raise
+        return self._claim(
+            _run_key(run_id),
+            set_expr="#st = :c, finished_at = :now",
+            cond="#st IN (:sp, :ru)",
+            names={"#st": "status"},
+            values={":c": "CANCELLED", ":now": utc_now_iso(), ":sp": "SPLITTING", ":ru": "RUNNING"},
+            token_attr="tok_status",
+        )
 
     # ---------------------------------------------------------------- reduce
 
@@ -700,37 +863,49 @@ class Ledger:
         if reclaim_before:
             cond = "#st = :reducing AND (attribute_not_exists(finalize_claimed_at) OR finalize_claimed_at < :old)"
             values[":old"] = reclaim_before
-        try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
-                UpdateExpression="SET finalize_claimed_at = :now",
-                ConditionExpression=cond,
-                ExpressionAttributeNames={"#st": "status"},
-                ExpressionAttributeValues=_to_ddb(values),
-            )
-            return True
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return False
-            raise
+        return self._claim(
+            _run_key(run_id),
+            set_expr="finalize_claimed_at = :now",
+            cond=cond,
+            names={"#st": "status"},
+            values=values,
+            token_attr="tok_finalize",
+        )
 
     def claim_email(self, run_id: str) -> bool:
         """Claim the right to send the run's report email. True exactly once per run
-        (until `release_email` gives it back after a failed send)."""
-        try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
-                UpdateExpression="SET email_claimed_at = :now",
-                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(email_claimed_at)",
-                ExpressionAttributeValues=_to_ddb({":now": utc_now_iso()}),
-            )
-            return True
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return False
-            raise
+        (until `release_email` gives it back after a failed send).
+
+        At most once: a crash between the claim and the send loses the email. Prefer the
+        at-least-once pair `email_sent` / `record_email_sent`."""
+        return self._claim(
+            _run_key(run_id),
+            set_expr="email_claimed_at = :now",
+            cond="attribute_exists(pk) AND attribute_not_exists(email_claimed_at)",
+            values={":now": utc_now_iso()},
+            token_attr="tok_email",
+        )
+
+    def email_sent(self, run_id: str) -> str | None:
+        """When the run's report email was recorded as sent (ISO time), or None.
+
+        The at-least-once protocol: the finalize checks this, sends the email, then calls
+        `record_email_sent`. A crash between the send and the record sends it again on the
+        retried finalize (a possible duplicate, never a lost email); once recorded, every
+        later finalize skips it."""
+        run = self.require_run(run_id)
+        return run.email_sent_at
+
+    def record_email_sent(self, run_id: str, message_id: str = "") -> bool:
+        """Record that the run's report email went out (the deduplication record). True for
+        the first record; idempotent afterwards (the first send's time and id are kept)."""
+        return self._claim(
+            _run_key(run_id),
+            set_expr="email_sent_at = :now, email_message_id = :m",
+            cond="attribute_exists(pk) AND attribute_not_exists(email_sent_at)",
+            values={":now": utc_now_iso(), ":m": message_id or "-"},
+            token_attr="tok_email_sent",
+        )
 
     def release_email(self, run_id: str) -> None:
         """Give back an email claim whose send failed, so that a retried finalize sends it."""
@@ -743,7 +918,8 @@ class Ledger:
     def finish_run(
         self, run_id: str, *, tolerated_failure_pct: float, report_uri: str, summary: dict[str, Any] | None = None
     ) -> RunStatus | None:
-        """End a reducing run: SUCCEEDED, or FAILED when failures exceed the tolerance.
+        """End a reducing run: SUCCEEDED, or FAILED when failures exceed the tolerance
+        (`run_verdict`, the one rule the report and the email use too).
 
         Returns the final status, or None if the run was not reducing (already ended).
         """
@@ -751,63 +927,48 @@ class Ledger:
         if run.status is not RunStatus.REDUCING:
             return None
         prog = self.progress(run_id)
-        failed_pct = 100.0 * prog.failed / prog.expected if prog.expected else 0.0
-        status = RunStatus.FAILED if failed_pct > tolerated_failure_pct else RunStatus.SUCCEEDED
+        status = run_verdict(prog.failed, prog.expected, tolerated_failure_pct)
         error = (
-            f"{prog.failed} of {prog.expected} tasks failed ({failed_pct:.2f}%), above the tolerated "
-            f"{tolerated_failure_pct}%"
+            f"{prog.failed} of {prog.expected} tasks failed "
+            f"({failed_percentage(prog.failed, prog.expected):.2f}%), above the tolerated {tolerated_failure_pct}%"
             if status is RunStatus.FAILED
             else None
         )
-        try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
-                UpdateExpression="SET #st = :s, finished_at = :now, report_uri = :r, summary = :sum, #err = :e",
-                ConditionExpression="#st = :reducing",
-                ExpressionAttributeNames={"#st": "status", "#err": "error"},
-                ExpressionAttributeValues=_to_ddb(
-                    {
-                        ":s": str(status),
-                        ":now": utc_now_iso(),
-                        ":r": report_uri,
-                        ":sum": json.dumps(summary or {}, default=str),
-                        ":e": error or "",
-                        ":reducing": "REDUCING",
-                    }
-                ),
-            )
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return None
-            raise
-        return status
+        done = self._claim(
+            _run_key(run_id),
+            set_expr="#st = :s, finished_at = :now, report_uri = :r, summary = :sum, #err = :e",
+            cond="#st = :reducing",
+            names={"#st": "status", "#err": "error"},
+            values={
+                ":s": str(status),
+                ":now": utc_now_iso(),
+                ":r": report_uri,
+                ":sum": json.dumps(summary or {}, default=str),
+                ":e": error or "",
+                ":reducing": "REDUCING",
+            },
+            token_attr="tok_status",
+        )
+        return status if done else None
 
     def fail_run(self, run_id: str, error: str) -> bool:
-        """End a non-terminal run FAILED with `error` (e.g. its reduce failed for good)."""
-        try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
-                UpdateExpression="SET #st = :f, finished_at = :now, #err = :e",
-                ConditionExpression="#st IN (:sp, :ru, :re)",
-                ExpressionAttributeNames={"#st": "status", "#err": "error"},
-                ExpressionAttributeValues=_to_ddb(
-                    {
-                        ":f": "FAILED",
-                        ":now": utc_now_iso(),
-                        ":e": error,
-                        ":sp": "SPLITTING",
-                        ":ru": "RUNNING",
-                        ":re": "REDUCING",
-                    }
-                ),
-            )
-            return True
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return False
-            raise
+        """End a non-terminal run FAILED with `error` (e.g. its reduce failed for good, or
+        its source cannot be read)."""
+        return self._claim(
+            _run_key(run_id),
+            set_expr="#st = :f, finished_at = :now, #err = :e",
+            cond="#st IN (:sp, :ru, :re)",
+            names={"#st": "status", "#err": "error"},
+            values={
+                ":f": "FAILED",
+                ":now": utc_now_iso(),
+                ":e": error,
+                ":sp": "SPLITTING",
+                ":ru": "RUNNING",
+                ":re": "REDUCING",
+            },
+            token_attr="tok_status",
+        )
 
     def note_progress(self, run_id: str, done: int) -> str:
         """Sweeper bookkeeping: remember the done count; return when it last changed (ISO time)."""
@@ -826,88 +987,184 @@ class Ledger:
     def requeue_reduce(self, run_id: str, *, claimed_before: str) -> bool:
         """Take the right to re-enqueue a reduce claimed before `claimed_before` and not
         finished: True for one caller per timeout window (it moves the claim time on)."""
-        try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
-                UpdateExpression="SET reduce_claimed_at = :now",
-                ConditionExpression="#st = :reducing AND reduce_claimed_at < :old",
-                ExpressionAttributeNames={"#st": "status"},
-                ExpressionAttributeValues=_to_ddb(
-                    {":now": utc_now_iso(), ":old": claimed_before, ":reducing": "REDUCING"}
-                ),
-            )
-            return True
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return False
-            raise
+        return self._claim(
+            _run_key(run_id),
+            set_expr="reduce_claimed_at = :now",
+            cond="#st = :reducing AND reduce_claimed_at < :old",
+            names={"#st": "status"},
+            values={":now": utc_now_iso(), ":old": claimed_before, ":reducing": "REDUCING"},
+            token_attr="tok_requeue",
+        )
 
     # ---------------------------------------------------------------- repair
 
     def repair_counters(self, run_id: str) -> tuple[int, int]:
-        """Recount the run's task records and rewrite its counters (sweeper).
+        """Recount the run's task records and rewrite its counters, to the end (tools, tests).
+        Returns the recounted (succeeded, failed). The sweeper uses `repair_step`."""
+        while True:
+            state = self.repair_step(run_id)
+            if state.done:
+                return state.succeeded, state.failed
 
-        Inside an epoch fence: (1) move every counter to epoch e+1 (a transaction that
-        fails if another repair is under way), (2) recount the task records, (3) rewrite
-        every counter with the recount and epoch e+2. A forwarder's counter update is
-        conditional on the epoch it saw before it wrote its tasks, so an update that
-        could double-count a recounted task is refused (those tasks stay counted by the
-        recount, or uncounted until the next repair: never counted twice).
-        Returns the recounted (succeeded, failed).
+    def repair_step(
+        self, run_id: str, *, budget_s: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> RepairState:
+        """One step of the counter repair: resumable, in steps that fit a function's time limit.
+
+        Inside an epoch fence: (1) move every counter to an odd epoch e+1 (a transaction),
+        and note the repair on its own item (`RUN#<run>` / `REPAIR`); (2) recount the task
+        records shard by shard, noting each shard's counts there, until `budget_s` is spent
+        (at least one shard per step); (3) when every shard is counted, rewrite every counter
+        with the recount and epoch e+2. A forwarder's counter update is conditional on the
+        epoch it saw before it wrote its tasks, so an update that could double-count a
+        recounted task is refused (never counted twice; the next repair counts it).
+
+        A repair interrupted anywhere is taken up by the next call: the fence (an odd epoch)
+        is never a lock, the counted shards are kept, and a missing note is rebuilt.
         """
         run = self.require_run(run_id)
         k = run.counter_count
-        counters = self._read_counters(run_id, k)
-        epoch = max(c.epoch for c in counters)
-        if epoch % 2 == 1:
-            raise LedgerError(f"run {run_id}: a counter repair is already under way (epoch {epoch})")
-        self._transact_counters(
-            run_id,
-            k,
-            lambda j: {
-                "UpdateExpression": "SET epoch = :next",
-                "ConditionExpression": "attribute_not_exists(epoch) OR epoch = :e",
-                "ExpressionAttributeValues": _to_ddb({":next": epoch + 1, ":e": epoch}),
-            },
-        )
-        self._forget_epoch(run_id)
-        succeeded = failed = 0
+        epoch = max(c.epoch for c in self._read_counters(run_id, k))
+        if epoch % 2 == 0:
+            self._transact_counters(
+                run_id,
+                k,
+                lambda j: {
+                    "UpdateExpression": "SET epoch = :next",
+                    "ConditionExpression": "attribute_not_exists(epoch) OR epoch = :e",
+                    "ExpressionAttributeValues": _to_ddb({":next": epoch + 1, ":e": epoch}),
+                },
+            )
+            epoch += 1
+            self._forget_epoch(run_id)
+        counts = self._repair_note(run_id, epoch)
+        started, counted_now = clock(), 0
         for shard in range(run.shard_count):
-            for task in self.iter_results(run_id, shard):
-                if task.state is TaskState.SUCCEEDED:
-                    succeeded += 1
-                else:
-                    failed += 1
+            if shard in counts:
+                continue
+            if counted_now and budget_s is not None and clock() - started >= budget_s:
+                return RepairState(run_id, epoch, len(counts), run.shard_count, False, 0, 0)
+            counted_now += 1
+            counts[shard] = self._recount_shard(run_id, shard)
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "REPAIR"}),
+                UpdateExpression="SET counts.#k = :c, updated_at = :now",
+                ConditionExpression="epoch = :e",
+                ExpressionAttributeNames={"#k": str(shard)},
+                ExpressionAttributeValues=_to_ddb({":c": list(counts[shard]), ":e": epoch, ":now": utc_now_iso()}),
+            )
+        succeeded = sum(s for s, _ in counts.values())
+        failed = sum(f for _, f in counts.values())
         run = self.require_run(run_id)
         if run.split_done and succeeded + failed > run.expected:
             raise LedgerError(f"run {run_id}: {succeeded + failed} task records but {run.expected} expected")
         plan = _spread(succeeded, failed, k, run.expected if run.split_done else None)
+        strays = self._stray_markers(run_id, k)
 
         def rewrite(j: int) -> dict[str, Any]:
             s_j, f_j, room_j = plan[j]
-            values = {":s": s_j, ":f": f_j, ":d": s_j + f_j, ":e1": epoch + 1, ":e2": epoch + 2}
+            values = {":s": s_j, ":f": f_j, ":d": s_j + f_j, ":e1": epoch, ":e2": epoch + 1}
             expr = "SET succeeded = :s, failed = :f, done = :d, epoch = :e2"
+            removes = [f"#m{i}" for i in range(len(strays[j]))]
             if room_j is None:
-                expr += " REMOVE room"
+                removes.append("room")
             else:
                 expr += ", room = :r"
                 values[":r"] = room_j
-            return {
+            if removes:
+                expr += " REMOVE " + ", ".join(removes)
+            update: dict[str, Any] = {
                 "UpdateExpression": expr,
                 "ConditionExpression": "epoch = :e1",
                 "ExpressionAttributeValues": _to_ddb(values),
             }
+            if strays[j]:
+                update["ExpressionAttributeNames"] = {f"#m{i}": name for i, name in enumerate(strays[j])}
+            return update
 
         self._transact_counters(run_id, k, rewrite)
+        self.client.delete_item(TableName=self.table_name, Key=_to_ddb({"pk": _run_pk(run_id), "sk": "REPAIR"}))
         if run.split_done:
             self.client.update_item(
                 TableName=self.table_name,
-                Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+                Key=_to_ddb(_run_key(run_id)),
                 UpdateExpression="SET targets_final = :t",
                 ExpressionAttributeValues=_to_ddb({":t": True}),
             )
-        return succeeded, failed
+        return RepairState(run_id, epoch, run.shard_count, run.shard_count, True, succeeded, failed)
+
+    def _stray_markers(self, run_id: str, k: int) -> dict[int, list[str]]:
+        """The `b_<token>` markers left on counters by writers that died between their add and
+        its clean-up (the repair's rewrite removes them, so counters stay small)."""
+        keys = [_to_ddb({"pk": _counter_pk(run_id, j), "sk": "COUNT"}) for j in range(k)]
+        strays: dict[int, list[str]] = {j: [] for j in range(k)}
+        request = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
+        for _ in range(20):
+            resp = self.client.batch_get_item(RequestItems=request)
+            for raw in resp.get("Responses", {}).get(self.table_name, []):
+                j = int(raw["pk"]["S"].rsplit("#C", 1)[1])
+                strays[j] = sorted(name for name in raw if name.startswith("b_"))[:40]
+            request = resp.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            time.sleep(0.05)
+        return strays
+
+    def repair_state(self, run_id: str) -> RepairState | None:
+        """The repair under way for a run (its fence and counted shards), or None."""
+        resp = self.client.get_item(
+            TableName=self.table_name,
+            Key=_to_ddb({"pk": _run_pk(run_id), "sk": "REPAIR"}),
+            ConsistentRead=True,
+        )
+        if "Item" not in resp:
+            return None
+        item = _from_ddb(resp["Item"])
+        run = self.require_run(run_id)
+        return RepairState(run_id, int(item["epoch"]), len(item.get("counts", {})), run.shard_count, False, 0, 0)
+
+    def _repair_note(self, run_id: str, epoch: int) -> dict[int, tuple[int, int]]:
+        """The shards already counted by the repair fenced at `epoch` (a note is created, or
+        replaced if it belongs to an older fence)."""
+        key = {"pk": _run_pk(run_id), "sk": "REPAIR"}
+        resp = self.client.get_item(TableName=self.table_name, Key=_to_ddb(key), ConsistentRead=True)
+        item = _from_ddb(resp.get("Item", {}))
+        if item and int(item.get("epoch", -1)) == epoch:
+            return {int(s): (int(c[0]), int(c[1])) for s, c in item.get("counts", {}).items()}
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=_to_ddb({**key, "epoch": epoch, "counts": {}, "started_at": utc_now_iso()}),
+                ConditionExpression="attribute_not_exists(pk) OR epoch <> :e",
+                ExpressionAttributeValues=_to_ddb({":e": epoch}),
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            return self._repair_note(run_id, epoch)  # another sweeper just created it
+        return {}
+
+    def _recount_shard(self, run_id: str, shard: int) -> tuple[int, int]:
+        succeeded = failed = 0
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :p AND begins_with(sk, :t)",
+            "ExpressionAttributeValues": _to_ddb({":p": _shard_pk(run_id, shard), ":t": "T#"}),
+            "ProjectionExpression": "#s",
+            "ExpressionAttributeNames": {"#s": "state"},
+            "ConsistentRead": True,
+        }
+        while True:
+            resp = self.client.query(**kwargs)
+            for raw in resp.get("Items", []):
+                if raw.get("state", {}).get("S") == str(TaskState.SUCCEEDED):
+                    succeeded += 1
+                else:
+                    failed += 1
+            if "LastEvaluatedKey" not in resp:
+                return succeeded, failed
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
     def _transact_counters(self, run_id: str, k: int, update_for: Callable[[int], dict[str, Any]]) -> None:
         items = [
@@ -975,3 +1232,62 @@ def ledger_table_definition(table_name: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _task_item(run_id: str, o: TaskOutcome, token: str) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "pk": _shard_pk(run_id, o.shard),
+        "sk": f"T#{o.task_id}",
+        "task_id": o.task_id,
+        "state": str(o.state),
+        "attempts": o.attempts,
+        "item_id": o.item_id,
+        "finished_at": utc_now_iso(),
+        "error": o.error,
+        WRITE_TOKEN: token,
+    }
+    if o.result is not None:
+        item["result"] = json.dumps(o.result, separators=(",", ":"), default=str)
+    if o.state is TaskState.FAILED:
+        if o.item is not None:
+            item["item"] = json.dumps(o.item, separators=(",", ":"), default=str)
+        item["item_ref"] = o.item_ref
+    return item
+
+
+def _oversize(o: TaskOutcome, size: int) -> TaskOutcome:
+    """The outcome of a task whose record would not fit a DynamoDB item: FAILED, saying why.
+    Its item is kept for `retry-failed` only if it fits on its own."""
+    what = "result" if o.result is not None else "record"
+    error = (
+        f"task {o.task_id}: its {what} makes a {size:,}-byte ledger record, over the "
+        f"{TASK_RECORD_LIMIT_BYTES:,}-byte limit (DynamoDB items are at most 400 KB): return a smaller "
+        "result, or store the result in S3 and return its URI"
+    )
+    item = o.item
+    if item is not None and len(json.dumps(item, default=str).encode()) > TASK_RECORD_LIMIT_BYTES // 2:
+        item = None
+        error += "; the item itself is too big to keep for retry-failed"
+    return TaskOutcome(
+        o.task_id, o.shard, TaskState.FAILED, o.attempts, o.item_id, error=error, item=item, item_ref=o.item_ref
+    )
+
+
+def _is_item_too_large(exc: ClientError) -> bool:
+    err = exc.response.get("Error", {})
+    return err.get("Code") == "ValidationException" and "size" in str(err.get("Message", "")).lower()
+
+
+def _task_record(item: dict[str, Any], shard: int) -> TaskRecord:
+    return TaskRecord(
+        task_id=item["task_id"],
+        shard=shard,
+        state=TaskState(item["state"]),
+        attempts=int(item.get("attempts", 0)),
+        item_id=item.get("item_id"),
+        result=json.loads(item["result"]) if item.get("result") else None,
+        error=item.get("error"),
+        finished_at=item["finished_at"],
+        item=json.loads(item["item"]) if item.get("item") else None,
+        item_ref=item.get("item_ref"),
+    )

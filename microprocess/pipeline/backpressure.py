@@ -70,17 +70,21 @@ class QueueGate:
         values = attrs.get("Attributes", {})
         return sum(int(values.get(name, 0)) for name in DEPTH_ATTRIBUTES)
 
-    def wait_for_room(self, page_size: int, *, budget_s: float) -> GateResult:
-        """Wait (at most `budget_s`) until the queue has room for a page of `page_size` under the limit."""
+    def wait_for_room(self, page_size: int, *, budget_s: float | Callable[[], float]) -> GateResult:
+        """Wait (at most `budget_s`, a number or a function read only if waiting is needed) until
+        the queue has room for a page of `page_size` under the limit."""
         if self.max_depth == 0:
             return GateResult(True, 0.0, 0)
         started = self._clock()
         depth = self.depth()
         # A page may overshoot the limit by itself; a limit below one page still lets one page in.
         threshold = max(self.max_depth - page_size, 0)
+        budget: float | None = None
         while depth > threshold:
+            if budget is None:
+                budget = budget_s() if callable(budget_s) else budget_s
             waited = self._clock() - started
-            if waited + self.poll_s > budget_s:
+            if waited + self.poll_s > budget:
                 return GateResult(False, waited, depth)
             self._sleep(self.poll_s)
             depth = self.depth()

@@ -1,25 +1,27 @@
 """Item sources the splitter reads in pages, from a cursor.
 
-Every source is deterministic from a cursor: reading segment `s` from cursor `c`
-always yields the same page, so a splitter resumed after a crash re-reads (and
-re-sends, harmlessly) exactly the page it had not accounted. The cursor of a
-segment read to its end is `CURSOR_DONE`.
+A source reads segment `s` from cursor `c`; the cursor of a segment read to its end is
+`CURSOR_DONE`. A table, an S3 object or a function may change between two reads of the
+same cursor, so the splitter keeps each page it reads from them (see
+`microprocess.pipeline.splitter`) and re-sends that, never a fresh read. Errors that no
+retry will fix are told apart from transient ones by `is_permanent`.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import importlib
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol
 
-from boto3.dynamodb.types import TypeDeserializer
+from boto3.dynamodb.types import Binary, TypeDeserializer
+from botocore.exceptions import BotoCoreError, ClientError
 
-from microprocess.declarations import ItemSource, SourceKind
 from microprocess.ledger import CURSOR_DONE, Ledger
 
 
@@ -43,11 +45,16 @@ _de = TypeDeserializer()
 
 
 def _plain(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal; make them JSON numbers."""
+    """A DynamoDB value as JSON: numbers (Decimal) become JSON numbers, binary values
+    (`B`, `BS`) become base64 text, sets become lists."""
     from decimal import Decimal
 
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Binary):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode()
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | set | tuple):
@@ -190,34 +197,44 @@ class S3ManifestSource:
 
 
 class FailedTasksSource:
-    """The failed tasks of an earlier run (for `retry-failed`); the cursor is an index."""
+    """The failed tasks of an earlier run (for `retry-failed`). Reads only the failures
+    (`Ledger.failed_page`), a page at a time from a cursor, never every record of the run."""
 
     segments = 1
 
     def __init__(self, *, ledger: Ledger, run_id: str) -> None:
-        self._items = [t.item if t.item is not None else {"__item_ref": t.item_ref} for t in ledger.iter_failed(run_id)]
-        self._inline = InlineSource(self._items)
+        self.ledger, self.run_id = ledger, run_id
 
     def read_page(self, segment: int, cursor: str, limit: int) -> Page:
-        return self._inline.read_page(segment, cursor, limit)
+        failed, next_cursor = self.ledger.failed_page(self.run_id, cursor, limit)
+        items = [t.item if t.item is not None else {"__item_ref": t.item_ref} for t in failed]
+        return Page(items, next_cursor)
 
 
-def source_for(
-    declared: ItemSource, *, dynamodb: Any, s3: Any, source_tables: Mapping[str, str]
-) -> DynamoDBSource | S3ManifestSource | CallableSource:
-    """Build the declared source of a job (inline and retry sources come from the start event).
+#: Error codes of AWS calls that no retry will fix: the run fails with the reason.
+PERMANENT_CODES = frozenset(
+    {
+        "NoSuchBucket",
+        "NoSuchKey",
+        "AccessDenied",
+        "AccessDeniedException",
+        "ResourceNotFoundException",
+        "ValidationException",
+        "InvalidObjectState",
+        "UnrecognizedClientException",
+        "InvalidAccessKeyId",
+        "AllAccessDisabled",
+        "403",
+        "404",
+    }
+)
 
-    `source_tables` maps a table role (`source.table`) to the deployed table's name."""
-    if declared.kind is SourceKind.DYNAMODB:
-        name = source_tables.get(declared.table or "", "")
-        if not name:
-            raise SourceError(
-                f"no deployed table for the source table role '{declared.table}' (SOURCE_TABLES has "
-                f"{sorted(source_tables)}): declare [tables.{declared.table}] and redeploy"
-            )
-        return DynamoDBSource(client=dynamodb, table_name=name, segments=declared.segments)
-    if declared.kind is SourceKind.S3_MANIFEST:
-        return S3ManifestSource(client=s3, uri=declared.uri or "", fmt=declared.format or "")
-    if declared.kind is SourceKind.CALLABLE:
-        return CallableSource(declared.function or "")
-    raise SourceError(f"source kind '{declared.kind}' needs items in the start event")
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a source error is for good (a missing bucket, object or table, access denied,
+    a bad row) rather than transient (throttling, a 5xx, a timeout)."""
+    if isinstance(exc, SourceError):
+        return True
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "")) in PERMANENT_CODES
+    return not isinstance(exc, BotoCoreError | OSError | TimeoutError)
