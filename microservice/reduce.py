@@ -27,7 +27,16 @@ from botocore.exceptions import ClientError
 from pydantic import Field
 
 from microprocess.declarations import JobDeclaration
-from microprocess.ledger import Ledger, LedgerError, RunNotFound, RunRecord, RunStatus, utc_now_iso
+from microprocess.ledger import (
+    Ledger,
+    LedgerError,
+    RunNotFound,
+    RunRecord,
+    RunStatus,
+    failed_percentage,
+    run_verdict,
+    utc_now_iso,
+)
 from microprocess.service.tasks import TaskRequest
 from microservice.errors import ServiceError
 from microservice.report_page import render_report_page
@@ -35,6 +44,9 @@ from microservice.report_stats import FAILURE_COLUMNS, REPORT_COLUMNS, ReportRow
 from microservice.s3_upload import S3StreamWriter
 
 log = logging.getLogger(__name__)
+
+#: A claim on a run's email older than this, never recorded as sent, is taken over by the next finalize.
+EMAIL_LEASE_S = 300.0
 
 #: Encoded CSV text is handed to the S3 writer in chunks of about this many bytes.
 _CSV_FLUSH_BYTES = 64 * 1024
@@ -271,8 +283,9 @@ def build_summary(
     `status` is the status the run ends with: FAILED when the failed share of the
     expected tasks is above the job's tolerance, the same rule as `Ledger.finish_run`.
     """
-    failed_pct = round(100.0 * counted_failed / expected, 3) if expected else 0.0
-    status = RunStatus.FAILED if failed_pct > job.tolerated_failure_pct else RunStatus.SUCCEEDED
+    # The ledger's one rule decides (exact arithmetic); the percentage is only shown.
+    status = run_verdict(counted_failed, expected, job.tolerated_failure_pct)
+    failed_pct = round(failed_percentage(counted_failed, expected), 3)
     duration = (_parse_time(finished_at) - _parse_time(run.created_at)).total_seconds()
     return {
         "job": job.name,
@@ -411,8 +424,12 @@ def _send_report_email_once(
         return f"skipped: job '{job.name}' declares no recipients"
     if not sender:
         return "skipped: SES_SENDER is not set"
-    if not ledger.claim_email(summary["run_id"]):
+    run_id = summary["run_id"]
+    if ledger.email_sent(run_id):
         return "already sent"
+    if not ledger.claim_email(run_id, lease_s=EMAIL_LEASE_S):
+        # another finalize is sending it: retried until it records it (or its lease runs out)
+        raise ServiceError(503, "email_in_flight", "another finalize is sending the email; retry later")
     subject, body = email_text(summary, report_url, link_expiry_s)
     try:
         ses.send_email(
@@ -424,8 +441,9 @@ def _send_report_email_once(
             },
         )
     except Exception as exc:
-        ledger.release_email(summary["run_id"])
+        ledger.release_email(run_id)
         raise ServiceError(
             502, "email_failed", f"the report is written but the email failed ({exc}); the finalize will be retried"
         ) from exc
+    ledger.record_email_sent(run_id)
     return "sent"

@@ -12,7 +12,8 @@ import csv
 import json
 import os
 import shutil
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -106,20 +107,22 @@ def test_two_jobs_run_at_once_on_their_two_services_each_exact(
 ) -> None:
     # GIVEN the two declared jobs, one over its declared table, one over a file of items
     items = invoices_file(tmp_path / "invoices.jsonl", INVOICES)
+    # WHEN both run at the same time, each from its own `microprocess run --wait` (as two shells would)
+    cli = [sys.executable, "-m", "microprocess.cli.commands"]
+    waits = ["--wait", "--json", "--timeout", RUN_TIMEOUT_S]
+    procs = {
+        "credit-scores": subprocess.Popen([*cli, "run", "credit-scores", *waits], stdout=subprocess.PIPE, text=True),
+        "invoice-reminders": subprocess.Popen(
+            [*cli, "run", "invoice-reminders", "--items", str(items), "--param", "campaign=e2e", *waits],
+            stdout=subprocess.PIPE,
+            text=True,
+        ),
+    }
     results: dict[str, list[Any]] = {}
-
-    def run(name: str, *args: str) -> None:
-        results[name] = cli_json("run", name, *args, "--wait", "--json", "--timeout", RUN_TIMEOUT_S)
-
-    # WHEN both run at the same time
-    threads = [
-        threading.Thread(target=run, args=("credit-scores",)),
-        threading.Thread(target=run, args=("invoice-reminders", "--items", str(items), "--param", "campaign=e2e")),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=float(RUN_TIMEOUT_S) + 60)
+        assert proc.returncode == 0, f"{name}: exit {proc.returncode}: {out}"
+        results[name] = [json.loads(line) for line in out.splitlines() if line.strip()]
     # THEN each SUCCEEDED with exact counts, one report row per task and one email to its recipients
     for job, expected in ((CREDIT_SCORES, COMPANIES), (INVOICE_REMINDERS, INVOICES)):
         _, final = results[job.name]
@@ -136,7 +139,7 @@ def test_two_jobs_run_at_once_on_their_two_services_each_exact(
         assert email["To"] == list(job.recipients)
     # AND the reminders were pushed to the reminders service (its results), the scores to scores
     reminders = report_rows(state, results["invoice-reminders"][1]["run_id"], tmp_path)
-    assert all(r["state"] == "SUCCEEDED" and r["reminded"] == "True" for r in reminders), reminders[0]
+    assert all(r["state"] == "SUCCEEDED" and r["reminded"] == "true" for r in reminders), reminders[0]
     assert {r["channel"] for r in reminders} == {"email"}
     # AND the run kept what it read and the params it was given
     run = ledger.require_run(results["invoice-reminders"][1]["run_id"])

@@ -174,7 +174,29 @@ def test_a_second_401_is_permanent(service: _Service) -> None:
     cache._load = load  # a secret that stays wrong after the re-read
     result = HttpPusher(service.url, cache).push("/tasks/x", {"n": 1}, idempotency_key="r:1", timeout=5)
     assert result.status == 401 and result.outcome is PushOutcome.PERMANENT
-    assert len(reads) == 2 and len(service.refused) == 2  # read, re-read; sent twice, never a third time
+    # read, re-read; the re-read secret is the refused one, so it is not sent again
+    assert len(reads) == 2 and len(service.refused) == 1
+
+
+def test_a_401_after_another_push_already_refreshed_is_sent_again_with_the_new_secret(service: _Service) -> None:
+    # GIVEN a pusher whose cached secret is the old one, and a re-read that is rate-limited (another
+    # push of the same process re-read it a moment ago) but has the new value by now
+    values = iter(["wrong", service.secrets])
+
+    class Cache:
+        value = next(values)
+
+        def __call__(self) -> str:
+            return self.value
+
+        def refresh(self) -> bool:
+            self.value = next(values)  # what the concurrent re-read left in the cache
+            return False  # "not re-read by this call"
+
+    # WHEN a push is refused with 401
+    result = HttpPusher(service.url, Cache()).push("/tasks/x", {"n": 1}, idempotency_key="r:2", timeout=5)
+    # THEN it is sent again with the secret the cache now holds, and succeeds
+    assert result.status == 200 and len(service.refused) == 1
 
 
 def test_a_body_over_the_limit_is_never_sent(service: _Service) -> None:

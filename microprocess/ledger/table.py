@@ -47,6 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -872,17 +873,28 @@ class Ledger:
             token_attr="tok_finalize",
         )
 
-    def claim_email(self, run_id: str) -> bool:
-        """Claim the right to send the run's report email. True exactly once per run
-        (until `release_email` gives it back after a failed send).
+    def claim_email(self, run_id: str, *, lease_s: float | None = None) -> bool:
+        """Claim the right to send the run's report email: True for one caller at a time, so
+        that concurrent finalizes send it once (until `release_email` gives it back after a
+        failed send).
 
-        At most once: a crash between the claim and the send loses the email. Prefer the
-        at-least-once pair `email_sent` / `record_email_sent`."""
+        With `lease_s`, a claim older than that whose email was never recorded as sent
+        (`record_email_sent`) may be taken again: a sender that died between its claim and its
+        record is replaced, so the email is sent at least once (possibly twice, never zero times).
+        Without it, the claim is for good (at most once)."""
+        values: dict[str, Any] = {":now": utc_now_iso()}
+        cond = "attribute_exists(pk) AND attribute_not_exists(email_claimed_at)"
+        if lease_s is not None:
+            values[":old"] = (datetime.now(UTC) - timedelta(seconds=lease_s)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            cond = (
+                "attribute_exists(pk) AND attribute_not_exists(email_sent_at) AND "
+                "(attribute_not_exists(email_claimed_at) OR email_claimed_at < :old)"
+            )
         return self._claim(
             _run_key(run_id),
             set_expr="email_claimed_at = :now",
-            cond="attribute_exists(pk) AND attribute_not_exists(email_claimed_at)",
-            values={":now": utc_now_iso()},
+            cond=cond,
+            values=values,
             token_attr="tok_email",
         )
 

@@ -362,6 +362,7 @@ class Forwarder:
             "job": env.job,
             "shard": env.shard,
             "kind": str(env.kind),
+            "params": w.run.params,
         }
         if env.kind is TaskKind.COMPLETION:
             payload = dict(env.item)  # {run_id, job, status, expected, succeeded, failed, report_uri}

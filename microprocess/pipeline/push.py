@@ -179,15 +179,21 @@ class HttpPusher:
                 "keep items small (large data by reference)",
                 not_sendable=True,
             )
-        result = self._send(self.prefix + path, body, idempotency_key, timeout)
+        used = self.secret()
+        result = self._send(self.prefix + path, body, idempotency_key, timeout, used)
         refresh = getattr(self.secret, "refresh", None)
-        if result.status == 401 and refresh is not None and refresh():
-            # The service may already know a rotated secret this process has not read yet.
-            result = self._send(self.prefix + path, body, idempotency_key, timeout)
+        if result.status == 401 and refresh is not None:
+            # The service may already know a rotated secret this process has not read yet. Re-read
+            # it (at most every few seconds: a concurrent push may just have done so) and send
+            # again when the secret now differs from the one that was refused.
+            refresh()
+            fresh = self.secret()
+            if fresh != used:
+                result = self._send(self.prefix + path, body, idempotency_key, timeout, fresh)
         return result
 
-    def _send(self, target: str, body: bytes, idempotency_key: str, timeout: float) -> PushResult:
-        secret = current_secret(self.secret())
+    def _send(self, target: str, body: bytes, idempotency_key: str, timeout: float, value: str) -> PushResult:
+        secret = current_secret(value)
         for attempt in range(2):
             # Signed anew for every send: a fresh nonce, so a resend is never taken for a replay.
             headers = {

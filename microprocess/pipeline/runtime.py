@@ -41,6 +41,8 @@ def faults() -> FaultInjector | None:
 @lru_cache(maxsize=1)
 def ledger() -> Ledger:
     injector = faults()
+    if injector is not None:  # chaos: some writes applied, then reported failed (the SDK retries them)
+        injector.install_ambiguous_writes(client("dynamodb"))
     return Ledger(
         get_settings().ledger_table,
         client=client("dynamodb"),
@@ -178,6 +180,7 @@ def sweeper() -> Sweeper:
         restart_splitter=restart_splitter,
         stuck_after_s=s.stuck_after_s,
         reduce_timeout_s=s.reduce_timeout_s,
+        repair_budget_s=s.repair_budget_s,
         emit=emitter(),
     )
 

@@ -74,6 +74,8 @@ class RuntimeSettings(BaseModel):
     splitter_margin_ms: int = Field(default=60_000, ge=1_000)
     #: A run with no progress for this long is repaired and reported stuck by the sweeper, s.
     stuck_after_s: int = Field(default=900, ge=1)
+    #: Seconds of counter recounting per run per sweep (the sweeper function's timeout is 240 s).
+    repair_budget_s: float = Field(default=120.0, gt=0, le=600)
     #: A claimed reduce not finished after this long is re-enqueued by the sweeper, s.
     reduce_timeout_s: int = Field(default=1800, ge=1)
     #: A cap on every job's `max_queue_depth` (the local stage: what the emulator handles); 0: none.

@@ -3,7 +3,8 @@
 For a platform-reduce job the forwarder consuming the reduce queue hands reduce-part and
 finalize messages to `PlatformReducer.handle` instead of pushing them to the service; the
 exactly-once claims stay the forwarder's and the ledger's (`record_reduce_part`,
-`claim_finalize`, `finish_run`, `claim_email`):
+`claim_finalize`, `finish_run`, and the notices at least once: `email_sent`, `claim_email` with a
+lease, `record_email_sent`):
 
 * reduce part k: stream ledger shard k into its part files (`parts.build_part`).
 * finalize, run still REDUCING: join the parts into the report (`finalize.join_report`),
@@ -42,6 +43,15 @@ _ENDED = (RunStatus.SUCCEEDED, RunStatus.FAILED)
 
 class ReduceRefused(ValueError):
     """A reduce message that cannot be reduced (wrong kind, job or shard); the message says why."""
+
+
+#: A claim on a run's notices (email, completion callback) older than this, never recorded as
+#: sent, is taken over by the next finalize: its sender died between the claim and the record.
+EMAIL_LEASE_S = 300.0
+
+
+class NoticesInFlight(RuntimeError):
+    """Another finalize holds the claim on the run's notices and has not recorded them yet."""
 
 
 def completion_body(run: RunRecord) -> dict[str, Any]:
@@ -193,8 +203,12 @@ class PlatformReducer:
         completion = bool(job.completion_path)
         if not (email or completion):
             return "none declared"
-        if not self.ledger.claim_email(run.run_id):
+        if self.ledger.email_sent(run.run_id):
             return "already sent"
+        if not self.ledger.claim_email(run.run_id, lease_s=EMAIL_LEASE_S):
+            # Another finalize is sending them now; retried until that one records them (or its
+            # lease runs out and this one sends them): at least once, never lost.
+            raise NoticesInFlight(f"run {run.run_id}: another finalize is sending the notices; retry later")
         try:
             if completion:
                 enqueue_completion(self.completion_sender, job, run.run_id, completion_body(run))
@@ -211,4 +225,5 @@ class PlatformReducer:
         except Exception:
             self.ledger.release_email(run.run_id)
             raise
+        self.ledger.record_email_sent(run.run_id)
         return ", ".join(n for n, on in (("completion enqueued", completion), ("email sent", email)) if on)
