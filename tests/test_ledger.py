@@ -532,3 +532,17 @@ def test_the_repair_removes_markers_left_by_a_writer_that_died_before_its_clean_
     # WHEN the sweeper repairs THEN the marker is gone and the count is exact
     assert ledger.repair_counters("r1") == (1, 0)
     assert markers() == 0
+
+
+def test_an_email_claim_whose_sender_died_is_taken_over_after_its_lease(ledger: Ledger) -> None:
+    # GIVEN a run whose email was claimed by a finalize that died before sending it (no record)
+    ledger.create_run("r1", JOB)
+    assert ledger.claim_email("r1", lease_s=300)
+    # WHEN another finalize asks within the lease THEN it is refused (the first may still be sending)
+    assert not ledger.claim_email("r1", lease_s=300)
+    # WHEN the lease has run out THEN the email is claimed again: at least once, never lost
+    assert ledger.claim_email("r1", lease_s=0)
+    # AND once recorded as sent, no one claims it again, lease or not
+    assert ledger.record_email_sent("r1", "msg-1")
+    assert not ledger.claim_email("r1", lease_s=0)
+    assert ledger.email_sent("r1")
