@@ -37,11 +37,11 @@ from microprocess.ledger import (
     run_verdict,
     utc_now_iso,
 )
+from microprocess.reduce.s3stream import S3StreamWriter
 from microprocess.service.tasks import TaskRequest
 from microservice.errors import ServiceError
 from microservice.report_page import render_report_page
 from microservice.report_stats import FAILURE_COLUMNS, REPORT_COLUMNS, ReportRow, ReportStats
-from microservice.s3_upload import S3StreamWriter
 
 log = logging.getLogger(__name__)
 

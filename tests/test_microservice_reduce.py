@@ -19,9 +19,9 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
 
 from microprocess.ledger import RunStatus, TaskOutcome, TaskState
+from microprocess.reduce.s3stream import S3StreamWriter
 from microservice.reduce import PART_TAG_KEY, PART_TAG_VALUE, ReportLayout
 from microservice.report_stats import FAILURE_COLUMNS, REPORT_COLUMNS
-from microservice.s3_upload import S3StreamWriter
 from tests.declared import CREDIT_SCORES
 from tests.microservice_fixtures import (  # noqa: F401  (env, queue_client: fixtures)
     BUCKET,
