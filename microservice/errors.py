@@ -40,7 +40,7 @@ async def _aws_setup_error_handler(_: Request, exc: Exception) -> JSONResponse:
     # A service started without its AWS settings (e.g. run alone on a laptop): say which setting
     # is missing instead of a bare 500. 503: the request may succeed once the setting is fixed.
     fixes = {
-        NoRegionError: "no AWS region is set: export AWS_REGION (e.g. us-east-1)",
+        NoRegionError: "no AWS region is set: export AWS_DEFAULT_REGION (e.g. us-east-1)",
         NoCredentialsError: "no AWS credentials: export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
         EndpointConnectionError: "the AWS endpoint does not answer: is AWS_ENDPOINT_URL right (local stack up?)",
     }

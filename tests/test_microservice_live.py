@@ -108,4 +108,4 @@ def test_run_alone_without_a_region_answers_a_json_error_that_names_the_fix(monk
         resp = client.get("/companies/C0000001")
     # THEN the answer is a JSON 503 naming the missing setting, not a bare 500
     assert resp.status_code == 503, resp.text
-    assert resp.json()["error"] == "aws_not_configured" and "AWS_REGION" in resp.json()["message"]
+    assert resp.json()["error"] == "aws_not_configured" and "AWS_DEFAULT_REGION" in resp.json()["message"]
