@@ -124,6 +124,23 @@ def _declarations(app: cdk.App) -> Declarations:
     return load_declarations(path if path.is_absolute() else ROOT / path)
 
 
+def _offline_availability_zones(app: cdk.App, account: str, region: str) -> None:
+    """Give the VPC its availability zones from context, so that a synth for any account needs
+    no network or credentials (no zone lookup): `-c availability_zones=eu-west-1a,eu-west-1b`,
+    else what cdk.json holds for the account and region, else the region's zones `a` and `b`."""
+    key = f"availability-zones:account={account}:region={region}"
+    if app.node.try_get_context(key):
+        return
+    given = _text(app, "availability_zones")
+    zones = [z.strip() for z in given.split(",") if z.strip()] if given else [f"{region}a", f"{region}b"]
+    if len(zones) < 2 or not all(z.startswith(region) for z in zones):
+        raise ContextError(
+            f"context 'availability_zones' must name at least two zones of {region}, e.g. {region}a,{region}b "
+            f"(got {given!r})"
+        )
+    app.node.set_context(key, zones)
+
+
 def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[cdk.App, dict[str, MicroprocessStack]]:
     """Build the app and the stages that context `stage` selects; returns (app, stacks by name)."""
     app = cdk.App(
@@ -152,6 +169,7 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
     stacks: dict[str, MicroprocessStack] = {}
     if stage in ("cloud", "all"):
         account = _text(app, "account", DEFAULT_ACCOUNT)
+        _offline_availability_zones(app, account, region)
         cloud = MicroprocessStack(
             app,
             CLOUD_STACK,

@@ -239,3 +239,32 @@ def test_the_local_stage_sweeps_every_minute_and_caps_the_queue_depth() -> None:
     assert function(template, "sweeper")["Environment"]["Variables"][contract.STUCK_AFTER_S] == str(LOCAL_STUCK_AFTER_S)
     splitter_env = function(template, "splitter")["Environment"]["Variables"]
     assert splitter_env[contract.MAX_QUEUE_DEPTH_CAP] == str(LOCAL_MAX_QUEUE_DEPTH)
+
+
+def test_the_cloud_stage_synthesizes_offline_for_any_account_and_region() -> None:
+    # GIVEN a real account and another region, as the README's deploy command passes them
+    context = {
+        "stage": "cloud",
+        "account": "123456789012",
+        "region": "eu-west-1",
+        "domain": "example.com",
+        "hosted_zone_id": "Z0123456789ABC",
+        "certificate_arn": "arn:aws:acm:eu-west-1:123456789012:certificate/abc",
+    }
+    # WHEN synthesized (no network, no credentials: no availability-zone lookup may be needed)
+    synth = synthesize(context)
+    # THEN the VPC spans the region's zones, and nothing is left for a lookup to fill
+    template = synth.templates[CLOUD]
+    zones = {
+        r["Properties"]["AvailabilityZone"] for r in template["Resources"].values() if r["Type"] == "AWS::EC2::Subnet"
+    }
+    assert zones == {"eu-west-1a", "eu-west-1b"}
+    manifest = json.loads((synth.outdir / "manifest.json").read_text())
+    assert "missing" not in manifest, manifest.get("missing")
+
+
+def test_bad_availability_zones_are_refused_with_the_fix() -> None:
+    with pytest.raises(ValueError, match="at least two zones of eu-west-1"):
+        synthesize(
+            {"stage": "cloud", "account": "123456789012", "region": "eu-west-1", "availability_zones": "us-east-1a"}
+        )
