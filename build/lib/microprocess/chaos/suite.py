@@ -1,0 +1,616 @@
+"""The chaos suite: runs on the real local stack with faults injected on purpose, and
+checks that every run still ends as ARCHITECTURE §3 promises.
+
+    python -m microprocess.chaos --size full     # `make chaos`: the whole matrix, a few minutes
+    python -m microprocess.chaos --size small    # the subset `make test` runs
+
+Faults are configured, not coded in: each scenario writes one `MICROPROCESS_CHAOS`
+document read by the functions (crash points, duplicate deliveries; see
+`microprocess.chaos.faults`) and by the queue service (503/429 with Retry-After, timeouts,
+poison and bad-request ids; see `microservice.chaos`).
+
+Every scenario must also prove that its fault fired (`Scenario.evidence`: at least one
+kill, duplicate, retry, quarantined message or injected fault, counted from the metrics
+and from the functions' `chaos: injected ...` log lines): a scenario whose fault did not
+happen fails, it does not pass by luck.
+
+Every run must end with (checked from the ledger, the report and the captured email):
+finished (SUCCEEDED, or FAILED exactly when failures exceed the tolerance); expected =
+number of source items; succeeded + failed = expected; every task exactly once in the
+report; the reduce claimed once and the email sent once; failed tasks carry their last
+error; malformed messages in the quarantine, none lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from microprocess.chaos.faults import FIRED_LOG_PREFIX
+from microprocess.declarations import JobDeclaration, SourceKind, get_declarations
+from microprocess.ledger import Ledger, RunStatus, TaskState
+from microprocess.pipeline.envelope import TaskEnvelope, shard_of
+
+Echo = Callable[[str], None]
+#: The job the suite drives: `[local] chaos_job` of the declaration file.
+JOB: JobDeclaration = get_declarations().jobs.get(get_declarations().local.chaos_job)  # type: ignore[union-attr]
+TERMINAL = {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
+#: Sweeper settings for the suite: stuck after a few quiet seconds (AWS default: 15 min).
+SWEEPER_ENV = {"STUCK_AFTER_S": "6", "REDUCE_TIMEOUT_S": "45"}
+
+
+def _item_ids() -> str:
+    """The id format of the chaos job's seeded items (`local_item_ids` of its source table)."""
+    table = get_declarations().tables.get(JOB.source.table or "") if JOB.source.kind is SourceKind.DYNAMODB else None
+    if table is None or not table.local_item_ids:
+        raise SystemExit(
+            f"the chaos job '{JOB.name}' must read a declared table with local_seed and local_item_ids "
+            "(the suite addresses seeded items by number)"
+        )
+    return table.local_item_ids
+
+
+def item(i: int) -> dict[str, str]:
+    """The i-th seeded item of the chaos job's source (1-based), as the splitter reads it."""
+    return {JOB.item_id_field: _item_ids().format(n=i)}
+
+
+#: An id no seeded item has: the service answers 404 (a permanent failure).
+UNKNOWN_ITEM_ID = "UNKNOWN-0000000"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One chaos run.
+
+    Attributes:
+        name: short name, shown in the summary table.
+        items: source items (the seeded items 1..items, plus `extra_items`).
+        function_faults: `microprocess.chaos.faults.FaultConfig` keys.
+        service_faults: `microservice.chaos.ChaosConfig` keys.
+        restart_service_at: restart the queue service when this fraction of tasks is done.
+        malformed: put malformed messages straight on the task queue.
+        extra_items: items added to the source (unknown items, duplicates).
+        expect: the status the run must end with.
+        evidence: `Row` counts that must be above 0 for the scenario to count: proof that its
+            fault fired (e.g. `splitter_kills`, `duplicates_absorbed`, `retries`, `crashes`,
+            `ambiguous_writes`, `quarantined`). Required for every scenario with a fault.
+        kill_splitter: the first this many splitter invocations crash after sending a page
+            (deterministic, unlike a crash rate), then the split resumes.
+    """
+
+    name: str
+    items: int
+    function_faults: dict[str, Any] = field(default_factory=dict)
+    service_faults: dict[str, Any] = field(default_factory=dict)
+    restart_service_at: float | None = None
+    malformed: bool = False
+    extra_items: tuple[dict[str, str], ...] = ()
+    expect: RunStatus = RunStatus.SUCCEEDED
+    evidence: tuple[str, ...] = ()
+    kill_splitter: int = 0
+
+    def __post_init__(self) -> None:
+        faulty = (
+            self.function_faults
+            or self.service_faults
+            or self.restart_service_at
+            or self.malformed
+            or self.extra_items
+            or self.kill_splitter
+        )
+        if faulty and not self.evidence:
+            raise ValueError(
+                f"scenario '{self.name}' injects a fault but names no evidence that it fired: "
+                f"set evidence to some of {sorted(EVIDENCE)}"
+            )
+        unknown = set(self.evidence) - EVIDENCE
+        if unknown:
+            raise ValueError(f"scenario '{self.name}': unknown evidence {sorted(unknown)}; known: {sorted(EVIDENCE)}")
+
+    def source(self) -> list[dict[str, str]]:
+        return [item(i) for i in range(1, self.items + 1)] + list(self.extra_items)
+
+
+def scenarios(size: str) -> list[Scenario]:
+    n = 400 if size == "full" else 100
+    crash = 0.04 if size == "full" else 0.05
+    matrix = [
+        Scenario("baseline", n),
+        Scenario("duplicates", n, function_faults={"duplicate_rate": 0.25}, evidence=("duplicates_absorbed",)),
+        Scenario(
+            "forwarder-crashes",
+            n,
+            function_faults={
+                "crash_rates": {
+                    "before_push": crash,
+                    "after_push": crash,
+                    "after_task_write": crash,
+                    "after_counter_update": crash,
+                }
+            },
+            evidence=("crashes",),
+        ),
+        Scenario(
+            "service-503-429",
+            n,
+            service_faults={"rate_503": 0.15, "rate_429": 0.15, "retry_after_s": 1},
+            evidence=("retries",),
+        ),
+        Scenario(
+            "poison-under-tolerance",
+            n,
+            # one poison item (500 until max attempts) in >= 100 items: within the 1% tolerance
+            service_faults={"poison_ids": [item(7)[JOB.item_id_field]]},
+            evidence=("retries", "failed"),
+        ),
+        Scenario(
+            "poison-over-tolerance",
+            n,
+            service_faults={
+                "poison_ids": [item(i)[JOB.item_id_field] for i in (3, 5, 8)],
+                "bad_request_ids": [item(i)[JOB.item_id_field] for i in (11, 13)],
+            },
+            expect=RunStatus.FAILED,
+            evidence=("retries", "failed"),
+        ),
+        # The first two splitter invocations die after sending their page (the resumed one
+        # re-sends it: duplicates the ledger absorbs); a crash rate could miss every page.
+        Scenario("splitter-killed", n, kill_splitter=2, evidence=("splitter_kills",)),
+        Scenario(
+            "ambiguous-writes",
+            n,
+            # DynamoDB writes applied, then answered as failed: the SDK sends them again
+            function_faults={"applied_then_error": 0.1},
+            evidence=("ambiguous_writes",),
+        ),
+        Scenario(
+            "bad-input",
+            n,
+            malformed=True,
+            # an unknown item (404 → FAILED) and a duplicate item in the source (its own task)
+            extra_items=({JOB.item_id_field: UNKNOWN_ITEM_ID}, item(2)),
+            evidence=("quarantined", "failed"),
+        ),
+    ]
+    if size == "full":
+        matrix.insert(
+            4,
+            Scenario(
+                "service-timeouts",
+                n,
+                service_faults={"rate_timeout": 0.02, "timeout_s": JOB.task_timeout_s + 1},
+                evidence=("retries",),
+            ),
+        )
+        matrix.insert(5, Scenario("service-restarted", n, restart_service_at=0.4, evidence=("service_restarts",)))
+        return matrix
+    small = ("forwarder-crashes", "duplicates", "poison-over-tolerance", "bad-input")
+    return [s for s in matrix if s.name in small]
+
+
+@dataclass
+class Row:
+    scenario: str
+    items: int
+    status: str = ""
+    succeeded: int = 0
+    failed: int = 0
+    duplicates_absorbed: int = 0
+    retries: int = 0
+    reduce_claims: int = 0
+    emails: int = 0
+    splitter_kills: int = 0
+    quarantined: int = 0
+    crashes: int = 0
+    ambiguous_writes: int = 0
+    service_restarts: int = 0
+    wall_s: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+#: The `Row` counts a scenario may name as the evidence that its fault fired.
+EVIDENCE = frozenset(
+    {
+        "duplicates_absorbed",
+        "retries",
+        "splitter_kills",
+        "quarantined",
+        "crashes",
+        "ambiguous_writes",
+        "service_restarts",
+        "failed",
+    }
+)
+_FIRED = re.compile(re.escape(FIRED_LOG_PREFIX) + r" (\w+) at (\w+)")
+
+
+def fired_faults(log_lines: list[str]) -> dict[str, int]:
+    """Count the injected faults in the functions' log lines, by kind (`crash`,
+    `duplicate`, `applied_then_error`)."""
+    counts: dict[str, int] = {}
+    for line in log_lines:
+        for kind, _point in _FIRED.findall(line):
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def evidence_problems(sc: Scenario, row: Row) -> list[str]:
+    """What the row lacks to prove that the scenario's fault fired (empty: it did)."""
+    return [
+        f"the fault did not fire: {name} is {getattr(row, name)} (expected at least 1)"
+        for name in sc.evidence
+        if getattr(row, name) <= 0
+    ]
+
+
+class ChaosSuite:
+    """Runs scenarios on one local stack (started by `run`)."""
+
+    def __init__(self, *, workdir: Path, echo: Echo = print, timeout_s: float = 240.0) -> None:
+        self.workdir = workdir
+        self.echo = echo
+        self.timeout_s = timeout_s
+        self.service_restarts = 0
+
+    # ----------------------------------------------------------- lifecycle
+
+    def run(self, matrix: list[Scenario]) -> list[Row]:
+        from microprocess.local.stack import LocalStack, UpOptions
+        from microprocess.local.workspace import Workspace
+
+        ws = Workspace.discover(self.workdir)
+        self.stack = LocalStack(ws, echo=self.echo)
+        state = self.stack.up(UpOptions(items=max(s.items for s in matrix)))
+        try:
+            self._connect(state)
+            self._set_env(self.outputs["SweeperFunctionName"], SWEEPER_ENV)
+            return [self._run_one(s) for s in matrix]
+        finally:
+            self.stack.down()
+
+    def _connect(self, state: Any) -> None:
+        from microprocess.local.stack import aws_client
+
+        self.state = state
+        self.outputs = state.outputs
+        self.endpoint = state.endpoint_url
+        self.lam = aws_client("lambda", self.endpoint, read_timeout=300)
+        self.sqs = aws_client("sqs", self.endpoint)
+        self.s3 = aws_client("s3", self.endpoint)
+        self.logs = aws_client("logs", self.endpoint)
+        self.ledger = Ledger(self.outputs["LedgerTable"], client=aws_client("dynamodb", self.endpoint))
+        self.functions = [
+            self.outputs[k]
+            for k in (
+                "SplitterFunctionName",
+                "ForwarderFunctionName",
+                "ReduceForwarderFunctionName",
+                "DeadLetterFunctionName",
+                "SweeperFunctionName",
+            )
+        ]
+
+    def _set_env(self, function: str, values: dict[str, str]) -> None:
+        current = self.lam.get_function_configuration(FunctionName=function).get("Environment", {}).get("Variables", {})
+        self.lam.update_function_configuration(FunctionName=function, Environment={"Variables": {**current, **values}})
+
+    # ------------------------------------------------------------- a run
+
+    def _run_one(self, sc: Scenario) -> Row:
+        self.echo(f"--- scenario {sc.name}: {sc.items + len(sc.extra_items)} items")
+        chaos_file = self.workdir / f"chaos-{sc.name}.json"
+        doc = {"seed": 7, **sc.function_faults, **sc.service_faults}
+        chaos_file.write_text(json.dumps(doc, indent=2))
+        chaos_value = str(chaos_file) if sc.function_faults else ""
+        for fn in self.functions:
+            self._set_env(fn, {"MICROPROCESS_CHAOS": chaos_value})
+        self.stack.restart_service(JOB.service, chaos=chaos_file if sc.service_faults else None)
+        quarantine_before = self._quarantine_keys()
+
+        run_id = f"chaos-{sc.name}-{secrets.token_hex(3)}"
+        source = sc.source()
+        row = Row(sc.name, len(source))
+        started = time.monotonic()
+        t0_ms = int(time.time() * 1000)
+        row.splitter_kills = self._start(run_id, source, kill_first=sc.kill_splitter, chaos_value=chaos_value)
+        injected = self._inject_malformed(run_id) if sc.malformed else 0
+        self._wait(sc, run_id, chaos_file)
+        row.service_restarts = self.service_restarts
+        row.wall_s = round(time.monotonic() - started, 1)
+        time.sleep(1.5)  # let late duplicates and log lines land before counting
+        self._check(sc, row, run_id, source, injected, quarantine_before, t0_ms)
+        verdict = "ok" if row.ok else "PROBLEMS: " + "; ".join(row.problems)
+        self.echo(f"    {row.status} in {row.wall_s} s ({self._phases(run_id)}): {verdict}")
+        return row
+
+    def _start(self, run_id: str, source: list[dict[str, str]], *, kill_first: int = 0, chaos_value: str = "") -> int:
+        """Start the run with a synchronous splitter call; a killed splitter is resumed.
+        With `kill_first`, the first that many invocations crash after sending their page."""
+        event = json.dumps({"job": JOB.name, "run_id": run_id, "items": source, "source": "chaos"}).encode()
+        splitter = self.outputs["SplitterFunctionName"]
+        killing = kill_first > 0
+        if killing:
+            doc = {"seed": 7, "crash_rates": {"splitter_after_send": 1.0}}
+            self._set_env(splitter, {"MICROPROCESS_CHAOS": json.dumps(doc)})
+        kills = 0
+        for _ in range(50):
+            if killing and kills >= kill_first:
+                self._set_env(splitter, {"MICROPROCESS_CHAOS": chaos_value})
+                killing = False
+            resp = self.lam.invoke(FunctionName=splitter, Payload=event)
+            payload = resp["Payload"].read()
+            if not resp.get("FunctionError"):
+                result = json.loads(payload)
+                if not result.get("continued"):
+                    return kills
+                continue
+            kills += 1
+        raise RuntimeError(f"run {run_id}: the splitter failed 50 times: {payload[:300]!r}")
+
+    def _inject_malformed(self, run_id: str) -> int:
+        """Malformed messages put straight on the queue: each must end in the quarantine."""
+        queue = json.loads(self.outputs["JobQueueUrls"])[JOB.name]
+        env = TaskEnvelope(job=JOB.name, run_id=run_id, task_id="0-000000001", shard=0, item=item(1))
+        fake_id = "0-999999999"
+        bodies = [
+            "this is not JSON",
+            json.dumps({"v": 1, "job": JOB.name, "run_id": run_id}),  # wrong schema
+            env.model_copy(update={"job": "no-such-job"}).model_dump_json(),  # unknown job
+            env.model_copy(update={"run_id": "no-such-run"}).model_dump_json(),  # unknown run
+            TaskEnvelope(  # a task id the run does not own, by reference to a missing S3 payload
+                job=JOB.name,
+                run_id=run_id,
+                task_id=fake_id,
+                shard=shard_of(fake_id, JOB.shard_count),
+                item_ref=f"s3://{self.outputs['ReportsBucket']}/claims/missing.json",
+            ).model_dump_json(),
+            "x" * (1_048_576 - 64),  # a (nearly) 1 MiB body
+        ]
+        for body in bodies:
+            self.sqs.send_message(QueueUrl=queue, MessageBody=body)
+        return len(bodies)
+
+    def _wait(self, sc: Scenario, run_id: str, chaos_file: Path) -> None:
+        self.service_restarts = 0
+        deadline = time.monotonic() + self.timeout_s
+        restarted = False
+        last_sweep = time.monotonic()
+        while time.monotonic() < deadline:
+            prog = self.ledger.progress(run_id)
+            if prog.status in TERMINAL:
+                return
+            done = prog.succeeded + prog.failed
+            if (
+                sc.restart_service_at
+                and not restarted
+                and prog.expected
+                and done >= sc.restart_service_at * prog.expected
+            ):
+                self.echo(f"    restarting the queue service at {done}/{prog.expected} (a deploy)")
+                self.stack.restart_service(JOB.service, chaos=chaos_file if sc.service_faults else None)
+                restarted = True
+                self.service_restarts += 1
+            if time.monotonic() - last_sweep > 5:  # the schedule runs it every 5 minutes; here, often
+                self.lam.invoke(FunctionName=self.outputs["SweeperFunctionName"], Payload=b"{}")
+                last_sweep = time.monotonic()
+            time.sleep(0.5)
+
+    # ------------------------------------------------------------ checks
+
+    def _check(
+        self,
+        sc: Scenario,
+        row: Row,
+        run_id: str,
+        source: list[dict[str, str]],
+        injected: int,
+        quarantine_before: set[str],
+        t0_ms: int,
+    ) -> None:
+        p = row.problems
+        run = self.ledger.require_run(run_id)
+        prog = self.ledger.progress(run_id)
+        row.status, row.succeeded, row.failed = str(prog.status), prog.succeeded, prog.failed
+        if prog.status not in TERMINAL:
+            p.append(f"run did not finish in {self.timeout_s:.0f} s ({prog.status}, {prog.pending} pending)")
+        if prog.status is not sc.expect:
+            p.append(f"ended {prog.status}, expected {sc.expect}")
+        if prog.expected != len(source):
+            p.append(f"expected {prog.expected} != {len(source)} source items")
+        if prog.succeeded + prog.failed != prog.expected:
+            p.append(f"succeeded {prog.succeeded} + failed {prog.failed} != expected {prog.expected}")
+        tasks = [t for k in range(run.shard_count) for t in self.ledger.iter_results(run_id, k)]
+        if len(tasks) != len(source):
+            p.append(f"{len(tasks)} task records for {len(source)} items")
+        for t in tasks:
+            if t.state is TaskState.FAILED and not t.error:
+                p.append(f"failed task {t.task_id} has no error")
+                break
+        rows = self._report_rows(run.report_uri)
+        report_ids = [r["task_id"] for r in rows]
+        if sorted(report_ids) != sorted(t.task_id for t in tasks):
+            p.append(f"report has {len(report_ids)} rows ({len(set(report_ids))} distinct) for {len(tasks)} tasks")
+        failed_rows = [r for r in rows if r.get("state") == "FAILED"]
+        if any(not r.get("error") for r in failed_rows):
+            p.append("a failed row of the report has no error")
+        metrics = self._metrics(run_id, t0_ms)
+        row.duplicates_absorbed = int(metrics.get("DuplicatesAbsorbed", 0))
+        row.retries = int(metrics.get("TasksRetried", 0))
+        row.reduce_claims = int(metrics.get("ReducesClaimed", 0))
+        if row.reduce_claims != 1:
+            p.append(f"reduce claimed {row.reduce_claims} times")
+        fired = fired_faults(self._log_lines(t0_ms))
+        row.crashes = fired.get("crash", 0)
+        row.ambiguous_writes = fired.get("applied_then_error", 0)
+        row.emails = self._emails(run_id)
+        if row.emails != 1:
+            p.append(f"{row.emails} emails for the run")
+        if sc.malformed:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                row.quarantined = len(self._quarantine_keys() - quarantine_before)
+                if row.quarantined >= injected:
+                    break
+                time.sleep(1)
+            if row.quarantined != injected:
+                p.append(f"{injected} malformed messages injected, {row.quarantined} quarantined")
+        p.extend(evidence_problems(sc, row))
+
+    def _phases(self, run_id: str) -> str:
+        """Seconds from the run's creation to each milestone the ledger records."""
+        from datetime import datetime
+
+        run = self.ledger.require_run(run_id)
+        t0 = datetime.fromisoformat(run.created_at.replace("Z", "+00:00"))
+        marks = {
+            "split": run.split_finished_at,
+            "reduce claimed": run.reduce_claimed_at,
+            "finalize claimed": run.finalize_claimed_at,
+            "finished": run.finished_at,
+        }
+        return ", ".join(
+            f"{name} +{(datetime.fromisoformat(ts.replace('Z', '+00:00')) - t0).total_seconds():.1f} s"
+            for name, ts in marks.items()
+            if ts
+        )
+
+    def _report_rows(self, report_uri: str | None) -> list[dict[str, str]]:
+        if not report_uri:
+            return []
+        bucket, _, prefix = report_uri.removeprefix("s3://").partition("/")
+        body = self.s3.get_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/report.csv")["Body"].read()
+        return list(csv.DictReader(io.StringIO(body.decode())))
+
+    def _quarantine_keys(self) -> set[str]:
+        keys: set[str] = set()
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.outputs["ReportsBucket"], Prefix="quarantine/"):
+            keys |= {o["Key"] for o in page.get("Contents", [])}
+        return keys
+
+    def _emails(self, run_id: str) -> int:
+        from microprocess.local.emulator import captured_emails
+
+        return sum(1 for m in captured_emails(self.endpoint) if run_id in str(m.get("Subject", "")))
+
+    def _log_lines(self, t0_ms: int) -> list[str]:
+        """The functions' log lines since `t0_ms` that report an injected fault (the scenarios
+        run one at a time, so these are the current scenario's)."""
+        lines: list[str] = []
+        for fn in self.functions:
+            config = self.lam.get_function_configuration(FunctionName=fn)
+            group = (config.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{fn}"
+            kwargs: dict[str, Any] = {"logGroupName": group, "startTime": t0_ms}
+            while True:
+                try:
+                    resp = self.logs.filter_log_events(**kwargs)
+                except self.logs.exceptions.ResourceNotFoundException:
+                    break
+                lines += [
+                    ev.get("message", "") for ev in resp.get("events", []) if FIRED_LOG_PREFIX in ev.get("message", "")
+                ]
+                token = resp.get("nextToken")
+                if not token or token == kwargs.get("nextToken"):
+                    break
+                kwargs["nextToken"] = token
+        return lines
+
+    def _metrics(self, run_id: str, t0_ms: int) -> dict[str, float]:
+        """Sum the EMF metrics the functions logged for `run_id` since `t0_ms`."""
+        totals: dict[str, float] = {}
+        for fn in self.functions:
+            config = self.lam.get_function_configuration(FunctionName=fn)
+            group = (config.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{fn}"
+            kwargs: dict[str, Any] = {"logGroupName": group, "startTime": t0_ms}
+            while True:
+                try:
+                    resp = self.logs.filter_log_events(**kwargs)
+                except self.logs.exceptions.ResourceNotFoundException:
+                    break
+                for ev in resp.get("events", []):
+                    msg = ev.get("message", "")
+                    if '"_aws"' not in msg or run_id not in msg:
+                        continue
+                    try:
+                        doc = json.loads(msg[msg.index("{") :])
+                    except ValueError:
+                        continue
+                    if doc.get("run_id") != run_id:
+                        continue
+                    for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
+                        value = doc.get(m["Name"])
+                        if isinstance(value, list):
+                            value = sum(value)
+                        totals[m["Name"]] = totals.get(m["Name"], 0) + float(value or 0)
+                token = resp.get("nextToken")
+                if not token or token == kwargs.get("nextToken"):
+                    break
+                kwargs["nextToken"] = token
+        return totals
+
+
+COLUMNS = [
+    ("scenario", "scenario"),
+    ("items", "items"),
+    ("status", "status"),
+    ("succeeded", "succeeded"),
+    ("failed", "failed"),
+    ("duplicates_absorbed", "duplicates absorbed"),
+    ("retries", "retries"),
+    ("reduce_claims", "reduce count"),
+    ("emails", "emails"),
+    ("splitter_kills", "splitter kills"),
+    ("crashes", "crashes"),
+    ("ambiguous_writes", "ambiguous writes"),
+    ("quarantined", "quarantined"),
+    ("wall_s", "wall time (s)"),
+]
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " | checks |", "|" + "---|" * (len(COLUMNS) + 1)]
+    for r in rows:
+        cells = [str(getattr(r, k)) for k, _ in COLUMNS]
+        lines.append("| " + " | ".join(cells) + f" | {'pass' if r.ok else 'FAIL: ' + '; '.join(r.problems)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m microprocess.chaos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=["small", "full"], default="full")
+    parser.add_argument("--workdir", type=Path, default=Path(".microprocess/chaos"))
+    parser.add_argument("--only", nargs="*", help="run only these scenarios")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/chaos-latest.md"))
+    args = parser.parse_args(argv)
+    matrix = [s for s in scenarios(args.size) if not args.only or s.name in args.only]
+    if not matrix:
+        parser.error(f"no scenario matches {args.only}; known: {[s.name for s in scenarios(args.size)]}")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    rows = ChaosSuite(workdir=args.workdir.resolve()).run(matrix)
+    table = markdown_table(rows)
+    print(table)
+    passed = sum(r.ok for r in rows)
+    print(f"\n{passed} passed, {len(rows) - passed} failed  ({time.monotonic() - started:.0f} s)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table + "\n")
+    return 0 if all(r.ok for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

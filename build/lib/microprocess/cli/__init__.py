@@ -1,0 +1,1 @@
+"""The `microprocess` command line: commands, the progress bar, the planner and its prices."""

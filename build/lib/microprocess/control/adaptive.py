@@ -1,0 +1,253 @@
+"""Adaptive concurrency: a job backs off by itself when its service is overloaded (AIMD).
+
+Signals, per job and per interval (a minute): how many pushes the forwarder made, how many
+the service answered 429 or 503 (it asks us to slow down), and the p90 of a batch's push time
+(the pushes of a batch run concurrently, so a batch takes about its slowest push). The
+forwarder emits them as EMF metrics (`observe_pushes`); `CloudWatchSignals` reads them back.
+
+`AimdController.decide` (pure, unit-tested):
+
+* **multiplicative decrease**: throttled share ≥ `throttle_ratio`, or p90 above
+  `latency_factor` x the healthy baseline (or above `latency_limit_ms`): cap x `decrease_factor`,
+  never below `floor` (2, the least an SQS event source takes);
+* **additive increase**: a healthy interval raises the cap by `step` (a twentieth of the
+  declared maximum: back to full in about 20 healthy minutes), never above the job's
+  declared `max_concurrency`;
+* **hold**: too few pushes to judge (`min_pushes`), or already at the ceiling.
+
+The healthy baseline is an exponentially weighted mean of the p90 of healthy intervals, so a
+slow drift of the service is followed, a sudden climb is not.
+
+`AdaptiveConcurrency.tick` applies one decision per job to the job's event source mapping
+(`scale.JobScaler`), logs it as one JSON line and emits `EffectiveConcurrency` and
+`ConcurrencyDecreased`/`ConcurrencyIncreased` metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from microprocess.control.scale import MIN_CONCURRENCY, JobScaler
+from microprocess.declarations import JobDeclaration
+
+log = logging.getLogger(__name__)
+
+#: Must match infra/contract.py (METRIC_NAMESPACE, SERVICE_DIMENSION/POWERTOOLS_SERVICE): a test checks.
+METRIC_NAMESPACE = "Microprocess"
+SERVICE_DIMENSION = ("service", "microprocess")
+#: HTTP statuses with which a service asks its callers to slow down.
+THROTTLE_STATUSES = frozenset({429, 503})
+
+MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What one interval showed of a job's service.
+
+    Attributes:
+        pushes: pushes made.
+        throttled: pushes answered 429 or 503.
+        p90_latency_ms: the p90 of the batches' push time, ms (None: no batch).
+    """
+
+    pushes: int
+    throttled: int = 0
+    p90_latency_ms: float | None = None
+
+    @property
+    def throttled_ratio(self) -> float:
+        return self.throttled / self.pushes if self.pushes else 0.0
+
+
+@dataclass(frozen=True)
+class AimdSettings:
+    """The controller's knobs (defaults suit a service that answers in tens to hundreds of ms)."""
+
+    ceiling: int
+    floor: int = MIN_CONCURRENCY
+    step: int | None = None  # None: max(1, ceiling // 20)
+    decrease_factor: float = 0.5
+    throttle_ratio: float = 0.02
+    latency_factor: float = 2.0
+    latency_limit_ms: float | None = None
+    min_pushes: int = 20
+    baseline_weight: float = 0.2
+
+    @classmethod
+    def for_job(cls, job: JobDeclaration) -> AimdSettings:
+        # A batch close to the task timeout is about to time out: back off before it does.
+        return cls(ceiling=job.max_concurrency, latency_limit_ms=0.8 * job.task_timeout_s * 1000)
+
+    @property
+    def increase(self) -> int:
+        return self.step if self.step is not None else max(1, self.ceiling // 20)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision: the cap before and after, what was done and why."""
+
+    previous: int
+    concurrency: int
+    action: str  # "decrease", "increase" or "hold"
+    reason: str
+    baseline_ms: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class AimdController:
+    """Additive-increase / multiplicative-decrease of one job's concurrency cap."""
+
+    settings: AimdSettings
+    baseline_ms: float | None = None
+
+    def decide(self, current: int, signals: Signals) -> Decision:
+        s = self.settings
+        current = min(max(current, s.floor), s.ceiling)
+        p90 = signals.p90_latency_ms
+        if signals.pushes < s.min_pushes:
+            return self._decision(current, current, "hold", f"{signals.pushes} pushes: too few to judge")
+        overload = None
+        if signals.throttled_ratio >= s.throttle_ratio:
+            overload = (
+                f"{signals.throttled} of {signals.pushes} pushes answered 429/503 ({signals.throttled_ratio:.1%})"
+            )
+        elif p90 is not None and s.latency_limit_ms is not None and p90 > s.latency_limit_ms:
+            overload = f"p90 push time {p90:.0f} ms is above {s.latency_limit_ms:.0f} ms (near the task timeout)"
+        elif p90 is not None and self.baseline_ms is not None and p90 > s.latency_factor * self.baseline_ms:
+            overload = (
+                f"p90 push time {p90:.0f} ms is above {s.latency_factor:g} x the healthy {self.baseline_ms:.0f} ms"
+            )
+        if overload is not None:
+            new = max(s.floor, math.floor(current * s.decrease_factor))
+            return self._decision(current, new, "decrease" if new < current else "hold", overload)
+        if p90 is not None:  # a healthy interval: follow the service's slow drift
+            w = s.baseline_weight
+            self.baseline_ms = p90 if self.baseline_ms is None else (1 - w) * self.baseline_ms + w * p90
+        if current >= s.ceiling:
+            return self._decision(current, current, "hold", "healthy, at the declared maximum")
+        new = min(s.ceiling, current + s.increase)
+        return self._decision(current, new, "increase", "healthy: no throttling, push time at its baseline")
+
+    def _decision(self, previous: int, new: int, action: str, reason: str) -> Decision:
+        return Decision(previous, new, action, reason, None if self.baseline_ms is None else round(self.baseline_ms, 1))
+
+
+# ------------------------------------------------------------------------------ signals
+
+
+def observe_pushes(emit: MetricsEmitter, batch: Iterable[tuple[str, int | None]], seconds: float) -> None:
+    """The forwarder's hook: emit one batch's push signals per job.
+
+    Args:
+        emit: the metrics emitter.
+        batch: (job name, HTTP status or None when no answer) of each push of the batch.
+        seconds: how long the batch's (concurrent) pushes took, s.
+    """
+    by_job: dict[str, list[int | None]] = {}
+    for job, status in batch:
+        by_job.setdefault(job, []).append(status)
+    for job, statuses in by_job.items():
+        emit("ServicePushes", len(statuses), job)
+        emit("ServiceThrottled", sum(1 for s in statuses if s in THROTTLE_STATUSES), job)
+        emit("PushBatchMilliseconds", round(seconds * 1000, 1), job)
+
+
+@dataclass
+class CloudWatchSignals:
+    """Reads a job's signals of the last `window_s` seconds from the forwarder's EMF metrics."""
+
+    cloudwatch: Any
+    window_s: int = 60
+    namespace: str = METRIC_NAMESPACE
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    def __call__(self, job: str) -> Signals:
+        end = self.now()
+        dims = [{"Name": "job", "Value": job}, {"Name": SERVICE_DIMENSION[0], "Value": SERVICE_DIMENSION[1]}]
+
+        def query(qid: str, name: str, stat: str) -> dict[str, Any]:
+            return {
+                "Id": qid,
+                "MetricStat": {
+                    "Metric": {"Namespace": self.namespace, "MetricName": name, "Dimensions": dims},
+                    "Period": self.window_s,
+                    "Stat": stat,
+                },
+                "ReturnData": True,
+            }
+
+        resp = self.cloudwatch.get_metric_data(
+            MetricDataQueries=[
+                query("pushes", "ServicePushes", "Sum"),
+                query("throttled", "ServiceThrottled", "Sum"),
+                query("p90", "PushBatchMilliseconds", "p90"),
+            ],
+            StartTime=end - timedelta(seconds=self.window_s),
+            EndTime=end,
+        )
+        values = {r["Id"]: (r.get("Values") or [None])[0] for r in resp.get("MetricDataResults", [])}
+        return Signals(
+            pushes=int(values.get("pushes") or 0),
+            throttled=int(values.get("throttled") or 0),
+            p90_latency_ms=float(values["p90"]) if values.get("p90") is not None else None,
+        )
+
+
+# ------------------------------------------------------------------------------ actuator
+
+
+class AdaptiveConcurrency:
+    """Applies the controller's decisions to the jobs' event source mappings.
+
+    Args:
+        jobs: the jobs to control.
+        scaler: reads and sets a job's cap.
+        signals: a job's signals for the last interval (e.g. `CloudWatchSignals`).
+        emit: the metrics emitter.
+    """
+
+    def __init__(
+        self,
+        *,
+        jobs: Iterable[JobDeclaration],
+        scaler: JobScaler,
+        signals: Callable[[str], Signals],
+        emit: MetricsEmitter | None = None,
+        settings: Callable[[JobDeclaration], AimdSettings] = AimdSettings.for_job,
+    ) -> None:
+        self.jobs = list(jobs)
+        self.scaler = scaler
+        self.signals = signals
+        self.emit = emit or (lambda name, value, job, **_: None)
+        self.controllers = {job.name: AimdController(settings(job)) for job in self.jobs}
+
+    def tick(self) -> dict[str, Decision]:
+        """One decision per job, applied; returns them."""
+        decisions: dict[str, Decision] = {}
+        for job in self.jobs:
+            cap = self.scaler.cap(job)
+            current = cap.concurrency if cap.concurrency is not None else job.max_concurrency
+            decision = self.controllers[job.name].decide(current, self.signals(job.name))
+            if decision.concurrency != cap.concurrency:
+                self.scaler.set(job, decision.concurrency)
+            if decision.action == "hold" and decision.concurrency != current:
+                decision = replace(decision, action="clamp")
+            log.info(json.dumps({"adaptive_concurrency": job.name, **decision.as_dict()}))
+            self.emit("EffectiveConcurrency", decision.concurrency, job.name)
+            if decision.concurrency < current:
+                self.emit("ConcurrencyDecreased", 1, job.name)
+            elif decision.concurrency > current:
+                self.emit("ConcurrencyIncreased", 1, job.name)
+            decisions[job.name] = decision
+        return decisions

@@ -1,0 +1,100 @@
+"""Stop early: a run that can no longer succeed stops at once and ends FAILED (per-job `stop_early`).
+
+Checked where failures are recorded (the forwarder's batch with new failures, the dead-letter
+handler) and where the split finishes (the expected total becomes final). The check reads the
+run and its counters (one GetItem + one BatchGetItem of the counters) only then, never per
+success. The decision is `tolerance.cannot_succeed`; the counters never over-count, so a
+"cannot succeed" read from them is certain.
+
+A stopped run moves straight to REDUCING (its reduce claimed, `stopped_early_at` set): the
+forwarder acknowledges its remaining messages without a push (late for a reducing run), the
+splitter's next page is refused (`RunNotActive`), and the reduce builds the report of what was
+done, with the run's tasks that have no record listed as not attempted (`lookup.not_attempted`),
+mails it, and ends the run FAILED (the ledger's verdict: failures above the tolerance).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from microprocess.control.tolerance import cannot_succeed
+from microprocess.declarations import JobDeclaration
+from microprocess.ledger import Ledger, RunStatus, utc_now_iso
+from microprocess.ledger.records import _is_conditional_failure, _run_pk, _to_ddb
+from microprocess.pipeline.fanin import enqueue_reduce_parts
+from microprocess.pipeline.queue import QueueSender
+
+log = logging.getLogger(__name__)
+
+#: Statuses a run can be stopped early from.
+STOPPABLE = (RunStatus.SPLITTING, RunStatus.RUNNING, RunStatus.PAUSED)
+
+
+def stop_run(ledger: Ledger, run_id: str, error: str) -> bool:
+    """Stop a splitting, running or paused run: claim its reduce now (REDUCING), marked
+    `stopped_early_at` with `error`. True for the one caller whose write stopped it."""
+    values: dict[str, Any] = {":f": str(RunStatus.REDUCING), ":now": utc_now_iso(), ":e": error}
+    values |= {f":s{i}": str(s) for i, s in enumerate(STOPPABLE)}
+    try:
+        ledger.client.update_item(
+            TableName=ledger.table_name,
+            Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
+            UpdateExpression="SET #st = :f, reduce_claimed_at = :now, stopped_early_at = :now, #err = :e",
+            ConditionExpression=f"#st IN ({', '.join(f':s{i}' for i in range(len(STOPPABLE)))})",
+            ExpressionAttributeNames={"#st": "status", "#err": "error"},
+            ExpressionAttributeValues=_to_ddb(values),
+        )
+        return True
+    except ClientError as exc:
+        if _is_conditional_failure(exc):
+            return False
+        raise
+
+
+def stop_if_hopeless(
+    ledger: Ledger,
+    run_id: str,
+    job: JobDeclaration,
+    *,
+    emit: Callable[..., None] | None = None,
+    reduce_sender: QueueSender | None = None,
+) -> bool:
+    """Stop the run if its failures already exceed the job's tolerance for good, and enqueue its
+    reduce (on `reduce_sender`; without one, the sweeper re-enqueues the claimed reduce later).
+
+    Returns True if this call stopped it. Never raises: the outcomes that led here are already
+    recorded, and a check that failed is made again with the next failure (or the run ends
+    FAILED through its reduce, as without `stop_early`).
+    """
+    if not job.stop_early:
+        return False
+    try:
+        prog = ledger.progress(run_id)
+        if prog.status not in STOPPABLE:
+            return False
+        tolerated = job.tolerated_failure_pct
+        if not cannot_succeed(prog.failed, prog.expected, split_done=prog.split_done, tolerated_failure_pct=tolerated):
+            return False
+        pct = 100.0 * prog.failed / prog.expected if prog.expected else 100.0
+        left = max(prog.expected - prog.succeeded - prog.failed, 0)
+        error = (
+            f"stopped early: {prog.failed} of {prog.expected} tasks failed ({pct:.2f}%), above the tolerated "
+            f"{tolerated}%, so the run cannot succeed; {left} tasks were not attempted "
+            f"(list them with `microprocess tasks {run_id} --state NOT_ATTEMPTED`)"
+        )
+        if not stop_run(ledger, run_id, error):
+            return False
+        if reduce_sender is not None:
+            enqueue_reduce_parts(reduce_sender, job, run_id, ledger.require_run(run_id).shard_count)
+    except Exception:
+        log.exception("stop-early check of run %s failed; the next failure checks again", run_id)
+        return False
+    log.warning("run %s: %s", run_id, error, extra={"run_id": run_id, "job": job.name})
+    if emit is not None:
+        emit("RunsStoppedEarly", 1, job.name, run_id=run_id)
+        emit("ReducesClaimed", 1, job.name, run_id=run_id)
+    return True

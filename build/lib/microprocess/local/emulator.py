@@ -1,0 +1,105 @@
+"""The local AWS: ministack, started from the project's own interpreter.
+
+ministack runs Python Lambda handlers in worker subprocesses of *its own*
+interpreter, so starting it with the project venv's Python lets the handlers
+import `microprocess` and every pinned dependency. Its workers inherit the
+server's environment (plus the function's own variables), which is how
+`--chaos` reaches the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from microprocess.local.processes import ProcessHandle, spawn, wait_http_ok
+from microprocess.local.workspace import Workspace
+
+ACCOUNT_ID = "000000000000"
+REGION = "us-east-1"
+#: Credentials the emulator accepts (it does not check them); never real ones.
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+
+#: Variables of the caller's environment that must not reach the emulator (and so the functions):
+#: a real profile, a session token or an endpoint elsewhere would be used by the handlers.
+_SCRUBBED = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "MICROPROCESS_CHAOS",
+)
+
+
+def aws_env(endpoint_url: str | None = None, *, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An environment for a process that talks to the emulator: fake credentials, fixed region,
+    the endpoint (when given) and nothing that could point at a real account."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _SCRUBBED}
+    env.update(FAKE_CREDENTIALS)
+    env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = REGION
+    # No config file: a developer's ~/.aws/config must not change retries or endpoints.
+    env["AWS_CONFIG_FILE"] = os.devnull
+    env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    if endpoint_url:
+        env["AWS_ENDPOINT_URL"] = endpoint_url
+    return env
+
+
+def emulator_env(ws: Workspace, port: int, *, chaos: Path | None = None) -> dict[str, str]:
+    env = aws_env()
+    env.update(
+        {
+            "GATEWAY_PORT": str(port),
+            "BIND_HOST": "127.0.0.1",
+            # The IoT mTLS and SFTP listeners bind fixed ports on 0.0.0.0 whatever BIND_HOST says.
+            "IOT_MTLS_ENABLED": "0",
+            "SFTP_ENABLED": "0",
+            "STATE_DIR": str(ws.emulator_state),
+            "S3_DATA_DIR": str(ws.s3_data),
+            "TMPDIR": str(ws.tmp),
+            "PERSIST_STATE": "0",
+            "S3_PERSIST": "0",
+            "LOG_LEVEL": "INFO",
+            "MINISTACK_REGION": REGION,
+            "MINISTACK_ACCOUNT_ID": ACCOUNT_ID,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if chaos is not None:
+        env["MICROPROCESS_CHAOS"] = str(chaos)
+    return env
+
+
+def start_emulator(ws: Workspace, port: int, *, chaos: Path | None = None, timeout_s: float = 60.0) -> ProcessHandle:
+    """Start ministack on 127.0.0.1:`port` and wait until it is healthy."""
+    handle = spawn(
+        "ministack",
+        [sys.executable, "-m", "ministack"],
+        env=emulator_env(ws, port, chaos=chaos),
+        cwd=ws.workdir,
+        log=ws.log("ministack"),
+    )
+    wait_http_ok(f"http://127.0.0.1:{port}/_ministack/health", handle, timeout_s=timeout_s)
+    return handle
+
+
+def captured_emails(endpoint_url: str) -> list[dict[str, Any]]:
+    """The emails the emulator's SES has accepted, oldest first (all accounts)."""
+    with urllib.request.urlopen(f"{endpoint_url}/_ministack/ses/messages", timeout=10) as resp:
+        data = json.loads(resp.read())
+    messages = data.get("messages", {})
+    found: list[dict[str, Any]] = []
+    if isinstance(messages, dict):
+        for per_account in messages.values():
+            found.extend(per_account)
+    elif isinstance(messages, list):
+        found.extend(messages)
+    return sorted(found, key=lambda m: m.get("Timestamp") or 0)

@@ -1,0 +1,177 @@
+"""The declared services as local processes: what `microprocess local up` runs for each.
+
+A service with `local_app` runs as one uvicorn process that takes the forwarder's signed
+pushes (`<service>`). A **bundled** service runs in its two roles, as on Fargate:
+`<service>-live` (answers people) and `<service>-queue` (takes the pushes). Only the
+process that takes pushes gets the service's signing secret and, with `--chaos`, the
+fault file. `--service NAME=URL` replaces a service's processes with one the user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from microprocess.declarations import Declarations, ServiceDeclaration
+from microprocess.local.emulator import aws_env
+from microprocess.local.processes import ProcessHandle, spawn
+from microprocess.local.workspace import Workspace
+
+#: Sender of the report email when the infra code names none.
+DEFAULT_SES_SENDER = "reports@example.com"
+
+
+class ServiceConfigError(ValueError):
+    """A service cannot be run locally as asked; the message says what to pass."""
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    """One local process of a declared service.
+
+    Attributes:
+        service: the declared service's name.
+        key: its key in local.json's `services` (the push endpoint is the service's name;
+            a bundled service's live role is `<service>-live`).
+        process: process and log name.
+        app: the ASGI app uvicorn runs.
+        role: SERVICE_ROLE of a bundled service (`live` or `queue`), or None.
+        pushes: True for the process that takes the forwarder's signed pushes.
+    """
+
+    service: str
+    key: str
+    process: str
+    app: str
+    role: str | None
+    pushes: bool
+
+
+def processes_of(service: ServiceDeclaration) -> list[ServiceProcess]:
+    """The local processes of `service` (none when it declares no `local_app`)."""
+    if not service.local_app:
+        return []
+    name, app = service.name, service.local_app
+    if service.bundled:
+        return [
+            ServiceProcess(name, f"{name}-live", f"{name}-live", app, "live", pushes=False),
+            ServiceProcess(name, name, f"{name}-queue", app, "queue", pushes=True),
+        ]
+    return [ServiceProcess(name, name, name, app, None, pushes=True)]
+
+
+def parse_service_urls(pairs: list[str], declarations: Declarations) -> dict[str, str]:
+    """`--service NAME=URL` options as {service: url}; unknown names and bad URLs are refused."""
+    urls: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, url = pair.partition("=")
+        if not sep or not name or not url:
+            raise ServiceConfigError(
+                f"--service {pair!r} must be NAME=URL, e.g. --service reminders=http://127.0.0.1:9000"
+            )
+        if name not in declarations.services:
+            raise ServiceConfigError(
+                f"--service {pair!r}: unknown service '{name}'; declared services: {declarations.services.names()}"
+            )
+        if not url.startswith(("http://", "https://")):
+            raise ServiceConfigError(f"--service {pair!r}: the URL must start with http:// or https://")
+        urls[name] = url.rstrip("/")
+    return urls
+
+
+def plan_processes(
+    declarations: Declarations, given_urls: Mapping[str, str], *, start_examples: bool = True
+) -> list[ServiceProcess]:
+    """The processes `local up` starts: every declared service's, except those given a URL.
+
+    Raises `ServiceConfigError` for a service that would have no endpoint at all."""
+    planned: list[ServiceProcess] = []
+    for service in declarations.services:
+        if service.name in given_urls:
+            continue
+        procs = processes_of(service) if start_examples else []
+        if not procs:
+            why = "--no-example-service starts none" if start_examples is False else "it declares no local_app"
+            raise ServiceConfigError(
+                f"service '{service.name}' has no local endpoint ({why}): pass --service {service.name}=URL for "
+                f"the process you run, or declare local_app = 'module:app' for it"
+            )
+        planned.extend(procs)
+    return planned
+
+
+def table_variable(role: str) -> str:
+    """The environment variable naming a table role for a service (`customers` -> `CUSTOMERS_TABLE`)."""
+    return f"{role.upper().replace('-', '_')}_TABLE"
+
+
+def service_env(
+    proc: ServiceProcess,
+    *,
+    declarations: Declarations,
+    endpoint_url: str,
+    outputs: Mapping[str, str],
+    ses_sender: str,
+    chaos: Path | None = None,
+) -> dict[str, str]:
+    """The environment of one service process on the local stack."""
+    service = declarations.services.get(proc.service)
+    tables = json.loads(outputs.get("SourceTables") or "{}")
+    secrets = json.loads(outputs.get("ServiceSecretArns") or "{}")
+    env = aws_env(endpoint_url)
+    env.update(
+        {
+            "LEDGER_TABLE": outputs["LedgerTable"],
+            "REPORTS_BUCKET": outputs["ReportsBucket"],
+            "SES_SENDER": ses_sender,
+            "MICROPROCESS_DECLARATIONS": str(declarations.path),
+            "PYTHONUNBUFFERED": "1",
+            **{table_variable(role): tables[role] for role in service.tables if role in tables},
+        }
+    )
+    if proc.role is not None:
+        env["SERVICE_ROLE"] = proc.role
+    if proc.pushes:
+        if proc.service not in secrets:
+            raise ServiceConfigError(
+                f"the local stage has no signing secret for service '{proc.service}' (ServiceSecretArns has "
+                f"{sorted(secrets)}): redeploy with `microprocess local up`"
+            )
+        env["SIGNING_SECRET_ARN"] = secrets[proc.service]
+        if chaos is not None:
+            env["MICROPROCESS_CHAOS"] = str(chaos)
+    env.update(service.local_env)
+    return env
+
+
+def spawn_service(
+    ws: Workspace,
+    proc: ServiceProcess,
+    port: int,
+    env: dict[str, str],
+    *,
+    access_log: bool = False,
+) -> ProcessHandle:
+    """Start uvicorn with the service's app on 127.0.0.1:`port` (ready when `GET /healthz` answers)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        proc.app,
+        "--app-dir",
+        str(ws.root),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "info",
+        "--timeout-graceful-shutdown",
+        "3",
+    ]
+    if not access_log:
+        argv.append("--no-access-log")
+    return spawn(proc.process, argv, env=env, cwd=ws.root, log=ws.log(proc.process))

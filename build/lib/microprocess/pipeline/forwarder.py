@@ -1,0 +1,544 @@
+"""The forwarder: pushes each queued task to the queue service and records the outcome.
+
+One invocation takes a batch of SQS records and answers with a partial batch
+response: only records that should be retried are listed in `batchItemFailures`.
+
+* Malformed records (not JSON, wrong schema, unknown job, unknown run, missing S3
+  payload) go straight to the DLQ with the reason and are acknowledged: never
+  retried forever, never failing the others.
+* Records of a cancelled run, or task records of a run already reducing or ended
+  (late duplicates), are acknowledged without calling the service.
+* Pushes in a batch run concurrently. 2xx: SUCCEEDED; 4xx but 408/429: FAILED, no
+  retry; else retried with exponential backoff and jitter (visibility timeout),
+  honouring `Retry-After`, until the job's max attempts, then FAILED with the last error.
+* Outcomes are recorded in the ledger (counted once, one counter write per batch);
+  the completion that finishes the run claims the reduce and enqueues its parts;
+  the last part enqueues the finalize; the finalize ends the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from microprocess.chaos.faults import FaultInjector, InjectedCrash
+from microprocess.control.adaptive import observe_pushes
+from microprocess.control.pause import park, prior_attempts
+from microprocess.control.stop import stop_if_hopeless
+from microprocess.declarations import JobDeclaration, JobRegistry, ReduceMode, UnknownJobError
+from microprocess.ledger import Ledger, RunRecord, RunStatus, TaskOutcome, TaskState
+from microprocess.pipeline.envelope import SQS_MAX_MESSAGE_BYTES, MalformedEnvelope, TaskEnvelope, TaskKind, shard_of
+from microprocess.pipeline.fanin import enqueue_finalize, enqueue_reduce_parts
+from microprocess.pipeline.push import HttpPusher, PushOutcome, PushResult
+from microprocess.pipeline.queue import QueueSender
+
+if TYPE_CHECKING:
+    from microprocess.reduce import PlatformReducer
+
+log = logging.getLogger(__name__)
+
+MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
+REASON_ATTRIBUTE = "microprocess-reason"
+#: Reduce pushes may take much longer than a task.
+REDUCE_TIMEOUT_S = 600.0
+MAX_VISIBILITY_S = 43_200
+
+
+def backoff_seconds(attempt: int, retry_after: float | None, *, base: float, cap: float, rng: random.Random) -> int:
+    """Visibility timeout before the next attempt: `Retry-After` when the service gave one,
+    else exponential (base * 2^(attempt-1), capped) with jitter in [0.5, 1]."""
+    if retry_after is not None:
+        delay = retry_after + rng.uniform(0, 1)
+    else:
+        delay = min(cap, base * 2 ** max(attempt - 1, 0)) * rng.uniform(0.5, 1.0)
+    return int(min(max(round(delay), 1), MAX_VISIBILITY_S))
+
+
+@dataclass
+class _Work:
+    record: dict[str, Any]
+    envelope: TaskEnvelope
+    job: JobDeclaration
+    run: RunRecord
+    item: Any = None
+    result: PushResult | None = None
+
+    @property
+    def message_id(self) -> str:
+        return str(self.record["messageId"])
+
+    @property
+    def attempt(self) -> int:
+        receives = int(self.record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+        return receives + prior_attempts(self.record)  # + the attempts before a pause parked it
+
+
+def _keys(env: TaskEnvelope) -> dict[str, str]:
+    """Structured-log keys of a message: its run and job (Powertools puts them in the JSON)."""
+    return {"run_id": env.run_id, "job": env.job, "task_id": env.task_id}
+
+
+class _Deferred(Exception):
+    """A record to retry shortly (its task's page is not accounted yet)."""
+
+
+class RunCache:
+    """Run records by id, re-read after `ttl_s` (so a cancel takes effect within it)."""
+
+    def __init__(self, ledger: Ledger, ttl_s: float = 2.0) -> None:
+        self.ledger, self.ttl_s = ledger, ttl_s
+        self._runs: dict[str, tuple[float, RunRecord | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str, *, fresh: bool = False) -> RunRecord | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._runs.get(run_id)
+        if hit and now - hit[0] < self.ttl_s and not fresh:
+            return hit[1]
+        run = self.ledger.get_run(run_id)
+        with self._lock:
+            self._runs[run_id] = (now, run)
+        return run
+
+
+class Forwarder:
+    """Pushes queued tasks to their job's service and records the outcomes.
+
+    Args:
+        jobs: the declared jobs.
+        ledger: the run ledger.
+        pusher_for: the signed pusher to a service, by service name (one per service).
+        pusher: one pusher for every service (tests, single-service tools); instead of `pusher_for`.
+        sqs, s3: boto3 clients.
+        job_queue_urls: each job's task queue (so a record's queue is known from its ARN).
+        task_queue_url: a default task queue (tests, single-queue tools).
+        dead_letter_queue_url: where malformed records go.
+        sender_for: the sender of a job's task queue, by job name (chaos duplicates).
+        sender: one sender for every job (tests); instead of `sender_for`.
+        reduce_sender: the reduce queue's sender.
+        reducer: the built-in reduce, for jobs with `reduce = "platform"` (the reducer function's).
+    """
+
+    def __init__(
+        self,
+        *,
+        jobs: JobRegistry,
+        ledger: Ledger,
+        sqs: Any,
+        s3: Any,
+        dead_letter_queue_url: str,
+        pusher_for: Callable[[str], HttpPusher] | None = None,
+        pusher: HttpPusher | None = None,
+        job_queue_urls: Mapping[str, str] | None = None,
+        task_queue_url: str = "",
+        sender_for: Callable[[str], QueueSender] | None = None,
+        sender: QueueSender | None = None,
+        reduce_sender: QueueSender | None = None,
+        reducer: PlatformReducer | None = None,
+        faults: FaultInjector | None = None,
+        emit: MetricsEmitter | None = None,
+        retry_base_s: float = 2.0,
+        retry_cap_s: float = 900.0,
+        run_cache_ttl_s: float = 2.0,
+        rng: random.Random | None = None,
+        max_workers: int = 10,
+    ) -> None:
+        if (pusher_for is None) == (pusher is None):
+            raise ValueError("give the Forwarder exactly one of pusher_for (per service) and pusher")
+        if (sender_for is None) == (sender is None):
+            raise ValueError("give the Forwarder exactly one of sender_for (per job) and sender")
+        self.jobs = jobs
+        self.ledger = ledger
+        self.pusher_for: Callable[[str], HttpPusher] = pusher_for or (lambda _service: pusher)  # type: ignore[assignment,return-value]
+        self.sqs = sqs
+        self.s3 = s3
+        self.job_queue_urls = dict(job_queue_urls or {})
+        self.task_queue_url = task_queue_url
+        self.dead_letter_queue_url = dead_letter_queue_url
+        self.sender_for: Callable[[str], QueueSender] = sender_for or (lambda _job: sender)  # type: ignore[assignment,return-value]
+        #: Reduce parts and finalizes go to the reduce queue (the default sender's when not given).
+        if reduce_sender is None and sender is None:
+            raise ValueError("give the Forwarder a reduce_sender (the reduce queue)")
+        self.reduce_sender: QueueSender = reduce_sender or sender  # type: ignore[assignment]
+        self.reducer = reducer
+        self.faults = faults
+        self.emit = emit or (lambda name, value, job, **_: None)
+        self.retry_base_s = retry_base_s
+        self.retry_cap_s = retry_cap_s
+        self.runs = RunCache(ledger, run_cache_ttl_s)
+        self.rng = rng or random.Random()
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="push")
+
+    # ------------------------------------------------------------------ entry
+
+    def handle(self, event: dict[str, Any]) -> dict[str, Any]:
+        failures: list[str] = []
+        work: list[_Work] = []
+        for record in event.get("Records", []):
+            try:
+                item = self._admit(record)
+            except _Deferred:
+                failures.append(str(record.get("messageId")))
+                continue
+            except Exception:  # a bug while looking at one record fails only that record
+                log.exception("forwarder: could not admit record %s", record.get("messageId"))
+                failures.append(str(record.get("messageId")))
+                continue
+            if item is not None:
+                work.append(item)
+        if work and self.faults:
+            self.faults.maybe_crash("before_push")
+        self._duplicate_some(work)
+        started = time.monotonic()
+        for w, result in zip(work, self._pool.map(self._push, work), strict=True):
+            w.result = result
+        pushed = [(w.job.name, w.result.status) for w in work if w.envelope.kind is TaskKind.TASK and w.result]
+        if pushed:  # the adaptive concurrency's signals (429/503, push time), as EMF metrics
+            observe_pushes(self.emit, pushed, time.monotonic() - started)
+        if work and self.faults:
+            self.faults.maybe_crash("after_push")
+        tasks = [w for w in work if w.envelope.kind is TaskKind.TASK]
+        failures += self._settle_tasks(tasks)
+        for w in work:
+            if w.envelope.kind is not TaskKind.TASK:
+                failures += self._settle_reduce(w)
+        return {"batchItemFailures": [{"itemIdentifier": m} for m in failures]}
+
+    # ------------------------------------------------------------- admission
+
+    def _admit(self, record: dict[str, Any]) -> _Work | None:
+        """Parse and check one record; dead-letter or acknowledge it, or return work to push."""
+        try:
+            env = TaskEnvelope.parse(record.get("body", ""))
+        except MalformedEnvelope as exc:
+            self._dead_letter(record, f"malformed message: {exc}")
+            return None
+        try:
+            job = self.jobs.get(env.job)
+        except UnknownJobError as exc:
+            self._dead_letter(record, f"malformed message: {exc}")
+            return None
+        run = self.runs.get(env.run_id)
+        if run is None:
+            self._dead_letter(record, f"malformed message: unknown run '{env.run_id}' (not in the ledger)")
+            return None
+        if run.status is RunStatus.CANCELLED:
+            log.info(
+                "run %s is cancelled: acknowledging task %s without a call",
+                run.run_id,
+                env.task_id,
+                extra=_keys(env),
+            )
+            return None
+        if run.status is RunStatus.PAUSED:
+            run = self.runs.get(env.run_id, fresh=True) or run  # resumed since the cached read?
+            if run.status is RunStatus.PAUSED:
+                park(self.ledger, record, env)  # kept until `resume`: no push, no attempt, no DLQ
+                return None
+        if env.kind is TaskKind.TASK and run.status in (RunStatus.REDUCING, RunStatus.SUCCEEDED, RunStatus.FAILED):
+            return None  # every task was terminal when the reduce was claimed: a late duplicate
+        if env.kind is TaskKind.TASK:
+            owned = run.owns_task(env.task_id)
+            if not owned:  # the cached run may be behind the splitter's accounting: look again
+                run = self.runs.get(env.run_id, fresh=True) or run
+                owned = run.owns_task(env.task_id)
+            if owned is False or env.shard != shard_of(env.task_id, run.shard_count):
+                self._dead_letter(
+                    record,
+                    f"malformed message: task '{env.task_id}' (shard {env.shard}) is not part of run '{env.run_id}'",
+                )
+                return None
+            if owned is None:  # sent, not yet accounted: try again in a moment
+                self._defer(record)
+                raise _Deferred
+        if env.kind is not TaskKind.TASK and run.status in (RunStatus.SPLITTING, RunStatus.RUNNING):
+            run = self.runs.get(env.run_id, fresh=True) or run  # statuses only move on: the cache is behind
+        if env.kind is not TaskKind.TASK and run.status is not RunStatus.REDUCING and not _after_end(env, job, run):
+            return None  # the run has already ended
+        item = env.item
+        if env.item_ref:
+            try:
+                item = self._fetch(env.item_ref)
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+                if code in ("NoSuchKey", "404", "NoSuchBucket"):
+                    self._dead_letter(record, f"malformed message: missing S3 payload {env.item_ref} ({code})")
+                    return None
+                raise
+        return _Work(record, env, job, run, item)
+
+    def _fetch(self, ref: str) -> Any:
+        bucket, _, key = ref.removeprefix("s3://").partition("/")
+        return json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def _dead_letter(self, record: dict[str, Any], reason: str) -> None:
+        log.warning("dead-lettering message %s: %s", record.get("messageId"), reason)
+        body = record.get("body") or "<empty>"
+        if len(body.encode()) + len(reason) + 64 > SQS_MAX_MESSAGE_BYTES:
+            # No room for the reason beside a body this large: the body moves as it came
+            # (nothing lost), the reason is in this log line.
+            self.sqs.send_message(QueueUrl=self.dead_letter_queue_url, MessageBody=body)
+            return
+        self.sqs.send_message(
+            QueueUrl=self.dead_letter_queue_url,
+            MessageBody=body,
+            MessageAttributes={REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:2000]}},
+        )
+
+    @property
+    def reduce_queue_url(self) -> str:
+        """The reduce queue: where the reduce sender sends (the task queue without one)."""
+        return self.reduce_sender.queue_url
+
+    def queue_url_of(self, record: dict[str, Any]) -> str:
+        """The URL of the queue a record came from, from its `eventSourceARN`
+        (arn:aws:sqs:<region>:<account>:<name>; a queue URL ends with /<account>/<name>).
+        The task queue when the ARN is missing or names neither known queue."""
+        parts = str(record.get("eventSourceARN") or "").split(":")
+        known = [self.reduce_queue_url, *self.job_queue_urls.values(), self.task_queue_url]
+        if len(parts) == 6 and parts[0] == "arn" and parts[2] == "sqs":
+            suffix = f"/{parts[4]}/{parts[5]}"
+            for url in known:
+                if url and url.rstrip("/").endswith(suffix):
+                    return url
+        try:  # a record without a known ARN: its job's queue
+            job = TaskEnvelope.parse(record.get("body", "")).job
+            return self.job_queue_urls.get(job) or self.task_queue_url
+        except MalformedEnvelope:
+            return self.task_queue_url
+
+    def _defer(self, record: dict[str, Any]) -> None:
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.queue_url_of(record), ReceiptHandle=record["receiptHandle"], VisibilityTimeout=1
+            )
+        except Exception:
+            log.exception("could not defer %s", record.get("messageId"))
+
+    def _duplicate_some(self, work: list[_Work]) -> None:
+        if not self.faults:
+            return
+        copies = [w for w in work if self.faults.duplicate()]
+        tasks: dict[str, list[str]] = defaultdict(list)
+        for w in copies:
+            if w.envelope.kind is TaskKind.TASK:
+                tasks[w.job.name].append(w.record["body"])
+        reduces = [w.record["body"] for w in copies if w.envelope.kind is not TaskKind.TASK]
+        for job_name, bodies in tasks.items():  # a copy goes where the original came from
+            self.sender_for(job_name).send(bodies, delay_s=1)
+        if reduces:  # a copy goes where the original came from
+            self.reduce_sender.send(reduces, delay_s=1)
+
+    # ------------------------------------------------------------------ push
+
+    def _push(self, w: _Work) -> PushResult:
+        env, job = w.envelope, w.job
+        if env.kind in (TaskKind.REDUCE_PART, TaskKind.FINALIZE) and job.reduce is ReduceMode.PLATFORM:
+            return self._reduce_in_process(w)
+        if env.kind is TaskKind.TASK:
+            path, timeout = job.task_path, job.task_timeout_s
+        elif env.kind is TaskKind.REDUCE_PART:
+            path, timeout = job.reduce_part_path or "", REDUCE_TIMEOUT_S
+        elif env.kind is TaskKind.FINALIZE:
+            path, timeout = job.reduce_finalize_path or "", REDUCE_TIMEOUT_S
+        else:
+            if not job.completion_path:
+                return PushResult(None, error=f"job '{job.name}' declares no completion_path")
+            path, timeout = job.completion_path, job.task_timeout_s
+        payload = {
+            "run_id": env.run_id,
+            "task_id": env.task_id,
+            "attempt": w.attempt,
+            "item": w.item,
+            "job": env.job,
+            "shard": env.shard,
+            "kind": str(env.kind),
+            "params": w.run.params,
+        }
+        if env.kind is TaskKind.COMPLETION:
+            payload = dict(env.item)  # {run_id, job, status, expected, succeeded, failed, report_uri}
+        try:
+            return self.pusher_for(job.service).push(
+                path, payload, idempotency_key=env.idempotency_key, timeout=timeout
+            )
+        except Exception as exc:  # signing or secret fetch failed: retry later, do not lose the task
+            log.exception("push of %s failed before sending", env.idempotency_key, extra=_keys(env))
+            return PushResult(None, error=f"push not sent: {type(exc).__name__}: {exc}")
+
+    def _retry_later(self, w: _Work, result: PushResult) -> None:
+        delay = backoff_seconds(
+            w.attempt, result.retry_after_s, base=self.retry_base_s, cap=self.retry_cap_s, rng=self.rng
+        )
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.queue_url_of(w.record), ReceiptHandle=w.record["receiptHandle"], VisibilityTimeout=delay
+            )
+        except Exception:  # the message comes back after the queue's own visibility timeout instead
+            log.exception("could not set the backoff of %s", w.message_id, extra=_keys(w.envelope))
+        log.info(
+            "retry %s in %s s (attempt %s): %s",
+            w.envelope.idempotency_key,
+            delay,
+            w.attempt,
+            result.describe(),
+            extra=_keys(w.envelope),
+        )
+        self.emit("TasksRetried", 1, w.job.name, run_id=w.envelope.run_id)
+
+    # ----------------------------------------------------------------- tasks
+
+    def _settle_tasks(self, tasks: list[_Work]) -> list[str]:
+        failures: list[str] = []
+        by_run: dict[str, list[tuple[_Work, TaskOutcome]]] = defaultdict(list)
+        for w in tasks:
+            assert w.result is not None
+            outcome = w.result.outcome
+            if outcome is PushOutcome.RETRY and w.attempt < w.job.max_attempts:
+                self._retry_later(w, w.result)
+                failures.append(w.message_id)
+                continue
+            by_run[w.envelope.run_id].append((w, self._task_outcome(w, w.result)))
+        for run_id, pairs in by_run.items():
+            run, job = pairs[0][0].run, pairs[0][0].job
+            try:
+                res = self.ledger.record_outcomes(run_id, run.counter_count, [o for _, o in pairs])
+            except InjectedCrash:
+                raise  # chaos: behave as the process dying here would
+            except Exception:
+                log.exception(
+                    "recording %d outcomes of run %s failed; they will be retried",
+                    len(pairs),
+                    run_id,
+                    extra={"run_id": run_id, "job": job.name},
+                )
+                failures += [w.message_id for w, _ in pairs]
+                continue
+            new = set(res.newly_recorded)
+            ok = sum(1 for _, o in pairs if o.task_id in new and o.state is TaskState.SUCCEEDED)
+            self.emit("TasksSucceeded", ok, job.name, run_id=run_id)
+            self.emit("TasksFailed", len(new) - ok, job.name, run_id=run_id)
+            self.emit("DuplicatesAbsorbed", len(res.duplicates), job.name, run_id=run_id)
+            if len(new) > ok:  # new failures: has the run become unable to succeed? (stop_early)
+                stop_if_hopeless(self.ledger, run_id, job, emit=self.emit, reduce_sender=self.reduce_sender)
+            if res.claimed_reduce:
+                log.info(
+                    "run %s: last task done, reduce claimed; enqueuing %d parts",
+                    run_id,
+                    run.shard_count,
+                    extra={"run_id": run_id, "job": job.name},
+                )
+                self.emit("ReducesClaimed", 1, job.name, run_id=run_id)
+                enqueue_reduce_parts(self.reduce_sender, job, run_id, run.shard_count)
+        return failures
+
+    @staticmethod
+    def _task_outcome(w: _Work, result: PushResult) -> TaskOutcome:
+        env = w.envelope
+        item_id = None
+        if isinstance(w.item, dict) and w.job.item_id_field in w.item:
+            item_id = str(w.item[w.job.item_id_field])
+        if result.outcome is PushOutcome.SUCCESS:
+            return TaskOutcome(env.task_id, env.shard, TaskState.SUCCEEDED, w.attempt, item_id, result=result.json())
+        return TaskOutcome(
+            env.task_id,
+            env.shard,
+            TaskState.FAILED,
+            w.attempt,
+            item_id,
+            error=result.describe(),
+            item=env.item,
+            item_ref=env.item_ref,
+        )
+
+    # ---------------------------------------------------------------- reduce
+
+    def _reduce_in_process(self, w: _Work) -> PushResult:
+        """Run a platform reduce part or finalize here; its answer stands in for a service's."""
+        if self.reducer is None:
+            return PushResult(None, error=f"job '{w.job.name}' reduces on the platform; this function has no reducer")
+        try:
+            answer = self.reducer.handle(w.envelope, w.job)
+        except Exception as exc:  # retried with backoff like a failed push; the last error fails the run
+            log.exception("platform %s of run %s failed", w.envelope.kind, w.envelope.run_id, extra=_keys(w.envelope))
+            return PushResult(None, error=f"platform {w.envelope.kind} failed: {type(exc).__name__}: {exc}")
+        return PushResult(200, json.dumps(answer, default=str).encode())
+
+    def _settle_completion(self, w: _Work) -> list[str]:
+        """A completion callback never changes its run: retried like a task, then given up (logged)."""
+        assert w.result is not None
+        env, job, result = w.envelope, w.job, w.result
+        if result.outcome is PushOutcome.SUCCESS:
+            log.info("run %s: completion callback delivered", env.run_id, extra=_keys(env))
+            self.emit("CompletionsDelivered", 1, job.name, run_id=env.run_id)
+            return []
+        if result.outcome is PushOutcome.RETRY and w.attempt < job.max_attempts:
+            self._retry_later(w, result)
+            return [w.message_id]
+        log.error(
+            "run %s: completion callback given up after %d attempts: %s",
+            env.run_id,
+            w.attempt,
+            result.describe(),
+            extra=_keys(env),
+        )
+        self.emit("CompletionsFailed", 1, job.name, run_id=env.run_id)
+        return []
+
+    def _settle_reduce(self, w: _Work) -> list[str]:
+        assert w.result is not None
+        env, job, result = w.envelope, w.job, w.result
+        if env.kind is TaskKind.COMPLETION:
+            return self._settle_completion(w)
+        outcome = result.outcome
+        try:
+            if outcome is PushOutcome.SUCCESS:
+                if env.kind is TaskKind.REDUCE_PART:
+                    if self.ledger.record_reduce_part(env.run_id, env.shard, w.run.shard_count):
+                        log.info("run %s: all reduce parts done; enqueuing finalize", env.run_id, extra=_keys(env))
+                        enqueue_finalize(self.reduce_sender, job, env.run_id)
+                else:
+                    body = result.json() or {}
+                    if job.reduce is ReduceMode.PLATFORM:  # the in-process finalize ended the run itself
+                        status = RunStatus(body["ended"]) if body.get("ended") else None
+                    else:
+                        status = self.ledger.finish_run(
+                            env.run_id,
+                            tolerated_failure_pct=job.tolerated_failure_pct,
+                            report_uri=str(body.get("report_uri", "")),
+                            summary=body.get("summary") or {},
+                        )
+                    if status is not None:
+                        log.info("run %s finished %s", env.run_id, status, extra=_keys(env))
+                        self.emit(
+                            "RunsSucceeded" if status is RunStatus.SUCCEEDED else "RunsFailed",
+                            1,
+                            job.name,
+                            run_id=env.run_id,
+                        )
+                return []
+            if outcome is PushOutcome.RETRY and w.attempt < job.max_attempts:
+                self._retry_later(w, result)
+                return [w.message_id]
+            if self.ledger.fail_run(env.run_id, f"{env.kind} {env.task_id} failed: {result.describe()}"):
+                self.emit("RunsFailed", 1, job.name, run_id=env.run_id)
+            return []
+        except Exception:
+            log.exception("settling %s of run %s failed; it will be retried", env.task_id, env.run_id, extra=_keys(env))
+            return [w.message_id]
+
+
+def _after_end(env: TaskEnvelope, job: JobDeclaration, run: RunRecord) -> bool:
+    """Reduce-queue messages still handled once their run has ended: its completion callback,
+    and a platform finalize delivered again (it publishes and notifies what a crash left undone)."""
+    if run.status not in (RunStatus.SUCCEEDED, RunStatus.FAILED):
+        return False
+    return env.kind is TaskKind.COMPLETION or (env.kind is TaskKind.FINALIZE and job.reduce is ReduceMode.PLATFORM)

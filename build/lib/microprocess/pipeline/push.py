@@ -1,0 +1,225 @@
+"""Signed HTTP pushes to the queue service (ARCHITECTURE §6, docs/push-contract.md), stdlib only.
+
+Keep-alive connections, one per thread. A push returns a `PushResult` whatever
+happens; classification into success / permanent / retry follows the contract:
+2xx success; 4xx other than 408 and 429 permanent; 408, 429, 5xx, timeouts and
+connection errors retried (honouring `Retry-After`). Every send is signed anew
+(signature v2: method, path, timestamp, nonce, Idempotency-Key, body digest); a 401
+re-reads the secret once (`SecretCache.refresh`, rotation) and sends again before it
+counts as permanent. A body over the contract's limit is never sent (permanent).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+from microprocess.service.rotation import CachedSecret
+from microprocess.service.signing import MAX_BODY_BYTES, current_secret, sign_request
+
+
+class PushOutcome(StrEnum):
+    SUCCESS = "success"
+    PERMANENT = "permanent"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    status: int | None  # None when no response arrived (timeout, connection error)
+    body: bytes = b""
+    retry_after_s: float | None = None
+    error: str | None = None
+    #: Refused before sending (e.g. a body over the contract's limit): never retried.
+    not_sendable: bool = False
+
+    @property
+    def outcome(self) -> PushOutcome:
+        if self.not_sendable:
+            return PushOutcome.PERMANENT
+        if self.status is None:
+            return PushOutcome.RETRY
+        if 200 <= self.status < 300:
+            try:
+                json.loads(self.body or b"null")
+            except ValueError:
+                return PushOutcome.PERMANENT
+            return PushOutcome.SUCCESS
+        if 400 <= self.status < 500 and self.status not in (408, 429):
+            return PushOutcome.PERMANENT
+        return PushOutcome.RETRY
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+    def describe(self) -> str:
+        """A one-line error for the ledger and the report."""
+        if self.status is None:
+            return self.error or "no response"
+        if 200 <= self.status < 300:
+            return f"HTTP {self.status} with a body that is not JSON"
+        text = self.body[:300].decode("utf-8", errors="replace").strip()
+        return f"HTTP {self.status}: {text}" if text else f"HTTP {self.status}"
+
+
+#: The longest backoff a `Retry-After` can ask for: SQS's maximum visibility timeout, seconds.
+MAX_RETRY_AFTER_S = 43_200.0
+_DELTA_SECONDS = re.compile(r"[0-9]{1,12}")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds in [0, 43200]: delta-seconds (ASCII digits) or an HTTP date.
+
+    Anything else (`1e400`, `nan`, `-5`, text) is None: the exponential backoff applies.
+    """
+    if not value:
+        return None
+    text = value.strip()
+    if _DELTA_SECONDS.fullmatch(text):
+        return min(float(int(text)), MAX_RETRY_AFTER_S)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return min(max((when - datetime.now(UTC)).total_seconds(), 0.0), MAX_RETRY_AFTER_S)
+
+
+class SecretCache(CachedSecret):
+    """A service's signing secret for the pusher: given directly, or read from Secrets Manager
+    once (lazily) and re-read by `refresh()` after a 401 (at most every `min_refresh_interval_s`).
+
+    Args:
+        secret: the secret value itself (tests, tools); wins over `secret_arn`.
+        secret_arn: the Secrets Manager secret holding the value.
+        client: a Secrets Manager client, or a function returning one (created on first read).
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: str = "",
+        secret_arn: str = "",
+        client: Any = None,
+        min_refresh_interval_s: float = 5.0,
+    ) -> None:
+        if not secret and not secret_arn:
+            raise ValueError("SecretCache needs the secret or its ARN (SERVICE_ENDPOINTS[<service>].secret_arn)")
+        self.secret_arn = secret_arn
+        self._client = client
+
+        def load() -> str:
+            if secret:
+                return secret
+            sm = self._client() if callable(self._client) else self._client
+            if sm is None:
+                raise RuntimeError("SecretCache has no Secrets Manager client to read " + secret_arn)
+            return str(sm.get_secret_value(SecretId=secret_arn)["SecretString"])
+
+        super().__init__(load, min_refresh_interval_s=min_refresh_interval_s)
+
+
+class HttpPusher:
+    """POSTs signed JSON bodies to one base URL.
+
+    Args:
+        base_url: the queue service, e.g. `http://127.0.0.1:8081` or the internal ALB URL.
+        secret: returns the signing secret value (fetched lazily, cached by the caller); when
+            it has a `refresh()` (a `SecretCache`), a 401 re-reads it once and sends again.
+        max_body_bytes: bodies above this are not sent (the contract's limit).
+    """
+
+    def __init__(self, base_url: str, secret: Callable[[], str], *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        if not base_url:
+            raise ValueError("HttpPusher needs the service's URL (SERVICE_ENDPOINTS[<service>].url)")
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"queue service URL {base_url!r} must be http(s)://host[:port]")
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.secret = secret
+        self.max_body_bytes = max_body_bytes
+        self._local = threading.local()
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+            conn = cls(self.host, self.port, timeout=timeout)
+            self._local.conn = conn
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.conn = None
+
+    def push(self, path: str, payload: dict[str, Any], *, idempotency_key: str, timeout: float) -> PushResult:
+        body = json.dumps(payload, separators=(",", ":"), default=str).encode()
+        if len(body) > self.max_body_bytes:
+            return PushResult(
+                None,
+                error=f"body of {len(body)} bytes is over the push contract's limit of {self.max_body_bytes} bytes; "
+                "keep items small (large data by reference)",
+                not_sendable=True,
+            )
+        used = self.secret()
+        result = self._send(self.prefix + path, body, idempotency_key, timeout, used)
+        refresh = getattr(self.secret, "refresh", None)
+        if result.status == 401 and refresh is not None:
+            # The service may already know a rotated secret this process has not read yet. Re-read
+            # it (at most every few seconds: a concurrent push may just have done so) and send
+            # again when the secret now differs from the one that was refused.
+            refresh()
+            fresh = self.secret()
+            if fresh != used:
+                result = self._send(self.prefix + path, body, idempotency_key, timeout, fresh)
+        return result
+
+    def _send(self, target: str, body: bytes, idempotency_key: str, timeout: float, value: str) -> PushResult:
+        secret = current_secret(value)
+        for attempt in range(2):
+            # Signed anew for every send: a fresh nonce, so a resend is never taken for a replay.
+            headers = {
+                "Content-Type": "application/json",
+                **sign_request(secret, "POST", target, body, idempotency_key),
+            }
+            conn = self._connection(timeout)
+            try:
+                conn.request("POST", target, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                if resp.getheader("Connection", "").lower() == "close":
+                    self._drop()
+                return PushResult(resp.status, data, parse_retry_after(resp.getheader("Retry-After")))
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._drop()
+                if attempt == 0:
+                    continue  # a keep-alive connection the server had closed: once more on a fresh one
+                return PushResult(None, error=f"connection error: {type(exc).__name__}: {exc}")
+            except TimeoutError:
+                self._drop()
+                return PushResult(None, error=f"timeout after {timeout:g} s")
+            except OSError as exc:
+                self._drop()
+                return PushResult(None, error=f"connection error: {type(exc).__name__}: {exc}")
+            except http.client.HTTPException as exc:
+                self._drop()
+                return PushResult(None, error=f"protocol error: {type(exc).__name__}: {exc}")
+        return PushResult(None, error="unreachable")  # pragma: no cover

@@ -1,0 +1,572 @@
+"""The splitter: reads a run's items in pages and enqueues one task per item.
+
+Crash-safe (ARCHITECTURE §3.6): each page is *sent first, then accounted* in one
+conditional write (cursor + expected count). Task ids are the item's position in
+its segment (`<segment>-<seq>`), so a splitter resumed from the saved cursor
+re-sends the same ids: duplicates the ledger absorbs. A page read from a source that
+can change (a table, an S3 object, a function) is kept in S3 before it is sent
+(`splits/<run>/<segment>/<cursor hash>.json`, written once), so that a re-sent page
+carries the same items under the same ids even if the source changed in between.
+When the Lambda's remaining time falls under a margin it saves nothing more (the
+cursor is already saved) and invokes itself asynchronously to continue.
+
+A run keeps its own settings (ARCHITECTURE §3.9): what it reads (the declared source,
+a `source_uri` override, an `items_uri` manifest, inline `items`, or the failures of
+`retry_of`), its page size, segments and shard count are recorded on the run when it is
+created, and every later invocation (a continuation, a restart by the sweeper, after a
+deploy) reads the run's record, never the job's current declaration.
+
+A source that cannot be read for good (a missing bucket, object or table, access denied,
+a bad row) ends the run FAILED with the reason; transient errors are retried, and end the
+run FAILED after `MAX_SPLIT_ERRORS`. An item that cannot be sent (a `null` line, an item
+the envelope refuses) becomes a FAILED task with its reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from microprocess.chaos.faults import FaultInjector
+from microprocess.control.lookup import index_page
+from microprocess.control.stop import stop_if_hopeless
+from microprocess.declarations import JobDeclaration, JobRegistry, SourceKind
+from microprocess.ledger import CURSOR_DONE, Ledger, RunNotActive, RunRecord, RunStatus, TaskOutcome, TaskState
+from microprocess.pipeline.backpressure import QueueGate
+from microprocess.pipeline.envelope import EnvelopeTooLarge, TaskEnvelope, canonical_json, shard_of
+from microprocess.pipeline.fanin import enqueue_reduce_parts
+from microprocess.pipeline.queue import QueueSender
+from microprocess.pipeline.settings import RuntimeSettings
+from microprocess.pipeline.sources import (
+    CallableSource,
+    DynamoDBSource,
+    FailedTasksSource,
+    InlineSource,
+    Page,
+    S3ManifestSource,
+    Source,
+    SourceError,
+    is_permanent,
+)
+
+log = logging.getLogger(__name__)
+MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
+#: Where pages read from a source that can change are kept (REPORTS_BUCKET), so re-sent pages match.
+SPLITS_PREFIX = "splits/"
+#: Inline items are kept on one ledger item (DynamoDB: 400 KB); larger lists go by `items_uri`.
+MAX_INLINE_ITEMS_BYTES = 350_000
+#: Transient source errors a run may have before it ends FAILED (each is one splitter attempt).
+MAX_SPLIT_ERRORS = 5
+
+
+class StartEventError(ValueError):
+    """A start event the splitter cannot act on; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    job: str
+    run_id: str
+    items: list[Any] | None = None
+    retry_of: str | None = None
+    continuation: int = 0
+    segment: int | None = None  # one parallel-scan segment to split; None: all of them
+    items_uri: str | None = None  # an s3:// JSONL or CSV manifest of this run's items
+    items_format: str | None = None
+    source_uri: str | None = None  # an s3:// manifest that replaces the declared source
+    params: dict[str, Any] | None = None  # passed into every task by the forwarder
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _compact(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def scheduled_run_id(job: str, event_time: str) -> str:
+    """The run id of a scheduled start: the job and the event's time, so a doubled
+    delivery of the same schedule tick starts the same run."""
+    try:
+        ts = datetime.fromisoformat(event_time.replace("Z", "+00:00"))
+    except ValueError:
+        raise StartEventError(f"scheduled event 'time' {event_time!r} is not an ISO 8601 timestamp") from None
+    return f"{job}-{_compact(ts)}"
+
+
+def new_run_id(job: str, now: datetime | None = None) -> str:
+    """A fresh run id for a manual start: `<job>-<UTC time>-<4 hex>`."""
+    return f"{job}-{_compact(now or datetime.now(UTC))}-{secrets.token_hex(2)}"
+
+
+def parse_start_event(event: Any) -> StartRequest:
+    """A scheduled EventBridge event (the rule's input names the job and carries the
+    event time), or a manual start `{"job", "run_id"?, "params"?}` with at most one of
+    `items` (inline), `items_uri` (+ `items_format`), `source_uri` or `retry_of`."""
+    if not isinstance(event, dict):
+        raise StartEventError(f"start event must be a JSON object, got {type(event).__name__}")
+    raw_detail = event.get("detail")
+    detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
+    job = event.get("job") or detail.get("job")
+    if not isinstance(job, str) or not job:
+        raise StartEventError('start event has no \'job\': pass {"job": "<declared job name>"}')
+    items = event.get("items")
+    if items is not None and not isinstance(items, list):
+        raise StartEventError("start event 'items' must be a list of items")
+    run_id = event.get("run_id")
+    if run_id is None:
+        if event.get("source") in ("schedule", "aws.events") or "time" in event:
+            if not isinstance(event.get("time"), str):
+                raise StartEventError("scheduled start event has no 'time' to derive the run id from")
+            run_id = scheduled_run_id(job, event["time"])
+        else:
+            run_id = new_run_id(job)
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise StartEventError(f"run_id {run_id!r} must be 1-128 chars of letters, digits and . _ : -")
+    retry_of = event.get("retry_of")
+    if retry_of is not None and not isinstance(retry_of, str):
+        raise StartEventError("start event 'retry_of' must be a run id")
+    segment = event.get("segment")
+    if segment is not None and (not isinstance(segment, int) or segment < 0):
+        raise StartEventError(f"start event 'segment' must be a segment number, got {segment!r}")
+    items_uri, source_uri = event.get("items_uri"), event.get("source_uri")
+    for name, uri in (("items_uri", items_uri), ("source_uri", source_uri)):
+        if uri is not None and not (isinstance(uri, str) and _S3_URI.match(uri)):
+            raise StartEventError(f"start event '{name}' must be an s3://bucket/key URI, got {uri!r}")
+    given = [
+        n
+        for n, v in (("items", items), ("items_uri", items_uri), ("source_uri", source_uri), ("retry_of", retry_of))
+        if v is not None
+    ]
+    if len(given) > 1:
+        raise StartEventError(f"start event gives {given}: give at most one of items, items_uri, source_uri, retry_of")
+    items_format = event.get("items_format")
+    if items_format is not None and items_format not in ("jsonl", "csv"):
+        raise StartEventError(f"start event 'items_format' must be 'jsonl' or 'csv', got {items_format!r}")
+    params = event.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise StartEventError("start event 'params' must be a JSON object {\"<key>\": <value>}")
+    return StartRequest(
+        job,
+        run_id,
+        items,
+        retry_of,
+        int(event.get("continuation", 0)),
+        segment,
+        items_uri,
+        items_format,
+        source_uri,
+        params,
+    )
+
+
+_S3_URI = re.compile(r"^s3://[^/]+/.+$")
+
+
+def manifest_format(uri: str, given: str | None, declared: str | None = None) -> str:
+    """The format of a manifest: given, else its file extension, else the declared one."""
+    if given:
+        return given
+    for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".csv", "csv")):
+        if uri.lower().endswith(ext):
+            return fmt
+    if declared:
+        return declared
+    raise StartEventError(f"cannot tell the format of {uri}: pass 'items_format' ('jsonl' or 'csv')")
+
+
+class Splitter:
+    """Splits one run. Ports are injected; `continue_with` invokes this function again
+    asynchronously with the given event."""
+
+    def __init__(
+        self,
+        *,
+        settings: RuntimeSettings,
+        jobs: JobRegistry,
+        ledger: Ledger,
+        s3: Any,
+        dynamodb: Any,
+        continue_with: Callable[[dict[str, Any]], None],
+        faults: FaultInjector | None = None,
+        emit: MetricsEmitter | None = None,
+        sender_for: Callable[[str], QueueSender] | None = None,
+        sender: QueueSender | None = None,
+        reduce_sender: QueueSender | None = None,
+    ) -> None:
+        if (sender_for is None) == (sender is None):
+            raise ValueError("give the Splitter exactly one of sender_for (each job's task queue) and sender")
+        self.settings = settings
+        self.jobs = jobs
+        self.ledger = ledger
+        #: The sender of a job's tasks, by job name (its own task queue).
+        self.sender_for: Callable[[str], QueueSender] = sender_for or (lambda _job: sender)  # type: ignore[assignment,return-value]
+        #: Where reduce parts go (the reduce queue); the task sender when not given.
+        self.reduce_sender: QueueSender = reduce_sender or sender  # type: ignore[assignment]
+        self.s3 = s3
+        self.dynamodb = dynamodb
+        self.continue_with = continue_with
+        self.faults = faults
+        self.emit = emit or (lambda name, value, job, **_: None)
+
+    def handle(self, event: Any, remaining_ms: Callable[[], int]) -> dict[str, Any]:
+        req = parse_start_event(event)
+        job = self.jobs.get(req.job)
+        run = self.ledger.get_run(req.run_id)
+        if run is None:
+            record = self.source_record(job, req)
+            run, created = self.ledger.create_run(
+                req.run_id,
+                job,
+                segments=int(record["segments"]),
+                source_run=req.retry_of,
+                source=record,
+                params=req.params,
+                inline_items=req.items if record["kind"] == SourceKind.INLINE else None,
+            )
+            if created:
+                self.emit("RunsStarted", 1, job.name)
+        elif run.job != job.name:
+            raise StartEventError(f"run {req.run_id} belongs to job '{run.job}', not '{job.name}'")
+        continued = False
+        if run.status is RunStatus.SPLITTING:
+            try:
+                continued = self._split_run(job, run, req, remaining_ms, event)
+            except SourceReadError as exc:
+                if not self._source_failed(job, run, exc.cause):
+                    raise exc.cause from None
+        elif run.status is RunStatus.RUNNING:
+            self._finish(job, run.run_id)  # a split that crashed after marking itself done
+        final = self.ledger.require_run(req.run_id)
+        return {"run_id": req.run_id, "status": str(final.status), "expected": final.expected, "continued": continued}
+
+    def _split_run(
+        self,
+        job: JobDeclaration,
+        run: RunRecord,
+        req: StartRequest,
+        remaining_ms: Callable[[], int],
+        event: dict[str, Any],
+    ) -> bool:
+        """Split what is left of a SPLITTING run; True if it handed over to other invocations."""
+        pending = sorted((s for s, c in run.cursors.items() if c != CURSOR_DONE), key=int)
+        if pending and req.segment is None and len(run.cursors) > 1:
+            # Parallel scan: one invocation per segment still to read, all at once.
+            for seg in pending:
+                self.continue_with({**event, "run_id": run.run_id, "segment": int(seg)})
+            return True
+        continued = False
+        if pending:
+            try:
+                source = self.open_source(run, job)
+            except Exception as exc:
+                raise SourceReadError(exc) from exc
+            segments = pending if req.segment is None else [s for s in pending if s == str(req.segment)]
+            try:
+                continued = self._split(job, run, req, source, segments, remaining_ms, event)
+            except RunNotActive:
+                return False
+        now = self.ledger.require_run(run.run_id)
+        # The last segment to finish (every cursor at its end) finishes the split; so does a
+        # restart of a split whose pages are all accounted but which was never marked done.
+        if not continued and now.status is RunStatus.SPLITTING and all(c == CURSOR_DONE for c in now.cursors.values()):
+            self._finish(job, run.run_id)
+        return continued
+
+    def _source_failed(self, job: JobDeclaration, run: RunRecord, exc: Exception) -> bool:
+        """End the run FAILED if its source cannot be read for good (or keeps failing).
+        Returns False to let a transient error propagate (the invocation is retried)."""
+        where = describe_source(run.source or self.source_record(job, StartRequest(job.name, run.run_id)))
+        reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SourceError) else str(exc)
+        if not is_permanent(exc):
+            count = self.ledger.note_split_error(run.run_id, reason)
+            if count < MAX_SPLIT_ERRORS:
+                log.warning(
+                    "run %s: source %s failed (%d of %d): %s", run.run_id, where, count, MAX_SPLIT_ERRORS, reason
+                )
+                return False
+            reason = f"{reason} ({count} attempts)"
+        error = (
+            f"the source {where} cannot be read: {reason}. Fix: check that it exists and that the splitter "
+            "may read it (bucket, key or table name, IAM), and that every row is valid; then start a new run"
+        )
+        log.error("run %s failed: %s", run.run_id, error)
+        if self.ledger.fail_run(run.run_id, error):
+            self.emit("RunsFailed", 1, job.name, run_id=run.run_id)
+        return True
+
+    def _finish(self, job: JobDeclaration, run_id: str) -> None:
+        if self.ledger.finish_split(run_id):
+            self.emit("ReducesClaimed", 1, job.name, run_id=run_id)
+            enqueue_reduce_parts(self.reduce_sender, job, run_id, self.ledger.require_run(run_id).shard_count)
+        else:  # the expected total is final now: failures so far may already be too many
+            stop_if_hopeless(self.ledger, run_id, job, emit=self.emit, reduce_sender=self.reduce_sender)
+
+    # ------------------------------------------------------------- sources
+
+    def source_record(self, job: JobDeclaration, req: StartRequest) -> dict[str, Any]:
+        """What a new run reads, as recorded on the run (plain JSON)."""
+        declared = job.source
+        base: dict[str, Any] = {"page_size": declared.page_size, "segments": 1}
+        if req.items is not None:
+            size = len(json.dumps(req.items, separators=(",", ":"), default=str).encode())
+            if size > MAX_INLINE_ITEMS_BYTES:
+                raise StartEventError(
+                    f"inline 'items' are {size:,} bytes, over the {MAX_INLINE_ITEMS_BYTES:,}-byte limit (they are "
+                    "kept in one ledger item): upload them as a JSONL or CSV manifest and pass 'items_uri'"
+                )
+            return {**base, "kind": str(SourceKind.INLINE), "items": "ledger", "count": len(req.items)}
+        if req.retry_of:
+            original = self.ledger.require_run(req.retry_of)
+            if original.job != job.name:
+                raise StartEventError(f"run {req.retry_of} belongs to job '{original.job}', not '{job.name}'")
+            return {**base, "kind": "retry", "retry_of": req.retry_of}
+        if req.items_uri or req.source_uri:
+            uri = str(req.items_uri or req.source_uri)
+            fmt = manifest_format(uri, req.items_format, declared.format)
+            return {**base, "kind": str(SourceKind.S3_MANIFEST), "uri": uri, "format": fmt, "given": True}
+        if declared.kind is SourceKind.DYNAMODB:
+            table = self.settings.source_table_names.get(declared.table or "", "")
+            return {
+                **base,
+                "kind": str(declared.kind),
+                "table_role": declared.table,
+                "table": table,
+                "segments": declared.segments,
+            }
+        if declared.kind is SourceKind.S3_MANIFEST:
+            return {**base, "kind": str(declared.kind), "uri": declared.uri, "format": declared.format}
+        if declared.kind is SourceKind.CALLABLE:
+            return {**base, "kind": str(declared.kind), "function": declared.function}
+        return {**base, "kind": str(declared.kind)}
+
+    def open_source(self, run: RunRecord, job: JobDeclaration) -> Source:
+        """The run's own source, from its record (the job's declared one for a run created
+        before sources were recorded)."""
+        rec = run.source or self.source_record(job, StartRequest(job.name, run.run_id))
+        kind = rec["kind"]
+        if kind == SourceKind.INLINE:
+            return InlineSource(self.ledger.inline_items(run.run_id))
+        if kind == "retry":
+            return FailedTasksSource(ledger=self.ledger, run_id=str(rec["retry_of"]))
+        if kind == SourceKind.DYNAMODB:
+            if not rec.get("table"):
+                role = rec.get("table_role")
+                raise SourceError(
+                    f"no deployed table for the source table role '{role}' (SOURCE_TABLES has "
+                    f"{sorted(self.settings.source_table_names)}): declare [tables.{role}] and redeploy"
+                )
+            return DynamoDBSource(client=self.dynamodb, table_name=str(rec["table"]), segments=int(rec["segments"]))
+        if kind == SourceKind.S3_MANIFEST:
+            return S3ManifestSource(client=self.s3, uri=str(rec.get("uri") or ""), fmt=str(rec.get("format") or ""))
+        if kind == SourceKind.CALLABLE:
+            return CallableSource(str(rec.get("function") or ""))
+        raise SourceError(f"source kind '{kind}' needs items in the start event ('items' or 'items_uri')")
+
+    # --------------------------------------------------------------- pages
+
+    def _split(
+        self,
+        job: JobDeclaration,
+        run: RunRecord,
+        req: StartRequest,
+        source: Source,
+        segments: list[str],
+        remaining_ms: Callable[[], int],
+        event: dict[str, Any],
+    ) -> bool:
+        """Send and account pages until the segments are read. True if it handed over to a continuation."""
+        page_size = int(run.source.get("page_size") or job.source.page_size)
+        stable = run.source.get("kind") in (str(SourceKind.INLINE), "retry")
+        for seg in segments:
+            cursor, seq = run.cursors[seg], run.seg_counts.get(seg, 0)
+            while cursor != CURSOR_DONE:
+                if remaining_ms() < self.settings.splitter_margin_ms:
+                    self.continue_with({**event, "run_id": run.run_id, "continuation": req.continuation + 1})
+                    return True
+                if not self._room_for(job, page_size, remaining_ms):  # the queue stayed full: later
+                    self.continue_with({**event, "run_id": run.run_id, "continuation": req.continuation + 1})
+                    return True
+                page = self._page(run, source, seg, cursor, page_size, stable)
+                bodies, unsendable = self._bodies(job, run, seg, seq, page.items)
+                indexing = (  # item ids indexed alongside the send, before the page is accounted
+                    index_page(self.ledger, job.item_id_field, run.run_id, seg, seq, page.items)
+                    if job.item_index
+                    else None
+                )
+                self.sender_for(job.name).send(bodies)
+                if indexing is not None:
+                    indexing.result()
+                if self.faults:
+                    self.faults.maybe_crash("splitter_after_send")
+                if unsendable:  # counted like any outcome, before the page is accounted
+                    self.ledger.record_outcomes(run.run_id, run.counter_count, unsendable)
+                    self.emit("TasksFailed", len(unsendable), job.name, run_id=run.run_id)
+                count = len(bodies) + len(unsendable)
+                if self.ledger.account_page(
+                    run.run_id, segment=seg, cursor_from=cursor, cursor_to=page.next_cursor, count=count
+                ):
+                    cursor, seq = page.next_cursor, seq + count
+                    self.emit("TasksEnqueued", len(bodies), job.name)
+                else:  # another splitter moved this segment on: continue from where it is
+                    now = self.ledger.require_run(run.run_id)
+                    cursor, seq = now.cursors[seg], now.seg_counts[seg]
+        return False
+
+    def _room_for(self, job: JobDeclaration, page_size: int, remaining_ms: Callable[[], int]) -> bool:
+        """Wait while the job's queue is at its depth limit (backpressure); False if it stayed full
+        for all the time this invocation has left."""
+        limit = self.settings.queue_depth_limit(job.max_queue_depth)
+        if not limit:
+            return True
+        sender = self.sender_for(job.name)
+        gate = QueueGate(sqs=sender.client, queue_url=sender.queue_url, max_depth=limit)
+        margin_ms = self.settings.splitter_margin_ms
+        result = gate.wait_for_room(page_size, budget_s=lambda: max(remaining_ms() - margin_ms, 0) / 1000)
+        if result.waited_s:
+            log.info(
+                "job %s: waited %.1f s for its queue to drain below %d (depth %d)",
+                job.name,
+                result.waited_s,
+                limit,
+                result.depth,
+            )
+        return result.room
+
+    def _page(self, run: RunRecord, source: Source, seg: str, cursor: str, limit: int, stable: bool) -> Page:
+        """The page at `cursor`: read from the source the first time, and kept in S3 (written
+        once) so that a re-sent page has the same items even if the source changed since."""
+        if stable or not self.settings.reports_bucket:
+            return _read(source, seg, cursor, limit)
+        bucket = self.settings.reports_bucket
+        key = f"{SPLITS_PREFIX}{run.run_id}/{seg}/{hashlib.sha256(cursor.encode()).hexdigest()[:32]}.json"
+        try:
+            kept = self._kept_page(bucket, key)
+            if kept is not None:
+                return kept
+            page = _read(source, seg, cursor, limit)
+            body = json.dumps({"cursor": cursor, "items": page.items, "next_cursor": page.next_cursor}, default=str)
+            try:
+                self.s3.put_object(Bucket=bucket, Key=key, Body=body.encode(), IfNoneMatch="*")
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    raise
+                kept = self._kept_page(bucket, key)  # another splitter kept this page first: send its items
+                if kept is not None:
+                    return kept
+            return page
+        except ClientError as exc:
+            if not is_permanent(exc):
+                raise
+            raise SourceReadError(
+                SourceError(
+                    f"the splitter cannot keep its pages in s3://{bucket}/{SPLITS_PREFIX} ({exc}): grant it "
+                    f"read and write on that prefix of REPORTS_BUCKET"
+                )
+            ) from exc
+
+    def _kept_page(self, bucket: str, key: str) -> Page | None:
+        try:
+            doc = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404"):
+                return None
+            raise
+        return Page(list(doc["items"]), str(doc["next_cursor"]))
+
+    def _bodies(
+        self, job: JobDeclaration, run: RunRecord, seg: str, seq: int, items: list[Any]
+    ) -> tuple[list[str], list[TaskOutcome]]:
+        """The envelopes of a page, and a FAILED outcome for each item that cannot be sent."""
+        bodies: list[str] = []
+        unsendable: list[TaskOutcome] = []
+        for i, item in enumerate(items):
+            task_id = f"{seg}-{seq + i:09d}"
+            shard = shard_of(task_id, run.shard_count)
+            try:
+                if item is None:
+                    raise ValueError("the item is null; a task needs an item (a JSON value other than null)")
+                bodies.append(self._body(job, run.run_id, task_id, shard, item))
+            except (ValidationError, EnvelopeTooLarge, ValueError, TypeError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                error = f"item {seq + i} of segment {seg} cannot be sent: {reason}"
+                log.warning("run %s: %s", run.run_id, error)
+                item_id = str(item[job.item_id_field]) if isinstance(item, dict) and job.item_id_field in item else None
+                unsendable.append(
+                    TaskOutcome(task_id, shard, TaskState.FAILED, 0, item_id, error=error, item=_keepable(item))
+                )
+        return bodies, unsendable
+
+    def _body(self, job: JobDeclaration, run_id: str, task_id: str, shard: int, item: Any) -> str:
+        if isinstance(item, dict) and set(item) == {"__item_ref"} and item["__item_ref"]:
+            return TaskEnvelope(
+                job=job.name, run_id=run_id, task_id=task_id, shard=shard, item_ref=item["__item_ref"]
+            ).to_json()
+        env = TaskEnvelope(job=job.name, run_id=run_id, task_id=task_id, shard=shard, item=item)
+        try:
+            return env.to_json(limit=self.settings.claim_check_bytes)
+        except EnvelopeTooLarge:
+            return self._claim_check(env, item)
+
+    def _claim_check(self, env: TaskEnvelope, item: Any) -> str:
+        """Put an oversized item in S3 (deterministic key) and send a reference to it."""
+        if not self.settings.reports_bucket:
+            raise EnvelopeTooLarge(
+                f"task {env.task_id}: item is over {self.settings.claim_check_bytes} bytes and no "
+                "REPORTS_BUCKET is set for the claim check"
+            )
+        key = f"claims/{env.job}/{env.run_id}/{env.task_id}.json"
+        self.s3.put_object(Bucket=self.settings.reports_bucket, Key=key, Body=canonical_json(item).encode())
+        ref = f"s3://{self.settings.reports_bucket}/{key}"
+        return TaskEnvelope(
+            job=env.job, run_id=env.run_id, task_id=env.task_id, shard=env.shard, item_ref=ref
+        ).to_json()
+
+
+class SourceReadError(Exception):
+    """Reading the run's source failed with `cause` (classified by `is_permanent`)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _read(source: Source, seg: str, cursor: str, limit: int) -> Page:
+    try:
+        return source.read_page(int(seg), cursor, limit)
+    except Exception as exc:
+        raise SourceReadError(exc) from exc
+
+
+def _keepable(item: Any) -> Any:
+    """An unsendable item as kept on its FAILED task (small enough, JSON-able), or None."""
+    try:
+        text = json.dumps(item, default=str)
+    except (TypeError, ValueError):
+        return None
+    return None if item is None or len(text) > 100_000 else item
+
+
+def describe_source(record: dict[str, Any]) -> str:
+    """A run's source in words, for errors: `s3://bucket/key (jsonl)`, `table 'x' (role 'y')`..."""
+    kind = record.get("kind")
+    if kind == SourceKind.S3_MANIFEST:
+        return f"{record.get('uri')} ({record.get('format')})"
+    if kind == SourceKind.DYNAMODB:
+        return f"table '{record.get('table') or '?'}' (role '{record.get('table_role')}')"
+    if kind == SourceKind.CALLABLE:
+        return f"function {record.get('function')}"
+    if kind == "retry":
+        return f"the failed tasks of run {record.get('retry_of')}"
+    return f"{kind} items"

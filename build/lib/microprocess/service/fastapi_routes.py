@@ -1,0 +1,155 @@
+"""FastAPI adapters of the push contract (FastAPI is imported only by services that use this module).
+
+* `task_router(path, handler, secrets=...)`: an `APIRouter` with one signed task endpoint,
+  self-contained (no app-level setup).
+* `signed_task(model, kind=..., verifier=...)`: a dependency for routes that need their own
+  dependencies too; it raises `Rejected`, so call `install_contract_errors(app)` once.
+
+Both read the body through `read_limited` (413 before a large body is read), verify the
+signature on the raw bytes, then parse; see `microprocess.service.tasks` for the order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from microprocess.service.asgi import CONTENT_LENGTH, Handler, call_handler
+from microprocess.service.signing import MAX_BODY_BYTES
+from microprocess.service.tasks import (
+    Answer,
+    PermanentFailure,
+    Rejected,
+    RetryLater,
+    TaskRequest,
+    Verifier,
+    error_answer,
+    parse_task,
+    result_body,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def as_response(answer: Answer) -> Response:
+    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
+
+
+async def read_limited(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body, or `Rejected` (413) as soon as it is known to pass `max_bytes`:
+    from `Content-Length` before reading, else while counting the streamed chunks."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not CONTENT_LENGTH.fullmatch(declared.strip()):
+            raise Rejected(400, "bad_content_length", "Content-Length is not a number")
+        if int(declared) > max_bytes:
+            raise Rejected(413, "body_too_large", f"Content-Length is {declared} bytes; the limit is {max_bytes}")
+    chunks: list[bytes] = []
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > max_bytes:
+            raise Rejected(413, "body_too_large", f"the body passed {max_bytes} bytes, the contract's limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _verifier(verifier: Verifier | Callable[[], Verifier]) -> Callable[[], Verifier]:
+    return (lambda: verifier) if isinstance(verifier, Verifier) else verifier
+
+
+def signed_task(
+    model: type[M],
+    *,
+    kind: str = "task",
+    verifier: Verifier | Callable[[], Verifier],
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> Callable[[Request], Awaitable[M]]:
+    """A dependency: the verified, parsed request body as `model` (raises `Rejected`).
+
+    `verifier` may be a function (e.g. one built from the app's settings, cached).
+    """
+    get_verifier = _verifier(verifier)
+
+    async def dependency(request: Request) -> M:
+        raw = await read_limited(request, max_body_bytes)
+        # The secrets getter may call Secrets Manager once (blocking): keep it off the event loop.
+        key = await run_in_threadpool(get_verifier().check, request.headers, raw, request.method, request.url.path)
+        return parse_task(raw, model, kind=kind, key=key)
+
+    return dependency
+
+
+async def _contract_error(_: Request, exc: Exception) -> Response:
+    answer = error_answer(exc)
+    assert answer is not None
+    return as_response(answer)
+
+
+def install_contract_errors(app: FastAPI) -> None:
+    """Answer `Rejected`, `PermanentFailure` and `RetryLater` as the contract says (JSON `{error, message}`)."""
+    for exc in (Rejected, PermanentFailure, RetryLater):
+        app.add_exception_handler(exc, _contract_error)
+
+
+def task_router(
+    path: str,
+    handler: Handler,
+    *,
+    secrets: Callable[[], str | Sequence[str]] | str | Sequence[str] | None = None,
+    verifier: Verifier | None = None,
+    kind: str = "task",
+    model: type[BaseModel] = TaskRequest[Any],
+    max_body_bytes: int = MAX_BODY_BYTES,
+    **route_options: Any,
+) -> APIRouter:
+    """A router with one signed endpoint `POST path` calling `handler(request)`.
+
+    Args:
+        handler: sync or async; takes the parsed `model`; returns the task result (JSON-ready
+            data or a pydantic model); raises `PermanentFailure` / `RetryLater`.
+        secrets: the secret value (or a function returning it, called per request: cache it).
+        verifier: instead of `secrets`, a ready `Verifier` (window, replay guard).
+        kind: the kind this route takes (`task`, `reduce-part`, `finalize`, `completion`).
+        model: the request model, e.g. `TaskRequest[MyItem]`.
+    """
+    if verifier is None:
+        if secrets is None:
+            raise ValueError("task_router needs secrets= (the signing secret or a function returning it) or verifier=")
+        getter = secrets if callable(secrets) else (lambda: secrets)  # type: ignore[return-value]
+        verifier = Verifier(getter)
+    ready = verifier
+    router = APIRouter()
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            raw = await read_limited(request, max_body_bytes)
+            key = await run_in_threadpool(ready.check, request.headers, raw, request.method, request.url.path)
+            task = parse_task(raw, model, kind=kind, key=key)
+            return as_response(Answer(200, result_body(await call_handler(handler, task))))
+        except (Rejected, PermanentFailure, RetryLater) as exc:
+            answer = error_answer(exc)
+            assert answer is not None
+            return as_response(answer)
+
+    schema = model.model_json_schema()
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=["POST"],
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
+        responses={
+            401: {"description": "bad, missing, stale, future-dated or replayed signature; nothing was done"},
+            400: {"description": "permanent: not JSON, wrong kind or Idempotency-Key mismatch"},
+            413: {"description": "permanent: the body is over the contract's limit"},
+            422: {"description": "permanent: the body does not match the model, or the handler refused it"},
+            503: {"description": "retry after Retry-After seconds"},
+        },
+        **route_options,
+    )
+    return router

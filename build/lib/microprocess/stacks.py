@@ -1,0 +1,38 @@
+"""The deployed stacks' names and the outputs the tools read: declared once.
+
+The CDK app names its stacks and creates these outputs (`infra/`); the local stack
+runner and the CLI read them. A test checks the synthesized templates against this.
+
+JSON outputs: `JobQueueUrls` `{"<job>": "<task queue url>"}`, `SourceTables`
+`{"<table role>": "<table name>"}`, `ServiceSecretArns` `{"<service>": "<signing secret arn>"}`
+and (cloud) `ServiceUrls` `{"<service>": "<queue endpoint base url>"}`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+CLOUD_STACK: Final = "Microprocess-Cloud"
+LOCAL_STACK: Final = "Microprocess-Local"
+
+LOCAL_OUTPUTS: Final = (
+    "JobQueueUrls",
+    "ReduceQueueUrl",
+    "DeadLetterQueueUrl",
+    "LedgerTable",
+    "ReportsBucket",
+    "SourceTables",
+    "ServiceSecretArns",
+    "SplitterFunctionName",
+    "ForwarderFunctionName",
+    "ReduceForwarderFunctionName",
+    "DeadLetterFunctionName",
+    "SweeperFunctionName",
+)
+CLOUD_OUTPUTS: Final = (*LOCAL_OUTPUTS, "ServiceUrls", "DashboardName", "AlarmTopicArn")
+#: Outputs whose value is a JSON document.
+JSON_OUTPUTS: Final = ("JobQueueUrls", "SourceTables", "ServiceSecretArns", "ServiceUrls")
+
+#: Key prefix, in the reports bucket, of the manifests `microprocess run --items FILE` uploads
+#: (the splitter may read it; the infra grants that).
+MANIFESTS_PREFIX: Final = "manifests/"
