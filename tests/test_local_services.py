@@ -1,0 +1,62 @@
+"""Which processes `local up` starts for the declared services, and `--service NAME=URL`."""
+
+from __future__ import annotations
+
+import pytest
+
+from microprocess.local.services import ServiceConfigError, parse_service_urls, plan_processes, service_env
+from tests.declared import DECLARATIONS
+
+OUTPUTS = {
+    "LedgerTable": "ledger",
+    "ReportsBucket": "reports",
+    "SourceTables": '{"companies": "companies-1"}',
+    "ServiceSecretArns": '{"scores": "arn:scores", "reminders": "arn:reminders"}',
+}
+
+
+def test_every_declared_service_runs_and_a_bundled_one_in_both_roles() -> None:
+    procs = plan_processes(DECLARATIONS, {})
+    assert [(p.key, p.process, p.role, p.pushes) for p in procs] == [
+        ("scores-live", "scores-live", "live", False),
+        ("scores", "scores-queue", "queue", True),
+        ("reminders", "reminders", None, True),
+    ]
+
+
+def test_a_service_given_a_url_gets_no_process() -> None:
+    urls = parse_service_urls(["reminders=http://127.0.0.1:9000/"], DECLARATIONS)
+    assert urls == {"reminders": "http://127.0.0.1:9000"}
+    assert {p.service for p in plan_processes(DECLARATIONS, urls)} == {"scores"}
+
+
+def test_no_example_service_needs_a_url_for_every_service() -> None:
+    with pytest.raises(ServiceConfigError, match=r"service 'scores' has no local endpoint.*--service scores=URL"):
+        plan_processes(DECLARATIONS, {"reminders": "http://127.0.0.1:9000"}, start_examples=False)
+    urls = {"scores": "http://127.0.0.1:9001", "reminders": "http://127.0.0.1:9000"}
+    assert plan_processes(DECLARATIONS, urls, start_examples=False) == []
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        ("reminders", "must be NAME=URL"),
+        ("nobody=http://x", "unknown service 'nobody'"),
+        ("reminders=ftp://x", "must start with http"),
+    ],
+)
+def test_bad_service_options_name_the_fix(pair: str, message: str) -> None:
+    with pytest.raises(ServiceConfigError, match=message):
+        parse_service_urls([pair], DECLARATIONS)
+
+
+def test_only_the_push_endpoint_gets_the_secret_and_a_bundled_service_its_tables() -> None:
+    live, queue, reminders = plan_processes(DECLARATIONS, {})
+    common = {"declarations": DECLARATIONS, "endpoint_url": "http://127.0.0.1:1", "outputs": OUTPUTS}
+    live_env = service_env(live, ses_sender="r@example.com", **common)
+    queue_env = service_env(queue, ses_sender="r@example.com", **common)
+    reminders_env = service_env(reminders, ses_sender="r@example.com", **common)
+    assert "SIGNING_SECRET_ARN" not in live_env and live_env["SERVICE_ROLE"] == "live"
+    assert queue_env["SIGNING_SECRET_ARN"] == "arn:scores" and queue_env["COMPANIES_TABLE"] == "companies-1"
+    assert reminders_env["SIGNING_SECRET_ARN"] == "arn:reminders" and "SERVICE_ROLE" not in reminders_env
+    assert reminders_env["MICROPROCESS_DECLARATIONS"] == str(DECLARATIONS.path)
