@@ -1,4 +1,5 @@
-"""Invoice reminders: one signed task endpoint, `POST /tasks/remind`, built on the service SDK.
+"""Invoice reminders: one signed task endpoint, `POST /tasks/remind`, built on the service SDK,
+and the job's completion callback, `POST /runs/done` (each run's outcome kept once).
 
 Run: `SIGNING_SECRET=... .venv/bin/uvicorn reminders_service.main:app --port 8083`. The secret
 comes from SIGNING_SECRET, else from the Secrets Manager secret SIGNING_SECRET_ARN (read on
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-from microprocess.service import PermanentFailure, TaskRequest, secret_from_environment
+from microprocess.service import CompletionRequest, PermanentFailure, TaskRequest, secret_from_environment
 from microprocess.service.fastapi_routes import task_router
 
 
@@ -32,11 +33,34 @@ def remind(task: TaskRequest[Invoice], today: date | None = None) -> dict[str, o
     return {"invoice_id": task.item.invoice_id, "reminded": True, "channel": channel, "days_overdue": days_overdue}
 
 
+class Completions:
+    """The runs' completion callbacks, kept once per run however often they are delivered (the
+    callback is at least once); a real service would, say, close the billing period here."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, object]] = {}
+        self.deliveries: dict[str, int] = {}
+
+    def __call__(self, done: CompletionRequest) -> dict[str, object]:
+        self.deliveries[done.run_id] = self.deliveries.get(done.run_id, 0) + 1
+        self.runs.setdefault(done.run_id, done.model_dump())
+        return {"run_id": done.run_id, "recorded": True}
+
+    def get(self, run_id: str) -> dict[str, object]:
+        if run_id not in self.runs:
+            raise HTTPException(404, f"no completion of run {run_id!r} received")
+        return {**self.runs[run_id], "deliveries": self.deliveries[run_id]}
+
+
 def create_app() -> FastAPI:
     app = FastAPI(title="reminders-queue: invoice reminders")
+    secrets = secret_from_environment()
+    completions = Completions()
+    app.include_router(task_router("/tasks/remind", remind, secrets=secrets, model=TaskRequest[Invoice]))
     app.include_router(
-        task_router("/tasks/remind", remind, secrets=secret_from_environment(), model=TaskRequest[Invoice])
+        task_router("/runs/done", completions, secrets=secrets, kind="completion", model=CompletionRequest)
     )
+    app.add_api_route("/runs/{run_id}/completion", completions.get, methods=["GET"])
     app.add_api_route("/healthz", lambda: {"status": "ok", "service": "reminders-queue"}, methods=["GET"])
     return app
 

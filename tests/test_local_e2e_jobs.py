@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -141,9 +143,23 @@ def test_two_jobs_run_at_once_on_their_two_services_each_exact(
     reminders = report_rows(state, results["invoice-reminders"][1]["run_id"], tmp_path)
     assert all(r["state"] == "SUCCEEDED" and r["reminded"] == "true" for r in reminders), reminders[0]
     assert {r["channel"] for r in reminders} == {"email"}
-    # AND the run kept what it read and the params it was given
-    run = ledger.require_run(results["invoice-reminders"][1]["run_id"])
-    assert run.expected == INVOICES
+    # AND the run kept the params it was given
+    reminders_run = results["invoice-reminders"][1]["run_id"]
+    assert ledger.require_run(reminders_run).params == {"campaign": "e2e"}
+    # AND the reminders service got the run's signed completion callback, kept once (at least once
+    # delivered), with the outcome and the report's location
+    deadline = time.monotonic() + 60
+    done: dict[str, Any] | None = None
+    while done is None and time.monotonic() < deadline:
+        try:
+            url = f"{state.services['reminders']}/runs/{reminders_run}/completion"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                done = json.loads(resp.read())
+        except urllib.error.HTTPError:
+            time.sleep(0.5)
+    assert done is not None, "the completion callback never reached the reminders service"
+    assert (done["status"], done["expected"], done["succeeded"], done["failed"]) == ("SUCCEEDED", INVOICES, INVOICES, 0)
+    assert done["report_uri"] == results["invoice-reminders"][1]["report_uri"] and done["deliveries"] >= 1
 
 
 @pytest.mark.usefixtures("workdir_env")

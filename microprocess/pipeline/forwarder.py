@@ -365,7 +365,8 @@ class Forwarder:
             "params": w.run.params,
         }
         if env.kind is TaskKind.COMPLETION:
-            payload = dict(env.item)  # {run_id, job, status, expected, succeeded, failed, report_uri}
+            # {run_id, job, status, expected, succeeded, failed, report_uri}, named as the contract does
+            payload = {**dict(env.item), "task_id": env.task_id, "kind": str(env.kind)}
         try:
             return self.pusher_for(job.service).push(
                 path, payload, idempotency_key=env.idempotency_key, timeout=timeout
