@@ -65,7 +65,7 @@ class FakeService:
     calls: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     bad_signatures: int = 0
-    #: What a completion callback (a body without "kind") is answered with.
+    #: What a completion callback (kind "completion") is answered with.
     completion_status: int = 200
 
     def start(self) -> None:
@@ -88,7 +88,7 @@ class FakeService:
                 service.calls.append(
                     {"path": self.path, "payload": payload, "key": self.headers.get("Idempotency-Key")}
                 )
-                if "kind" not in payload:  # a completion callback: {run_id, job, status, ...}
+                if payload.get("kind", "completion") == "completion":  # the callback: {run_id, job, status, ...}
                     return self._send(service.completion_status, b"{}")
                 if payload["kind"] == "reduce-part":
                     return self._send(200, json.dumps({"shard": payload["shard"]}).encode())

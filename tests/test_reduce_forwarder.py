@@ -94,6 +94,8 @@ def test_a_platform_run_is_reduced_in_process_and_the_service_gets_one_completio
     assert call["key"] == "r1:completion" and stack.service.bad_signatures == 0
     assert call["payload"] == {
         "run_id": "r1",
+        "task_id": "completion",
+        "kind": "completion",
         "job": job.name,
         "status": "SUCCEEDED",
         "expected": 12,
