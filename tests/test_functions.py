@@ -352,8 +352,30 @@ def test_malformed_records_go_to_the_dlq_and_never_fail_the_good_ones(stack: Sta
     assert len(task_records(stack, "r1")) == 2
     reasons = sorted(m["messageAttributes"][REASON_ATTRIBUTE]["stringValue"] for m in dlq_messages(stack))
     assert len(reasons) == 6
-    for needle in ("not JSON", "wrong schema", "unknown job", "unknown run", "missing S3 payload", "not part of run"):
+    for needle in (
+        "not JSON",
+        "wrong schema",
+        "unknown job",
+        "unknown run",
+        "unreadable (NoSuchKey)",
+        "not part of run",
+    ):
         assert any(needle in r for r in reasons), (needle, reasons)
+
+
+@pytest.mark.parametrize(
+    "ref", ["s3://someone-elses-bucket/claims/x.json", "s3://reports/reports/credit-scores/r1/report.csv"]
+)
+def test_a_claim_check_reference_outside_the_platforms_claims_is_dead_lettered_unread(stack: Stack, ref: str) -> None:
+    # GIVEN a running run and a message whose item reference names another bucket or prefix
+    running_run(stack, 1)
+    record = sqs_record(envelope_for("r1", "0-000000000", item_ref=ref), message_id="foreign-ref")
+    # WHEN the forwarder (knowing the platform bucket) takes it
+    res = stack.forwarder(claims_bucket="reports").handle({"Records": [record]})
+    # THEN it is dead-lettered with the reason, nothing is read or pushed, and nothing is retried
+    assert res == {"batchItemFailures": []} and stack.service.task_calls() == []
+    [reason] = [m["messageAttributes"][REASON_ATTRIBUTE]["stringValue"] for m in dlq_messages(stack)]
+    assert "outside the platform's claims (s3://reports/claims/...)" in reason
 
 
 def test_cancelled_run_messages_are_acknowledged_without_calls(stack: Stack) -> None:

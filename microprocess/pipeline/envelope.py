@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 ENVELOPE_VERSION: Literal[1] = 1
 #: SQS accepts bodies up to 1 MiB; we refuse anything larger before sending.
 SQS_MAX_MESSAGE_BYTES = 1_048_576
+#: Key prefix, in the platform bucket, of claim-checked items (the splitter writes them, the
+#: forwarder reads nothing else by reference).
+CLAIMS_PREFIX = "claims/"
 #: Default claim-check threshold: envelopes above this many bytes carry an S3 reference instead.
 DEFAULT_CLAIM_CHECK_BYTES = 200_000
 

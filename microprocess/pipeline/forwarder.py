@@ -35,7 +35,14 @@ from microprocess.control.pause import park, prior_attempts
 from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobDeclaration, JobRegistry, ReduceMode, UnknownJobError
 from microprocess.ledger import Ledger, RunRecord, RunStatus, TaskOutcome, TaskState
-from microprocess.pipeline.envelope import SQS_MAX_MESSAGE_BYTES, MalformedEnvelope, TaskEnvelope, TaskKind, shard_of
+from microprocess.pipeline.envelope import (
+    CLAIMS_PREFIX,
+    SQS_MAX_MESSAGE_BYTES,
+    MalformedEnvelope,
+    TaskEnvelope,
+    TaskKind,
+    shard_of,
+)
 from microprocess.pipeline.fanin import enqueue_finalize, enqueue_reduce_parts
 from microprocess.pipeline.push import HttpPusher, PushOutcome, PushResult
 from microprocess.pipeline.queue import QueueSender
@@ -126,6 +133,8 @@ class Forwarder:
         sender: one sender for every job (tests); instead of `sender_for`.
         reduce_sender: the reduce queue's sender.
         reducer: the built-in reduce, for jobs with `reduce = "platform"` (the reducer function's).
+        claims_bucket: the platform bucket whose `claims/` prefix holds claim-checked items; a
+            reference elsewhere is dead-lettered (empty: any bucket, tests).
     """
 
     def __init__(
@@ -144,6 +153,7 @@ class Forwarder:
         sender: QueueSender | None = None,
         reduce_sender: QueueSender | None = None,
         reducer: PlatformReducer | None = None,
+        claims_bucket: str = "",
         faults: FaultInjector | None = None,
         emit: MetricsEmitter | None = None,
         retry_base_s: float = 2.0,
@@ -170,6 +180,7 @@ class Forwarder:
             raise ValueError("give the Forwarder a reduce_sender (the reduce queue)")
         self.reduce_sender: QueueSender = reduce_sender or sender  # type: ignore[assignment]
         self.reducer = reducer
+        self.claims_bucket = claims_bucket
         self.faults = faults
         self.emit = emit or (lambda name, value, job, **_: None)
         self.retry_base_s = retry_base_s
@@ -266,12 +277,19 @@ class Forwarder:
             return None  # the run has already ended
         item = env.item
         if env.item_ref:
+            allowed = f"s3://{self.claims_bucket}/{CLAIMS_PREFIX}" if self.claims_bucket else "s3://"
+            if not env.item_ref.startswith(allowed):
+                self._dead_letter(
+                    record,
+                    f"malformed message: item_ref {env.item_ref} is outside the platform's claims ({allowed}...)",
+                )
+                return None
             try:
                 item = self._fetch(env.item_ref)
             except Exception as exc:
                 code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-                if code in ("NoSuchKey", "404", "NoSuchBucket"):
-                    self._dead_letter(record, f"malformed message: missing S3 payload {env.item_ref} ({code})")
+                if code in ("NoSuchKey", "404", "NoSuchBucket", "AccessDenied", "403"):
+                    self._dead_letter(record, f"malformed message: S3 payload {env.item_ref} unreadable ({code})")
                     return None
                 raise
         return _Work(record, env, job, run, item)

@@ -126,6 +126,7 @@ def forwarder() -> Forwarder:
         sender_for=sender_for,
         reduce_sender=reduce_sender(),
         reducer=platform_reducer(),
+        claims_bucket=s.reports_bucket,
         faults=faults(),
         emit=emitter(),
     )

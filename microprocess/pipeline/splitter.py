@@ -43,7 +43,7 @@ from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobDeclaration, JobRegistry, SourceKind
 from microprocess.ledger import CURSOR_DONE, Ledger, RunNotActive, RunRecord, RunStatus, TaskOutcome, TaskState
 from microprocess.pipeline.backpressure import QueueGate
-from microprocess.pipeline.envelope import EnvelopeTooLarge, TaskEnvelope, canonical_json, shard_of
+from microprocess.pipeline.envelope import CLAIMS_PREFIX, EnvelopeTooLarge, TaskEnvelope, canonical_json, shard_of
 from microprocess.pipeline.fanin import enqueue_reduce_parts
 from microprocess.pipeline.queue import QueueSender
 from microprocess.pipeline.settings import RuntimeSettings
@@ -526,7 +526,7 @@ class Splitter:
                 f"task {env.task_id}: item is over {self.settings.claim_check_bytes} bytes and no "
                 "REPORTS_BUCKET is set for the claim check"
             )
-        key = f"claims/{env.job}/{env.run_id}/{env.task_id}.json"
+        key = f"{CLAIMS_PREFIX}{env.job}/{env.run_id}/{env.task_id}.json"
         self.s3.put_object(Bucket=self.settings.reports_bucket, Key=key, Body=canonical_json(item).encode())
         ref = f"s3://{self.settings.reports_bucket}/{key}"
         return TaskEnvelope(
