@@ -30,9 +30,10 @@ PER_ITEM_FUNCTIONS = ("forwarder", "dead_letter")
 class FunctionUse:
     """Invocations of one function during the run, from its REPORT lines.
 
-    `cpu_s` is the CPU time the function's own process spent in its invocations (the sum of
-    `time.process_time()` deltas around each invocation, all threads), as opposed to
-    `duration_s`, which includes every wait on the emulator. 0.0: not recorded.
+    `cpu_s` is the CPU time the function's own worker processes spent during the run (utime +
+    stime from /proc of each emulator worker whose AWS_LAMBDA_FUNCTION_NAME is the function,
+    after minus before), as opposed to `duration_s`, which includes every wait on the
+    emulator. 0.0: not recorded.
     """
 
     memory_mb: int
@@ -264,13 +265,13 @@ def forwarder_cpu(obs: Observed, lambda_workers_cpu_s: float | None = None) -> t
     if not fwd.invocations:
         raise ValueError("the forwarder ran no invocation: no CPU time per batch to measure")
     if fwd.cpu_s > 0:
-        return fwd.cpu_s / fwd.invocations, "forwarder process CPU time (time.process_time per invocation)"
+        return fwd.cpu_s / fwd.invocations, "forwarder worker processes' CPU time (/proc, by AWS_LAMBDA_FUNCTION_NAME)"
     if lambda_workers_cpu_s:
         return lambda_workers_cpu_s / fwd.invocations, (
             "upper bound: CPU time of all the emulator's Lambda workers during the run / forwarder invocations"
         )
     raise ValueError(
-        "the forwarder's CPU time was not recorded: fill FunctionUse.cpu_s (process_time per invocation) "
+        "the forwarder's CPU time was not recorded: fill FunctionUse.cpu_s (the forwarder workers' CPU time) "
         "or pass the Lambda workers' CPU seconds during the run"
     )
 

@@ -20,6 +20,7 @@ happen inside the emulator: they are read from its log (one line per batch).
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -39,7 +40,7 @@ from microprocess.local import LocalStack, StackAlreadyRunning, UpOptions, Works
 from microprocess.local.emulator import aws_env
 from microprocess.local.processes import ProcessHandle, descendants, spawn, stop, wait_http_ok
 from microprocess.local.sender import ses_sender
-from microprocess.local.services import QUEUE, service_env
+from microprocess.local.services import ServiceProcess, processes_of, service_env
 from microprocess.local.tuning import warm_workers
 from microprocess.local.workspace import project_root
 from microprocess.pipeline.queue import QueueSender
@@ -52,6 +53,7 @@ Echo = Callable[[str], None]
 FUNCTION_OUTPUTS = {
     "splitter": "SplitterFunctionName",
     "forwarder": "ForwarderFunctionName",
+    "reducer": "ReduceForwarderFunctionName",
     "dead_letter": "DeadLetterFunctionName",
     "sweeper": "SweeperFunctionName",
 }
@@ -107,7 +109,7 @@ class BenchStack:
         started = time.monotonic()
         try:
             # `up` stops what it started if it fails; a stack already running here is left alone.
-            state = self.stack.up(UpOptions(companies=self.items))
+            state = self.stack.up(UpOptions(items=self.items))
         except StackAlreadyRunning:
             raise BenchError(
                 f"an earlier bench's local stack is still running in {self.ws.workdir}; stop it with "
@@ -157,8 +159,8 @@ class BenchStack:
     def _start_proxy(self) -> None:
         ddb = self.client("dynamodb")
         schemas = {}
-        for key in ("LedgerTable", "CompaniesTable"):
-            table = self.outputs.get(key)
+        tables = [self.outputs["LedgerTable"], *json.loads(self.outputs.get("SourceTables") or "{}").values()]
+        for table in tables:
             if table:
                 desc = ddb.describe_table(TableName=table)["Table"]["KeySchema"]
                 hash_first = sorted(desc, key=lambda k: k["KeyType"] != "HASH")
@@ -180,6 +182,25 @@ class BenchStack:
         self.proxy_ports = {k: int(v) for k, v in ports["callers"].items()}
         self.control_port = int(ports["control"])
 
+    def seed_more(self, items: int) -> float:
+        """Grow the job's source table to `items` items (the same seeder and seed as `local up`); seconds taken."""
+        started = time.monotonic()
+        source = CREDIT_SCORES.source
+        role = getattr(source, "table", None)
+        tables = json.loads(self.outputs.get("SourceTables") or "{}")
+        if not isinstance(role, str) or role not in tables:
+            raise BenchError(f"job '{CREDIT_SCORES.name}' reads no seeded table (SourceTables {tables})")
+        decl = self.stack.declarations.tables[role]
+        if not decl.local_seed:
+            raise BenchError(f"table '{role}' has no local_seed to grow it with")
+        module_name, _, attr = decl.local_seed.partition(":")
+        seeder = getattr(importlib.import_module(module_name), attr)
+        if items > self.items:
+            client = self.client("dynamodb")
+            seeder(client, tables[role], items - self.items, seed=UpOptions().seed, start=self.items + 1)
+        self.items = items
+        return time.monotonic() - started
+
     def proxy_url(self, caller: str) -> str:
         return f"http://127.0.0.1:{self.proxy_ports[caller]}"
 
@@ -188,7 +209,8 @@ class BenchStack:
 
         port = free_port()
         env = service_env(
-            QUEUE,
+            self.push_process(),
+            declarations=self.stack.declarations,
             endpoint_url=self.proxy_url("service") if counted else self.endpoint,
             outputs=self.outputs,
             ses_sender=ses_sender(self.ws.root, self.outputs),
@@ -201,15 +223,27 @@ class BenchStack:
         self.noop_urls[counted] = f"http://127.0.0.1:{port}"
         wait_http_ok(f"{self.noop_urls[counted]}/healthz", handle, timeout_s=60)
 
+    def push_process(self) -> ServiceProcess:
+        """The local process of the job's service that takes the forwarder's pushes (its environment is the no-op's)."""
+        service = self.stack.declarations.services.get(CREDIT_SCORES.service)
+        found = [p for p in processes_of(service) if p.pushes]
+        if not found:
+            raise BenchError(f"service '{service.name}' has no local process that takes pushes (no local_app)")
+        return found[0]
+
     def point_functions(self, *, counted: bool) -> None:
-        """Point the forwarder at a no-op service, and (counted) every function at its proxy port."""
+        """Point the forwarder and the reducer at a no-op service, and (counted) every function at its proxy port."""
         lam = self.client("lambda")
         for role, name in self.functions.items():
             env = dict(self.original_env[role])
             if counted:
                 env["AWS_ENDPOINT_URL"] = self.proxy_url(role)
-            if role == "forwarder":
-                env["QUEUE_SERVICE_URL"] = self.noop_urls[counted]
+            if "SERVICE_ENDPOINTS" in env:
+                endpoints = json.loads(env["SERVICE_ENDPOINTS"])
+                if CREDIT_SCORES.service not in endpoints:
+                    raise BenchError(f"the {role}'s SERVICE_ENDPOINTS has no '{CREDIT_SCORES.service}': {endpoints}")
+                endpoints[CREDIT_SCORES.service] = {**endpoints[CREDIT_SCORES.service], "url": self.noop_urls[counted]}
+                env["SERVICE_ENDPOINTS"] = json.dumps(endpoints)
             lam.update_function_configuration(FunctionName=name, Environment={"Variables": env})
         # New environment, new workers: start as many as the event source runs at once, as `local up` does.
         warm_workers(lam, self.functions["forwarder"], self.concurrency())
@@ -229,6 +263,19 @@ class BenchStack:
         }
         return {k: round(v, 2) for k, v in out.items()}
 
+    def function_cpu_seconds(self) -> dict[int, tuple[str, float]]:
+        """{pid: (function name, CPU seconds so far)} of the emulator's Lambda worker processes, by the
+        AWS_LAMBDA_FUNCTION_NAME in each worker's environment (Linux `/proc`; empty elsewhere)."""
+        emulator = self.stack.handles.get("ministack")
+        if emulator is None:
+            return {}
+        out: dict[int, tuple[str, float]] = {}
+        for pid in descendants(emulator.pid):
+            name = _function_name(pid)
+            if name:
+                out[pid] = (name, _cpu(pid))
+        return out
+
     def concurrency(self) -> int:
         esm = self.event_source("forwarder")
         return int((esm.get("ScalingConfig") or {}).get("MaximumConcurrency") or CREDIT_SCORES.max_concurrency)
@@ -239,10 +286,15 @@ class BenchStack:
         return self.client("lambda").get_function_configuration(FunctionName=self.functions[role])
 
     def event_source(self, role: str) -> dict[str, Any]:
+        """The function's event source mapping; the forwarder's is the one on the bench job's task queue."""
         mappings = self.client("lambda").list_event_source_mappings(FunctionName=self.functions[role])
         found = mappings.get("EventSourceMappings", [])
+        if role == "forwarder":
+            queue_url = json.loads(self.outputs.get("JobQueueUrls") or "{}").get(CREDIT_SCORES.name, "")
+            queue_name = queue_url.rstrip("/").rsplit("/", 1)[-1]
+            found = [m for m in found if queue_name and m.get("EventSourceArn", "").endswith(f":{queue_name}")]
         if not found:
-            raise BenchError(f"the {role} function has no event source mapping")
+            raise BenchError(f"the {role} function has no event source mapping (for job '{CREDIT_SCORES.name}')")
         return found[0]
 
     def proxy_stats(self) -> dict[str, Any]:
@@ -326,6 +378,29 @@ def _cpu(pid: int, *, children: bool = False) -> float:
     if children:
         ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _function_name(pid: int) -> str:
+    """AWS_LAMBDA_FUNCTION_NAME in the environment of `pid` ('' when none or unreadable)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return ""
+    for entry in environ.split(b"\0"):
+        if entry.startswith(b"AWS_LAMBDA_FUNCTION_NAME="):
+            return entry.split(b"=", 1)[1].decode(errors="replace")
+    return ""
+
+
+def cpu_by_function(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per function name between two `function_cpu_seconds` readings (a worker started
+    in between counts from zero; one that exited in between is lost, and the bench warms workers first)."""
+    out: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        was = before.get(pid)
+        used = cpu - was[1] if was is not None and was[0] == name else cpu
+        out[name] = out.get(name, 0.0) + max(used, 0.0)
+    return out
 
 
 def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -450,10 +525,13 @@ class PipelineRun:
         return float(self.run["expected"]) / self.seconds
 
 
-def run_pipeline(bs: BenchStack, *, counted: bool, timeout_s: float = 400.0, echo: Echo = print) -> PipelineRun:
+def run_pipeline(bs: BenchStack, *, counted: bool, timeout_s: float | None = None, echo: Echo = print) -> PipelineRun:
     """P1 (a): one run of the credit-scores job over the seeded companies through the whole
-    pipeline, against the no-op task endpoint; with `counted`, every AWS call goes through the proxy."""
+    pipeline, against the no-op task endpoint; with `counted`, every AWS call goes through the proxy.
+    The functions' `cpu_s` is their worker processes' CPU time during the run."""
     job = CREDIT_SCORES
+    if timeout_s is None:
+        timeout_s = 400.0 + bs.items / 50  # generous: a stuck run is reported, a slow one is measured
     bs.point_functions(counted=counted)
     ledger = Ledger(bs.outputs["LedgerTable"], client=bs.client("dynamodb"))
     if counted:
@@ -462,6 +540,7 @@ def run_pipeline(bs: BenchStack, *, counted: bool, timeout_s: float = 400.0, ech
     run_id = f"bench-{'counted' if counted else 'plain'}-{time.strftime('%Y%m%dT%H%M%S')}"
     since_ms = int(time.time() * 1000)
     cpu_before = bs.cpu_seconds()
+    fn_cpu_before = bs.function_cpu_seconds()
     started = time.time()
     resp = bs.client("lambda").invoke(
         FunctionName=bs.functions["splitter"],
@@ -483,6 +562,7 @@ def run_pipeline(bs: BenchStack, *, counted: bool, timeout_s: float = 400.0, ech
             last_report = time.time()
         time.sleep(0.25)
     cpu = cpu_delta(cpu_before, bs.cpu_seconds())
+    fn_cpu = cpu_by_function(fn_cpu_before, bs.function_cpu_seconds())
     if run.status is not RunStatus.SUCCEEDED:
         raise BenchError(f"run {run_id} ended {run.status}: {run.error}")
     finished = [t.finished_at for k in range(run.shard_count) for t in ledger.iter_results(run_id, k)]
@@ -496,6 +576,8 @@ def run_pipeline(bs: BenchStack, *, counted: bool, timeout_s: float = 400.0, ech
     time.sleep(1.0)  # let the last log lines land
     names = {name: role for role, name in bs.functions.items()}
     functions = {role: bs.function_use(role, since_ms) for role in bs.functions}
+    for role, use in functions.items():
+        use.cpu_s = round(fn_cpu.get(bs.functions[role], 0.0), 3)
     for role in ("splitter", "forwarder"):
         if not functions[role].invocations:
             raise BenchError(f"no REPORT line of the {role} in its log group since the start; see {bs.emulator_log}")

@@ -1,6 +1,6 @@
-"""`make bench`: the six performance figures of issue 8, measured on this machine.
+"""`make bench`: the performance figures P1-P6 and P8, measured on this machine.
 
-    .venv/bin/python -m bench.run [--items 10000] [--out bench/results/latest.json]
+    .venv/bin/python -m bench.run [--items 10000] [--p8-items 50000] [--out bench/results/latest.json]
 
 Prints a table and writes `bench/results/latest.json`; refreshes
 `microprocess/measured_costs.json`, which `microprocess plan` reads. Every figure
@@ -30,6 +30,7 @@ from bench.figures import (
     measured_costs,
     observed_from_dict,
     observed_to_dict,
+    parse_time,
     reduce_latency,
     report_figures,
     split_rate,
@@ -69,9 +70,13 @@ METHODS = {
     "p5": "python -m bench.report_memory in a fresh process: the microservice's reduce_part (16 shards) + finalize "
     "over a real Ledger whose DynamoDB client makes up 1 MB Query pages on demand, S3 kept in files on disk, so "
     "the process holds only what the report builder holds; peak RSS = getrusage ru_maxrss.",
-    "p6": "Items/s enqueued by the splitter during (a) (expected / (split_finished_at - created_at)), over the "
-    "job's scan segments; model: the segments split in parallel, each invocation works (timeout - margin) s at "
-    "its share of that rate, then continues itself.",
+    "p6": "Items/s enqueued by the splitter during (a): in total (expected / (split_finished_at - created_at)), "
+    "over the job's scan segments, and per invocation (expected / the splitter's summed REPORT durations); "
+    "model: the segments split in parallel, each invocation works (timeout - margin) s at its share of the total "
+    "rate, then continues itself.",
+    "p8": "A third plain run of (a) after growing the seeded table to the P8 item count (same seeder, same seed): "
+    "items/s (expected / (reduce claimed - start request)) of that run / items/s of the plain (a) run. The splitter "
+    "keeps the job's queue below the local stage's max_queue_depth_cap, so the emulator's queue stays short.",
 }
 
 
@@ -106,7 +111,7 @@ def report_memory(results: int) -> dict[str, Any]:
     return data
 
 
-def measure(items: int) -> dict[str, Any]:
+def measure(items: int, p8_items: int) -> dict[str, Any]:
     from bench.harness import BaselineResult, BenchStack, PipelineRun, observe, run_baseline, run_pipeline
 
     out: dict[str, Any] = {"machine": machine(), "items": items}
@@ -138,12 +143,19 @@ def measure(items: int) -> dict[str, Any]:
         baselines.append(baseline())
         runs[True] = pipeline(counted=True)
         obs = observe(bs, runs[False], runs[True])
+        echo(f"P8: growing the seeded table to {p8_items:,} items …")
+        seeded_s = bs.seed_more(p8_items)
+        echo(f"  seeded in {seeded_s:.1f} s")
+        echo(f"P8: a run of {p8_items:,} tasks through the whole pipeline (plain) …")
+        big = run_pipeline(bs, counted=False, echo=echo)
+        echo(f"  {big.items_per_s:,.0f} items/s ({big.seconds:.1f} s)")
         raw_path = bs.ws.workdir / "raw.json"
     out["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     timings = {
         key: {**r.run, "seconds": round(r.seconds, 3), "emails": r.emails, "cpu_s": r.cpu_s}
-        for key, r in (("plain", runs[False]), ("counted", runs[True]))
+        for key, r in (("plain", runs[False]), ("counted", runs[True]), ("p8", big))
     }
+    timings["p8"]["functions"] = {role: asdict(use) for role, use in big.functions.items()}
     raw = {
         "head": out,
         "observed": observed_to_dict(obs),
@@ -222,6 +234,32 @@ def figures(obs: Any, timings: dict[str, Any], baselines: list[Any], p5: dict[in
     hk = hot_key(obs)
     lat = reduce_latency(obs)
     rate = split_rate(obs)
+    spl_use = obs.functions["splitter"]
+    p8 = timings.get("p8")
+    p8_figures: dict[str, Any] = {}
+    if p8 is not None:
+        p8_rate = p8["expected"] / p8["seconds"]
+        p8_split_total = p8["expected"] / _seconds_between(p8["created_at"], p8["split_finished_at"])
+        p8_spl = p8.get("functions", {}).get("splitter", {})
+        p8_figures = {
+            "p8_items": p8["expected"],
+            "p8_items_per_s": round(p8_rate, 1),
+            "p8_ratio": round(p8_rate / (obs.items / timings["plain"]["seconds"]), 3),
+            "p8_detail": {
+                "run_id": p8["run_id"],
+                "seconds": p8["seconds"],
+                "reference_items": obs.items,
+                "reference_items_per_s": round(obs.items / timings["plain"]["seconds"], 1),
+                "split_items_per_s_total": round(p8_split_total, 1),
+                "split_items_per_s_per_invocation": (
+                    round(p8["expected"] / p8_spl["duration_s"], 1) if p8_spl.get("duration_s") else None
+                ),
+                "splitter_invocations": p8_spl.get("invocations"),
+                "cpu_seconds": p8.get("cpu_s", {}),
+                "functions": p8.get("functions", {}),
+                "emails": p8["emails"],
+            },
+        }
     model = splitter_model(
         SEED_ITEMS, rate, obs.splitter_timeout_s, obs.splitter_margin_s, segments=job.source.segments
     )
@@ -302,8 +340,11 @@ def figures(obs: Any, timings: dict[str, Any], baselines: list[Any], p5: dict[in
         "p5_ratio": round(p5[100_000]["peak_rss_mb"] / p5[10_000]["peak_rss_mb"], 3),
         "p5_detail": {str(k): v for k, v in p5.items()},
         "p6_split_items_per_s": round(rate, 1),
+        "p6_split_items_per_s_per_invocation": round(obs.items / spl_use.duration_s, 1) if spl_use.duration_s else None,
+        "p6_splitter_invocations": spl_use.invocations,
         "p6_model_19m": model,
         "plan_19m_x_0_5s": seed_plan.as_dict(),
+        **p8_figures,
         "methods": METHODS,
         "measured_costs": mc_doc,
     }
@@ -345,11 +386,28 @@ def table(r: dict[str, Any]) -> str:
         ("P5 RSS", f"{r['p5_rss_10k_mb']} MB (10k) / {r['p5_rss_100k_mb']} MB (100k), ratio {r['p5_ratio']}"),
         (
             "P6 splitter",
-            f"{r['p6_split_items_per_s']:,.0f} items/s over {model['segments']} segments; 19 M items: "
+            f"{r['p6_split_items_per_s']:,.0f} items/s in total over {model['segments']} segments, "
+            f"{r.get('p6_split_items_per_s_per_invocation') or 0:,.0f} items/s per invocation "
+            f"({r.get('p6_splitter_invocations')} invocations); 19 M items: "
             f"{model['invocations']} invocations, {model['self_continuations']} self-continuations "
             f"({model['split_hours']} h)",
         ),
     ]
+    if "p8_ratio" in r:
+        d = r["p8_detail"]
+        rows += [
+            (
+                "P8 scale",
+                f"{r['p8_items_per_s']:,.0f} items/s at {r['p8_items']:,} vs {d['reference_items_per_s']:,.0f} at "
+                f"{d['reference_items']:,}: ratio {r['p8_ratio']:.2f}  (target >= 0.8)",
+            ),
+            (
+                "P8 splitter",
+                f"{d['split_items_per_s_total']:,.0f} items/s in total, "
+                f"{d['split_items_per_s_per_invocation'] or 0:,.0f} per invocation "
+                f"({d['splitter_invocations']} invocations)",
+            ),
+        ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -364,6 +422,9 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure the six performance figures on the local stack.")
     parser.add_argument("--items", type=int, default=10_000, help="tasks in the measured run (default 10,000)")
+    parser.add_argument(
+        "--p8-items", type=int, default=50_000, help="tasks in the P8 run (default 50,000; compared with --items)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results JSON goes")
     parser.add_argument(
         "--no-measured-costs", action="store_true", help="do not refresh microprocess/measured_costs.json"
@@ -373,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM stops the bench the way Ctrl-C does, so that the processes it started are stopped too.
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
-    result = from_raw(json.loads(args.recompute.read_text())) if args.recompute else measure(args.items)
+    result = from_raw(json.loads(args.recompute.read_text())) if args.recompute else measure(args.items, args.p8_items)
     result["bench_seconds"] = round(time.monotonic() - started, 1)
     result["measured_at"] = result["measured_costs"]["measured_at"]
     write_json(args.out, result)
@@ -385,6 +446,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measured costs for `microprocess plan` refreshed in {MEASURED_COSTS_PATH}")
     print("19 M companies x 0.5 s on AWS:", _plan_line(result["plan_19m_x_0_5s"]))
     return 0
+
+
+def _seconds_between(start: str | None, end: str | None) -> float:
+    a, b = parse_time(start), parse_time(end)
+    if a is None or b is None or b <= a:
+        raise ValueError(f"no time between {start!r} and {end!r}")
+    return b - a
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

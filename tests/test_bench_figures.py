@@ -161,11 +161,11 @@ def test_measured_costs_feed_the_planner(observed: Observed) -> None:
 
 
 def test_the_forwarders_own_cpu_time_wins_over_the_workers_and_is_required(observed: Observed) -> None:
-    # GIVEN the forwarder's process CPU time recorded: 2.5 CPU-s over 100 invocations
+    # GIVEN the forwarder workers' CPU time recorded: 2.5 CPU-s over 100 invocations
     observed.functions["forwarder"].cpu_s = 2.5
     per_batch, source = forwarder_cpu(observed, lambda_workers_cpu_s=9.0)
     assert per_batch == pytest.approx(0.025)
-    assert "process CPU time" in source
+    assert "forwarder worker processes' CPU time" in source
     # GIVEN neither: the bench must not fall back on the wall time
     observed.functions["forwarder"].cpu_s = 0.0
     with pytest.raises(ValueError, match="CPU time was not recorded"):
