@@ -1,1 +1,0 @@
-"""The `microprocess` command line: commands, the progress bar, the planner and its prices."""
