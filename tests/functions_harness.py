@@ -29,7 +29,9 @@ from tests.declared import CREDIT_SCORES
 
 EVENTS = Path(__file__).parent / "events"
 SECRET = "test-signing-secret"
-JOB = declare(**{**CREDIT_SCORES.model_dump(), "shard_count": 4, "counter_count": 4, "max_attempts": 3})
+JOB = declare(
+    **{**CREDIT_SCORES.model_dump(), "shard_count": 4, "counter_count": 4, "max_attempts": 3, "item_index": True}
+)
 REGISTRY = JobRegistry([JOB])
 
 

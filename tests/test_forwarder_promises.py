@@ -122,6 +122,7 @@ def test_the_push_is_a_signed_post_of_run_task_attempt_and_item(stack: Stack) ->
         "job": JOB.name,
         "shard": 0,  # BLAKE2b of "0-000000000" is f125...f228; 0x28 = 40, and 40 mod 4 shards = 0
         "kind": "task",
+        "params": {},  # the run was started without --param
     }
 
 

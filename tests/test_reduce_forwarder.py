@@ -135,7 +135,7 @@ def test_a_dead_lettered_completion_never_changes_the_run(
     assert stack.ledger.require_run("r1").status is RunStatus.SUCCEEDED
 
 
-def test_a_finalize_delivered_twice_at_once_mails_and_calls_back_once(
+def test_a_finalize_delivered_three_times_mails_and_calls_back_once(
     stack: Stack, platform: tuple[JobDeclaration, JobRegistry]
 ) -> None:
     # GIVEN a run whose reduce parts are done and whose finalize waits on the reduce queue
@@ -148,19 +148,11 @@ def test_a_finalize_delivered_twice_at_once_mails_and_calls_back_once(
     assert fwd.handle({"Records": parts}) == {"batchItemFailures": []}
     [finalize] = stack.receive(stack.reduce_queue)
     assert TaskEnvelope.parse(finalize["body"]).kind is TaskKind.FINALIZE
-    # WHEN the finalize arrives twice in one batch (handled concurrently) and once more later
-    twin = {**finalize, "messageId": "twin"}
-    pending = [finalize, twin]
-    # moto's S3 is not thread-safe for two puts of one key at once (AWS is: the last write wins);
-    # a twin that hit it is retried, as SQS would redeliver it (a few times at most)
-    for _ in range(3):
-        answer = fwd.handle({"Records": pending})
-        failed = {f["itemIdentifier"] for f in answer["batchItemFailures"]}
-        pending = [r for r in pending if r["messageId"] in failed]
-        if not pending:
-            break
-    assert not pending, answer
-    assert fwd.handle({"Records": [{**finalize, "messageId": "late"}]}) == {"batchItemFailures": []}
+    # WHEN the finalize arrives three times. (Delivered one after another here: moto's DynamoDB
+    # and S3 are not atomic under threads, so two conditional writes at once can both pass, which
+    # DynamoDB never allows; concurrent duplicates run on the real local stack in `make chaos`.)
+    for message_id in ("first", "twin", "late"):
+        assert fwd.handle({"Records": [{**finalize, "messageId": message_id}]}) == {"batchItemFailures": []}
     # THEN one email and one completion envelope
     queued = []
     while records := stack.receive(stack.reduce_queue):

@@ -133,7 +133,14 @@ class PlatformReducer:
             log.warning("run %s is %s without a report: nothing to publish", run_id, run.status)
             return {"report_uri": None, "status": str(run.status), "ended": None, "notices": "skipped: no report"}
         summary = publish(self.s3, layout, run, link_expiry_s=self.link_expiry_s)
-        notices = self._notify_once(job, run, summary, layout)
+        try:
+            notices = self._notify_once(job, run, summary, layout)
+        except NoticesInFlight:
+            if ended is None:
+                raise  # retried until the claimant records the notices (or its lease runs out)
+            # This call ended the run (its outcome must be reported); the finalize that holds the
+            # claim sends the notices, and its own message is redelivered if it dies before that.
+            notices = "being sent by another finalize"
         log.info("run %s report published (%s); notices: %s", run_id, run.status, notices)
         return {
             "report_uri": run.report_uri,
