@@ -31,7 +31,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -508,10 +508,9 @@ class ChaosSuite:
 
         return sum(1 for m in captured_emails(self.endpoint) if run_id in str(m.get("Subject", "")))
 
-    def _log_lines(self, t0_ms: int) -> list[str]:
-        """The functions' log lines since `t0_ms` that report an injected fault (the scenarios
-        run one at a time, so these are the current scenario's)."""
-        lines: list[str] = []
+    def _log_messages(self, t0_ms: int) -> Iterator[str]:
+        """Every log message the functions wrote since `t0_ms`, page by page (the scenarios run
+        one at a time, so these are the current scenario's)."""
         for fn in self.functions:
             config = self.lam.get_function_configuration(FunctionName=fn)
             group = (config.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{fn}"
@@ -521,46 +520,33 @@ class ChaosSuite:
                     resp = self.logs.filter_log_events(**kwargs)
                 except self.logs.exceptions.ResourceNotFoundException:
                     break
-                lines += [
-                    ev.get("message", "") for ev in resp.get("events", []) if FIRED_LOG_PREFIX in ev.get("message", "")
-                ]
+                yield from (ev.get("message", "") for ev in resp.get("events", []))
                 token = resp.get("nextToken")
                 if not token or token == kwargs.get("nextToken"):
                     break
                 kwargs["nextToken"] = token
-        return lines
+
+    def _log_lines(self, t0_ms: int) -> list[str]:
+        """The functions' log lines since `t0_ms` that report an injected fault."""
+        return [msg for msg in self._log_messages(t0_ms) if FIRED_LOG_PREFIX in msg]
 
     def _metrics(self, run_id: str, t0_ms: int) -> dict[str, float]:
         """Sum the EMF metrics the functions logged for `run_id` since `t0_ms`."""
         totals: dict[str, float] = {}
-        for fn in self.functions:
-            config = self.lam.get_function_configuration(FunctionName=fn)
-            group = (config.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{fn}"
-            kwargs: dict[str, Any] = {"logGroupName": group, "startTime": t0_ms}
-            while True:
-                try:
-                    resp = self.logs.filter_log_events(**kwargs)
-                except self.logs.exceptions.ResourceNotFoundException:
-                    break
-                for ev in resp.get("events", []):
-                    msg = ev.get("message", "")
-                    if '"_aws"' not in msg or run_id not in msg:
-                        continue
-                    try:
-                        doc = json.loads(msg[msg.index("{") :])
-                    except ValueError:
-                        continue
-                    if doc.get("run_id") != run_id:
-                        continue
-                    for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
-                        value = doc.get(m["Name"])
-                        if isinstance(value, list):
-                            value = sum(value)
-                        totals[m["Name"]] = totals.get(m["Name"], 0) + float(value or 0)
-                token = resp.get("nextToken")
-                if not token or token == kwargs.get("nextToken"):
-                    break
-                kwargs["nextToken"] = token
+        for msg in self._log_messages(t0_ms):
+            if '"_aws"' not in msg or run_id not in msg:
+                continue
+            try:
+                doc = json.loads(msg[msg.index("{") :])
+            except ValueError:
+                continue
+            if doc.get("run_id") != run_id:
+                continue
+            for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
+                value = doc.get(m["Name"])
+                if isinstance(value, list):
+                    value = sum(value)
+                totals[m["Name"]] = totals.get(m["Name"], 0) + float(value or 0)
         return totals
 
 
