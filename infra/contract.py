@@ -60,10 +60,12 @@ JOB_DIMENSION: Final = "job"
 SERVICE_DIMENSION: Final = "service"
 TASKS_SUCCEEDED: Final = "TasksSucceeded"
 TASKS_FAILED: Final = "TasksFailed"
+#: Pushes that found the job's service unreachable (not counted as attempts during the grace).
+TASKS_UNREACHABLE: Final = "TasksUnreachable"
 RUNS_SUCCEEDED: Final = "RunsSucceeded"
 RUNS_FAILED: Final = "RunsFailed"
 STUCK_RUNS: Final = "StuckRuns"
-JOB_METRICS: Final = (TASKS_SUCCEEDED, TASKS_FAILED, RUNS_SUCCEEDED, RUNS_FAILED, STUCK_RUNS)
+JOB_METRICS: Final = (TASKS_SUCCEEDED, TASKS_FAILED, TASKS_UNREACHABLE, RUNS_SUCCEEDED, RUNS_FAILED, STUCK_RUNS)
 
 # ---------------------------------------------------------------- a bundled service
 

@@ -232,7 +232,12 @@ class Monitoring(Construct):
                 title=f"{name}: failures",
                 left=[
                     job_metric(metric, name, label=metric)
-                    for metric in (contract.TASKS_FAILED, contract.RUNS_FAILED, contract.STUCK_RUNS)
+                    for metric in (
+                        contract.TASKS_FAILED,
+                        contract.TASKS_UNREACHABLE,
+                        contract.RUNS_FAILED,
+                        contract.STUCK_RUNS,
+                    )
                 ],
                 width=6,
             ),

@@ -129,16 +129,25 @@ class FakeService:
 
 
 class RecordingSQS:
-    """Wraps the SQS client to record visibility changes (backoff) the forwarder asks for."""
+    """Wraps the SQS client to record visibility changes (backoff) the forwarder asks for, and
+    the single messages it sends (re-sends, dead letters) with their delay."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.visibility: list[int] = []
         #: The queue of each visibility change, in the same order.
         self.visibility_queues: list[str] = []
+        #: Every `send_message` call's arguments, as asked (the delay included).
+        self.sent: list[dict[str, Any]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    def send_message(self, **kw: Any) -> Any:
+        """Recorded as asked, then sent without its delay: a test receives it at once (the delay
+        itself is asserted from `sent`)."""
+        self.sent.append(kw)
+        return self.inner.send_message(**{k: v for k, v in kw.items() if k != "DelaySeconds"})
 
     def change_message_visibility(self, **kw: Any) -> Any:
         self.visibility.append(kw["VisibilityTimeout"])

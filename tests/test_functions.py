@@ -314,9 +314,9 @@ def test_timeout_and_connection_errors_are_retried(stack: Stack) -> None:
     [rec] = running_run(stack, 1)
     res = stack.forwarder(jobs=reg).handle({"Records": [rec]})
     assert res["batchItemFailures"] == [{"itemIdentifier": rec["messageId"]}]
-    stack.service.stop()  # now nothing listens: a connection error
+    stack.service.stop()  # now nothing listens: a connection error, re-sent without counting an attempt
     res = stack.forwarder(jobs=reg).handle({"Records": [rec]})
-    assert res["batchItemFailures"] == [{"itemIdentifier": rec["messageId"]}]
+    assert res["batchItemFailures"] == [] and len(stack.sqs.sent) == 1
     assert task_records(stack, "r1") == []
     stack.service.start()  # the fixture stops it at the end
 
@@ -449,7 +449,8 @@ def test_reduce_that_keeps_failing_ends_the_run_failed(stack: Stack) -> None:
     parts = stack.receive(stack.task_queue)
     for p in parts:
         p["attributes"]["ApproximateReceiveCount"] = str(JOB.max_attempts)
-    stack.forwarder().handle({"Records": parts})
+    _, no_grace = job_with(unreachable_grace_s=0)  # every refused push counts (no restart grace)
+    stack.forwarder(jobs=no_grace).handle({"Records": parts})
     run = stack.ledger.require_run("r2")
     assert run.status is RunStatus.FAILED and "reduce-part" in (run.error or "")
     stack.service.start()

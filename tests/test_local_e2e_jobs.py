@@ -27,7 +27,15 @@ from typer.testing import CliRunner
 
 from microprocess.cli import commands as cli
 from microprocess.ledger import Ledger, RunStatus, TaskState
-from microprocess.local import LocalStack, LocalState, UpOptions, Workspace, aws_client, captured_emails
+from microprocess.local import (
+    LocalStack,
+    LocalState,
+    UpOptions,
+    Workspace,
+    aws_client,
+    captured_emails,
+    function_log_messages,
+)
 from microprocess.local.workspace import WORKDIR_ENV, project_root
 from tests.declared import CREDIT_SCORES, INVOICE_REMINDERS
 
@@ -35,6 +43,8 @@ pytestmark = pytest.mark.e2e
 
 COMPANIES = 200
 INVOICES = 120
+#: Enough that tasks are still left after the second rotation (about 70 tasks/s here).
+ROTATION_INVOICES = 1200
 RUN_TIMEOUT_S = "180"
 
 
@@ -182,7 +192,7 @@ def test_a_secret_rotation_in_the_middle_of_a_run_fails_no_task(
     log = stack.ws.log("reminders")
     refused_before = log.read_text(errors="replace").count("refused POST")
     # GIVEN a run of invoice-reminders under way
-    items = invoices_file(tmp_path / "rotation.jsonl", 400, first=10_000)
+    items = invoices_file(tmp_path / "rotation.jsonl", ROTATION_INVOICES, first=10_000)
     (started,) = cli_json("run", "invoice-reminders", "--items", str(items), "--json")
     run_id = started["run_id"]
     deadline = time.monotonic() + 60
@@ -199,16 +209,65 @@ def test_a_secret_rotation_in_the_middle_of_a_run_fails_no_task(
     time.sleep(2)
     sm.put_secret_value(SecretId=arn, SecretString=json.dumps({"current": "rotated-2", "previous": "rotated-1"}))
     stack.restart_service("reminders")
+    assert ledger.progress(run_id).succeeded < ROTATION_INVOICES, (
+        "the run ended before the rotation: nothing was tested"
+    )
     (final,) = cli_json("status", run_id, "--json")
     deadline = time.monotonic() + 180
     while final["status"] not in ("SUCCEEDED", "FAILED") and time.monotonic() < deadline:
         time.sleep(1)
         (final,) = cli_json("status", run_id, "--json")
     # THEN no task failed, and the run SUCCEEDED with every task counted once
-    assert (final["status"], final["expected"], final["succeeded"], final["failed"]) == ("SUCCEEDED", 400, 400, 0)
+    errors = sorted({str(t.error) for t in ledger.iter_failed(run_id)})
+    assert (final["status"], final["expected"], final["succeeded"], final["failed"]) == (
+        "SUCCEEDED",
+        ROTATION_INVOICES,
+        ROTATION_INVOICES,
+        0,
+    ), f"the failed tasks' errors: {errors[:5]}"
     failed = [t for s in range(ledger.require_run(run_id).shard_count) for t in ledger.iter_results(run_id, s)]
     assert all(t.state is TaskState.SUCCEEDED for t in failed)
     # AND the rotation was really exercised: the service refused the old signature at least once
     refused = log.read_text(errors="replace").count("refused POST") - refused_before
     assert refused >= 1, "the forwarder never met the rotated secret: the rotation did not happen mid-run"
     assert RunStatus(final["status"]) is RunStatus.SUCCEEDED
+
+
+@pytest.mark.usefixtures("workdir_env")
+def test_a_service_down_longer_than_its_attempts_last_fails_no_task(
+    stack: LocalStack, state: LocalState, ledger: Ledger, tmp_path: Path
+) -> None:
+    # invoice-reminders allows 3 attempts; their backoff (1-2 s, then 2-4 s) is over within 6 s
+    assert INVOICE_REMINDERS.max_attempts == 3 and INVOICE_REMINDERS.unreachable_grace_s > 15
+    since_ms = int(time.time() * 1000)
+    # GIVEN a run of invoice-reminders under way
+    items = invoices_file(tmp_path / "outage.jsonl", 300, first=20_000)
+    (started,) = cli_json("run", "invoice-reminders", "--items", str(items), "--json")
+    run_id = started["run_id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        prog = ledger.progress(run_id) if ledger.get_run(run_id) else None
+        if prog is not None and prog.succeeded + prog.failed >= 30:
+            break
+        time.sleep(0.2)
+    # WHEN its service is down for 12 s (a slow deploy: its port refuses connections), mid-run
+    stack.restart_service("reminders", down_s=12)
+    assert ledger.progress(run_id).succeeded < 300, "the run ended before the outage: nothing was tested"
+    (final,) = cli_json("status", run_id, "--json")
+    deadline = time.monotonic() + 180
+    while final["status"] not in ("SUCCEEDED", "FAILED") and time.monotonic() < deadline:
+        time.sleep(1)
+        (final,) = cli_json("status", run_id, "--json")
+    # THEN the run SUCCEEDED with no task failed
+    errors = sorted({str(t.error) for t in ledger.iter_failed(run_id)})
+    assert (final["status"], final["expected"], final["succeeded"], final["failed"]) == (
+        "SUCCEEDED",
+        300,
+        300,
+        0,
+    ), f"the failed tasks' errors: {errors[:5]}"
+    # AND the outage was really met: the forwarder found the service unreachable and re-sent tasks
+    lam, logs = aws_client("lambda", state.endpoint_url), aws_client("logs", state.endpoint_url)
+    forwarder = state.outputs["ForwarderFunctionName"]
+    logged = function_log_messages(lam, logs, [forwarder], since_ms)
+    assert any("unreachable for" in m and run_id in m for m in logged), f"no push of {run_id} met the outage"

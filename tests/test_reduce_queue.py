@@ -17,7 +17,7 @@ from microprocess.pipeline.push import HttpPusher
 from microprocess.pipeline.queue import QueueSender
 from microprocess.pipeline.settings import RuntimeSettings
 from microprocess.pipeline.sweeper import Sweeper
-from tests.functions_harness import JOB, REGISTRY, Behaviour, Stack, sqs_record
+from tests.functions_harness import JOB, REGISTRY, Behaviour, Stack, job_with, sqs_record
 from tests.test_functions import envelope_for
 
 ENOUGH_TIME = lambda: 900_000  # noqa: E731 - remaining Lambda time, ms
@@ -77,11 +77,15 @@ def test_backoff_of_a_reduce_part_targets_the_reduce_queue(stack: Stack) -> None
     start(stack, 0)
     [part, *_] = stack.receive(stack.reduce_queue)
     assert part["eventSourceARN"].endswith(":reduces")
-    stack.service.stop()  # connection refused: retried with backoff
+    stack.service.stop()  # connection refused: re-sent (not an attempt), then, without the grace, backed off
+    _, no_grace = job_with(unreachable_grace_s=0)
     try:
-        res = stack.forwarder(two_queues=True).handle({"Records": [part]})
+        resent = stack.forwarder(two_queues=True).handle({"Records": [part]})
+        res = stack.forwarder(two_queues=True, jobs=no_grace).handle({"Records": [part]})
     finally:
         stack.service.start()
+    assert resent == {"batchItemFailures": []}
+    assert [m["QueueUrl"] for m in stack.sqs.sent] == [stack.reduce_queue]
     assert res == {"batchItemFailures": [{"itemIdentifier": part["messageId"]}]}
     assert stack.sqs.visibility_queues == [stack.reduce_queue] and 1 <= stack.sqs.visibility[0] <= 2
 

@@ -509,22 +509,11 @@ class ChaosSuite:
         return sum(1 for m in captured_emails(self.endpoint) if run_id in str(m.get("Subject", "")))
 
     def _log_messages(self, t0_ms: int) -> Iterator[str]:
-        """Every log message the functions wrote since `t0_ms`, page by page (the scenarios run
-        one at a time, so these are the current scenario's)."""
-        for fn in self.functions:
-            config = self.lam.get_function_configuration(FunctionName=fn)
-            group = (config.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{fn}"
-            kwargs: dict[str, Any] = {"logGroupName": group, "startTime": t0_ms}
-            while True:
-                try:
-                    resp = self.logs.filter_log_events(**kwargs)
-                except self.logs.exceptions.ResourceNotFoundException:
-                    break
-                yield from (ev.get("message", "") for ev in resp.get("events", []))
-                token = resp.get("nextToken")
-                if not token or token == kwargs.get("nextToken"):
-                    break
-                kwargs["nextToken"] = token
+        """Every log message the functions wrote since `t0_ms` (the scenarios run one at a time,
+        so these are the current scenario's)."""
+        from microprocess.local.emulator import function_log_messages
+
+        return function_log_messages(self.lam, self.logs, self.functions, t0_ms)
 
     def _log_lines(self, t0_ms: int) -> list[str]:
         """The functions' log lines since `t0_ms` that report an injected fault."""

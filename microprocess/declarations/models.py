@@ -97,7 +97,12 @@ class JobDeclaration(BaseModel):
         sample_item: an item the service accepts, for `microprocess check-service`.
         max_queue_depth: the splitter pauses while the job's queue holds this many messages
             (0: never); the local stage caps it further to what the emulator handles.
-        max_attempts: pushes per task before it is recorded FAILED.
+        max_attempts: pushes per task before it is recorded FAILED. A push that never reached
+            the service (connection refused, host not found, connect timeout: a restart or a
+            deploy) does not count while the task has been unreachable for less than
+            `unreachable_grace_s`.
+        unreachable_grace_s: how long a task keeps retrying, attempts untouched, while its
+            service cannot be reached (0: every push counts); past it, each push counts again.
         tolerated_failure_pct: above this percentage of failed tasks the run ends FAILED.
         max_concurrency: the event source's maximum concurrent forwarder batches (2..1000).
         shard_count: ledger task partitions, and so the number of reduce parts.
@@ -130,6 +135,7 @@ class JobDeclaration(BaseModel):
     max_queue_depth: Annotated[int, Field(ge=0, le=100_000_000)] = 1_000_000
     sample_item: dict[str, Any] | None = None
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    unreachable_grace_s: Annotated[int, Field(ge=0, le=86_400)] = 900
     tolerated_failure_pct: Annotated[float, Field(ge=0, le=100)] = 1.0
     max_concurrency: Annotated[int, Field(ge=2, le=1000)] = 50
     shard_count: Annotated[int, Field(ge=1, le=256)] = 16

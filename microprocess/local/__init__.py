@@ -8,7 +8,7 @@ Front door:
 * `read_live_state(path)` gives the CLI the endpoint and the stack outputs.
 """
 
-from microprocess.local.emulator import captured_emails
+from microprocess.local.emulator import captured_emails, function_log_messages
 from microprocess.local.stack import (
     LocalStack,
     LocalStackError,
@@ -30,6 +30,7 @@ __all__ = [
     "Workspace",
     "aws_client",
     "captured_emails",
+    "function_log_messages",
     "read_live_state",
     "read_state",
     "stop_recorded",

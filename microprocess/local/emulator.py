@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +103,27 @@ def captured_emails(endpoint_url: str) -> list[dict[str, Any]]:
     elif isinstance(messages, list):
         found.extend(messages)
     return sorted(found, key=lambda m: m.get("Timestamp") or 0)
+
+
+def function_log_messages(lam: Any, logs: Any, functions: Iterable[str], since_ms: int) -> Iterator[str]:
+    """Every log message the named functions wrote since `since_ms` (epoch ms), page by page.
+
+    Args:
+        lam: a Lambda client (each function's log group is read from its configuration).
+        logs: a CloudWatch Logs client.
+        functions: function names, e.g. the stack outputs' `ForwarderFunctionName`.
+    """
+    for fn in functions:
+        config = lam.get_function_configuration(FunctionName=fn)
+        group = (config.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{fn}"
+        kwargs: dict[str, Any] = {"logGroupName": group, "startTime": since_ms}
+        while True:
+            try:
+                resp = logs.filter_log_events(**kwargs)
+            except logs.exceptions.ResourceNotFoundException:
+                break
+            yield from (ev.get("message", "") for ev in resp.get("events", []))
+            token = resp.get("nextToken")
+            if not token or token == kwargs.get("nextToken"):
+                break
+            kwargs["nextToken"] = token

@@ -344,10 +344,11 @@ class LocalStack:
 
     # --------------------------------------------------------- maintenance
 
-    def restart_service(self, key: str, *, chaos: Path | None = None) -> ProcessHandle:
+    def restart_service(self, key: str, *, chaos: Path | None = None, down_s: float = 0.0) -> ProcessHandle:
         """Restart one service process on its port with a new fault file (or none) — used by the e2e tests.
 
-        `key` is its key in `services` (a service's name is its push endpoint)."""
+        `key` is its key in `services` (a service's name is its push endpoint); `down_s`: how long
+        the port stays closed between the stop and the start (a slow deploy)."""
         if self.state is None:
             raise LocalStackError("the stack is not up")
         proc = self.processes.get(key)
@@ -357,6 +358,8 @@ class LocalStack:
         port = int(url.rsplit(":", 1)[1])
         old = self.handles.pop(proc.process)
         stop(old.pid, old.start_ticks)
+        if down_s > 0:
+            time.sleep(down_s)
         env = service_env(
             proc,
             declarations=self.declarations,

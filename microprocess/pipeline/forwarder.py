@@ -11,6 +11,10 @@ response: only records that should be retried are listed in `batchItemFailures`.
 * Pushes in a batch run concurrently. 2xx: SUCCEEDED; 4xx but 408/429: FAILED, no
   retry; else retried with exponential backoff and jitter (visibility timeout),
   honouring `Retry-After`, until the job's max attempts, then FAILED with the last error.
+  A push that never reached the service (it could not connect: a restart, a deploy) is not
+  an attempt: the message is re-sent with a delay (≤ 60 s) carrying its attempts so far and
+  since when it has been unreachable, and acknowledged, for up to the job's
+  `unreachable_grace_s`; past that, such pushes count as attempts again (runs always finish).
 * Outcomes are recorded in the ledger (counted once, one counter write per batch);
   the completion that finishes the run claims the reduce and enqueues its parts;
   the last part enqueues the finalize; the finalize ends the run.
@@ -31,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from microprocess.chaos.faults import FaultInjector, InjectedCrash
 from microprocess.control.adaptive import observe_pushes
-from microprocess.control.pause import park, prior_attempts
+from microprocess.control.pause import PRIOR_ATTEMPTS_ATTRIBUTE, park, prior_attempts
 from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobDeclaration, JobRegistry, ReduceMode, UnknownJobError
 from microprocess.ledger import Ledger, RunRecord, RunStatus, TaskOutcome, TaskState
@@ -57,6 +61,12 @@ REASON_ATTRIBUTE = "microprocess-reason"
 #: Reduce pushes may take much longer than a task.
 REDUCE_TIMEOUT_S = 600.0
 MAX_VISIBILITY_S = 43_200
+#: Message attribute of a task re-sent because its service could not be reached: since when
+#: (epoch seconds) its pushes have found the service unreachable.
+UNREACHABLE_SINCE_ATTRIBUTE = "microprocess-unreachable-since"
+#: The longest wait between two pushes to an unreachable service, seconds (a service coming
+#: back is found within this).
+UNREACHABLE_MAX_DELAY_S = 60
 
 
 def backoff_seconds(attempt: int, retry_after: float | None, *, base: float, cap: float, rng: random.Random) -> int:
@@ -86,6 +96,17 @@ class _Work:
     def attempt(self) -> int:
         receives = int(self.record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
         return receives + prior_attempts(self.record)  # + the attempts before a pause parked it
+
+    @property
+    def unreachable_since(self) -> float | None:
+        """When this task's pushes began to find the service unreachable (None: not re-sent for that)."""
+        attr = (self.record.get("messageAttributes") or {}).get(UNREACHABLE_SINCE_ATTRIBUTE) or {}
+        value = attr.get("stringValue") or attr.get("StringValue")
+        try:
+            since = float(value) if value is not None else None
+        except ValueError:
+            return None
+        return since if since is not None and since == since else None  # not NaN
 
 
 def _keys(env: TaskEnvelope) -> dict[str, str]:
@@ -391,7 +412,52 @@ class Forwarder:
             )
         except Exception as exc:  # signing or secret fetch failed: retry later, do not lose the task
             log.exception("push of %s failed before sending", env.idempotency_key, extra=_keys(env))
-            return PushResult(None, error=f"push not sent: {type(exc).__name__}: {exc}")
+            return PushResult(None, error=f"push not sent: {type(exc).__name__}: {exc}", reached=False)
+
+    def _resend_unreached(self, w: _Work) -> bool:
+        """Re-send (delayed) a message whose push never reached its service, without counting that
+        push as an attempt; True when it was re-sent (the caller acknowledges the original).
+
+        False when the push did reach the service, when the task has been unreachable for longer
+        than its job's grace (it then counts, so a service that stays down still ends the run), or
+        when the re-send failed (the ordinary backoff applies: the message is not lost)."""
+        result = w.result
+        if result is None or result.reached or result.outcome is not PushOutcome.RETRY:
+            return False
+        now = time.time()
+        since = w.unreachable_since
+        since = now if since is None or since > now else since
+        if now - since >= w.job.unreachable_grace_s:
+            return False
+        # Waits grow with the time unreachable (≈ half of it, so about 1.5x each time), 1..60 s.
+        delay = max(1, round(min(UNREACHABLE_MAX_DELAY_S, max(1.0, (now - since) / 2)) * self.rng.uniform(0.5, 1.0)))
+        try:
+            self.sqs.send_message(
+                QueueUrl=self.queue_url_of(w.record),
+                MessageBody=w.record["body"],
+                DelaySeconds=delay,
+                MessageAttributes={
+                    # the next receive is this same attempt again: only the pushes that counted so far
+                    PRIOR_ATTEMPTS_ATTRIBUTE: {"DataType": "Number", "StringValue": str(w.attempt - 1)},
+                    UNREACHABLE_SINCE_ATTRIBUTE: {"DataType": "String", "StringValue": f"{since:.3f}"},
+                },
+            )
+        except Exception:
+            log.exception(
+                "could not re-send unreached %s; retried as an attempt", w.message_id, extra=_keys(w.envelope)
+            )
+            return False
+        log.info(
+            "service of %s unreachable for %.0f s; re-sent with a %s s delay, attempt %s not counted: %s",
+            w.envelope.idempotency_key,
+            now - since,
+            delay,
+            w.attempt,
+            result.describe(),
+            extra=_keys(w.envelope),
+        )
+        self.emit("TasksUnreachable", 1, w.job.name, run_id=w.envelope.run_id)
+        return True
 
     def _retry_later(self, w: _Work, result: PushResult) -> None:
         delay = backoff_seconds(
@@ -421,6 +487,8 @@ class Forwarder:
         for w in tasks:
             assert w.result is not None
             outcome = w.result.outcome
+            if self._resend_unreached(w):
+                continue  # acknowledged: its copy comes back after the delay
             if outcome is PushOutcome.RETRY and w.attempt < w.job.max_attempts:
                 self._retry_later(w, w.result)
                 failures.append(w.message_id)
@@ -499,6 +567,8 @@ class Forwarder:
             log.info("run %s: completion callback delivered", env.run_id, extra=_keys(env))
             self.emit("CompletionsDelivered", 1, job.name, run_id=env.run_id)
             return []
+        if self._resend_unreached(w):
+            return []
         if result.outcome is PushOutcome.RETRY and w.attempt < job.max_attempts:
             self._retry_later(w, result)
             return [w.message_id]
@@ -543,6 +613,8 @@ class Forwarder:
                             job.name,
                             run_id=env.run_id,
                         )
+                return []
+            if self._resend_unreached(w):
                 return []
             if outcome is PushOutcome.RETRY and w.attempt < job.max_attempts:
                 self._retry_later(w, result)

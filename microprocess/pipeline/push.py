@@ -3,7 +3,9 @@
 Keep-alive connections, one per thread. A push returns a `PushResult` whatever
 happens; classification into success / permanent / retry follows the contract:
 2xx success; 4xx other than 408 and 429 permanent; 408, 429, 5xx, timeouts and
-connection errors retried (honouring `Retry-After`). Every send is signed anew
+connection errors retried (honouring `Retry-After`); a push whose connection could not
+be opened is marked `reached=False` (the request never left: the forwarder does not count it
+as an attempt during the job's grace). Every send is signed anew
 (signature v2: method, path, timestamp, nonce, Idempotency-Key, body digest); a 401
 re-reads the secret once (`SecretCache.refresh`, rotation) and sends again before it
 counts as permanent. A body over the contract's limit is never sent (permanent).
@@ -41,6 +43,9 @@ class PushResult:
     error: str | None = None
     #: Refused before sending (e.g. a body over the contract's limit): never retried.
     not_sendable: bool = False
+    #: False when the request surely never reached the service (no connection could be opened,
+    #: or the push could not be signed): retrying it cannot repeat any work.
+    reached: bool = True
 
     @property
     def outcome(self) -> PushOutcome:
@@ -201,6 +206,17 @@ class HttpPusher:
                 **sign_request(secret, "POST", target, body, idempotency_key),
             }
             conn = self._connection(timeout)
+            if conn.sock is None:
+                try:
+                    conn.connect()
+                except OSError as exc:  # refused, name not resolved, connect timeout, TLS handshake
+                    self._drop()
+                    return PushResult(
+                        None,
+                        error=f"service unreachable: could not connect to {self.host}:{self.port}: "
+                        f"{type(exc).__name__}: {exc}",
+                        reached=False,
+                    )
             try:
                 conn.request("POST", target, body=body, headers=headers)
                 resp = conn.getresponse()
