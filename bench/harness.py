@@ -64,6 +64,8 @@ _ESM_DONE = re.compile(
 )
 _ESM_FAILED = re.compile(r"ESM: Lambda (?P<fn>\S+) failed processing SQS batch from (?P<q>\S+)")
 _REPORT = re.compile(r"REPORT RequestId: \S+\s+Duration: (?P<ms>[\d.]+) ms")
+#: The splitter's backpressure line (`Splitter._room_for`).
+_GATE_WAIT = re.compile(r"waited (?P<s>[\d.]+) s for its queue to drain")
 
 BASELINE_HANDLER = 'def handler(event, context):\n    return {"batchItemFailures": []}\n'
 
@@ -351,6 +353,10 @@ class BenchStack:
             if m:
                 use.invocations += 1
                 use.duration_s += float(m["ms"]) / 1000
+                continue
+            w = _GATE_WAIT.search(message)
+            if w:
+                use.waited_s += float(w["s"])
         return use
 
     def _log_messages(self, group: str, start_ms: int, end_ms: int, limit: int = 10_000) -> list[str]:

@@ -21,6 +21,7 @@ from bench.figures import (
     reduce_latency,
     report_figures,
     split_rate,
+    split_working_rate,
     splitter_model,
     usage_split,
 )
@@ -72,7 +73,8 @@ def observed() -> Observed:
         proxy=proxy,
         functions={
             "forwarder": FunctionUse(memory_mb=512, invocations=100, duration_s=12.0, log_bytes=200_000),
-            "splitter": FunctionUse(memory_mb=1024, invocations=1, duration_s=4.0, log_bytes=5_000),
+            # 4 segments in parallel for the 4 s of the split: 16 s of splitter time
+            "splitter": FunctionUse(memory_mb=1024, invocations=4, duration_s=16.0, log_bytes=5_000),
             "sweeper": FunctionUse(memory_mb=256, invocations=2, duration_s=1.0, log_bytes=1_000),
         },
         event_sources={"forwarder": EventSourceUse(batches=100, messages=1017, failed_batches=1)},
@@ -158,6 +160,27 @@ def test_measured_costs_feed_the_planner(observed: Observed) -> None:
     assert mc.report_bytes_per_row == pytest.approx(40.70051)
     assert mc.report_seconds_per_row == pytest.approx(3.13e-5)
     assert mc.ledger_ceiling_items_per_s == pytest.approx(62_500)
+
+
+def test_the_splitters_waits_for_room_are_not_its_speed(observed: Observed) -> None:
+    # GIVEN a split whose 16 s of splitter time include 8 s of waiting for the queue to drain
+    observed.functions["splitter"].waited_s = 8.0
+    doc = measured_costs(
+        observed,
+        measured_at="2026-11-01T00:00:00Z",
+        cores=2,
+        split_segments=4,
+        report=report_figures(P5_100K, part_bytes=5 * 1024 * 1024),
+        lambda_workers_cpu_s=3.0,
+    )
+    # THEN the splitter's rate is over its 8 working seconds: 4 segments x 1,000 items / 8 s,
+    # twice the wall-clock rate, and only the working time per item is priced
+    mc = MeasuredCosts.from_dict(json.loads(json.dumps(doc)))
+    assert split_rate(observed) == pytest.approx(250.0)
+    assert split_working_rate(observed, 4) == pytest.approx(500.0)
+    assert mc.splitter_items_per_s == pytest.approx(500.0) and mc.items_per_s_per_segment == pytest.approx(125.0)
+    assert doc["splitter"]["seconds_per_item"] == pytest.approx(8.0 / 1000)
+    assert "8.0 s of waiting" in doc["splitter"]["items_per_s_note"]
 
 
 def test_the_forwarders_own_cpu_time_wins_over_the_workers_and_is_required(observed: Observed) -> None:

@@ -54,3 +54,26 @@ def test_function_name_and_cpu_are_read_from_a_live_process() -> None:
     assert name == "bench-test-fn"
     assert cpu >= 0.2
     assert _function_name(child.pid) == ""  # gone: unreadable, no name
+
+
+def test_the_splitters_backpressure_line_is_read_as_waiting_time() -> None:
+    import logging
+
+    from bench.harness import _GATE_WAIT
+    from microprocess.pipeline import splitter
+
+    # The splitter's own log call (its format string, as written in `Splitter._room_for`)
+    record = logging.LogRecord(
+        "microprocess.pipeline.splitter",
+        logging.INFO,
+        splitter.__file__,
+        0,
+        "job %s: waited %.1f s for its queue to drain below %d (depth %d)",
+        ("invoice-reminders", 12.34, 2000, 2150),
+        None,
+    )
+    m = _GATE_WAIT.search(record.getMessage())
+    assert m is not None and float(m["s"]) == 12.3
+    import inspect
+
+    assert "waited %.1f s for its queue to drain below" in inspect.getsource(splitter.Splitter._room_for)
