@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench import adaptive
 from bench.figures import (
     hot_key,
     measured_costs,
@@ -75,6 +76,7 @@ METHODS = {
     "over the job's scan segments, and per invocation (expected / the splitter's summed REPORT durations); "
     "model: the segments split in parallel, each invocation works (timeout - margin) s at its share of the total "
     "rate, then continues itself.",
+    "p7": adaptive.METHOD,
     "p8": "A third plain run of (a) after growing the seeded table to the P8 item count (same seeder, same seed): "
     "items/s (expected / (reduce claimed - start request)) of that run / items/s of the plain (a) run. The splitter "
     "keeps the job's queue below the local stage's max_queue_depth_cap, so the emulator's queue stays short.",
@@ -443,6 +445,8 @@ def table(r: dict[str, Any]) -> str:
                 f"({d['splitter_invocations']} invocations)",
             ),
         ]
+    if "p7_adaptive" in r:
+        rows += adaptive.lines(r["p7_adaptive"])
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -470,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     result = from_raw(json.loads(args.recompute.read_text())) if args.recompute else measure(args.items, args.p8_items)
+    result["p7_adaptive"] = adaptive.compare(CREDIT_SCORES)  # simulated in virtual time: see bench/adaptive.py
     result["bench_seconds"] = round(time.monotonic() - started, 1)
     result["measured_at"] = result["measured_costs"]["measured_at"]
     write_json(args.out, result)

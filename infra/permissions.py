@@ -35,6 +35,13 @@ PUT_OBJECT: tuple[str, ...] = ("s3:PutObject",)
 REPORT_OBJECTS: tuple[str, ...] = ("s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject", "s3:PutObjectTagging")
 #: Reading a queue's depth (the splitter's backpressure).
 QUEUE_DEPTH: tuple[str, ...] = ("sqs:GetQueueAttributes",)
+#: The adaptive concurrency: read the forwarder's metrics (no resource-level permissions),
+#: find a job's event source mapping (none either), set its maximum concurrency.
+READ_METRICS: tuple[str, ...] = ("cloudwatch:GetMetricData",)
+LIST_EVENT_SOURCE_MAPPINGS: tuple[str, ...] = ("lambda:ListEventSourceMappings",)
+UPDATE_EVENT_SOURCE_MAPPING: tuple[str, ...] = ("lambda:UpdateEventSourceMapping",)
+#: The adaptive controller's own state items in the ledger table (read, overwrite).
+CONTROLLER_STATE: tuple[str, ...] = ("dynamodb:GetItem", "dynamodb:PutItem")
 #: Reading a signing key.
 READ_SECRET: tuple[str, ...] = ("secretsmanager:GetSecretValue",)
 

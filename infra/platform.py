@@ -34,6 +34,7 @@ from constructs import Construct
 
 from infra import contract, logical_ids
 from infra.access_logs import AccessLogBucket
+from infra.adaptive import AdaptiveConcurrencyControl
 from infra.bundled_service import BundledService, DomainSettings
 from infra.dead_letter import TIMEOUT as DEAD_LETTER_TIMEOUT
 from infra.dead_letter import DeadLetterHandler
@@ -51,6 +52,7 @@ from infra.reports import DEFAULT_EXPIRY_DAYS, Reports
 from infra.signing_secret import SigningSecret
 from infra.splitter import Splitter
 from infra.sweeper import Sweeper
+from microprocess.control.scheduled import adaptive_jobs
 from microprocess.declarations import Declarations, get_declarations, load_declarations
 from microprocess.pipeline.splitter import SPLITS_PREFIX
 from microprocess.stacks import MANIFESTS_PREFIX
@@ -179,6 +181,8 @@ class MicroprocessPlatform(Construct):
         signing_secrets: one `SigningSecret` per service.
         bundled: the `BundledService` of each service built here (cloud), by name.
         forwarder, reducer, dead_letter, splitter, sweeper: the functions' constructs.
+        adaptive: the scheduled adaptive concurrency of the jobs declared `adaptive = true`
+            (None when no job is).
         network: the VPC built for bundled services (None when none is built).
         monitoring: dashboard and alarms (cloud; None locally).
         outputs: the stack outputs of the contract (`microprocess.stacks`), by name.
@@ -381,6 +385,18 @@ class MicroprocessPlatform(Construct):
             **({"rate": Duration.minutes(settings.sweeper_rate_minutes)} if settings.sweeper_rate_minutes else {}),
             **({"stuck_after_s": settings.stuck_after_s} if settings.stuck_after_s else {}),
         )
+        adaptive = adaptive_jobs(jobs)
+        self.adaptive: AdaptiveConcurrencyControl | None = None
+        if adaptive:  # only when a job opts in: a stage without one has no extra function or schedule
+            self.adaptive = AdaptiveConcurrencyControl(
+                self,
+                "Adaptive",
+                defaults=defaults,
+                forwarder=self.forwarder.function,
+                sources={job.name: self.forwarder.event_sources[job.name] for job in adaptive},
+                queues={job.name: self.push_queue.task_queues[job.name] for job in adaptive},
+                ledger_table=self.ledger.table,
+            )
         self.monitoring: Monitoring | None = None
         if not local:
             target_groups: dict[str, elbv2.ApplicationTargetGroup] = {}

@@ -7,4 +7,5 @@ off by itself (adaptive concurrency), and stop a run that can no longer succeed.
 * `pause`: pause (park the run's messages in the ledger, stop its splitter) and resume.
 * `scale`: read and set a job's event-source concurrency cap.
 * `adaptive`: the AIMD controller of a job's effective concurrency.
+* `scheduled`: that controller every minute, by itself, for the jobs declared `adaptive = true`.
 """

@@ -258,7 +258,11 @@ class RunResumer:
                 raise  # another resume won the race: the run is resumed either way
 
     def parked_count(self, run_id: str, shard_count: int) -> int:
-        return sum(len(self._parked(run_id, k)) for k in range(shard_count))
+        return len(self.parked_messages(run_id, shard_count))
+
+    def parked_messages(self, run_id: str, shard_count: int) -> list[dict[str, Any]]:
+        """The run's parked messages: each with its `job`, `kind`, `body` and `prior_attempts`."""
+        return [item for k in range(shard_count) for item in self._parked(run_id, k)]
 
     def drain(self, run_id: str, shard_count: int) -> int:
         """Re-send every parked message of the run, then delete its parked record; returns how many."""

@@ -115,6 +115,14 @@ class JobDeclaration(BaseModel):
         item_index: write one item-id record per item at split time, so that one item is found
             by its id without reading the run (`microprocess tasks RUN --item ID`); one write
             unit per item.
+        adaptive: let the platform move the job's concurrency cap by itself, every minute,
+            between 2 and `max_concurrency`: halve it when the service answers 429/503 to 2 %
+            of the pushes (or its push time climbs), add back a twentieth of `max_concurrency`
+            after each healthy minute (`microprocess.control.adaptive`). Off by default: with it
+            the controller owns the cap (a `microprocess scale JOB --concurrency N` is moved from
+            again within a minute), and the deployed stack gains one scheduled function that
+            reads the job's CloudWatch metrics every minute (about $1.30 a month per job in
+            GetMetricData); a job whose service scales with its load needs neither.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -145,6 +153,7 @@ class JobDeclaration(BaseModel):
     recipients: tuple[str, ...] = ()
     stop_early: bool = True
     item_index: bool = True
+    adaptive: bool = False
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,184 @@
+"""The adaptive controller on its own schedule: one tick a minute for every job declared `adaptive = true`.
+
+The deployed stack runs `functions/adaptive` on an EventBridge `rate(1 minute)` rule when a
+job opts in (`infra/adaptive.py`). Each invocation is one `AdaptiveConcurrency.tick()`: per
+job, the signals of the last minute (`CloudWatchSignals`), one AIMD decision, applied to the
+job's event source mapping (`JobScaler`).
+
+A Lambda keeps nothing between invocations for sure, so what the controller remembers (the
+healthy p90 push time it compares against) is kept in the ledger table, one small item per
+job: pk `JOB#<job>`, sk `ADAPTIVE` (one write a minute per job). The cap itself needs no
+memory: it is read back from the mapping every tick.
+
+On the local stack there are no CloudWatch metrics (the EMF lines stay in the logs), so
+every interval shows no pushes and the controller holds; `microprocess scale JOB --adaptive`
+is the same loop run from a shell.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from microprocess.control.adaptive import AdaptiveConcurrency, CloudWatchSignals, Decision, MetricsEmitter, Signals
+from microprocess.control.scale import JobScaler
+from microprocess.declarations import JobDeclaration
+
+log = logging.getLogger(__name__)
+
+#: The variable naming the task forwarder (whose event source mappings carry the jobs' caps).
+FORWARDER_FUNCTION_NAME = "FORWARDER_FUNCTION_NAME"
+#: The ledger table and the jobs' task queues: the pipeline's own variables (`infra/contract.py`).
+LEDGER_TABLE = "LEDGER_TABLE"
+JOB_QUEUES = "JOB_QUEUES"
+#: The controller's interval, s: the schedule's rate and the metrics window it reads.
+INTERVAL_S = 60
+#: Partition key prefix of a job's controller state in the ledger table.
+STATE_PK_PREFIX = "JOB#"
+STATE_SK = "ADAPTIVE"
+
+
+class AdaptiveSetupError(ValueError):
+    """The scheduled controller is missing a setting; the message names it and the fix."""
+
+
+def adaptive_jobs(jobs: Iterable[JobDeclaration]) -> list[JobDeclaration]:
+    """The jobs that opted in (`adaptive = true`), in declaration order."""
+    return [job for job in jobs if job.adaptive]
+
+
+@dataclass(frozen=True)
+class ScheduledSettings:
+    """What the scheduled controller reads from its environment.
+
+    Attributes:
+        forwarder_function: the task forwarder's name.
+        job_queue_urls: each job's task queue URL.
+        ledger_table: where the controller's state is kept.
+    """
+
+    forwarder_function: str
+    job_queue_urls: Mapping[str, str]
+    ledger_table: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ScheduledSettings:
+        env = os.environ if environ is None else environ
+        missing = [name for name in (FORWARDER_FUNCTION_NAME, JOB_QUEUES, LEDGER_TABLE) if not env.get(name)]
+        if missing:
+            raise AdaptiveSetupError(
+                f"the adaptive concurrency function needs {missing} in its environment; the stack sets them "
+                "(infra/adaptive.py): deploy it again"
+            )
+        try:
+            urls = json.loads(env[JOB_QUEUES])
+        except json.JSONDecodeError as exc:
+            raise AdaptiveSetupError(
+                f'{JOB_QUEUES} is not JSON ({exc.msg}): expected {{"<job>": "<queue url>"}}'
+            ) from None
+        return cls(
+            forwarder_function=env[FORWARDER_FUNCTION_NAME],
+            job_queue_urls={str(k): str(v) for k, v in urls.items()},
+            ledger_table=env[LEDGER_TABLE],
+        )
+
+
+class ControllerState:
+    """The controllers' memory between invocations (the healthy p90 baseline), in the ledger table.
+
+    Args:
+        dynamodb: a boto3 DynamoDB client.
+        table: the ledger table's name.
+    """
+
+    def __init__(self, dynamodb: Any, table: str) -> None:
+        self.dynamodb, self.table = dynamodb, table
+
+    @staticmethod
+    def key(job: str) -> dict[str, Any]:
+        return {"pk": {"S": f"{STATE_PK_PREFIX}{job}"}, "sk": {"S": STATE_SK}}
+
+    def baseline_ms(self, job: str) -> float | None:
+        item = self.dynamodb.get_item(TableName=self.table, Key=self.key(job), ConsistentRead=True).get("Item") or {}
+        value = item.get("baseline_ms", {}).get("N")
+        return float(value) if value is not None else None
+
+    def save(self, job: str, decision: Decision) -> None:
+        item: dict[str, Any] = {
+            **self.key(job),
+            "concurrency": {"N": str(decision.concurrency)},
+            "action": {"S": decision.action},
+            "reason": {"S": decision.reason},
+        }
+        if decision.baseline_ms is not None:
+            item["baseline_ms"] = {"N": repr(float(decision.baseline_ms))}
+        self.dynamodb.put_item(TableName=self.table, Item=item)
+
+
+def tick(
+    *,
+    jobs: Iterable[JobDeclaration],
+    scaler: JobScaler,
+    signals: Callable[[str], Signals],
+    state: ControllerState,
+    emit: MetricsEmitter | None = None,
+) -> dict[str, dict[str, Any]]:
+    """One decision for every adaptive job among `jobs`, applied and remembered.
+
+    A job whose decision fails (its mapping is missing, a throttled API call) is reported and
+    the others still get theirs; the errors are raised together at the end, so the invocation
+    fails visibly (its error metric and log) instead of holding a cap silently.
+
+    Returns each job's decision as a dict (`Decision.as_dict()`).
+    """
+    decisions: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    for job in adaptive_jobs(jobs):
+        adaptive = AdaptiveConcurrency(jobs=[job], scaler=scaler, signals=signals, emit=emit)
+        try:
+            adaptive.controllers[job.name].baseline_ms = state.baseline_ms(job.name)
+            decision = adaptive.tick()[job.name]
+            state.save(job.name, decision)
+        except (ClientError, ValueError) as exc:
+            log.exception("adaptive concurrency of job %s failed", job.name)
+            errors.append(f"{job.name}: {exc}")
+            continue
+        decisions[job.name] = decision.as_dict()
+    if errors:
+        raise RuntimeError(
+            f"adaptive concurrency failed for {len(errors)} job(s), their caps unchanged this minute: "
+            + "; ".join(errors)
+        )
+    return decisions
+
+
+def tick_from_environment(
+    declared: Iterable[JobDeclaration],
+    client: Callable[[str], Any],
+    emit: MetricsEmitter | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The deployed function's one call: settings from the environment, clients from `client(name)`."""
+    jobs = adaptive_jobs(declared)
+    if not jobs:
+        return {}  # nothing opted in (the stack deploys no schedule then; a manual invoke is harmless)
+    settings = ScheduledSettings.from_env(environ)
+    scaler = JobScaler(
+        lambda_client=client("lambda"),
+        sqs=client("sqs"),
+        forwarder_function=settings.forwarder_function,
+        job_queue_urls=dict(settings.job_queue_urls),
+    )
+    return tick(
+        jobs=jobs,
+        scaler=scaler,
+        signals=CloudWatchSignals(client("cloudwatch"), window_s=INTERVAL_S),
+        state=ControllerState(client("dynamodb"), settings.ledger_table),
+        emit=emit,
+    )
