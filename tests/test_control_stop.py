@@ -67,6 +67,8 @@ def test_a_hopeless_run_ends_failed_at_once_and_its_other_messages_are_acknowled
     run = stack.ledger.require_run("r1")
     assert run.status is RunStatus.FAILED and run.report_uri
     assert run.error and "of 40 tasks failed" in run.error and "above the tolerated 5.0%" in run.error
+    # (why it stopped stays first in the run's error, the final count after it)
+    assert run.error.startswith("stopped early: 10 of 40 tasks failed") and "; at its end, 10 of 40" in run.error
     assert [c["payload"]["kind"] for c in stack.service.calls if c["payload"]["kind"] != "task"][-1] == "finalize"
     # AND only that first batch was pushed: the other 30 messages were acknowledged without a call
     assert len(stack.service.task_calls()) == 10

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from microprocess.chaos.faults import FaultConfig, FaultInjector, InjectedCrash
+from microprocess.control.pause import PRIOR_ATTEMPTS_ATTRIBUTE
 from microprocess.declarations import UnknownJobError
 from microprocess.ledger import RunStatus, TaskState
 from microprocess.pipeline.envelope import TaskEnvelope, TaskKind, shard_of
@@ -580,13 +581,32 @@ def test_a_task_sent_but_not_yet_accounted_is_deferred_not_lost(stack: Stack) ->
     stack.ledger.create_run("r1", JOB)
     stack.ledger.account_page("r1", segment="0", cursor_from="", cursor_to="p1", count=2)
     early = sqs_record(envelope_for("r1", "0-000000005", {"company_id": "C0000005"}), message_id="early")
+    early["attributes"]["ApproximateReceiveCount"] = "2"  # its second receive
     known = sqs_record(envelope_for("r1", "0-000000001", {"company_id": "C0000001"}), message_id="known")
     # WHEN the forwarder sees both
     res = stack.forwarder().handle({"Records": [early, known]})
-    # THEN the unaccounted one is retried shortly (not dead-lettered), the other recorded
-    assert res == {"batchItemFailures": [{"itemIdentifier": "early"}]} and stack.sqs.visibility == [1]
+    # THEN the unaccounted one comes back in a second as a copy (not dead-lettered, not pushed) that
+    # carries only the attempts made before (this receive pushed nothing), the other is recorded
+    assert res == {"batchItemFailures": []} and stack.sqs.visibility == []
+    [copy] = stack.sqs.sent
+    assert (copy["MessageBody"], copy["DelaySeconds"]) == (early["body"], 1)
+    assert copy["MessageAttributes"][PRIOR_ATTEMPTS_ATTRIBUTE]["StringValue"] == "1"
+    assert [c["payload"]["task_id"] for c in stack.service.task_calls()] == ["0-000000001"]
     assert [t.task_id for t in task_records(stack, "r1")] == ["0-000000001"]
     assert dlq_messages(stack) == []
+
+
+def test_a_deferral_whose_resend_fails_comes_back_as_a_counted_receive(stack: Stack) -> None:
+    stack.ledger.create_run("r1", JOB)
+    stack.ledger.account_page("r1", segment="0", cursor_from="", cursor_to="p1", count=2)
+    early = sqs_record(envelope_for("r1", "0-000000005", {"company_id": "C0000005"}), message_id="early")
+
+    def refuse(**_kw: Any) -> Any:
+        raise RuntimeError("injected: SendMessage throttled")
+
+    stack.sqs.send_message = refuse  # type: ignore[method-assign]
+    res = stack.forwarder().handle({"Records": [early]})
+    assert res == {"batchItemFailures": [{"itemIdentifier": "early"}]} and stack.sqs.visibility == [1]
 
 
 def test_dead_letter_quarantines_a_task_that_is_not_part_of_its_run(stack: Stack) -> None:

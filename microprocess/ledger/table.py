@@ -946,6 +946,8 @@ class Ledger:
             if status is RunStatus.FAILED
             else None
         )
+        if run.error and error:  # a reducing run with an error was stopped early: keep why, first
+            error = f"{run.error}; at its end, {error}"
         done = self._claim(
             _run_key(run_id),
             set_expr="#st = :s, finished_at = :now, report_uri = :r, summary = :sum, #err = :e",

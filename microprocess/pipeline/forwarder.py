@@ -94,19 +94,30 @@ class _Work:
 
     @property
     def attempt(self) -> int:
-        receives = int(self.record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
-        return receives + prior_attempts(self.record)  # + the attempts before a pause parked it
+        return attempt_of(self.record)
 
     @property
     def unreachable_since(self) -> float | None:
         """When this task's pushes began to find the service unreachable (None: not re-sent for that)."""
-        attr = (self.record.get("messageAttributes") or {}).get(UNREACHABLE_SINCE_ATTRIBUTE) or {}
-        value = attr.get("stringValue") or attr.get("StringValue")
-        try:
-            since = float(value) if value is not None else None
-        except ValueError:
-            return None
-        return since if since is not None and since == since else None  # not NaN
+        return unreachable_since(self.record)
+
+
+def attempt_of(record: dict[str, Any]) -> int:
+    """This receive's attempt number: the receives of this message plus the attempts made before it
+    was re-sent (parked by a pause, deferred, or its service unreachable)."""
+    receives = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1") or 1)
+    return receives + prior_attempts(record)
+
+
+def unreachable_since(record: dict[str, Any]) -> float | None:
+    """When the record's pushes began to find its service unreachable (None: not re-sent for that)."""
+    attr = (record.get("messageAttributes") or {}).get(UNREACHABLE_SINCE_ATTRIBUTE) or {}
+    value = attr.get("stringValue") or attr.get("StringValue")
+    try:
+        since = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return since if since is not None and since == since else None  # not NaN
 
 
 def _keys(env: TaskEnvelope) -> dict[str, str]:
@@ -289,8 +300,9 @@ class Forwarder:
                     f"malformed message: task '{env.task_id}' (shard {env.shard}) is not part of run '{env.run_id}'",
                 )
                 return None
-            if owned is None:  # sent, not yet accounted: try again in a moment
-                self._defer(record)
+            if owned is None:  # sent, not yet accounted: try again in a moment (not an attempt)
+                if self._defer(record):
+                    return None  # re-sent with a delay: this one is acknowledged
                 raise _Deferred
         if env.kind is not TaskKind.TASK and run.status in (RunStatus.SPLITTING, RunStatus.RUNNING):
             run = self.runs.get(env.run_id, fresh=True) or run  # statuses only move on: the cache is behind
@@ -355,13 +367,37 @@ class Forwarder:
         except MalformedEnvelope:
             return self.task_queue_url
 
-    def _defer(self, record: dict[str, Any]) -> None:
+    def _defer(self, record: dict[str, Any]) -> bool:
+        """Bring a record back in a second without counting this receive as an attempt: re-sent
+        (True; the caller acknowledges it), else (the send failed) made visible again in 1 s."""
+        if self._resend_uncounted(record, 1, since=unreachable_since(record)):
+            return True
         try:
             self.sqs.change_message_visibility(
                 QueueUrl=self.queue_url_of(record), ReceiptHandle=record["receiptHandle"], VisibilityTimeout=1
             )
         except Exception:
             log.exception("could not defer %s", record.get("messageId"))
+        return False
+
+    def _resend_uncounted(self, record: dict[str, Any], delay_s: int, *, since: float | None) -> bool:
+        """Send a copy of `record` to its queue after `delay_s`, carrying the attempts made so far
+        without this receive (its next receive is this same attempt again) and, when given, since
+        when its service has been unreachable. False (logged) when the send failed."""
+        attributes = {PRIOR_ATTEMPTS_ATTRIBUTE: {"DataType": "Number", "StringValue": str(attempt_of(record) - 1)}}
+        if since is not None:
+            attributes[UNREACHABLE_SINCE_ATTRIBUTE] = {"DataType": "String", "StringValue": f"{since:.3f}"}
+        try:
+            self.sqs.send_message(
+                QueueUrl=self.queue_url_of(record),
+                MessageBody=record["body"],
+                DelaySeconds=delay_s,
+                MessageAttributes=attributes,
+            )
+        except Exception:
+            log.exception("could not re-send %s; it comes back as a counted receive", record.get("messageId"))
+            return False
+        return True
 
     def _duplicate_some(self, work: list[_Work]) -> None:
         if not self.faults:
@@ -431,22 +467,8 @@ class Forwarder:
             return False
         # Waits grow with the time unreachable (≈ half of it, so about 1.5x each time), 1..60 s.
         delay = max(1, round(min(UNREACHABLE_MAX_DELAY_S, max(1.0, (now - since) / 2)) * self.rng.uniform(0.5, 1.0)))
-        try:
-            self.sqs.send_message(
-                QueueUrl=self.queue_url_of(w.record),
-                MessageBody=w.record["body"],
-                DelaySeconds=delay,
-                MessageAttributes={
-                    # the next receive is this same attempt again: only the pushes that counted so far
-                    PRIOR_ATTEMPTS_ATTRIBUTE: {"DataType": "Number", "StringValue": str(w.attempt - 1)},
-                    UNREACHABLE_SINCE_ATTRIBUTE: {"DataType": "String", "StringValue": f"{since:.3f}"},
-                },
-            )
-        except Exception:
-            log.exception(
-                "could not re-send unreached %s; retried as an attempt", w.message_id, extra=_keys(w.envelope)
-            )
-            return False
+        if not self._resend_uncounted(w.record, delay, since=since):
+            return False  # the ordinary backoff applies: counted, but not lost
         log.info(
             "service of %s unreachable for %.0f s; re-sent with a %s s delay, attempt %s not counted: %s",
             w.envelope.idempotency_key,
