@@ -43,7 +43,7 @@ from infra.item_source import ItemSourceTable
 from infra.lambda_function import RUNTIME, FunctionDefaults, code_asset
 from infra.ledger import LedgerTable
 from infra.monitoring import Monitoring
-from infra.nag import acknowledge
+from infra.nag import acknowledge, skip_checkov
 from infra.network import Network
 from infra.push_queue import PushQueue
 from infra.push_settings import VISIBILITY_FACTOR, PushSettings
@@ -255,6 +255,7 @@ class MicroprocessPlatform(Construct):
             sender=settings.ses_sender,
             expiry_days=settings.intermediate_expiry_days,
             server_access_logs_bucket=access_logs.bucket if access_logs else None,
+            versioned=not local,
             removal_policy=stateful,
         )
         logical_ids.check_unique("service", self.endpoints)
@@ -400,6 +401,7 @@ class MicroprocessPlatform(Construct):
 
         self._pin_stateful(access_logs)
         self._acknowledge_grant_wildcards()
+        self._skip_function_checkov_findings()
         self.outputs = self._outputs(stack, source_tables_json)
 
     # ------------------------------------------------------------------ parts
@@ -568,6 +570,65 @@ class MicroprocessPlatform(Construct):
                 prefix(""),
             )
             acknowledge(queue_role, reason_s3_actions, *actions("read_write"))
+
+    def _skip_function_checkov_findings(self) -> None:
+        """The checkov findings on the five functions that do not apply to them, each with its reason
+        (the log-group and variable findings every function shares are skipped in `MicroprocessFunction`)."""
+        queue_driven = (
+            "Invoked only by its SQS event source: a batch that keeps failing is redriven by the queue to the "
+            "platform's dead-letter queue; a Lambda DLQ catches failed asynchronous invocations, which it has none of."
+        )
+        outside_vpc = (
+            "Calls only AWS APIs (SQS, DynamoDB, S3, Lambda) over TLS with IAM; in a VPC it would need a NAT "
+            "gateway or interface endpoints to reach them, and it serves and reaches nothing private."
+        )
+        pusher_outside_vpc = (
+            "Its services are external HTTPS endpoints (no bundled service, no vpc_id context). " + outside_vpc
+        )
+        # (function, why no Lambda DLQ, why no reserved concurrency, why outside a VPC when it is)
+        findings = (
+            (
+                self.forwarder.function,
+                queue_driven,
+                "Its concurrency is capped per job by each event source's maximum concurrency (the job's "
+                "max_concurrency); a reserved limit would cap all jobs together and take from the account pool.",
+                pusher_outside_vpc,
+            ),
+            (
+                self.reducer.function,
+                queue_driven,
+                "Its concurrency is capped by the reduce queue's event source (maximum concurrency); a reserved "
+                "limit would take from the account's pool.",
+                pusher_outside_vpc,
+            ),
+            (
+                self.dead_letter.function,
+                "Invoked only by the DLQ's event source; what it cannot record goes to quarantine/ in the reports "
+                "bucket, and a DLQ behind the DLQ would hold nothing new.",
+                "Its concurrency is capped by the DLQ's event source (maximum concurrency).",
+                outside_vpc,
+            ),
+            (
+                self.splitter.function,
+                "Invoked asynchronously (its job's schedule, `microprocess run`, itself): a split that dies is "
+                "found by the sweeper, which resumes it from the cursor the ledger holds.",
+                "Runs one invocation per running split segment (a job's declared segments); a reserved limit "
+                "would block starting runs of other jobs.",
+                outside_vpc,
+            ),
+            (
+                self.sweeper.function,
+                "Invoked by its rate schedule: a failed sweep is simply the next one, minutes later; it keeps no "
+                "state of its own.",
+                "Runs once per rate period, one invocation at a time in practice.",
+                outside_vpc,
+            ),
+        )
+        for function, no_dead_letter, no_reserved_concurrency, no_vpc in findings:
+            skip_checkov(function, no_dead_letter, "CKV_AWS_116")
+            skip_checkov(function, no_reserved_concurrency, "CKV_AWS_115")
+            if not function.is_bound_to_vpc:
+                skip_checkov(function, no_vpc, "CKV_AWS_117")
 
     def _outputs(self, stack: Stack, source_tables_json: str) -> dict[str, str]:
         """The outputs of the contract (`microprocess.stacks`), in its order."""

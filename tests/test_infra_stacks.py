@@ -586,11 +586,17 @@ def test_with_a_domain_hosts_route_over_https() -> None:
     )
 
 
-def test_the_public_load_balancer_has_a_waf_rate_rule() -> None:
+def test_the_public_load_balancer_has_a_waf_rate_rule_and_the_known_bad_inputs_rules() -> None:
     synth = synthesized()
     (acl_id, acl) = only(synth.resources(CLOUD, "AWS::WAFv2::WebACL"))
     assert acl["Properties"]["Scope"] == "REGIONAL" and acl["Properties"]["DefaultAction"] == {"Allow": {}}
-    (rule,) = acl["Properties"]["Rules"]
+    rule, bad_inputs = acl["Properties"]["Rules"]
+    # the managed rule group blocks what it matches (override "None"; "Count" would only count)
+    assert bad_inputs["OverrideAction"] == {"None": {}}
+    assert bad_inputs["Statement"]["ManagedRuleGroupStatement"] == {
+        "VendorName": "AWS",
+        "Name": "AWSManagedRulesKnownBadInputsRuleSet",
+    }
     assert rule["Action"] == {"Block": {}}
     assert rule["Statement"]["RateBasedStatement"] == {
         "AggregateKeyType": "IP",
