@@ -34,6 +34,7 @@ from constructs import Construct
 
 from infra import contract, logical_ids
 from infra.access_logs import AccessLogBucket
+from infra.api_key import ApiKeySecret
 from infra.bundled_service import BundledService, DomainSettings
 from infra.dead_letter import TIMEOUT as DEAD_LETTER_TIMEOUT
 from infra.dead_letter import DeadLetterHandler
@@ -123,6 +124,8 @@ class StageSettings:
         vpc: a team's VPC for the pushers when every service is external (cloud, optional).
         alarm_email: subscribed to the alarm topic (cloud, optional).
         score_work_ms: simulated work per item in a bundled service (`SCORE_WORK_MS`, load tests), ms.
+        service_docs: a bundled service's roles serve /docs, /redoc and /openapi.json
+            (`SERVICE_DOCS`; cloud, off by default: the public API shows no schema unless asked).
     """
 
     repo_root: Path
@@ -143,6 +146,7 @@ class StageSettings:
     vpc: VpcAttachment | None = None
     alarm_email: str | None = None
     score_work_ms: int = 0
+    service_docs: bool = False
 
     def __post_init__(self) -> None:
         if self.local:
@@ -177,6 +181,8 @@ class MicroprocessPlatform(Construct):
         ledger, reports, push_queue: the shared stateful constructs.
         source_tables: one `ItemSourceTable` per declared table role.
         signing_secrets: one `SigningSecret` per service.
+        api_keys: one `ApiKeySecret` per service with a live role (a bundled service built here;
+            locally, a declared bundled service that `local up` runs), by name.
         bundled: the `BundledService` of each service built here (cloud), by name.
         forwarder, reducer, dead_letter, splitter, sweeper: the functions' constructs.
         network: the VPC built for bundled services (None when none is built).
@@ -262,6 +268,18 @@ class MicroprocessPlatform(Construct):
         self.signing_secrets = {
             name: SigningSecret(self, f"Signing-{name}", service_name=name) for name in self.endpoints
         }
+
+        # The live role's API key: the services built here (cloud), or run in both roles by `local up`.
+        live_roles = [
+            name
+            for name, endpoint in self.endpoints.items()
+            if (
+                bool(declared.services.get(name).bundled and declared.services.get(name).local_app)
+                if local
+                else endpoint.bundled is not None
+            )
+        ]
+        self.api_keys = {name: ApiKeySecret(self, f"ApiKey-{name}", service_name=name) for name in live_roles}
 
         self.network: Network | None = None
         self.bundled: dict[str, BundledService] = {}
@@ -464,8 +482,10 @@ class MicroprocessPlatform(Construct):
         common = {
             **{table_variable(role): table.table_name for role, table in tables.items()},
             contract.SCORE_WORK_MS: str(settings.score_work_ms),
+            contract.SERVICE_DOCS: "true" if settings.service_docs else "false",
         }
         secret = self.signing_secrets[name].secret
+        api_key = self.api_keys[name].secret
         built = BundledService(
             self,
             logical_ids.pascal(name),
@@ -474,7 +494,7 @@ class MicroprocessPlatform(Construct):
             vpc=network.vpc,
             subnets=network.private_subnets,
             image_directory=settings.repo_root,
-            live_environment=common,
+            live_environment={**common, contract.API_KEY_SECRET_ARN: api_key.secret_arn},
             queue_environment={
                 **common,
                 contract.LEDGER_TABLE: self.ledger.table.table_name,
@@ -493,6 +513,7 @@ class MicroprocessPlatform(Construct):
         self.reports.bucket.grant_read_write(queue_role)
         self.reports.email_identity.grant_send_email(queue_role)
         secret.grant_read(queue_role)
+        api_key.grant_read(live_role)
         return built
 
     def _pin_stateful(self, access_logs: AccessLogBucket | None) -> None:
@@ -506,6 +527,8 @@ class MicroprocessPlatform(Construct):
         logical_ids.pin(self.reports.bucket, logical_ids.REPORTS_BUCKET)
         for name, secret in self.signing_secrets.items():
             logical_ids.pin(secret.secret, logical_ids.signing_secret(name))
+        for name, key in self.api_keys.items():
+            logical_ids.pin(key.secret, logical_ids.api_key(name))
         if access_logs is not None:
             logical_ids.pin(access_logs.bucket, logical_ids.ACCESS_LOGS_BUCKET)
 
@@ -644,6 +667,7 @@ class MicroprocessPlatform(Construct):
             "ServiceSecretArns": stack.to_json_string(
                 {name: secret.secret.secret_arn for name, secret in self.signing_secrets.items()}
             ),
+            "ApiKeyArns": stack.to_json_string({name: key.secret.secret_arn for name, key in self.api_keys.items()}),
             "SplitterFunctionName": self.splitter.function.function_name,
             "ForwarderFunctionName": self.forwarder.function.function_name,
             "ReduceForwarderFunctionName": self.reducer.function.function_name,
