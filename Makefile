@@ -16,12 +16,22 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
 
+# checkov in a virtualenv of its own (its pins conflict with ours: requirements-checkov.txt says
+# which); the infra tests run .venv-checkov/bin/checkov on the synthesized cloud templates.
+CHECKOV_VENV := .venv-checkov
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade "pip==25.3"
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	$(CHECKOV_VENV)/bin/python -m pip check
+	@touch $@
+
 # The pinned CDK CLI (aws-cdk@2), used to deploy the local stage into the emulator.
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-setup: $(BIN)/.installed node_modules/.installed
+setup: $(BIN)/.installed $(CHECKOV_VENV)/.installed node_modules/.installed
 
 run: setup
 	$(BIN)/microprocess demo

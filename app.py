@@ -16,7 +16,7 @@ never deployable) synthesizes plain-HTTP listeners so that `make synth` needs no
 Context keys (all optional): stage (cloud|local|all, default all), declarations (the
 declaration file, default microprocess.toml), service_urls (JSON {"<service>": "<url>"}),
 account, region, domain, hosted_zone_id, certificate_arn, vpc_id, subnet_ids,
-security_group_id, allow_plain_http, ses_sender, alarm_email, log_level, score_work_ms,
+security_group_id, allow_plain_http, service_docs, ses_sender, alarm_email, log_level, score_work_ms,
 intermediate_expiry_days, local_layer_path, and for the local stage
 forwarder_max_concurrency, task_visibility_timeout_s, reduce_visibility_timeout_s,
 sweeper_rate_minutes, stuck_after_s, max_queue_depth_cap.
@@ -76,6 +76,13 @@ def _int(app: cdk.App, key: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ContextError(f"context '{key}' must be an integer, got {raw!r}") from None
+
+
+def _bool(app: cdk.App, key: str) -> bool:
+    raw = _text(app, key, "false").lower()
+    if raw not in ("true", "false"):
+        raise ContextError(f"context '{key}' must be true or false, got {raw!r}")
+    return raw == "true"
 
 
 def _domain(app: cdk.App) -> DomainSettings | None:
@@ -181,6 +188,7 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
                 allow_plain_http=account == DEFAULT_ACCOUNT or _text(app, "allow_plain_http") == "true",
                 vpc=_vpc(app),
                 alarm_email=_text(app, "alarm_email") or None,
+                service_docs=_bool(app, "service_docs"),
             ),
             declarations=declarations,
             service_urls=service_urls,

@@ -6,6 +6,9 @@ from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from infra.nag import skip_checkov
+from infra.reports import noncurrent_versions_rule
+
 DEFAULT_RETENTION_DAYS = 90
 
 
@@ -13,6 +16,7 @@ class AccessLogBucket(Construct):
     """A private, TLS-only bucket for logs, expiring them after `retention_days`.
 
     S3-managed encryption (SSE-S3), because ALB access logs cannot be written with KMS.
+    Versioned, so that a deleted or overwritten log object can be recovered for a week.
 
     Args:
         retention_days: days after which log objects expire.
@@ -38,6 +42,16 @@ class AccessLogBucket(Construct):
             encryption=s3.BucketEncryption.S3_MANAGED,
             enforce_ssl=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            lifecycle_rules=[s3.LifecycleRule(id="expire-logs", expiration=Duration.days(retention_days))],
+            lifecycle_rules=[
+                s3.LifecycleRule(id="expire-logs", expiration=Duration.days(retention_days)),
+                noncurrent_versions_rule(),
+            ],
+            versioned=True,
             removal_policy=removal_policy,
+        )
+        skip_checkov(
+            self.bucket,
+            "This bucket is the access-log destination of the stage (ALBs, the reports bucket, VPC flow logs); "
+            "logging its own accesses would need a second log bucket, or log into itself in a loop.",
+            "CKV_AWS_18",
         )

@@ -5,7 +5,7 @@ built from `<folder>/Dockerfile`, two Fargate services, two load balancers.
 * `<name>-queue` (private): an internal ALB, host `<name>-queue.<domain>` in a private hosted
   zone of the VPC, reachable only from the security groups the stack allows (the forwarder's).
 
-The public ALB carries a WAF web ACL with a per-IP rate rule.
+The public ALB carries a WAF web ACL with a per-IP rate rule and AWS's known-bad-inputs rules.
 
 Without a domain both ALBs listen on plain HTTP and are reached by their DNS names.
 """
@@ -31,11 +31,12 @@ from constructs import Construct
 
 from infra import contract
 from infra.fargate_service import FargateWebService
-from infra.nag import acknowledge
+from infra.nag import acknowledge, skip_checkov
 
 #: Never sent to the Docker build context (the image is built from the repository root).
 IMAGE_EXCLUDE = (
     ".venv",
+    ".venv-checkov",
     "node_modules",
     "cdk.out",
     ".git",
@@ -55,6 +56,9 @@ IMAGE_EXCLUDE = (
 
 #: Requests per client IP per 5 minutes the public ALB accepts before WAF blocks the IP.
 LIVE_RATE_LIMIT = 2000
+#: The AWS managed rule group (no subscription fee; $1 a month as a rule of the web ACL) that blocks known
+#: exploit patterns in requests (Log4Shell and others).
+KNOWN_BAD_INPUTS = "AWSManagedRulesKnownBadInputsRuleSet"
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,17 @@ class BundledService(Construct):
             self, "InternalAlb", vpc=vpc, internet_facing=False, drop_invalid_header_fields=True
         )
         self.web_acl = self._rate_limit(self.public_load_balancer, live_rate_limit)
+        skip_checkov(
+            self.public_load_balancer.connections.security_groups[0],
+            (
+                f"{self.live_host_prefix} is a public API: port 80 only redirects to HTTPS (443)."
+                if domain
+                else f"{self.live_host_prefix} listens on plain HTTP (port 80) because this stage has no domain: "
+                "allowed only for the synth-only placeholder account or with -c allow_plain_http=true "
+                "(a throwaway stage); a stage with a domain serves HTTPS and port 80 only redirects."
+            ),
+            "CKV_AWS_260",
+        )
         self.public_load_balancer.log_access_logs(access_logs_bucket, f"alb/{self.live_host_prefix}")
         self.internal_load_balancer.log_access_logs(access_logs_bucket, f"alb/{self.queue_host_prefix}")
 
@@ -245,13 +260,22 @@ class BundledService(Construct):
     ) -> elbv2.ApplicationListener:
         """Send `host_prefix.<domain>` on `alb` to `target` (HTTPS), or everything (HTTP, no domain)."""
         if domain is None or certificate is None:
-            return alb.add_listener(
+            plain = alb.add_listener(
                 "Http",
                 port=80,
                 protocol=elbv2.ApplicationProtocol.HTTP,
                 open=open_,
                 default_target_groups=[target.target_group],
             )
+            skip_checkov(
+                plain,
+                f"Plain HTTP because this stage has no domain (no certificate to serve {host_prefix} with): allowed "
+                "only for the synth-only placeholder account or with -c allow_plain_http=true (a throwaway stage); "
+                "with domain, hosted_zone_id and certificate_arn the listener is HTTPS (TLS 1.2+).",
+                "CKV_AWS_2",
+                "CKV_AWS_103",
+            )
+            return plain
         listener = alb.add_listener(
             "Https",
             port=443,
@@ -274,7 +298,8 @@ class BundledService(Construct):
         return listener
 
     def _rate_limit(self, alb: elbv2.ApplicationLoadBalancer, limit: int) -> wafv2.CfnWebACL:
-        """A regional WAF web ACL on `alb`: allow, but block an IP above `limit` requests per 5 minutes."""
+        """A regional WAF web ACL on `alb`: allow, but block an IP above `limit` requests per 5 minutes, and
+        block requests AWS's known-bad-inputs rule group matches (exploit patterns such as Log4Shell)."""
         metric = f"{self.live_host_prefix}-rate"
         acl = wafv2.CfnWebACL(
             self,
@@ -299,7 +324,22 @@ class BundledService(Construct):
                     visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
                         cloud_watch_metrics_enabled=True, metric_name=metric, sampled_requests_enabled=True
                     ),
-                )
+                ),
+                wafv2.CfnWebACL.RuleProperty(
+                    name=KNOWN_BAD_INPUTS,
+                    priority=1,
+                    override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
+                    statement=wafv2.CfnWebACL.StatementProperty(
+                        managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
+                            vendor_name="AWS", name=KNOWN_BAD_INPUTS
+                        )
+                    ),
+                    visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
+                        cloud_watch_metrics_enabled=True,
+                        metric_name=f"{self.live_host_prefix}-bad-inputs",
+                        sampled_requests_enabled=True,
+                    ),
+                ),
             ],
         )
         wafv2.CfnWebACLAssociation(

@@ -49,6 +49,10 @@ STUCK_AFTER_S: Final = "STUCK_AFTER_S"
 MAX_QUEUE_DEPTH_CAP: Final = "MAX_QUEUE_DEPTH_CAP"
 SIGNING_SECRET_ARN: Final = "SIGNING_SECRET_ARN"
 SCORE_WORK_MS: Final = "SCORE_WORK_MS"
+#: A bundled service's live role: the Secrets Manager secret holding the key clients send in `X-Api-Key`.
+API_KEY_SECRET_ARN: Final = "API_KEY_SECRET_ARN"
+#: A bundled service's roles: `true` serves /docs, /redoc and /openapi.json (the cloud default is `false`).
+SERVICE_DOCS: Final = "SERVICE_DOCS"
 
 # ---------------------------------------------------------------- metrics (Powertools EMF)
 

@@ -6,6 +6,9 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
+from infra.ledger import AWS_MANAGED_KEY_REASON
+from infra.nag import skip_checkov
+
 
 class ItemSourceTable(Construct):
     """An on-demand table keyed by the item id, with point-in-time recovery and encryption.
@@ -40,3 +43,4 @@ class ItemSourceTable(Construct):
             ),
             removal_policy=removal_policy,
         )
+        skip_checkov(self.table, AWS_MANAGED_KEY_REASON, "CKV_AWS_119")

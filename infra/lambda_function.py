@@ -23,7 +23,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from infra.contract import DECLARATIONS_FILE
-from infra.nag import acknowledge
+from infra.nag import acknowledge, skip_checkov
 
 RUNTIME = lambda_.Runtime.PYTHON_3_11
 #: Version of the AWS-published layer `AWSLambdaPowertoolsPythonV3-python311-x86_64`: the
@@ -182,6 +182,19 @@ class MicroprocessFunction(Construct):
             vpc=vpc,
             vpc_subnets=vpc_subnets,
             security_groups=list(security_groups) if security_groups else None,
+        )
+        skip_checkov(
+            self.log_group,
+            "CloudWatch Logs encrypts every log group at rest with its service keys; the function logs names, "
+            "ids and errors, no secrets, and a customer-managed key would add a key policy for the logs "
+            "service without narrowing who may read (IAM does).",
+            "CKV_AWS_158",
+        )
+        skip_checkov(
+            self.function,
+            "The variables are resource names, URLs and tuning values, no secrets (a signing key goes by its "
+            "Secrets Manager ARN); Lambda encrypts them at rest with its service key.",
+            "CKV_AWS_173",
         )
         acknowledge(
             self.function,

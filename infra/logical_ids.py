@@ -38,6 +38,11 @@ def signing_secret(service: str) -> str:
     return f"{pascal(service)}SigningSecret"
 
 
+def api_key(service: str) -> str:
+    """The live API key secret of a bundled service (`scores` -> `ScoresApiKey`)."""
+    return f"{pascal(service)}ApiKey"
+
+
 def check_unique(kind: str, names: Iterable[str]) -> None:
     """Two declared names that would share one logical ID (`job-1` and `job1`) are an error."""
     seen: dict[str, str] = {}

@@ -18,6 +18,8 @@ PARTS_PREFIX = "reports/"
 PART_TAG_KEY = "microprocess:lifecycle"
 PART_TAG_VALUE = "intermediate"
 DEFAULT_EXPIRY_DAYS = 30
+#: Days an overwritten or deleted object's previous version is kept (a versioned bucket).
+NONCURRENT_EXPIRY_DAYS = 7
 
 
 class Reports(Construct):
@@ -26,12 +28,15 @@ class Reports(Construct):
     Safe defaults: all public access blocked, TLS enforced, S3-managed encryption, object
     ownership enforced (no ACLs), intermediate objects (report parts, quarantined messages,
     claim-checked items) expiring after `expiry_days`, incomplete multipart uploads
-    aborted after a day.
+    aborted after a day. Versioned (cloud): an overwritten or deleted report can be recovered
+    for `NONCURRENT_EXPIRY_DAYS`, after which the old version and its delete marker go.
 
     Args:
         sender: the email address the reports are sent from.
         expiry_days: days after which intermediate objects expire.
         server_access_logs_bucket: where S3 server access logs go; None disables them.
+        versioned: keep previous versions of overwritten and deleted objects for
+            `NONCURRENT_EXPIRY_DAYS` (the local stage turns it off: the emulator's bucket is scratch).
         removal_policy: what happens to the bucket when the stack is deleted.
 
     Attributes:
@@ -48,6 +53,7 @@ class Reports(Construct):
         sender: str,
         expiry_days: int = DEFAULT_EXPIRY_DAYS,
         server_access_logs_bucket: s3.IBucket | None = None,
+        versioned: bool = True,
         removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -69,6 +75,8 @@ class Reports(Construct):
         rules.append(
             s3.LifecycleRule(id="abort-incomplete-uploads", abort_incomplete_multipart_upload_after=Duration.days(1))
         )
+        if versioned:
+            rules.append(noncurrent_versions_rule())
         self.bucket = s3.Bucket(
             self,
             "Bucket",
@@ -77,9 +85,20 @@ class Reports(Construct):
             enforce_ssl=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
             lifecycle_rules=rules,
+            versioned=versioned,
             server_access_logs_bucket=server_access_logs_bucket,
             server_access_logs_prefix="s3/reports/" if server_access_logs_bucket else None,
             removal_policy=removal_policy,
         )
         self.sender = sender
         self.email_identity = ses.EmailIdentity(self, "Sender", identity=ses.Identity.email(sender))
+
+
+def noncurrent_versions_rule() -> s3.LifecycleRule:
+    """The lifecycle rule of a versioned bucket: previous versions expire after
+    `NONCURRENT_EXPIRY_DAYS`, and a delete marker left with no versions behind it is removed."""
+    return s3.LifecycleRule(
+        id="expire-noncurrent-versions",
+        noncurrent_version_expiration=Duration.days(NONCURRENT_EXPIRY_DAYS),
+        expired_object_delete_marker=True,
+    )

@@ -6,7 +6,13 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from infra.nag import acknowledge
+from infra.nag import acknowledge, skip_checkov
+
+#: Why a secret keeps the AWS-managed key rather than a customer-managed one (checkov CKV_AWS_149).
+AWS_MANAGED_KEY_REASON = (
+    "Encrypted with the AWS-managed key aws/secretsmanager. A customer-managed key would add a key policy to "
+    "keep in step with the grants and narrow no reader: only the roles granted read by name can read it."
+)
 
 KEY_LENGTH = 64
 
@@ -50,3 +56,4 @@ class SigningSecret(Construct):
             "and restarting both (see infra/README.md).",
             "AwsSolutions-SMG4",
         )
+        skip_checkov(self.secret, AWS_MANAGED_KEY_REASON, "CKV_AWS_149")

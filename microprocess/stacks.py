@@ -4,8 +4,9 @@ The CDK app names its stacks and creates these outputs (`infra/`); the local sta
 runner and the CLI read them. A test checks the synthesized templates against this.
 
 JSON outputs: `JobQueueUrls` `{"<job>": "<task queue url>"}`, `SourceTables`
-`{"<table role>": "<table name>"}`, `ServiceSecretArns` `{"<service>": "<signing secret arn>"}`
-and (cloud) `ServiceUrls` `{"<service>": "<queue endpoint base url>"}`.
+`{"<table role>": "<table name>"}`, `ServiceSecretArns` `{"<service>": "<signing secret arn>"}`,
+`ApiKeyArns` `{"<bundled service>": "<its live API key secret arn>"}` and (cloud) `ServiceUrls`
+`{"<service>": "<queue endpoint base url>"}`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ LOCAL_OUTPUTS: Final = (
     "ReportsBucket",
     "SourceTables",
     "ServiceSecretArns",
+    "ApiKeyArns",
     "SplitterFunctionName",
     "ForwarderFunctionName",
     "ReduceForwarderFunctionName",
@@ -31,7 +33,7 @@ LOCAL_OUTPUTS: Final = (
 )
 CLOUD_OUTPUTS: Final = (*LOCAL_OUTPUTS, "ServiceUrls", "DashboardName", "AlarmTopicArn")
 #: Outputs whose value is a JSON document.
-JSON_OUTPUTS: Final = ("JobQueueUrls", "SourceTables", "ServiceSecretArns", "ServiceUrls")
+JSON_OUTPUTS: Final = ("JobQueueUrls", "SourceTables", "ServiceSecretArns", "ApiKeyArns", "ServiceUrls")
 
 #: Key prefix, in the reports bucket, of the manifests `microprocess run --items FILE` uploads
 #: (the splitter may read it; the infra grants that).

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from microprocess.service.asgi import BodyLimit
 from microprocess.service.fastapi_routes import install_contract_errors
+from microservice.api_key import install_api_keys
 from microservice.chaos import ChaosMiddleware, ChaosMonkey, load_chaos
 from microservice.declared import JOB as CREDIT_SCORES
 from microservice.errors import install_error_handlers
@@ -22,13 +23,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Assemble the app for the settings' role (the environment's settings by default).
 
     Settings passed in explicitly also become the routes' settings (a dependency override).
+    `/docs`, `/redoc` and `/openapi.json` exist only with `SERVICE_DOCS=true`.
     """
     resolved = settings or get_settings()
+    docs = resolved.service_docs
     app = FastAPI(
         title=f"{resolved.host_name}: credit scores",
-        description="Credit scores of companies: a live API, and the queue clone that runs the "
-        f"`{CREDIT_SCORES.name}` job's tasks, pushed and signed by the forwarder.",
+        description="Credit scores of companies: a live API (send the key in the X-Api-Key header), and the "
+        f"queue clone that runs the `{CREDIT_SCORES.name}` job's tasks, pushed and signed by the forwarder.",
         version="1.0.0",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
@@ -37,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_verifier(app, resolved)
     app.include_router(health.router)
     if resolved.service_role is ServiceRole.LIVE:
+        install_api_keys(app, resolved)
         app.include_router(companies.router)
     else:
         app.include_router(tasks.router)

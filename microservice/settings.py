@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         reports_bucket: S3 bucket that receives the reports (queue role).
         signing_secret: the HMAC secret itself (local stack, tests).
         signing_secret_arn: Secrets Manager ARN of the HMAC secret (AWS); read once, lazily.
+        api_key: the live API's key itself (tests, the service run alone); may hold
+            `{"current": ..., "previous": ...}` during a rotation.
+        api_key_secret_arn: Secrets Manager ARN of the live API's key (the cloud and the local
+            stack); read lazily, re-read on a key it does not know (at most every 30 s) and hourly.
+        service_docs: serve `/docs`, `/redoc` and `/openapi.json` (off unless asked for; the
+            cloud stage sets it from the context key `service_docs`, the local stack turns it on).
         ses_sender: verified SES address the report email comes from; empty: no email.
         score_work_ms: simulated work per score, milliseconds (load tests).
         microprocess_chaos: fault injection, a JSON document or the path of one; empty: off.
@@ -51,6 +57,9 @@ class Settings(BaseSettings):
     reports_bucket: str = ""
     signing_secret: str = ""
     signing_secret_arn: str = ""
+    api_key: str = ""
+    api_key_secret_arn: str = ""
+    service_docs: bool = False
     ses_sender: str = ""
     score_work_ms: int = Field(default=0, ge=0, le=60_000)
     microprocess_chaos: str = ""
@@ -61,7 +70,12 @@ class Settings(BaseSettings):
     signature_max_skew_s: int = Field(default=300, ge=1, le=3600)
 
     @model_validator(mode="after")
-    def _queue_role_needs(self) -> Settings:
+    def _role_needs(self) -> Settings:
+        if self.service_role is ServiceRole.LIVE and not (self.api_key or self.api_key_secret_arn):
+            raise ValueError(
+                "the live role needs API_KEY (the key clients send in the X-Api-Key header) or API_KEY_SECRET_ARN "
+                "(the Secrets Manager secret holding it: the stack's ApiKeyArns output)"
+            )
         if self.service_role is ServiceRole.QUEUE:
             missing = [name.upper() for name in ("ledger_table", "reports_bucket") if not getattr(self, name)]
             if not (self.signing_secret or self.signing_secret_arn):

@@ -27,6 +27,9 @@ from tests.declared import CREDIT_SCORES
 
 REGION = "us-east-1"
 SECRET = "test-signing-secret"
+#: The live API's key in the tests (`API_KEY`), and the header that carries it.
+API_KEY = "test-live-api-key"
+KEYED = {"X-Api-Key": API_KEY}
 COMPANIES = "companies"
 BUCKET = "reports"
 SENDER = "reports@example.com"
@@ -72,13 +75,14 @@ def queue_settings(**overrides: Any) -> Settings:
 
 
 def live_settings(**overrides: Any) -> Settings:
-    return Settings(**{"service_role": "live", "companies_table": COMPANIES, **overrides})
+    return Settings(**{"service_role": "live", "companies_table": COMPANIES, "api_key": API_KEY, **overrides})
 
 
-def client_for(settings: Settings, env: Env) -> TestClient:
+def client_for(settings: Settings, env: Env, *, headers: dict[str, str] | None = None) -> TestClient:
+    """A client of the app built from `settings` on `env`'s clients, sending `headers` on every request."""
     app = create_app(settings)
     app.dependency_overrides[get_aws] = lambda: env.aws
-    return TestClient(app)
+    return TestClient(app, headers=headers)
 
 
 @pytest.fixture
@@ -89,7 +93,8 @@ def queue_client(env: Env) -> Iterator[TestClient]:
 
 @pytest.fixture
 def live_client(env: Env) -> Iterator[TestClient]:
-    with client_for(live_settings(), env) as client:
+    """The live role, sending the key on every request (`KEYED`)."""
+    with client_for(live_settings(), env, headers=KEYED) as client:
         yield client
 
 

@@ -34,6 +34,8 @@ PINNED = {
     "ReportsBucket": "AWS::S3::Bucket",
     "ScoresSigningSecret": "AWS::SecretsManager::Secret",
     "RemindersSigningSecret": "AWS::SecretsManager::Secret",
+    # the live API key of the one bundled service (scores): its clients hold this key
+    "ScoresApiKey": "AWS::SecretsManager::Secret",
 }
 #: The task queue of each job, by job name.
 TASK_QUEUES = {"credit-scores": "CreditScoresTaskQueue", "invoice-reminders": "InvoiceRemindersTaskQueue"}
@@ -62,7 +64,7 @@ def test_pinned_ids_cover_every_declared_job_table_and_service() -> None:
     assert {f"{role.capitalize()}Table" for role in DECLARATIONS.tables} == {"CompaniesTable"}
     assert {k for k, t in PINNED.items() if t == "AWS::SecretsManager::Secret"} == {
         f"{name.capitalize()}SigningSecret" for name in DECLARATIONS.services.names()
-    }
+    } | {f"{s.name.capitalize()}ApiKey" for s in DECLARATIONS.services if s.bundled}
 
 
 def test_two_names_that_would_share_a_logical_id_are_refused() -> None:

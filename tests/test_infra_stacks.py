@@ -10,13 +10,24 @@ from aws_cdk.assertions import Match
 
 from infra import contract
 from tests.declared import DECLARATIONS, JOBS
-from tests.test_infra_synth import CLOUD, LOCAL, render, render_json, synthesized, synthesized_with_domain
+from tests.test_infra_synth import (
+    CLOUD,
+    LOCAL,
+    render,
+    render_json,
+    synthesize,
+    synthesized,
+    synthesized_external,
+    synthesized_with_domain,
+)
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
 BOTH = pytest.mark.parametrize("stack", [CLOUD, LOCAL])
 #: The task queue of each declared job, by job name (logical IDs pinned from the job names).
 TASK_QUEUES = {"credit-scores": "CreditScoresTaskQueue", "invoice-reminders": "InvoiceRemindersTaskQueue"}
 SIGNING_SECRETS = {"scores": "ScoresSigningSecret", "reminders": "RemindersSigningSecret"}
+#: The live API key of each bundled service (the repository's one: scores).
+API_KEYS = {"scores": "ScoresApiKey"}
 
 
 def only(resources: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
@@ -427,17 +438,18 @@ def test_ses_identity_for_the_default_sender(stack: str) -> None:
 
 
 @BOTH
-def test_one_generated_signing_secret_per_service(stack: str) -> None:
+def test_one_generated_signing_secret_per_service_and_an_api_key_per_live_role(stack: str) -> None:
     secrets = synthesized().resources(stack, "AWS::SecretsManager::Secret")
-    assert set(secrets) == set(SIGNING_SECRETS.values())
-    for secret in secrets.values():
-        assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] == 64
+    assert set(secrets) == set(SIGNING_SECRETS.values()) | set(API_KEYS.values())
+    for logical_id, secret in secrets.items():
+        length = 40 if logical_id in API_KEYS.values() else 64
+        assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] == length
         assert secret["Properties"]["GenerateSecretString"]["ExcludePunctuation"] is True
 
 
 @BOTH
 def test_only_the_pushers_and_the_bundled_queue_service_read_a_signing_secret(stack: str) -> None:
-    readers: dict[str, set[str]] = {logical_id: set() for logical_id in SIGNING_SECRETS.values()}
+    readers: dict[str, set[str]] = {logical_id: set() for logical_id in (*SIGNING_SECRETS.values(), *API_KEYS.values())}
     for policy in synthesized().resources(stack, "AWS::IAM::Policy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
@@ -460,6 +472,64 @@ def test_only_the_pushers_and_the_bundled_queue_service_read_a_signing_secret(st
         env = {e["Name"]: e["Value"] for e in queue_task["Properties"]["ContainerDefinitions"][0]["Environment"]}
         assert env[contract.SIGNING_SECRET_ARN] == {"Ref": "ScoresSigningSecret"}
     assert readers["ScoresSigningSecret"] == expected
+
+
+def secret_readers(synth: Any, stack: str, logical_id: str) -> set[str]:
+    """The roles whose policies allow reading the secret `logical_id`."""
+    readers: set[str] = set()
+    for policy in synth.resources(stack, "AWS::IAM::Policy").values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            if {"Ref": logical_id} in targets and any(a.startswith("secretsmanager:") for a in actions):
+                readers |= {r["Ref"] for r in policy["Properties"]["Roles"]}
+    return readers
+
+
+def task_environments(synth: Any) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each cloud task definition's (task role, container environment), by SERVICE_ROLE."""
+    out = {}
+    for task in synth.resources(CLOUD, "AWS::ECS::TaskDefinition").values():
+        (container,) = task["Properties"]["ContainerDefinitions"]
+        env = {e["Name"]: e["Value"] for e in container["Environment"]}
+        out[env[contract.SERVICE_ROLE]] = (task["Properties"]["TaskRoleArn"]["Fn::GetAtt"][0], env)
+    return out
+
+
+def test_only_the_live_role_reads_its_api_key() -> None:
+    synth = synthesized()
+    tasks = task_environments(synth)
+    live_role, live_env = tasks["live"]
+    # the live container gets the key's ARN, never the key; the queue container gets nothing of it
+    assert live_env[contract.API_KEY_SECRET_ARN] == {"Ref": "ScoresApiKey"}
+    assert contract.API_KEY_SECRET_ARN not in tasks["queue"][1]
+    # and the live task role is the one reader: no function, no queue role
+    assert secret_readers(synth, CLOUD, "ScoresApiKey") == {live_role}
+
+
+def test_local_stage_has_the_api_key_for_the_live_process() -> None:
+    outputs = synthesized().templates[LOCAL]["Outputs"]
+    assert render_json(outputs["ApiKeyArns"]["Value"]) == {"scores": "<ScoresApiKey>"}
+    # no function reads it: only the local live process, through the emulator
+    assert secret_readers(synthesized(), LOCAL, "ScoresApiKey") == set()
+
+
+def test_an_external_only_stage_has_no_api_key() -> None:
+    synth = synthesized_external()
+    assert not [k for k in synth.resources(CLOUD, "AWS::SecretsManager::Secret") if k.endswith("ApiKey")]
+    assert render_json(synth.templates[CLOUD]["Outputs"]["ApiKeyArns"]["Value"]) == {}
+
+
+def test_the_services_docs_are_off_in_the_cloud_unless_asked_for() -> None:
+    # GIVEN the default cloud stage THEN both roles run with SERVICE_DOCS=false
+    for _, env in task_environments(synthesized()).values():
+        assert env[contract.SERVICE_DOCS] == "false"
+    # GIVEN -c service_docs=true THEN both roles serve their docs
+    asked = synthesize({"stage": "cloud", "service_docs": "true"})
+    for _, env in task_environments(asked).values():
+        assert env[contract.SERVICE_DOCS] == "true"
+    with pytest.raises(ValueError, match="context 'service_docs' must be true or false"):
+        synthesize({"stage": "cloud", "service_docs": "yes please"})
 
 
 # ---------------------------------------------------------------------------- scores service (cloud)
@@ -586,11 +656,17 @@ def test_with_a_domain_hosts_route_over_https() -> None:
     )
 
 
-def test_the_public_load_balancer_has_a_waf_rate_rule() -> None:
+def test_the_public_load_balancer_has_a_waf_rate_rule_and_the_known_bad_inputs_rules() -> None:
     synth = synthesized()
     (acl_id, acl) = only(synth.resources(CLOUD, "AWS::WAFv2::WebACL"))
     assert acl["Properties"]["Scope"] == "REGIONAL" and acl["Properties"]["DefaultAction"] == {"Allow": {}}
-    (rule,) = acl["Properties"]["Rules"]
+    rule, bad_inputs = acl["Properties"]["Rules"]
+    # the managed rule group blocks what it matches (override "None"; "Count" would only count)
+    assert bad_inputs["OverrideAction"] == {"None": {}}
+    assert bad_inputs["Statement"]["ManagedRuleGroupStatement"] == {
+        "VendorName": "AWS",
+        "Name": "AWSManagedRulesKnownBadInputsRuleSet",
+    }
     assert rule["Action"] == {"Block": {}}
     assert rule["Statement"]["RateBasedStatement"] == {
         "AggregateKeyType": "IP",
@@ -711,6 +787,7 @@ def test_outputs_are_exactly_the_contract() -> None:
         "ReportsBucket",
         "SourceTables",
         "ServiceSecretArns",
+        "ApiKeyArns",
         "SplitterFunctionName",
         "ForwarderFunctionName",
         "ReduceForwarderFunctionName",

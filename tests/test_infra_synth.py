@@ -161,6 +161,6 @@ def test_the_service_image_is_staged_not_built() -> None:
     assert image["source"]["dockerFile"] == "microservice/Dockerfile"
     context = synth.outdir / image["source"]["directory"]
     assert (context / "microservice" / "Dockerfile").is_file()
-    for excluded in (".venv", "node_modules", "cdk.out", ".git", "tests", "bench", ".microprocess"):
+    for excluded in (".venv", ".venv-checkov", "node_modules", "cdk.out", ".git", "tests", "bench", ".microprocess"):
         assert not (context / excluded).exists(), excluded
     assert not list(context.rglob("__pycache__"))

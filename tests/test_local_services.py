@@ -12,6 +12,7 @@ OUTPUTS = {
     "ReportsBucket": "reports",
     "SourceTables": '{"companies": "companies-1"}',
     "ServiceSecretArns": '{"scores": "arn:scores", "reminders": "arn:reminders"}',
+    "ApiKeyArns": '{"scores": "arn:scores-api-key"}',
 }
 
 
@@ -60,3 +61,18 @@ def test_only_the_push_endpoint_gets_the_secret_and_a_bundled_service_its_tables
     assert queue_env["SIGNING_SECRET_ARN"] == "arn:scores" and queue_env["COMPANIES_TABLE"] == "companies-1"
     assert reminders_env["SIGNING_SECRET_ARN"] == "arn:reminders" and "SERVICE_ROLE" not in reminders_env
     assert reminders_env["MICROPROCESS_DECLARATIONS"] == str(DECLARATIONS.path)
+
+
+def test_only_the_live_role_gets_the_api_key_and_the_example_its_docs() -> None:
+    live, queue, reminders = plan_processes(DECLARATIONS, {})
+    common = {"declarations": DECLARATIONS, "endpoint_url": "http://127.0.0.1:1", "ses_sender": "r@example.com"}
+    live_env = service_env(live, outputs=OUTPUTS, **common)
+    assert live_env["API_KEY_SECRET_ARN"] == "arn:scores-api-key"
+    for other in (queue, reminders):
+        assert "API_KEY_SECRET_ARN" not in service_env(other, outputs=OUTPUTS, **common)
+    # the declaration's local_env turns the bundled example's docs on, in both roles
+    assert live_env["SERVICE_DOCS"] == "true" == service_env(queue, outputs=OUTPUTS, **common)["SERVICE_DOCS"]
+    # a stage deployed without the live role's key is refused with the fix
+    without = {k: v for k, v in OUTPUTS.items() if k != "ApiKeyArns"}
+    with pytest.raises(ServiceConfigError, match=r"no API key secret for service 'scores'.*microprocess local up"):
+        service_env(live, outputs=without, **common)

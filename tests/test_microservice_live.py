@@ -1,23 +1,34 @@
-"""The live role (scores-live): health, companies, live scores; no task routes."""
+"""The live role (scores-live): health, companies and live scores behind the API key; no task routes;
+the OpenAPI docs only when asked for."""
 
 # ruff: noqa: F811  (pytest fixtures are imported, then named as test parameters)
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+import boto3
+import pytest
 from fastapi.testclient import TestClient
 
+from microprocess.service.rotation import CachedSecret
+from microservice.api_key import ApiKeys
 from microservice.domain import credit_score, make_company, score_factors
+from microservice.errors import ServiceError
 from tests.declared import CREDIT_SCORES
 from tests.microservice_fixtures import (  # noqa: F401  (env, live_client: fixtures)
+    API_KEY,
+    KEYED,
+    REGION,
     SEED,
     Env,
     client_for,
     env,
     live_client,
     live_settings,
+    queue_settings,
     reduce_payload,
     signed_post,
     task_payload,
@@ -79,15 +90,111 @@ def test_task_routes_do_not_exist_in_the_live_role(live_client: TestClient, env:
     assert live_client.get("/_chaos/stats").status_code == 404
 
 
-def test_openapi_docs_are_served(live_client: TestClient) -> None:
-    assert live_client.get("/docs").status_code == 200
-    paths = live_client.get("/openapi.json").json()["paths"]
-    assert set(paths) == {"/healthz", "/companies/{company_id}", "/companies/{company_id}/score"}
+def test_openapi_docs_are_served_when_asked_for(env: Env) -> None:
+    # GIVEN SERVICE_DOCS=true (the local stack sets it)
+    with client_for(live_settings(service_docs=True), env) as client:
+        # THEN the docs are served, without a key, and the schema says which header carries it
+        assert client.get("/docs").status_code == 200
+        assert client.get("/redoc").status_code == 200
+        schema = client.get("/openapi.json").json()
+    assert set(schema["paths"]) == {"/healthz", "/companies/{company_id}", "/companies/{company_id}/score"}
+    assert schema["components"]["securitySchemes"]["APIKeyHeader"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Api-Key",
+        "description": schema["components"]["securitySchemes"]["APIKeyHeader"]["description"],
+    }
+    assert schema["paths"]["/companies/{company_id}"]["get"]["security"] == [{"APIKeyHeader": []}]
+    assert "401" in schema["paths"]["/companies/{company_id}"]["get"]["responses"]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+@pytest.mark.parametrize("settings", [live_settings, queue_settings], ids=["live", "queue"])
+def test_openapi_docs_are_off_unless_asked_for(env: Env, settings: Any) -> None:
+    # GIVEN either role with SERVICE_DOCS unset (the cloud stage's default)
+    with client_for(settings(), env, headers=KEYED) as client:
+        # THEN no docs, no ReDoc, no schema: 404 even with the key
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+            assert client.get(path).status_code == 404, path
+        # and the service itself still answers
+        assert client.get("/healthz").status_code == 200
+
+
+# ---------------------------------------------------------------------------- the API key
+
+
+def test_healthz_needs_no_key(env: Env) -> None:
+    # GIVEN a client without the key (the load balancer's health check)
+    with client_for(live_settings(), env) as client:
+        assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/companies/C0000001", "/companies/C0000001/score", "/companies/C9999999"])
+def test_no_key_is_401_naming_the_header(env: Env, path: str) -> None:
+    with client_for(live_settings(), env) as client:
+        # WHEN a company is asked for without the header, or with it empty
+        for headers in ({}, {"X-Api-Key": ""}):
+            resp = client.get(path, headers=headers)
+            # THEN 401, a JSON error that names the header, and no company in the answer
+            assert resp.status_code == 401, resp.text
+            assert resp.json()["error"] == "missing_api_key"
+            assert "X-Api-Key" in resp.json()["message"]
+
+
+def test_a_wrong_key_is_401_and_reads_nothing(env: Env) -> None:
+    with client_for(live_settings(), env) as client:
+        for wrong in (API_KEY + "x", API_KEY[:-1], API_KEY.upper(), "é-not-ascii"):
+            resp = client.get("/companies/C0000001", headers={"X-Api-Key": wrong.encode()})
+            assert resp.status_code == 401, wrong
+            assert resp.json()["error"] == "invalid_api_key" and "X-Api-Key" in resp.json()["message"]
+        # the right key, in any header case, is accepted
+        assert client.get("/companies/C0000001", headers={"x-api-key": API_KEY}).status_code == 200
+
+
+def test_the_key_comes_from_its_secret_by_arn(env: Env) -> None:
+    # GIVEN the key in Secrets Manager, and only its ARN in the settings (as the stacks pass it)
+    secrets = boto3.client("secretsmanager", region_name=REGION)
+    arn = secrets.create_secret(Name="scores-live-api-key", SecretString="key-from-the-secret")["ARN"]
+    with client_for(live_settings(api_key="", api_key_secret_arn=arn), env) as client:
+        # THEN that key opens the API and another does not
+        assert client.get("/companies/C0000001", headers={"X-Api-Key": "key-from-the-secret"}).status_code == 200
+        assert client.get("/companies/C0000001", headers=KEYED).status_code == 401
+
+
+def test_a_rotated_key_is_taken_up_without_a_restart() -> None:
+    # GIVEN the live API's keys read from a secret whose value changes, and a clock
+    value = {"secret": "old-key"}
+    now = [0.0]
+    reads = []
+
+    def load() -> str:
+        reads.append(value["secret"])
+        return value["secret"]
+
+    keys = ApiKeys(CachedSecret(load, min_refresh_interval_s=30, clock=lambda: now[0]))
+    keys.check("old-key")
+    # WHEN the secret is rotated to {"current": new, "previous": old}, and a client sends the new key
+    value["secret"] = json.dumps({"current": "new-key", "previous": "old-key"})
+    now[0] = 31.0
+    keys.check("new-key")  # an unknown key makes the process re-read the secret
+    # THEN both keys work during the rotation ...
+    keys.check("old-key")
+    # ... and once the previous key is dropped, the old one is refused from the hourly re-read on
+    value["secret"] = "new-key"
+    now[0] = 31.0 + 3601
+    with pytest.raises(ServiceError) as refused:
+        keys.check("old-key")
+    assert refused.value.status == 401 and refused.value.code == "invalid_api_key"
+    # a flood of bad keys re-reads the secret at most once per interval
+    for _ in range(5):
+        with pytest.raises(ServiceError):
+            keys.check("guess")
+    assert len(reads) == 3
 
 
 def test_score_work_ms_simulates_work(env: Env) -> None:
     # GIVEN SCORE_WORK_MS=80
-    with client_for(live_settings(score_work_ms=80), env) as client:
+    with client_for(live_settings(score_work_ms=80), env, headers=KEYED) as client:
         # WHEN a score is computed
         start = time.perf_counter()
         resp = client.get("/companies/C0000002/score")
@@ -103,7 +210,7 @@ def test_run_alone_without_a_region_answers_a_json_error_that_names_the_fix(monk
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    with TestClient(create_app(live_settings()), raise_server_exceptions=False) as client:
+    with TestClient(create_app(live_settings()), raise_server_exceptions=False, headers=KEYED) as client:
         # WHEN a company is asked for
         resp = client.get("/companies/C0000001")
     # THEN the answer is a JSON 503 naming the missing setting, not a bare 500

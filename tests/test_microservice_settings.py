@@ -21,6 +21,9 @@ _VARS = (
     "SCORE_WORK_MS",
     "MICROPROCESS_CHAOS",
     "REPORT_PART_BYTES",
+    "API_KEY",
+    "API_KEY_SECRET_ARN",
+    "SERVICE_DOCS",
 )
 
 
@@ -48,6 +51,22 @@ def test_queue_role_names_what_it_lacks(monkeypatch: pytest.MonkeyPatch) -> None
         load_settings()
     for name in ("LEDGER_TABLE", "REPORTS_BUCKET", "SIGNING_SECRET or SIGNING_SECRET_ARN"):
         assert name in str(err.value)
+
+
+def test_live_role_needs_its_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN the live role with no key: it refuses to start, naming both ways to give one
+    monkeypatch.setenv("SERVICE_ROLE", "live")
+    with pytest.raises(SettingsError, match=r"the live role needs API_KEY .*X-Api-Key.* or API_KEY_SECRET_ARN"):
+        load_settings()
+    # WHEN the stack's variables are set THEN it starts, with the docs off unless asked for
+    monkeypatch.setenv("API_KEY_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:key")
+    settings = load_settings()
+    assert settings.api_key_secret_arn.endswith(":key") and settings.service_docs is False
+    monkeypatch.setenv("SERVICE_DOCS", "true")
+    assert load_settings().service_docs is True
+    monkeypatch.setenv("SERVICE_DOCS", "sometimes")
+    with pytest.raises(SettingsError, match="SERVICE_DOCS"):
+        load_settings()
 
 
 def test_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,6 +99,7 @@ def test_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
 
 def test_part_size_below_the_s3_minimum_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SERVICE_ROLE", "live")
+    monkeypatch.setenv("API_KEY", "k")
     monkeypatch.setenv("REPORT_PART_BYTES", str(S3_MIN_PART_BYTES - 1))
     with pytest.raises(SettingsError, match="REPORT_PART_BYTES"):
         load_settings()
@@ -88,6 +108,7 @@ def test_part_size_below_the_s3_minimum_is_refused(monkeypatch: pytest.MonkeyPat
 def test_uvicorn_target_builds_the_app_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN the live role in the environment
     monkeypatch.setenv("SERVICE_ROLE", "live")
+    monkeypatch.setenv("API_KEY", "k")
     main = importlib.import_module("microservice.main")
     main.__dict__.pop("app", None)
     try:

@@ -4,7 +4,8 @@ A service with `local_app` runs as one uvicorn process that takes the forwarder'
 pushes (`<service>`). A **bundled** service runs in its two roles, as on Fargate:
 `<service>-live` (answers people) and `<service>-queue` (takes the pushes). Only the
 process that takes pushes gets the service's signing secret and, with `--chaos`, the
-fault file. `--service NAME=URL` replaces a service's processes with one the user runs.
+fault file; only the live role gets its API key secret (`API_KEY_SECRET_ARN`), generated
+by the local stage as in the cloud. `--service NAME=URL` replaces a service's processes with one the user runs.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def service_env(
     service = declarations.services.get(proc.service)
     tables = json.loads(outputs.get("SourceTables") or "{}")
     secrets = json.loads(outputs.get("ServiceSecretArns") or "{}")
+    api_keys = json.loads(outputs.get("ApiKeyArns") or "{}")
     env = aws_env(endpoint_url)
     env.update(
         {
@@ -134,6 +136,13 @@ def service_env(
     )
     if proc.role is not None:
         env["SERVICE_ROLE"] = proc.role
+    if proc.role == "live":
+        if proc.service not in api_keys:
+            raise ServiceConfigError(
+                f"the local stage has no API key secret for service '{proc.service}' (ApiKeyArns has "
+                f"{sorted(api_keys)}): redeploy with `microprocess local up`"
+            )
+        env["API_KEY_SECRET_ARN"] = api_keys[proc.service]
     if proc.pushes:
         if proc.service not in secrets:
             raise ServiceConfigError(
