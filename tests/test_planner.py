@@ -319,12 +319,18 @@ def test_the_wall_time_is_never_before_the_split_ends(measured: MeasuredCosts, p
 # ----------------------------------------------------------------------------- the committed figures
 
 
-def test_a_no_op_service_costs_at_most_a_dollar_per_million() -> None:
-    # GIVEN the committed measurements and a service that answers at once
-    for items in (1_000_000, 19_000_000):
-        plan = plan_job("credit-scores", items, task_seconds=0.0, measured=planner.load_measured_costs())
-        # THEN the pattern itself stays within $1.00 per million items
-        assert plan.usd_per_million <= 1.00, plan.cost
+def test_the_planners_cost_per_million_is_the_benchs_p2() -> None:
+    # GIVEN the committed measurements (written by the same `make bench` as latest.json)
+    latest = json.loads((Path(__file__).parents[1] / "bench" / "results" / "latest.json").read_text())
+    measured = planner.load_measured_costs()
+    assert measured.measured_at == latest["measured_costs"]["measured_at"]
+    # WHEN a million items of credit-scores are planned with a service that answers at once
+    plan = plan_job("credit-scores", 1_000_000, task_seconds=0.0, measured=measured)
+    # THEN the planner's cost is the bench's P2, service by service (one model, not two); the
+    # $1.00 target is a figure to meet in `make bench`, not asserted here
+    assert plan.usd_per_million == pytest.approx(latest["p2_usd_per_million"], abs=1e-3)
+    for service, usd in latest["p2_by_service"].items():
+        assert plan.cost[service] == pytest.approx(usd, abs=1e-3), service
 
 
 def test_the_report_model_reproduces_the_measured_report_requests() -> None:
@@ -390,9 +396,11 @@ def test_the_19m_plan_at_50_and_1000_agrees_line_by_line() -> None:
         assert _hours(line(lines, "wall time")) >= split_h
         bound_by_split = "bound by the split" in line(lines, "wall time")
         keeps_up = "(met by" in line(lines, "keeping up")
-        # The split bounds the run exactly when it cannot keep up, and only then is a fix proposed.
+        # The split bounds the run exactly when it cannot keep up, and only then is a fix proposed:
+        # more segments, or (above what a declaration allows) less concurrency or a faster splitter.
         assert bound_by_split == (not keeps_up)
-        assert any("declare source.segments" in x for x in lines) == (not keeps_up)
+        fixes = ("declare source.segments", "lower the concurrency or speed up the splitter")
+        assert any(f in x for x in lines for f in fixes) == (not keeps_up)
         if bound_by_split:
             assert _hours(line(lines, "wall time")) == pytest.approx(split_h, abs=0.01)
     # More concurrency is never slower; the bill is the same but for the sweeps of a shorter run.
