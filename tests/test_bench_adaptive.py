@@ -1,5 +1,5 @@
 """P7's simulation (bench/adaptive.py): conservation, the static cap, the controller's back-off,
-and what the bench prints. Small runs: a few hundred milliseconds each."""
+the same-work timing, and what the bench prints. Small runs: a few hundred milliseconds each."""
 
 from __future__ import annotations
 
@@ -54,3 +54,26 @@ def test_the_figures_say_they_are_simulated() -> None:
     assert p7["service_bound_s"] == OVERLOADED.items * OVERLOADED.service_s / OVERLOADED.slots
     rows = dict(lines(p7))
     assert "SIMULATED" in " ".join(rows) and "rejected pushes / 1,000 items" in rows["P7 static"]
+
+
+def test_the_same_work_is_timed_where_each_run_had_statics_successes() -> None:
+    static = simulate(JOB, OVERLOADED, adaptive=False)
+    adaptive = simulate(JOB, OVERLOADED, adaptive=True)
+    assert adaptive.succeeded_at == sorted(adaptive.succeeded_at) and len(adaptive.succeeded_at) == adaptive.succeeded
+    assert static.time_to_succeed(static.succeeded) == static.succeeded_at[-1] <= static.wall_s
+    assert adaptive.time_to_succeed(0) is None and adaptive.time_to_succeed(OVERLOADED.items + 1) is None
+    p7 = compare(JOB, OVERLOADED)
+    same = p7["same_work"]
+    assert same["succeeded"] == static.succeeded
+    assert same["adaptive_s"] == round(adaptive.succeeded_at[static.succeeded - 1], 1)
+    assert same["adaptive_s"] < adaptive.wall_s  # the adaptive run's extra time is the tasks static FAILED
+    # the service's busy share: served push-seconds over slots x wall time, at most 1
+    for mode in ("static", "adaptive"):
+        assert 0 < p7["service_busy"][mode] <= 1
+    fewer = adaptive.rejected * 5 <= static.rejected
+    same_ratio = adaptive.succeeded_at[static.succeeded - 1] / static.succeeded_at[-1]
+    assert p7["aim_met"] == {
+        "wall_time": fewer and adaptive.wall_s <= 1.1 * static.wall_s,
+        "same_work": fewer and same_ratio <= 1.1,
+    }
+    assert "P7 same work" in dict(lines(p7))

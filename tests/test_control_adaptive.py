@@ -18,23 +18,63 @@ from microprocess.control.scale import EventSourceCap
 from tests.functions_harness import JOB, Behaviour, Stack
 
 
-def controller(ceiling: int = 100, **kw: Any) -> AimdController:
-    return AimdController(AimdSettings(ceiling=ceiling, **kw))
+def controller(ceiling: int = 100, baseline_ms: float | None = None, **kw: Any) -> AimdController:
+    return AimdController(AimdSettings(ceiling=ceiling, **kw), baseline_ms=baseline_ms)
 
 
-def test_throttling_halves_the_cap_then_healthy_intervals_add_it_back_up_to_the_declared_maximum() -> None:
-    c = controller(ceiling=100)  # step: 100 // 20 = 5
+def test_throttling_before_any_healthy_minute_halves_then_healthy_intervals_add_the_step_back() -> None:
+    c = controller(ceiling=100, batch_size=10)  # step: 100 // 20 = 5
+    # No healthy minute yet: the push time is unknown, the interval's p90 (80 ms) only bounds it from
+    # below (950 taken in 60 s x 0.08 s / 10 = 0.13 batches), so the cut is the multiplicative one.
     throttled = c.decide(100, Signals(pushes=1000, throttled=50, p90_latency_ms=80))
     assert (throttled.action, throttled.concurrency) == ("decrease", 50)
-    assert "50 of 1000 pushes answered 429/503" in throttled.reason
+    assert "50 of 1000 pushes answered 429/503" in throttled.reason and "at least ~0.1 batches" in throttled.reason
+    assert c.capacity is None  # a lower bound is not remembered as the capacity
     again = c.decide(50, Signals(pushes=500, throttled=20, p90_latency_ms=80))
     assert again.concurrency == 25
     caps = [25]
     for _ in range(20):
         caps.append(c.decide(caps[-1], Signals(pushes=500, throttled=0, p90_latency_ms=80)).concurrency)
-    assert caps[1:4] == [30, 35, 40]  # additive
+    assert caps[1:4] == [30, 35, 40]  # additive: no capacity estimate to slow down near
     assert caps[-1] == 100 and max(caps) == 100  # never above the declared maximum
     assert c.decide(100, Signals(pushes=500, p90_latency_ms=80)).action == "hold"
+
+
+def test_with_a_known_push_time_a_throttled_minute_sets_the_cap_to_the_services_capacity() -> None:
+    c = controller(ceiling=50, batch_size=10)  # step 2
+    healthy = c.decide(10, Signals(pushes=9000, p90_latency_ms=600))
+    assert healthy.concurrency == 12 and c.baseline_ms == pytest.approx(600)
+    # 50 batches against a service that serves 100 pushes of ~0.5 s at once: most pushes are 429s, and
+    # the all-429 batches end at once, so the interval's p90 is 50 ms; the healthy 600 ms is used.
+    # Little's law: 12,000 taken in 60 s = 200/s x 0.6 s = 120 pushes in flight = 12 batches of 10.
+    d = c.decide(50, Signals(pushes=92_000, throttled=80_000, p90_latency_ms=50))
+    assert (d.action, d.concurrency, d.capacity) == ("decrease", 12, 12.0)  # not 25: straight to the estimate
+    assert "the service took ~12.0 batches" in d.reason and c.capacity == pytest.approx(12.0)
+    # the same counts over 30 s: twice the rate, twice the capacity
+    assert controller(ceiling=50, batch_size=10, baseline_ms=600).capacity_estimate(
+        Signals(pushes=92_000, throttled=80_000, p90_latency_ms=50, interval_s=30)
+    ) == pytest.approx(24.0)
+
+
+def test_healthy_minutes_probe_one_batch_above_the_estimated_capacity_and_a_few_429s_hold() -> None:
+    c = AimdController(AimdSettings(ceiling=50, batch_size=10), baseline_ms=600, capacity=12.0)
+    caps = [6]  # e.g. after a latency back-off: the step (2) back up to the estimate, then 1 at a time
+    for _ in range(5):
+        caps.append(c.decide(caps[-1], Signals(pushes=6000, p90_latency_ms=600)).concurrency)
+    assert caps == [6, 8, 10, 12, 13, 14]
+    near = c.decide(14, Signals(pushes=10_000, throttled=100, p90_latency_ms=600))  # 1 %: under the 2 % threshold
+    assert (near.action, near.concurrency) == ("hold", 14) and "at the service's capacity" in near.reason
+    # 14 batches proved too many: 2 % throttled, 11,000 taken = 183/s x 0.6 s / 10 = 11 batches
+    over = c.decide(14, Signals(pushes=11_300, throttled=300, p90_latency_ms=600))
+    assert (over.action, over.concurrency) == ("decrease", 11) and c.capacity == pytest.approx(11.0)
+
+
+def test_throttled_while_the_estimate_shows_room_halves() -> None:
+    # 27,000 taken = 450/s x 0.6 s / 10 = 27 batches, yet 10 % throttled at 10: the service is
+    # shared or slowing; the estimate says nothing useful, the multiplicative decrease applies.
+    c = AimdController(AimdSettings(ceiling=50, batch_size=10), baseline_ms=600)
+    d = c.decide(10, Signals(pushes=30_000, throttled=3_000, p90_latency_ms=600))
+    assert (d.action, d.concurrency) == ("decrease", 5)
 
 
 def test_a_latency_climb_against_the_healthy_baseline_decreases() -> None:
@@ -147,7 +187,8 @@ def test_signals_are_read_from_the_jobs_metrics_of_the_last_interval() -> None:
 
     cw = FakeCloudWatch({"pushes": [1200.0], "throttled": [36.0], "p90": [412.5]})
     signals = CloudWatchSignals(cw, window_s=60)(JOB.name)
-    assert signals == Signals(pushes=1200, throttled=36, p90_latency_ms=412.5)
+    assert signals == Signals(pushes=1200, throttled=36, p90_latency_ms=412.5, interval_s=60)
+    assert CloudWatchSignals(FakeCloudWatch({}), window_s=120)(JOB.name).interval_s == 120
     (request,) = cw.requests
     stats = {
         q["Id"]: (q["MetricStat"]["Metric"]["MetricName"], q["MetricStat"]["Stat"])

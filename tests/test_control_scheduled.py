@@ -122,6 +122,22 @@ def test_the_healthy_baseline_survives_from_one_invocation_to_the_next(aws: Aws)
     assert aws.cap(ADAPTIVE.name) == capped // 2
 
 
+def test_the_capacity_estimate_survives_so_the_next_healthy_minute_probes_gently(aws: Aws) -> None:
+    # GIVEN a healthy minute at p90 500 ms (cap 10 -> 12, the declared step), then a throttled one:
+    # 12,000 of 13,200 pushes taken in 60 s = 200/s x 0.5 s = 100 pushes in flight = 10 batches of 10
+    aws.cloudwatch.values = {"pushes": [6000.0], "throttled": [0.0], "p90": [500.0]}
+    assert tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]["concurrency"] == 12
+    aws.cloudwatch.values = {"pushes": [13200.0], "throttled": [1200.0], "p90": [500.0]}
+    throttled = tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]
+    assert (throttled["action"], throttled["concurrency"], throttled["capacity"]) == ("decrease", 10, 10.0)
+    assert ControllerState(aws.ddb, aws.table).remembered(ADAPTIVE.name) == (500.0, 10.0)
+    # WHEN the next minute, another invocation, is healthy
+    aws.cloudwatch.values = {"pushes": [6000.0], "throttled": [0.0], "p90": [500.0]}
+    probe = tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]
+    # THEN it probes one batch above the remembered capacity, not the declared step of 2
+    assert (probe["action"], probe["concurrency"]) == ("increase", 11) and aws.cap(ADAPTIVE.name) == 11
+
+
 def test_no_adaptive_job_makes_no_call(aws: Aws) -> None:
     assert tick_from_environment([STATIC], aws.client, environ={}) == {}
     assert aws.calls == []

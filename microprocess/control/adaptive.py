@@ -1,19 +1,29 @@
-"""Adaptive concurrency: a job backs off by itself when its service is overloaded (AIMD).
+"""Adaptive concurrency: a job backs off by itself when its service is overloaded.
 
 Signals, per job and per interval (a minute): how many pushes the forwarder made, how many
 the service answered 429 or 503 (it asks us to slow down), and the p90 of a batch's push time
 (the pushes of a batch run concurrently, so a batch takes about its slowest push). The
 forwarder emits them as EMF metrics (`observe_pushes`); `CloudWatchSignals` reads them back.
 
-`AimdController.decide` (pure, unit-tested):
+`AimdController.decide` (pure, unit-tested), additive increase / multiplicative decrease
+refined with an estimate of the service's capacity:
 
-* **multiplicative decrease**: throttled share ≥ `throttle_ratio`, or p90 above
-  `latency_factor` x the healthy baseline (or above `latency_limit_ms`): cap x `decrease_factor`,
-  never below `floor` (2, the least an SQS event source takes);
-* **additive increase**: a healthy interval raises the cap by `step` (a twentieth of the
-  declared maximum: back to full in about 20 healthy minutes), never above the job's
-  declared `max_concurrency`;
-* **hold**: too few pushes to judge (`min_pushes`), or already at the ceiling.
+* **throttled** (share of 429/503 ≥ `throttle_ratio`): the service's capacity is estimated by
+  Little's law from what it took: accepted pushes (pushes - throttled) per second x a batch's
+  time = the pushes it served at once, / the batch size = batches. The batch time is the larger
+  of the interval's p90 and the healthy baseline (all-429 batches end at once and pull the p90
+  down). With a healthy baseline known, the cap goes straight to the estimate (rounded down)
+  and the estimate is remembered; before any healthy interval the estimate is only a lower
+  bound, so the cut is never deeper than `decrease_factor`; throttled while the estimate shows
+  room (a shared or slowing service), the cap is multiplied by `decrease_factor`;
+* **slow** (p90 above `latency_factor` x the healthy baseline, or above `latency_limit_ms`):
+  cap x `decrease_factor` (nothing tells the capacity);
+* **healthy**: below the remembered capacity, + `step` (a twentieth of the declared maximum)
+  up to it; at or above it, + 1 a minute (a gentle probe: the next throttled minute
+  re-estimates); no capacity known yet, + `step`; a few 429s below `throttle_ratio`: hold (at
+  the service's capacity);
+* never below `floor` (2, the least an SQS event source takes) nor above the job's declared
+  `max_concurrency`; hold when too few pushes to judge (`min_pushes`).
 
 The healthy baseline is an exponentially weighted mean of the p90 of healthy intervals, so a
 slow drift of the service is followed, a sudden climb is not.
@@ -55,15 +65,22 @@ class Signals:
         pushes: pushes made.
         throttled: pushes answered 429 or 503.
         p90_latency_ms: the p90 of the batches' push time, ms (None: no batch).
+        interval_s: the interval the counts cover, s.
     """
 
     pushes: int
     throttled: int = 0
     p90_latency_ms: float | None = None
+    interval_s: float = 60.0
 
     @property
     def throttled_ratio(self) -> float:
         return self.throttled / self.pushes if self.pushes else 0.0
+
+    @property
+    def accepted(self) -> int:
+        """Pushes the service took (not answered 429/503)."""
+        return self.pushes - self.throttled
 
 
 @dataclass(frozen=True)
@@ -79,11 +96,16 @@ class AimdSettings:
     latency_limit_ms: float | None = None
     min_pushes: int = 20
     baseline_weight: float = 0.2
+    batch_size: int = 1  # pushes per batch: turns the service's concurrent pushes into batches
 
     @classmethod
     def for_job(cls, job: JobDeclaration) -> AimdSettings:
         # A batch close to the task timeout is about to time out: back off before it does.
-        return cls(ceiling=job.max_concurrency, latency_limit_ms=0.8 * job.task_timeout_s * 1000)
+        return cls(
+            ceiling=job.max_concurrency,
+            latency_limit_ms=0.8 * job.task_timeout_s * 1000,
+            batch_size=job.batch_size,
+        )
 
     @property
     def increase(self) -> int:
@@ -99,6 +121,7 @@ class Decision:
     action: str  # "decrease", "increase" or "hold"
     reason: str
     baseline_ms: float | None
+    capacity: float | None = None  # the service's estimated capacity, in batches
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -106,10 +129,31 @@ class Decision:
 
 @dataclass
 class AimdController:
-    """Additive-increase / multiplicative-decrease of one job's concurrency cap."""
+    """One job's concurrency cap: a decrease to the service's estimated capacity, a gentle probe above it.
+
+    Attributes:
+        settings: the knobs.
+        baseline_ms: the healthy p90 batch time (EWMA), ms; None until a healthy interval.
+        capacity: the batches the service took at its last throttled interval (Little's law); None
+            until one.
+    """
 
     settings: AimdSettings
     baseline_ms: float | None = None
+    capacity: float | None = None
+
+    def capacity_estimate(self, signals: Signals) -> float | None:
+        """Little's law: the batches in flight the service served in this interval.
+
+        Accepted pushes per second x a batch's time = the pushes in flight the service took;
+        / the batch size = batches. The batch time is the larger of this interval's p90 and the
+        healthy baseline: under heavy throttling most batches are all-429 and end at once, so
+        the interval's p90 alone underestimates how long a served push takes.
+        """
+        times = [t for t in (signals.p90_latency_ms, self.baseline_ms) if t is not None]
+        if not times or signals.interval_s <= 0:
+            return None
+        return signals.accepted / signals.interval_s * max(times) / 1000 / self.settings.batch_size
 
     def decide(self, current: int, signals: Signals) -> Decision:
         s = self.settings
@@ -117,30 +161,66 @@ class AimdController:
         p90 = signals.p90_latency_ms
         if signals.pushes < s.min_pushes:
             return self._decision(current, current, "hold", f"{signals.pushes} pushes: too few to judge")
-        overload = None
         if signals.throttled_ratio >= s.throttle_ratio:
-            overload = (
-                f"{signals.throttled} of {signals.pushes} pushes answered 429/503 ({signals.throttled_ratio:.1%})"
-            )
-        elif p90 is not None and s.latency_limit_ms is not None and p90 > s.latency_limit_ms:
+            return self._throttled(current, signals)
+        overload = None
+        if p90 is not None and s.latency_limit_ms is not None and p90 > s.latency_limit_ms:
             overload = f"p90 push time {p90:.0f} ms is above {s.latency_limit_ms:.0f} ms (near the task timeout)"
         elif p90 is not None and self.baseline_ms is not None and p90 > s.latency_factor * self.baseline_ms:
             overload = (
                 f"p90 push time {p90:.0f} ms is above {s.latency_factor:g} x the healthy {self.baseline_ms:.0f} ms"
             )
-        if overload is not None:
+        if overload is not None:  # the service slows down: its capacity is unknown, back off multiplicatively
             new = max(s.floor, math.floor(current * s.decrease_factor))
             return self._decision(current, new, "decrease" if new < current else "hold", overload)
         if p90 is not None:  # a healthy interval: follow the service's slow drift
             w = s.baseline_weight
             self.baseline_ms = p90 if self.baseline_ms is None else (1 - w) * self.baseline_ms + w * p90
+        if signals.throttled:
+            return self._decision(
+                current,
+                current,
+                "hold",
+                f"{signals.throttled} of {signals.pushes} pushes answered 429/503 ({signals.throttled_ratio:.1%}): "
+                "at the service's capacity",
+            )
         if current >= s.ceiling:
             return self._decision(current, current, "hold", "healthy, at the declared maximum")
-        new = min(s.ceiling, current + s.increase)
-        return self._decision(current, new, "increase", "healthy: no throttling, push time at its baseline")
+        if self.capacity is not None and current + 1 > self.capacity:
+            new, why = current + 1, f"healthy: probing 1 above the estimated capacity of {self.capacity:.1f}"
+        elif self.capacity is not None:
+            new = min(current + s.increase, max(current + 1, math.floor(self.capacity)))
+            why = f"healthy: back towards the estimated capacity of {self.capacity:.1f}"
+        else:
+            new, why = current + s.increase, "healthy: no throttling, push time at its baseline"
+        return self._decision(current, min(s.ceiling, new), "increase", why)
+
+    def _throttled(self, current: int, signals: Signals) -> Decision:
+        s = self.settings
+        reason = f"{signals.throttled} of {signals.pushes} pushes answered 429/503 ({signals.throttled_ratio:.1%})"
+        estimate = self.capacity_estimate(signals)
+        halved = max(s.floor, math.floor(current * s.decrease_factor))
+        if estimate is None:
+            new = halved
+        elif self.baseline_ms is None:  # only this interval's p90: a lower bound, cut at most multiplicatively
+            reason += f"; the service took at least ~{estimate:.1f} batches"
+            new = max(halved, min(current - 1, math.floor(estimate)))
+        else:  # push time known from healthy intervals: the estimate is trusted and remembered
+            self.capacity = estimate
+            reason += f"; the service took ~{estimate:.1f} batches"
+            target = max(s.floor, math.floor(estimate))
+            new = target if target < current else halved  # throttled despite room (a shared service?): halve
+        return self._decision(current, new, "decrease" if new < current else "hold", reason)
 
     def _decision(self, previous: int, new: int, action: str, reason: str) -> Decision:
-        return Decision(previous, new, action, reason, None if self.baseline_ms is None else round(self.baseline_ms, 1))
+        return Decision(
+            previous,
+            new,
+            action,
+            reason,
+            None if self.baseline_ms is None else round(self.baseline_ms, 1),
+            None if self.capacity is None else round(self.capacity, 2),
+        )
 
 
 # ------------------------------------------------------------------------------ signals
@@ -201,6 +281,7 @@ class CloudWatchSignals:
             pushes=int(values.get("pushes") or 0),
             throttled=int(values.get("throttled") or 0),
             p90_latency_ms=float(values["p90"]) if values.get("p90") is not None else None,
+            interval_s=float(self.window_s),
         )
 
 

@@ -90,7 +90,8 @@ class ScheduledSettings:
 
 
 class ControllerState:
-    """The controllers' memory between invocations (the healthy p90 baseline), in the ledger table.
+    """The controllers' memory between invocations, in the ledger table: the healthy p90 baseline and
+    the service's estimated capacity.
 
     Args:
         dynamodb: a boto3 DynamoDB client.
@@ -104,10 +105,17 @@ class ControllerState:
     def key(job: str) -> dict[str, Any]:
         return {"pk": {"S": f"{STATE_PK_PREFIX}{job}"}, "sk": {"S": STATE_SK}}
 
-    def baseline_ms(self, job: str) -> float | None:
+    def remembered(self, job: str) -> tuple[float | None, float | None]:
+        """(the healthy p90 baseline in ms, the service's estimated capacity in batches), None when unknown."""
         item = self.dynamodb.get_item(TableName=self.table, Key=self.key(job), ConsistentRead=True).get("Item") or {}
-        value = item.get("baseline_ms", {}).get("N")
-        return float(value) if value is not None else None
+        baseline, capacity = (item.get(name, {}).get("N") for name in ("baseline_ms", "capacity"))
+        return (
+            float(baseline) if baseline is not None else None,
+            float(capacity) if capacity is not None else None,
+        )
+
+    def baseline_ms(self, job: str) -> float | None:
+        return self.remembered(job)[0]
 
     def save(self, job: str, decision: Decision) -> None:
         item: dict[str, Any] = {
@@ -118,6 +126,8 @@ class ControllerState:
         }
         if decision.baseline_ms is not None:
             item["baseline_ms"] = {"N": repr(float(decision.baseline_ms))}
+        if decision.capacity is not None:
+            item["capacity"] = {"N": repr(float(decision.capacity))}
         self.dynamodb.put_item(TableName=self.table, Item=item)
 
 
@@ -142,7 +152,8 @@ def tick(
     for job in adaptive_jobs(jobs):
         adaptive = AdaptiveConcurrency(jobs=[job], scaler=scaler, signals=signals, emit=emit)
         try:
-            adaptive.controllers[job.name].baseline_ms = state.baseline_ms(job.name)
+            controller = adaptive.controllers[job.name]
+            controller.baseline_ms, controller.capacity = state.remembered(job.name)
             decision = adaptive.tick()[job.name]
             state.save(job.name, decision)
         except (ClientError, ValueError) as exc:
