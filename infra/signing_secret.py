@@ -17,19 +17,23 @@ AWS_MANAGED_KEY_REASON = (
 KEY_LENGTH = 64
 
 
-class SigningSecret(Construct):
-    """A generated Secrets Manager secret (64 alphanumeric characters).
-
-    Nobody can read it until a `grant_read` says so: the stack grants it to the forwarder,
-    the reducer and (a bundled service) the service's queue role only.
+class GeneratedSecret(Construct):
+    """A generated alphanumeric Secrets Manager secret (`secret`, construct id `Secret`) for one
+    service. Automatic rotation is off (`WHY_NOT_ROTATED`: a rotation is a coordinated step); the
+    AWS-managed key encrypts it (`AWS_MANAGED_KEY_REASON`). Subclasses say what it is for.
 
     Args:
-        service_name: the service whose pushes it signs.
+        service_name: the service it belongs to.
         removal_policy: what happens to the secret when the stack is deleted.
 
     Attributes:
         secret: the `secretsmanager.Secret`.
     """
+
+    #: The secret's description; `{service}` is the service's name.
+    DESCRIPTION: str = "microprocess: a generated secret of the service '{service}'"
+    LENGTH: int = KEY_LENGTH
+    WHY_NOT_ROTATED: str = "A rotation is a coordinated step, not a timer (see infra/README.md)."
 
     def __init__(
         self,
@@ -43,17 +47,26 @@ class SigningSecret(Construct):
         self.secret = secretsmanager.Secret(
             self,
             "Secret",
-            description=f"microprocess: HMAC key signing the pushes to the service '{service_name}'",
+            description=self.DESCRIPTION.format(service=service_name),
             generate_secret_string=secretsmanager.SecretStringGenerator(
-                password_length=KEY_LENGTH, exclude_punctuation=True, include_space=False
+                password_length=self.LENGTH, exclude_punctuation=True, include_space=False
             ),
             removal_policy=removal_policy,
         )
-        acknowledge(
-            self.secret,
-            "Automatic rotation would break the pushes in flight: the forwarder and the service "
-            "cache the key per process and accept one key at a time. Rotate by putting a new value "
-            "and restarting both (see infra/README.md).",
-            "AwsSolutions-SMG4",
-        )
+        acknowledge(self.secret, self.WHY_NOT_ROTATED, "AwsSolutions-SMG4")
         skip_checkov(self.secret, AWS_MANAGED_KEY_REASON, "CKV_AWS_149")
+
+
+class SigningSecret(GeneratedSecret):
+    """The HMAC key of one service (64 alphanumeric characters).
+
+    Nobody can read it until a `grant_read` says so: the stack grants it to the forwarder,
+    the reducer and (a bundled service) the service's queue role only.
+    """
+
+    DESCRIPTION = "microprocess: HMAC key signing the pushes to the service '{service}'"
+    WHY_NOT_ROTATED = (
+        "A rotation is a coordinated step, not a timer: put {current, previous}, let the service and the "
+        "forwarder re-read it (they accept both and re-read on a mismatch or a 401), then drop previous "
+        "(see infra/README.md)."
+    )

@@ -142,8 +142,9 @@ def test_splitter_model_for_the_seed_runs_its_segments_in_parallel() -> None:
 P5_100K = {"report_rows": 100_000, "report_bytes": 4_070_051, "seconds": 3.13}
 
 
-def test_measured_costs_feed_the_planner(observed: Observed) -> None:
-    doc = measured_costs(
+def measured_doc(observed: Observed) -> dict[str, Any]:
+    """measured_costs.json of the observed run (4 scan segments, the 100k report, 3 CPU-s of workers)."""
+    return measured_costs(
         observed,
         measured_at="2026-11-01T00:00:00Z",
         cores=2,
@@ -151,6 +152,10 @@ def test_measured_costs_feed_the_planner(observed: Observed) -> None:
         report=report_figures(P5_100K, part_bytes=5 * 1024 * 1024),
         lambda_workers_cpu_s=3.0,
     )
+
+
+def test_measured_costs_feed_the_planner(observed: Observed) -> None:
+    doc = measured_doc(observed)
     mc = MeasuredCosts.from_dict(json.loads(json.dumps(doc)))
     assert mc.batches_per_item == pytest.approx(0.1)
     assert mc.forwarder_cpu_s_per_batch == pytest.approx(0.03)  # 3.0 CPU-s of the workers / 100 invocations
@@ -165,14 +170,7 @@ def test_measured_costs_feed_the_planner(observed: Observed) -> None:
 def test_the_splitters_waits_for_room_are_not_its_speed(observed: Observed) -> None:
     # GIVEN a split whose 16 s of splitter time include 8 s of waiting for the queue to drain
     observed.functions["splitter"].waited_s = 8.0
-    doc = measured_costs(
-        observed,
-        measured_at="2026-11-01T00:00:00Z",
-        cores=2,
-        split_segments=4,
-        report=report_figures(P5_100K, part_bytes=5 * 1024 * 1024),
-        lambda_workers_cpu_s=3.0,
-    )
+    doc = measured_doc(observed)
     # THEN the splitter's rate is over its 8 working seconds: 4 segments x 1,000 items / 8 s,
     # twice the wall-clock rate, and only the working time per item is priced
     mc = MeasuredCosts.from_dict(json.loads(json.dumps(doc)))

@@ -12,24 +12,19 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from microprocess.cli import commands as cli
 from microprocess.control.pause import FORWARDER_CACHE_S, RunResumer
 from microprocess.ledger import Ledger, Progress, RunStatus
-from microprocess.local import LocalStack, LocalState, UpOptions, Workspace, aws_client
+from microprocess.local import LocalStack, LocalState, UpOptions, aws_client
 from microprocess.local.stack import LOCAL_VISIBILITY_TIMEOUT_S
-from microprocess.local.workspace import WORKDIR_ENV, project_root
 from tests.declared import INVOICE_REMINDERS
+from tests.local_e2e_support import cli_json, cli_run, invoices_file, module_stack, stack_ledger, stack_state
 
 pytestmark = pytest.mark.e2e
 
@@ -52,55 +47,19 @@ RUN_TIMEOUT_S = 150.0
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    ws = Workspace.discover(project_root() / ".microprocess" / f"e2e-control-{os.getpid()}")
-    ws.create()
-    stack = LocalStack(ws, echo=lambda line: None)
     # The companies table is not used here: seed a token amount. The access log counts the pushes.
-    stack.up(UpOptions(items=10, seed=3, access_log=True))
-    previous = os.environ.get(WORKDIR_ENV)
-    os.environ[WORKDIR_ENV] = str(ws.workdir)  # the CLI finds this stack's local.json, as a shell would
-    try:
+    with module_stack("control", UpOptions(items=10, seed=3, access_log=True), workdir_env=True) as stack:
         yield stack
-    finally:
-        if previous is None:
-            os.environ.pop(WORKDIR_ENV, None)
-        else:
-            os.environ[WORKDIR_ENV] = previous
-        stack.down()
-        shutil.rmtree(ws.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def state(stack: LocalStack) -> LocalState:
-    assert stack.state is not None
-    return stack.state
+    return stack_state(stack)
 
 
 @pytest.fixture(scope="module")
 def ledger(state: LocalState) -> Ledger:
-    return Ledger(state.outputs["LedgerTable"], client=aws_client("dynamodb", state.endpoint_url))
-
-
-def cli_run(*args: str, code: int = 0) -> str:
-    result = CliRunner().invoke(cli.app, list(args), catch_exceptions=False)
-    assert result.exit_code == code, f"{args}: exit {result.exit_code}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def cli_json(*args: str, code: int = 0) -> list[Any]:
-    return [json.loads(line) for line in cli_run(*args, code=code).strip().splitlines() if line.strip()]
-
-
-def invoices_file(path: Path, n: int, *, first: int, not_overdue: frozenset[int] = frozenset()) -> Path:
-    """`n` invoices as JSONL; those at the positions `not_overdue` are due next month (the service refuses them)."""
-    overdue = (date.today() - timedelta(days=10)).isoformat()
-    future = (date.today() + timedelta(days=30)).isoformat()
-    with path.open("w") as f:
-        for k, i in enumerate(range(first, first + n)):
-            due = future if k in not_overdue else overdue
-            f.write(json.dumps({"invoice_id": f"INV-{i:05d}", "customer": f"C{i}", "amount": 10.0, "due_date": due}))
-            f.write("\n")
-    return path
+    return stack_ledger(state)
 
 
 def pushes(stack: LocalStack) -> int:

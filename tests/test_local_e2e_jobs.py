@@ -11,14 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +24,18 @@ import pytest
 from typer.testing import CliRunner
 
 from microprocess.cli import commands as cli
-from microprocess.ledger import Ledger, RunStatus, TaskState
+from microprocess.ledger import Ledger, TaskState
 from microprocess.local import (
     LocalStack,
     LocalState,
     UpOptions,
-    Workspace,
     aws_client,
     captured_emails,
     function_log_messages,
 )
-from microprocess.local.workspace import WORKDIR_ENV, project_root
+from microprocess.local.workspace import WORKDIR_ENV
 from tests.declared import CREDIT_SCORES, INVOICE_REMINDERS
+from tests.local_e2e_support import cli_json, invoices_file, module_stack, stack_ledger, stack_state
 
 pytestmark = pytest.mark.e2e
 
@@ -50,26 +48,18 @@ RUN_TIMEOUT_S = "180"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    ws = Workspace.discover(project_root() / ".microprocess" / f"e2e-jobs-{os.getpid()}")
-    ws.create()
-    stack = LocalStack(ws, echo=lambda line: None)
-    stack.up(UpOptions(items=COMPANIES, seed=11))
-    try:
+    with module_stack("jobs", UpOptions(items=COMPANIES, seed=11)) as stack:
         yield stack
-    finally:
-        stack.down()
-        shutil.rmtree(ws.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def state(stack: LocalStack) -> LocalState:
-    assert stack.state is not None
-    return stack.state
+    return stack_state(stack)
 
 
 @pytest.fixture(scope="module")
 def ledger(state: LocalState) -> Ledger:
-    return Ledger(state.outputs["LedgerTable"], client=aws_client("dynamodb", state.endpoint_url))
+    return stack_ledger(state)
 
 
 @pytest.fixture(scope="module")
@@ -84,22 +74,28 @@ def workdir_env(stack: LocalStack) -> Iterator[None]:
         os.environ[WORKDIR_ENV] = previous
 
 
-def cli_json(*args: str, code: int = 0) -> list[Any]:
-    result = CliRunner().invoke(cli.app, list(args), catch_exceptions=False)
-    assert result.exit_code == code, f"{args}: exit {result.exit_code}\n{result.stdout}\n{result.stderr}"
-    return [json.loads(line) for line in result.stdout.strip().splitlines() if line.strip()]
+def wait_until_done(ledger: Ledger, run_id: str, tasks: int, timeout_s: float = 60) -> None:
+    """Wait until `tasks` of the run have an outcome (the run is under way)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        prog = ledger.progress(run_id) if ledger.get_run(run_id) else None
+        if prog is not None and prog.succeeded + prog.failed >= tasks:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id}: fewer than {tasks} tasks done after {timeout_s:g} s")
 
 
-def invoices_file(path: Path, n: int, *, first: int = 1) -> Path:
-    """`n` overdue invoices as JSONL (the reminders service refuses invoices that are not overdue)."""
-    due = (date.today() - timedelta(days=10)).isoformat()
-    with path.open("w") as f:
-        for i in range(first, first + n):
-            f.write(
-                json.dumps({"invoice_id": f"INV-{i:05d}", "customer": f"C{i}", "amount": 10.0 + i, "due_date": due})
-            )
-            f.write("\n")
-    return path
+def assert_succeeded_in_full(ledger: Ledger, run_id: str, n: int, timeout_s: float = 180) -> None:
+    """Wait for the run's end (through the CLI, as a user would); it SUCCEEDED with all n tasks, none failed."""
+    (final,) = cli_json("status", run_id, "--json")
+    deadline = time.monotonic() + timeout_s
+    while final["status"] not in ("SUCCEEDED", "FAILED") and time.monotonic() < deadline:
+        time.sleep(1)
+        (final,) = cli_json("status", run_id, "--json")
+    errors = sorted({str(t.error) for t in ledger.iter_failed(run_id)})
+    assert (final["status"], final["expected"], final["succeeded"], final["failed"]) == ("SUCCEEDED", n, n, 0), (
+        f"the failed tasks' errors: {errors[:5]}"
+    )
 
 
 def report_rows(state: LocalState, run_id: str, tmp_path: Path) -> list[dict[str, str]]:
@@ -195,12 +191,7 @@ def test_a_secret_rotation_in_the_middle_of_a_run_fails_no_task(
     items = invoices_file(tmp_path / "rotation.jsonl", ROTATION_INVOICES, first=10_000)
     (started,) = cli_json("run", "invoice-reminders", "--items", str(items), "--json")
     run_id = started["run_id"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        prog = ledger.progress(run_id) if ledger.get_run(run_id) else None
-        if prog is not None and prog.succeeded + prog.failed >= 40:
-            break
-        time.sleep(0.2)
+    wait_until_done(ledger, run_id, 40)
     # WHEN the secret is rotated twice: first the service takes the new one and still accepts the
     # old one (current + previous), then the old one is dropped, so the forwarder's cached (old)
     # secret is refused with 401 and it must re-read the secret and sign again
@@ -212,25 +203,13 @@ def test_a_secret_rotation_in_the_middle_of_a_run_fails_no_task(
     assert ledger.progress(run_id).succeeded < ROTATION_INVOICES, (
         "the run ended before the rotation: nothing was tested"
     )
-    (final,) = cli_json("status", run_id, "--json")
-    deadline = time.monotonic() + 180
-    while final["status"] not in ("SUCCEEDED", "FAILED") and time.monotonic() < deadline:
-        time.sleep(1)
-        (final,) = cli_json("status", run_id, "--json")
     # THEN no task failed, and the run SUCCEEDED with every task counted once
-    errors = sorted({str(t.error) for t in ledger.iter_failed(run_id)})
-    assert (final["status"], final["expected"], final["succeeded"], final["failed"]) == (
-        "SUCCEEDED",
-        ROTATION_INVOICES,
-        ROTATION_INVOICES,
-        0,
-    ), f"the failed tasks' errors: {errors[:5]}"
-    failed = [t for s in range(ledger.require_run(run_id).shard_count) for t in ledger.iter_results(run_id, s)]
-    assert all(t.state is TaskState.SUCCEEDED for t in failed)
+    assert_succeeded_in_full(ledger, run_id, ROTATION_INVOICES)
+    records = [t for s in range(ledger.require_run(run_id).shard_count) for t in ledger.iter_results(run_id, s)]
+    assert len(records) == ROTATION_INVOICES and all(t.state is TaskState.SUCCEEDED for t in records)
     # AND the rotation was really exercised: the service refused the old signature at least once
     refused = log.read_text(errors="replace").count("refused POST") - refused_before
     assert refused >= 1, "the forwarder never met the rotated secret: the rotation did not happen mid-run"
-    assert RunStatus(final["status"]) is RunStatus.SUCCEEDED
 
 
 @pytest.mark.usefixtures("workdir_env")
@@ -244,28 +223,12 @@ def test_a_service_down_longer_than_its_attempts_last_fails_no_task(
     items = invoices_file(tmp_path / "outage.jsonl", 300, first=20_000)
     (started,) = cli_json("run", "invoice-reminders", "--items", str(items), "--json")
     run_id = started["run_id"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        prog = ledger.progress(run_id) if ledger.get_run(run_id) else None
-        if prog is not None and prog.succeeded + prog.failed >= 30:
-            break
-        time.sleep(0.2)
+    wait_until_done(ledger, run_id, 30)
     # WHEN its service is down for 12 s (a slow deploy: its port refuses connections), mid-run
     stack.restart_service("reminders", down_s=12)
     assert ledger.progress(run_id).succeeded < 300, "the run ended before the outage: nothing was tested"
-    (final,) = cli_json("status", run_id, "--json")
-    deadline = time.monotonic() + 180
-    while final["status"] not in ("SUCCEEDED", "FAILED") and time.monotonic() < deadline:
-        time.sleep(1)
-        (final,) = cli_json("status", run_id, "--json")
     # THEN the run SUCCEEDED with no task failed
-    errors = sorted({str(t.error) for t in ledger.iter_failed(run_id)})
-    assert (final["status"], final["expected"], final["succeeded"], final["failed"]) == (
-        "SUCCEEDED",
-        300,
-        300,
-        0,
-    ), f"the failed tasks' errors: {errors[:5]}"
+    assert_succeeded_in_full(ledger, run_id, 300)
     # AND the outage was really met: the forwarder found the service unreachable and re-sent tasks
     lam, logs = aws_client("lambda", state.endpoint_url), aws_client("logs", state.endpoint_url)
     forwarder = state.outputs["ForwarderFunctionName"]

@@ -1,0 +1,81 @@
+"""What the e2e modules on a real local stack share: one stack per module, the CLI as a user
+runs it (its JSON lines), and invoice manifests for the reminders service."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from microprocess.cli import commands as cli
+from microprocess.ledger import Ledger
+from microprocess.local import LocalStack, LocalState, UpOptions, Workspace, aws_client
+from microprocess.local.workspace import WORKDIR_ENV, project_root
+
+
+@contextmanager
+def module_stack(name: str, options: UpOptions, *, workdir_env: bool = False) -> Iterator[LocalStack]:
+    """A local stack in its own work folder (`.microprocess/e2e-<name>-<pid>`), stopped and removed
+    afterwards. With `workdir_env`, the CLI finds it through the work folder, as a user's shell would."""
+    ws = Workspace.discover(project_root() / ".microprocess" / f"e2e-{name}-{os.getpid()}")
+    ws.create()
+    stack = LocalStack(ws, echo=lambda line: None)
+    previous = os.environ.get(WORKDIR_ENV)
+    try:
+        stack.up(options)
+        if workdir_env:
+            os.environ[WORKDIR_ENV] = str(ws.workdir)
+        yield stack
+    finally:
+        if workdir_env:
+            if previous is None:
+                os.environ.pop(WORKDIR_ENV, None)
+            else:
+                os.environ[WORKDIR_ENV] = previous
+        stack.down()
+        shutil.rmtree(ws.workdir, ignore_errors=True)
+
+
+def stack_state(stack: LocalStack) -> LocalState:
+    assert stack.state is not None, "the stack is not up"
+    return stack.state
+
+
+def stack_ledger(state: LocalState) -> Ledger:
+    return Ledger(state.outputs["LedgerTable"], client=aws_client("dynamodb", state.endpoint_url))
+
+
+def cli_run(*args: str, code: int = 0) -> str:
+    """The CLI's standard output; its exit code must be `code`."""
+    result = CliRunner().invoke(cli.app, list(args), catch_exceptions=False)
+    assert result.exit_code == code, f"{args}: exit {result.exit_code}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def cli_json(*args: str, code: int = 0) -> list[Any]:
+    """The CLI's JSON lines (`--json`), parsed."""
+    return [json.loads(line) for line in cli_run(*args, code=code).strip().splitlines() if line.strip()]
+
+
+def invoices_file(
+    path: Path, n: int, *, first: int = 1, not_overdue: frozenset[int] = frozenset(), amount: float | None = None
+) -> Path:
+    """`n` invoices as JSONL, ids INV-<first>...; those at the positions `not_overdue` are due next
+    month (the reminders service refuses them: a permanent 4xx), the others ten days overdue.
+    `amount`: every invoice's amount (default 10 + its number)."""
+    overdue = (date.today() - timedelta(days=10)).isoformat()
+    future = (date.today() + timedelta(days=30)).isoformat()
+    with path.open("w") as f:
+        for k, i in enumerate(range(first, first + n)):
+            due = future if k in not_overdue else overdue
+            value = amount if amount is not None else 10.0 + i
+            f.write(json.dumps({"invoice_id": f"INV-{i:05d}", "customer": f"C{i}", "amount": value, "due_date": due}))
+            f.write("\n")
+    return path
