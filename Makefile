@@ -66,6 +66,7 @@ bench: setup
 # The README's CLI table, regenerated from the commands themselves.
 docs: setup
 	$(BIN)/python -m microprocess.cli.reference README.md
+	$(BIN)/python -m microprocess.declarations.reference docs/declarations.md
 
 # The README's runnable blocks, in order, in a scratch copy of the project (a few minutes).
 docs-check: setup

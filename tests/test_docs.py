@@ -98,3 +98,46 @@ def test_the_readme_runs_as_written_your_own_job_included() -> None:
         run_steps(found, scratch_copy(copy))
     finally:
         shutil.rmtree(copy.parent, ignore_errors=True)
+
+
+def test_the_declaration_reference_is_the_models_themselves() -> None:
+    from microprocess.declarations import reference
+
+    assert reference.main(["--check", str(ROOT / "docs" / "declarations.md")]) == 0, (
+        "docs/declarations.md is stale: run `make docs`"
+    )
+    text = (ROOT / "docs" / "declarations.md").read_text()
+    # A worked row: a field's type with its limits, its default and its meaning
+    assert "| `max_attempts` | integer (>= 1, <= 100) | `5` | pushes per task before it is recorded FAILED." in text
+    assert '| `kind` | "dynamodb" / "s3" / "inline" / "callable" | **required** |' in text
+
+
+def test_a_field_without_a_docstring_line_is_refused() -> None:
+    from pydantic import BaseModel
+
+    from microprocess.declarations.reference import UndocumentedField, table
+
+    class Half(BaseModel):
+        """A model documenting one of its two fields.
+
+        Attributes:
+            kept: explained, over
+                two lines.
+        """
+
+        kept: int = 1
+        forgotten: str = ""
+
+    with pytest.raises(UndocumentedField, match=r"\['forgotten'\].*make docs"):
+        table(Half)
+
+    class Whole(Half):
+        """Both.
+
+        Attributes:
+            kept: explained, over
+                two lines.
+            forgotten: now too.
+        """
+
+    assert "| `kept` | integer | `1` | explained, over two lines. |" in table(Whole)

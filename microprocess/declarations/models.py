@@ -48,6 +48,17 @@ class ItemSource(BaseModel):
 
     `table` names a table *role* (for example `customers`); the deployed table name
     is passed to the functions in their environment, never hard-coded.
+
+    Attributes:
+        kind: `dynamodb` (a table, read with a parallel scan), `s3` (a JSONL or CSV manifest),
+            `inline` (the items given in the start event) or `callable` (a Python function).
+        table: the table role of a `dynamodb` source (the stack creates it, or names yours).
+        segments: parallel scan segments of a `dynamodb` source, each read by its own splitter
+            invocation (`microprocess plan` says how many keep up with the job's concurrency).
+        page_size: items read, sent and accounted per page.
+        uri: `s3://bucket/key` of an `s3` manifest.
+        format: `jsonl` or `csv`, for an `s3` manifest.
+        function: `module:function` of a `callable` source; it yields the items.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -78,7 +89,9 @@ class JobDeclaration(BaseModel):
     """One background job.
 
     Attributes:
-        name: kebab-case job name, also its EventBridge rule and metric dimension.
+        name: kebab-case job name, also its EventBridge rule and metric dimension (the key of
+            its `[jobs.<name>]` table).
+        description: what the job does (shown by the CLI).
         schedule: EventBridge expression, `cron(...)` (6 fields) or `rate(...)`.
         source: where the items come from.
         service: the declared service the job's tasks are pushed to.
