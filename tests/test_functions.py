@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -594,6 +595,27 @@ def test_a_task_sent_but_not_yet_accounted_is_deferred_not_lost(stack: Stack) ->
     assert [c["payload"]["task_id"] for c in stack.service.task_calls()] == ["0-000000001"]
     assert [t.task_id for t in task_records(stack, "r1")] == ["0-000000001"]
     assert dlq_messages(stack) == []
+
+
+def test_deferrals_are_uncounted_only_for_their_grace(stack: Stack) -> None:
+    from microprocess.pipeline.forwarder import DEFER_GRACE_S, DEFERRED_SINCE_ATTRIBUTE
+
+    stack.ledger.create_run("r1", JOB)
+    stack.ledger.account_page("r1", segment="0", cursor_from="", cursor_to="p1", count=2)
+    body = envelope_for("r1", "0-000000005", {"company_id": "C0000005"})
+    # GIVEN a task deferred before: its copy carries since when (kept, not reset)
+    since = time.time() - 30
+    mark = {DEFERRED_SINCE_ATTRIBUTE: {"stringValue": f"{since:.3f}", "dataType": "String"}}
+    early = sqs_record(body, message_id="early", messageAttributes=mark)
+    assert stack.forwarder().handle({"Records": [early]}) == {"batchItemFailures": []}
+    [copy] = stack.sqs.sent
+    assert float(copy["MessageAttributes"][DEFERRED_SINCE_ATTRIBUTE]["StringValue"]) == pytest.approx(since, abs=0.01)
+    # WHEN a task has been deferred for longer than the grace (its page never accounted)
+    stale = {DEFERRED_SINCE_ATTRIBUTE: {"stringValue": f"{time.time() - DEFER_GRACE_S - 1:.3f}", "dataType": "String"}}
+    late = sqs_record(body, message_id="late", messageAttributes=stale)
+    # THEN it is no longer re-sent: a counted receive in 1 s, towards the queue's redrive (no endless loop)
+    assert stack.forwarder().handle({"Records": [late]}) == {"batchItemFailures": [{"itemIdentifier": "late"}]}
+    assert len(stack.sqs.sent) == 1 and stack.sqs.visibility == [1]
 
 
 def test_a_deferral_whose_resend_fails_comes_back_as_a_counted_receive(stack: Stack) -> None:

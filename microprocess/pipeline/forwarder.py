@@ -67,6 +67,12 @@ UNREACHABLE_SINCE_ATTRIBUTE = "microprocess-unreachable-since"
 #: The longest wait between two pushes to an unreachable service, seconds (a service coming
 #: back is found within this).
 UNREACHABLE_MAX_DELAY_S = 60
+#: Message attribute of a task re-sent because its page was not accounted yet: since when.
+DEFERRED_SINCE_ATTRIBUTE = "microprocess-deferred-since"
+#: How long a task is deferred without counting its receives (its splitter's page is normally
+#: accounted within a second; a splitter that died is restarted by the sweeper well within
+#: this). Past it, each deferral is a counted receive again, towards the queue's redrive.
+DEFER_GRACE_S = 900
 
 
 def backoff_seconds(attempt: int, retry_after: float | None, *, base: float, cap: float, rng: random.Random) -> int:
@@ -111,7 +117,12 @@ def attempt_of(record: dict[str, Any]) -> int:
 
 def unreachable_since(record: dict[str, Any]) -> float | None:
     """When the record's pushes began to find its service unreachable (None: not re-sent for that)."""
-    attr = (record.get("messageAttributes") or {}).get(UNREACHABLE_SINCE_ATTRIBUTE) or {}
+    return _epoch_attribute(record, UNREACHABLE_SINCE_ATTRIBUTE)
+
+
+def _epoch_attribute(record: dict[str, Any], name: str) -> float | None:
+    """A message attribute holding epoch seconds (None when absent or not a number)."""
+    attr = (record.get("messageAttributes") or {}).get(name) or {}
     value = attr.get("stringValue") or attr.get("StringValue")
     try:
         since = float(value) if value is not None else None
@@ -369,8 +380,12 @@ class Forwarder:
 
     def _defer(self, record: dict[str, Any]) -> bool:
         """Bring a record back in a second without counting this receive as an attempt: re-sent
-        (True; the caller acknowledges it), else (the send failed) made visible again in 1 s."""
-        if self._resend_uncounted(record, 1, since=unreachable_since(record)):
+        (True; the caller acknowledges it) for up to `DEFER_GRACE_S`, else (past it, or the send
+        failed) made visible again in 1 s, a counted receive."""
+        now = time.time()
+        since = _epoch_attribute(record, DEFERRED_SINCE_ATTRIBUTE)
+        since = now if since is None or since > now else since
+        if now - since < DEFER_GRACE_S and self._resend_uncounted(record, 1, marks={DEFERRED_SINCE_ATTRIBUTE: since}):
             return True
         try:
             self.sqs.change_message_visibility(
@@ -380,13 +395,15 @@ class Forwarder:
             log.exception("could not defer %s", record.get("messageId"))
         return False
 
-    def _resend_uncounted(self, record: dict[str, Any], delay_s: int, *, since: float | None) -> bool:
+    def _resend_uncounted(self, record: dict[str, Any], delay_s: int, *, marks: Mapping[str, float]) -> bool:
         """Send a copy of `record` to its queue after `delay_s`, carrying the attempts made so far
-        without this receive (its next receive is this same attempt again) and, when given, since
-        when its service has been unreachable. False (logged) when the send failed."""
+        without this receive (its next receive is this same attempt again), the record's own
+        since-when marks, and `marks` (attribute name -> epoch seconds) over them. False (logged)
+        when the send failed."""
         attributes = {PRIOR_ATTEMPTS_ATTRIBUTE: {"DataType": "Number", "StringValue": str(attempt_of(record) - 1)}}
-        if since is not None:
-            attributes[UNREACHABLE_SINCE_ATTRIBUTE] = {"DataType": "String", "StringValue": f"{since:.3f}"}
+        kept = {n: _epoch_attribute(record, n) for n in (UNREACHABLE_SINCE_ATTRIBUTE, DEFERRED_SINCE_ATTRIBUTE)}
+        for name, epoch in {**{n: e for n, e in kept.items() if e is not None}, **marks}.items():
+            attributes[name] = {"DataType": "String", "StringValue": f"{epoch:.3f}"}
         try:
             self.sqs.send_message(
                 QueueUrl=self.queue_url_of(record),
@@ -467,7 +484,7 @@ class Forwarder:
             return False
         # Waits grow with the time unreachable (≈ half of it, so about 1.5x each time), 1..60 s.
         delay = max(1, round(min(UNREACHABLE_MAX_DELAY_S, max(1.0, (now - since) / 2)) * self.rng.uniform(0.5, 1.0)))
-        if not self._resend_uncounted(w.record, delay, since=since):
+        if not self._resend_uncounted(w.record, delay, marks={UNREACHABLE_SINCE_ATTRIBUTE: since}):
             return False  # the ordinary backoff applies: counted, but not lost
         log.info(
             "service of %s unreachable for %.0f s; re-sent with a %s s delay, attempt %s not counted: %s",
