@@ -70,3 +70,26 @@ def test_configured_from_the_environment() -> None:
     assert json.loads(body)["slots"] == 3 and json.loads(body)["service_s"] == 0.02
     with pytest.raises(ValueError):
         admit(real, 0)
+
+
+def test_the_measured_rows_say_what_was_measured_and_whether_the_aim_was_met() -> None:
+    from bench.adaptive_local import lines
+
+    run = {"rejected_per_1000_items": 0.0, "wall_s": 30.0, "failed": 0, "caps": [8, 4, 2]}
+    p7 = {
+        "items": 4000,
+        "slots": 30,
+        "service_ms": 100.0,
+        "max_concurrency": 8,
+        "batch_size": 10,
+        "interval_s": 3.0,
+        "static": {**run, "rejected_per_1000_items": 564.2},
+        "adaptive": {**run, "rejected_per_1000_items": 158.5, "wall_s": 31.2},
+        "rejected_ratio": 3.56,
+        "wall_time_ratio": 1.04,
+        "aim_met": {"rejected": False, "wall_time": True},
+    }
+    rows = dict(lines(p7))
+    assert "controller every 3 s" in rows["P7 measured"] and "AWS: a minute" in rows["P7 measured"]
+    assert "3.56x fewer" in rows["P7 m. ratio"] and ">= 5x fewer MISSED" in rows["P7 m. ratio"]
+    assert "<= 1.1x met" in rows["P7 m. ratio"]
