@@ -233,8 +233,9 @@ class BenchStack:
             raise BenchError(f"service '{service.name}' has no local process that takes pushes (no local_app)")
         return found[0]
 
-    def point_functions(self, *, counted: bool) -> None:
-        """Point the forwarder and the reducer at a no-op service, and (counted) every function at its proxy port."""
+    def point_functions(self, *, counted: bool, url: str | None = None) -> None:
+        """Point the forwarder and the reducer at a no-op service (or at `url`), and (counted) every function
+        at its proxy port."""
         lam = self.client("lambda")
         for role, name in self.functions.items():
             env = dict(self.original_env[role])
@@ -244,7 +245,10 @@ class BenchStack:
                 endpoints = json.loads(env["SERVICE_ENDPOINTS"])
                 if CREDIT_SCORES.service not in endpoints:
                     raise BenchError(f"the {role}'s SERVICE_ENDPOINTS has no '{CREDIT_SCORES.service}': {endpoints}")
-                endpoints[CREDIT_SCORES.service] = {**endpoints[CREDIT_SCORES.service], "url": self.noop_urls[counted]}
+                endpoints[CREDIT_SCORES.service] = {
+                    **endpoints[CREDIT_SCORES.service],
+                    "url": url or self.noop_urls[counted],
+                }
                 env["SERVICE_ENDPOINTS"] = json.dumps(endpoints)
             lam.update_function_configuration(FunctionName=name, Environment={"Variables": env})
         # New environment, new workers: start as many as the event source runs at once, as `local up` does.
