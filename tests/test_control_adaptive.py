@@ -64,9 +64,12 @@ def test_healthy_minutes_probe_one_batch_above_the_estimated_capacity_and_a_few_
     assert caps == [6, 8, 10, 12, 13, 14]
     near = c.decide(14, Signals(pushes=10_000, throttled=100, p90_latency_ms=600))  # 1 %: under the 2 % threshold
     assert (near.action, near.concurrency) == ("hold", 14) and "at the service's capacity" in near.reason
-    # 14 batches proved too many: 2 % throttled, 11,000 taken = 183/s x 0.6 s / 10 = 11 batches
+    # 14 batches proved too many (2 % throttled): back to the 13 taken without a 429
     over = c.decide(14, Signals(pushes=11_300, throttled=300, p90_latency_ms=600))
-    assert (over.action, over.concurrency) == ("decrease", 11) and c.capacity == pytest.approx(11.0)
+    assert (over.action, over.concurrency, over.probe_wait) == ("decrease", 13, 2) and c.capacity == 13.0
+    # 13 throttled too: 11,000 taken = 183/s x 0.6 s / 10 = 11 batches, the estimate is taken
+    under = c.decide(13, Signals(pushes=11_300, throttled=300, p90_latency_ms=600))
+    assert (under.action, under.concurrency) == ("decrease", 11) and c.capacity == pytest.approx(11.0)
 
 
 def test_throttled_while_the_estimate_shows_room_halves() -> None:
@@ -203,3 +206,45 @@ def test_signals_are_read_from_the_jobs_metrics_of_the_last_interval() -> None:
     assert {"Name": "job", "Value": JOB.name} in dims
     assert (request["EndTime"] - request["StartTime"]).total_seconds() == 60
     assert CloudWatchSignals(FakeCloudWatch({}))(JOB.name) == Signals(pushes=0, throttled=0, p90_latency_ms=None)
+
+
+def test_a_throttled_probe_returns_to_the_known_capacity_and_probes_half_as_often() -> None:
+    # GIVEN a service that serves 3 batches of 10 (30 pushes of 0.1 s at once) and a controller
+    # that knows its push time (100 ms) and has just seen 3 batches go through without a 429
+    c = AimdController(AimdSettings(ceiling=8, batch_size=10), baseline_ms=100, capacity=2.0)
+    healthy = Signals(pushes=1_000, p90_latency_ms=100, interval_s=3)
+    at3 = c.decide(3, healthy)
+    assert c.capacity == 3.0  # 3 batches were taken without a 429: the capacity is at least 3
+    assert (at3.action, at3.concurrency) == ("increase", 4)  # the first probe comes at once
+    # WHEN the probe at 4 is throttled (Little's law: 600 taken in 3 s x 0.1 s / 10 = 2 batches,
+    # within a batch of the known 3)
+    over = c.decide(4, Signals(pushes=800, throttled=200, p90_latency_ms=100, interval_s=3))
+    # THEN back to the known 3 (not to the noisy 2), and the next probe waits for 2 healthy intervals
+    assert (over.action, over.concurrency, over.probe_wait) == ("decrease", 3, 2)
+    assert "back to its known capacity of 3" in over.reason and c.capacity == 3.0
+    first = c.decide(3, healthy)
+    assert (first.action, first.concurrency, first.streak) == ("hold", 3, 1)
+    assert "probing above it after 2 healthy intervals (1 so far)" in first.reason
+    assert c.decide(3, healthy).concurrency == 4
+    # AND each throttled probe doubles the wait, up to the cap
+    waits = []
+    for _ in range(6):
+        waits.append(c.decide(4, Signals(pushes=800, throttled=200, p90_latency_ms=100, interval_s=3)).probe_wait)
+    assert waits == [4, 8, 16, 16, 16, 16]
+    # AND when the service grows, a probe that goes through makes the next one come at once again
+    for _ in range(16):
+        last = c.decide(3, healthy)
+    assert (last.action, last.concurrency) == ("increase", 4)
+    grown = c.decide(4, healthy)
+    assert (grown.action, grown.concurrency, grown.probe_wait, c.capacity) == ("increase", 5, 1, 4.0)
+
+
+def test_a_throttled_interval_at_the_known_capacity_trusts_the_estimate_again() -> None:
+    # The service got slower or smaller: 12 known, a probe at 13 throttled goes back to 12 first...
+    c = AimdController(AimdSettings(ceiling=50, batch_size=10), baseline_ms=500, capacity=12.0, probe_wait=8)
+    slow = Signals(pushes=7_000, throttled=1_000, p90_latency_ms=500)  # 100/s x 0.5 s / 10 = 5 batches
+    probe = c.decide(13, slow)
+    assert (probe.action, probe.concurrency, probe.probe_wait) == ("decrease", 12, 16)
+    # ...and when 12 is throttled too, the estimate is taken: 5, probing again after 1 healthy interval
+    d = c.decide(12, slow)
+    assert (d.action, d.concurrency, d.capacity, d.probe_wait) == ("decrease", 5, 5.0, 1)

@@ -138,6 +138,28 @@ def test_the_capacity_estimate_survives_so_the_next_healthy_minute_probes_gently
     assert (probe["action"], probe["concurrency"]) == ("increase", 11) and aws.cap(ADAPTIVE.name) == 11
 
 
+def test_the_probe_backoff_survives_between_invocations(aws: Aws) -> None:
+    # GIVEN a capacity of 10 known (as above), and a probe at 11 that is throttled within a batch of it:
+    # 12,600 taken in 60 s = 210/s x 0.5 s = 105 pushes = 10.5 batches
+    aws.cloudwatch.values = {"pushes": [6000.0], "throttled": [0.0], "p90": [500.0]}
+    tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())
+    aws.cloudwatch.values = {"pushes": [13200.0], "throttled": [1200.0], "p90": [500.0]}
+    tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())
+    aws.cloudwatch.values = {"pushes": [6000.0], "throttled": [0.0], "p90": [500.0]}
+    assert tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]["concurrency"] == 11
+    aws.cloudwatch.values = {"pushes": [13200.0], "throttled": [600.0], "p90": [500.0]}
+    back = tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]
+    assert (back["concurrency"], back["probe_wait"]) == (10, 2)
+    # WHEN the next two minutes, each its own invocation, are healthy
+    aws.cloudwatch.values = {"pushes": [6000.0], "throttled": [0.0], "p90": [500.0]}
+    first = tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]
+    second = tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]
+    # THEN the first holds (its streak remembered in the ledger), the second probes
+    assert (first["action"], first["concurrency"], first["streak"]) == ("hold", 10, 1)
+    assert (second["action"], second["concurrency"]) == ("increase", 11)
+    assert ControllerState(aws.ddb, aws.table).memory(ADAPTIVE.name)["probe_wait"] == 2
+
+
 def test_no_adaptive_job_makes_no_call(aws: Aws) -> None:
     assert tick_from_environment([STATIC], aws.client, environ={}) == {}
     assert aws.calls == []

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 #: Must match infra/contract.py (METRIC_NAMESPACE, SERVICE_DIMENSION/POWERTOOLS_SERVICE): a test checks.
 METRIC_NAMESPACE = "Microprocess"
 SERVICE_DIMENSION = ("service", "microprocess")
+#: The most healthy intervals (minutes on AWS) between two probes above a steady capacity.
+MAX_PROBE_WAIT = 16
 #: HTTP statuses with which a service asks its callers to slow down.
 THROTTLE_STATUSES = frozenset({429, 503})
 
@@ -122,6 +124,8 @@ class Decision:
     reason: str
     baseline_ms: float | None
     capacity: float | None = None  # the service's estimated capacity, in batches
+    probe_wait: int = 1  # healthy intervals at the capacity before the next probe above it
+    streak: int = 0  # healthy intervals at this cap so far
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -134,13 +138,20 @@ class AimdController:
     Attributes:
         settings: the knobs.
         baseline_ms: the healthy p90 batch time (EWMA), ms; None until a healthy interval.
-        capacity: the batches the service took at its last throttled interval (Little's law); None
-            until one.
+        capacity: the batches the service took at its last throttled interval (Little's law), or
+            more since: a cap that had a healthy interval; None until a throttled one.
+        probe_wait: healthy intervals at the capacity before a probe 1 above it; doubles (up to
+            `MAX_PROBE_WAIT`) each time a probe is throttled, back to 1 when a probe goes through
+            (the service grows: climb a batch an interval) or the estimate moves down, so a
+            service at a steady capacity is probed less and less often.
+        streak: healthy intervals in a row at the current cap.
     """
 
     settings: AimdSettings
     baseline_ms: float | None = None
     capacity: float | None = None
+    probe_wait: int = 1
+    streak: int = 0
 
     def capacity_estimate(self, signals: Signals) -> float | None:
         """Little's law: the batches in flight the service served in this interval.
@@ -184,8 +195,21 @@ class AimdController:
                 f"{signals.throttled} of {signals.pushes} pushes answered 429/503 ({signals.throttled_ratio:.1%}): "
                 "at the service's capacity",
             )
+        self.streak += 1
+        if self.capacity is not None and current > self.capacity:
+            # The service took this many batches without a 429 (a probe went through: it may be
+            # growing, so the next probe comes at once again).
+            self.capacity, self.probe_wait = float(current), 1
         if current >= s.ceiling:
             return self._decision(current, current, "hold", "healthy, at the declared maximum")
+        if self.capacity is not None and current + 1 > self.capacity and self.streak < self.probe_wait:
+            return self._decision(
+                current,
+                current,
+                "hold",
+                f"healthy at the estimated capacity of {self.capacity:.1f}: probing above it after "
+                f"{self.probe_wait} healthy intervals ({self.streak} so far)",
+            )
         if self.capacity is not None and current + 1 > self.capacity:
             new, why = current + 1, f"healthy: probing 1 above the estimated capacity of {self.capacity:.1f}"
         elif self.capacity is not None:
@@ -197,6 +221,7 @@ class AimdController:
 
     def _throttled(self, current: int, signals: Signals) -> Decision:
         s = self.settings
+        self.streak = 0
         reason = f"{signals.throttled} of {signals.pushes} pushes answered 429/503 ({signals.throttled_ratio:.1%})"
         estimate = self.capacity_estimate(signals)
         halved = max(s.floor, math.floor(current * s.decrease_factor))
@@ -205,14 +230,27 @@ class AimdController:
         elif self.baseline_ms is None:  # only this interval's p90: a lower bound, cut at most multiplicatively
             reason += f"; the service took at least ~{estimate:.1f} batches"
             new = max(halved, min(current - 1, math.floor(estimate)))
+        elif self.capacity is not None and current == math.floor(self.capacity) + 1 and current - 1 >= s.floor:
+            # A probe 1 above a capacity the service took without a 429 was throttled: back to that
+            # capacity (an interval's estimate is noisy; if the capacity itself is throttled next, the
+            # estimate is taken then), and probe half as often from now on.
+            self.probe_wait = min(self.probe_wait * 2, MAX_PROBE_WAIT)
+            reason += (
+                f"; the service took ~{estimate:.1f} batches: back to its known capacity of "
+                f"{math.floor(self.capacity)}, next probe after {self.probe_wait} healthy intervals"
+            )
+            new = math.floor(self.capacity)
         else:  # push time known from healthy intervals: the estimate is trusted and remembered
             self.capacity = estimate
+            self.probe_wait = 1
             reason += f"; the service took ~{estimate:.1f} batches"
             target = max(s.floor, math.floor(estimate))
             new = target if target < current else halved  # throttled despite room (a shared service?): halve
         return self._decision(current, new, "decrease" if new < current else "hold", reason)
 
     def _decision(self, previous: int, new: int, action: str, reason: str) -> Decision:
+        if new != previous:
+            self.streak = 0
         return Decision(
             previous,
             new,
@@ -220,6 +258,8 @@ class AimdController:
             reason,
             None if self.baseline_ms is None else round(self.baseline_ms, 1),
             None if self.capacity is None else round(self.capacity, 2),
+            self.probe_wait,
+            self.streak,
         )
 
 

@@ -26,7 +26,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from microprocess.control.adaptive import AdaptiveConcurrency, CloudWatchSignals, Decision, MetricsEmitter, Signals
+from microprocess.control.adaptive import (
+    AdaptiveConcurrency,
+    AimdController,
+    CloudWatchSignals,
+    Decision,
+    MetricsEmitter,
+    Signals,
+)
 from microprocess.control.scale import JobScaler
 from microprocess.declarations import JobDeclaration
 
@@ -107,12 +114,26 @@ class ControllerState:
 
     def remembered(self, job: str) -> tuple[float | None, float | None]:
         """(the healthy p90 baseline in ms, the service's estimated capacity in batches), None when unknown."""
+        memory = self.memory(job)
+        return memory["baseline_ms"], memory["capacity"]
+
+    def memory(self, job: str) -> dict[str, Any]:
+        """Everything the job's controller remembers: `baseline_ms` and `capacity` (None when
+        unknown), `probe_wait` (1 when unknown) and `streak` (0)."""
         item = self.dynamodb.get_item(TableName=self.table, Key=self.key(job), ConsistentRead=True).get("Item") or {}
-        baseline, capacity = (item.get(name, {}).get("N") for name in ("baseline_ms", "capacity"))
-        return (
-            float(baseline) if baseline is not None else None,
-            float(capacity) if capacity is not None else None,
-        )
+        values = {name: item.get(name, {}).get("N") for name in ("baseline_ms", "capacity", "probe_wait", "streak")}
+        return {
+            "baseline_ms": float(values["baseline_ms"]) if values["baseline_ms"] is not None else None,
+            "capacity": float(values["capacity"]) if values["capacity"] is not None else None,
+            "probe_wait": int(values["probe_wait"]) if values["probe_wait"] is not None else 1,
+            "streak": int(values["streak"]) if values["streak"] is not None else 0,
+        }
+
+    def restore(self, job: str, controller: AimdController) -> None:
+        """Give `controller` what its job's controller remembered at the last tick."""
+        memory = self.memory(job)
+        controller.baseline_ms, controller.capacity = memory["baseline_ms"], memory["capacity"]
+        controller.probe_wait, controller.streak = memory["probe_wait"], memory["streak"]
 
     def baseline_ms(self, job: str) -> float | None:
         return self.remembered(job)[0]
@@ -123,6 +144,8 @@ class ControllerState:
             "concurrency": {"N": str(decision.concurrency)},
             "action": {"S": decision.action},
             "reason": {"S": decision.reason},
+            "probe_wait": {"N": str(decision.probe_wait)},
+            "streak": {"N": str(decision.streak)},
         }
         if decision.baseline_ms is not None:
             item["baseline_ms"] = {"N": repr(float(decision.baseline_ms))}
@@ -152,8 +175,7 @@ def tick(
     for job in adaptive_jobs(jobs):
         adaptive = AdaptiveConcurrency(jobs=[job], scaler=scaler, signals=signals, emit=emit)
         try:
-            controller = adaptive.controllers[job.name]
-            controller.baseline_ms, controller.capacity = state.remembered(job.name)
+            state.restore(job.name, adaptive.controllers[job.name])
             decision = adaptive.tick()[job.name]
             state.save(job.name, decision)
         except (ClientError, ValueError) as exc:

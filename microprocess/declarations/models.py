@@ -132,8 +132,11 @@ class JobDeclaration(BaseModel):
             between 2 and `max_concurrency`: when the service answers 429/503 to 2 % of the
             pushes, set it to the batches the service took (estimated from the pushes it
             accepted and the push time; halve it before any healthy minute or when its push
-            time climbs), add back a twentieth of `max_concurrency` after each healthy minute,
-            one batch a minute above that estimate (`microprocess.control.adaptive`). Off by default: with it
+            time climbs), add back a twentieth of `max_concurrency` after each healthy minute
+            up to it, then probe one batch above it: a throttled probe goes back to the last
+            cap taken without a 429 and doubles the healthy minutes before the next probe (up
+            to 16), a probe that goes through probes again the next minute
+            (`microprocess.control.adaptive`). Off by default: with it
             the controller owns the cap (a `microprocess scale JOB --concurrency N` is moved from
             again within a minute), and the deployed stack gains one scheduled function that
             reads the job's CloudWatch metrics every minute (about $1.30 a month per job in
