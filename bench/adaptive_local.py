@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BenchError, BenchStack, Echo
+from bench.harness import BenchStack, Echo, start_run, wait_until_ended
 from bench.noop_service import ADMISSION_PATH, SERVICE_MS_ENV, SLOTS_ENV
 from microprocess.control.adaptive import AdaptiveConcurrency, AimdSettings, Decision
 from microprocess.control.scale import JobScaler
@@ -205,28 +205,11 @@ def run_once(
     )
     ticker = Ticker(control, interval_s, echo)
     started = time.time()
-    resp = bs.client("lambda").invoke(
-        FunctionName=bs.functions["splitter"],
-        InvocationType="Event",
-        Payload=json.dumps({"job": job.name, "run_id": run_id, "source": "manual"}).encode(),
-    )
-    if resp.get("StatusCode") != 202:
-        raise BenchError(f"the splitter did not accept the start (HTTP {resp.get('StatusCode')})")
+    start_run(bs, job.name, run_id)
     if mode == "adaptive":
         ticker.__enter__()
     try:
-        last_report = time.time()
-        while True:
-            run = ledger.get_run(run_id)
-            if run is not None and run.status.terminal:
-                break
-            if time.time() - started > timeout_s:
-                raise BenchError(f"run {run_id} did not finish in {timeout_s:.0f} s (status {run and run.status})")
-            if time.time() - last_report > 10 and run is not None:
-                p = ledger.progress(run_id)
-                echo(f"    {p.succeeded + p.failed:,}/{p.expected:,} done ({p.failed:,} FAILED), {run.status}")
-                last_report = time.time()
-            time.sleep(0.25)
+        run = wait_until_ended(ledger, run_id, started=started, timeout_s=timeout_s, echo=echo, indent="    ")
         ended = time.time()
     finally:
         if mode == "adaptive":

@@ -535,6 +535,36 @@ class PipelineRun:
         return float(self.run["expected"]) / self.seconds
 
 
+def start_run(bs: BenchStack, job: str, run_id: str) -> None:
+    """Start a run of `job` as a manual start does: an asynchronous invoke of the splitter."""
+    resp = bs.client("lambda").invoke(
+        FunctionName=bs.functions["splitter"],
+        InvocationType="Event",
+        Payload=json.dumps({"job": job, "run_id": run_id, "source": "manual"}).encode(),
+    )
+    if resp.get("StatusCode") != 202:
+        raise BenchError(f"the splitter did not accept the start (HTTP {resp.get('StatusCode')})")
+
+
+def wait_until_ended(
+    ledger: Any, run_id: str, *, started: float, timeout_s: float, echo: Echo, indent: str = "  "
+) -> Any:
+    """Poll the run until it ends (returns its terminal record), its progress echoed every 10 s;
+    `BenchError` when it has not ended `timeout_s` after `started` (epoch seconds)."""
+    last_report = time.time()
+    while True:
+        run = ledger.get_run(run_id)
+        if run is not None and run.status.terminal:
+            return run
+        if time.time() - started > timeout_s:
+            raise BenchError(f"run {run_id} did not finish in {timeout_s:.0f} s (status {run and run.status})")
+        if time.time() - last_report > 10 and run is not None:
+            p = ledger.progress(run_id)
+            echo(f"{indent}{p.succeeded + p.failed:,}/{p.expected:,} done ({p.failed:,} FAILED), {run.status}")
+            last_report = time.time()
+        time.sleep(0.25)
+
+
 def run_pipeline(bs: BenchStack, *, counted: bool, timeout_s: float | None = None, echo: Echo = print) -> PipelineRun:
     """P1 (a): one run of the credit-scores job over the seeded companies through the whole
     pipeline, against the no-op task endpoint; with `counted`, every AWS call goes through the proxy.
@@ -552,25 +582,8 @@ def run_pipeline(bs: BenchStack, *, counted: bool, timeout_s: float | None = Non
     cpu_before = bs.cpu_seconds()
     fn_cpu_before = bs.function_cpu_seconds()
     started = time.time()
-    resp = bs.client("lambda").invoke(
-        FunctionName=bs.functions["splitter"],
-        InvocationType="Event",
-        Payload=json.dumps({"job": job.name, "run_id": run_id, "source": "manual"}).encode(),
-    )
-    if resp.get("StatusCode") != 202:
-        raise BenchError(f"the splitter did not accept the start (HTTP {resp.get('StatusCode')})")
-    last_report = time.time()
-    while True:
-        run = ledger.get_run(run_id)
-        if run is not None and run.status.terminal:
-            break
-        if time.time() - started > timeout_s:
-            raise BenchError(f"run {run_id} did not finish in {timeout_s:.0f} s (status {run and run.status})")
-        if time.time() - last_report > 10 and run is not None:
-            p = ledger.progress(run_id)
-            echo(f"  {p.succeeded + p.failed:,}/{p.expected:,} done, {run.status}")
-            last_report = time.time()
-        time.sleep(0.25)
+    start_run(bs, job.name, run_id)
+    run = wait_until_ended(ledger, run_id, started=started, timeout_s=timeout_s, echo=echo)
     cpu = cpu_delta(cpu_before, bs.cpu_seconds())
     fn_cpu = cpu_by_function(fn_cpu_before, bs.function_cpu_seconds())
     if run.status is not RunStatus.SUCCEEDED:
