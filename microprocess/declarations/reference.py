@@ -17,7 +17,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic import BaseModel
 
 from microprocess.declarations.loading import LocalDefaults
@@ -85,21 +84,25 @@ def _type(annotation: Any) -> str:
     return str(annotation)
 
 
+#: The constraint objects pydantic keeps in a field's metadata (`Field(ge=1)` is one with `ge`),
+#: by attribute, and how each reads.
+_CONSTRAINTS = (
+    ("ge", ">= {:,}"),
+    ("gt", "> {:,}"),
+    ("le", "<= {:,}"),
+    ("lt", "< {:,}"),
+    ("min_length", "at least {} long"),
+    ("max_length", "at most {} long"),
+)
+
+
 def _limits(metadata: list[Any]) -> str:
     parts = []
     for m in metadata:
-        if isinstance(m, Ge):
-            parts.append(f">= {m.ge:,}")
-        elif isinstance(m, Gt):
-            parts.append(f"> {m.gt:,}")
-        elif isinstance(m, Le):
-            parts.append(f"<= {m.le:,}")
-        elif isinstance(m, Lt):
-            parts.append(f"< {m.lt:,}")
-        elif isinstance(m, MinLen):
-            parts.append(f"at least {m.min_length} long")
-        elif isinstance(m, MaxLen):
-            parts.append(f"at most {m.max_length} long")
+        for attribute, text in _CONSTRAINTS:
+            value = getattr(m, attribute, None)
+            if value is not None:
+                parts.append(text.format(value))
     return ", ".join(parts)
 
 
