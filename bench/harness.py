@@ -37,7 +37,7 @@ from typing import Any
 from bench.figures import EventSourceUse, FunctionUse, Observed, parse_time
 from microprocess.ledger import Ledger, RunStatus
 from microprocess.local import LocalStack, StackAlreadyRunning, UpOptions, Workspace, aws_client, captured_emails
-from microprocess.local.emulator import aws_env
+from microprocess.local.emulator import aws_env, log_group_of, log_messages
 from microprocess.local.processes import ProcessHandle, descendants, spawn, stop, wait_http_ok
 from microprocess.local.sender import ses_sender
 from microprocess.local.services import ServiceProcess, processes_of, service_env
@@ -349,9 +349,9 @@ class BenchStack:
     def function_use(self, role: str, since_ms: int) -> FunctionUse:
         """Invocations, total duration and log bytes of one function since `since_ms`, from its log group."""
         conf = self.config(role)
-        group = (conf.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{self.functions[role]}"
+        group = log_group_of(conf, self.functions[role])
         use = FunctionUse(memory_mb=int(conf.get("MemorySize", 128)))
-        for message in self._log_messages(group, since_ms, int(time.time() * 1000) + 1000):
+        for message in log_messages(self.client("logs"), group, since_ms, int(time.time() * 1000) + 1000):
             use.log_bytes += len(message.encode()) + 26  # CloudWatch Logs bills 26 bytes per event on top
             m = _REPORT.search(message)
             if m:
@@ -362,20 +362,6 @@ class BenchStack:
             if w:
                 use.waited_s += float(w["s"])
         return use
-
-    def _log_messages(self, group: str, start_ms: int, end_ms: int, limit: int = 10_000) -> list[str]:
-        """Every message of `group` in [start_ms, end_ms] (inclusive). The emulator returns at most
-        `limit` events per call and no continuation, so a full window is halved until it fits."""
-        logs = self.client("logs")
-        try:
-            events = logs.filter_log_events(logGroupName=group, startTime=start_ms, endTime=end_ms, limit=limit)
-        except logs.exceptions.ResourceNotFoundException:
-            return []  # never invoked
-        found = events.get("events", [])
-        if len(found) < limit or end_ms <= start_ms:
-            return [e.get("message", "") for e in found]
-        middle = (start_ms + end_ms) // 2
-        return self._log_messages(group, start_ms, middle, limit) + self._log_messages(group, middle + 1, end_ms, limit)
 
 
 def _cpu(pid: int, *, children: bool = False) -> float:

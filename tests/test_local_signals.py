@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from microprocess.local.emulator import log_messages
 from microprocess.local.signals import LogSignals, emf_metrics, percentile, signals_from_messages
 
 JOB = "credit-scores"
@@ -103,5 +104,5 @@ def test_log_signals_read_the_last_window_and_split_a_full_answer() -> None:
     s = signals(JOB)
     assert s.pushes == 250 and s.throttled == 25 and s.p90_latency_ms == 40.0 and s.interval_s == 5.0  # 25 batches
     # the emulator's limit: a full answer is halved until it fits, and nothing is lost
-    assert signals.messages(0, 200_000, limit=7) == [m for _, m in events]
+    assert log_messages(logs, "/aws/lambda/fwd", 0, 200_000, limit=7) == [m for _, m in events]
     assert LogSignals(logs=logs, log_group="/none")(JOB).pushes == 0

@@ -521,21 +521,15 @@ class ChaosSuite:
 
     def _metrics(self, run_id: str, t0_ms: int) -> dict[str, float]:
         """Sum the EMF metrics the functions logged for `run_id` since `t0_ms`."""
+        from microprocess.local.signals import emf_metrics
+
         totals: dict[str, float] = {}
         for msg in self._log_messages(t0_ms):
-            if '"_aws"' not in msg or run_id not in msg:
+            found = emf_metrics(msg) if run_id in msg else None
+            if found is None or found[0].get("run_id") != run_id:
                 continue
-            try:
-                doc = json.loads(msg[msg.index("{") :])
-            except ValueError:
-                continue
-            if doc.get("run_id") != run_id:
-                continue
-            for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
-                value = doc.get(m["Name"])
-                if isinstance(value, list):
-                    value = sum(value)
-                totals[m["Name"]] = totals.get(m["Name"], 0) + float(value or 0)
+            for name, values in found[1].items():
+                totals[name] = totals.get(name, 0) + sum(values)
         return totals
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -105,25 +106,35 @@ def captured_emails(endpoint_url: str) -> list[dict[str, Any]]:
     return sorted(found, key=lambda m: m.get("Timestamp") or 0)
 
 
+def log_group_of(config: Mapping[str, Any], function: str) -> str:
+    """A function's log group, from its configuration (`get_function_configuration`)."""
+    return str((config.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{function}")
+
+
+def log_messages(logs: Any, group: str, start_ms: int, end_ms: int, limit: int = 10_000) -> list[str]:
+    """Every message of `group` in [start_ms, end_ms] (epoch ms, inclusive). The emulator answers
+    at most `limit` events per call and no continuation token, so a full window is halved until
+    each half fits."""
+    try:
+        resp = logs.filter_log_events(logGroupName=group, startTime=start_ms, endTime=end_ms, limit=limit)
+    except logs.exceptions.ResourceNotFoundException:
+        return []  # the function has not logged yet
+    found = resp.get("events", [])
+    if len(found) < limit or end_ms <= start_ms:
+        return [e.get("message", "") for e in found]
+    middle = (start_ms + end_ms) // 2
+    return log_messages(logs, group, start_ms, middle, limit) + log_messages(logs, group, middle + 1, end_ms, limit)
+
+
 def function_log_messages(lam: Any, logs: Any, functions: Iterable[str], since_ms: int) -> Iterator[str]:
-    """Every log message the named functions wrote since `since_ms` (epoch ms), page by page.
+    """Every log message the named functions wrote since `since_ms` (epoch ms).
 
     Args:
         lam: a Lambda client (each function's log group is read from its configuration).
         logs: a CloudWatch Logs client.
         functions: function names, e.g. the stack outputs' `ForwarderFunctionName`.
     """
+    until_ms = int(time.time() * 1000) + 1000
     for fn in functions:
-        config = lam.get_function_configuration(FunctionName=fn)
-        group = (config.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{fn}"
-        kwargs: dict[str, Any] = {"logGroupName": group, "startTime": since_ms}
-        while True:
-            try:
-                resp = logs.filter_log_events(**kwargs)
-            except logs.exceptions.ResourceNotFoundException:
-                break
-            yield from (ev.get("message", "") for ev in resp.get("events", []))
-            token = resp.get("nextToken")
-            if not token or token == kwargs.get("nextToken"):
-                break
-            kwargs["nextToken"] = token
+        group = log_group_of(lam.get_function_configuration(FunctionName=fn), fn)
+        yield from log_messages(logs, group, since_ms, until_ms)

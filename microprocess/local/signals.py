@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from microprocess.control.adaptive import METRIC_NAMESPACE, Signals
+from microprocess.local.emulator import log_group_of, log_messages
 
 PUSHES, THROTTLED, BATCH_MS = "ServicePushes", "ServiceThrottled", "PushBatchMilliseconds"
 
@@ -109,27 +110,11 @@ class LogSignals:
         end_ms = int((self.now() - self.lag_s) * 1000)
         start_ms = end_ms - int(self.window_s * 1000)
         # Events are read by their log time (not before the EMF time) with a margin, then kept by their EMF time.
-        messages = self.messages(start_ms - 2000, int(self.now() * 1000) + 1000)
+        messages = log_messages(self.logs, self.log_group, start_ms - 2000, int(self.now() * 1000) + 1000)
         return signals_from_messages(messages, job, interval_s=self.window_s, start_ms=start_ms, end_ms=end_ms)
-
-    def messages(self, start_ms: int, end_ms: int, limit: int = 10_000) -> list[str]:
-        """Every message of the group in [start_ms, end_ms]. The emulator answers at most `limit`
-        events and no continuation, so a full window is halved until it fits."""
-        try:
-            resp = self.logs.filter_log_events(
-                logGroupName=self.log_group, startTime=start_ms, endTime=end_ms, limit=limit
-            )
-        except self.logs.exceptions.ResourceNotFoundException:
-            return []  # the forwarder has not logged yet
-        found = resp.get("events", [])
-        if len(found) < limit or end_ms <= start_ms:
-            return [e.get("message", "") for e in found]
-        middle = (start_ms + end_ms) // 2
-        return self.messages(start_ms, middle, limit) + self.messages(middle + 1, end_ms, limit)
 
     @classmethod
     def for_function(cls, lambda_client: Any, logs: Any, function: str, **kwargs: Any) -> LogSignals:
         """The signals of the named forwarder function (its log group from its configuration)."""
         config = lambda_client.get_function_configuration(FunctionName=function)
-        group = (config.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{function}"
-        return cls(logs=logs, log_group=group, **kwargs)
+        return cls(logs=logs, log_group=log_group_of(config, function), **kwargs)
