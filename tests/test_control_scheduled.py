@@ -12,10 +12,9 @@ from typing import Any
 import boto3
 import pytest
 
+from infra.contract import JOB_QUEUES, LEDGER_TABLE
 from microprocess.control.scheduled import (
     FORWARDER_FUNCTION_NAME,
-    JOB_QUEUES,
-    LEDGER_TABLE,
     AdaptiveSetupError,
     ControllerState,
     adaptive_jobs,

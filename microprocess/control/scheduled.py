@@ -17,11 +17,8 @@ is the same loop run from a shell.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -36,14 +33,13 @@ from microprocess.control.adaptive import (
 )
 from microprocess.control.scale import JobScaler
 from microprocess.declarations import JobDeclaration
+from microprocess.pipeline.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
-#: The variable naming the task forwarder (whose event source mappings carry the jobs' caps).
+#: The variable naming the task forwarder (`RuntimeSettings.forwarder_function_name`); the rest
+#: (the ledger table, the jobs' task queues) are the pipeline's own variables.
 FORWARDER_FUNCTION_NAME = "FORWARDER_FUNCTION_NAME"
-#: The ledger table and the jobs' task queues: the pipeline's own variables (`infra/contract.py`).
-LEDGER_TABLE = "LEDGER_TABLE"
-JOB_QUEUES = "JOB_QUEUES"
 #: The controller's interval, s: the schedule's rate and the metrics window it reads.
 INTERVAL_S = 60
 #: Partition key prefix of a job's controller state in the ledger table.
@@ -58,42 +54,6 @@ class AdaptiveSetupError(ValueError):
 def adaptive_jobs(jobs: Iterable[JobDeclaration]) -> list[JobDeclaration]:
     """The jobs that opted in (`adaptive = true`), in declaration order."""
     return [job for job in jobs if job.adaptive]
-
-
-@dataclass(frozen=True)
-class ScheduledSettings:
-    """What the scheduled controller reads from its environment.
-
-    Attributes:
-        forwarder_function: the task forwarder's name.
-        job_queue_urls: each job's task queue URL.
-        ledger_table: where the controller's state is kept.
-    """
-
-    forwarder_function: str
-    job_queue_urls: Mapping[str, str]
-    ledger_table: str
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ScheduledSettings:
-        env = os.environ if environ is None else environ
-        missing = [name for name in (FORWARDER_FUNCTION_NAME, JOB_QUEUES, LEDGER_TABLE) if not env.get(name)]
-        if missing:
-            raise AdaptiveSetupError(
-                f"the adaptive concurrency function needs {missing} in its environment; the stack sets them "
-                "(infra/adaptive.py): deploy it again"
-            )
-        try:
-            urls = json.loads(env[JOB_QUEUES])
-        except json.JSONDecodeError as exc:
-            raise AdaptiveSetupError(
-                f'{JOB_QUEUES} is not JSON ({exc.msg}): expected {{"<job>": "<queue url>"}}'
-            ) from None
-        return cls(
-            forwarder_function=env[FORWARDER_FUNCTION_NAME],
-            job_queue_urls={str(k): str(v) for k, v in urls.items()},
-            ledger_table=env[LEDGER_TABLE],
-        )
 
 
 class ControllerState:
@@ -201,12 +161,17 @@ def tick_from_environment(
     jobs = adaptive_jobs(declared)
     if not jobs:
         return {}  # nothing opted in (the stack deploys no schedule then; a manual invoke is harmless)
-    settings = ScheduledSettings.from_env(environ)
+    settings = RuntimeSettings.from_env(environ)
+    if not settings.forwarder_function_name:
+        raise AdaptiveSetupError(
+            f"the adaptive concurrency function needs {FORWARDER_FUNCTION_NAME} in its environment; the stack "
+            "sets it (infra/adaptive.py): deploy it again"
+        )
     scaler = JobScaler(
         lambda_client=client("lambda"),
         sqs=client("sqs"),
-        forwarder_function=settings.forwarder_function,
-        job_queue_urls=dict(settings.job_queue_urls),
+        forwarder_function=settings.forwarder_function_name,
+        job_queue_urls=settings.job_queue_urls,
     )
     return tick(
         jobs=jobs,

@@ -66,6 +66,8 @@ class RuntimeSettings(BaseModel):
     #: The address the built-in reduce mails reports from (SES identity).
     ses_sender: str = ""
     splitter_function_name: str = ""
+    #: The task forwarder, whose event source mappings carry the jobs' caps (the adaptive function).
+    forwarder_function_name: str = ""
     #: The secret's value itself (tests and tools only; deployed functions use the ARN).
     signing_secret: str = ""
     #: Envelopes above this many bytes carry an S3 reference instead of the item.
