@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from microprocess.ledger import RunStatus
+from microprocess.local.signals import emf_metrics
 from microprocess.pipeline import runtime
+from microprocess.pipeline.envelope import TaskEnvelope, TaskKind
 from microprocess.pipeline.settings import SettingsError, get_settings
 from tests.functions_harness import SECRET, Stack, load_event, seed_companies
 
@@ -87,13 +89,25 @@ def test_handlers_run_a_job_end_to_end(env: Stack, capsys: pytest.CaptureFixture
     assert res["run_id"] == "credit-scores-20261201T020000Z" and res["continued"] is True
     run = env.ledger.require_run(res["run_id"])
     assert run.expected == 25 and run.status is RunStatus.RUNNING
-    env.drive(lambda ev: handler("forwarder")(ev, FakeContext("forwarder-fn")), env.task_queue)
+    batches: list[int] = []
+
+    def forwarder(ev: dict[str, Any]) -> Any:
+        kinds = {TaskEnvelope.parse(r["body"]).kind for r in ev["Records"]}
+        batches.extend([len(ev["Records"])] if kinds == {TaskKind.TASK} else [])
+        return handler("forwarder")(ev, FakeContext("forwarder-fn"))
+
+    capsys.readouterr()
+    env.drive(forwarder, env.task_queue)
     # THEN the run is SUCCEEDED, and the logs are structured JSON with EMF metrics per job
     run = env.ledger.require_run(res["run_id"])
     assert run.status is RunStatus.SUCCEEDED
     out = capsys.readouterr().out
     assert '"TasksSucceeded"' in out and '"job": "credit-scores"' in out.replace('":"', '": "')
     assert '"run_id"' in out
+    # AND each forwarder invocation of tasks wrote one EMF document: its pushes, push time and tasks together
+    docs = [found[1] for line in out.splitlines() if (found := emf_metrics(line)) and "ServicePushes" in found[1]]
+    assert len(docs) == len(batches) and all("TasksSucceeded" in d and "PushBatchMilliseconds" in d for d in docs)
+    assert batches == [10, 10, 5] and sum(sum(d["TasksSucceeded"]) for d in docs) == 25
 
 
 def test_with_a_reduce_queue_the_reducer_handler_finishes_the_run(env: Stack, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ share_logger_config(logger)
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
+@runtime.metrics_flushed
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     decisions = tick_from_environment(get_declarations().jobs, runtime.client, runtime.emitter())
     logger.info("adaptive concurrency", extra={"decisions": decisions})

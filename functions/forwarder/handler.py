@@ -15,5 +15,6 @@ share_logger_config(logger)
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
+@runtime.metrics_flushed
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return runtime.forwarder().handle(event)

@@ -15,6 +15,7 @@ share_logger_config(logger)
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
+@runtime.metrics_flushed
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(job=event.get("job"), run_id=event.get("run_id"))
     result = runtime.splitter(context.function_name).handle(event, context.get_remaining_time_in_millis)

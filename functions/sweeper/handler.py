@@ -15,6 +15,7 @@ share_logger_config(logger)
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
+@runtime.metrics_flushed
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     report = runtime.sweeper().sweep().as_dict()
     logger.info("sweep done", extra=report)

@@ -6,9 +6,11 @@ clients, connections and the ledger's epoch cache. Handlers call one function he
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -18,6 +20,7 @@ from microprocess.declarations import get_declarations
 from microprocess.ledger import Ledger
 from microprocess.pipeline.deadletter import DeadLetterHandler
 from microprocess.pipeline.forwarder import Forwarder
+from microprocess.pipeline.metrics import InvocationMetrics
 from microprocess.pipeline.push import HttpPusher, SecretCache
 from microprocess.pipeline.queue import QueueSender
 from microprocess.pipeline.settings import get_settings
@@ -80,19 +83,26 @@ def pusher_for(service: str) -> HttpPusher:
     return HttpPusher(endpoint.url, secret)
 
 
-def emitter() -> Any:
-    """Publish a count as a Powertools EMF metric with the `job` dimension."""
-    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+R = TypeVar("R")
 
-    def emit(name: str, value: float, job: str, *, run_id: str | None = None) -> None:
-        if value:
-            with single_metric(
-                name=name, unit=MetricUnit.Count, value=value, default_dimensions={"job": job}
-            ) as metric:
-                if run_id:
-                    metric.add_metadata(key="run_id", value=run_id)
 
-    return emit
+@lru_cache(maxsize=1)
+def emitter() -> InvocationMetrics:
+    """The functions' metrics emitter (one per process): counts buffered until `flush_metrics`."""
+    return InvocationMetrics()
+
+
+def metrics_flushed(handler: Callable[..., R]) -> Callable[..., R]:
+    """Decorates a Lambda handler: the invocation's metrics are written when it returns or raises."""
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        try:
+            return handler(*args, **kwargs)
+        finally:
+            emitter().flush()
+
+    return wrapper
 
 
 @lru_cache(maxsize=1)
