@@ -24,13 +24,14 @@ def controller(ceiling: int = 100, baseline_ms: float | None = None, **kw: Any) 
 
 def test_throttling_before_any_healthy_minute_halves_then_healthy_intervals_add_the_step_back() -> None:
     c = controller(ceiling=100, batch_size=10)  # step: 100 // 20 = 5
-    # No healthy minute yet: the push time is unknown, the interval's p90 (80 ms) only bounds it from
-    # below (950 taken in 60 s x 0.08 s / 10 = 0.13 batches), so the cut is the multiplicative one.
-    throttled = c.decide(100, Signals(pushes=1000, throttled=50, p90_latency_ms=80))
+    # No healthy minute yet and 95 % of the pushes answered 429: most batches are all-429 ones, which
+    # end at once, so the interval's p90 (10 ms) may be one of them and only bounds the push time from
+    # below (50 taken in 60 s x 0.01 s / 10 = 0.0008 batches): the cut is the multiplicative one.
+    throttled = c.decide(100, Signals(pushes=1000, throttled=950, p90_latency_ms=10))
     assert (throttled.action, throttled.concurrency) == ("decrease", 50)
-    assert "50 of 1000 pushes answered 429/503" in throttled.reason and "at least ~0.1 batches" in throttled.reason
+    assert "950 of 1000 pushes answered 429/503" in throttled.reason and "at least ~0.0 batches" in throttled.reason
     assert c.capacity is None  # a lower bound is not remembered as the capacity
-    again = c.decide(50, Signals(pushes=500, throttled=20, p90_latency_ms=80))
+    again = c.decide(50, Signals(pushes=500, throttled=475, p90_latency_ms=10))
     assert again.concurrency == 25
     caps = [25]
     for _ in range(20):
@@ -38,6 +39,28 @@ def test_throttling_before_any_healthy_minute_halves_then_healthy_intervals_add_
     assert caps[1:4] == [30, 35, 40]  # additive: no capacity estimate to slow down near
     assert caps[-1] == 100 and max(caps) == 100  # never above the declared maximum
     assert c.decide(100, Signals(pushes=500, p90_latency_ms=80)).action == "hold"
+
+
+def test_the_first_throttled_minute_with_most_batches_served_sets_the_cap_to_the_estimate() -> None:
+    # GIVEN a job starting at its declared 50 batches of 10 against a service that serves 100 pushes
+    # of ~0.5 s at once (bench.adaptive's scenario), no healthy minute seen yet
+    c = controller(ceiling=50, batch_size=10)
+    # WHEN its first minute has 88 % of the pushes answered 429: under 90 %, so fewer than 90 % of the
+    # batches can be all-429 ones and the p90 (620 ms) is the time of a batch with a push served
+    d = c.decide(50, Signals(pushes=102_450, throttled=90_550, p90_latency_ms=620))
+    # THEN Little's law is trusted as with a healthy baseline: 11,900 taken in 60 s = 198/s x 0.62 s
+    # / 10 = 12.3 batches; the cap goes straight there (not to the halved 25) and it is remembered
+    assert (d.action, d.concurrency) == ("decrease", 12) and c.capacity == pytest.approx(12.3, abs=0.05)
+    assert "the service took ~12.3 batches" in d.reason and "at least" not in d.reason
+    assert c.baseline_ms is None  # a throttled interval's p90 is not a healthy baseline
+    # AND an estimate that was low (e.g. the run began late in the minute) is climbed back by the
+    # healthy intervals: a cap above it taken without a 429 becomes the capacity
+    c2 = controller(ceiling=8, batch_size=10)
+    low = c2.decide(8, Signals(pushes=95, throttled=13, p90_latency_ms=110, interval_s=3))
+    assert (low.action, low.concurrency) == ("decrease", 2)  # 82 in 3 s x 0.11 s / 10 = 0.3: the floor
+    healthy = Signals(pushes=600, p90_latency_ms=110, interval_s=3)
+    assert [c2.decide(2, healthy).concurrency, c2.decide(3, healthy).concurrency] == [3, 4]
+    assert c2.capacity == 3.0
 
 
 def test_with_a_known_push_time_a_throttled_minute_sets_the_cap_to_the_services_capacity() -> None:

@@ -12,10 +12,16 @@ refined with an estimate of the service's capacity:
   Little's law from what it took: accepted pushes (pushes - throttled) per second x a batch's
   time = the pushes it served at once, / the batch size = batches. The batch time is the larger
   of the interval's p90 and the healthy baseline (all-429 batches end at once and pull the p90
-  down). With a healthy baseline known, the cap goes straight to the estimate (rounded down)
-  and the estimate is remembered; before any healthy interval the estimate is only a lower
-  bound, so the cut is never deeper than `decrease_factor`; throttled while the estimate shows
-  room (a shared or slowing service), the cap is multiplied by `decrease_factor`;
+  down). The cap goes straight to the estimate (rounded down) and the estimate is remembered
+  when the batch time is known to be a served push's: a healthy baseline exists, or, before any
+  healthy interval, fewer than `SERVED_P90_BELOW` (90 %) of the pushes were 429/503, so fewer
+  than 90 % of the (full) batches can be all-429 ones and the interval's p90 is a batch with a
+  push served. Otherwise the estimate is only a lower bound and the cut is never deeper than
+  `decrease_factor`. An estimate from an interval the job pushed in for part of the time only
+  (a run that began late in it) is low: the cut is then deeper than needed and the healthy
+  intervals climb back (a cap above the estimate taken without a 429 becomes the capacity).
+  Throttled while the estimate shows room (a shared or slowing service), the cap is multiplied
+  by `decrease_factor`;
 * **slow** (p90 above `latency_factor` x the healthy baseline, or above `latency_limit_ms`):
   cap x `decrease_factor` (nothing tells the capacity);
 * **healthy**: below the remembered capacity, + `step` (a twentieth of the declared maximum)
@@ -53,6 +59,9 @@ METRIC_NAMESPACE = "Microprocess"
 SERVICE_DIMENSION = ("service", "microprocess")
 #: The most healthy intervals (minutes on AWS) between two probes above a steady capacity.
 MAX_PROBE_WAIT = 16
+#: Below this share of 429/503 pushes, fewer than 90 % of (full) batches can be all-429 ones, so the
+#: interval's p90 batch time is that of a batch with a push served: a served push's time.
+SERVED_P90_BELOW = 0.9
 #: HTTP statuses with which a service asks its callers to slow down.
 THROTTLE_STATUSES = frozenset({429, 503})
 
@@ -227,7 +236,9 @@ class AimdController:
         halved = max(s.floor, math.floor(current * s.decrease_factor))
         if estimate is None:
             new = halved
-        elif self.baseline_ms is None:  # only this interval's p90: a lower bound, cut at most multiplicatively
+        elif self.baseline_ms is None and signals.throttled_ratio >= SERVED_P90_BELOW:
+            # Mostly all-429 batches, which end at once: the p90 may be one of them, so the estimate is
+            # only a lower bound: cut at most multiplicatively.
             reason += f"; the service took at least ~{estimate:.1f} batches"
             new = max(halved, min(current - 1, math.floor(estimate)))
         elif self.capacity is not None and current == math.floor(self.capacity) + 1 and current - 1 >= s.floor:
