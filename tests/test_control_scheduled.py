@@ -83,8 +83,9 @@ def aws(ddb: Any, ledger_table: str) -> Aws:
 
 
 def test_one_invocation_moves_only_the_adaptive_jobs_mapping_and_remembers_its_decision(aws: Aws) -> None:
-    # GIVEN the adaptive job's last minute: 90 of 900 pushes answered 429/503, and a static job
-    aws.cloudwatch.values = {"pushes": [900.0], "throttled": [90.0], "p90": [300.0]}
+    # GIVEN the adaptive job's last minute: 855 of 900 pushes answered 429/503 (mostly all-429 batches,
+    # p90 30 ms: no push time known yet, so a cut by decrease_factor at most), and a static job
+    aws.cloudwatch.values = {"pushes": [900.0], "throttled": [855.0], "p90": [30.0]}
     emitted: list[tuple[str, float, str]] = []
     # WHEN the scheduled function runs once
     decisions = tick_from_environment(
@@ -191,7 +192,7 @@ def test_the_handler_runs_the_declared_adaptive_jobs(aws: Aws, monkeypatch: pyte
         jobs = [ADAPTIVE, STATIC]
 
     monkeypatch.setattr(handler, "get_declarations", lambda: Declared)
-    aws.cloudwatch.values = {"pushes": [900.0], "throttled": [90.0], "p90": [300.0]}
+    aws.cloudwatch.values = {"pushes": [900.0], "throttled": [855.0], "p90": [30.0]}
     from tests.test_handlers import FakeContext
 
     # WHEN the schedule invokes it THEN the adaptive job's cap is halved
