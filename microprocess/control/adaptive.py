@@ -25,9 +25,15 @@ refined with an estimate of the service's capacity:
 * **slow** (p90 above `latency_factor` x the healthy baseline, or above `latency_limit_ms`):
   cap x `decrease_factor` (nothing tells the capacity);
 * **healthy**: below the remembered capacity, + `step` (a twentieth of the declared maximum)
-  up to it; at or above it, + 1 a minute (a gentle probe: the next throttled minute
-  re-estimates); no capacity known yet, + `step`; a few 429s below `throttle_ratio`: hold (at
-  the service's capacity);
+  up to it; at or above it, + 1 (a gentle probe) once the cap has had `probe_wait` healthy
+  intervals in a row, at least `MIN_PROBE_WAIT` (2): the interval right after a change still
+  shows part of the old cap (on AWS a mapping update takes effect within about a minute), so a
+  single healthy interval does not yet tell the new cap holds. A probe that goes through
+  becomes the capacity and the wait goes back to 2 (a growing service is climbed a batch every
+  2 intervals); a throttled probe goes back to the capacity and doubles the wait (up to
+  `MAX_PROBE_WAIT`, 16), so a steady service is probed less and less often (each failed probe
+  costs an interval of 429s). No capacity known yet, + `step`; a few 429s below
+  `throttle_ratio`: hold (at the service's capacity);
 * never below `floor` (2, the least an SQS event source takes) nor above the job's declared
   `max_concurrency`; hold when too few pushes to judge (`min_pushes`).
 
@@ -57,6 +63,11 @@ log = logging.getLogger(__name__)
 #: Must match infra/contract.py (METRIC_NAMESPACE, SERVICE_DIMENSION/POWERTOOLS_SERVICE): a test checks.
 METRIC_NAMESPACE = "Microprocess"
 SERVICE_DIMENSION = ("service", "microprocess")
+#: The fewest healthy intervals (minutes on AWS) at a cap before a probe above the capacity: the
+#: interval right after a change still shows part of the old cap (on AWS a mapping update takes
+#: effect within about a minute; a batch started before it runs on), so one healthy interval does
+#: not yet tell the new cap holds.
+MIN_PROBE_WAIT = 2
 #: The most healthy intervals (minutes on AWS) between two probes above a steady capacity.
 MAX_PROBE_WAIT = 16
 #: Below this share of 429/503 pushes, fewer than 90 % of (full) batches can be all-429 ones, so the
@@ -133,7 +144,7 @@ class Decision:
     reason: str
     baseline_ms: float | None
     capacity: float | None = None  # the service's estimated capacity, in batches
-    probe_wait: int = 1  # healthy intervals at the capacity before the next probe above it
+    probe_wait: int = MIN_PROBE_WAIT  # healthy intervals at the capacity before the next probe above it
     streak: int = 0  # healthy intervals at this cap so far
 
     def as_dict(self) -> dict[str, Any]:
@@ -150,16 +161,16 @@ class AimdController:
         capacity: the batches the service took at its last throttled interval (Little's law), or
             more since: a cap that had a healthy interval; None until a throttled one.
         probe_wait: healthy intervals at the capacity before a probe 1 above it; doubles (up to
-            `MAX_PROBE_WAIT`) each time a probe is throttled, back to 1 when a probe goes through
-            (the service grows: climb a batch an interval) or the estimate moves down, so a
-            service at a steady capacity is probed less and less often.
+            `MAX_PROBE_WAIT`) each time a probe is throttled, back to `MIN_PROBE_WAIT` when a probe
+            goes through (the service grows: climb a batch every 2 intervals) or the estimate is
+            taken, so a service at a steady capacity is probed less and less often.
         streak: healthy intervals in a row at the current cap.
     """
 
     settings: AimdSettings
     baseline_ms: float | None = None
     capacity: float | None = None
-    probe_wait: int = 1
+    probe_wait: int = MIN_PROBE_WAIT
     streak: int = 0
 
     def capacity_estimate(self, signals: Signals) -> float | None:
@@ -208,7 +219,7 @@ class AimdController:
         if self.capacity is not None and current > self.capacity:
             # The service took this many batches without a 429 (a probe went through: it may be
             # growing, so the next probe comes at once again).
-            self.capacity, self.probe_wait = float(current), 1
+            self.capacity, self.probe_wait = float(current), MIN_PROBE_WAIT
         if current >= s.ceiling:
             return self._decision(current, current, "hold", "healthy, at the declared maximum")
         if self.capacity is not None and current + 1 > self.capacity and self.streak < self.probe_wait:
@@ -253,7 +264,7 @@ class AimdController:
             new = math.floor(self.capacity)
         else:  # push time known from healthy intervals: the estimate is trusted and remembered
             self.capacity = estimate
-            self.probe_wait = 1
+            self.probe_wait = MIN_PROBE_WAIT
             reason += f"; the service took ~{estimate:.1f} batches"
             target = max(s.floor, math.floor(estimate))
             new = target if target < current else halved  # throttled despite room (a shared service?): halve
