@@ -24,13 +24,14 @@ def controller(ceiling: int = 100, baseline_ms: float | None = None, **kw: Any) 
 
 def test_throttling_before_any_healthy_minute_halves_then_healthy_intervals_add_the_step_back() -> None:
     c = controller(ceiling=100, batch_size=10)  # step: 100 // 20 = 5
-    # No healthy minute yet: the push time is unknown, the interval's p90 (80 ms) only bounds it from
-    # below (950 taken in 60 s x 0.08 s / 10 = 0.13 batches), so the cut is the multiplicative one.
-    throttled = c.decide(100, Signals(pushes=1000, throttled=50, p90_latency_ms=80))
+    # No healthy minute yet and 95 % of the pushes answered 429: most batches are all-429 ones, which
+    # end at once, so the interval's p90 (10 ms) may be one of them and only bounds the push time from
+    # below (50 taken in 60 s x 0.01 s / 10 = 0.0008 batches): the cut is the multiplicative one.
+    throttled = c.decide(100, Signals(pushes=1000, throttled=950, p90_latency_ms=10))
     assert (throttled.action, throttled.concurrency) == ("decrease", 50)
-    assert "50 of 1000 pushes answered 429/503" in throttled.reason and "at least ~0.1 batches" in throttled.reason
+    assert "950 of 1000 pushes answered 429/503" in throttled.reason and "at least ~0.0 batches" in throttled.reason
     assert c.capacity is None  # a lower bound is not remembered as the capacity
-    again = c.decide(50, Signals(pushes=500, throttled=20, p90_latency_ms=80))
+    again = c.decide(50, Signals(pushes=500, throttled=475, p90_latency_ms=10))
     assert again.concurrency == 25
     caps = [25]
     for _ in range(20):
@@ -38,6 +39,30 @@ def test_throttling_before_any_healthy_minute_halves_then_healthy_intervals_add_
     assert caps[1:4] == [30, 35, 40]  # additive: no capacity estimate to slow down near
     assert caps[-1] == 100 and max(caps) == 100  # never above the declared maximum
     assert c.decide(100, Signals(pushes=500, p90_latency_ms=80)).action == "hold"
+
+
+def test_the_first_throttled_minute_with_most_batches_served_sets_the_cap_to_the_estimate() -> None:
+    # GIVEN a job starting at its declared 50 batches of 10 against a service that serves 100 pushes
+    # of ~0.5 s at once (bench.adaptive's scenario), no healthy minute seen yet
+    c = controller(ceiling=50, batch_size=10)
+    # WHEN its first minute has 88 % of the pushes answered 429: under 90 %, so fewer than 90 % of the
+    # batches can be all-429 ones and the p90 (620 ms) is the time of a batch with a push served
+    d = c.decide(50, Signals(pushes=102_450, throttled=90_550, p90_latency_ms=620))
+    # THEN Little's law is trusted as with a healthy baseline: 11,900 taken in 60 s = 198/s x 0.62 s
+    # / 10 = 12.3 batches; the cap goes straight there (not to the halved 25) and it is remembered
+    assert (d.action, d.concurrency) == ("decrease", 12) and c.capacity == pytest.approx(12.3, abs=0.05)
+    assert "the service took ~12.3 batches" in d.reason and "at least" not in d.reason
+    assert c.baseline_ms is None  # a throttled interval's p90 is not a healthy baseline
+    # AND an estimate that was low (e.g. the run began late in the minute) is climbed back by the
+    # healthy intervals: a cap above it taken without a 429 becomes the capacity
+    c2 = controller(ceiling=8, batch_size=10)
+    low = c2.decide(8, Signals(pushes=95, throttled=13, p90_latency_ms=110, interval_s=3))
+    assert (low.action, low.concurrency) == ("decrease", 2)  # 82 in 3 s x 0.11 s / 10 = 0.3: the floor
+    healthy = Signals(pushes=600, p90_latency_ms=110, interval_s=3)
+    caps = [2]
+    for _ in range(4):  # each cap held for 2 healthy intervals (MIN_PROBE_WAIT) before a probe above it
+        caps.append(c2.decide(caps[-1], healthy).concurrency)
+    assert caps == [2, 2, 3, 3, 4] and c2.capacity == 3.0
 
 
 def test_with_a_known_push_time_a_throttled_minute_sets_the_cap_to_the_services_capacity() -> None:
@@ -58,15 +83,15 @@ def test_with_a_known_push_time_a_throttled_minute_sets_the_cap_to_the_services_
 
 def test_healthy_minutes_probe_one_batch_above_the_estimated_capacity_and_a_few_429s_hold() -> None:
     c = AimdController(AimdSettings(ceiling=50, batch_size=10), baseline_ms=600, capacity=12.0)
-    caps = [6]  # e.g. after a latency back-off: the step (2) back up to the estimate, then 1 at a time
-    for _ in range(5):
+    caps = [6]  # e.g. after a latency back-off: the step (2) back up to the estimate, then 1 at a time,
+    for _ in range(7):  # each probe after 2 healthy intervals at the cap below it
         caps.append(c.decide(caps[-1], Signals(pushes=6000, p90_latency_ms=600)).concurrency)
-    assert caps == [6, 8, 10, 12, 13, 14]
+    assert caps == [6, 8, 10, 12, 12, 13, 13, 14]
     near = c.decide(14, Signals(pushes=10_000, throttled=100, p90_latency_ms=600))  # 1 %: under the 2 % threshold
     assert (near.action, near.concurrency) == ("hold", 14) and "at the service's capacity" in near.reason
     # 14 batches proved too many (2 % throttled): back to the 13 taken without a 429
     over = c.decide(14, Signals(pushes=11_300, throttled=300, p90_latency_ms=600))
-    assert (over.action, over.concurrency, over.probe_wait) == ("decrease", 13, 2) and c.capacity == 13.0
+    assert (over.action, over.concurrency, over.probe_wait) == ("decrease", 13, 4) and c.capacity == 13.0
     # 13 throttled too: 11,000 taken = 183/s x 0.6 s / 10 = 11 batches, the estimate is taken
     under = c.decide(13, Signals(pushes=11_300, throttled=300, p90_latency_ms=600))
     assert (under.action, under.concurrency) == ("decrease", 11) and c.capacity == pytest.approx(11.0)
@@ -215,28 +240,32 @@ def test_a_throttled_probe_returns_to_the_known_capacity_and_probes_half_as_ofte
     healthy = Signals(pushes=1_000, p90_latency_ms=100, interval_s=3)
     at3 = c.decide(3, healthy)
     assert c.capacity == 3.0  # 3 batches were taken without a 429: the capacity is at least 3
-    assert (at3.action, at3.concurrency) == ("increase", 4)  # the first probe comes at once
+    # the interval right after a change is partly at the old cap: the probe comes after a second one
+    assert (at3.action, at3.concurrency, at3.probe_wait, at3.streak) == ("hold", 3, 2, 1)
+    assert c.decide(3, healthy).concurrency == 4
     # WHEN the probe at 4 is throttled (Little's law: 600 taken in 3 s x 0.1 s / 10 = 2 batches,
     # within a batch of the known 3)
     over = c.decide(4, Signals(pushes=800, throttled=200, p90_latency_ms=100, interval_s=3))
-    # THEN back to the known 3 (not to the noisy 2), and the next probe waits for 2 healthy intervals
-    assert (over.action, over.concurrency, over.probe_wait) == ("decrease", 3, 2)
+    # THEN back to the known 3 (not to the noisy 2), and the next probe waits for 4 healthy intervals
+    assert (over.action, over.concurrency, over.probe_wait) == ("decrease", 3, 4)
     assert "back to its known capacity of 3" in over.reason and c.capacity == 3.0
-    first = c.decide(3, healthy)
-    assert (first.action, first.concurrency, first.streak) == ("hold", 3, 1)
-    assert "probing above it after 2 healthy intervals (1 so far)" in first.reason
+    held = [c.decide(3, healthy) for _ in range(3)]
+    assert [(d.action, d.concurrency, d.streak) for d in held] == [("hold", 3, 1), ("hold", 3, 2), ("hold", 3, 3)]
+    assert "probing above it after 4 healthy intervals (1 so far)" in held[0].reason
     assert c.decide(3, healthy).concurrency == 4
     # AND each throttled probe doubles the wait, up to the cap
     waits = []
     for _ in range(6):
         waits.append(c.decide(4, Signals(pushes=800, throttled=200, p90_latency_ms=100, interval_s=3)).probe_wait)
-    assert waits == [4, 8, 16, 16, 16, 16]
-    # AND when the service grows, a probe that goes through makes the next one come at once again
+    assert waits == [8, 16, 16, 16, 16, 16]
+    # AND when the service grows, a probe that goes through makes the next one come after the least
+    # wait again (2 healthy intervals: a growing service is climbed a batch every 2 intervals)
     for _ in range(16):
         last = c.decide(3, healthy)
     assert (last.action, last.concurrency) == ("increase", 4)
     grown = c.decide(4, healthy)
-    assert (grown.action, grown.concurrency, grown.probe_wait, c.capacity) == ("increase", 5, 1, 4.0)
+    assert (grown.action, grown.concurrency, grown.probe_wait, c.capacity) == ("hold", 4, 2, 4.0)
+    assert c.decide(4, healthy).concurrency == 5
 
 
 def test_a_throttled_interval_at_the_known_capacity_trusts_the_estimate_again() -> None:
@@ -245,6 +274,6 @@ def test_a_throttled_interval_at_the_known_capacity_trusts_the_estimate_again() 
     slow = Signals(pushes=7_000, throttled=1_000, p90_latency_ms=500)  # 100/s x 0.5 s / 10 = 5 batches
     probe = c.decide(13, slow)
     assert (probe.action, probe.concurrency, probe.probe_wait) == ("decrease", 12, 16)
-    # ...and when 12 is throttled too, the estimate is taken: 5, probing again after 1 healthy interval
+    # ...and when 12 is throttled too, the estimate is taken: 5, probing again after 2 healthy intervals
     d = c.decide(12, slow)
-    assert (d.action, d.concurrency, d.capacity, d.probe_wait) == ("decrease", 5, 5.0, 1)
+    assert (d.action, d.concurrency, d.capacity, d.probe_wait) == ("decrease", 5, 5.0, 2)

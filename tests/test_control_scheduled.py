@@ -83,8 +83,9 @@ def aws(ddb: Any, ledger_table: str) -> Aws:
 
 
 def test_one_invocation_moves_only_the_adaptive_jobs_mapping_and_remembers_its_decision(aws: Aws) -> None:
-    # GIVEN the adaptive job's last minute: 90 of 900 pushes answered 429/503, and a static job
-    aws.cloudwatch.values = {"pushes": [900.0], "throttled": [90.0], "p90": [300.0]}
+    # GIVEN the adaptive job's last minute: 855 of 900 pushes answered 429/503 (mostly all-429 batches,
+    # p90 30 ms: no push time known yet, so a cut by decrease_factor at most), and a static job
+    aws.cloudwatch.values = {"pushes": [900.0], "throttled": [855.0], "p90": [30.0]}
     emitted: list[tuple[str, float, str]] = []
     # WHEN the scheduled function runs once
     decisions = tick_from_environment(
@@ -130,10 +131,13 @@ def test_the_capacity_estimate_survives_so_the_next_healthy_minute_probes_gently
     throttled = tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]
     assert (throttled["action"], throttled["concurrency"], throttled["capacity"]) == ("decrease", 10, 10.0)
     assert ControllerState(aws.ddb, aws.table).remembered(ADAPTIVE.name) == (500.0, 10.0)
-    # WHEN the next minute, another invocation, is healthy
+    # WHEN the next two minutes, each another invocation, are healthy
     aws.cloudwatch.values = {"pushes": [6000.0], "throttled": [0.0], "p90": [500.0]}
+    hold = tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]
     probe = tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]
-    # THEN it probes one batch above the remembered capacity, not the declared step of 2
+    # THEN the first holds at the capacity (the least wait, 2 healthy minutes) and the second probes
+    # one batch above the remembered capacity, not the declared step of 2
+    assert (hold["action"], hold["concurrency"]) == ("hold", 10)
     assert (probe["action"], probe["concurrency"]) == ("increase", 11) and aws.cap(ADAPTIVE.name) == 11
 
 
@@ -145,18 +149,22 @@ def test_the_probe_backoff_survives_between_invocations(aws: Aws) -> None:
     aws.cloudwatch.values = {"pushes": [13200.0], "throttled": [1200.0], "p90": [500.0]}
     tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())
     aws.cloudwatch.values = {"pushes": [6000.0], "throttled": [0.0], "p90": [500.0]}
+    tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())
     assert tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]["concurrency"] == 11
     aws.cloudwatch.values = {"pushes": [13200.0], "throttled": [600.0], "p90": [500.0]}
     back = tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]
-    assert (back["concurrency"], back["probe_wait"]) == (10, 2)
-    # WHEN the next two minutes, each its own invocation, are healthy
+    assert (back["concurrency"], back["probe_wait"]) == (10, 4)
+    # WHEN the next four minutes, each its own invocation, are healthy
     aws.cloudwatch.values = {"pushes": [6000.0], "throttled": [0.0], "p90": [500.0]}
-    first = tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]
-    second = tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]
-    # THEN the first holds (its streak remembered in the ledger), the second probes
-    assert (first["action"], first["concurrency"], first["streak"]) == ("hold", 10, 1)
-    assert (second["action"], second["concurrency"]) == ("increase", 11)
-    assert ControllerState(aws.ddb, aws.table).memory(ADAPTIVE.name)["probe_wait"] == 2
+    minutes = [tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name] for _ in range(4)]
+    # THEN the first three hold (the streak remembered in the ledger), the fourth probes
+    assert [(m["action"], m["concurrency"], m["streak"]) for m in minutes[:3]] == [
+        ("hold", 10, 1),
+        ("hold", 10, 2),
+        ("hold", 10, 3),
+    ]
+    assert (minutes[3]["action"], minutes[3]["concurrency"]) == ("increase", 11)
+    assert ControllerState(aws.ddb, aws.table).memory(ADAPTIVE.name)["probe_wait"] == 4
 
 
 def test_no_adaptive_job_makes_no_call(aws: Aws) -> None:
@@ -191,7 +199,7 @@ def test_the_handler_runs_the_declared_adaptive_jobs(aws: Aws, monkeypatch: pyte
         jobs = [ADAPTIVE, STATIC]
 
     monkeypatch.setattr(handler, "get_declarations", lambda: Declared)
-    aws.cloudwatch.values = {"pushes": [900.0], "throttled": [90.0], "p90": [300.0]}
+    aws.cloudwatch.values = {"pushes": [900.0], "throttled": [855.0], "p90": [30.0]}
     from tests.test_handlers import FakeContext
 
     # WHEN the schedule invokes it THEN the adaptive job's cap is halved

@@ -12,16 +12,28 @@ refined with an estimate of the service's capacity:
   Little's law from what it took: accepted pushes (pushes - throttled) per second x a batch's
   time = the pushes it served at once, / the batch size = batches. The batch time is the larger
   of the interval's p90 and the healthy baseline (all-429 batches end at once and pull the p90
-  down). With a healthy baseline known, the cap goes straight to the estimate (rounded down)
-  and the estimate is remembered; before any healthy interval the estimate is only a lower
-  bound, so the cut is never deeper than `decrease_factor`; throttled while the estimate shows
-  room (a shared or slowing service), the cap is multiplied by `decrease_factor`;
+  down). The cap goes straight to the estimate (rounded down) and the estimate is remembered
+  when the batch time is known to be a served push's: a healthy baseline exists, or, before any
+  healthy interval, fewer than `SERVED_P90_BELOW` (90 %) of the pushes were 429/503, so fewer
+  than 90 % of the (full) batches can be all-429 ones and the interval's p90 is a batch with a
+  push served. Otherwise the estimate is only a lower bound and the cut is never deeper than
+  `decrease_factor`. An estimate from an interval the job pushed in for part of the time only
+  (a run that began late in it) is low: the cut is then deeper than needed and the healthy
+  intervals climb back (a cap above the estimate taken without a 429 becomes the capacity).
+  Throttled while the estimate shows room (a shared or slowing service), the cap is multiplied
+  by `decrease_factor`;
 * **slow** (p90 above `latency_factor` x the healthy baseline, or above `latency_limit_ms`):
   cap x `decrease_factor` (nothing tells the capacity);
 * **healthy**: below the remembered capacity, + `step` (a twentieth of the declared maximum)
-  up to it; at or above it, + 1 a minute (a gentle probe: the next throttled minute
-  re-estimates); no capacity known yet, + `step`; a few 429s below `throttle_ratio`: hold (at
-  the service's capacity);
+  up to it; at or above it, + 1 (a gentle probe) once the cap has had `probe_wait` healthy
+  intervals in a row, at least `MIN_PROBE_WAIT` (2): the interval right after a change still
+  shows part of the old cap (on AWS a mapping update takes effect within about a minute), so a
+  single healthy interval does not yet tell the new cap holds. A probe that goes through
+  becomes the capacity and the wait goes back to 2 (a growing service is climbed a batch every
+  2 intervals); a throttled probe goes back to the capacity and doubles the wait (up to
+  `MAX_PROBE_WAIT`, 16), so a steady service is probed less and less often (each failed probe
+  costs an interval of 429s). No capacity known yet, + `step`; a few 429s below
+  `throttle_ratio`: hold (at the service's capacity);
 * never below `floor` (2, the least an SQS event source takes) nor above the job's declared
   `max_concurrency`; hold when too few pushes to judge (`min_pushes`).
 
@@ -51,8 +63,16 @@ log = logging.getLogger(__name__)
 #: Must match infra/contract.py (METRIC_NAMESPACE, SERVICE_DIMENSION/POWERTOOLS_SERVICE): a test checks.
 METRIC_NAMESPACE = "Microprocess"
 SERVICE_DIMENSION = ("service", "microprocess")
+#: The fewest healthy intervals (minutes on AWS) at a cap before a probe above the capacity: the
+#: interval right after a change still shows part of the old cap (on AWS a mapping update takes
+#: effect within about a minute; a batch started before it runs on), so one healthy interval does
+#: not yet tell the new cap holds.
+MIN_PROBE_WAIT = 2
 #: The most healthy intervals (minutes on AWS) between two probes above a steady capacity.
 MAX_PROBE_WAIT = 16
+#: Below this share of 429/503 pushes, fewer than 90 % of (full) batches can be all-429 ones, so the
+#: interval's p90 batch time is that of a batch with a push served: a served push's time.
+SERVED_P90_BELOW = 0.9
 #: HTTP statuses with which a service asks its callers to slow down.
 THROTTLE_STATUSES = frozenset({429, 503})
 
@@ -124,7 +144,7 @@ class Decision:
     reason: str
     baseline_ms: float | None
     capacity: float | None = None  # the service's estimated capacity, in batches
-    probe_wait: int = 1  # healthy intervals at the capacity before the next probe above it
+    probe_wait: int = MIN_PROBE_WAIT  # healthy intervals at the capacity before the next probe above it
     streak: int = 0  # healthy intervals at this cap so far
 
     def as_dict(self) -> dict[str, Any]:
@@ -141,16 +161,16 @@ class AimdController:
         capacity: the batches the service took at its last throttled interval (Little's law), or
             more since: a cap that had a healthy interval; None until a throttled one.
         probe_wait: healthy intervals at the capacity before a probe 1 above it; doubles (up to
-            `MAX_PROBE_WAIT`) each time a probe is throttled, back to 1 when a probe goes through
-            (the service grows: climb a batch an interval) or the estimate moves down, so a
-            service at a steady capacity is probed less and less often.
+            `MAX_PROBE_WAIT`) each time a probe is throttled, back to `MIN_PROBE_WAIT` when a probe
+            goes through (the service grows: climb a batch every 2 intervals) or the estimate is
+            taken, so a service at a steady capacity is probed less and less often.
         streak: healthy intervals in a row at the current cap.
     """
 
     settings: AimdSettings
     baseline_ms: float | None = None
     capacity: float | None = None
-    probe_wait: int = 1
+    probe_wait: int = MIN_PROBE_WAIT
     streak: int = 0
 
     def capacity_estimate(self, signals: Signals) -> float | None:
@@ -199,7 +219,7 @@ class AimdController:
         if self.capacity is not None and current > self.capacity:
             # The service took this many batches without a 429 (a probe went through: it may be
             # growing, so the next probe comes at once again).
-            self.capacity, self.probe_wait = float(current), 1
+            self.capacity, self.probe_wait = float(current), MIN_PROBE_WAIT
         if current >= s.ceiling:
             return self._decision(current, current, "hold", "healthy, at the declared maximum")
         if self.capacity is not None and current + 1 > self.capacity and self.streak < self.probe_wait:
@@ -227,7 +247,9 @@ class AimdController:
         halved = max(s.floor, math.floor(current * s.decrease_factor))
         if estimate is None:
             new = halved
-        elif self.baseline_ms is None:  # only this interval's p90: a lower bound, cut at most multiplicatively
+        elif self.baseline_ms is None and signals.throttled_ratio >= SERVED_P90_BELOW:
+            # Mostly all-429 batches, which end at once: the p90 may be one of them, so the estimate is
+            # only a lower bound: cut at most multiplicatively.
             reason += f"; the service took at least ~{estimate:.1f} batches"
             new = max(halved, min(current - 1, math.floor(estimate)))
         elif self.capacity is not None and current == math.floor(self.capacity) + 1 and current - 1 >= s.floor:
@@ -242,7 +264,7 @@ class AimdController:
             new = math.floor(self.capacity)
         else:  # push time known from healthy intervals: the estimate is trusted and remembered
             self.capacity = estimate
-            self.probe_wait = 1
+            self.probe_wait = MIN_PROBE_WAIT
             reason += f"; the service took ~{estimate:.1f} batches"
             target = max(s.floor, math.floor(estimate))
             new = target if target < current else halved  # throttled despite room (a shared service?): halve

@@ -24,6 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from microprocess.control.adaptive import (
+    MIN_PROBE_WAIT,
     AdaptiveConcurrency,
     AimdController,
     CloudWatchSignals,
@@ -79,13 +80,13 @@ class ControllerState:
 
     def memory(self, job: str) -> dict[str, Any]:
         """Everything the job's controller remembers: `baseline_ms` and `capacity` (None when
-        unknown), `probe_wait` (1 when unknown) and `streak` (0)."""
+        unknown), `probe_wait` (`MIN_PROBE_WAIT` when unknown) and `streak` (0)."""
         item = self.dynamodb.get_item(TableName=self.table, Key=self.key(job), ConsistentRead=True).get("Item") or {}
         values = {name: item.get(name, {}).get("N") for name in ("baseline_ms", "capacity", "probe_wait", "streak")}
         return {
             "baseline_ms": float(values["baseline_ms"]) if values["baseline_ms"] is not None else None,
             "capacity": float(values["capacity"]) if values["capacity"] is not None else None,
-            "probe_wait": int(values["probe_wait"]) if values["probe_wait"] is not None else 1,
+            "probe_wait": int(values["probe_wait"]) if values["probe_wait"] is not None else MIN_PROBE_WAIT,
             "streak": int(values["streak"]) if values["streak"] is not None else 0,
         }
 
