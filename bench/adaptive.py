@@ -121,6 +121,8 @@ def simulate(job: JobDeclaration, scenario: Scenario, *, adaptive: bool) -> Outc
     out = Outcome("adaptive" if adaptive else "static", scenario.items)
     controller = AimdController(AimdSettings.for_job(job)) if adaptive else None
     cap = job.max_concurrency
+    if controller is not None:  # the controller ticked while the job was idle before the run
+        cap = controller.decide(cap, Signals(0, interval_s=scenario.interval_s)).concurrency
     ready: list[tuple[float, int, int]] = [(0.0, i, 0) for i in range(scenario.items)]  # (ready at, task, receives)
     events: list[tuple[float, int, str, Any]] = []  # (time, seq, kind, payload)
     seq = 0

@@ -204,6 +204,13 @@ def run_once(
         ),
     )
     ticker = Ticker(control, interval_s, echo)
+    start_cap = maximum
+    if mode == "adaptive":
+        # As deployed, the controller ticks while the job is idle before a run (slow start): one
+        # tick over an interval without pushes (the static run's last ones are older than it).
+        time.sleep(interval_s)
+        start_cap = control.tick()[job.name].concurrency
+        echo(f"    idle tick before the run: cap {maximum} -> {start_cap}")
     started = time.time()
     start_run(bs, job.name, run_id)
     if mode == "adaptive":
@@ -231,7 +238,7 @@ def run_once(
         admitted=int(counts["admitted"]),
         rejected=int(counts["rejected"]),
         peak_in_flight=int(counts["peak"]),
-        caps=[maximum] + [d.concurrency for _, d in ticker.decisions],
+        caps=[start_cap] + [d.concurrency for _, d in ticker.decisions],
         decisions=[{"t_s": round(t, 1), **d.as_dict()} for t, d in ticker.decisions],
     )
 

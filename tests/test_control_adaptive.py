@@ -22,21 +22,22 @@ def controller(ceiling: int = 100, baseline_ms: float | None = None, **kw: Any) 
     return AimdController(AimdSettings(ceiling=ceiling, **kw), baseline_ms=baseline_ms)
 
 
-def test_throttling_before_any_healthy_minute_halves_then_healthy_intervals_add_the_step_back() -> None:
-    c = controller(ceiling=100, batch_size=10)  # step: 100 // 20 = 5
+def test_throttling_before_any_healthy_minute_halves_then_healthy_intervals_double_back() -> None:
+    c = controller(ceiling=100, batch_size=10)
     # No healthy minute yet and 95 % of the pushes answered 429: most batches are all-429 ones, which
     # end at once, so the interval's p90 (10 ms) may be one of them and only bounds the push time from
-    # below (50 taken in 60 s x 0.01 s / 10 = 0.0008 batches): the cut is the multiplicative one.
+    # below (50 taken in 60 s x 0.01 s / 10 = 0.0008 batches; the cap's accepted share 100 x 50 / 1000
+    # = 5): the cut is the multiplicative one.
     throttled = c.decide(100, Signals(pushes=1000, throttled=950, p90_latency_ms=10))
     assert (throttled.action, throttled.concurrency) == ("decrease", 50)
-    assert "950 of 1000 pushes answered 429/503" in throttled.reason and "at least ~0.0 batches" in throttled.reason
+    assert "950 of 1000 pushes answered 429/503" in throttled.reason and "at least ~5.0 batches" in throttled.reason
     assert c.capacity is None  # a lower bound is not remembered as the capacity
     again = c.decide(50, Signals(pushes=500, throttled=475, p90_latency_ms=10))
     assert again.concurrency == 25
     caps = [25]
     for _ in range(20):
         caps.append(c.decide(caps[-1], Signals(pushes=500, throttled=0, p90_latency_ms=80)).concurrency)
-    assert caps[1:4] == [30, 35, 40]  # additive: no capacity estimate to slow down near
+    assert caps[1:4] == [50, 100, 100]  # doubling (slow start): no capacity estimate to slow down near
     assert caps[-1] == 100 and max(caps) == 100  # never above the declared maximum
     assert c.decide(100, Signals(pushes=500, p90_latency_ms=80)).action == "hold"
 
@@ -49,15 +50,17 @@ def test_the_first_throttled_minute_with_most_batches_served_sets_the_cap_to_the
     # batches can be all-429 ones and the p90 (620 ms) is the time of a batch with a push served
     d = c.decide(50, Signals(pushes=102_450, throttled=90_550, p90_latency_ms=620))
     # THEN Little's law is trusted as with a healthy baseline: 11,900 taken in 60 s = 198/s x 0.62 s
-    # / 10 = 12.3 batches; the cap goes straight there (not to the halved 25) and it is remembered
-    assert (d.action, d.concurrency) == ("decrease", 12) and c.capacity == pytest.approx(12.3, abs=0.05)
+    # / 10 = 12.3 batches (more than the cap's accepted share, 50 x 11,900 / 102,450 = 5.8); the cap
+    # goes straight to the nearest batch (not to the halved 25) and it is remembered
+    assert (d.action, d.concurrency) == ("decrease", 12) and c.capacity == 12.0
     assert "the service took ~12.3 batches" in d.reason and "at least" not in d.reason
     assert c.baseline_ms is None  # a throttled interval's p90 is not a healthy baseline
     # AND an estimate that was low (e.g. the run began late in the minute) is climbed back by the
     # healthy intervals: a cap above it taken without a 429 becomes the capacity
     c2 = controller(ceiling=8, batch_size=10)
-    low = c2.decide(8, Signals(pushes=95, throttled=13, p90_latency_ms=110, interval_s=3))
-    assert (low.action, low.concurrency) == ("decrease", 2)  # 82 in 3 s x 0.11 s / 10 = 0.3: the floor
+    low = c2.decide(4, Signals(pushes=95, throttled=60, p90_latency_ms=110, interval_s=3))
+    # 35 in 3 s x 0.11 s / 10 = 0.13; 4 x 35 / 95 = 1.5: the floor
+    assert (low.action, low.concurrency) == ("decrease", 2)
     healthy = Signals(pushes=600, p90_latency_ms=110, interval_s=3)
     caps = [2]
     for _ in range(4):  # each cap held for 2 healthy intervals (MIN_PROBE_WAIT) before a probe above it
@@ -68,10 +71,11 @@ def test_the_first_throttled_minute_with_most_batches_served_sets_the_cap_to_the
 def test_with_a_known_push_time_a_throttled_minute_sets_the_cap_to_the_services_capacity() -> None:
     c = controller(ceiling=50, batch_size=10)  # step 2
     healthy = c.decide(10, Signals(pushes=9000, p90_latency_ms=600))
-    assert healthy.concurrency == 12 and c.baseline_ms == pytest.approx(600)
+    assert healthy.concurrency == 20 and c.baseline_ms == pytest.approx(600)  # slow start: doubled
     # 50 batches against a service that serves 100 pushes of ~0.5 s at once: most pushes are 429s, and
     # the all-429 batches end at once, so the interval's p90 is 50 ms; the healthy 600 ms is used.
-    # Little's law: 12,000 taken in 60 s = 200/s x 0.6 s = 120 pushes in flight = 12 batches of 10.
+    # Little's law: 12,000 taken in 60 s = 200/s x 0.6 s = 120 pushes in flight = 12 batches of 10
+    # (the cap's accepted share is less: 50 x 12,000 / 92,000 = 6.5).
     d = c.decide(50, Signals(pushes=92_000, throttled=80_000, p90_latency_ms=50))
     assert (d.action, d.concurrency, d.capacity) == ("decrease", 12, 12.0)  # not 25: straight to the estimate
     assert "the service took ~12.0 batches" in d.reason and c.capacity == pytest.approx(12.0)
@@ -92,9 +96,13 @@ def test_healthy_minutes_probe_one_batch_above_the_estimated_capacity_and_a_few_
     # 14 batches proved too many (2 % throttled): back to the 13 taken without a 429
     over = c.decide(14, Signals(pushes=11_300, throttled=300, p90_latency_ms=600))
     assert (over.action, over.concurrency, over.probe_wait) == ("decrease", 13, 4) and c.capacity == 13.0
-    # 13 throttled too: 11,000 taken = 183/s x 0.6 s / 10 = 11 batches, the estimate is taken
+    # 13 throttled too: 11,000 taken = 183/s x 0.6 s / 10 = 11 batches by Little's law, 13 x 11,000 /
+    # 11,300 = 12.7 by the cap's accepted share: the larger, rounded, and at least one below 13
     under = c.decide(13, Signals(pushes=11_300, throttled=300, p90_latency_ms=600))
-    assert (under.action, under.concurrency) == ("decrease", 11) and c.capacity == pytest.approx(11.0)
+    assert (under.action, under.concurrency) == ("decrease", 12) and c.capacity == 12.0
+    # AND a mild overload is cut to the cap's accepted share: 20 % throttled at 10 -> 8
+    mild = AimdController(AimdSettings(ceiling=50, batch_size=10), baseline_ms=100)
+    assert mild.decide(10, Signals(pushes=10_000, throttled=2_000, p90_latency_ms=100)).concurrency == 8
 
 
 def test_throttled_while_the_estimate_shows_room_halves() -> None:
@@ -131,7 +139,8 @@ def test_push_time_near_the_task_timeout_decreases_without_a_baseline() -> None:
         (2, Signals(pushes=100, throttled=100), (2, "hold")),  # never below the event source's floor
         (3, Signals(pushes=100, throttled=100), (2, "decrease")),
         (60, Signals(pushes=5, throttled=5), (60, "hold")),  # too few pushes to judge
-        (60, Signals(pushes=0), (60, "hold")),  # idle
+        (60, Signals(pushes=0), (25, "decrease")),  # idle: the next run starts at a quarter (slow start)
+        (20, Signals(pushes=0), (20, "hold")),  # idle, already at or below it
         (500, Signals(pushes=100), (100, "hold")),  # a cap above the declared maximum is brought back
         (98, Signals(pushes=100, p90_latency_ms=10), (100, "increase")),
     ],
@@ -161,7 +170,7 @@ class FakeScaler:
 def test_the_actuator_applies_decisions_to_the_mapping_and_emits_them() -> None:
     scaler = FakeScaler(cap=None)  # unset: AWS's default, taken as the declared maximum
     emitted: list[tuple[str, float, str]] = []
-    signals = iter([Signals(pushes=400, throttled=40), Signals(pushes=400, p90_latency_ms=50)])
+    signals = iter([Signals(pushes=400, throttled=380), Signals(pushes=400, p90_latency_ms=50)])
     adaptive = AdaptiveConcurrency(
         jobs=[JOB],
         scaler=scaler,  # type: ignore[arg-type]
@@ -171,9 +180,9 @@ def test_the_actuator_applies_decisions_to_the_mapping_and_emits_them() -> None:
     first = adaptive.tick()[JOB.name]
     assert (first.previous, first.concurrency) == (JOB.max_concurrency, JOB.max_concurrency // 2)
     second = adaptive.tick()[JOB.name]
-    assert second.action == "increase" and scaler.sets == [25, 27]
+    assert second.action == "increase" and scaler.sets == [25, 50]  # slow start: doubled
     assert ("ConcurrencyDecreased", 1, JOB.name) in emitted and ("ConcurrencyIncreased", 1, JOB.name) in emitted
-    assert ("EffectiveConcurrency", 27, JOB.name) in emitted
+    assert ("EffectiveConcurrency", 50, JOB.name) in emitted
 
 
 def test_the_forwarder_emits_pushes_throttles_and_push_time_per_job(stack: Stack) -> None:
@@ -271,9 +280,27 @@ def test_a_throttled_probe_returns_to_the_known_capacity_and_probes_half_as_ofte
 def test_a_throttled_interval_at_the_known_capacity_trusts_the_estimate_again() -> None:
     # The service got slower or smaller: 12 known, a probe at 13 throttled goes back to 12 first...
     c = AimdController(AimdSettings(ceiling=50, batch_size=10), baseline_ms=500, capacity=12.0, probe_wait=8)
-    slow = Signals(pushes=7_000, throttled=1_000, p90_latency_ms=500)  # 100/s x 0.5 s / 10 = 5 batches
+    # 6,000 taken = 100/s x 0.5 s / 10 = 5 batches by Little's law; at 12, 12 x 6,000 / 7,000 = 10.3
+    slow = Signals(pushes=7_000, throttled=1_000, p90_latency_ms=500)
     probe = c.decide(13, slow)
     assert (probe.action, probe.concurrency, probe.probe_wait) == ("decrease", 12, 16)
-    # ...and when 12 is throttled too, the estimate is taken: 5, probing again after 2 healthy intervals
+    # ...and when 12 is throttled too, the estimate is taken: 10, probing again after 2 healthy intervals
     d = c.decide(12, slow)
-    assert (d.action, d.concurrency, d.capacity, d.probe_wait) == ("decrease", 5, 5.0, 2)
+    assert (d.action, d.concurrency, d.capacity, d.probe_wait) == ("decrease", 10, 10.0, 2)
+
+
+def test_a_run_starts_slow_and_the_next_run_starts_at_the_capacity_learned() -> None:
+    c = controller(ceiling=50, batch_size=10)
+    # GIVEN the job idle before its first run, at its declared 50: lowered to a quarter, 12
+    idle = c.decide(50, Signals(pushes=0))
+    assert (idle.action, idle.concurrency) == ("decrease", 12) and "slow start" in idle.reason
+    # WHEN the run's intervals are healthy, THEN the cap doubles (capacity not known yet), up to 50
+    assert c.decide(12, Signals(pushes=6_000, p90_latency_ms=500)).concurrency == 24
+    # AND the first throttled interval sets it to the estimate: 24 x 18,000 / 24,000 = 18 (Little's
+    # law: 300/s x 0.5 s / 10 = 15)
+    d = c.decide(24, Signals(pushes=24_000, throttled=6_000, p90_latency_ms=500))
+    assert (d.concurrency, d.capacity) == (18, 18.0)
+    # AND idle again after the run, the next run starts at the capacity learned, not at a quarter
+    assert c.decide(18, Signals(pushes=0)).concurrency == 18
+    assert c.decide(50, Signals(pushes=0)).concurrency == 18
+    assert c.start_cap() == 18

@@ -123,11 +123,12 @@ def test_the_healthy_baseline_survives_from_one_invocation_to_the_next(aws: Aws)
 
 
 def test_the_capacity_estimate_survives_so_the_next_healthy_minute_probes_gently(aws: Aws) -> None:
-    # GIVEN a healthy minute at p90 500 ms (cap 10 -> 12, the declared step), then a throttled one:
-    # 12,000 of 13,200 pushes taken in 60 s = 200/s x 0.5 s = 100 pushes in flight = 10 batches of 10
+    # GIVEN a healthy minute at p90 500 ms (cap 10 -> 20: doubled, no capacity known yet), then a
+    # throttled one: 12,000 of 24,000 pushes taken in 60 s = 200/s x 0.5 s = 100 pushes in flight =
+    # 10 batches of 10 (and the cap's accepted share: 20 x 12,000 / 24,000 = 10)
     aws.cloudwatch.values = {"pushes": [6000.0], "throttled": [0.0], "p90": [500.0]}
-    assert tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]["concurrency"] == 12
-    aws.cloudwatch.values = {"pushes": [13200.0], "throttled": [1200.0], "p90": [500.0]}
+    assert tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]["concurrency"] == 20
+    aws.cloudwatch.values = {"pushes": [24000.0], "throttled": [12000.0], "p90": [500.0]}
     throttled = tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())[ADAPTIVE.name]
     assert (throttled["action"], throttled["concurrency"], throttled["capacity"]) == ("decrease", 10, 10.0)
     assert ControllerState(aws.ddb, aws.table).remembered(ADAPTIVE.name) == (500.0, 10.0)
@@ -146,7 +147,7 @@ def test_the_probe_backoff_survives_between_invocations(aws: Aws) -> None:
     # 12,600 taken in 60 s = 210/s x 0.5 s = 105 pushes = 10.5 batches
     aws.cloudwatch.values = {"pushes": [6000.0], "throttled": [0.0], "p90": [500.0]}
     tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())
-    aws.cloudwatch.values = {"pushes": [13200.0], "throttled": [1200.0], "p90": [500.0]}
+    aws.cloudwatch.values = {"pushes": [24000.0], "throttled": [12000.0], "p90": [500.0]}
     tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())
     aws.cloudwatch.values = {"pushes": [6000.0], "throttled": [0.0], "p90": [500.0]}
     tick_from_environment([ADAPTIVE], aws.client, environ=aws.environ())

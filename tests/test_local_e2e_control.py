@@ -34,6 +34,8 @@ PUSH_LINE = f'"POST {JOB.task_path} HTTP/1.1"'
 #: Long enough that the run is still going when it is paused or scaled (about 60 tasks/s here).
 PAUSE_INVOICES = 1000
 SCALE_INVOICES = 600
+#: The controller's interval for `scale --adaptive` (the CLI's least).
+ADAPTIVE_INTERVAL_S = 10
 STOP_INVOICES = 600
 #: Positions of the stop-early run's not-overdue invoices, which the service refuses (a permanent 4xx):
 #: one in four of its first 240, so that the run passes its 5 % with successes among its first tasks.
@@ -242,6 +244,37 @@ def test_scale_mid_run_puts_the_cap_in_force_and_the_run_completes(
             SCALE_INVOICES,
             0,
         )
+    finally:
+        cli_json("scale", JOB.name, "--concurrency", str(deployed), "--json")
+
+
+def test_scale_adaptive_reads_the_forwarders_log_lines_locally(
+    state: LocalState, ledger: Ledger, tmp_path: Path
+) -> None:
+    # GIVEN the job idle, at its deployed cap (the local stack computes no CloudWatch metrics: the
+    # controller reads the forwarder's EMF log lines of the last interval instead)
+    (before,) = cli_json("scale", JOB.name, "--json")
+    deployed = before["concurrency"]
+    try:
+        # WHEN the controller ticks with no push in its interval (an earlier test's last ones are older)
+        time.sleep(ADAPTIVE_INTERVAL_S + 1)
+        (idle,) = cli_json(
+            "scale", JOB.name, "--adaptive", "--ticks", "1", "--interval", str(ADAPTIVE_INTERVAL_S), "--json"
+        )
+        # THEN the job is idle: the cap goes to where the next run starts (slow start: a quarter)
+        assert (idle["action"], idle["concurrency"]) == ("decrease", max(2, deployed // 4)), idle
+        assert "idle" in idle["reason"]
+        # WHEN it ticks during a run
+        run_id = started_run(
+            ledger, invoices_file(tmp_path / "adaptive.jsonl", SCALE_INVOICES, first=30_000), succeeded_at_least=30
+        )
+        (busy,) = cli_json(
+            "scale", JOB.name, "--adaptive", "--ticks", "1", "--interval", str(ADAPTIVE_INTERVAL_S), "--json"
+        )
+        # THEN it saw the run's pushes (healthy: the service does not throttle, so the cap doubles)
+        assert busy["action"] != "hold" or "too few" not in busy["reason"], busy
+        assert "idle" not in busy["reason"] and busy["concurrency"] >= idle["concurrency"], busy
+        assert finished(ledger, run_id).status is RunStatus.SUCCEEDED
     finally:
         cli_json("scale", JOB.name, "--concurrency", str(deployed), "--json")
 

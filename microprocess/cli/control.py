@@ -160,16 +160,24 @@ def print_control_status(dep: "Deployment", progress: Progress) -> None:
         out.print(f"{'paused':<12} resume with `microprocess resume {progress.run_id}`")
 
 
+def signals_of(dep: "Deployment", interval_s: float) -> Any:
+    """Where the controller reads a job's signals: CloudWatch on AWS; on the local stack, which
+    computes no metrics, the forwarder's EMF log lines of the last interval."""
+    if dep.endpoint_url is None:
+        return CloudWatchSignals(dep.client("cloudwatch"), window_s=max(int(interval_s), 60))
+    from microprocess.local.signals import LogSignals
+
+    return LogSignals.for_function(
+        dep.client("lambda"), dep.client("logs"), dep.output("ForwarderFunctionName"), window_s=interval_s
+    )
+
+
 def run_adaptive(dep: "Deployment", job: JobDeclaration, *, interval_s: float, ticks: int, as_json: bool) -> None:
     """Decide and apply JOB's cap every `interval_s` seconds from its metrics of that interval."""
     import time
 
     cli = _cli()
-    adaptive = AdaptiveConcurrency(
-        jobs=[job],
-        scaler=scaler(dep),
-        signals=CloudWatchSignals(dep.client("cloudwatch"), window_s=max(int(interval_s), 60)),
-    )
+    adaptive = AdaptiveConcurrency(jobs=[job], scaler=scaler(dep), signals=signals_of(dep, interval_s))
     done = 0
     try:
         while True:

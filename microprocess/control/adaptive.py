@@ -8,20 +8,23 @@ forwarder emits them as EMF metrics (`observe_pushes`); `CloudWatchSignals` read
 `AimdController.decide` (pure, unit-tested), additive increase / multiplicative decrease
 refined with an estimate of the service's capacity:
 
-* **throttled** (share of 429/503 ≥ `throttle_ratio`): the service's capacity is estimated by
-  Little's law from what it took: accepted pushes (pushes - throttled) per second x a batch's
-  time = the pushes it served at once, / the batch size = batches. The batch time is the larger
-  of the interval's p90 and the healthy baseline (all-429 batches end at once and pull the p90
-  down). The cap goes straight to the estimate (rounded down) and the estimate is remembered
-  when the batch time is known to be a served push's: a healthy baseline exists, or, before any
-  healthy interval, fewer than `SERVED_P90_BELOW` (90 %) of the pushes were 429/503, so fewer
-  than 90 % of the (full) batches can be all-429 ones and the interval's p90 is a batch with a
-  push served. Otherwise the estimate is only a lower bound and the cut is never deeper than
-  `decrease_factor`. An estimate from an interval the job pushed in for part of the time only
-  (a run that began late in it) is low: the cut is then deeper than needed and the healthy
-  intervals climb back (a cap above the estimate taken without a 429 becomes the capacity).
-  Throttled while the estimate shows room (a shared or slowing service), the cap is multiplied
-  by `decrease_factor`;
+* **throttled** (share of 429/503 ≥ `throttle_ratio`): the batches the service took is
+  estimated two ways and the larger is taken (`capacity_estimate`). By Little's law from what
+  it took: accepted pushes (pushes - throttled) per second x a batch's time = the pushes it
+  served at once, / the batch size = batches; the batch time is the larger of the interval's
+  p90 and the healthy baseline (all-429 batches end at once and pull the p90 down). It counts
+  a batch's push time only, while the cap counts whole invocations, so for a fast service it
+  reads low; the cap's accepted share (cap x accepted / pushes) counts whole invocations. The
+  cap goes to the estimate, rounded to the nearest batch and at least one below the throttled
+  cap, and is remembered as the capacity, when the batch time is known to be a served push's:
+  a healthy baseline exists, or, before any healthy interval, fewer than `SERVED_P90_BELOW`
+  (90 %) of the pushes were 429/503, so fewer than 90 % of the (full) batches can be all-429
+  ones and the interval's p90 is a batch with a push served. Otherwise the estimate is only a
+  lower bound and the cut is never deeper than `decrease_factor`. An estimate from an interval
+  the job pushed in for part of the time only (a run that began late in it) is low: the cut is
+  then deeper than needed and the healthy intervals climb back (a cap above the estimate taken
+  without a 429 becomes the capacity). Throttled while the estimate shows room (a shared or
+  slowing service), the cap is multiplied by `decrease_factor`;
 * **slow** (p90 above `latency_factor` x the healthy baseline, or above `latency_limit_ms`):
   cap x `decrease_factor` (nothing tells the capacity);
 * **healthy**: below the remembered capacity, + `step` (a twentieth of the declared maximum)
@@ -32,8 +35,16 @@ refined with an estimate of the service's capacity:
   becomes the capacity and the wait goes back to 2 (a growing service is climbed a batch every
   2 intervals); a throttled probe goes back to the capacity and doubles the wait (up to
   `MAX_PROBE_WAIT`, 16), so a steady service is probed less and less often (each failed probe
-  costs an interval of 429s). No capacity known yet, + `step`; a few 429s below
-  `throttle_ratio`: hold (at the service's capacity);
+  costs an interval of 429s). No capacity known yet: doubled (slow start, below); a few 429s
+  below `throttle_ratio`: hold (at the service's capacity);
+* **slow start**: an idle interval (no push: between runs, or paused) lowers the cap to where
+  the next run starts: the known capacity, or else a quarter of the declared maximum
+  (`SLOW_START_DIVISOR`); until a throttled interval tells the capacity, each healthy interval
+  doubles the cap (TCP's slow start), so the maximum is reached two healthy intervals into a
+  run. A run against a full service then meets its first 429s at a few times its capacity
+  only if the quarter is already above it, and not at the whole maximum: the first interval,
+  which no decision can come before, held most of the rejections when runs started at the
+  maximum (`make bench`, P7);
 * never below `floor` (2, the least an SQS event source takes) nor above the job's declared
   `max_concurrency`; hold when too few pushes to judge (`min_pushes`).
 
@@ -73,6 +84,8 @@ MAX_PROBE_WAIT = 16
 #: Below this share of 429/503 pushes, fewer than 90 % of (full) batches can be all-429 ones, so the
 #: interval's p90 batch time is that of a batch with a push served: a served push's time.
 SERVED_P90_BELOW = 0.9
+#: With no capacity known, a run starts at this fraction of the declared maximum (slow start).
+SLOW_START_DIVISOR = 4
 #: HTTP statuses with which a service asks its callers to slow down.
 THROTTLE_STATUSES = frozenset({429, 503})
 
@@ -173,23 +186,36 @@ class AimdController:
     probe_wait: int = MIN_PROBE_WAIT
     streak: int = 0
 
-    def capacity_estimate(self, signals: Signals) -> float | None:
-        """Little's law: the batches in flight the service served in this interval.
+    def capacity_estimate(self, signals: Signals, current: int | None = None) -> float | None:
+        """The batches in flight the service took in this interval: the larger of two views.
 
-        Accepted pushes per second x a batch's time = the pushes in flight the service took;
-        / the batch size = batches. The batch time is the larger of this interval's p90 and the
-        healthy baseline: under heavy throttling most batches are all-429 and end at once, so
-        the interval's p90 alone underestimates how long a served push takes.
+        * Little's law: accepted pushes per second x a batch's time = the pushes in flight the
+          service took; / the batch size = batches. The batch time is the larger of this
+          interval's p90 and the healthy baseline: under heavy throttling most batches are
+          all-429 and end at once, so the interval's p90 alone underestimates how long a served
+          push takes. It counts only the time a batch spends pushing, while a cap counts whole
+          invocations (reading the batch, recording its outcomes), so for a fast service it
+          reads low (on the local stack 2 where 3 fit).
+        * The cap's accepted share, `current` x accepted / pushes: the cap at which the pushes
+          made would have fitted, whole invocations counted (given with `current` only).
         """
+        views: list[float] = []
         times = [t for t in (signals.p90_latency_ms, self.baseline_ms) if t is not None]
-        if not times or signals.interval_s <= 0:
-            return None
-        return signals.accepted / signals.interval_s * max(times) / 1000 / self.settings.batch_size
+        if times and signals.interval_s > 0:
+            views.append(signals.accepted / signals.interval_s * max(times) / 1000 / self.settings.batch_size)
+        if current is not None and signals.pushes:
+            views.append(current * signals.accepted / signals.pushes)
+        return max(views) if views else None
 
     def decide(self, current: int, signals: Signals) -> Decision:
         s = self.settings
         current = min(max(current, s.floor), s.ceiling)
         p90 = signals.p90_latency_ms
+        if signals.pushes == 0:  # idle (between runs, or paused): the next run starts where it is safe
+            start = self.start_cap()
+            if current > start:
+                return self._decision(current, start, "decrease", f"idle: the next run starts at {start} (slow start)")
+            return self._decision(current, current, "hold", "idle")
         if signals.pushes < s.min_pushes:
             return self._decision(current, current, "hold", f"{signals.pushes} pushes: too few to judge")
         if signals.throttled_ratio >= s.throttle_ratio:
@@ -235,15 +261,21 @@ class AimdController:
         elif self.capacity is not None:
             new = min(current + s.increase, max(current + 1, math.floor(self.capacity)))
             why = f"healthy: back towards the estimated capacity of {self.capacity:.1f}"
-        else:
-            new, why = current + s.increase, "healthy: no throttling, push time at its baseline"
+        else:  # slow start: nothing known of the service's capacity yet
+            new, why = max(current + s.increase, 2 * current), "healthy, capacity not known yet: doubling"
         return self._decision(current, min(s.ceiling, new), "increase", why)
+
+    def start_cap(self) -> int:
+        """Where a run starts: the service's known capacity, or else a quarter of the declared maximum."""
+        s = self.settings
+        start = math.floor(self.capacity) if self.capacity is not None else s.ceiling // SLOW_START_DIVISOR
+        return min(s.ceiling, max(s.floor, start))
 
     def _throttled(self, current: int, signals: Signals) -> Decision:
         s = self.settings
         self.streak = 0
         reason = f"{signals.throttled} of {signals.pushes} pushes answered 429/503 ({signals.throttled_ratio:.1%})"
-        estimate = self.capacity_estimate(signals)
+        estimate = self.capacity_estimate(signals, current)
         halved = max(s.floor, math.floor(current * s.decrease_factor))
         if estimate is None:
             new = halved
@@ -262,12 +294,16 @@ class AimdController:
                 f"{math.floor(self.capacity)}, next probe after {self.probe_wait} healthy intervals"
             )
             new = math.floor(self.capacity)
-        else:  # push time known from healthy intervals: the estimate is trusted and remembered
-            self.capacity = estimate
-            self.probe_wait = MIN_PROBE_WAIT
+        elif estimate >= current + 1:  # throttled with room to spare (a shared or slowing service?): halve
+            self.capacity, self.probe_wait = float(math.floor(estimate + 0.5)), MIN_PROBE_WAIT
+            reason += f"; the service took ~{estimate:.1f} batches, yet throttled"
+            new = halved
+        else:  # the batch time is a served push's: the estimate is trusted and remembered
+            # to the nearest batch (at a few batches, rounding 2.9 down would leave a third unused),
+            # and at least one below the cap that was throttled
+            new = max(s.floor, min(current - 1, math.floor(estimate + 0.5)))
+            self.capacity, self.probe_wait = float(new), MIN_PROBE_WAIT
             reason += f"; the service took ~{estimate:.1f} batches"
-            target = max(s.floor, math.floor(estimate))
-            new = target if target < current else halved  # throttled despite room (a shared service?): halve
         return self._decision(current, new, "decrease" if new < current else "hold", reason)
 
     def _decision(self, previous: int, new: int, action: str, reason: str) -> Decision:

@@ -129,14 +129,16 @@ class JobDeclaration(BaseModel):
             by its id without reading the run (`microprocess tasks RUN --item ID`); one write
             unit per item.
         adaptive: let the platform move the job's concurrency cap by itself, every minute,
-            between 2 and `max_concurrency`: when the service answers 429/503 to 2 % of the
-            pushes, set it to the batches the service took (estimated from the pushes it
-            accepted and the push time; halve it when 90 % of a first throttled minute's pushes
-            were 429s or when its push time climbs), add back a twentieth of `max_concurrency`
-            after each healthy minute up to it, then probe one batch above it after 2 healthy
-            minutes at a cap: a throttled probe goes back to the last cap taken without a 429 and
-            doubles the healthy minutes before the next probe (up to 16), a probe that goes
-            through probes again after 2 healthy minutes
+            between 2 and `max_concurrency`: a run starts at a quarter of `max_concurrency` (or
+            at the capacity learned in an earlier run) and doubles it each healthy minute; when
+            the service answers 429/503 to 2 % of the pushes, set it to the batches the service
+            took (estimated from the pushes it accepted, the push time and the cap's accepted
+            share; halve it when 90 % of a first throttled minute's pushes were 429s or when its
+            push time climbs), add back a twentieth of `max_concurrency` after each healthy
+            minute up to it, then probe one batch above it after 2 healthy minutes at a cap: a
+            throttled probe goes back to the last cap taken without a 429 and doubles the
+            healthy minutes before the next probe (up to 16), a probe that goes through probes
+            again after 2 healthy minutes
             (`microprocess.control.adaptive`). Off by default: with it
             the controller owns the cap (a `microprocess scale JOB --concurrency N` is moved from
             again within a minute), and the deployed stack gains one scheduled function that
