@@ -81,7 +81,7 @@ def test_with_a_known_push_time_a_throttled_minute_sets_the_cap_to_the_services_
     assert "the service took ~12.0 batches" in d.reason and c.capacity == pytest.approx(12.0)
     # the same counts over 30 s: twice the rate, twice the capacity
     assert controller(ceiling=50, batch_size=10, baseline_ms=600).capacity_estimate(
-        Signals(pushes=92_000, throttled=80_000, p90_latency_ms=50, interval_s=30)
+        Signals(pushes=92_000, throttled=80_000, p90_latency_ms=50, interval_s=30), 50
     ) == pytest.approx(24.0)
 
 

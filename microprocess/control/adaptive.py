@@ -186,7 +186,7 @@ class AimdController:
     probe_wait: int = MIN_PROBE_WAIT
     streak: int = 0
 
-    def capacity_estimate(self, signals: Signals, current: int | None = None) -> float | None:
+    def capacity_estimate(self, signals: Signals, current: int) -> float:
         """The batches in flight the service took in this interval: the larger of two views.
 
         * Little's law: accepted pushes per second x a batch's time = the pushes in flight the
@@ -197,15 +197,13 @@ class AimdController:
           invocations (reading the batch, recording its outcomes), so for a fast service it
           reads low (on the local stack 2 where 3 fit).
         * The cap's accepted share, `current` x accepted / pushes: the cap at which the pushes
-          made would have fitted, whole invocations counted (given with `current` only).
+          made would have fitted, whole invocations counted (0 for an interval without pushes).
         """
-        views: list[float] = []
+        share = current * signals.accepted / signals.pushes if signals.pushes else 0.0
         times = [t for t in (signals.p90_latency_ms, self.baseline_ms) if t is not None]
-        if times and signals.interval_s > 0:
-            views.append(signals.accepted / signals.interval_s * max(times) / 1000 / self.settings.batch_size)
-        if current is not None and signals.pushes:
-            views.append(current * signals.accepted / signals.pushes)
-        return max(views) if views else None
+        if not times or signals.interval_s <= 0:
+            return share
+        return max(share, signals.accepted / signals.interval_s * max(times) / 1000 / self.settings.batch_size)
 
     def decide(self, current: int, signals: Signals) -> Decision:
         s = self.settings
@@ -277,9 +275,7 @@ class AimdController:
         reason = f"{signals.throttled} of {signals.pushes} pushes answered 429/503 ({signals.throttled_ratio:.1%})"
         estimate = self.capacity_estimate(signals, current)
         halved = max(s.floor, math.floor(current * s.decrease_factor))
-        if estimate is None:
-            new = halved
-        elif self.baseline_ms is None and signals.throttled_ratio >= SERVED_P90_BELOW:
+        if self.baseline_ms is None and signals.throttled_ratio >= SERVED_P90_BELOW:
             # Mostly all-429 batches, which end at once: the p90 may be one of them, so the estimate is
             # only a lower bound: cut at most multiplicatively.
             reason += f"; the service took at least ~{estimate:.1f} batches"

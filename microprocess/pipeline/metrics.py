@@ -15,7 +15,10 @@ its counts, as it would have lost the lines it had not printed yet.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+
+#: Writes one document: (job, run_id or None, [(metric name, value), ...]).
+DocumentWriter = Callable[[str, str | None, list[tuple[str, float]]], None]
 
 
 class InvocationMetrics:
@@ -28,7 +31,7 @@ class InvocationMetrics:
             default: a Powertools `EphemeralMetrics` flush to stdout.
     """
 
-    def __init__(self, write: Any = None) -> None:
+    def __init__(self, write: DocumentWriter | None = None) -> None:
         self._write = write or _write_emf
         self._lock = threading.Lock()
         self._counts: dict[str, dict[str | None, list[tuple[str, float]]]] = {}
