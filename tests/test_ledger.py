@@ -504,34 +504,170 @@ def test_failed_page_reads_failures_only_from_a_cursor(ledger: Ledger) -> None:
     assert sorted(seen) == list(range(0, 40, 4)) and pages >= 4
 
 
-def test_the_repair_removes_markers_left_by_a_writer_that_died_before_its_clean_up(ddb: Any, ledger_table: str) -> None:
-    # GIVEN a counter update whose clean-up (REMOVE of its marker) never ran
+def counter_markers(ddb: Any, table: str) -> dict[str, list[str]]:
+    """Each counter item's marker attributes, by counter key."""
+    items = ddb.scan(TableName=table)["Items"]
+    return {it["pk"]["S"]: sorted(n for n in it if n.startswith("b_")) for it in items if it["sk"]["S"] == "COUNT"}
+
+
+class _UpdateLog:
+    """A client that records every UpdateItem it passes on."""
+
+    def __init__(self, ddb: Any) -> None:
+        self._ddb = ddb
+        self.updates: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ddb, name)
+
+    def update_item(self, **kw: Any) -> Any:
+        self.updates.append(kw)
+        return self._ddb.update_item(**kw)
+
+
+def test_the_repair_removes_markers_left_by_a_writer_that_died(ddb: Any, ledger_table: str) -> None:
+    # GIVEN a writer that counted a batch and died before its next update (its marker stays)
     ledger = Ledger(ledger_table, client=ddb, rng=random.Random(1))
     ledger.create_run("r1", JOB)
     split(ledger, "r1", [3])
+    Ledger(ledger_table, client=ddb).record_outcomes("r1", K, [outcome(0)])
+    assert sum(len(m) for m in counter_markers(ddb, ledger_table).values()) == 1
     ledger.finish_split("r1")
-    real_update = ddb.update_item
-
-    class NoCleanUp:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(ddb, name)
-
-        def update_item(self, **kw: Any) -> Any:
-            if kw["UpdateExpression"] == "REMOVE #b":
-                raise RuntimeError("killed before the clean-up")
-            return real_update(**kw)
-
-    with pytest.raises(RuntimeError, match="clean-up"):
-        Ledger(ledger_table, client=NoCleanUp()).record_outcomes("r1", K, [outcome(0)])
-
-    def markers() -> int:
-        items = ddb.scan(TableName=ledger_table)["Items"]
-        return sum(1 for it in items if it["sk"]["S"] == "COUNT" for name in it if name.startswith("b_"))
-
-    assert markers() == 1
     # WHEN the sweeper repairs THEN the marker is gone and the count is exact
     assert ledger.repair_counters("r1") == (1, 0)
-    assert markers() == 0
+    assert sum(len(m) for m in counter_markers(ddb, ledger_table).values()) == 0
+
+
+def test_a_writer_removes_its_marker_with_its_next_update_one_write_per_batch(ddb: Any, ledger_table: str) -> None:
+    # GIVEN one process recording 4 batches (fewer than it stays on one counter)
+    client = _UpdateLog(ddb)
+    ledger = Ledger(ledger_table, client=client, rng=random.Random(5))
+    ledger.create_run("r1", JOB)
+    split(ledger, "r1", [40])
+    for b in range(4):
+        ledger.record_outcomes("r1", K, [outcome(b * 10 + i) for i in range(10)])
+        # THEN after each batch the counter holds exactly one marker: this batch's
+        markers = {k: m for k, m in counter_markers(ddb, ledger_table).items() if m}
+        assert len(markers) == 1 and len(next(iter(markers.values()))) == 1
+    # AND each batch was one counter write (no separate removal), all on one counter
+    counter_writes = [u for u in client.updates if u["Key"]["sk"]["S"] == "COUNT"]
+    assert len(counter_writes) == 4
+    assert len({u["Key"]["pk"]["S"] for u in counter_writes}) == 1
+    assert all("REMOVE" in u["UpdateExpression"] for u in counter_writes[1:])
+    assert ledger.progress("r1").succeeded == 40
+
+
+def test_a_writer_moves_to_another_counter_and_takes_its_marker_away(ddb: Any, ledger_table: str) -> None:
+    # GIVEN one process recording more batches than it stays on one counter
+    from microprocess.ledger.table import HOME_BATCHES
+
+    ledger = Ledger(ledger_table, client=ddb, rng=random.Random(7))
+    ledger.create_run("r1", JOB)
+    n = HOME_BATCHES * 6
+    split(ledger, "r1", [n])
+    for b in range(n):
+        ledger.record_outcomes("r1", K, [outcome(b)])
+    # THEN it used several counters, and only the last one holds a marker (its last batch's)
+    items = ddb.scan(TableName=ledger_table)["Items"]
+    used = [it for it in items if it["sk"]["S"] == "COUNT" and int(it.get("done", {"N": "0"})["N"])]
+    assert len(used) >= 3
+    markers = counter_markers(ddb, ledger_table)
+    assert sum(len(m) for m in markers.values()) == 1
+    assert ledger.progress("r1").succeeded == n
+
+
+def test_markers_over_an_hour_old_go_with_the_next_update_that_sees_them(
+    ddb: Any, ledger_table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import microprocess.ledger.table as table_module
+
+    ledger = Ledger(ledger_table, client=ddb, rng=random.Random(1))
+    ledger.create_run("r1", JOB)
+    split(ledger, "r1", [30])
+    # GIVEN markers left two hours ago by writers that died, on every counter
+    now = table_module.time.time()
+    old = [table_module.marker_name(now - 7200) for _ in range(3)]
+    young = table_module.marker_name(now - 60)  # a live writer's: must stay
+    for j in range(K):
+        ddb.update_item(
+            TableName=ledger_table,
+            Key={"pk": {"S": f"RUN#r1#C{j}"}, "sk": {"S": "COUNT"}},
+            UpdateExpression="SET #a = :one, #b = :one, #c = :one, #y = :one",
+            ExpressionAttributeNames={"#a": old[0], "#b": old[1], "#c": old[2], "#y": young},
+            ExpressionAttributeValues={":one": {"N": "1"}},
+        )
+    # WHEN a writer records two batches (the second update removes what the first saw)
+    ledger.record_outcomes("r1", K, [outcome(0)])
+    ledger.record_outcomes("r1", K, [outcome(1)])
+    # THEN the counter it used has lost the old markers, kept the young one, and counts 2
+    markers = counter_markers(ddb, ledger_table)
+    cleaned = [m for m in markers.values() if not set(old) & set(m)]
+    assert len(cleaned) == 1 and young in cleaned[0]
+    assert ledger.progress("r1").succeeded == 2
+
+
+def test_a_crowded_counter_gets_its_marker_removed_at_once(ddb: Any, ledger_table: str) -> None:
+    # GIVEN counters already near a write unit's 1 KB (many writers' markers on them)
+    import microprocess.ledger.table as table_module
+
+    client = _UpdateLog(ddb)
+    ledger = Ledger(ledger_table, client=client, rng=random.Random(1))
+    ledger.create_run("r1", JOB)
+    split(ledger, "r1", [30])
+    now = table_module.time.time()
+    crowd = [table_module.marker_name(now) for _ in range(40)]
+    for j in range(K):
+        ddb.update_item(
+            TableName=ledger_table,
+            Key={"pk": {"S": f"RUN#r1#C{j}"}, "sk": {"S": "COUNT"}},
+            UpdateExpression="SET " + ", ".join(f"#m{i} = :one" for i in range(len(crowd))),
+            ExpressionAttributeNames={f"#m{i}": m for i, m in enumerate(crowd)},
+            ExpressionAttributeValues={":one": {"N": "1"}},
+        )
+    # WHEN a batch is counted THEN its marker is removed by a second update, not left behind
+    ledger.record_outcomes("r1", K, [outcome(0)])
+    counter_writes = [u for u in client.updates if u["Key"]["sk"]["S"] == "COUNT"]
+    assert [u["UpdateExpression"].split()[0] for u in counter_writes] == ["SET", "REMOVE"]
+    assert all(set(m) == set(crowd) for m in counter_markers(ddb, ledger_table).values())
+    assert ledger.progress("r1").succeeded == 1
+
+
+def test_a_failed_marker_removal_is_said_and_kept_and_the_batch_still_counts(
+    ddb: Any, ledger_table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from microprocess.ledger.table import HOME_BATCHES
+
+    class RemovalFails(_UpdateLog):
+        fail = True
+
+        def update_item(self, **kw: Any) -> Any:
+            if kw["UpdateExpression"].startswith("REMOVE") and self.fail:
+                self.updates.append(kw)
+                raise ClientError({"Error": {"Code": "InternalServerError", "Message": "boom"}}, "UpdateItem")
+            return super().update_item(**kw)
+
+    client = RemovalFails(ddb)
+    ledger = Ledger(ledger_table, client=client, rng=random.Random(2))
+    ledger.create_run("r1", JOB)
+    n = HOME_BATCHES + 2
+    split_more = HOME_BATCHES
+    split(ledger, "r1", [n + split_more])
+    # WHEN the process moves to another counter and the removal on the old one fails
+    for b in range(n):
+        ledger.record_outcomes("r1", K, [outcome(b)])
+    # THEN every batch is counted, the failure is logged, and the marker is still owed
+    assert ledger.progress("r1").succeeded == n
+    assert any("not removed yet" in r.getMessage() for r in caplog.records)
+    owed = [names for (run, _), names in ledger._markers.items() if run == "r1"]
+    assert sum(len(names) for names in owed) == 2  # the old counter's and the new one's
+    # AND once DynamoDB answers again, the next move removes the old counter's marker
+    client.fail = False
+    for b in range(split_more):
+        ledger.record_outcomes("r1", K, [outcome(n + b)])
+    assert sum(len(m) for m in counter_markers(ddb, ledger_table).values()) == 1  # the last batch's only
+    assert ledger.progress("r1").succeeded == n + split_more
 
 
 def test_an_email_claim_whose_sender_died_is_taken_over_after_its_lease(ledger: Ledger) -> None:
@@ -546,3 +682,31 @@ def test_an_email_claim_whose_sender_died_is_taken_over_after_its_lease(ledger: 
     assert ledger.record_email_sent("r1", "msg-1")
     assert not ledger.claim_email("r1", lease_s=0)
     assert ledger.email_sent("r1")
+
+
+def test_a_writer_leaves_a_counter_without_room_instead_of_trying_it_again(ddb: Any, ledger_table: str) -> None:
+    # GIVEN a run whose split is done: every counter has a small room (its share of 48)
+    from botocore.exceptions import ClientError
+
+    class Refusals(_UpdateLog):
+        refused = 0
+
+        def update_item(self, **kw: Any) -> Any:
+            try:
+                return super().update_item(**kw)
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                    self.refused += 1
+                raise
+
+    client = Refusals(ddb)
+    ledger = Ledger(ledger_table, client=client, rng=random.Random(4))
+    ledger.create_run("r1", JOB)
+    split(ledger, "r1", [48])
+    ledger.finish_split("r1")
+    # WHEN one writer records the 48 tasks one by one
+    claims = [ledger.record_outcomes("r1", K, [outcome(i)]).claimed_reduce for i in range(48)]
+    # THEN the last one claims, and each counter refused this writer at most once (a refused
+    # update is billed: it does not come back to a counter it found full)
+    assert claims[-1] is True and not any(claims[:-1])
+    assert client.refused <= K, client.refused
