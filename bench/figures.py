@@ -245,22 +245,14 @@ def split_working_rate(obs: Observed, segments: int) -> float:
     return segments * float(obs.run["expected"]) / spl.working_s
 
 
-def splitter_model(
-    items: int, items_per_s: float, timeout_s: float, margin_s: float, *, segments: int, gap_s: float = 1.0
-) -> dict[str, Any]:
-    """The split of `items` as the planner models it (`microprocess.cli.planner.Split`):
-    `segments` in parallel sharing the measured `items_per_s`, each invocation working
-    `timeout_s - margin_s`, then continuing itself after `gap_s`."""
-    split = Split(
-        items=items,
-        segments=segments,
-        items_per_s_per_segment=items_per_s / segments,
-        usable_s=timeout_s - margin_s,
-        gap_s=gap_s,
-    )
+def splitter_model(split: Split) -> dict[str, Any]:
+    """A split as the planner models it on AWS (`microprocess.cli.planner.Split`): its segments
+    in parallel at the modelled rate each, every invocation working its usable seconds, then
+    continuing itself after the gap."""
     return {
-        "items": items,
-        "segments": segments,
+        "items": split.items,
+        "segments": split.segments,
+        "items_per_s_per_segment": round(split.items_per_s_per_segment, 1),
         "items_per_invocation": round(split.items_per_s_per_segment * split.usable_s),
         "invocations": split.invocations,
         "invocations_per_segment": split.invocations_per_segment,
@@ -309,6 +301,19 @@ def report_figures(p5: dict[str, Any], *, part_bytes: int) -> dict[str, Any]:
         "seconds_per_row": round(p5["seconds"] / rows, 9),
         "part_bytes": part_bytes,
     }
+
+
+def splitter_cpu(obs: Observed) -> float:
+    """CPU seconds of the splitter's own worker processes per item enqueued (what it does on
+    AWS besides waiting on calls; its polls of the queue depth while it waits for room locally
+    are included, a slight overestimate)."""
+    spl = obs.functions["splitter"]
+    if spl.cpu_s <= 0:
+        raise ValueError(
+            "the splitter's CPU time was not recorded: fill FunctionUse.cpu_s (its workers' CPU time); "
+            "the wall time on the local stack is not what it takes on AWS"
+        )
+    return spl.cpu_s / obs.items
 
 
 def measured_costs(
@@ -360,6 +365,8 @@ def measured_costs(
             f"the split's wall-clock rate here was {split_rate(obs):.1f} items/s, bound by the processing",
             "segments": split_segments,
             "seconds_per_item": round(splitter.working_s / obs.items, 7),
+            "cpu_s_per_item": round(splitter_cpu(obs), 8),
+            "cpu_source": "splitter worker processes' CPU time (/proc, by AWS_LAMBDA_FUNCTION_NAME) / items",
             "timeout_s": obs.splitter_timeout_s,
             "margin_s": obs.splitter_margin_s,
         },

@@ -43,7 +43,7 @@ from microprocess.local.sender import ses_sender
 from microprocess.local.services import ServiceProcess, processes_of, service_env
 from microprocess.local.tuning import warm_workers
 from microprocess.local.workspace import project_root
-from microprocess.pipeline.queue import QueueSender
+from microprocess.pipeline.queue import SEND_THREADS, QueueSender
 from microprocess.pipeline.settings import RuntimeSettings
 from tests.declared import CREDIT_SCORES
 
@@ -465,7 +465,7 @@ def run_baseline(bs: BenchStack, n: int, *, timeout_s: float = 240.0) -> Baselin
     uuid = lam.create_event_source_mapping(**mapping)["UUID"]
     bodies = envelope_bodies(n)
     offset = bs.log_offset()
-    sender = QueueSender(client=sqs, queue_url=queue_url, threads=8)
+    sender = QueueSender(client=sqs, queue_url=queue_url, threads=SEND_THREADS)
     cpu_before = bs.cpu_seconds()
     try:
         started = time.monotonic()

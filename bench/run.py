@@ -74,8 +74,10 @@ METHODS = {
     "the process holds only what the report builder holds; peak RSS = getrusage ru_maxrss.",
     "p6": "Items/s enqueued by the splitter during (a): in total (expected / (split_finished_at - created_at)), "
     "over the job's scan segments, and per invocation (expected / the splitter's summed REPORT durations); "
-    "model: the segments split in parallel, each invocation works (timeout - margin) s at its share of the total "
-    "rate, then continues itself.",
+    "19 M model (the planner's, on AWS): per segment, the splitter's own CPU time per item (its worker processes, "
+    "/proc) at its vCPU share + per page of source.page_size items its assumed AWS calls and its SendMessageBatch "
+    "calls (SEND_THREADS in flight); the segments split in parallel, each invocation works (timeout - margin) s, "
+    "then continues itself.",
     "p7": adaptive.METHOD,
     "p7_measured": adaptive_local.METHOD,
     "p8": "A third plain run of (a) after growing the seeded table to the P8 item count (same seeder, same seed): "
@@ -300,10 +302,8 @@ def figures(
                 "emails": p8["emails"],
             },
         }
-    model = splitter_model(
-        SEED_ITEMS, rate, obs.splitter_timeout_s, obs.splitter_margin_s, segments=job.source.segments
-    )
     seed_plan = plan_run(job, SEED_ITEMS, measured=mc, prices=prices, task_seconds=0.5)
+    model = splitter_model(seed_plan.split)  # the split on AWS, as the plan models it
 
     plain, counted = timings["plain"], timings["counted"]
     emulator_rate = sum(b.items_per_s for b in baselines) / len(baselines)
@@ -438,7 +438,8 @@ def table(r: dict[str, Any]) -> str:
             f"{r.get('p6_split_items_per_s_per_invocation') or 0:,.0f} items/s per invocation "
             f"({r.get('p6_splitter_invocations')} invocations; working time, without "
             f"{r.get('p6_splitter_waited_s', 0):,.0f} s of waits for the local queue depth limit; "
-            f"wall clock {r.get('p6_split_wall_items_per_s', 0):,.0f}/s); 19 M items: "
+            f"wall clock {r.get('p6_split_wall_items_per_s', 0):,.0f}/s); 19 M items on AWS (model): "
+            f"{model.get('items_per_s_per_segment', 0):,.0f} items/s per segment, "
             f"{model['invocations']} invocations, {model['self_continuations']} self-continuations "
             f"({model['split_hours']} h)",
         ),

@@ -27,7 +27,7 @@ from bench.figures import (
 )
 from bench.noop_service import noop_result, wrap
 from bench.report_memory import build_report
-from microprocess.cli.planner import MeasuredCosts
+from microprocess.cli.planner import MeasuredCosts, Split
 
 LEDGER = "ledger-table"
 
@@ -73,8 +73,8 @@ def observed() -> Observed:
         proxy=proxy,
         functions={
             "forwarder": FunctionUse(memory_mb=512, invocations=100, duration_s=12.0, log_bytes=200_000),
-            # 4 segments in parallel for the 4 s of the split: 16 s of splitter time
-            "splitter": FunctionUse(memory_mb=1024, invocations=4, duration_s=16.0, log_bytes=5_000),
+            # 4 segments in parallel for the 4 s of the split: 16 s of splitter time, 0.5 s of its CPU
+            "splitter": FunctionUse(memory_mb=1024, invocations=4, duration_s=16.0, log_bytes=5_000, cpu_s=0.5),
             "sweeper": FunctionUse(memory_mb=256, invocations=2, duration_s=1.0, log_bytes=1_000),
         },
         event_sources={"forwarder": EventSourceUse(batches=100, messages=1017, failed_batches=1)},
@@ -130,9 +130,9 @@ def test_reduce_latency_and_split_rate(observed: Observed) -> None:
 
 
 def test_splitter_model_for_the_seed_runs_its_segments_in_parallel() -> None:
-    # 250 items/s over 4 segments: 62.5 each, 840 s per invocation -> 52,500 items per invocation;
+    # 62.5 items/s in each of 4 segments, 840 s per invocation -> 52,500 items per invocation;
     # 4,750,000 items per segment -> 91 invocations per segment (90 continuations), plus the fan-out.
-    m = splitter_model(19_000_000, 250.0, 900, 60, segments=4)
+    m = splitter_model(Split(items=19_000_000, segments=4, items_per_s_per_segment=62.5, usable_s=840, gap_s=1.0))
     assert m["items_per_invocation"] == 52_500
     assert (m["invocations_per_segment"], m["invocations"], m["self_continuations"]) == (91, 1 + 4 * 91, 4 * 90)
     # 1 s fan-out + 76,000 s of work + 90 gaps of 1 s
@@ -161,7 +161,7 @@ def test_measured_costs_feed_the_planner(observed: Observed) -> None:
     assert mc.forwarder_cpu_s_per_batch == pytest.approx(0.03)  # 3.0 CPU-s of the workers / 100 invocations
     assert "upper bound" in doc["forwarder"]["cpu_source"]
     assert mc.splitter_items_per_s == pytest.approx(250.0)
-    assert mc.items_per_s_per_segment == pytest.approx(62.5)
+    assert mc.splitter_cpu_s_per_item == pytest.approx(0.5 / 1000)  # the splitter's own CPU time, not its wall time
     assert mc.report_bytes_per_row == pytest.approx(40.70051)
     assert mc.report_seconds_per_row == pytest.approx(3.13e-5)
     assert mc.ledger_ceiling_items_per_s == pytest.approx(62_500)
@@ -176,7 +176,7 @@ def test_the_splitters_waits_for_room_are_not_its_speed(observed: Observed) -> N
     mc = MeasuredCosts.from_dict(json.loads(json.dumps(doc)))
     assert split_rate(observed) == pytest.approx(250.0)
     assert split_working_rate(observed, 4) == pytest.approx(500.0)
-    assert mc.splitter_items_per_s == pytest.approx(500.0) and mc.items_per_s_per_segment == pytest.approx(125.0)
+    assert mc.splitter_items_per_s == pytest.approx(500.0)
     assert doc["splitter"]["seconds_per_item"] == pytest.approx(8.0 / 1000)
     assert "8.0 s of waiting" in doc["splitter"]["items_per_s_note"]
 
@@ -191,6 +191,14 @@ def test_the_forwarders_own_cpu_time_wins_over_the_workers_and_is_required(obser
     observed.functions["forwarder"].cpu_s = 0.0
     with pytest.raises(ValueError, match="CPU time was not recorded"):
         forwarder_cpu(observed)
+
+
+def test_the_splitters_cpu_time_is_required(observed: Observed) -> None:
+    # GIVEN a run whose splitter CPU time was not recorded: its wall time on the local stack is
+    # not what it takes on AWS, so the bench refuses to write measured costs without it
+    observed.functions["splitter"].cpu_s = 0.0
+    with pytest.raises(ValueError, match="splitter's CPU time was not recorded"):
+        measured_doc(observed)
 
 
 def test_observations_round_trip(observed: Observed) -> None:

@@ -32,7 +32,10 @@ from microprocess.declarations import ItemSource, JobDeclaration, SourceKind, Un
 from tests.declared import CREDIT_SCORES, INVOICE_REMINDERS
 
 #: Hand-written measurements, so that the expected numbers below can be checked by hand.
-#: The forwarder has 2,048 MB (a full vCPU): its 0.08 CPU-s per batch take 0.08 s on AWS.
+#: The forwarder has 2,048 MB (a full vCPU): its 0.08 CPU-s per batch take 0.08 s on AWS. So has
+#: the splitter: its 1.52 CPU-ms per item take 1.52 ms; with a page of 500 items (SEED_JOB) its
+#: waits are 0.1 s of AWS calls + 7 rounds of 8 sends (50 calls) x 0.02 s = 0.24 s = 0.48 ms per
+#: item: 2 ms per item, 500 items/s per segment.
 MEASURED: dict[str, Any] = {
     "measured_at": "2026-11-01T00:00:00Z",
     "source": "test",
@@ -47,7 +50,14 @@ MEASURED: dict[str, Any] = {
     },
     "per_run": {"s3_put_requests": 52, "s3_get_requests": 48, "ses_emails": 1},
     "forwarder": {"memory_mb": 2048, "batch_size": 10, "batches_per_item": 0.1, "cpu_s_per_batch": 0.08},
-    "splitter": {"memory_mb": 1024, "items_per_s": 2000, "segments": 4, "timeout_s": 900, "margin_s": 60},
+    "splitter": {
+        "memory_mb": 2048,
+        "cpu_s_per_item": 0.00152,
+        "items_per_s": 2000,
+        "segments": 4,
+        "timeout_s": 900,
+        "margin_s": 60,
+    },
     "report": {"rows": 100000, "bytes_per_row": 50, "seconds_per_row": 1e-5, "part_bytes": 5 * 1024 * 1024},
     "ledger": {"hottest_item_write_units_per_1000": 10.0, "hottest_partition_key_write_units_per_1000": 62.5},
 }
@@ -55,6 +65,8 @@ MEASURED: dict[str, Any] = {
 ASSUMED = Assumptions(
     aws_wait_s_per_batch=0.02,
     continuation_gap_s=1.0,
+    sqs_send_batch_s=0.02,
+    splitter_aws_s_per_page=0.1,
     sweeper_seconds_per_sweep=2.0,
     sweep_interval_s=300.0,
     reducer_memory_mb=256,
@@ -205,6 +217,27 @@ def test_multipart_requests_and_the_report_at_19m_rows() -> None:
     assert usage.s3_get_requests == 64 * 3
 
 
+def test_a_split_segment_is_its_cpu_time_at_its_share_plus_its_pages_calls_and_sends(
+    measured: MeasuredCosts,
+) -> None:
+    # (by hand) the MEASURED splitter: 1.52 CPU-ms per item at 2,048 MB (a full vCPU)
+    assert planner.splitter_item_seconds(500, measured, ASSUMED) == pytest.approx(0.00152 + (0.1 + 7 * 0.02) / 500)
+    # a page of 80 items: 8 sends, one round in flight together -> (0.1 + 0.02) / 80 per item
+    assert planner.splitter_item_seconds(80, measured, ASSUMED) == pytest.approx(0.00152 + 0.12 / 80)
+    # a page of 81: 9 sends, two rounds
+    assert planner.splitter_item_seconds(81, measured, ASSUMED) == pytest.approx(0.00152 + 0.14 / 81)
+    # at 1,024 MB the CPU time stretches by 1769 / 1024; the waits do not
+    at_1gb = MeasuredCosts.from_dict({**MEASURED, "splitter": {**MEASURED["splitter"], "memory_mb": 1024}})
+    assert planner.splitter_item_seconds(500, at_1gb, ASSUMED) == pytest.approx(0.00152 * 1769 / 1024 + 0.24 / 500)
+    # no CPU time measured: the bench must be re-run
+    broken = {**MEASURED, "splitter": {k: v for k, v in MEASURED["splitter"].items() if k != "cpu_s_per_item"}}
+    with pytest.raises(PlanError, match=r"cpu_s_per_item.*make bench"):
+        MeasuredCosts.from_dict(broken)
+    zero = {**MEASURED, "splitter": {**MEASURED["splitter"], "cpu_s_per_item": 0}}
+    with pytest.raises(PlanError, match="splitter_cpu_s_per_item must be positive"):
+        MeasuredCosts.from_dict(zero)
+
+
 def test_lambda_cpu_share_follows_memory() -> None:
     assert lambda_vcpu_share(1769) == 1.0
     assert lambda_vcpu_share(4096) == 1.0  # one Python thread uses one core at most
@@ -222,7 +255,7 @@ def test_the_seed_at_the_jobs_concurrency_is_bound_by_the_event_source(
 
     # THEN (by hand) a batch of 10 lasts 0.5 + 0.02 + 0.08 = 0.6 s: 16.667 items/s per concurrent batch.
     assert plan.batch_seconds == pytest.approx(0.6)
-    # The split: 4 segments of 4,750,000 items at 2,000 / 4 = 500 items/s take 9,500 s each; an invocation
+    # The split: 4 segments of 4,750,000 items at 500 items/s (2 ms per item, MEASURED) take 9,500 s each; an invocation
     # moves 840 s * 500 = 420,000 items -> 12 per segment, 11 gaps, after the 1 s fan-out: ends at 9,512 s.
     s = plan.split
     assert (s.invocations_per_segment, s.invocations, s.continuations) == (12, 49, 44)
@@ -238,14 +271,14 @@ def test_the_seed_at_the_jobs_concurrency_is_bound_by_the_event_source(
 
     # Cost: SQS 5.7 M requests; Lambda: 1.9 M forwarder + 49 splitter + 65 reducer (64 parts + finalize)
     # + 77 sweeps (ceil(22,804.2 / 300)) requests; GB-s: forwarder 1.9 M * 0.6 s * 2 GB = 2,280,000,
-    # splitter 4 * 9,500 s * 1 GB = 38,000, reducer (19e6 * 1e-5 + 65 * 0.1) s * 0.25 GB = 49.125,
+    # splitter 4 * 9,500 s * 2 GB = 76,000, reducer (19e6 * 1e-5 + 65 * 0.1) s * 0.25 GB = 49.125,
     # sweeper 77 * 2 s * 0.25 GB = 38.5.
     assert plan.lambdas.invocations == {"forwarder": 1_900_000, "splitter": 49, "reducer": 65, "sweeper": 77}
     assert plan.lambdas.gb_seconds["forwarder"] == pytest.approx(2_280_000)
-    assert plan.lambdas.gb_seconds["splitter"] == pytest.approx(38_000)
+    assert plan.lambdas.gb_seconds["splitter"] == pytest.approx(76_000)
     assert plan.lambdas.gb_seconds["reducer"] == pytest.approx(49.125)
     assert plan.lambdas.gb_seconds["sweeper"] == pytest.approx(38.5)
-    gbs = 2_280_000 + 38_000 + 49.125 + 38.5
+    gbs = 2_280_000 + 76_000 + 49.125 + 38.5
     assert plan.cost["sqs"] == pytest.approx(2.28)
     assert plan.cost["lambda"] == pytest.approx(1_900_191 * 0.2e-6 + gbs * 0.0000166667)
     # DynamoDB 22.8 M write units and 380,000 read units; S3 635 PUT + 192 GET at 19 M rows; 1 email; 1.9 GB logs.

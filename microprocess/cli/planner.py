@@ -7,8 +7,8 @@ Pure functions over four inputs:
 * the list prices (`pricing_table.json`, dated, with their source);
 * what `make bench` measured (`measured_costs.json`): AWS requests and DynamoDB units per
   item, forwarder invocations per item and the forwarder's own CPU time per batch, the
-  splitter's rate and how many segments it ran, the report's bytes and build time per row,
-  the ledger's hottest item;
+  splitter's own CPU time per item, the report's bytes and build time per row, the
+  ledger's hottest item;
 * stated assumptions (`Assumptions`): what the bench cannot measure on a laptop, such as
   the latency of an AWS call from inside AWS. Every plan prints them.
 
@@ -17,8 +17,13 @@ Pure functions over four inputs:
 **Cost** is what the run bills on AWS, not the laptop's time: measured usage per item x N;
 per run, the report's S3 requests at N rows (multipart parts) and the email; Lambda time:
 forwarder batches x (task seconds + the AWS calls' latency + the measured CPU time at the
-function's vCPU share), splitter invocations x their modelled time, the reducer's time to
-build the report at N rows, and the sweeps during the run.
+function's vCPU share), the splitter's segments x their modelled working time, the
+reducer's time to build the report at N rows, and the sweeps during the run.
+
+**The split on AWS** is modelled, not the laptop's rate (which waits on a CPU-starved
+emulator): per page of `source.page_size` items, the splitter's measured CPU time per item at
+its vCPU share, the page's sequential AWS calls (`Assumptions.splitter_aws_s_per_page`) and its
+SendMessageBatch calls, `SEND_THREADS` in flight (`Assumptions.sqs_send_batch_s` each).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from microprocess.cli.timeline import (
     wall_time,
 )
 from microprocess.declarations import JobDeclaration, JobRegistry, SourceKind, UnknownJobError, get_declarations
+from microprocess.pipeline.queue import SEND_THREADS, SQS_BATCH
 
 __all__ = [
     "Assumptions",
@@ -69,6 +75,7 @@ __all__ = [
     "register",
     "render",
     "report_s3_usage",
+    "splitter_item_seconds",
     "wall_time",
 ]
 
@@ -92,6 +99,10 @@ class Assumptions:
             counter update) at about 10 ms each from inside the region, s.
         continuation_gap_s: from a splitter invocation's asynchronous self-invoke to the new
             invocation's first page (invoke + cold start), s.
+        sqs_send_batch_s: one SendMessageBatch call of 10 messages from inside the region, s.
+        splitter_aws_s_per_page: the splitter's sequential AWS calls per page besides its sends:
+            the queue depth check (SQS), the kept-page check and write (S3), the source page
+            (DynamoDB Scan) and accounting the page (DynamoDB), about 20 ms each, s.
         sweeper_seconds_per_sweep: one sweep's duration (reads the active runs and their
             counters; the bench's runs are shorter than one sweep interval), s.
         sweep_interval_s: how often the sweeper runs (`infra.sweeper.RATE`), s.
@@ -101,6 +112,8 @@ class Assumptions:
 
     aws_wait_s_per_batch: float = 0.02
     continuation_gap_s: float = 1.0
+    sqs_send_batch_s: float = 0.02
+    splitter_aws_s_per_page: float = 0.1
     sweeper_seconds_per_sweep: float = 2.0
     sweep_interval_s: float = 300.0
     reducer_memory_mb: int = 256
@@ -126,7 +139,10 @@ class MeasuredCosts:
         forwarder_cpu_s_per_batch: CPU seconds the forwarder process spent per batch
             (`time.process_time`, all its threads; not the time it waited on the emulator).
         splitter_memory_mb: the splitter's memory.
-        splitter_items_per_s: items the splitter enqueued per second, all segments together.
+        splitter_cpu_s_per_item: CPU seconds the splitter process spent per item enqueued (its
+            worker processes' CPU time; not the time it waited on the emulator).
+        splitter_items_per_s: items the splitter enqueued per second locally, all segments
+            together (the bench's P6; the plan models the split on AWS instead).
         splitter_segments: scan segments the measured split ran in parallel.
         splitter_timeout_s: the splitter's Lambda timeout, s.
         splitter_margin_s: remaining time under which it continues itself, s.
@@ -147,6 +163,7 @@ class MeasuredCosts:
     batches_per_item: float
     forwarder_cpu_s_per_batch: float
     splitter_memory_mb: int
+    splitter_cpu_s_per_item: float
     splitter_items_per_s: float
     splitter_segments: int
     splitter_timeout_s: float
@@ -166,10 +183,6 @@ class MeasuredCosts:
     def batch_items(self) -> float:
         return 1.0 / self.batches_per_item
 
-    @property
-    def items_per_s_per_segment(self) -> float:
-        return self.splitter_items_per_s / self.splitter_segments
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MeasuredCosts:
         try:
@@ -184,6 +197,7 @@ class MeasuredCosts:
                 batches_per_item=float(f["batches_per_item"]),
                 forwarder_cpu_s_per_batch=float(f["cpu_s_per_batch"]),
                 splitter_memory_mb=int(s["memory_mb"]),
+                splitter_cpu_s_per_item=float(s["cpu_s_per_item"]),
                 splitter_items_per_s=float(s["items_per_s"]),
                 splitter_segments=int(s["segments"]),
                 splitter_timeout_s=float(s["timeout_s"]),
@@ -197,7 +211,13 @@ class MeasuredCosts:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"the measured costs are incomplete ({exc!r}); refresh them with `make bench`") from None
-        for name in ("batches_per_item", "splitter_items_per_s", "splitter_segments", "report_part_bytes"):
+        for name in (
+            "batches_per_item",
+            "splitter_cpu_s_per_item",
+            "splitter_items_per_s",
+            "splitter_segments",
+            "report_part_bytes",
+        ):
             if getattr(measured, name) <= 0:
                 raise PlanError(f"the measured {name} must be positive; refresh it with `make bench`")
         return measured
@@ -261,6 +281,7 @@ class Plan:
     batch_items: float
     batch_seconds: float
     forwarder_cpu_seconds: float
+    page_size: int
     declared_segments: int
     split: Split
     segments_to_keep_up: int
@@ -303,6 +324,7 @@ class Plan:
                 "segments": s.segments,
                 "declared_segments": self.declared_segments,
                 "items_per_s_per_segment": round(s.items_per_s_per_segment, 1),
+                "page_size": self.page_size,
                 "items_per_s": round(s.items_per_s, 1),
                 "seconds": round(s.end, 1),
                 "invocations": s.invocations,
@@ -331,6 +353,18 @@ def forwarder_batch_seconds(task_seconds: float, measured: MeasuredCosts, assump
     the wait on the ledger, and the measured CPU time at the function's share of a vCPU."""
     cpu = measured.forwarder_cpu_s_per_batch / lambda_vcpu_share(measured.forwarder_memory_mb)
     return task_seconds + assumptions.aws_wait_s_per_batch + cpu
+
+
+def splitter_item_seconds(page_size: int, measured: MeasuredCosts, assumptions: Assumptions) -> float:
+    """One item of the split on AWS, per segment: the splitter's measured CPU time per item at the
+    function's share of a vCPU, plus its page's sequential AWS calls and its SendMessageBatch calls
+    (`SEND_THREADS` in flight) spread over the page's items."""
+    if page_size < 1:
+        raise PlanError(f"the page size must be at least 1, got {page_size}")
+    cpu = measured.splitter_cpu_s_per_item / lambda_vcpu_share(measured.splitter_memory_mb)
+    send_rounds = math.ceil(math.ceil(page_size / SQS_BATCH) / SEND_THREADS)
+    waits = assumptions.splitter_aws_s_per_page + send_rounds * assumptions.sqs_send_batch_s
+    return cpu + waits / page_size
 
 
 def plan_run(
@@ -371,15 +405,16 @@ def plan_run(
         concurrency=c,
         ceiling_items_per_s=measured.ledger_ceiling_items_per_s,
     )
+    per_segment = 1.0 / splitter_item_seconds(job.source.page_size, measured, a)
     split = Split(
         items=items,
         segments=seg,
-        items_per_s_per_segment=measured.items_per_s_per_segment,
+        items_per_s_per_segment=per_segment,
         usable_s=measured.splitter_timeout_s - measured.splitter_margin_s,
         gap_s=a.continuation_gap_s,
     )
     wall = wall_time(split, processing, batch_seconds)
-    to_keep_up = math.ceil(processing.peak_items_per_s / measured.items_per_s_per_segment)
+    to_keep_up = math.ceil(processing.peak_items_per_s / per_segment)
 
     batches = items / batch_items
     sweeps = math.ceil(wall.seconds / a.sweep_interval_s)
@@ -417,6 +452,7 @@ def plan_run(
         batch_items=batch_items,
         batch_seconds=batch_seconds,
         forwarder_cpu_seconds=measured.forwarder_cpu_s_per_batch / lambda_vcpu_share(measured.forwarder_memory_mb),
+        page_size=job.source.page_size,
         declared_segments=declared,
         split=split,
         segments_to_keep_up=to_keep_up,
@@ -544,9 +580,15 @@ def render(plan: Plan, measured: MeasuredCosts) -> list[str]:
         f"({plan.forwarder_cpu_seconds:.3f} s)"
     )
     lines.append(
-        f"  measured {measured.measured_at} on {measured.cores} cores (make bench; the split rate is the "
-        f"local one, {measured.splitter_items_per_s:,.0f} items/s over {measured.splitter_segments} segments); "
-        f"prices as of {plan.prices_as_of}"
+        f"  a split segment    {1000 / s.items_per_s_per_segment:.3f} ms per item = "
+        f"{measured.splitter_cpu_s_per_item * 1000:.3f} CPU-ms at {measured.splitter_memory_mb} MB + a page's "
+        f"AWS calls ({a.splitter_aws_s_per_page:g} s) and sends ({SEND_THREADS} in flight, "
+        f"{a.sqs_send_batch_s:g} s each) over its {plan.page_size} items"
+    )
+    lines.append(
+        f"  measured {measured.measured_at} on {measured.cores} cores (make bench; locally the split ran "
+        f"{measured.splitter_items_per_s:,.0f} items/s over {measured.splitter_segments} segments, on a "
+        f"CPU-starved emulator); prices as of {plan.prices_as_of}"
     )
     lines.append(
         f"  assumed: {a.aws_wait_s_per_batch:g} s of AWS calls per batch, {a.continuation_gap_s:g} s per "

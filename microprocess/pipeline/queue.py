@@ -13,6 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 SQS_BATCH = 10
+#: SendMessageBatch calls a sender keeps in flight (the splitter's per-invocation send rate;
+#: the planner's split model reads it).
+SEND_THREADS = 8
 
 
 class QueueSendError(RuntimeError):
@@ -29,7 +32,7 @@ class QueueSender:
         attempts: tries per entry before giving up.
     """
 
-    def __init__(self, *, client: Any, queue_url: str, threads: int = 8, attempts: int = 8) -> None:
+    def __init__(self, *, client: Any, queue_url: str, threads: int = SEND_THREADS, attempts: int = 8) -> None:
         if not queue_url:
             raise ValueError("QueueSender needs a queue URL (is TASK_QUEUE_URL set?)")
         self.client = client
