@@ -94,8 +94,9 @@ from microprocess.ledger.records import (
 
 log = logging.getLogger(__name__)
 
-#: Batches a process adds to one counter before it moves to another (see `Ledger._home_counter`).
-HOME_BATCHES = 8
+#: Batches a process adds to one counter before it moves to another (see `Ledger._home_counter`):
+#: each move costs one write (the marker left on the old counter is removed).
+HOME_BATCHES = 16
 #: Runs whose counter and markers a process remembers (a long-lived function sees many runs).
 MAX_RUNS_REMEMBERED = 64
 #: Age after which any writer removes a counter marker it sees: far beyond the longest life of
@@ -183,6 +184,7 @@ class Ledger:
         self._epochs: dict[str, int] = {}
         self._capped: dict[str, bool] = {}  # per run: have the counters' targets been set?
         self._homes: dict[str, tuple[int, int]] = {}  # per run: (counter, batches left on it)
+        self._short: dict[str, set[int]] = {}  # per run: counters seen without room for another batch
         self._markers: dict[tuple[str, int], list[str]] = {}  # (run, counter): markers to remove
         self._lock = threading.Lock()
 
@@ -633,6 +635,7 @@ class Ledger:
             if any(c.epoch != epoch for c in counters):
                 self._forget_epoch(run_id)
                 return False, False
+            self._note_short(run_id, [c.index for c in counters if (c.room or 0) < n])
             left: dict[int, int] = {}  # room each counter has after this batch, as read
             for c in sorted(counters, key=lambda c: -(c.room or 0)):
                 room = c.room or 0
@@ -663,15 +666,18 @@ class Ledger:
         update remove the marker the previous one left there; moving on keeps every counter
         at ~1/counter_count of the batches over a run."""
         with self._lock:
+            short = self._short.get(run_id, set())
             home = self._homes.pop(run_id, None)
-            if home is not None and home[0] < counter_count and home[1] > 0:
+            if home is not None and home[0] < counter_count and home[1] > 0 and home[0] not in short:
                 self._homes[run_id] = (home[0], home[1] - 1)
                 return home[0]
-            j = self._rng.randrange(counter_count)
+            roomy = [i for i in range(counter_count) if i not in short] if short else []
+            j = self._rng.choice(roomy) if roomy else self._rng.randrange(counter_count)
             self._homes[run_id] = (j, HOME_BATCHES - 1)
             while len(self._homes) > MAX_RUNS_REMEMBERED:  # a long-lived process: forget old runs
                 old = next(iter(self._homes))
                 self._homes.pop(old)
+                self._short.pop(old, None)
                 for key in [key for key in self._markers if key[0] == old]:
                     self._markers.pop(key)  # left on the counter: harmless, stale within the hour
         self._clear_markers(run_id, keep=j)
@@ -681,6 +687,13 @@ class Ledger:
         """Pick another counter for the next batch (this one had no room left)."""
         with self._lock:
             self._homes.pop(run_id, None)
+
+    def _note_short(self, run_id: str, counters: Iterable[int]) -> None:
+        """Counters seen without room for another batch like this one: this process does not pick
+        them again for the run (a refused update is billed a write unit). Rooms only shrink within
+        an epoch; a new epoch (`_forget_epoch`) forgets them."""
+        with self._lock:
+            self._short.setdefault(run_id, set()).update(counters)
 
     def _set_home(self, run_id: str, j: int) -> None:
         """Go on with counter j (markers owed elsewhere are removed now)."""
@@ -800,6 +813,8 @@ class Ledger:
                     self._give_back_markers(run_id, j, owed)
                     return "no-room"
             self._capped[run_id] = cap
+            if cap and int(new.get("room", n)) < n:  # the next batch like this one would be refused here
+                self._note_short(run_id, [j])
             stale = stale_markers(new, time.time())
             if _counter_size(new) > COUNTER_KEEP_BYTES:
                 self._remove_markers(run_id, j, [marker, *stale])
@@ -807,11 +822,13 @@ class Ledger:
                 self._give_back_markers(run_id, j, [marker, *stale])
             return "emptied" if "room" in new and int(new["room"]) == 0 else "ok"
         self._give_back_markers(run_id, j, owed)
+        self._note_short(run_id, [j])
         return "no-room"
 
     def _forget_epoch(self, run_id: str) -> None:
         with self._lock:
             self._epochs.pop(run_id, None)
+            self._short.pop(run_id, None)
 
     def _read_counters(self, run_id: str, counter_count: int) -> list[_Counter]:
         keys = [_to_ddb({"pk": _counter_pk(run_id, j), "sk": "COUNT"}) for j in range(counter_count)]
