@@ -303,17 +303,23 @@ def report_figures(p5: dict[str, Any], *, part_bytes: int) -> dict[str, Any]:
     }
 
 
-def splitter_cpu(obs: Observed) -> float:
+def splitter_cpu(obs: Observed, larger: tuple[int, float] | None = None) -> tuple[float, str]:
     """CPU seconds of the splitter's own worker processes per item enqueued (what it does on
     AWS besides waiting on calls; its polls of the queue depth while it waits for room locally
-    are included, a slight overestimate)."""
+    are included, a slight overestimate), and where the figure comes from.
+
+    `larger` is (items, splitter CPU seconds) of a larger run (P8), taken when given: each
+    invocation's start-up (imports, clients) is spread over more items, as it is at N."""
+    if larger is not None and larger[0] > obs.items and larger[1] > 0:
+        items, cpu_s = larger
+        return cpu_s / items, f"splitter worker processes' CPU time (/proc) / items, in the {items:,}-item P8 run"
     spl = obs.functions["splitter"]
     if spl.cpu_s <= 0:
         raise ValueError(
             "the splitter's CPU time was not recorded: fill FunctionUse.cpu_s (its workers' CPU time); "
             "the wall time on the local stack is not what it takes on AWS"
         )
-    return spl.cpu_s / obs.items
+    return spl.cpu_s / obs.items, f"splitter worker processes' CPU time (/proc) / items, in the {obs.items:,}-item run"
 
 
 def measured_costs(
@@ -324,6 +330,7 @@ def measured_costs(
     split_segments: int,
     report: dict[str, Any],
     lambda_workers_cpu_s: float | None = None,
+    larger_split: tuple[int, float] | None = None,
 ) -> dict[str, Any]:
     """The contents of `microprocess/measured_costs.json`.
 
@@ -333,12 +340,14 @@ def measured_costs(
         report: `report_figures` of the largest P5 build.
         lambda_workers_cpu_s: CPU seconds of the emulator's Lambda workers during the run (the
             fallback of `forwarder_cpu`).
+        larger_split: (items, splitter CPU seconds) of a larger run, for `splitter_cpu`.
     """
     per_item, per_run = usage_split(obs)
     forwarder = obs.functions["forwarder"]
     splitter = obs.functions["splitter"]
     hk = hot_key(obs)
     cpu_per_batch, cpu_source = forwarder_cpu(obs, lambda_workers_cpu_s)
+    spl_cpu, spl_cpu_source = splitter_cpu(obs, larger_split)
     if split_segments < 1:
         raise ValueError(f"split_segments must be at least 1, got {split_segments}")
     return {
@@ -365,8 +374,8 @@ def measured_costs(
             f"the split's wall-clock rate here was {split_rate(obs):.1f} items/s, bound by the processing",
             "segments": split_segments,
             "seconds_per_item": round(splitter.working_s / obs.items, 7),
-            "cpu_s_per_item": round(splitter_cpu(obs), 8),
-            "cpu_source": "splitter worker processes' CPU time (/proc, by AWS_LAMBDA_FUNCTION_NAME) / items",
+            "cpu_s_per_item": round(spl_cpu, 8),
+            "cpu_source": spl_cpu_source,
             "timeout_s": obs.splitter_timeout_s,
             "margin_s": obs.splitter_margin_s,
         },

@@ -196,6 +196,14 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _p8_split_cpu(p8: dict[str, Any] | None) -> tuple[int, float] | None:
+    """(items, the splitter's CPU seconds) of the P8 run, when it ran and recorded them."""
+    if not p8:
+        return None
+    cpu = float(p8.get("functions", {}).get("splitter", {}).get("cpu_s", 0.0))
+    return (int(p8["expected"]), cpu) if cpu > 0 else None
+
+
 def figures(
     obs: Any, timings: dict[str, Any], baselines: list[Any], p5: dict[int, Any], cores: int, measured_at: str
 ) -> dict[str, Any]:
@@ -208,6 +216,7 @@ def figures(
         split_segments=job.source.segments,
         report=report_figures(p5[max(p5)], part_bytes=S3_MIN_PART_BYTES),
         lambda_workers_cpu_s=timings["plain"].get("cpu_s", {}).get("lambda_workers"),
+        larger_split=_p8_split_cpu(timings.get("p8")),
     )
     mc = MeasuredCosts.from_dict(mc_doc)
 

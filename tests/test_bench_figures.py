@@ -22,6 +22,7 @@ from bench.figures import (
     report_figures,
     split_rate,
     split_working_rate,
+    splitter_cpu,
     splitter_model,
     usage_split,
 )
@@ -199,6 +200,25 @@ def test_the_splitters_cpu_time_is_required(observed: Observed) -> None:
     observed.functions["splitter"].cpu_s = 0.0
     with pytest.raises(ValueError, match="splitter's CPU time was not recorded"):
         measured_doc(observed)
+
+
+def test_the_splitters_cpu_time_comes_from_the_larger_run_when_there_is_one(observed: Observed) -> None:
+    # GIVEN the 1,000-item run (0.5 CPU-s: 0.5 ms per item, start-up included) and a 50,000-item
+    # run whose splitter used 15 CPU-s (0.3 ms per item: its start-up spread over more items)
+    doc = measured_costs(
+        observed,
+        measured_at="2026-11-01T00:00:00Z",
+        cores=2,
+        split_segments=4,
+        report=report_figures(P5_100K, part_bytes=5 * 1024 * 1024),
+        lambda_workers_cpu_s=3.0,
+        larger_split=(50_000, 15.0),
+    )
+    assert doc["splitter"]["cpu_s_per_item"] == pytest.approx(15.0 / 50_000)
+    assert "50,000-item P8 run" in doc["splitter"]["cpu_source"]
+    # a "larger" run that is not larger, or recorded no CPU time, is not used
+    assert splitter_cpu(observed, (500, 15.0))[0] == pytest.approx(0.5 / 1000)
+    assert splitter_cpu(observed, (50_000, 0.0))[0] == pytest.approx(0.5 / 1000)
 
 
 def test_observations_round_trip(observed: Observed) -> None:
