@@ -16,7 +16,7 @@ never deployable) synthesizes plain-HTTP listeners so that `make synth` needs no
 Context keys (all optional): stage (cloud|local|all, default all), declarations (the
 declaration file, default microprocess.toml), service_urls (JSON {"<service>": "<url>"}),
 account, region, domain, hosted_zone_id, certificate_arn, vpc_id, subnet_ids,
-security_group_id, allow_plain_http, service_docs, ses_sender, alarm_email, log_level, score_work_ms,
+security_group_id, allow_plain_http, service_docs, trace_forwarder, ses_sender, alarm_email, log_level, score_work_ms,
 intermediate_expiry_days, local_layer_path, and for the local stage
 forwarder_max_concurrency, task_visibility_timeout_s, reduce_visibility_timeout_s,
 sweeper_rate_minutes, stuck_after_s, max_queue_depth_cap.
@@ -189,6 +189,7 @@ def create_app(*, outdir: str, context: dict[str, Any] | None = None) -> tuple[c
                 vpc=_vpc(app),
                 alarm_email=_text(app, "alarm_email") or None,
                 service_docs=_bool(app, "service_docs"),
+                trace_forwarder=_bool(app, "trace_forwarder"),
             ),
             declarations=declarations,
             service_urls=service_urls,

@@ -60,6 +60,7 @@ class Forwarder(Construct):
         email_identity: the reducer's sender identity (the built-in reduce mails the report).
         vpc, vpc_subnets, security_groups: where the function runs (cloud, when a service is
             reachable only inside a VPC).
+        tracing: X-Ray active tracing (default: the stage's).
 
     Attributes:
         function: the `lambda_.Function`.
@@ -85,6 +86,7 @@ class Forwarder(Construct):
         vpc: ec2.IVpc | None = None,
         vpc_subnets: ec2.SubnetSelection | None = None,
         security_groups: Sequence[ec2.ISecurityGroup] | None = None,
+        tracing: bool | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         if name not in CONSUMED:
@@ -110,6 +112,7 @@ class Forwarder(Construct):
             vpc=vpc,
             vpc_subnets=vpc_subnets,
             security_groups=security_groups,
+            tracing=tracing,
         )
         self.function = handler.function
         self.role = handler.role

@@ -22,7 +22,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from infra.contract import DECLARATIONS_FILE
+from infra.contract import DECLARATIONS_FILE, POWERTOOLS_TRACE_DISABLED
 from infra.nag import acknowledge, skip_checkov
 
 RUNTIME = lambda_.Runtime.PYTHON_3_11
@@ -115,6 +115,8 @@ class MicroprocessFunction(Construct):
         memory_size: memory, MiB.
         description: shown in the console.
         vpc, vpc_subnets, security_groups: put the function in a VPC (optional).
+        tracing: X-Ray active tracing for this function (default: the stage's,
+            `defaults.tracing`); off, its Powertools Tracer is disabled too.
 
     Attributes:
         function: the `lambda_.Function`.
@@ -136,8 +138,10 @@ class MicroprocessFunction(Construct):
         vpc: ec2.IVpc | None = None,
         vpc_subnets: ec2.SubnetSelection | None = None,
         security_groups: Sequence[ec2.ISecurityGroup] | None = None,
+        tracing: bool | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        traced = defaults.tracing if tracing is None else tracing
         self.log_group = logs.LogGroup(
             self, "Logs", retention=defaults.log_retention, removal_policy=defaults.removal_policy
         )
@@ -159,7 +163,7 @@ class MicroprocessFunction(Construct):
                 "those actions support no resource-level scoping, so a custom policy would be the same.",
                 "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]",
             )
-        if defaults.tracing:
+        if traced:
             acknowledge(
                 self.role,
                 "X-Ray's PutTraceSegments and PutTelemetryRecords support no resource-level permissions.",
@@ -172,13 +176,17 @@ class MicroprocessFunction(Construct):
             handler=f"functions.{name}.handler.lambda_handler",
             code=defaults.code,
             layers=list(defaults.layers),
-            environment={**defaults.environment, **environment},
+            environment={
+                **defaults.environment,
+                **environment,
+                **({} if traced else {POWERTOOLS_TRACE_DISABLED: "true"}),
+            },
             timeout=timeout,
             memory_size=memory_size,
             description=description,
             role=self.role,
             log_group=self.log_group,
-            tracing=lambda_.Tracing.ACTIVE if defaults.tracing else lambda_.Tracing.DISABLED,
+            tracing=lambda_.Tracing.ACTIVE if traced else lambda_.Tracing.DISABLED,
             vpc=vpc,
             vpc_subnets=vpc_subnets,
             security_groups=list(security_groups) if security_groups else None,

@@ -298,13 +298,30 @@ def test_pushers_know_each_service_url_and_its_own_signing_secret(stack: str) ->
             }
 
 
-def test_cloud_functions_use_the_powertools_layer_and_tracing() -> None:
-    for fn in functions(CLOUD).values():
+def test_cloud_functions_use_the_powertools_layer_and_tracing_but_the_task_forwarder() -> None:
+    for name, fn in functions(CLOUD).items():
         (layer,) = fn["Layers"]
         assert layer.startswith(
             "arn:aws:lambda:us-east-1:017000801446:layer:AWSLambdaPowertoolsPythonV3-python311-x86_64:"
         )
-        assert fn["TracingConfig"] == {"Mode": "Active"}
+        variables = fn["Environment"]["Variables"]
+        if name == "forwarder":  # once per batch: X-Ray traces would cost per item (trace_forwarder)
+            assert "TracingConfig" not in fn
+            assert variables[contract.POWERTOOLS_TRACE_DISABLED] == "true"
+        else:
+            assert fn["TracingConfig"] == {"Mode": "Active"}
+            assert contract.POWERTOOLS_TRACE_DISABLED not in variables
+
+
+def test_trace_forwarder_traces_the_task_forwarder_too() -> None:
+    from tests.test_infra_synth import synthesize
+
+    synth = synthesize({"stage": "cloud", "trace_forwarder": "true"})
+    for fn in synth.resources(CLOUD, "AWS::Lambda::Function").values():
+        assert fn["Properties"]["TracingConfig"] == {"Mode": "Active"}
+        assert contract.POWERTOOLS_TRACE_DISABLED not in fn["Properties"]["Environment"]["Variables"]
+    with pytest.raises(ValueError, match="'trace_forwarder' must be true or false"):
+        synthesize({"stage": "cloud", "trace_forwarder": "yes"})
 
 
 def test_local_functions_use_no_public_layer_and_no_tracing() -> None:
@@ -994,8 +1011,8 @@ def test_each_function_has_exactly_its_listed_actions() -> None:
             **expected,
             "logs:CreateLogStream": {"<LOGS>"},
             "logs:PutLogEvents": {"<LOGS>"},
-            "xray:PutTelemetryRecords": {"*"},
-            "xray:PutTraceSegments": {"*"},
+            # X-Ray for the traced functions only (the task forwarder is not: trace_forwarder)
+            **({} if name == "forwarder" else {"xray:PutTelemetryRecords": {"*"}, "xray:PutTraceSegments": {"*"}}),
         }
         assert found == wanted, name
         assert not [a for a in found if "*" in a], name  # no action wildcard at all
