@@ -24,9 +24,12 @@ from constructs import Construct
 
 from infra.contract import DECLARATIONS_FILE, POWERTOOLS_TRACE_DISABLED
 from infra.nag import acknowledge, skip_checkov
+from microprocess.stacks import LAMBDA_ARCHITECTURE
 
 RUNTIME = lambda_.Runtime.PYTHON_3_11
-#: Version of the AWS-published layer `AWSLambdaPowertoolsPythonV3-python311-x86_64`: the
+#: The cloud stage's architecture (`LAMBDA_ARCHITECTURE`: the price the planner uses follows it).
+CLOUD_ARCHITECTURE = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Architecture.X86_64}[LAMBDA_ARCHITECTURE]
+#: Version of the AWS-published layer `AWSLambdaPowertoolsPythonV3-python311-<architecture>`: the
 #: newest one confirmed offline (the Powertools docs); it may trail the pinned 3.37.0.
 #: Check with `aws lambda list-layer-versions` before a deploy and move it with the pin.
 POWERTOOLS_LAYER_VERSION = 27
@@ -41,10 +44,11 @@ CODE_EXCLUDED_PATHS = ("microprocess/local",)
 
 
 def powertools_layer_arn(region: str, version: int = POWERTOOLS_LAYER_VERSION) -> str:
-    """The ARN of the AWS-published Powertools for AWS Lambda (Python) v3 layer (x86_64, 3.11)."""
+    """The ARN of the AWS-published Powertools for AWS Lambda (Python) v3 layer (3.11, the cloud
+    stage's architecture: the layer holds compiled dependencies, such as pydantic-core)."""
     return (
         f"arn:aws:lambda:{region}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
-        f"AWSLambdaPowertoolsPythonV3-python311-x86_64:{version}"
+        f"AWSLambdaPowertoolsPythonV3-python311-{LAMBDA_ARCHITECTURE}:{version}"
     )
 
 
@@ -92,6 +96,8 @@ class FunctionDefaults:
         layers: layers to attach to every function.
         environment: variables every function gets (service name, metrics namespace, log level).
         tracing: X-Ray active tracing.
+        architecture: the functions' instruction set (cloud: `CLOUD_ARCHITECTURE`; local: the
+            host's, left unset).
         log_retention: how long the functions' log groups keep events.
         removal_policy: for the log groups.
     """
@@ -100,6 +106,7 @@ class FunctionDefaults:
     layers: Sequence[lambda_.ILayerVersion] = ()
     environment: Mapping[str, str] = field(default_factory=dict)
     tracing: bool = False
+    architecture: lambda_.Architecture | None = None
     log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH
     removal_policy: RemovalPolicy = RemovalPolicy.DESTROY
 
@@ -187,6 +194,7 @@ class MicroprocessFunction(Construct):
             role=self.role,
             log_group=self.log_group,
             tracing=lambda_.Tracing.ACTIVE if traced else lambda_.Tracing.DISABLED,
+            architecture=defaults.architecture,
             vpc=vpc,
             vpc_subnets=vpc_subnets,
             security_groups=list(security_groups) if security_groups else None,

@@ -42,7 +42,7 @@ from infra.dead_letter import DeadLetterHandler
 from infra.endpoints import Endpoint, resolve_endpoints
 from infra.forwarder import CLAIMS_PREFIX, REPORTS_PREFIX, Forwarder
 from infra.item_source import ItemSourceTable
-from infra.lambda_function import RUNTIME, FunctionDefaults, code_asset
+from infra.lambda_function import CLOUD_ARCHITECTURE, RUNTIME, FunctionDefaults, code_asset
 from infra.ledger import LedgerTable
 from infra.monitoring import Monitoring
 from infra.nag import acknowledge, skip_checkov
@@ -325,6 +325,7 @@ class MicroprocessPlatform(Construct):
             layers=self._layers(settings),
             environment=shared_environment,
             tracing=not local,
+            architecture=None if local else CLOUD_ARCHITECTURE,
         )
         source_tables_json = stack.to_json_string(
             {role: table.table.table_name for role, table in self.source_tables.items()}

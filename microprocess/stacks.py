@@ -16,6 +16,12 @@ from typing import Final
 CLOUD_STACK: Final = "Microprocess-Cloud"
 LOCAL_STACK: Final = "Microprocess-Local"
 
+#: The cloud stage's Lambda architecture (`Architectures`; the Powertools layer's variant; the
+#: price `microprocess plan` and `make bench` use). The functions are pure Python: on arm64
+#: (Graviton) a GB-second costs 20 % less than on x86_64. The local stage runs them on the
+#: host's own CPU.
+LAMBDA_ARCHITECTURE: Final = "arm64"
+
 LOCAL_OUTPUTS: Final = (
     "JobQueueUrls",
     "ReduceQueueUrl",

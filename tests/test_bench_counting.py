@@ -195,10 +195,25 @@ def test_prices_by_service() -> None:
     assert cost == pytest.approx(
         {
             "sqs": 0.40,
-            "lambda": 0.20 + 1000 * 0.0000166667,
+            "lambda": 0.20 + 1000 * 0.0000133334,  # arm64, the cloud stage's architecture
             "dynamodb": 0.625 + 0.125,
             "s3": 0.005 + 0.0004,
             "ses": 0.10,
             "logs": 0.50,
         }
     )
+
+
+def test_the_lambda_price_is_the_cloud_stages_architectures() -> None:
+    import json
+
+    from microprocess.cli.pricing import PRICE_TABLE_PATH, PriceTable, PriceTableError
+
+    data = json.loads(PRICE_TABLE_PATH.read_text())
+    assert PriceTable.from_dict(data).lambda_architecture == "arm64"
+    assert PriceTable.from_dict(data).lambda_per_gb_second == pytest.approx(0.0000133334)
+    assert PriceTable.from_dict(data, "x86_64").lambda_per_gb_second == pytest.approx(0.0000166667)
+    # an old table with one price for every architecture is refused, with the form to use
+    data["prices"]["lambda"]["usd_per_gb_second"] = 0.0000166667
+    with pytest.raises(PriceTableError, match="price per architecture"):
+        PriceTable.from_dict(data)

@@ -9,6 +9,7 @@ import pytest
 from aws_cdk.assertions import Match
 
 from infra import contract
+from microprocess.stacks import LAMBDA_ARCHITECTURE
 from tests.declared import DECLARATIONS, JOBS
 from tests.test_infra_synth import (
     CLOUD,
@@ -302,8 +303,10 @@ def test_cloud_functions_use_the_powertools_layer_and_tracing_but_the_task_forwa
     for name, fn in functions(CLOUD).items():
         (layer,) = fn["Layers"]
         assert layer.startswith(
-            "arn:aws:lambda:us-east-1:017000801446:layer:AWSLambdaPowertoolsPythonV3-python311-x86_64:"
+            "arn:aws:lambda:us-east-1:017000801446:layer:AWSLambdaPowertoolsPythonV3-python311-arm64:"
         )
+        # Graviton: a GB-second costs 20 % less (the price the planner uses: LAMBDA_ARCHITECTURE)
+        assert fn["Architectures"] == ["arm64"] == [LAMBDA_ARCHITECTURE]
         variables = fn["Environment"]["Variables"]
         if name == "forwarder":  # once per batch: X-Ray traces would cost per item (trace_forwarder)
             assert "TracingConfig" not in fn
@@ -328,6 +331,7 @@ def test_local_functions_use_no_public_layer_and_no_tracing() -> None:
     for fn in functions(LOCAL).values():
         assert "Layers" not in fn
         assert "TracingConfig" not in fn
+        assert "Architectures" not in fn  # the host's own CPU runs them
         assert fn["Environment"]["Variables"][contract.POWERTOOLS_TRACE_DISABLED] == "true"
 
 

@@ -280,7 +280,7 @@ def test_the_seed_at_the_jobs_concurrency_is_bound_by_the_event_source(
     assert plan.lambdas.gb_seconds["sweeper"] == pytest.approx(38.5)
     gbs = 2_280_000 + 76_000 + 49.125 + 38.5
     assert plan.cost["sqs"] == pytest.approx(2.28)
-    assert plan.cost["lambda"] == pytest.approx(1_900_191 * 0.2e-6 + gbs * 0.0000166667)
+    assert plan.cost["lambda"] == pytest.approx(1_900_191 * 0.2e-6 + gbs * 0.0000133334)  # arm64 GB-s
     # DynamoDB 22.8 M write units and 380,000 read units; S3 635 PUT + 192 GET at 19 M rows; 1 email; 1.9 GB logs.
     assert plan.cost["dynamodb"] == pytest.approx(14.25 + 0.0475)
     assert plan.usage.s3_put_requests == 635 and plan.usage.s3_get_requests == 192

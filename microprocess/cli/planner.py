@@ -292,6 +292,7 @@ class Plan:
     assumptions: Assumptions
     measured_at: str
     prices_as_of: str
+    lambda_architecture: str
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -345,6 +346,7 @@ class Plan:
             "notes": self.notes,
             "measured_at": self.measured_at,
             "prices_as_of": self.prices_as_of,
+            "lambda_architecture": self.lambda_architecture,
         }
 
 
@@ -463,6 +465,7 @@ def plan_run(
         assumptions=a,
         measured_at=measured.measured_at,
         prices_as_of=prices.as_of,
+        lambda_architecture=prices.lambda_architecture,
         notes=_notes(job, split, processing, to_keep_up, segmented, measured),
     )
 
@@ -592,7 +595,9 @@ def render(plan: Plan, measured: MeasuredCosts) -> list[str]:
     )
     lines.append(
         f"  assumed: {a.aws_wait_s_per_batch:g} s of AWS calls per batch, {a.continuation_gap_s:g} s per "
-        f"splitter continuation, a {a.sweeper_seconds_per_sweep:g} s sweep every {a.sweep_interval_s:g} s"
+        f"splitter continuation, a {a.sweeper_seconds_per_sweep:g} s sweep every {a.sweep_interval_s:g} s; "
+        f"the CPU times measured here take as long on a Lambda {plan.lambda_architecture} vCPU (priced as "
+        f"{plan.lambda_architecture})"
     )
     lines += [f"  note: {n}" for n in plan.notes]
     return lines

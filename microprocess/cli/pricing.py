@@ -13,6 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from microprocess.stacks import LAMBDA_ARCHITECTURE
+
 PRICE_TABLE_PATH = Path(__file__).with_name("pricing_table.json")
 SERVICES: tuple[str, ...] = ("sqs", "lambda", "dynamodb", "s3", "ses", "logs")
 
@@ -28,12 +30,15 @@ class PriceTable:
     Attributes:
         as_of: the date the prices were read.
         source: where they come from.
+        lambda_architecture: the architecture `lambda_per_gb_second` is the price of (the
+            cloud stage's, `microprocess.stacks.LAMBDA_ARCHITECTURE`).
     """
 
     as_of: str
     source: str
     sqs_per_million_requests: float
     sqs_chunk_bytes: int
+    lambda_architecture: str
     lambda_per_million_requests: float
     lambda_per_gb_second: float
     dynamodb_per_million_write_units: float
@@ -44,16 +49,23 @@ class PriceTable:
     logs_per_gb_ingested: float
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PriceTable:
+    def from_dict(cls, data: dict[str, Any], architecture: str = LAMBDA_ARCHITECTURE) -> PriceTable:
         try:
             p = data["prices"]
+            gb_second = p["lambda"]["usd_per_gb_second"]
+            if not isinstance(gb_second, dict):
+                raise PriceTableError(
+                    f"the price table's lambda.usd_per_gb_second must give a price per architecture "
+                    f'({{"x86_64": ..., "arm64": ...}}), got {gb_second!r}; see {PRICE_TABLE_PATH}'
+                )
             return cls(
                 as_of=str(data["as_of"]),
                 source=str(data["source"]),
                 sqs_per_million_requests=float(p["sqs"]["usd_per_million_requests"]),
                 sqs_chunk_bytes=int(p["sqs"]["billing_chunk_bytes"]),
+                lambda_architecture=architecture,
                 lambda_per_million_requests=float(p["lambda"]["usd_per_million_requests"]),
-                lambda_per_gb_second=float(p["lambda"]["usd_per_gb_second"]),
+                lambda_per_gb_second=float(gb_second[architecture]),
                 dynamodb_per_million_write_units=float(p["dynamodb"]["usd_per_million_write_units"]),
                 dynamodb_per_million_read_units=float(p["dynamodb"]["usd_per_million_read_units"]),
                 s3_per_thousand_put=float(p["s3"]["usd_per_thousand_put_requests"]),
