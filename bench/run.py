@@ -1,6 +1,6 @@
 """`make bench`: the performance figures P1-P6 and P8, measured on this machine.
 
-    .venv/bin/python -m bench.run [--items 10000] [--p8-items 50000] [--out bench/results/latest.json]
+    .venv/bin/python -m bench.run [--items 10000] [--p8-items 100000] [--out bench/results/latest.json]
 
 Prints a table and writes `bench/results/latest.json`; refreshes
 `microprocess/measured_costs.json`, which `microprocess plan` reads. Every figure
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure the six performance figures on the local stack.")
     parser.add_argument("--items", type=int, default=10_000, help="tasks in the measured run (default 10,000)")
     parser.add_argument(
-        "--p8-items", type=int, default=50_000, help="tasks in the P8 run (default 50,000; compared with --items)"
+        "--p8-items", type=int, default=100_000, help="tasks in the P8 run (default 100,000; compared with --items)"
     )
     parser.add_argument(
         "--p7-items", type=int, default=adaptive_local.ITEMS, help="tasks per P7 measured run (0: skip it)"
