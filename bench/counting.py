@@ -30,7 +30,12 @@ from urllib.parse import parse_qs
 
 SQS_CHUNK_BYTES = 64 * 1024
 
-DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
+DYNAMODB_WRITES = frozenset(
+    {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems", "BatchExecuteStatement"}
+)
+#: A PartiQL INSERT with its values as parameters (the ledger's task records, `insert_statement`).
+_PARTIQL_INSERT = re.compile(r'^\s*INSERT\s+INTO\s+"(?P<table>[^"]+)"\s+VALUE\s+\{(?P<fields>.*)\}\s*$', re.I | re.S)
+_PARTIQL_FIELD = re.compile(r"'(?P<name>[^']+)'\s*:\s*\?")
 DYNAMODB_READS = frozenset({"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"})
 #: S3 operations billed at the PUT rate (PUT, COPY, POST, LIST).
 S3_PUT_CLASS = frozenset(
@@ -239,6 +244,14 @@ def dynamodb_writes(op: str, body: Mapping[str, Any]) -> list[tuple[str, Mapping
                     out.append((table, r["PutRequest"]["Item"], r["PutRequest"]["Item"]))
                 elif "DeleteRequest" in r:
                     out.append((table, r["DeleteRequest"]["Key"], None))
+    elif op == "BatchExecuteStatement":
+        for statement in body.get("Statements", []):
+            m = _PARTIQL_INSERT.match(str(statement.get("Statement", "")))
+            params = statement.get("Parameters", [])
+            names = _PARTIQL_FIELD.findall(m["fields"]) if m else []
+            if m and len(names) == len(params):
+                item = dict(zip(names, params, strict=True))
+                out.append((m["table"], item, item))
     elif op == "TransactWriteItems":
         for entry in body.get("TransactItems", []):
             for kind in ("Put", "Update", "Delete"):

@@ -12,6 +12,10 @@ import pytest
 from moto import mock_aws
 
 from microprocess.ledger import Ledger, ledger_table_definition
+from tests import moto_partiql
+
+# The ledger writes a batch's task records as PartiQL INSERTs; moto does not fail a duplicate one.
+moto_partiql.install()
 
 REGION = "us-east-1"
 

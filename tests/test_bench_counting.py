@@ -134,6 +134,23 @@ def test_batch_and_transactional_writes_name_every_key() -> None:
     assert [k[1] for k in cancelled.key_writes] == ["c0", "c1"]
 
 
+def test_a_batch_of_partiql_inserts_names_every_record_it_writes() -> None:
+    # GIVEN the ledger's task records as INSERTs (values as parameters), one of them a duplicate
+    from microprocess.ledger.records import insert_statement
+
+    items = [{"pk": f"RUN#r#S{i}", "sk": f"T#0-{i:09d}", "state": "SUCCEEDED", "attempts": 1} for i in range(3)]
+    body = {"Statements": [insert_statement("ledger", item) for item in items]}
+    response = {
+        "Responses": [{"TableName": "ledger"}, {"TableName": "ledger", "Error": {"Code": "DuplicateItem"}}, {}],
+        "ConsumedCapacity": [{"TableName": "ledger", "CapacityUnits": 3.0}],
+    }
+    m = measure(ddb("BatchExecuteStatement", body), 200, json.dumps(response).encode(), SCHEMAS)
+    # THEN each record's key is counted (P3), with the units the emulator reports (P2)
+    assert m.write_units == 3.0
+    assert [k[2] for k in m.key_writes] == [f"RUN#r#S{i}|T#0-{i:09d}" for i in range(3)]
+    assert [k[1] for k in m.key_writes] == ["RUN#r#S0", "RUN#r#S1", "RUN#r#S2"]
+
+
 def test_reads_count_read_units_and_no_writes() -> None:
     m = measure(
         ddb("Query", {"TableName": "ledger"}),

@@ -42,7 +42,14 @@ CRASH_POINTS = ("before_push", "after_push", "after_task_write", "after_counter_
 
 
 #: The DynamoDB operations the "applied, then error" fault applies to (the writes).
-AMBIGUOUS_WRITE_OPERATIONS = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem")
+AMBIGUOUS_WRITE_OPERATIONS = (
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "TransactWriteItems",
+    "BatchWriteItem",
+    "BatchExecuteStatement",
+)
 #: The prefix of the log line of every injected fault.
 FIRED_LOG_PREFIX = "chaos: injected"
 

@@ -260,6 +260,21 @@ def _written_by(exc: ClientError, token: str, attribute: str = WRITE_TOKEN) -> b
     return bool(old) and _from_ddb(old).get(attribute) == token
 
 
+def insert_statement(table_name: str, item: dict[str, Any]) -> dict[str, Any]:
+    """One PartiQL `INSERT` of a plain item, for `BatchExecuteStatement`: the values travel as
+    parameters (never in the statement's text); DynamoDB fails the statement with `DuplicateItem`
+    when an item with the same key exists (a conditional put's `attribute_not_exists`)."""
+    values = _to_ddb(item)
+    names = list(values)
+    for name in names:
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"attribute name {name!r} cannot go in a PartiQL INSERT as it is")
+    if '"' in table_name:
+        raise ValueError(f"table name {table_name!r} cannot go in a PartiQL statement")
+    fields = ", ".join(f"'{name}': ?" for name in names)
+    return {"Statement": f'INSERT INTO "{table_name}" VALUE {{{fields}}}', "Parameters": [values[n] for n in names]}
+
+
 def _run_pk(run_id: str) -> str:
     return f"RUN#{run_id}"
 

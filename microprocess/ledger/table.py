@@ -88,6 +88,7 @@ from microprocess.ledger.records import (
     _token,
     _written_by,
     failed_percentage,
+    insert_statement,
     run_verdict,
     utc_now_iso,
 )
@@ -107,6 +108,11 @@ MARKER_STALE_S = 3600
 COUNTER_KEEP_BYTES = 900
 #: Markers one update removes at most (the rest wait for the next one).
 MAX_MARKERS_PER_UPDATE = 40
+#: Task records written together, one PartiQL INSERT each, in one BatchExecuteStatement
+#: (DynamoDB takes at most 25 statements per call).
+INSERT_BATCH = 25
+#: Records bigger than this go one by one (a conditional put): a batch stays a small request.
+INSERT_ITEM_MAX_BYTES = 4096
 _MARKER = "b_"
 
 
@@ -533,8 +539,10 @@ class Ledger:
     def record_outcomes(self, run_id: str, counter_count: int, outcomes: list[TaskOutcome]) -> RecordResult:
         """Record a batch of terminal task outcomes; count the new ones with one counter update.
 
-        Each task record is written once (conditional put): a duplicate delivery finds its
-        record and is not counted again. Then the batch's new successes and failures go to
+        Each task record is written once: a duplicate delivery finds its record and is not
+        counted again. The batch's successes go in one call (`_insert_tasks`: a PartiQL INSERT
+        per record, which fails on an existing key); failures and large records one by one
+        (a conditional put, `_put_task`). Then the batch's new successes and failures go to
         one randomly chosen counter. If that update empties the counter's room, the full
         completion check runs and may claim the reduce.
 
@@ -547,7 +555,7 @@ class Ledger:
         epoch = self._known_epoch(run_id, counter_count)
         outcomes = list({o.task_id: o for o in outcomes}.values())  # one outcome per task in a batch
         token = _token()
-        written = list(self._pool.map(lambda o: self._put_task(run_id, o, token), outcomes))
+        written = self._write_tasks(run_id, outcomes, token)
         newly = [o for o, w in zip(outcomes, written, strict=True) if w is not None]
         dupes = [o.task_id for o, w in zip(outcomes, written, strict=True) if w is None]
         self._crash(CRASH_AFTER_TASK_WRITE)
@@ -564,6 +572,76 @@ class Ledger:
     def _crash(self, point: str) -> None:
         if self._crash_hook is not None:
             self._crash_hook(point)
+
+    def _write_tasks(self, run_id: str, outcomes: list[TaskOutcome], token: str) -> list[TaskState | None]:
+        """Each outcome's record, written once; the state recorded, or None for a duplicate."""
+        states: dict[int, TaskState | None] = {}
+        together: list[tuple[int, dict[str, Any]]] = []
+        alone: list[int] = []
+        for i, o in enumerate(outcomes):
+            item = _task_item(run_id, o, token)
+            if o.state is TaskState.SUCCEEDED and _item_size(item) <= INSERT_ITEM_MAX_BYTES:
+                together.append((i, item))
+            else:
+                alone.append(i)  # a FAILED record has its F# item first; a big one goes alone
+        for start in range(0, len(together), INSERT_BATCH):
+            chunk = together[start : start + INSERT_BATCH]
+            inserted, refused = self._insert_tasks([item for _, item in chunk], token)
+            states.update({chunk[k][0]: state for k, state in inserted.items()})
+            alone += [chunk[k][0] for k in refused]
+        for i, state in zip(
+            alone, self._pool.map(lambda i: self._put_task(run_id, outcomes[i], token), alone), strict=True
+        ):
+            states[i] = state
+        return [states[i] for i in range(len(outcomes))]
+
+    def _insert_tasks(self, items: list[dict[str, Any]], token: str) -> tuple[dict[int, TaskState | None], list[int]]:
+        """Insert SUCCEEDED task records in one BatchExecuteStatement. Returns, by position, the
+        state of each record written (SUCCEEDED, or None for a duplicate: another delivery's
+        record is there), and the positions whose statement failed for another reason (throttled,
+        an internal error): those go alone (a conditional put decides, as for a record that may
+        have been written).
+
+        A duplicate key may also be this call's own record, when the SDK retried the call after
+        DynamoDB had applied it: the record's write token tells (a strongly consistent read,
+        on duplicates only)."""
+        try:
+            resp = self.client.batch_execute_statement(Statements=[insert_statement(self.table_name, i) for i in items])
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code not in ("ValidationException", "UnknownOperationException"):
+                raise
+            # The call itself refused (no PartiQL here, or a request DynamoDB will not take):
+            # nothing was written; every record goes alone.
+            log.warning("task records not inserted together (%s): writing them one by one", exc)
+            return {}, list(range(len(items)))
+        written: dict[int, TaskState | None] = {}
+        refused: list[int] = []
+        duplicates: list[int] = []
+        for k, (item, r) in enumerate(zip(items, resp.get("Responses", []), strict=True)):
+            error = r.get("Error")
+            if error is None:
+                written[k] = TaskState.SUCCEEDED
+            elif error.get("Code") == "DuplicateItem":
+                duplicates.append(k)
+            else:
+                log.warning("task record %s not inserted (%s): writing it alone", item["sk"], error)
+                refused.append(k)
+        tokens = self._pool.map(lambda k: self._record_token(items[k]), duplicates)
+        for k, found in zip(duplicates, tokens, strict=True):
+            written[k] = TaskState.SUCCEEDED if found == token else None
+        return written, refused
+
+    def _record_token(self, item: dict[str, Any]) -> str | None:
+        resp = self.client.get_item(
+            TableName=self.table_name,
+            Key=_to_ddb({"pk": item["pk"], "sk": item["sk"]}),
+            ConsistentRead=True,
+            ProjectionExpression="#t",
+            ExpressionAttributeNames={"#t": WRITE_TOKEN},
+        )
+        found = _from_ddb(resp.get("Item") or {})
+        return str(found[WRITE_TOKEN]) if WRITE_TOKEN in found else None
 
     def _put_task(self, run_id: str, o: TaskOutcome, token: str) -> TaskState | None:
         """Write the task's record once. Returns the state recorded (FAILED for a result too
