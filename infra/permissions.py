@@ -18,6 +18,8 @@ LEDGER: tuple[str, ...] = (
     "dynamodb:BatchGetItem",
     "dynamodb:ConditionCheckItem",
     "dynamodb:GetItem",
+    # A batch's task records go as PartiQL INSERTs in one BatchExecuteStatement (ledger).
+    "dynamodb:PartiQLInsert",
     "dynamodb:PutItem",
     "dynamodb:Query",
     "dynamodb:UpdateItem",

@@ -928,6 +928,7 @@ LEDGER_ACTIONS = {
     "dynamodb:BatchGetItem": LEDGER,
     "dynamodb:ConditionCheckItem": LEDGER,
     "dynamodb:GetItem": LEDGER,
+    "dynamodb:PartiQLInsert": LEDGER,
     "dynamodb:PutItem": LEDGER,
     "dynamodb:Query": LEDGER | {"<LedgerTable.Arn>/index/*"},
     "dynamodb:UpdateItem": LEDGER,
