@@ -199,6 +199,34 @@ def test_a_401_after_another_push_already_refreshed_is_sent_again_with_the_new_s
     assert result.status == 200 and len(service.refused) == 1
 
 
+def test_a_401_just_after_the_secret_was_read_is_retried_later_not_failed(service: _Service, aws: None) -> None:
+    # GIVEN a pusher that read its secret ("first") a moment ago, and may re-read it every 60 s
+    sm = _secretsmanager(aws)
+    arn = sm.create_secret(Name="svc", SecretString="first")["ARN"]
+    now = [1000.0]
+    cache = SecretCache(secret_arn=arn, client=lambda: sm, min_refresh_interval_s=60)
+    cache._clock = lambda: now[0]
+    pusher = HttpPusher(service.url, cache)
+    assert pusher.push("/tasks/x", {"n": 1}, idempotency_key="r:1", timeout=5).outcome is PushOutcome.SUCCESS
+    # WHEN the secret rotates, the service takes the new one at once, and a push comes 2 s later
+    sm.put_secret_value(SecretId=arn, SecretString=json.dumps({"current": "second", "previous": "first"}))
+    service.secrets = "second"
+    now[0] += 2
+    result = pusher.push("/tasks/x", {"n": 2}, idempotency_key="r:2", timeout=5)
+    # THEN the 401 is not a failure: the task is retried once a re-read is allowed
+    assert result.status == 401 and result.outcome is PushOutcome.RETRY
+    assert result.retry_after_s == 60
+    # AND once the interval has passed, the retry re-reads the secret and succeeds
+    now[0] += 60
+    again = pusher.push("/tasks/x", {"n": 2}, idempotency_key="r:2", timeout=5)
+    assert again.outcome is PushOutcome.SUCCESS, again.describe()
+    # AND a secret still refused after its re-read is a PERMANENT 401 (a wrong secret, not a rotation)
+    service.secrets = "third"
+    now[0] += 61
+    wrong = pusher.push("/tasks/x", {"n": 3}, idempotency_key="r:3", timeout=5)
+    assert wrong.status == 401 and wrong.outcome is PushOutcome.PERMANENT
+
+
 def test_a_body_over_the_limit_is_never_sent(service: _Service) -> None:
     pusher = HttpPusher(service.url, SecretCache(secret="first"), max_body_bytes=1000)
     result = pusher.push("/tasks/x", {"pad": "x" * 2000}, idempotency_key="r:t", timeout=5)

@@ -18,7 +18,7 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -46,12 +46,15 @@ class PushResult:
     #: False when the request surely never reached the service (no connection could be opened,
     #: or the push could not be signed): retrying it cannot repeat any work.
     reached: bool = True
+    #: A 401 while this process's secret was too recently read to read again (a rotation may
+    #: have just happened): retried after the re-read interval, not failed.
+    secret_may_be_stale: bool = False
 
     @property
     def outcome(self) -> PushOutcome:
         if self.not_sendable:
             return PushOutcome.PERMANENT
-        if self.status is None:
+        if self.status is None or self.secret_may_be_stale:
             return PushOutcome.RETRY
         if 200 <= self.status < 300:
             try:
@@ -191,10 +194,16 @@ class HttpPusher:
             # The service may already know a rotated secret this process has not read yet. Re-read
             # it (at most every few seconds: a concurrent push may just have done so) and send
             # again when the secret now differs from the one that was refused.
-            refresh()
+            reread = refresh()
             fresh = self.secret()
             if fresh != used:
                 result = self._send(self.prefix + path, body, idempotency_key, timeout, fresh)
+            elif reread is False:
+                # Not re-read: this process read it moments ago, perhaps just before a rotation
+                # the service has already taken. Try again once a re-read is allowed; a secret
+                # still refused after its re-read is a PERMANENT 401 then.
+                wait = float(getattr(self.secret, "min_refresh_interval_s", 5.0))
+                result = replace(result, secret_may_be_stale=True, retry_after_s=max(wait, 1.0))
         return result
 
     def _send(self, target: str, body: bytes, idempotency_key: str, timeout: float, value: str) -> PushResult:
