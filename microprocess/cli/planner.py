@@ -95,8 +95,8 @@ class Assumptions:
 
     Attributes:
         aws_wait_s_per_batch: the forwarder's wait on AWS per batch beyond the service: two
-            DynamoDB round trips (the batch's conditional puts run concurrently, then one
-            counter update) at about 10 ms each from inside the region, s.
+            DynamoDB round trips (the batch's task records in one BatchExecuteStatement, then
+            one counter update) at about 10 ms each from inside the region, s.
         continuation_gap_s: from a splitter invocation's asynchronous self-invoke to the new
             invocation's first page (invoke + cold start), s.
         sqs_send_batch_s: one SendMessageBatch call of 10 messages from inside the region, s.
