@@ -4,9 +4,9 @@ moto's own `batch_execute_statement` neither fails an INSERT whose key exists (D
 that statement `DuplicateItem`) nor scales (it copies every table for each statement). The ledger
 writes a batch's task records as INSERTs (`microprocess.ledger.records.insert_statement`), so
 the unit tests need the real semantics: this stand-in reads each INSERT of that form (values as
-parameters) and applies it as a put conditional on the key not existing; any other statement is
-left to moto. The real service's behaviour is exercised by the e2e tests and the chaos suite on
-the local stack (ministack implements the duplicate check).
+parameters) and applies it as a put conditional on the key not existing; any other statement goes
+to moto's own implementation, one by one. The real service's behaviour is exercised by the e2e
+tests and the chaos suite on the local stack (ministack implements the duplicate check).
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ def _insert(backend: DynamoDBBackend, statement: str, parameters: list[dict[str,
 
 
 def batch_execute_statement(self: DynamoDBBackend, statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    answers = [_insert(self, s["Statement"], s.get("Parameters", [])) for s in statements]
-    if all(a is not None for a in answers):
-        return [a for a in answers if a is not None]
-    if any(a is not None for a in answers):
-        raise NotImplementedError("a batch mixing the ledger's INSERTs with other statements")
-    return _moto_batch_execute_statement(self, statements)
+    # Each statement on its own: an INSERT of the ledger's form here, any other one by moto.
+    out = []
+    for statement in statements:
+        answer = _insert(self, statement["Statement"], statement.get("Parameters", []))
+        out.append(answer if answer is not None else _moto_batch_execute_statement(self, [statement])[0])
+    return out
 
 
 def install() -> None:

@@ -143,7 +143,7 @@ def test_splitter_model_for_the_seed_runs_its_segments_in_parallel() -> None:
 P5_100K = {"report_rows": 100_000, "report_bytes": 4_070_051, "seconds": 3.13}
 
 
-def measured_doc(observed: Observed) -> dict[str, Any]:
+def measured_doc(observed: Observed, larger_split: tuple[int, float] | None = None) -> dict[str, Any]:
     """measured_costs.json of the observed run (4 scan segments, the 100k report, 3 CPU-s of workers)."""
     return measured_costs(
         observed,
@@ -152,6 +152,7 @@ def measured_doc(observed: Observed) -> dict[str, Any]:
         split_segments=4,
         report=report_figures(P5_100K, part_bytes=5 * 1024 * 1024),
         lambda_workers_cpu_s=3.0,
+        larger_split=larger_split,
     )
 
 
@@ -205,15 +206,7 @@ def test_the_splitters_cpu_time_is_required(observed: Observed) -> None:
 def test_the_splitters_cpu_time_comes_from_the_larger_run_when_there_is_one(observed: Observed) -> None:
     # GIVEN the 1,000-item run (0.5 CPU-s: 0.5 ms per item, start-up included) and a 50,000-item
     # run whose splitter used 15 CPU-s (0.3 ms per item: its start-up spread over more items)
-    doc = measured_costs(
-        observed,
-        measured_at="2026-11-01T00:00:00Z",
-        cores=2,
-        split_segments=4,
-        report=report_figures(P5_100K, part_bytes=5 * 1024 * 1024),
-        lambda_workers_cpu_s=3.0,
-        larger_split=(50_000, 15.0),
-    )
+    doc = measured_doc(observed, larger_split=(50_000, 15.0))
     assert doc["splitter"]["cpu_s_per_item"] == pytest.approx(15.0 / 50_000)
     assert "50,000-item P8 run" in doc["splitter"]["cpu_source"]
     # a "larger" run that is not larger, or recorded no CPU time, is not used
