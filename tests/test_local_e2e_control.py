@@ -31,9 +31,12 @@ pytestmark = pytest.mark.e2e
 JOB = INVOICE_REMINDERS
 #: Pushes the reminders service logs (uvicorn's access log, one line per request).
 PUSH_LINE = f'"POST {JOB.task_path} HTTP/1.1"'
-#: Long enough that the run is still going when it is paused or scaled (about 60 tasks/s here).
-PAUSE_INVOICES = 1000
-SCALE_INVOICES = 600
+#: Long enough that the run is still going when it is paused or scaled. The pause comes once the split
+#: is done (every message accounted): the split runs ~3x faster than the pushes here, so a run of
+#: 4,000 was half done when the pushes stopped (the forwarder serves its cached run for 3 s more);
+#: 1,000 had ended before the pause in CI. 6,000 leaves a margin for a machine twice as fast.
+PAUSE_INVOICES = 6000
+SCALE_INVOICES = 2000
 #: The controller's interval for `scale --adaptive` (the CLI's least).
 ADAPTIVE_INTERVAL_S = 10
 STOP_INVOICES = 600
@@ -156,7 +159,7 @@ def test_a_pause_longer_than_the_redelivery_window_pushes_nothing_and_resumes_to
     time.sleep(FORWARDER_CACHE_S)
     frozen = steady_pushes(stack, quiet_s=3.0)
     at_pause = ledger.progress(run_id)
-    assert at_pause.succeeded < PAUSE_INVOICES, "the run finished before the pause: raise PAUSE_INVOICES"
+    assert at_pause.succeeded < PAUSE_INVOICES, f"the run ended before the pause ({at_pause.succeeded}): raise it"
     resumer = RunResumer(
         ledger=ledger,
         sqs=sqs,
@@ -235,7 +238,8 @@ def test_scale_mid_run_puts_the_cap_in_force_and_the_run_completes(
         # AND `status` shows the cap in force while the run is going
         text = cli_run("status", run_id)
         assert f"2 (declared max {JOB.max_concurrency})" in text, text
-        assert ledger.progress(run_id).succeeded < SCALE_INVOICES, "the run finished before the scale"
+        at_scale = ledger.progress(run_id).succeeded
+        assert at_scale < SCALE_INVOICES, f"the run ended before the scale ({at_scale}): raise SCALE_INVOICES"
         # AND the run still completes, exactly
         final = finished(ledger, run_id)
         assert (final.status, final.expected, final.succeeded, final.failed) == (
