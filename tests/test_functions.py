@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -985,3 +986,38 @@ def test_5_a_sweep_that_fails_on_a_run_raises_the_stuck_alarm(stack: Stack) -> N
     )
     report = s.sweep()
     assert report.stuck == ["r1"] and "DynamoDB is down" in report.errors[0] and stack.metric("StuckRuns") == 1
+
+
+def test_a_splitter_that_finds_its_page_accounted_by_another_leaves_it_the_segment(
+    stack: Stack, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a one-segment source of 30 items in pages of 5, and a second splitter live on the
+    # same segment (a doubled start, or a sweeper restart while the first was alive) that
+    # accounts the first page just before this one does
+    seed_companies(stack.ddb, stack.companies, 30)
+    job, reg = job_with(source={"kind": "dynamodb", "table": "companies", "segments": 1, "page_size": 5})
+    splitter = stack.splitter(jobs=reg)
+    real = stack.ledger.account_page
+    raced: list[str] = []
+
+    def other_splitter_first(run_id: str, **kw: Any) -> bool:
+        if not raced:
+            raced.append(kw["cursor_from"])
+            assert real(run_id, **kw)  # the other splitter's write
+        return real(run_id, **kw)
+
+    monkeypatch.setattr(stack.ledger, "account_page", other_splitter_first)
+    # WHEN this splitter reads the segment
+    with caplog.at_level(logging.WARNING, logger="microprocess.pipeline.splitter"):
+        res = splitter.handle({"job": job.name, "run_id": "r1"}, ENOUGH_TIME)
+    # THEN it sent its one page and stopped: the other one goes on from the accounted cursor
+    # (before, it followed the other one page by page, sending every page twice)
+    assert raced and res["status"] == "SPLITTING" and not res["continued"]
+    assert stack.depth(stack.task_queue) == 5
+    assert stack.metric("SplitSegmentsYielded") == 1
+    assert any("accounted by another splitter" in r.getMessage() for r in caplog.records)
+    run = stack.ledger.require_run("r1")
+    assert run.expected == 5 and run.cursors["0"] != raced[0]
+    # AND the other splitter (here: a fresh one from the run's cursor) finishes the split exactly
+    assert stack.split({"job": job.name, "run_id": "r1"}, jobs=reg)["expected"] == 30
+    assert stack.depth(stack.task_queue) == 30

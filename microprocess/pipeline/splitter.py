@@ -418,9 +418,21 @@ class Splitter:
                 ):
                     cursor, seq = page.next_cursor, seq + count
                     self.emit("TasksEnqueued", len(bodies), job.name)
-                else:  # another splitter moved this segment on: continue from where it is
-                    now = self.ledger.require_run(run.run_id)
-                    cursor, seq = now.cursors[seg], now.seg_counts[seg]
+                else:
+                    # Another splitter accounted this page (its write token is not ours): it is
+                    # reading this segment now (a doubled start, a Lambda retry or a sweeper
+                    # restart while the first was alive). Following it would send every later
+                    # page twice, in lockstep; leave it the segment. Should it die, the sweeper
+                    # restarts the split once the run has been quiet for `stuck_after_s`.
+                    log.warning(
+                        "run %s: segment %s: the page at %s was accounted by another splitter; "
+                        "leaving it the rest of the segment",
+                        run.run_id,
+                        seg,
+                        cursor,
+                    )
+                    self.emit("SplitSegmentsYielded", 1, job.name, run_id=run.run_id)
+                    break
         return False
 
     def _room_for(self, job: JobDeclaration, page_size: int, remaining_ms: Callable[[], int]) -> bool:
