@@ -53,7 +53,10 @@ RUN_TIMEOUT_S = 150.0
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
     # The companies table is not used here: seed a token amount. The access log counts the pushes.
-    with module_stack("control", UpOptions(items=10, seed=3, access_log=True), workdir_env=True) as stack:
+    # The queue holds a whole run: the pause and the scale come once the split is done (every
+    # message accounted), so the split must not wait for the pushes (`LOCAL_MAX_QUEUE_DEPTH`).
+    options = UpOptions(items=10, seed=3, access_log=True, max_queue_depth=20_000)
+    with module_stack("control", options, workdir_env=True) as stack:
         yield stack
 
 
