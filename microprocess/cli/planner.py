@@ -102,7 +102,8 @@ class Assumptions:
         sqs_send_batch_s: one SendMessageBatch call of 10 messages from inside the region, s.
         splitter_aws_s_per_page: the splitter's sequential AWS calls per page besides its sends:
             the queue depth check (SQS), the kept-page check and write (S3), the source page
-            (DynamoDB Scan) and accounting the page (DynamoDB), about 20 ms each, s.
+            (DynamoDB Scan; a source reads up to 4 pages per Scan, so one per page is on the
+            safe side) and accounting the page (DynamoDB), about 20 ms each, s.
         sweeper_seconds_per_sweep: one sweep's duration (reads the active runs and their
             counters; the bench's runs are shorter than one sweep interval), s.
         sweep_interval_s: how often the sweeper runs (`infra.sweeper.RATE`), s.

@@ -55,7 +55,8 @@ class ItemSource(BaseModel):
         table: the table role of a `dynamodb` source (the stack creates it, or names yours).
         segments: parallel scan segments of a `dynamodb` source, each read by its own splitter
             invocation (`microprocess plan` says how many keep up with the job's concurrency).
-        page_size: items read, sent and accounted per page.
+        page_size: items read, sent and accounted per page. A `dynamodb` source reads up to 4 pages
+            per Scan call (each page keeps its own cursor, the key of its last item).
         uri: `s3://bucket/key` of an `s3` manifest.
         format: `jsonl` or `csv`, for an `s3` manifest.
         function: `module:function` of a `callable` source; it yields the items.
