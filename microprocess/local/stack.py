@@ -292,7 +292,7 @@ class LocalStack:
             "reduce_visibility_timeout_s": str(LOCAL_VISIBILITY_TIMEOUT_S),
             "sweeper_rate_minutes": str(LOCAL_SWEEPER_RATE_MINUTES),
             "stuck_after_s": str(LOCAL_STUCK_AFTER_S),
-            # The emulator slows down past ~10,000 waiting messages: the splitter waits below that.
+            # ministack's receives cost more the deeper the queue: the splitter waits past this depth.
             "max_queue_depth_cap": str(options.max_queue_depth),
         }
         if options.forwarder_concurrency != 0:

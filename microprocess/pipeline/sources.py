@@ -16,7 +16,7 @@ import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, pairwise
 from typing import Any, Protocol
 
 from boto3.dynamodb.types import Binary, TypeDeserializer
@@ -87,7 +87,7 @@ class DynamoDBSource:
         self.table_name = table_name
         self.segments = segments
         self.read_ahead = read_ahead
-        self.scans = 0  # Scan calls made (for tests and the bench)
+        self.scans = 0  # Scan calls made (the tests count them)
         self._ahead: dict[tuple[int, str], Page] = {}
 
     def read_page(self, segment: int, cursor: str, limit: int) -> Page:
@@ -119,8 +119,7 @@ class DynamoDBSource:
             more = at + limit < len(raw_items)
             next_cursor = json.dumps({k: chunk[-1][k] for k in key_names}, sort_keys=True) if more else end
             pages.append(Page([_item(raw) for raw in chunk], next_cursor))
-        cursors = [cursor] + [p.next_cursor for p in pages[:-1]]
-        self._ahead.update({(segment, c): p for c, p in zip(cursors[1:], pages[1:], strict=True)})
+        self._ahead.update({(segment, prev.next_cursor): page for prev, page in pairwise(pages)})
         return pages[0]
 
 
