@@ -36,7 +36,7 @@ from typing import Any
 
 from bench.figures import EventSourceUse, FunctionUse, Observed, parse_time
 from microprocess.ledger import Ledger, RunStatus
-from microprocess.local import LocalStack, StackAlreadyRunning, UpOptions, Workspace, aws_client, captured_emails
+from microprocess.local import LocalStack, LocalState, StackAlreadyRunning, UpOptions, Workspace, captured_emails
 from microprocess.local.emulator import aws_env, log_group_of, log_messages
 from microprocess.local.processes import ProcessHandle, descendants, spawn, stop, wait_http_ok
 from microprocess.local.sender import ses_sender
@@ -97,6 +97,7 @@ class BenchStack:
         self.stack = LocalStack(self.ws, echo=lambda line: echo(f"  {line}"))
         self.handles: list[ProcessHandle] = []
         self.endpoint = ""
+        self.state: LocalState | None = None
         self.outputs: dict[str, str] = {}
         self.functions: dict[str, str] = {}
         self.original_env: dict[str, dict[str, str]] = {}
@@ -119,6 +120,7 @@ class BenchStack:
             ) from None
         try:
             self.endpoint = state.endpoint_url
+            self.state = state
             self.outputs = dict(state.outputs)
             self.functions = {role: self.outputs[key] for role, key in FUNCTION_OUTPUTS.items() if key in self.outputs}
             missing = {"splitter", "forwarder"} - set(self.functions)
@@ -156,7 +158,8 @@ class BenchStack:
 
     def client(self, service: str) -> Any:
         """A client straight to the emulator (not counted)."""
-        return aws_client(service, self.endpoint, max_pool_connections=32)
+        assert self.state is not None
+        return self.state.client(service, max_pool_connections=32)
 
     def _start_proxy(self) -> None:
         ddb = self.client("dynamodb")
@@ -579,7 +582,7 @@ def run_pipeline(bs: BenchStack, *, counted: bool, timeout_s: float | None = Non
         raise BenchError(f"run {run_id}: {len(finished)} task records for {run.expected} expected")
     emails = [
         m
-        for m in captured_emails(bs.endpoint)
+        for m in captured_emails(bs.endpoint, bs.state.ca_bundle if bs.state else None)
         if any(run_id in (m.get(k) or "") for k in ("Subject", "BodyText", "BodyHtml"))
     ]
     time.sleep(1.0)  # let the last log lines land

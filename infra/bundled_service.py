@@ -22,6 +22,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_route53 as route53
 from aws_cdk import aws_route53_targets as route53_targets
@@ -103,6 +104,7 @@ class BundledService(Construct):
         live_environment, queue_environment: the containers' variables (besides `SERVICE_ROLE`).
         domain: host names and TLS; None serves plain HTTP on the ALBs' DNS names.
         access_logs_bucket: receives the ALBs' access logs.
+        task_roles: the role each process runs with, by role (`live`, `queue`): `ServiceRoles`.
         live_capacity, queue_capacity: size and scaling of each service.
         live_rate_limit: requests per client IP per 5 minutes the public ALB's WAF rule allows
             before it blocks that IP (until its rate falls again).
@@ -135,6 +137,7 @@ class BundledService(Construct):
         queue_environment: Mapping[str, str],
         domain: DomainSettings | None,
         access_logs_bucket: s3.IBucket,
+        task_roles: Mapping[str, iam.IRole],
         live_capacity: ServiceCapacity = ServiceCapacity(),
         live_rate_limit: int = LIVE_RATE_LIMIT,
         queue_capacity: ServiceCapacity = ServiceCapacity(max_capacity=10),
@@ -179,6 +182,7 @@ class BundledService(Construct):
                 cpu_target_percent=capacity.cpu_target_percent,
                 log_retention=log_retention,
                 removal_policy=removal_policy,
+                task_role=task_roles[role],
             )
 
         self.live = service(contract.LIVE_ROLE, live_environment, live_capacity)

@@ -38,7 +38,7 @@ class FargateWebService(Construct):
     Attributes:
         service: the `ecs.FargateService`.
         task_definition: its task definition.
-        task_role: the role the application runs with (grant access to it).
+        task_role: the role the application runs with (given, e.g. `ServiceRoles`, or a new empty one).
         log_group: the container's log group.
         target_group: the `elbv2.ApplicationTargetGroup` (health check on `health_check_path`).
     """
@@ -63,6 +63,7 @@ class FargateWebService(Construct):
         health_check_path: str = contract.HEALTH_CHECK_PATH,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         removal_policy: RemovalPolicy = RemovalPolicy.DESTROY,
+        task_role: iam.IRole | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=removal_policy)
@@ -78,6 +79,7 @@ class FargateWebService(Construct):
             "Task",
             cpu=cpu,
             memory_limit_mib=memory_mib,
+            task_role=task_role,
             runtime_platform=ecs.RuntimePlatform(
                 cpu_architecture=ecs.CpuArchitecture.X86_64,
                 operating_system_family=ecs.OperatingSystemFamily.LINUX,

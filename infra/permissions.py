@@ -24,6 +24,21 @@ LEDGER: tuple[str, ...] = (
     "dynamodb:Query",
     "dynamodb:UpdateItem",
 )
+#: A job's item index (`item_index = true`): the splitter writes its entries 25 at a time.
+ITEM_INDEX_WRITE: tuple[str, ...] = ("dynamodb:BatchWriteItem",)
+#: The sweeper's counter repair removes the repair marker it left on a run.
+REPAIR_DELETE: tuple[str, ...] = ("dynamodb:DeleteItem",)
+#: A bundled service's declared tables: the live role reads items, the queue role also updates them.
+SERVICE_TABLE_READ: tuple[str, ...] = ("dynamodb:GetItem",)
+SERVICE_TABLE_WRITE: tuple[str, ...] = ("dynamodb:GetItem", "dynamodb:UpdateItem")
+#: The service reduce (`reduce = "service"`): reads a run, its counters and its shards' task
+#: records, and claims / records the run's email on the run item.
+SERVICE_REDUCE_LEDGER: tuple[str, ...] = (
+    "dynamodb:BatchGetItem",
+    "dynamodb:GetItem",
+    "dynamodb:Query",
+    "dynamodb:UpdateItem",
+)
 #: A DynamoDB item source: a parallel scan.
 SOURCE_TABLE: tuple[str, ...] = ("dynamodb:Scan",)
 #: Sending to a queue (SendMessageBatch is authorised by SendMessage).

@@ -28,6 +28,7 @@ from aws_cdk import Duration, FeatureFlags, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
@@ -50,11 +51,12 @@ from infra.network import Network
 from infra.push_queue import PushQueue
 from infra.push_settings import VISIBILITY_FACTOR, PushSettings
 from infra.reports import DEFAULT_EXPIRY_DAYS, Reports
+from infra.service_roles import ServiceRoles, jobs_of, role_key
 from infra.signing_secret import SigningSecret
 from infra.splitter import Splitter
 from infra.sweeper import Sweeper
 from microprocess.control.scheduled import adaptive_jobs
-from microprocess.declarations import Declarations, get_declarations, load_declarations
+from microprocess.declarations import Declarations, ReduceMode, get_declarations, load_declarations
 from microprocess.pipeline.splitter import SPLITS_PREFIX
 from microprocess.stacks import MANIFESTS_PREFIX
 
@@ -289,6 +291,8 @@ class MicroprocessPlatform(Construct):
             )
         ]
         self.api_keys = {name: ApiKeySecret(self, f"ApiKey-{name}", service_name=name) for name in live_roles}
+
+        self.service_roles = self._service_roles(local, live_roles)
 
         self.network: Network | None = None
         self.bundled: dict[str, BundledService] = {}
@@ -527,17 +531,42 @@ class MicroprocessPlatform(Construct):
             },
             domain=settings.domain,
             access_logs_bucket=access_logs.bucket,
+            task_roles={
+                contract.LIVE_ROLE: self.service_roles[name].roles[role_key(name, contract.LIVE_ROLE)],
+                contract.QUEUE_ROLE: self.service_roles[name].roles[role_key(name, contract.QUEUE_ROLE)],
+            },
         )
-        live_role, queue_role = built.live.task_role, built.queue.task_role
-        for table in tables.values():
-            table.grant_read_data(live_role)
-            table.grant_read_write_data(queue_role)
-        self.ledger.table.grant_read_write_data(queue_role)
-        self.reports.bucket.grant_read_write(queue_role)
-        self.reports.email_identity.grant_send_email(queue_role)
-        secret.grant_read(queue_role)
-        api_key.grant_read(live_role)
         return built
+
+    def _service_roles(self, local: bool, bundled: list[str]) -> dict[str, ServiceRoles]:
+        """The task roles of the services whose processes this stage runs: the bundled ones (both
+        stages) and, locally, each external service `local up` runs (`local_app`)."""
+        declared = self.declarations
+        principal: iam.IPrincipal = (
+            iam.AccountRootPrincipal() if local else iam.ServicePrincipal("ecs-tasks.amazonaws.com")
+        )
+        names = [
+            name
+            for name in self.endpoints
+            if name in bundled or (local and declared.services.get(name).local_app is not None)
+        ]
+        return {
+            name: ServiceRoles(
+                self,
+                f"Roles-{name}",
+                service_name=name,
+                principal=principal,
+                bundled=name in bundled,
+                tables={role: self.source_tables[role].table for role in declared.services.get(name).tables},
+                jobs=jobs_of(name, declared.jobs),
+                signing_secret=self.signing_secrets[name].secret,
+                api_key=self.api_keys[name].secret if name in bundled else None,
+                ledger_table=self.ledger.table,
+                reports_bucket=self.reports.bucket,
+                email_identity=self.reports.email_identity,
+            )
+            for name in names
+        }
 
     def _pin_stateful(self, access_logs: AccessLogBucket | None) -> None:
         logical_ids.pin(self.ledger.table, logical_ids.LEDGER)
@@ -568,19 +597,6 @@ class MicroprocessPlatform(Construct):
             "Objects are addressed by run and task ids under a fixed key prefix of the reports bucket; "
             "the grant is scoped to that prefix."
         )
-        reason_s3_actions = (
-            "CDK's S3 grant action groups (GetObject*, GetBucket*, List*, DeleteObject*, Abort*) on the "
-            "reports bucket only, scoped to a key prefix where the code allows it."
-        )
-        s3_groups = {
-            "read": ["s3:GetObject*", "s3:GetBucket*", "s3:List*"],
-            "put": ["s3:Abort*"],
-            "read_write": ["s3:GetObject*", "s3:GetBucket*", "s3:List*", "s3:DeleteObject*", "s3:Abort*"],
-        }
-
-        def actions(group: str) -> list[str]:
-            return [f"AwsSolutions-IAM5[Action::{a}]" for a in s3_groups[group]]
-
         # The functions' actions are explicit lists (infra/permissions.py): only resource
         # wildcards remain, each scoped to the ledger's indexes or to one key prefix.
         for consumer in (self.forwarder, self.reducer, self.dead_letter, self.splitter, self.sweeper):
@@ -606,16 +622,17 @@ class MicroprocessPlatform(Construct):
             prefix(SPLITS_PREFIX),
         )
         acknowledge(self.dead_letter, reason_prefix, prefix("quarantine/"))
-        for service in self.bundled.values():
-            queue_role = service.queue.task_role
-            acknowledge(queue_role, reason_index, table_indexes)
+        for name, roles in self.service_roles.items():
+            reducing = [job.name for job in jobs_of(name, self.declarations.jobs) if job.reduce is ReduceMode.SERVICE]
+            queue_role = roles.roles.get(role_key(name, contract.QUEUE_ROLE))
+            if queue_role is None or not reducing:
+                continue
             acknowledge(
                 queue_role,
-                "The queue service writes and reads every report file of every run "
-                "(reports/<job>/<run>/...) and reads claim-checked items: the whole reports bucket.",
-                prefix(""),
+                "The service reduce writes and reads the report files of its own jobs' runs "
+                "(reports/<job>/<run>/...), named by run ids known at run time: scoped to each job's prefix.",
+                *(prefix(f"{REPORTS_PREFIX}{job}/") for job in reducing),
             )
-            acknowledge(queue_role, reason_s3_actions, *actions("read_write"))
 
     def _skip_function_checkov_findings(self) -> None:
         """The checkov findings on the five functions that do not apply to them, each with its reason
@@ -691,6 +708,9 @@ class MicroprocessPlatform(Construct):
                 {name: secret.secret.secret_arn for name, secret in self.signing_secrets.items()}
             ),
             "ApiKeyArns": stack.to_json_string({name: key.secret.secret_arn for name, key in self.api_keys.items()}),
+            "ServiceRoleArns": stack.to_json_string(
+                {key: arn for roles in self.service_roles.values() for key, arn in roles.arns().items()}
+            ),
             "SplitterFunctionName": self.splitter.function.function_name,
             "ForwarderFunctionName": self.forwarder.function.function_name,
             "ReduceForwarderFunctionName": self.reducer.function.function_name,

@@ -77,6 +77,8 @@ class Splitter(Construct):
         self.function = handler.function
         self.role = handler.role
         permissions.allow_ledger(self.function, ledger_table)
+        if any(job.item_index for job in declared):
+            permissions.allow(self.function, permissions.ITEM_INDEX_WRITE, [ledger_table.table_arn])
         # each job's task queue, and the reduce queue: a run with no items reduces at once
         queues = [push_queue.task_queues[job.name] for job in declared] + [push_queue.reduce_queue]
         permissions.allow(self.function, permissions.SEND_MESSAGE, [queue.queue_arn for queue in queues])

@@ -64,6 +64,7 @@ class Sweeper(Construct):
         self.function = handler.function
         self.role = handler.role
         permissions.allow_ledger(self.function, ledger_table)
+        permissions.allow(self.function, permissions.REPAIR_DELETE, [ledger_table.table_arn])
         permissions.allow(self.function, permissions.SEND_MESSAGE, [push_queue.reduce_queue.queue_arn])
         # Only the unqualified function (what the sweeper invokes by name), not every version.
         splitter_function.grant_invoke_latest_version(self.function)

@@ -31,6 +31,7 @@ LOCAL_OUTPUTS: Final = (
     "SourceTables",
     "ServiceSecretArns",
     "ApiKeyArns",
+    "ServiceRoleArns",
     "SplitterFunctionName",
     "ForwarderFunctionName",
     "ReduceForwarderFunctionName",
@@ -39,7 +40,14 @@ LOCAL_OUTPUTS: Final = (
 )
 CLOUD_OUTPUTS: Final = (*LOCAL_OUTPUTS, "ServiceUrls", "DashboardName", "AlarmTopicArn")
 #: Outputs whose value is a JSON document.
-JSON_OUTPUTS: Final = ("JobQueueUrls", "SourceTables", "ServiceSecretArns", "ApiKeyArns", "ServiceUrls")
+JSON_OUTPUTS: Final = (
+    "JobQueueUrls",
+    "SourceTables",
+    "ServiceSecretArns",
+    "ApiKeyArns",
+    "ServiceRoleArns",
+    "ServiceUrls",
+)
 
 #: Key prefix, in the reports bucket, of the manifests `microprocess run --items FILE` uploads
 #: (the splitter may read it; the infra grants that).

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from microprocess.cli import commands as cli
 from microprocess.ledger import Ledger
-from microprocess.local import LocalStack, LocalState, UpOptions, Workspace, aws_client
+from microprocess.local import LocalStack, LocalState, UpOptions, Workspace
 from microprocess.local.workspace import WORKDIR_ENV, project_root
 
 
@@ -49,7 +49,7 @@ def stack_state(stack: LocalStack) -> LocalState:
 
 
 def stack_ledger(state: LocalState) -> Ledger:
-    return Ledger(state.outputs["LedgerTable"], client=aws_client("dynamodb", state.endpoint_url))
+    return Ledger(state.outputs["LedgerTable"], client=state.client("dynamodb"))
 
 
 def cli_run(*args: str, code: int = 0) -> str:

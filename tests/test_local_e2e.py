@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from microprocess.cli import commands as cli
 from microprocess.ledger import Ledger, RunStatus
-from microprocess.local import LocalStack, LocalState, UpOptions, Workspace, aws_client, captured_emails
+from microprocess.local import LocalStack, LocalState, UpOptions, Workspace, captured_emails
 from microprocess.local.processes import descendants, is_running, port_open
 from microprocess.local.workspace import WORKDIR_ENV, project_root
 from tests.declared import CREDIT_SCORES
@@ -69,7 +69,7 @@ def runner(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 @pytest.fixture(scope="module")
 def ledger(state: LocalState) -> Ledger:
-    return Ledger(state.outputs["LedgerTable"], client=aws_client("dynamodb", state.endpoint_url))
+    return Ledger(state.outputs["LedgerTable"], client=state.client("dynamodb"))
 
 
 def cli_json(runner: CliRunner, *args: str, code: int = 0) -> list[Any]:
@@ -79,11 +79,11 @@ def cli_json(runner: CliRunner, *args: str, code: int = 0) -> list[Any]:
 
 
 def emails_of(state: LocalState, run_id: str) -> list[dict[str, Any]]:
-    return [m for m in captured_emails(state.endpoint_url) if run_id in (m.get("Subject") or "")]
+    return [m for m in captured_emails(state.endpoint_url, state.ca_bundle) if run_id in (m.get("Subject") or "")]
 
 
 def queue_attributes(state: LocalState) -> dict[str, str]:
-    sqs = aws_client("sqs", state.endpoint_url)
+    sqs = state.client("sqs")
     return sqs.get_queue_attributes(
         QueueUrl=json.loads(state.outputs["JobQueueUrls"])["credit-scores"],
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
@@ -97,7 +97,7 @@ def queue_empty(state: LocalState) -> bool:
 
 def deployed_forwarder_concurrency(state: LocalState) -> int:
     """The forwarder's event-source concurrency cap as deployed on this laptop (the largest of its mappings)."""
-    lam = aws_client("lambda", state.endpoint_url)
+    lam = state.client("lambda")
     forwarder = state.outputs["ForwarderFunctionName"]
     mappings = lam.list_event_source_mappings(FunctionName=forwarder)["EventSourceMappings"]
     caps = [int((m.get("ScalingConfig") or {}).get("MaximumConcurrency") or 0) for m in mappings]

@@ -21,7 +21,7 @@ import pytest
 
 from microprocess.control.pause import FORWARDER_CACHE_S, RunResumer
 from microprocess.ledger import Ledger, Progress, RunStatus
-from microprocess.local import LocalStack, LocalState, UpOptions, aws_client
+from microprocess.local import LocalStack, LocalState, UpOptions
 from microprocess.local.stack import LOCAL_VISIBILITY_TIMEOUT_S
 from tests.declared import INVOICE_REMINDERS
 from tests.local_e2e_support import cli_json, cli_run, invoices_file, module_stack, stack_ledger, stack_state
@@ -124,7 +124,7 @@ def steady_pushes(stack: LocalStack, quiet_s: float, timeout_s: float = 30) -> i
 
 
 def queue_depth(state: LocalState, url: str) -> int:
-    attrs = aws_client("sqs", state.endpoint_url).get_queue_attributes(
+    attrs = state.client("sqs").get_queue_attributes(
         QueueUrl=url,
         AttributeNames=[
             "ApproximateNumberOfMessages",
@@ -142,7 +142,7 @@ def job_queue_url(state: LocalState) -> str:
 def test_a_pause_longer_than_the_redelivery_window_pushes_nothing_and_resumes_to_exact_counts(
     stack: LocalStack, state: LocalState, ledger: Ledger, tmp_path: Path
 ) -> None:
-    sqs = aws_client("sqs", state.endpoint_url)
+    sqs = state.client("sqs")
     # GIVEN the job's queue as deployed: a message left in it would come back every visibility timeout
     visibility = int(
         sqs.get_queue_attributes(QueueUrl=job_queue_url(state), AttributeNames=["VisibilityTimeout"])["Attributes"][
@@ -230,10 +230,10 @@ def test_scale_mid_run_puts_the_cap_in_force_and_the_run_completes(
         (scaled,) = cli_json("scale", JOB.name, "--concurrency", "2", "--json")
         assert (scaled["previous"], scaled["concurrency"]) == (deployed, 2)
         # THEN the emulator's event source mapping of the job's queue holds the cap
-        lam = aws_client("lambda", state.endpoint_url)
-        arn = aws_client("sqs", state.endpoint_url).get_queue_attributes(
-            QueueUrl=job_queue_url(state), AttributeNames=["QueueArn"]
-        )["Attributes"]["QueueArn"]
+        lam = state.client("lambda")
+        arn = state.client("sqs").get_queue_attributes(QueueUrl=job_queue_url(state), AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
         (mapping,) = lam.list_event_source_mappings(
             FunctionName=state.outputs["ForwarderFunctionName"], EventSourceArn=arn
         )["EventSourceMappings"]

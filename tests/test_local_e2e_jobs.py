@@ -29,7 +29,6 @@ from microprocess.local import (
     LocalStack,
     LocalState,
     UpOptions,
-    aws_client,
     captured_emails,
     function_log_messages,
 )
@@ -110,7 +109,7 @@ def report_rows(state: LocalState, run_id: str, tmp_path: Path) -> list[dict[str
 
 
 def emails_of(state: LocalState, run_id: str) -> list[dict[str, Any]]:
-    return [m for m in captured_emails(state.endpoint_url) if run_id in (m.get("Subject") or "")]
+    return [m for m in captured_emails(state.endpoint_url, state.ca_bundle) if run_id in (m.get("Subject") or "")]
 
 
 @pytest.mark.usefixtures("workdir_env")
@@ -186,7 +185,7 @@ def test_a_run_whose_manifest_is_missing_ends_failed_with_the_reason(ledger: Led
 def test_a_secret_rotation_in_the_middle_of_a_run_fails_no_task(
     stack: LocalStack, state: LocalState, ledger: Ledger, tmp_path: Path
 ) -> None:
-    sm = aws_client("secretsmanager", state.endpoint_url)
+    sm = state.client("secretsmanager")
     arn = json.loads(state.outputs["ServiceSecretArns"])["reminders"]
     old = sm.get_secret_value(SecretId=arn)["SecretString"]
     log = stack.ws.log("reminders")
@@ -235,7 +234,7 @@ def test_a_service_down_longer_than_its_attempts_last_fails_no_task(
     # THEN the run SUCCEEDED with no task failed
     assert_succeeded_in_full(ledger, run_id, OUTAGE_INVOICES)
     # AND the outage was really met: the forwarder found the service unreachable and re-sent tasks
-    lam, logs = aws_client("lambda", state.endpoint_url), aws_client("logs", state.endpoint_url)
+    lam, logs = state.client("lambda"), state.client("logs")
     forwarder = state.outputs["ForwarderFunctionName"]
     logged = function_log_messages(lam, logs, [forwarder], since_ms)
     assert any("unreachable for" in m and run_id in m for m in logged), f"no push of {run_id} met the outage"

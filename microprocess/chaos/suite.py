@@ -284,16 +284,15 @@ class ChaosSuite:
             self.stack.down()
 
     def _connect(self, state: Any) -> None:
-        from microprocess.local.stack import aws_client
-
         self.state = state
         self.outputs = state.outputs
         self.endpoint = state.endpoint_url
-        self.lam = aws_client("lambda", self.endpoint, read_timeout=300)
-        self.sqs = aws_client("sqs", self.endpoint)
-        self.s3 = aws_client("s3", self.endpoint)
-        self.logs = aws_client("logs", self.endpoint)
-        self.ledger = Ledger(self.outputs["LedgerTable"], client=aws_client("dynamodb", self.endpoint))
+        self.ca_bundle = state.ca_bundle
+        self.lam = state.client("lambda", read_timeout=300)
+        self.sqs = state.client("sqs")
+        self.s3 = state.client("s3")
+        self.logs = state.client("logs")
+        self.ledger = Ledger(self.outputs["LedgerTable"], client=state.client("dynamodb"))
         self.functions = [
             self.outputs[k]
             for k in (
@@ -511,7 +510,7 @@ class ChaosSuite:
     def _emails(self, run_id: str) -> int:
         from microprocess.local.emulator import captured_emails
 
-        return sum(1 for m in captured_emails(self.endpoint) if run_id in str(m.get("Subject", "")))
+        return sum(1 for m in captured_emails(self.endpoint, self.ca_bundle) if run_id in str(m.get("Subject", "")))
 
     def _log_messages(self, t0_ms: int) -> Iterator[str]:
         """Every log message the functions wrote since `t0_ms` (the scenarios run one at a time,

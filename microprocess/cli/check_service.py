@@ -323,7 +323,7 @@ def _local_defaults(service: str, job: Any, *, url: str, secret: str, item: str)
         item = json.dumps(job.sample_item)
     if url and secret:
         return url, secret, item
-    from microprocess.local import NoLocalStack, Workspace, aws_client, read_live_state
+    from microprocess.local import NoLocalStack, Workspace, read_live_state
 
     try:
         state = read_live_state(Workspace.discover().state_file)
@@ -333,7 +333,7 @@ def _local_defaults(service: str, job: Any, *, url: str, secret: str, item: str)
     if not secret:
         arns = json.loads(state.outputs.get("ServiceSecretArns") or "{}")
         if service in arns:
-            sm = aws_client("secretsmanager", state.endpoint_url)
+            sm = state.client("secretsmanager")
             secret = str(sm.get_secret_value(SecretId=arns[service])["SecretString"])
     return url, secret, item
 

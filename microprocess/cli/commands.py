@@ -158,7 +158,7 @@ class Deployment:
 
 
 def _local_deployment() -> Deployment:
-    from microprocess.local import NoLocalStack, Workspace, aws_client, read_live_state
+    from microprocess.local import NoLocalStack, Workspace, read_live_state
 
     ws = Workspace.discover()
     try:
@@ -168,7 +168,7 @@ def _local_deployment() -> Deployment:
     return Deployment(
         name="local",
         outputs=state.outputs,
-        client=lambda service: aws_client(service, state.endpoint_url, max_pool_connections=20),
+        client=lambda service: state.client(service, max_pool_connections=20),
         endpoint_url=state.endpoint_url,
         logs_hint=f"see {ws.logs}/ministack.log",
     )
@@ -780,7 +780,7 @@ def demo(
     ),
 ) -> None:
     """Start the local stack, run the demo job over every seeded item, show the report and the email, stop."""
-    from microprocess.local import LocalStack, LocalStackError, UpOptions, aws_client, captured_emails
+    from microprocess.local import LocalStack, LocalStackError, UpOptions, captured_emails
 
     try:
         declarations = get_declarations()
@@ -804,7 +804,7 @@ def demo(
         dep = Deployment(
             name="local",
             outputs=state.outputs,
-            client=lambda service: aws_client(service, endpoint, max_pool_connections=20),
+            client=lambda service: state.client(service, max_pool_connections=20),
             endpoint_url=endpoint,
             logs_hint=f"see {ws.logs}/ministack.log",
         )
@@ -831,7 +831,7 @@ def demo(
                 if csvs:
                     rows = count_report_rows(csvs[0])
                     out.print(f"report.csv: {rows:,} rows for {expected_rows:,} items")
-            _print_email(_email_for(captured_emails(endpoint), run_id))
+            _print_email(_email_for(captured_emails(endpoint, state.ca_bundle), run_id))
         if final.status is RunStatus.SUCCEEDED and rows == expected_rows:
             code = 0
         else:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from microprocess.local.emulator import ACCOUNT_ID, REGION, aws_env
 from microprocess.local.processes import log_tail
+from microprocess.local.tls import LocalTls
 from microprocess.local.workspace import Workspace
 from microprocess.stacks import LOCAL_OUTPUTS as REQUIRED_OUTPUTS
 from microprocess.stacks import LOCAL_STACK
@@ -26,10 +27,13 @@ class DeployError(RuntimeError):
     """The CDK CLI failed; the message names the step and shows the end of its log."""
 
 
-def cdk_env(endpoint_url: str) -> dict[str, str]:
+def cdk_env(endpoint_url: str, tls: LocalTls) -> dict[str, str]:
     env = aws_env(endpoint_url)
     env.update(
         {
+            # The emulator is reached over TLS: the CLI (Node) and its SDK trust the local CA.
+            "NODE_EXTRA_CA_CERTS": str(tls.ca_cert),
+            "AWS_CA_BUNDLE": str(tls.ca_cert),
             "CDK_DEFAULT_ACCOUNT": ACCOUNT_ID,
             "CDK_DEFAULT_REGION": REGION,
             "CDK_DISABLE_VERSION_CHECK": "1",
@@ -70,6 +74,7 @@ def _run(step: str, argv: list[str], *, env: Mapping[str, str], cwd: Path, log: 
 def deploy_local_stage(
     ws: Workspace,
     endpoint_url: str,
+    tls: LocalTls,
     *,
     service_urls: Mapping[str, str],
     timeout_s: float = 300.0,
@@ -82,7 +87,7 @@ def deploy_local_stage(
     """
     if not (ws.root / "app.py").is_file():
         raise DeployError(f"no CDK app at {ws.root / 'app.py'}")
-    env = cdk_env(endpoint_url)
+    env = cdk_env(endpoint_url, tls)
     cli = str(ws.cdk_cli)
     log = ws.log("cdk")
     timings: dict[str, float] = {}

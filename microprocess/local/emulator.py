@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.request
@@ -18,12 +19,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import boto3
+from botocore.config import Config
+
 from microprocess.local.processes import ProcessHandle, spawn, wait_http_ok
+from microprocess.local.tls import LocalTls
 from microprocess.local.workspace import Workspace
 
 ACCOUNT_ID = "000000000000"
 REGION = "us-east-1"
-#: Credentials the emulator accepts (it does not check them); never real ones.
+#: The emulator account's root credentials (IAM is enforced: every other principal is a role session); never real ones.
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 
 #: Variables of the caller's environment that must not reach the emulator (and so the functions):
@@ -54,10 +59,37 @@ def aws_env(endpoint_url: str | None = None, *, base: Mapping[str, str] | None =
     return env
 
 
-def emulator_env(ws: Workspace, port: int, *, chaos: Path | None = None) -> dict[str, str]:
+def aws_client(service: str, endpoint_url: str, *, ca_bundle: str | None = None, **config: Any) -> Any:
+    """A boto3 client for the emulator with the operator's (root) credentials; never a real account.
+
+    Args:
+        ca_bundle: the local CA to trust for an HTTPS endpoint (`LocalState.ca_bundle`).
+        config: botocore `Config` options (`max_pool_connections`, `read_timeout`, ...).
+    """
+    return boto3.client(
+        service,
+        endpoint_url=endpoint_url,
+        region_name=REGION,
+        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        verify=ca_bundle if ca_bundle else None,
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}, **config),
+    )
+
+
+def emulator_env(ws: Workspace, port: int, tls: LocalTls, *, chaos: Path | None = None) -> dict[str, str]:
     env = aws_env()
     env.update(
         {
+            # IAM as on AWS: identity and resource policies evaluated, each function under a
+            # session of its own execution role; `test`/`test` stay the account's root.
+            "AUTH": "true",
+            # TLS as on AWS (the policies' aws:SecureTransport), with the work folder's own CA.
+            "USE_SSL": "1",
+            "MINISTACK_SSL_CERT": str(tls.server_cert),
+            "MINISTACK_SSL_KEY": str(tls.server_key),
+            # The functions' SDKs trust the local CA (the workers inherit this environment).
+            "AWS_CA_BUNDLE": str(tls.ca_cert),
             "GATEWAY_PORT": str(port),
             "BIND_HOST": "127.0.0.1",
             # The IoT mTLS and SFTP listeners bind fixed ports on 0.0.0.0 whatever BIND_HOST says.
@@ -79,22 +111,32 @@ def emulator_env(ws: Workspace, port: int, *, chaos: Path | None = None) -> dict
     return env
 
 
-def start_emulator(ws: Workspace, port: int, *, chaos: Path | None = None, timeout_s: float = 60.0) -> ProcessHandle:
-    """Start ministack on 127.0.0.1:`port` and wait until it is healthy."""
+def start_emulator(
+    ws: Workspace, port: int, tls: LocalTls, *, chaos: Path | None = None, timeout_s: float = 60.0
+) -> ProcessHandle:
+    """Start ministack on https://127.0.0.1:`port` (IAM enforced) and wait until it is healthy."""
     handle = spawn(
         "ministack",
-        [sys.executable, "-m", "ministack"],
-        env=emulator_env(ws, port, chaos=chaos),
+        [sys.executable, "-m", "microprocess.local.gateway"],
+        env=emulator_env(ws, port, tls, chaos=chaos),
         cwd=ws.workdir,
         log=ws.log("ministack"),
     )
-    wait_http_ok(f"http://127.0.0.1:{port}/_ministack/health", handle, timeout_s=timeout_s)
+    wait_http_ok(endpoint_of(port) + "/_ministack/health", handle, timeout_s=timeout_s, context=tls.client_context())
     return handle
 
 
-def captured_emails(endpoint_url: str) -> list[dict[str, Any]]:
-    """The emails the emulator's SES has accepted, oldest first (all accounts)."""
-    with urllib.request.urlopen(f"{endpoint_url}/_ministack/ses/messages", timeout=10) as resp:
+def endpoint_of(port: int) -> str:
+    """The emulator's endpoint URL on `port` (always HTTPS)."""
+    return f"https://127.0.0.1:{port}"
+
+
+def captured_emails(endpoint_url: str, ca_bundle: str | None = None) -> list[dict[str, Any]]:
+    """The emails the emulator's SES has accepted, oldest first (all accounts).
+
+    `ca_bundle`: the local CA (`LocalState.ca_bundle`) for an HTTPS endpoint."""
+    context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
+    with urllib.request.urlopen(f"{endpoint_url}/_ministack/ses/messages", timeout=10, context=context) as resp:
         data = json.loads(resp.read())
     messages = data.get("messages", {})
     found: list[dict[str, Any]] = []

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -216,8 +217,10 @@ def log_tail(log: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def wait_http_ok(url: str, handle: ProcessHandle, *, timeout_s: float) -> None:
-    """Poll `url` until it answers 200; fail early, with the log's tail, if the process exits."""
+def wait_http_ok(url: str, handle: ProcessHandle, *, timeout_s: float, context: ssl.SSLContext | None = None) -> None:
+    """Poll `url` until it answers 200; fail early, with the log's tail, if the process exits.
+
+    `context`: the TLS trust for an https `url` (the local CA)."""
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
     while time.monotonic() < deadline:
@@ -226,7 +229,7 @@ def wait_http_ok(url: str, handle: ProcessHandle, *, timeout_s: float) -> None:
                 f"{handle.name} exited before it was ready; its log ({handle.log}) ends with:\n{log_tail(handle.log)}"
             )
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
                 if resp.status == 200:
                     return
                 last = f"HTTP {resp.status}"

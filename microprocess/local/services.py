@@ -11,16 +11,19 @@ by the local stage as in the cloud. `--service NAME=URL` replaces a service's pr
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from microprocess.declarations import Declarations, ServiceDeclaration
-from microprocess.local.emulator import aws_env
+from microprocess.local.emulator import FAKE_CREDENTIALS, aws_env
 from microprocess.local.processes import ProcessHandle, spawn
 from microprocess.local.workspace import Workspace
 
+#: The profile of a service process's AWS config file: a session of its own role.
+ROLE_PROFILE = "service"
 #: Sender of the report email when the infra code names none.
 DEFAULT_SES_SENDER = "reports@example.com"
 
@@ -109,21 +112,61 @@ def table_variable(role: str) -> str:
     return f"{role.upper().replace('-', '_')}_TABLE"
 
 
+def role_of(proc: ServiceProcess, outputs: Mapping[str, str]) -> str:
+    """The ARN of the role `proc` runs with (the stack's `ServiceRoleArns`: its cloud task role)."""
+    roles = json.loads(outputs.get("ServiceRoleArns") or "{}")
+    key = f"{proc.service}-{proc.role}" if proc.role else proc.service
+    if key not in roles:
+        raise ServiceConfigError(
+            f"the local stage has no role for the service process '{key}' (ServiceRoleArns has {sorted(roles)}): "
+            "redeploy with `microprocess local down && microprocess local up`"
+        )
+    return str(roles[key])
+
+
+def write_role_profile(path: Path, *, role_arn: str, session_name: str) -> Path:
+    """An AWS config file whose profile `service` assumes `role_arn` (with the emulator's root
+    credentials as its source), so that the process's SDK holds a session of its own role and
+    renews it before it expires, as an ECS task's does. Returns `path` (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = (
+        "[profile root]\n"
+        f"aws_access_key_id = {FAKE_CREDENTIALS['AWS_ACCESS_KEY_ID']}\n"
+        f"aws_secret_access_key = {FAKE_CREDENTIALS['AWS_SECRET_ACCESS_KEY']}\n\n"
+        f"[profile {ROLE_PROFILE}]\n"
+        f"role_arn = {role_arn}\n"
+        "source_profile = root\n"
+        f"role_session_name = {session_name}\n"
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return path
+
+
 def service_env(
     proc: ServiceProcess,
     *,
     declarations: Declarations,
     endpoint_url: str,
+    ca_bundle: str,
+    aws_profile: Path,
     outputs: Mapping[str, str],
     ses_sender: str,
     chaos: Path | None = None,
 ) -> dict[str, str]:
-    """The environment of one service process on the local stack."""
+    """The environment of one service process on the local stack.
+
+    It holds no credentials: `aws_profile` (`write_role_profile`) makes its SDK assume the process's
+    own role, so a call that role does not allow is refused as on AWS."""
     service = declarations.services.get(proc.service)
     tables = json.loads(outputs.get("SourceTables") or "{}")
     secrets = json.loads(outputs.get("ServiceSecretArns") or "{}")
     api_keys = json.loads(outputs.get("ApiKeyArns") or "{}")
-    env = aws_env(endpoint_url)
+    env = {k: v for k, v in aws_env(endpoint_url).items() if k not in FAKE_CREDENTIALS}
+    env["AWS_CA_BUNDLE"] = ca_bundle  # the emulator is reached over TLS, signed by the local CA
+    env["AWS_CONFIG_FILE"] = str(aws_profile)
+    env["AWS_PROFILE"] = ROLE_PROFILE
     env.update(
         {
             "LEDGER_TABLE": outputs["LedgerTable"],

@@ -20,12 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
 from microprocess.declarations import Declarations, get_declarations
 from microprocess.local.deploy import deploy_local_stage
-from microprocess.local.emulator import FAKE_CREDENTIALS, REGION, start_emulator
+from microprocess.local.emulator import REGION, aws_client, endpoint_of, start_emulator
 from microprocess.local.processes import (
     ProcessError,
     ProcessHandle,
@@ -36,8 +33,16 @@ from microprocess.local.processes import (
     wait_port_open,
 )
 from microprocess.local.sender import ses_sender
-from microprocess.local.services import ServiceProcess, plan_processes, service_env, spawn_service
+from microprocess.local.services import (
+    ServiceProcess,
+    plan_processes,
+    role_of,
+    service_env,
+    spawn_service,
+    write_role_profile,
+)
 from microprocess.local.state import LocalState, NoLocalStack, read_state, write_state
+from microprocess.local.tls import LocalTls
 from microprocess.local.tuning import laptop_concurrency, warm_workers
 from microprocess.local.workspace import Workspace
 
@@ -110,20 +115,15 @@ class SetupTimings:
         return f"{self.total:.1f} s ({parts})"
 
 
-def aws_client(service: str, endpoint_url: str, **kwargs: Any) -> Any:
-    """A boto3 client for the emulator (fake credentials; never a real account)."""
-    return boto3.client(
-        service,
-        endpoint_url=endpoint_url,
-        region_name=REGION,
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}, **kwargs),
-    )
-
-
 def seed_tables(
-    ws: Workspace, declarations: Declarations, endpoint_url: str, tables: dict[str, str], n: int | None, *, seed: int
+    ws: Workspace,
+    declarations: Declarations,
+    endpoint_url: str,
+    tables: dict[str, str],
+    n: int | None,
+    *,
+    seed: int,
+    ca_bundle: str | None = None,
 ) -> dict[str, int]:
     """Fill every declared table that has a `local_seed` with `n` items (None: its `local_items`),
     using the seeder the declaration names. Returns the items seeded per table role."""
@@ -142,7 +142,7 @@ def seed_tables(
                 f"cannot seed the table '{role}': its local_seed '{table.local_seed}' cannot be imported ({exc}); "
                 f"fix [tables.{role}] local_seed in {declarations.path}"
             ) from None
-        client = aws_client("dynamodb", endpoint_url, max_pool_connections=32)
+        client = aws_client("dynamodb", endpoint_url, ca_bundle=ca_bundle, max_pool_connections=32)
         seeder(client, tables[role], count, seed=seed)
         seeded[role] = count
     return seeded
@@ -168,6 +168,7 @@ class LocalStack:
         self._pending_outputs: dict[str, str] = {}
         self._options = UpOptions()
         self._owns_state = False  # True once this object has claimed the work folder for its stack
+        self.tls = LocalTls(ws.tls)
 
     # ------------------------------------------------------------------ up
 
@@ -211,8 +212,9 @@ class LocalStack:
         if chaos is not None and not chaos.is_file():
             raise LocalStackError(f"--chaos {options.chaos}: no such file")
         t = time.monotonic()
+        self.tls = LocalTls(self.ws.tls).ensure()
         handle, port = self._start_emulator(chaos)
-        endpoint = f"http://127.0.0.1:{port}"
+        endpoint = endpoint_of(port)
         self.handles["ministack"] = handle
         self._record(endpoint)
         self._step("emulator", t)
@@ -231,14 +233,14 @@ class LocalStack:
 
         t = time.monotonic()
         outputs, cdk_steps = deploy_local_stage(
-            self.ws, endpoint, service_urls=push_urls, extra_context=self._laptop_context(options)
+            self.ws, endpoint, self.tls, service_urls=push_urls, extra_context=self._laptop_context(options)
         )
         self.timings.steps.update({f"cdk {k}": v for k, v in cdk_steps.items()})
         self._pending_outputs = outputs
         self.echo(f"deployed the local stage ({len(outputs)} outputs)")
 
         sender = ses_sender(self.ws.root, outputs)
-        lam = aws_client("lambda", endpoint, max_pool_connections=64, read_timeout=120)
+        lam = self._client("lambda", max_pool_connections=64, read_timeout=120)
         concurrency = self._fit_to_laptop(lam, outputs["ForwarderFunctionName"], options)
         t = time.monotonic()
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -251,6 +253,7 @@ class LocalStack:
                 json.loads(outputs.get("SourceTables") or "{}"),
                 options.items,
                 seed=options.seed,
+                ca_bundle=str(self.tls.ca_cert),
             )
             warming = pool.submit(
                 warm_workers, lam, outputs["ForwarderFunctionName"], concurrency if options.warm else 0
@@ -267,7 +270,7 @@ class LocalStack:
             + f"; seeded {seeded_text}; {warmed} forwarder workers warm"
         )
 
-        ses = aws_client("ses", endpoint)
+        ses = self._client("ses")
         ses.verify_email_identity(EmailAddress=sender)
         state = self._record(endpoint, urls=urls)
         return state
@@ -277,7 +280,7 @@ class LocalStack:
         for attempt in range(attempts):
             port = free_port()
             try:
-                return start_emulator(self.ws, port, chaos=chaos), port
+                return start_emulator(self.ws, port, self.tls, chaos=chaos), port
             except ProcessError as exc:
                 if "already in use" not in str(exc) or attempt == attempts - 1:
                     raise
@@ -321,6 +324,8 @@ class LocalStack:
                 proc,
                 declarations=self.declarations,
                 endpoint_url=endpoint,
+                ca_bundle=str(self.tls.ca_cert),
+                aws_profile=self._role_profile(proc, outputs),
                 outputs=outputs,
                 ses_sender=sender,
                 chaos=chaos,
@@ -341,11 +346,24 @@ class LocalStack:
             pids={name: h.pid for name, h in self.handles.items()},
             process_start_ticks={name: h.start_ticks for name, h in self.handles.items()},
             workdir=str(self.ws.workdir),
+            ca_bundle=str(self.tls.ca_cert),
             started_at=previous.started_at if previous else datetime.now(UTC).isoformat(timespec="seconds"),
         )
         write_state(self.ws.state_file, state)
         self.state = state
         return state
+
+    def _role_profile(self, proc: ServiceProcess, outputs: dict[str, str]) -> Path:
+        """The AWS config file of `proc`: a session of its role (its cloud task role)."""
+        return write_role_profile(
+            self.ws.workdir / "aws" / f"{proc.process}.config",
+            role_arn=role_of(proc, outputs),
+            session_name=proc.process,
+        )
+
+    def _client(self, service: str, **config: Any) -> Any:
+        assert self.state is not None
+        return self.state.client(service, **config)
 
     # --------------------------------------------------------- maintenance
 
@@ -369,6 +387,8 @@ class LocalStack:
             proc,
             declarations=self.declarations,
             endpoint_url=self.state.endpoint_url,
+            ca_bundle=str(self.tls.ca_cert),
+            aws_profile=self._role_profile(proc, self.state.outputs),
             outputs=self.state.outputs,
             ses_sender=ses_sender(self.ws.root, self.state.outputs),
             chaos=chaos.resolve() if chaos else None,

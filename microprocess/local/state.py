@@ -34,10 +34,20 @@ class LocalState(BaseModel):
     process_start_ticks: dict[str, int | None] = Field(default_factory=dict)
     workdir: str = ""
     started_at: str = ""
+    #: The local CA the emulator's certificate is signed by (its endpoint is HTTPS).
+    ca_bundle: str = ""
 
     def running(self) -> dict[str, int]:
         """The processes of this stack that are still alive."""
         return {name: pid for name, pid in self.pids.items() if is_running(pid, self.process_start_ticks.get(name))}
+
+    def client(self, service: str, **config: Any) -> Any:
+        """A boto3 client for this stack with the operator's (root) credentials, trusting its CA.
+
+        `config`: botocore `Config` options (`max_pool_connections`, `read_timeout`, ...)."""
+        from microprocess.local.emulator import aws_client
+
+        return aws_client(service, self.endpoint_url, ca_bundle=self.ca_bundle or None, **config)
 
     def output(self, key: str) -> str:
         try:

@@ -80,6 +80,11 @@ class Workspace:
         return self.workdir / "cdk.out"
 
     @property
+    def tls(self) -> Path:
+        """The local CA and the emulator's certificate (kept across stacks: `microprocess.local.tls`)."""
+        return self.workdir / "tls"
+
+    @property
     def cdk_outputs_file(self) -> Path:
         return self.workdir / "stack-outputs.json"
 

@@ -1,0 +1,210 @@
+"""`python -m microprocess.local.gateway`: ministack's server with IAM authorised as AWS does.
+
+ministack (started with `AUTH=true`) evaluates identity and resource policies itself. Where its
+action names differ from AWS's documented authorisation, a role that is right on AWS would be
+refused locally (or a wrong one allowed), so this entry point corrects exactly those, from the
+AWS Service Authorization Reference, and otherwise runs ministack's own `main()` unchanged:
+
+* batch operations that AWS authorises by their single-message action (`SQS_BATCH_ACTIONS`);
+* PartiQL statements, which AWS authorises per statement as `dynamodb:PartiQL<Verb>` on the
+  statement's table (`partiql_checks`), not as `dynamodb:BatchExecuteStatement`;
+* SES v1 `SendEmail` / `SendRawEmail` are authorised on the sending identity (`SourceArn`, else
+  the `Source` address's identity); ministack checks them on `*` (`ses_send_resource`);
+* `Ref` of an `AWS::SecretsManager::Secret` is the secret's ARN on AWS (ministack gives its
+  name), so the policies that grant a secret by `Ref` name the same resource as on AWS
+  (`REF_IS_ARN`);
+* with TLS on, ministack also binds port 443 whenever it can (as root it always can): two local
+  stacks would race for it, and a stack would listen where nobody asked. It is not bound.
+
+`tests/test_local_gateway.py` checks each correction against the hooks it replaces, so a
+ministack upgrade that moves them fails the suite instead of silently enforcing other rules.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.utils
+import importlib
+import json
+import re
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+#: SQS batch operations and the action AWS authorises each with ("SendMessageBatch: the
+#: permissions of SendMessage", and so on; there are no `sqs:*Batch` IAM actions).
+SQS_BATCH_ACTIONS = {
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+}
+#: PartiQL operations: authorised per statement, by the statement's verb, on its table.
+PARTIQL_OPERATIONS = ("dynamodb:ExecuteStatement", "dynamodb:BatchExecuteStatement")
+PARTIQL_VERB_ACTIONS = {
+    "SELECT": "dynamodb:PartiQLSelect",
+    "INSERT": "dynamodb:PartiQLInsert",
+    "UPDATE": "dynamodb:PartiQLUpdate",
+    "DELETE": "dynamodb:PartiQLDelete",
+}
+#: `INSERT INTO "table" ...`, `SELECT ... FROM "table"`, `UPDATE "table" ...`, `DELETE FROM "table" ...`.
+_PARTIQL_TABLE = re.compile(
+    r"""^\s*(?P<verb>SELECT|INSERT|UPDATE|DELETE)\b.*?(?:\bINTO\b|\bFROM\b|^\s*UPDATE\b)\s*"?(?P<table>[A-Za-z0-9_.-]+)"?""",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def iam_action(original: Callable[..., str | None]) -> Callable[..., str | None]:
+    """ministack's `extract_iam_action` with SQS batches named as AWS authorises them."""
+
+    def extract(*args: Any, **kwargs: Any) -> str | None:
+        action = original(*args, **kwargs)
+        return SQS_BATCH_ACTIONS.get(action, action) if action else action
+
+    return extract
+
+
+def partiql_statement_check(statement: str, region: str, account_id: str) -> tuple[str, str] | None:
+    """The (action, table ARN) AWS authorises one PartiQL statement with, or None when unparseable."""
+    match = _PARTIQL_TABLE.match(statement)
+    if not match:
+        return None
+    table = match.group("table").split(".", 1)[0]  # "table"."index" reads the table's index
+    return PARTIQL_VERB_ACTIONS[match.group("verb").upper()], f"arn:aws:dynamodb:{region}:{account_id}:table/{table}"
+
+
+def partiql_checks(body: bytes, region: str, account_id: str) -> list[tuple[str, str]]:
+    """Per-statement checks of an ExecuteStatement / BatchExecuteStatement request body.
+
+    A statement that cannot be parsed is checked as `dynamodb:PartiQLSelect` *and*
+    `dynamodb:PartiQLInsert` on no table: it is refused unless the role may do everything."""
+    try:
+        data = json.loads(body or b"{}")
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    statements = [s.get("Statement") for s in data.get("Statements") or [] if isinstance(s, dict)]
+    if "Statement" in data:
+        statements.append(data.get("Statement"))
+    checks: list[tuple[str, str]] = []
+    for text in statements:
+        check = partiql_statement_check(text, region, account_id) if isinstance(text, str) else None
+        if check is None:
+            unknown = f"arn:aws:dynamodb:{region}:{account_id}:table/*"
+            checks += [(action, unknown) for action in PARTIQL_VERB_ACTIONS.values()]
+        elif check not in checks:
+            checks.append(check)
+    return checks
+
+
+def transaction_checks(original: Callable[..., list[tuple[str, str]]]) -> Callable[..., list[tuple[str, str]]]:
+    """ministack's per-item checks of a DynamoDB transaction, extended to PartiQL statements."""
+
+    def checks(iam_action: str, body: bytes, region: str, account_id: str) -> list[tuple[str, str]]:
+        if iam_action in PARTIQL_OPERATIONS:
+            return partiql_checks(body, region, account_id)
+        return original(iam_action, body, region, account_id)
+
+    return checks
+
+
+#: Resource types whose `Ref` AWS CloudFormation resolves to the ARN (ministack: to the name).
+REF_IS_ARN = ("AWS::SecretsManager::Secret",)
+#: ministack's CloudFormation modules that import `_resolve_refs` by name.
+_CFN_MODULES = ("engine", "stacks", "handlers", "changesets")
+
+
+def resolve_refs(original: Callable[..., Any]) -> Callable[..., Any]:
+    """ministack's CloudFormation `_resolve_refs` with `Ref` of the `REF_IS_ARN` types giving the ARN."""
+
+    def resolve(value: Any, resources: Any, *rest: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("Ref"), str) and isinstance(resources, dict):
+            record = resources.get(value["Ref"])
+            if isinstance(record, dict) and record.get("ResourceType") in REF_IS_ARN:
+                arn = (record.get("Attributes") or {}).get("Arn")
+                if arn:
+                    return arn
+        return original(value, resources, *rest)
+
+    return resolve
+
+
+#: SES v1 sending actions, authorised on the identity that sends.
+SES_SEND_ACTIONS = ("SendEmail", "SendRawEmail")
+
+
+def ses_send_resource(params: dict[str, Any], region: str, account_id: str) -> str | None:
+    """The identity ARN AWS authorises an SES v1 send on: `SourceArn` (or `FromArn`) when given, else
+    the identity of the `Source` address (the raw message's From for `SendRawEmail` without one)."""
+
+    def first(key: str) -> str:
+        value = params.get(key, "")
+        return str(value[0] if isinstance(value, list) and value else value or "")
+
+    if first("Action") not in SES_SEND_ACTIONS:
+        return None
+    arn = first("SourceArn") or first("FromArn")
+    if arn:
+        return arn
+    source = first("Source")
+    if not source and first("RawMessage.Data"):
+        try:
+            raw = base64.b64decode(first("RawMessage.Data"))
+        except ValueError:
+            raw = b""
+        source = str(email.message_from_bytes(raw).get("From") or "")
+    address = email.utils.parseaddr(source)[1]
+    return f"arn:aws:ses:{region}:{account_id}:identity/{address}" if address else None
+
+
+def resource_arn(original: Callable[..., str]) -> Callable[..., str]:
+    """ministack's `extract_resource_arn` with SES v1 sends on their sending identity."""
+
+    def extract(
+        service: str,
+        method: str,
+        path: str,
+        headers: dict[str, Any],
+        body: bytes,
+        query_params: dict[str, Any],
+        region: str,
+        account_id: str,
+    ) -> str:
+        if service == "ses" and method == "POST":
+            params = dict(query_params)
+            if body:
+                params.update(urllib.parse.parse_qs(body.decode("utf-8", "replace")))
+            sender = ses_send_resource(params, region, account_id)
+            if sender:
+                return sender
+        return original(service, method, path, headers, body, query_params, region, account_id)
+
+    return extract
+
+
+def _never_port_443(host: str, port: int) -> bool:
+    # ministack asks this only for port 443, its extra TLS listener.
+    return False
+
+
+def install() -> None:
+    """Apply the corrections to the imported ministack (before its server starts)."""
+    from ministack import app
+    from ministack.core import iam_actions
+
+    iam_actions.extract_iam_action = iam_action(iam_actions.extract_iam_action)
+    iam_actions.dynamodb_transaction_checks = transaction_checks(iam_actions.dynamodb_transaction_checks)
+    iam_actions.extract_resource_arn = resource_arn(iam_actions.extract_resource_arn)
+    app._port_is_bindable = _never_port_443
+    modules = [importlib.import_module(f"ministack.services.cloudformation.{name}") for name in _CFN_MODULES]
+    resolve = resolve_refs(modules[0]._resolve_refs)
+    for module in modules:
+        module._resolve_refs = resolve
+
+
+if __name__ == "__main__":
+    install()
+    from ministack import app as _app
+
+    _app.main()
