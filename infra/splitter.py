@@ -16,7 +16,7 @@ from infra import permissions
 from infra.forwarder import CLAIMS_PREFIX
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
-from microprocess.declarations import JobDeclaration, SourceKind
+from microprocess.declarations import JobDeclaration, SourceKind, s3_scope
 from microprocess.pipeline.splitter import SPLITS_PREFIX
 from microprocess.stacks import MANIFESTS_PREFIX
 
@@ -137,10 +137,9 @@ class Splitter(Construct):
                         f"{sorted(source_tables)}: add an ItemSourceTable for it"
                     )
                 scanned[source.table or ""] = table
-            elif source.kind is SourceKind.S3_MANIFEST and source.uri:
-                # One object, one action, no wildcard (a bucket outside the stack).
-                bucket_name, _, key = source.uri.removeprefix("s3://").partition("/")
-                objects.add(f"arn:{Aws.PARTITION}:s3:::{bucket_name}/{key}")
+            elif (scope := s3_scope(source)) is not None:
+                # One object, or the job's declared prefix (a key template's fixed part): GetObject only.
+                objects.add(f"arn:{Aws.PARTITION}:s3:::{scope.bucket}/{scope.key}" + ("*" if scope.is_prefix else ""))
         if scanned:
             permissions.allow(self.function, permissions.SOURCE_TABLE, [t.table_arn for t in scanned.values()])
         if objects:

@@ -507,7 +507,19 @@ def test_run_refuses_bad_inputs_with_the_fix(
 def test_run_with_source_uri_reads_that_manifest(
     deployment: cli.Deployment, fake_lambda: FakeLambda, runner: CliRunner
 ) -> None:
-    result = invoke(runner, "run", JOB.name, "--source-uri", "s3://team-bucket/daily/unpaid.csv")
+    # GIVEN a manifest under the platform's manifests/ prefix, which every splitter may read
+    result = invoke(runner, "run", JOB.name, "--source-uri", "s3://reports/manifests/daily/unpaid.csv")
     assert result.exit_code == 0, result.output
     start = fake_lambda.invocations[-1]["Payload"]
-    assert start["source_uri"] == "s3://team-bucket/daily/unpaid.csv" and start["items_format"] == "csv"
+    assert start["source_uri"] == "s3://reports/manifests/daily/unpaid.csv" and start["items_format"] == "csv"
+
+
+def test_run_refuses_a_source_uri_its_splitter_may_not_read_before_the_run_starts(
+    deployment: cli.Deployment, fake_lambda: FakeLambda, runner: CliRunner
+) -> None:
+    # GIVEN a manifest in a bucket the job's splitter has no permission on (credit-scores reads a table)
+    result = invoke(runner, "run", JOB.name, "--source-uri", "s3://team-bucket/daily/unpaid.csv")
+    # THEN nothing starts (no stuck run), and the message names what the job may read and the fix
+    assert result.exit_code == cli.EXIT_USAGE and not fake_lambda.invocations
+    assert "outside what the job 'credit-scores' may read" in result.output
+    assert "s3://reports/manifests/*" in result.output and "--items FILE" in result.output

@@ -172,12 +172,12 @@ def test_a_service_with_only_a_local_app_needs_a_url_in_the_cloud(tmp_path: Path
 # ---------------------------------------------------------------------------- S3 manifest sources
 
 
-def test_the_splitter_reads_a_declared_s3_manifest_by_its_one_object() -> None:
-    assert INVOICE_REMINDERS.source.uri == "s3://invoice-manifests/unpaid.jsonl"
+def test_the_splitter_reads_a_declared_s3_manifest_under_its_template_prefix_only() -> None:
+    assert INVOICE_REMINDERS.source.uri == "s3://invoice-manifests/unpaid/{date}.jsonl"
     statements = splitter_statements(synthesized().templates[CLOUD])
     reads = [s for s in statements if s["Action"] == "s3:GetObject"]
     assert {render(s["Resource"]) for s in reads} == {
-        "arn:<AWS::Partition>:s3:::invoice-manifests/unpaid.jsonl",
+        "arn:<AWS::Partition>:s3:::invoice-manifests/unpaid/*",
         "<ReportsBucket.Arn>/manifests/*",
     }
     # nothing else of that bucket, and no action wildcard
@@ -186,7 +186,7 @@ def test_the_splitter_reads_a_declared_s3_manifest_by_its_one_object() -> None:
 
 def test_the_s3_manifest_job_synthesizes_in_the_external_only_cloud_stage_too() -> None:
     statements = splitter_statements(synthesized_external().templates[CLOUD])
-    assert any(render(s["Resource"]).endswith("invoice-manifests/unpaid.jsonl") for s in statements)
+    assert any(render(s["Resource"]).endswith("invoice-manifests/unpaid/*") for s in statements)
 
 
 # ---------------------------------------------------------------------------- no plain HTTP

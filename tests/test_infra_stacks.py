@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -55,6 +56,18 @@ def statements_of(stack: str, role_logical_id: str) -> list[dict[str, Any]]:
         if {"Ref": role_logical_id} in policy["Properties"]["Roles"]:
             out += policy["Properties"]["PolicyDocument"]["Statement"]
     return out
+
+
+def service_roles(stack: str) -> dict[str, str]:
+    """The logical id of each service process's role, by its key in the `ServiceRoleArns` output
+    (`scores-live`, `scores-queue`, and locally `reminders`)."""
+    parts = synthesized().templates[stack]["Outputs"]["ServiceRoleArns"]["Value"]["Fn::Join"][1]
+    found: dict[str, str] = {}
+    for text, ref in zip(parts[0::2], parts[1::2], strict=False):
+        key = re.search(r'"([^"]+)":"$', text)
+        assert key is not None, text
+        found[key.group(1)] = ref["Fn::GetAtt"][0]
+    return found
 
 
 def allowed_on(statements: list[dict[str, Any]], action: str) -> set[str]:
@@ -480,8 +493,10 @@ def test_only_the_pushers_and_the_bundled_queue_service_read_a_signing_secret(st
                     readers[target["Ref"]] |= {r["Ref"] for r in policy["Properties"]["Roles"]}
     # the two pushers: the forwarder (tasks) and the reducer (reduce parts and finalizes) sign their calls
     pushers = {role_of(functions(stack)["forwarder"]), role_of(functions(stack)["reducer"])}
-    assert readers["RemindersSigningSecret"] == pushers
-    expected = set(pushers)
+    roles = service_roles(stack)
+    # locally, the external service's process runs under a role that reads its own secret only
+    assert readers["RemindersSigningSecret"] == pushers | ({roles["reminders"]} if stack == LOCAL else set())
+    expected = pushers | {roles["scores-queue"]}
     if stack == CLOUD:
         task_defs = synthesized().resources(CLOUD, "AWS::ECS::TaskDefinition").values()
         (queue_task,) = [
@@ -531,8 +546,8 @@ def test_only_the_live_role_reads_its_api_key() -> None:
 def test_local_stage_has_the_api_key_for_the_live_process() -> None:
     outputs = synthesized().templates[LOCAL]["Outputs"]
     assert render_json(outputs["ApiKeyArns"]["Value"]) == {"scores": "<ScoresApiKey>"}
-    # no function reads it: only the local live process, through the emulator
-    assert secret_readers(synthesized(), LOCAL, "ScoresApiKey") == set()
+    # no function reads it: only the local live process, under the live role as in the cloud
+    assert secret_readers(synthesized(), LOCAL, "ScoresApiKey") == {service_roles(LOCAL)["scores-live"]}
 
 
 def test_an_external_only_stage_has_no_api_key() -> None:
@@ -809,6 +824,7 @@ def test_outputs_are_exactly_the_contract() -> None:
         "SourceTables",
         "ServiceSecretArns",
         "ApiKeyArns",
+        "ServiceRoleArns",
         "SplitterFunctionName",
         "ForwarderFunctionName",
         "ReduceForwarderFunctionName",
@@ -974,6 +990,8 @@ EXPECTED_ACTIONS: dict[str, dict[str, set[str]]] = {
     },
     "splitter": {
         **LEDGER_ACTIONS,
+        # the item index of a job that keeps one (item_index = true): BatchWriteItem of 25 entries
+        "dynamodb:BatchWriteItem": LEDGER,
         "dynamodb:Scan": {"<CompaniesTable.Arn>"},
         "sqs:SendMessage": TASK_QUEUE_ARNS | {"<ReduceQueue.Arn>"},
         "sqs:GetQueueAttributes": TASK_QUEUE_ARNS,
@@ -981,16 +999,71 @@ EXPECTED_ACTIONS: dict[str, dict[str, set[str]]] = {
         "s3:GetObject": {
             "<ReportsBucket.Arn>/manifests/*",
             "<ReportsBucket.Arn>/splits/*",
-            "arn:<AWS::Partition>:s3:::invoice-manifests/unpaid.jsonl",
+            "arn:<AWS::Partition>:s3:::invoice-manifests/unpaid/*",
         },
         "lambda:InvokeFunction": {"<SPLITTER>"},
     },
     "sweeper": {
         **LEDGER_ACTIONS,
+        # the counter repair removes its marker
+        "dynamodb:DeleteItem": LEDGER,
         "sqs:SendMessage": {"<ReduceQueue.Arn>"},
         "lambda:InvokeFunction": {"<SPLITTER>", "<SPLITTER>:$LATEST"},
     },
 }
+
+
+#: Every action of every service process's role (its container task role in the cloud; the role
+#: `local up` runs the process with), and on what. Same in both stages; the external service's
+#: local role exists only locally (in the cloud it is the team's own role).
+EXPECTED_SERVICE_ACTIONS: dict[str, dict[str, set[str]]] = {
+    "scores-live": {
+        "dynamodb:GetItem": {"<CompaniesTable.Arn>"},
+        "secretsmanager:GetSecretValue": {"<ScoresApiKey>"},
+    },
+    "scores-queue": {
+        # its table: read a company, store its score
+        "dynamodb:GetItem": {"<CompaniesTable.Arn>", "<LedgerTable.Arn>"},
+        "dynamodb:UpdateItem": {"<CompaniesTable.Arn>", "<LedgerTable.Arn>"},
+        "secretsmanager:GetSecretValue": {"<ScoresSigningSecret>"},
+        # the service reduce of credit-scores (reduce = "service"): its runs' records, its report files, the email
+        "dynamodb:BatchGetItem": {"<LedgerTable.Arn>"},
+        "dynamodb:Query": {"<LedgerTable.Arn>"},
+        **{
+            action: {"<ReportsBucket.Arn>/reports/credit-scores/*"}
+            for action in ("s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject", "s3:PutObjectTagging")
+        },
+        "ses:SendEmail": {SENDER},
+        "ses:SendRawEmail": {SENDER},
+    },
+    "reminders": {"secretsmanager:GetSecretValue": {"<RemindersSigningSecret>"}},
+}
+
+
+@BOTH
+def test_each_service_process_role_has_exactly_its_listed_actions(stack: str) -> None:
+    # GIVEN either stage WHEN each service process's role policies are read THEN every action on every
+    # resource is one the list above names (a widening, or a role that loses an action, fails here)
+    resources = synthesized().templates[stack]["Resources"]
+    (sender,) = [k for k, v in resources.items() if v["Type"] == "AWS::SES::EmailIdentity"]
+    roles = service_roles(stack)
+    expected_keys = set(EXPECTED_SERVICE_ACTIONS) - ({"reminders"} if stack == CLOUD else set())
+    assert set(roles) == expected_keys
+    for key, logical_id in roles.items():
+        found: dict[str, set[str]] = {}
+        for statement in statements_of(stack, logical_id):
+            assert statement["Effect"] == "Allow"
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            for action in actions:
+                found.setdefault(action, set()).update(render(t).replace(sender, "SENDER") for t in targets)
+        assert found == EXPECTED_SERVICE_ACTIONS[key], key
+        trust = resources[logical_id]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        principal = trust[0]["Principal"]
+        if stack == CLOUD:
+            assert principal == {"Service": "ecs-tasks.amazonaws.com"}
+        else:  # `local up` assumes it for the process, through the emulator's STS
+            assert "AWS" in principal and ":root" in json.dumps(principal)
 
 
 def test_each_function_has_exactly_its_listed_actions() -> None:

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +174,14 @@ def test_two_jobs_run_at_once_on_their_two_services_each_exact(
 
 @pytest.mark.usefixtures("workdir_env")
 def test_a_run_whose_manifest_is_missing_ends_failed_with_the_reason(ledger: Ledger) -> None:
-    # GIVEN invoice-reminders' declared manifest, s3://invoice-manifests/unpaid.jsonl, which does not exist here
+    # GIVEN invoice-reminders' declared manifest, today's s3://invoice-manifests/unpaid/{date}.jsonl, which does
+    # not exist here
     started, final = cli_json("run", "invoice-reminders", "--wait", "--json", "--timeout", "120", code=cli.EXIT_FAILED)
     # THEN the run ends FAILED (not SPLITTING forever), and the reason names the source and the fix
     assert final["status"] == "FAILED" and final["expected"] == 0
     error = ledger.require_run(started["run_id"]).error or ""
-    assert "s3://invoice-manifests/unpaid.jsonl" in error, error
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert f"s3://invoice-manifests/unpaid/{day}.jsonl" in error, error
 
 
 @pytest.mark.usefixtures("workdir_env")

@@ -42,7 +42,7 @@ from microprocess.declarations import (
     get_declarations,
 )
 from microprocess.ledger import Ledger, Progress, RunNotFound, RunStatus
-from microprocess.pipeline.splitter import new_run_id
+from microprocess.pipeline.splitter import new_run_id, source_uri_refusal
 from microprocess.stacks import CLOUD_STACK, MANIFESTS_PREFIX
 
 EXIT_FAILED = 1
@@ -363,6 +363,9 @@ def start_payload(
         payload["items_uri"], payload["items_format"] = upload_manifest(dep, run_id, items)
     elif source_uri is not None:
         payload["source_uri"], payload["items_format"] = check_manifest_uri(source_uri)
+        refusal = source_uri_refusal(get_declarations().jobs.get(job), source_uri, dep.output("ReportsBucket"))
+        if refusal:
+            fail(f"--source-uri: {refusal}", EXIT_USAGE)
     if params:
         payload["params"] = params
     return payload

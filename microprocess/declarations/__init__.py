@@ -20,9 +20,12 @@ from microprocess.declarations.models import (
     JobDeclarationError,
     JobRegistry,
     ReduceMode,
+    S3Scope,
     SourceKind,
     UnknownJobError,
     declare,
+    resolve_source_uri,
+    s3_scope,
 )
 from microprocess.declarations.services import (
     ServiceDeclaration,
@@ -41,6 +44,7 @@ __all__ = [
     "JobRegistry",
     "LocalDefaults",
     "ReduceMode",
+    "S3Scope",
     "ServiceDeclaration",
     "ServiceRegistry",
     "SourceKind",
@@ -52,4 +56,6 @@ __all__ = [
     "get_declarations",
     "load_declarations",
     "parse_declarations",
+    "resolve_source_uri",
+    "s3_scope",
 ]

@@ -57,7 +57,12 @@ class ItemSource(BaseModel):
             invocation (`microprocess plan` says how many keep up with the job's concurrency).
         page_size: items read, sent and accounted per page. A `dynamodb` source reads up to 4 pages
             per Scan call (each page keeps its own cursor, the key of its last item).
-        uri: `s3://bucket/key` of an `s3` manifest.
+        uri: the `s3` manifest: one object (`s3://bucket/key`) or a key template whose placeholders
+            each run fills in (`s3://bucket/manifests/{date}.jsonl`): `{date}` (the run's UTC date,
+            YYYY-MM-DD, from its schedule tick or its start), `{job}` and `{run_id}`.
+        prefix: what `microprocess run --source-uri` may name for this job, `s3://bucket/prefix/`
+            (default: a template's fixed part, e.g. `s3://bucket/manifests/`, or the one object). The
+            splitter may read exactly that (IAM); a URI outside it is refused before the run starts.
         format: `jsonl` or `csv`, for an `s3` manifest.
         function: `module:function` of a `callable` source; it yields the items.
     """
@@ -69,6 +74,7 @@ class ItemSource(BaseModel):
     segments: Annotated[int, Field(ge=1, le=64)] = 4
     page_size: Annotated[int, Field(ge=1, le=1000)] = 250
     uri: str | None = None
+    prefix: str | None = None
     format: str | None = None
     function: str | None = None
 
@@ -81,9 +87,85 @@ class ItemSource(BaseModel):
                 raise ValueError("source.uri must be an s3://bucket/key URI for an s3 source")
             if self.format not in ("jsonl", "csv"):
                 raise ValueError("source.format must be 'jsonl' or 'csv' for an s3 source")
+            unknown = sorted(set(_PLACEHOLDER.findall(self.uri)) - set(URI_PLACEHOLDERS))
+            if unknown:
+                raise ValueError(
+                    f"source.uri {self.uri!r} has the placeholder(s) {unknown}; a key template may use "
+                    f"{['{' + p + '}' for p in URI_PLACEHOLDERS]}"
+                )
+            if "{" in self.uri.partition("://")[2].partition("/")[0]:
+                raise ValueError(f"source.uri {self.uri!r}: the bucket cannot be a template, only the key")
+            bucket = _bucket_of(self.uri)
+            if self.prefix is not None:
+                if not (self.prefix.startswith("s3://") and self.prefix.endswith("/") and "{" not in self.prefix):
+                    raise ValueError(
+                        f"source.prefix {self.prefix!r} must be s3://bucket/folder/ (ending in '/', no placeholder)"
+                    )
+                if _bucket_of(self.prefix) != bucket:
+                    raise ValueError(f"source.prefix {self.prefix!r} must be in the bucket of source.uri ({bucket})")
+                if "{" not in self.uri and not self.uri.startswith(self.prefix):
+                    raise ValueError(f"source.uri {self.uri!r} must be under source.prefix {self.prefix!r}")
+        elif self.prefix is not None:
+            raise ValueError("source.prefix is for an s3 source only")
         if self.kind is SourceKind.CALLABLE and not (self.function and _CALLABLE.match(self.function)):
             raise ValueError("source.function must be 'module:function' for a callable source")
         return self
+
+
+#: The placeholders of an `s3` source's key template (`source.uri`).
+URI_PLACEHOLDERS = ("date", "job", "run_id")
+_PLACEHOLDER = re.compile(r"{([^{}]*)}")
+
+
+def _bucket_of(uri: str) -> str:
+    return uri.removeprefix("s3://").partition("/")[0]
+
+
+class S3Scope(BaseModel):
+    """The S3 objects a job's splitter may read: one object (`key`), or every key under `prefix`.
+
+    Attributes:
+        bucket: the bucket.
+        key: the one object's key, or the prefix the keys start with.
+        is_prefix: True when `key` is a prefix.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    key: str
+    is_prefix: bool
+
+    def allows(self, uri: str) -> bool:
+        """Whether `uri` (s3://bucket/key) is inside this scope."""
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not uri.startswith("s3://") or bucket != self.bucket or not key:
+            return False
+        return key.startswith(self.key) if self.is_prefix else key == self.key
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" + ("*" if self.is_prefix else "")
+
+
+def s3_scope(source: ItemSource) -> S3Scope | None:
+    """What an `s3` source may read (its `prefix`, its template's fixed part, or its one object);
+    None for other kinds."""
+    if source.kind is not SourceKind.S3_MANIFEST or not source.uri:
+        return None
+    if source.prefix:
+        return S3Scope(
+            bucket=_bucket_of(source.prefix), key=source.prefix.partition("://")[2].partition("/")[2], is_prefix=True
+        )
+    bucket, _, key = source.uri.removeprefix("s3://").partition("/")
+    if "{" in key:
+        return S3Scope(bucket=bucket, key=key.partition("{")[0], is_prefix=True)
+    return S3Scope(bucket=bucket, key=key, is_prefix=False)
+
+
+def resolve_source_uri(template: str, *, job: str, run_id: str, date: str) -> str:
+    """`source.uri` with its placeholders filled in for one run."""
+    values = {"date": date, "job": job, "run_id": run_id}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
 class JobDeclaration(BaseModel):

@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from microprocess.chaos.faults import FaultInjector
 from microprocess.control.lookup import index_page
 from microprocess.control.stop import stop_if_hopeless
-from microprocess.declarations import JobDeclaration, JobRegistry, SourceKind
+from microprocess.declarations import JobDeclaration, JobRegistry, SourceKind, resolve_source_uri, s3_scope
 from microprocess.ledger import CURSOR_DONE, Ledger, RunNotActive, RunRecord, RunStatus, TaskOutcome, TaskState
 from microprocess.pipeline.backpressure import QueueGate
 from microprocess.pipeline.envelope import CLAIMS_PREFIX, EnvelopeTooLarge, TaskEnvelope, canonical_json, shard_of
@@ -58,6 +58,7 @@ from microprocess.pipeline.sources import (
     SourceError,
     is_permanent,
 )
+from microprocess.stacks import MANIFESTS_PREFIX
 
 log = logging.getLogger(__name__)
 MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
@@ -85,6 +86,7 @@ class StartRequest:
     items_format: str | None = None
     source_uri: str | None = None  # an s3:// manifest that replaces the declared source
     params: dict[str, Any] | None = None  # passed into every task by the forwarder
+    time: str | None = None  # a scheduled start's event time (ISO 8601): the run's date
 
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -167,10 +169,39 @@ def parse_start_event(event: Any) -> StartRequest:
         items_format,
         source_uri,
         params,
+        event.get("time") if isinstance(event.get("time"), str) else None,
     )
 
 
 _S3_URI = re.compile(r"^s3://[^/]+/.+$")
+
+
+def run_date(req: StartRequest) -> str:
+    """The run's UTC date (YYYY-MM-DD) for a source's `{date}`: its schedule tick, else now."""
+    if req.time:
+        try:
+            return datetime.fromisoformat(req.time.replace("Z", "+00:00")).astimezone(UTC).strftime("%Y-%m-%d")
+        except ValueError:
+            raise StartEventError(f"scheduled event 'time' {req.time!r} is not an ISO 8601 timestamp") from None
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def source_uri_refusal(job: JobDeclaration, uri: str, reports_bucket: str) -> str | None:
+    """Why a run of `job` may not read the manifest `uri` (None when it may): the splitter's role
+    reads the job's declared S3 scope and the platform's `manifests/` prefix, nothing else."""
+    scope = s3_scope(job.source)
+    if scope is not None and scope.allows(uri):
+        return None
+    if reports_bucket and uri.startswith(f"s3://{reports_bucket}/{MANIFESTS_PREFIX}"):
+        return None
+    allowed = [str(scope)] if scope else []
+    if reports_bucket:
+        allowed.append(f"s3://{reports_bucket}/{MANIFESTS_PREFIX}*")
+    return (
+        f"{uri} is outside what the job '{job.name}' may read ({', '.join(allowed)}): the splitter's role reads "
+        f"only those. Fix: put the manifest there, declare source.prefix = 's3://<bucket>/<folder>/' for the job "
+        f"and redeploy, or upload the file with `microprocess run {job.name} --items FILE`"
+    )
 
 
 def manifest_format(uri: str, given: str | None, declared: str | None = None) -> str:
@@ -331,6 +362,10 @@ class Splitter:
             if original.job != job.name:
                 raise StartEventError(f"run {req.retry_of} belongs to job '{original.job}', not '{job.name}'")
             return {**base, "kind": "retry", "retry_of": req.retry_of}
+        if req.source_uri:
+            refusal = source_uri_refusal(job, req.source_uri, self.settings.reports_bucket)
+            if refusal:
+                raise StartEventError(refusal)
         if req.items_uri or req.source_uri:
             uri = str(req.items_uri or req.source_uri)
             fmt = manifest_format(uri, req.items_format, declared.format)
@@ -345,7 +380,8 @@ class Splitter:
                 "segments": declared.segments,
             }
         if declared.kind is SourceKind.S3_MANIFEST:
-            return {**base, "kind": str(declared.kind), "uri": declared.uri, "format": declared.format}
+            uri = resolve_source_uri(str(declared.uri), job=job.name, run_id=req.run_id, date=run_date(req))
+            return {**base, "kind": str(declared.kind), "uri": uri, "format": declared.format}
         if declared.kind is SourceKind.CALLABLE:
             return {**base, "kind": str(declared.kind), "function": declared.function}
         return {**base, "kind": str(declared.kind)}
