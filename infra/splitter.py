@@ -15,6 +15,7 @@ from constructs import Construct
 from infra import permissions
 from infra.forwarder import CLAIMS_PREFIX
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
+from infra.nag import acknowledge
 from infra.push_queue import PushQueue
 from microprocess.declarations import JobDeclaration, SourceKind, s3_scope
 from microprocess.pipeline.splitter import SPLITS_PREFIX
@@ -144,3 +145,11 @@ class Splitter(Construct):
             permissions.allow(self.function, permissions.SOURCE_TABLE, [t.table_arn for t in scanned.values()])
         if objects:
             permissions.allow(self.function, permissions.GET_OBJECT, sorted(objects))
+        prefixes = sorted(o for o in objects if o.endswith("*"))
+        if prefixes:
+            acknowledge(
+                self,
+                "A job's S3 source is a key template or a declared prefix (source.uri / source.prefix): each run "
+                "reads the manifest it names under that prefix only, GetObject only.",
+                *(f"AwsSolutions-IAM5[Resource::{p.replace(Aws.PARTITION, '<AWS::Partition>')}]" for p in prefixes),
+            )
