@@ -7,3 +7,10 @@ that the thin Lambda handlers in `functions/` call.
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+if _os.environ.get("MICROPROCESS_AWS_CALL_LOG"):  # the e2e suite's record of AWS calls (microprocess.local.calls)
+    from microprocess.local.calls import install as _record_aws_calls
+
+    _record_aws_calls()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from moto import mock_aws
 
 from microprocess.ledger import Ledger, ledger_table_definition
+from microprocess.local.calls import CALL_LOG_ENV
 from tests import moto_partiql
 
 # The ledger writes a batch's task records as PartiQL INSERTs; moto does not fail a duplicate one.
@@ -54,6 +56,15 @@ def ledger(ddb: Any, ledger_table: str) -> Ledger:
 
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """An e2e session records every AWS call of its stacks' functions and services (the stacks inherit
+    `MICROPROCESS_AWS_CALL_LOG`), and checks the record last (`tests/test_local_e2e_calls.py`)."""
+    items.sort(key=lambda item: item.get_closest_marker("aws_calls") is not None)
+    if any(item.get_closest_marker("e2e") for item in items):
+        os.environ.setdefault(CALL_LOG_ENV, tempfile.mkdtemp(prefix="microprocess-aws-calls-"))
+
 
 # Fixtures of the Lambda function tests (moto resources + an HTTP stand-in for the service).
 pytest_plugins = ["tests.functions_harness"]

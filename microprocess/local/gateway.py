@@ -49,7 +49,7 @@ PARTIQL_VERB_ACTIONS = {
 }
 #: `INSERT INTO "table" ...`, `SELECT ... FROM "table"`, `UPDATE "table" ...`, `DELETE FROM "table" ...`.
 _PARTIQL_TABLE = re.compile(
-    r"""^\s*(?P<verb>SELECT|INSERT|UPDATE|DELETE)\b.*?(?:\bINTO\b|\bFROM\b|^\s*UPDATE\b)\s*"?(?P<table>[A-Za-z0-9_.-]+)"?""",
+    r'''^\s*(?:(?P<read>SELECT|DELETE)\b.*?\bFROM|(?P<insert>INSERT)\s+INTO|(?P<update>UPDATE))\s*"?(?P<table>[A-Za-z0-9_.-]+)"?''',
     re.IGNORECASE | re.DOTALL,
 )
 
@@ -70,7 +70,8 @@ def partiql_statement_check(statement: str, region: str, account_id: str) -> tup
     if not match:
         return None
     table = match.group("table").split(".", 1)[0]  # "table"."index" reads the table's index
-    return PARTIQL_VERB_ACTIONS[match.group("verb").upper()], f"arn:aws:dynamodb:{region}:{account_id}:table/{table}"
+    verb = match.group("read") or match.group("insert") or match.group("update")
+    return PARTIQL_VERB_ACTIONS[verb.upper()], f"arn:aws:dynamodb:{region}:{account_id}:table/{table}"
 
 
 def partiql_checks(body: bytes, region: str, account_id: str) -> list[tuple[str, str]]:

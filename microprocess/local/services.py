@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from microprocess.declarations import Declarations, ServiceDeclaration
+from microprocess.local.calls import PROCESS_ENV
 from microprocess.local.emulator import FAKE_CREDENTIALS, aws_env
 from microprocess.local.processes import ProcessHandle, spawn
 from microprocess.local.workspace import Workspace
@@ -167,6 +168,7 @@ def service_env(
     env["AWS_CA_BUNDLE"] = ca_bundle  # the emulator is reached over TLS, signed by the local CA
     env["AWS_CONFIG_FILE"] = str(aws_profile)
     env["AWS_PROFILE"] = ROLE_PROFILE
+    env[PROCESS_ENV] = proc.process  # who its recorded AWS calls are from (microprocess.local.calls)
     env.update(
         {
             "LEDGER_TABLE": outputs["LedgerTable"],

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from microprocess.declarations import Declarations, get_declarations
+from microprocess.local.calls import CALL_LOG_ENV
 from microprocess.local.deploy import deploy_local_stage
 from microprocess.local.emulator import REGION, aws_client, endpoint_of, start_emulator
 from microprocess.local.processes import (
@@ -45,6 +46,7 @@ from microprocess.local.state import LocalState, NoLocalStack, read_state, write
 from microprocess.local.tls import LocalTls
 from microprocess.local.tuning import laptop_concurrency, warm_workers
 from microprocess.local.workspace import Workspace
+from microprocess.stacks import LOCAL_STACK
 
 Echo = Callable[[str], None]
 
@@ -239,6 +241,7 @@ class LocalStack:
         self._pending_outputs = outputs
         self.echo(f"deployed the local stage ({len(outputs)} outputs)")
 
+        self._record_stack_resources()
         sender = ses_sender(self.ws.root, outputs)
         lam = self._client("lambda", max_pool_connections=64, read_timeout=120)
         concurrency = self._fit_to_laptop(lam, outputs["ForwarderFunctionName"], options)
@@ -352,6 +355,22 @@ class LocalStack:
         write_state(self.ws.state_file, state)
         self.state = state
         return state
+
+    def _record_stack_resources(self) -> None:
+        """With a call record on (`MICROPROCESS_AWS_CALL_LOG`), keep the deployed stage's physical -> logical
+        ids beside it, so that recorded calls can be checked against the cloud template by logical id."""
+        folder = os.environ.get(CALL_LOG_ENV)
+        if not folder:
+            return
+        cfn = self._client("cloudformation")
+        resources = [
+            {k: r.get(k) for k in ("LogicalResourceId", "PhysicalResourceId", "ResourceType")}
+            for page in cfn.get_paginator("list_stack_resources").paginate(StackName=LOCAL_STACK)
+            for r in page["StackResourceSummaries"]
+        ]
+        out = Path(folder) / f"stack-resources.{os.getpid()}.{time.monotonic_ns()}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(resources))
 
     def _role_profile(self, proc: ServiceProcess, outputs: dict[str, str]) -> Path:
         """The AWS config file of `proc`: a session of its role (its cloud task role)."""
