@@ -49,7 +49,7 @@ PARTIQL_VERB_ACTIONS = {
 }
 #: `INSERT INTO "table" ...`, `SELECT ... FROM "table"`, `UPDATE "table" ...`, `DELETE FROM "table" ...`.
 _PARTIQL_TABLE = re.compile(
-    r'''^\s*(?:(?P<read>SELECT|DELETE)\b.*?\bFROM|(?P<insert>INSERT)\s+INTO|(?P<update>UPDATE))\s*"?(?P<table>[A-Za-z0-9_.-]+)"?''',
+    r"""^\s*(?:(?P<read>SELECT|DELETE)\b.*?\bFROM|(?P<insert>INSERT)\s+INTO|(?P<update>UPDATE))\s*"?(?P<table>[A-Za-z0-9_.-]+)"?""",
     re.IGNORECASE | re.DOTALL,
 )
 
