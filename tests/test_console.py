@@ -55,7 +55,7 @@ def logged_in(console: tuple[TestClient, ConsoleAuth, Any]) -> tuple[TestClient,
 
 
 def test_every_request_without_the_token_or_its_cookie_is_refused(console: Any, ledger: Ledger) -> None:
-    client, auth, _ = console
+    client, _, _ = console
     five_tasks(ledger)
     for path in ("/", "/jobs", "/runs/r1", "/runs/r1/events", "/runs/r1/find?q=C0000002", "/static/console.js"):
         assert client.get(path).status_code == 401, path
@@ -118,7 +118,11 @@ def test_a_steer_post_without_the_csrf_header_is_refused_and_does_nothing(consol
     assert ledger.require_run("r1").status is RunStatus.RUNNING
     # the confirmation step names the action and the CLI command it equals
     confirm = client.get("/runs/r1/steer/pause")
-    assert confirm.status_code == 200 and "microprocess pause r1" in confirm.text and 'hx-post="/runs/r1/steer/pause"' in confirm.text
+    assert (
+        confirm.status_code == 200
+        and "microprocess pause r1" in confirm.text
+        and 'hx-post="/runs/r1/steer/pause"' in confirm.text
+    )
     # with it: paused, as `microprocess pause` does
     resp = client.post("/runs/r1/steer/pause", headers={CSRF_HEADER: csrf})
     assert resp.status_code == 200 and "paused run r1" in resp.text
@@ -164,7 +168,9 @@ def test_stop_early_from_the_console_claims_the_reduce_and_enqueues_its_parts(co
     run = ledger.require_run("r1")
     assert run.status is RunStatus.REDUCING and "stopped early by the operator" in (run.error or "")
     sqs = dep.client("sqs")
-    attrs = sqs.get_queue_attributes(QueueUrl=dep.outputs["ReduceQueueUrl"], AttributeNames=["ApproximateNumberOfMessages"])
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=dep.outputs["ReduceQueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
+    )
     assert int(attrs["Attributes"]["ApproximateNumberOfMessages"]) == run.shard_count
 
 

@@ -15,9 +15,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from microprocess.cli.progress import reduce_phase
+from microprocess.cli.steer import pause_run, resume_run, scale_job, stop_run_now
 from microprocess.control.adaptive import AdaptiveConcurrency, CloudWatchSignals
 from microprocess.control.lookup import RunTasks, TaskDetail
-from microprocess.cli.steer import pause_run, resume_run, scale_job, stop_run_now
 from microprocess.control.scale import EventSourceCap, JobScaler, ScaleError, check_concurrency
 from microprocess.declarations import JobDeclaration, UnknownJobError, get_declarations
 from microprocess.ledger import Progress, RunRecord, RunStatus, TaskState

@@ -123,7 +123,9 @@ def retry_failed_run(dep: Deployment, run_id: str) -> RetryStarted:
 
     progress = dep.ledger().progress(run_id)
     if not progress.status.terminal:
-        raise SteerError(f"run {run_id} is still {progress.status}; retry its failures once it has ended (or cancel it)")
+        raise SteerError(
+            f"run {run_id} is still {progress.status}; retry its failures once it has ended (or cancel it)"
+        )
     if progress.failed == 0:
         return RetryStarted(None, run_id, 0, progress.job)
     new_id = new_run_id(progress.job)

@@ -26,6 +26,8 @@ from microprocess.console.views import ConsoleData, RunLive
 from microprocess.ledger import RunNotFound, RunStatus
 
 HERE = Path(__file__).parent
+#: What a page shows for a figure it does not have.
+DASH = "\N{EN DASH}"
 #: Allows only the console's own files: no inline script or style, no other origin.
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -50,12 +52,12 @@ class ConsoleSettings:
 
 
 def _fmt_int(value: int | None) -> str:
-    return "–" if value is None else f"{value:,}"
+    return DASH if value is None else f"{value:,}"
 
 
 def _fmt_duration(seconds: float | None) -> str:
     if seconds is None:
-        return "–"
+        return DASH
     s = int(seconds)
     if s < 60:
         return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
@@ -66,7 +68,7 @@ def _fmt_duration(seconds: float | None) -> str:
 
 def _fmt_time(value: Any) -> str:
     if value is None:
-        return "–"
+        return DASH
     text = value.isoformat() if hasattr(value, "isoformat") else str(value)
     return text.replace("T", " ").split(".")[0].removesuffix("+00:00").removesuffix("Z") + " UTC"
 

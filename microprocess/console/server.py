@@ -87,4 +87,3 @@ class ConsoleServer:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
-

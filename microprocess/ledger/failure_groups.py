@@ -4,9 +4,9 @@ The console shows a run's failures by cause without reading its task records (a 
 must not be scanned). Each batch that records new failures adds them to one small item per
 error group:
 
-| item          | pk                | sk          | holds |
-| ------------- | ----------------- | ----------- | ----- |
-| failure group | `RUN#<run>#E<j>`  | `E#<group>` | n (failures counted), error (the normalized text), examples (task ids) |
+| item          | pk               | sk          | holds |
+| ------------- | ---------------- | ----------- | ----- |
+| failure group | `RUN#<run>#E<j>` | `E#<group>` | n (failures), error (normalized text), examples (task ids) |
 
 * **Grouping.** Errors that differ only in numbers, ids or hashes (`HTTP 422: invoice INV-00012
   is not overdue`) fall into one group: `normalize_error` replaces them, and the group key is a
