@@ -175,7 +175,7 @@ def create_app(data: ConsoleData, auth: ConsoleAuth, *, sampler: RunSampler, set
                 n += 1
                 payload = {"html": html, "sample": sample.as_dict(), "status": live.row.status}
                 yield sse_event("progress", payload, event_id=str(n))
-                if live.row.ended and live.report_files:
+                if live.finished:
                     yield sse_event("end", {"status": live.row.status}, event_id=str(n + 1))
                     return
                 await asyncio.sleep(settings.interval_s)

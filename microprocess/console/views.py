@@ -208,6 +208,13 @@ class RunLive:
         return out
 
     @property
+    def finished(self) -> bool:
+        """Nothing more will change: the run has ended, its report is written and its notices are
+        not being sent (sent, or none claimed: a job without recipients or callback)."""
+        sending = self.reduce is not None and self.reduce.email == "sending"
+        return self.row.ended and (bool(self.report_files) or not self.run.report_uri) and not sending
+
+    @property
     def not_attempted(self) -> int:
         """Tasks that will not be done: the pending ones of a run that has ended (or was stopped)."""
         stopped = self.run.status.terminal or (self.run.status is RunStatus.REDUCING and self.row.pending > 0)
