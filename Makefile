@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test test-fast lint format synth chaos bench docs docs-check clean
+.PHONY: setup run test test-fast lint format synth chaos bench docs docs-check clean chromium console-assets console-shots
 
 # The virtualenv is (re)built when missing or when a pinned requirements file changed.
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -36,9 +36,29 @@ setup: $(BIN)/.installed $(CHECKOV_VENV)/.installed node_modules/.installed
 run: setup
 	$(BIN)/microprocess demo
 
+# Debian's Chromium, which the console's browser test drives (headless, through Playwright's
+# executable_path: no browser is downloaded). Installed only when missing; apt needs root.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "make chromium: /usr/bin/chromium is missing; as root: apt-get install -y chromium chromium-driver" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+# The console's browser libraries, from the npm registry (versions pinned in package.json), copied
+# into the package with their licences (committed: the console works offline, no CDN).
+console-assets: node_modules/.installed
+	cp node_modules/htmx.org/dist/htmx.min.js microprocess/console/static/vendor/htmx.min.js
+	cp node_modules/htmx.org/LICENSE microprocess/console/static/vendor/htmx.LICENSE
+	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css microprocess/console/static/vendor/
+	cp node_modules/uplot/LICENSE microprocess/console/static/vendor/uPlot.LICENSE
+
+# Screenshots of a run page mid-run and at its end (docs/console-run-*.png, shown in the README),
+# taken by the console's browser test on a local stack.
+console-shots: setup chromium
+	MICROPROCESS_CONSOLE_SHOTS=docs $(BIN)/python -m pytest -p no:cacheprovider -m e2e tests/test_local_e2e_console.py
+
 # Two passes: everything in parallel, then the suites that start a real local stack, one
 # at a time (two stacks at once on 2 cores make them flaky).
-test: setup
+test: setup chromium
 	$(BIN)/python -m pytest -p no:cacheprovider -n 2 -m "not e2e"
 	$(BIN)/python -m pytest -p no:cacheprovider -m e2e
 

@@ -1,4 +1,4 @@
-"""`microprocess tasks`, `pause`, `resume` and `scale` against moto."""
+"""`microprocess tasks`, `pause`, `resume`, `stop` and `scale` against moto."""
 
 from __future__ import annotations
 
@@ -178,6 +178,24 @@ def test_pause_shows_paused_in_status_and_resume_restarts_a_paused_split(
     assert resumed["status"] == "SPLITTING" and resumed["splitter_restarted"] is True
     assert lam.invocations == [{"job": JOB.name, "run_id": "r1", "source": "resume"}]
     assert ledger.require_run("r1").status is RunStatus.SPLITTING
+
+
+def test_stop_ends_a_run_early_and_enqueues_its_reduce(app: typer.Typer, deployment: Any, ledger: Ledger) -> None:
+    dep, _ = deployment
+    five_tasks(ledger)
+    runner = CliRunner()
+    stopped = invoke(runner, app, "stop", "r1", "--json")
+    assert json.loads(stopped.stdout) == {"run_id": "r1", "status": "REDUCING", "not_attempted": 2}
+    run = ledger.require_run("r1")
+    assert run.status is RunStatus.REDUCING and run.reduce_claimed_at
+    assert "stopped early by the operator after 3 of 5 tasks" in (run.error or "")
+    queued = dep.client("sqs").get_queue_attributes(
+        QueueUrl=dep.outputs["ReduceQueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]["ApproximateNumberOfMessages"]
+    assert int(queued) == run.shard_count
+    again = invoke(runner, app, "stop", "r1")
+    assert again.exit_code == cli.EXIT_FAILED
+    assert "only a splitting, running or paused run can be stopped" in again.stderr
 
 
 def test_scale_shows_and_changes_the_cap_of_the_jobs_own_mapping(

@@ -30,9 +30,9 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
 from rich.markup import escape
 
-from microprocess.cli import check_service, control, planner
+from microprocess.cli import check_service, console, control, planner, steer
 from microprocess.cli.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
-from microprocess.control.pause import cancel_paused
+from microprocess.cli.steer import SteerError
 from microprocess.declarations import (
     Declarations,
     JobDeclaration,
@@ -215,6 +215,8 @@ def _job_or_fail(job: str) -> str:
 def _ledger_errors(dep: Deployment) -> Iterator[None]:
     try:
         yield
+    except SteerError as exc:
+        fail(str(exc), exc.code)
     except RunNotFound as exc:
         fail(f"unknown run: {exc}; list runs with `microprocess runs`")
     except NoCredentialsError:
@@ -234,7 +236,7 @@ def start_run(dep: Deployment, payload: dict[str, Any]) -> None:
         Payload=json.dumps(payload).encode(),
     )
     if resp.get("StatusCode") != 202:
-        fail(f"the splitter did not accept the start (HTTP {resp.get('StatusCode')}); {dep.logs_hint}")
+        raise SteerError(f"the splitter did not accept the start (HTTP {resp.get('StatusCode')}); {dep.logs_hint}")
 
 
 def status_dict(progress: Progress) -> dict[str, Any]:
@@ -463,12 +465,7 @@ def cancel(
     """Cancel RUN: no more service calls within one visibility timeout; its messages are dropped."""
     dep = connect(target)
     with _ledger_errors(dep):
-        ledger = dep.ledger()
-        if not ledger.cancel(run_id) and not cancel_paused(ledger, run_id):
-            now = ledger.require_run(run_id).status
-            if now is RunStatus.REDUCING:
-                fail(f"run {run_id} is already reducing (every task is done); it is too late to cancel it")
-            fail(f"run {run_id} has already ended ({now}); nothing to cancel")
+        steer.cancel_run(dep, run_id)
     out.print(f"cancelled run [bold]{run_id}[/]; its remaining messages are acknowledged without calls")
 
 
@@ -483,29 +480,24 @@ def retry_failed(
     """Start a new run over the failed tasks of RUN."""
     dep = connect(target)
     with _ledger_errors(dep):
-        ledger = dep.ledger()
-        progress = ledger.progress(run_id)
-        if not progress.status.terminal:
-            fail(f"run {run_id} is still {progress.status}; retry its failures once it has ended (or cancel it)")
-        if progress.failed == 0:
+        started = steer.retry_failed_run(dep, run_id)
+        if started.run_id is None:
             if as_json:
                 emit_json({"run_id": None, "retry_of": run_id, "failed": 0})
             else:
                 out.print(f"run {run_id} has no failed tasks; nothing to retry")
             return
-        new_id = new_run_id(progress.job)
-        start_run(dep, {"job": progress.job, "run_id": new_id, "retry_of": run_id, "source": "manual"})
         if as_json:
-            emit_json({"run_id": new_id, "retry_of": run_id, "failed": progress.failed})
+            emit_json({"run_id": started.run_id, "retry_of": run_id, "failed": started.failed})
         else:
-            out.print(f"started run [bold]{new_id}[/] over the {progress.failed} failed tasks of {run_id}")
+            out.print(f"started run [bold]{started.run_id}[/] over the {started.failed} failed tasks of {run_id}")
         if wait:
-            _finish_waited(wait_for(dep, new_id, timeout_s=timeout, show=True, job=progress.job), as_json)
+            _finish_waited(wait_for(dep, started.run_id, timeout_s=timeout, show=True, job=started.job), as_json)
 
 
 def _split_s3_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://") or "/" not in uri[5:]:
-        fail(f"report URI {uri!r} is not s3://bucket/prefix")
+        raise SteerError(f"report URI {uri!r} is not s3://bucket/prefix")
     bucket, _, key = uri[5:].partition("/")
     return bucket, key
 
@@ -520,21 +512,8 @@ def download_report(dep: Deployment, run_id: str, out_dir: Path, *, parts: bool 
     progress = dep.ledger().progress(run_id)
     if not progress.report_uri:
         fail(f"run {run_id} has no report yet (it is {progress.status})")
-    bucket, prefix = _split_s3_uri(progress.report_uri)
     s3 = dep.client("s3")
-    keys = _list_keys(s3, bucket, prefix)
-    if not keys and not prefix.endswith("/"):
-        # The URI names one object of the report: take its whole folder.
-        prefix = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
-        keys = _list_keys(s3, bucket, prefix)
-    elif keys == [prefix] and "/" in prefix:
-        prefix = prefix.rsplit("/", 1)[0] + "/"
-        keys = _list_keys(s3, bucket, prefix)
-    if not keys:
-        fail(f"nothing under {progress.report_uri}")
-    base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
-    if not parts:
-        keys = [k for k in keys if not k[len(base) :].startswith(PARTS_FOLDER)]
+    bucket, base, keys = report_keys(s3, progress.report_uri, parts=parts)
     target_dir = out_dir / run_id
     written: list[Path] = []
     for key in keys:
@@ -546,6 +525,26 @@ def download_report(dep: Deployment, run_id: str, out_dir: Path, *, parts: bool 
         s3.download_file(bucket, key, str(path))
         written.append(path)
     return written
+
+
+def report_keys(s3: Any, report_uri: str, *, parts: bool = False) -> tuple[str, str, list[str]]:
+    """(bucket, folder prefix, object keys) of the report files under a run's report URI (with
+    `parts`, also the intermediate per-shard part files)."""
+    bucket, prefix = _split_s3_uri(report_uri)
+    keys = _list_keys(s3, bucket, prefix)
+    if not keys and not prefix.endswith("/"):
+        # The URI names one object of the report: take its whole folder.
+        prefix = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        keys = _list_keys(s3, bucket, prefix)
+    elif keys == [prefix] and "/" in prefix:
+        prefix = prefix.rsplit("/", 1)[0] + "/"
+        keys = _list_keys(s3, bucket, prefix)
+    if not keys:
+        raise SteerError(f"nothing under {report_uri}")
+    base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
+    if not parts:
+        keys = [k for k in keys if not k[len(base) :].startswith(PARTS_FOLDER)]
+    return bucket, base, keys
 
 
 def _list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
@@ -848,7 +847,8 @@ def demo(
     raise typer.Exit(code)
 
 
-control.register(app)  # tasks, pause, resume, scale (after connect and the options they use)
+control.register(app)  # tasks, pause, resume, stop, scale (after connect and the options they use)
+console.register(app)  # the operator console
 
 
 def main() -> None:

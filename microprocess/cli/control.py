@@ -15,10 +15,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from microprocess.cli.progress import reduce_phase
+from microprocess.cli.steer import pause_run, resume_run, scale_job, stop_run_now
 from microprocess.control.adaptive import AdaptiveConcurrency, CloudWatchSignals
 from microprocess.control.lookup import RunTasks, TaskDetail
-from microprocess.control.pause import PauseError, RunResumer, pause
-from microprocess.control.scale import EventSourceCap, JobScaler, ScaleError
+from microprocess.control.scale import EventSourceCap, JobScaler, ScaleError, check_concurrency
 from microprocess.declarations import JobDeclaration, UnknownJobError, get_declarations
 from microprocess.ledger import Progress, RunRecord, RunStatus, TaskState
 
@@ -202,7 +202,7 @@ def run_adaptive(dep: "Deployment", job: JobDeclaration, *, interval_s: float, t
 
 
 def register(app: typer.Typer) -> None:
-    """Add `tasks`, `pause`, `resume` and `scale` to a Typer app."""
+    """Add `tasks`, `pause`, `resume`, `stop` and `scale` to a Typer app."""
     from microprocess.cli import commands as cli
     from microprocess.cli.commands import JsonOption, Target, TargetOption
 
@@ -248,10 +248,7 @@ def register(app: typer.Typer) -> None:
         """Pause RUN: no pushes within one visibility timeout, its split stops; attempts and messages are kept."""
         dep = cli.connect(target)
         with cli._ledger_errors(dep):
-            try:
-                was = pause(dep.ledger(), run_id)
-            except PauseError as exc:
-                cli.fail(str(exc))
+            was = pause_run(dep, run_id)
         if as_json:
             cli.emit_json({"run_id": run_id, "status": str(RunStatus.PAUSED), "paused_from": str(was)})
         else:
@@ -268,26 +265,7 @@ def register(app: typer.Typer) -> None:
         """Resume a paused RUN: re-send its kept messages with their attempts; restart its split if it was splitting."""
         dep = cli.connect(target)
         with cli._ledger_errors(dep):
-            ledger = dep.ledger()
-            job = _job(ledger.require_run(run_id).job)
-
-            def queue_of(name: str) -> str:
-                url = dep.job_queue_url(name)
-                if not url:
-                    cli.fail(f"the stack has no task queue for job '{name}'; deploy it again", cli.EXIT_NO_STACK)
-                return url
-
-            resumer = RunResumer(
-                ledger=ledger,
-                sqs=dep.client("sqs"),
-                job_queue_url=queue_of,
-                reduce_queue_url=dep.output("ReduceQueueUrl"),
-                restart_splitter=lambda event: cli.start_run(dep, event),
-            )
-            try:
-                result = resumer.resume(run_id, job)
-            except PauseError as exc:
-                cli.fail(str(exc))
+            result = resume_run(dep, run_id)
         if as_json:
             cli.emit_json({"run_id": run_id, **result.as_dict()})
             return
@@ -296,6 +274,21 @@ def register(app: typer.Typer) -> None:
         cli.out.print(
             f"resumed run [bold]{run_id}[/] ({result.status}); {result.requeued} kept messages re-sent{extra}"
         )
+
+    @app.command("stop")
+    def stop_command(
+        run_id: Annotated[str, typer.Argument(metavar="RUN")],
+        as_json: JsonOption = False,
+        target: TargetOption = Target.local,
+    ) -> None:
+        """Stop RUN early: no more pushes; its report is built now from what was done (the rest not attempted)."""
+        dep = cli.connect(target)
+        with cli._ledger_errors(dep):
+            left = stop_run_now(dep, run_id)
+        if as_json:
+            cli.emit_json({"run_id": run_id, "status": str(RunStatus.REDUCING), "not_attempted": left})
+        else:
+            cli.out.print(f"stopped run [bold]{run_id}[/]; {left} tasks not attempted; its report is being built")
 
     @app.command("scale")
     def scale_command(
@@ -326,20 +319,18 @@ def register(app: typer.Typer) -> None:
             return
         if concurrency is not None:
             try:
-                from microprocess.control.scale import check_concurrency
-
                 check_concurrency(declared, concurrency)
             except ScaleError as exc:
                 cli.fail(str(exc), cli.EXIT_USAGE)
         dep = cli.connect(target)
         with cli._ledger_errors(dep):
-            try:
-                if concurrency is None:
+            if concurrency is None:
+                try:
                     before = after = scaler(dep).cap(declared)
-                else:
-                    before, after = scaler(dep).set(declared, concurrency)
-            except ScaleError as exc:
-                cli.fail(str(exc), cli.EXIT_NO_STACK)
+                except ScaleError as exc:
+                    cli.fail(str(exc), cli.EXIT_NO_STACK)
+            else:
+                before, after = scale_job(dep, job, concurrency)
         if as_json:
             cli.emit_json({**after.as_dict(), "previous": before.concurrency})
             return

@@ -11,6 +11,7 @@ Layout (declared once in `LEDGER_SCHEMA`; the CDK construct reads the same objec
 | items   | `RUN#<run>`        | `ITEMS`     | the inline items a run was started with |
 | parts   | `RUN#<run>`        | `PARTS`     | the reduced parts |
 | repair  | `RUN#<run>`        | `REPAIR`    | the fence and per-shard recounts of a repair under way |
+| failure group | `RUN#<run>#E<j>` | `E#<group>` | failures counted per kind of error, examples (`failure_groups`) |
 
 How the invariants hold (ARCHITECTURE §3):
 
@@ -58,6 +59,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from microprocess.declarations import JobDeclaration
+from microprocess.ledger.failure_groups import FailureGroupWriter
 from microprocess.ledger.records import (
     CRASH_AFTER_COUNTER_UPDATE,
     CRASH_AFTER_TASK_WRITE,
@@ -193,6 +195,8 @@ class Ledger:
         self._short: dict[str, set[int]] = {}  # per run: counters seen without room for another batch
         self._markers: dict[tuple[str, int], list[str]] = {}  # (run, counter): markers to remove
         self._lock = threading.Lock()
+        #: Adds newly counted failures to their error groups (`failure_groups`).
+        self.failure_groups = FailureGroupWriter(self)
 
     @property
     def client(self) -> Any:
@@ -566,6 +570,16 @@ class Ledger:
         f = len(states) - s
         counted, emptied = self._count(run_id, counter_count, epoch, s, f)
         self._crash(CRASH_AFTER_COUNTER_UPDATE)
+        if f:
+            self.failure_groups.record(
+                run_id,
+                counter_count,
+                [
+                    (o.task_id, o.error if o.state is TaskState.FAILED else "its result is too big for a ledger record")
+                    for o, w in zip(outcomes, written, strict=True)
+                    if w is TaskState.FAILED
+                ],
+            )
         claimed = self.check_completion(run_id) if emptied else False
         return RecordResult([o.task_id for o in newly], dupes, counted, claimed)
 
