@@ -9,10 +9,11 @@ Pure functions over the raw HTTP request and response, used by the counting prox
   form field (SES, query-protocol SQS), or the REST method and path (S3, Lambda).
 * **SQS**: every 64 KB chunk of a request's payload is one billed request (a batch of
   10 small messages is one).
-* **DynamoDB**: the `ConsumedCapacity` the emulator returns (the proxy asks for it with
-  `ReturnConsumedCapacity=TOTAL`). A failed conditional write returns none, yet is billed
-  on AWS: it is computed here as one unit per started KB of the item it tried to write
-  (the old item for an update, when the caller asked for it back; else 1).
+* **DynamoDB**: the `ConsumedCapacity` the emulator returns (the bench starts it with
+  `MICROPROCESS_DYNAMODB_CONSUMED_CAPACITY=1`: it reports the units of every request). A failed
+  conditional write returns none, yet is billed on AWS: it is computed here as one unit per
+  started KB of the item it tried to write (the old item for an update, when the caller asked
+  for it back; else 1).
 * **S3**: PUT-class (PUT, COPY, POST, LIST) and GET-class requests; DELETE is free.
 """
 
@@ -356,15 +357,3 @@ def measure(
         m.service = "ses"
         m.emails = ses_recipients(op, req.body) if status < 400 else 0
     return m
-
-
-def with_consumed_capacity(op: str, body: bytes) -> bytes | None:
-    """The DynamoDB request body with `ReturnConsumedCapacity=TOTAL` added, or None if it already asks
-    (or the operation does not take it)."""
-    if op not in DYNAMODB_WRITES | DYNAMODB_READS:
-        return None
-    data = _json(body)
-    if not data or data.get("ReturnConsumedCapacity") in ("TOTAL", "INDEXES"):
-        return None
-    data["ReturnConsumedCapacity"] = "TOTAL"
-    return json.dumps(data, separators=(",", ":")).encode()

@@ -38,9 +38,10 @@ from bench.figures import EventSourceUse, FunctionUse, Observed, parse_time
 from microprocess.ledger import Ledger, RunStatus
 from microprocess.local import LocalStack, LocalState, StackAlreadyRunning, UpOptions, Workspace, captured_emails
 from microprocess.local.emulator import aws_env, log_group_of, log_messages
+from microprocess.local.gateway import CONSUMED_CAPACITY_ENV
 from microprocess.local.processes import ProcessHandle, descendants, spawn, stop, wait_http_ok
 from microprocess.local.sender import ses_sender
-from microprocess.local.services import ServiceProcess, processes_of, service_env
+from microprocess.local.services import ServiceProcess, processes_of, role_of, service_env, write_role_profile
 from microprocess.local.tuning import warm_workers
 from microprocess.local.workspace import project_root
 from microprocess.pipeline.queue import SEND_THREADS, QueueSender
@@ -112,7 +113,8 @@ class BenchStack:
         started = time.monotonic()
         try:
             # `up` stops what it started if it fails; a stack already running here is left alone.
-            state = self.stack.up(UpOptions(items=self.items))
+            # The cost model reads each DynamoDB request's consumed capacity (the proxy cannot ask for it).
+            state = self.stack.up(UpOptions(items=self.items, emulator_env={CONSUMED_CAPACITY_ENV: "1"}))
         except StackAlreadyRunning:
             raise BenchError(
                 f"an earlier bench's local stack is still running in {self.ws.workdir}; stop it with "
@@ -174,6 +176,9 @@ class BenchStack:
         ports_file.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "bench.proxy", "--upstream", self.endpoint, "--key-schemas", json.dumps(schemas)]
         argv += ["--ports-file", str(ports_file)]
+        assert self.state is not None
+        if self.state.ca_bundle:
+            argv += ["--ca", self.state.ca_bundle]
         for caller in CALLERS:
             argv += ["--caller", caller]
         handle = spawn("bench-proxy", argv, env=aws_env(), cwd=self.ws.root, log=self.ws.log("bench-proxy"))
@@ -213,10 +218,18 @@ class BenchStack:
         from microprocess.local.processes import free_port
 
         port = free_port()
+        assert self.state is not None
+        process = self.push_process()
         env = service_env(
-            self.push_process(),
+            process,
             declarations=self.stack.declarations,
             endpoint_url=self.proxy_url("service") if counted else self.endpoint,
+            ca_bundle=self.state.ca_bundle,
+            aws_profile=write_role_profile(
+                self.ws.workdir / "aws" / f"bench-noop-{counted}.config",
+                role_arn=role_of(process, self.outputs),
+                session_name=process.process,
+            ),
             outputs=self.outputs,
             ses_sender=ses_sender(self.ws.root, self.outputs),
         )

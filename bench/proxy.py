@@ -2,9 +2,11 @@
 
 Each caller (a Lambda function, the service) gets its own listening port, so requests
 are attributed without touching the caller's code: the bench points the caller's
-`AWS_ENDPOINT_URL` at its port. Requests are forwarded unchanged to the emulator,
-except that DynamoDB requests ask for `ReturnConsumedCapacity=TOTAL` (the emulator then
-reports the units each request consumed; callers ignore the extra field).
+`AWS_ENDPOINT_URL` at its port. Requests are forwarded byte for byte (their Host header too): the
+emulator enforces IAM and checks each SigV4 signature, so nothing signed may change. The
+emulator reaches is HTTPS (`--ca` trusts its CA), and it reports the units every DynamoDB
+request consumed (`MICROPROCESS_DYNAMODB_CONSUMED_CAPACITY`, `microprocess.local.gateway`;
+callers ignore the extra field).
 
 Run: `python -m bench.proxy --upstream http://127.0.0.1:4566 --caller forwarder --caller splitter
 --key-schemas '{"table": ["pk", "sk"]}'`. The first line on stdout is a JSON object with
@@ -20,13 +22,14 @@ import json
 import os
 import resource
 import signal
+import ssl
 import sys
 import time
 from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.counting import Request, measure, operation_of, service_of, with_consumed_capacity
+from bench.counting import Request, measure
 
 _HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "expect", "content-length"}
 
@@ -121,10 +124,11 @@ def _head_bytes(first_line: str, headers: list[tuple[str, str]], body_len: int) 
 
 
 class Proxy:
-    def __init__(self, upstream: str, key_schemas: dict[str, tuple[str, ...]]) -> None:
+    def __init__(self, upstream: str, key_schemas: dict[str, tuple[str, ...]], ca: str | None = None) -> None:
         parts = urlsplit(upstream)
         self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
+        self.tls = ssl.create_default_context(cafile=ca) if parts.scheme == "https" else None
+        self.port = parts.port or (443 if self.tls else 80)
         self.key_schemas = key_schemas
         self.tally = Tally()
 
@@ -143,15 +147,13 @@ class Proxy:
                 method, target, _ = first.split(" ", 2)
                 path, _, query = target.partition("?")
                 req = Request(method, path, query, h, body)
-                service = service_of(req)
-                op = operation_of(req, service)
                 sent_body = body
-                if service == "dynamodb":
-                    sent_body = with_consumed_capacity(op, body) or body
-                out_headers = [(k, f"{self.host}:{self.port}" if k.lower() == "host" else v) for k, v in headers]
+                out_headers = headers  # signed: the Host and the body stay as the caller sent them
                 for attempt in range(2):
                     if up is None:
-                        up = await asyncio.open_connection(self.host, self.port)
+                        up = await asyncio.open_connection(
+                            self.host, self.port, ssl=self.tls, server_hostname=self.host if self.tls else None
+                        )
                     try:
                         up[1].write(_head_bytes(first, out_headers, len(sent_body)) + sent_body)
                         await up[1].drain()
@@ -249,7 +251,7 @@ class Proxy:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    proxy = Proxy(args.upstream, {k: tuple(v) for k, v in json.loads(args.key_schemas).items()})
+    proxy = Proxy(args.upstream, {k: tuple(v) for k, v in json.loads(args.key_schemas).items()}, args.ca or None)
     ports: dict[str, int] = {}
     servers = []
     for caller in args.caller:
@@ -282,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--caller", action="append", default=[], help="a caller name; one port each")
     parser.add_argument("--key-schemas", default="{}", help="JSON: table name -> key attribute names")
     parser.add_argument("--ports-file", default="", help="also write the ports JSON to this file")
+    parser.add_argument("--ca", default="", help="the CA that signed an https upstream's certificate")
     args = parser.parse_args(argv)
     if not args.caller:
         parser.error("name at least one --caller")

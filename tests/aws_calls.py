@@ -96,10 +96,12 @@ class CallRecord:
         """The logical id of a local resource, by its physical id, name, URL or ARN."""
         if physical in self.physical:
             return self.physical[physical]
+        if ":secret:" in physical:  # a secret's ARN: ...:secret:<name>-<6 random characters>
+            name = physical.rsplit(":secret:", 1)[1].rsplit("-", 1)[0]
+            if name in self.physical:
+                return self.physical[name]
         for known, logical in self.physical.items():
             if known.endswith(f"/{physical}") or known.endswith(f":{physical}") or physical.endswith(f"/{known}"):
-                return logical
-            if physical.startswith(f"{known}-") and "secret" in physical:  # a secret's ARN: <name>-<6 chars>
                 return logical
         return None
 

@@ -58,6 +58,7 @@ def ledger(ddb: Any, ledger_table: str) -> Ledger:
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` deselected what does not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """An e2e session records every AWS call of its stacks' functions and services (the stacks inherit
     `MICROPROCESS_AWS_CALL_LOG`), and checks the record last (`tests/test_local_e2e_calls.py`)."""

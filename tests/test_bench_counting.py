@@ -14,10 +14,10 @@ from bench.counting import (
     s3_operation,
     s3_price_class,
     sqs_billed_requests,
-    with_consumed_capacity,
     write_units,
 )
 from microprocess.cli.pricing import PRICE_TABLE_PATH, Usage, cost_by_service, load_price_table
+from microprocess.local import gateway
 
 SCHEMAS = {"ledger": ("pk", "sk")}
 
@@ -181,10 +181,10 @@ def test_sqs_bills_every_64_kb_chunk() -> None:
 
 
 def test_the_proxy_asks_dynamodb_for_consumed_capacity_only_where_it_applies() -> None:
-    added = with_consumed_capacity("PutItem", b'{"TableName": "t"}')
+    added = gateway.with_consumed_capacity("PutItem", b'{"TableName": "t"}')
     assert added is not None and json.loads(added)["ReturnConsumedCapacity"] == "TOTAL"
-    assert with_consumed_capacity("PutItem", b'{"ReturnConsumedCapacity": "TOTAL"}') is None
-    assert with_consumed_capacity("DescribeTable", b'{"TableName": "t"}') is None
+    assert gateway.with_consumed_capacity("PutItem", b'{"ReturnConsumedCapacity": "TOTAL"}') is None
+    assert gateway.with_consumed_capacity("DescribeTable", b'{"TableName": "t"}') is None
 
 
 # ----------------------------------------------------------------------------- prices

@@ -26,9 +26,23 @@ pytestmark = [pytest.mark.e2e, pytest.mark.aws_calls]
 
 ROOT = Path(__file__).resolve().parent.parent
 
+ADAPTIVE = (
+    "the adaptive controller's function exists only for a job with `adaptive` (none in the default "
+    "declarations; the e2e test drives the controller from the CLI): its grants are pinned by "
+    "tests/test_infra_adaptive.py"
+)
 #: Operations in the code that the e2e suite does not drive: who makes each, and the action it needs
 #: (checked below to be granted to that role in the cloud template).
-UNSEEN: dict[tuple[str, str], tuple[str, str, str]] = {}
+UNSEEN: dict[tuple[str, str], tuple[str, str, str]] = {
+    # (who, the action it needs, why no e2e test drives it)
+    ("s3", "CreateMultipartUpload"): ("reducer", "s3:PutObject", "a report file over one 8 MiB part"),
+    ("s3", "UploadPart"): ("reducer", "s3:PutObject", "a report file over one 8 MiB part"),
+    ("s3", "CompleteMultipartUpload"): ("reducer", "s3:PutObject", "a report file over one 8 MiB part"),
+    ("s3", "AbortMultipartUpload"): ("reducer", "s3:AbortMultipartUpload", "a multipart report upload that failed"),
+    ("cloudwatch", "GetMetricData"): ("adaptive", "cloudwatch:GetMetricData", ADAPTIVE),
+    ("lambda", "ListEventSourceMappings"): ("adaptive", "lambda:ListEventSourceMappings", ADAPTIVE),
+    ("lambda", "UpdateEventSourceMapping"): ("adaptive", "lambda:UpdateEventSourceMapping", ADAPTIVE),
+}
 
 
 def record() -> CallRecord:
@@ -79,7 +93,9 @@ def test_every_call_site_was_recorded_or_is_listed_with_its_permission() -> None
     assert sorted(set(unseen) - set(UNSEEN)) == [], report
     cloud = Template(synthesized().templates[CLOUD])
     roles = service_roles(CLOUD)
-    for (service, op), (who, action, resource_part) in UNSEEN.items():
+    for (service, op), (who, action, _why) in UNSEEN.items():
+        if who == "adaptive":  # not in the default template (see ADAPTIVE)
+            continue
         role = roles.get(who) or next(
             (
                 str(r["Properties"]["Role"]["Fn::GetAtt"][0])
@@ -90,4 +106,4 @@ def test_every_call_site_was_recorded_or_is_listed_with_its_permission() -> None
         )
         assert role is not None, (service, op, who)
         docs = json.dumps(cloud.role_policies(role))
-        assert f'"{action}"' in docs and resource_part in docs, (service, op, who, action)
+        assert f'"{action}"' in docs, (service, op, who, action)

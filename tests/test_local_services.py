@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from microprocess.local.services import ServiceConfigError, parse_service_urls, plan_processes, service_env
+from microprocess.local.services import (
+    ServiceConfigError,
+    parse_service_urls,
+    plan_processes,
+    role_of,
+    service_env,
+    write_role_profile,
+)
 from tests.declared import DECLARATIONS
 
 OUTPUTS = {
@@ -51,9 +62,40 @@ def test_bad_service_options_name_the_fix(pair: str, message: str) -> None:
         parse_service_urls([pair], DECLARATIONS)
 
 
+#: The stack-side arguments of `service_env` (the emulator over TLS, a role profile).
+LOCAL: dict[str, Any] = {
+    "declarations": DECLARATIONS,
+    "endpoint_url": "https://127.0.0.1:1",
+    "ca_bundle": "/ws/tls/ca.pem",
+    "aws_profile": Path("/ws/aws/p.config"),
+}
+
+
+def test_a_service_process_holds_no_credentials_only_a_profile_of_its_own_role(tmp_path: Path) -> None:
+    # GIVEN each planned process and the stack's ServiceRoleArns
+    roles = {"scores-live": "arn:live", "scores-queue": "arn:queue", "reminders": "arn:reminders"}
+    outputs = {**OUTPUTS, "ServiceRoleArns": json.dumps(roles)}
+    for proc in plan_processes(DECLARATIONS, {}):
+        role = role_of(proc, outputs)
+        profile = write_role_profile(tmp_path / f"{proc.process}.config", role_arn=role, session_name=proc.process)
+        env = service_env(proc, ses_sender="r@example.com", outputs=outputs, **{**LOCAL, "aws_profile": profile})
+        # THEN its environment names the profile and trusts the local CA, and holds no key at all
+        assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env and "AWS_SESSION_TOKEN" not in env
+        assert env["AWS_PROFILE"] == "service" and env["AWS_CONFIG_FILE"] == str(profile)
+        assert env["AWS_CA_BUNDLE"] == "/ws/tls/ca.pem" and env["MICROPROCESS_PROCESS"] == proc.process
+        # AND the profile assumes exactly its role (the cloud task role of that process), readable by the owner only
+        text = profile.read_text()
+        assert f"role_arn = {role}" in text and f"role_session_name = {proc.process}" in text
+        assert profile.stat().st_mode & 0o077 == 0
+    assert {role_of(p, outputs) for p in plan_processes(DECLARATIONS, {})} == set(roles.values())
+    # a stage deployed before the roles existed is refused with the fix
+    with pytest.raises(ServiceConfigError, match=r"no role for the service process 'scores-live'.*local up"):
+        role_of(plan_processes(DECLARATIONS, {})[0], OUTPUTS)
+
+
 def test_only_the_push_endpoint_gets_the_secret_and_a_bundled_service_its_tables() -> None:
     live, queue, reminders = plan_processes(DECLARATIONS, {})
-    common = {"declarations": DECLARATIONS, "endpoint_url": "http://127.0.0.1:1", "outputs": OUTPUTS}
+    common = {**LOCAL, "outputs": OUTPUTS}
     live_env = service_env(live, ses_sender="r@example.com", **common)
     queue_env = service_env(queue, ses_sender="r@example.com", **common)
     reminders_env = service_env(reminders, ses_sender="r@example.com", **common)
@@ -65,7 +107,7 @@ def test_only_the_push_endpoint_gets_the_secret_and_a_bundled_service_its_tables
 
 def test_only_the_live_role_gets_the_api_key_and_the_example_its_docs() -> None:
     live, queue, reminders = plan_processes(DECLARATIONS, {})
-    common = {"declarations": DECLARATIONS, "endpoint_url": "http://127.0.0.1:1", "ses_sender": "r@example.com"}
+    common = {**LOCAL, "ses_sender": "r@example.com"}
     live_env = service_env(live, outputs=OUTPUTS, **common)
     assert live_env["API_KEY_SECRET_ARN"] == "arn:scores-api-key"
     for other in (queue, reminders):

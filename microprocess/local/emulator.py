@@ -77,7 +77,9 @@ def aws_client(service: str, endpoint_url: str, *, ca_bundle: str | None = None,
     )
 
 
-def emulator_env(ws: Workspace, port: int, tls: LocalTls, *, chaos: Path | None = None) -> dict[str, str]:
+def emulator_env(
+    ws: Workspace, port: int, tls: LocalTls, *, chaos: Path | None = None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     env = aws_env()
     env.update(
         {
@@ -108,17 +110,24 @@ def emulator_env(ws: Workspace, port: int, tls: LocalTls, *, chaos: Path | None 
     )
     if chaos is not None:
         env["MICROPROCESS_CHAOS"] = str(chaos)
+    env.update(extra or {})
     return env
 
 
 def start_emulator(
-    ws: Workspace, port: int, tls: LocalTls, *, chaos: Path | None = None, timeout_s: float = 60.0
+    ws: Workspace,
+    port: int,
+    tls: LocalTls,
+    *,
+    chaos: Path | None = None,
+    extra: Mapping[str, str] | None = None,
+    timeout_s: float = 60.0,
 ) -> ProcessHandle:
     """Start ministack on https://127.0.0.1:`port` (IAM enforced) and wait until it is healthy."""
     handle = spawn(
         "ministack",
         [sys.executable, "-m", "microprocess.local.gateway"],
-        env=emulator_env(ws, port, tls, chaos=chaos),
+        env=emulator_env(ws, port, tls, chaos=chaos, extra=extra),
         cwd=ws.workdir,
         log=ws.log("ministack"),
     )

@@ -13,6 +13,9 @@ AWS Service Authorization Reference, and otherwise runs ministack's own `main()`
 * `Ref` of an `AWS::SecretsManager::Secret` is the secret's ARN on AWS (ministack gives its
   name), so the policies that grant a secret by `Ref` name the same resource as on AWS
   (`REF_IS_ARN`);
+* for the bench's cost model only (`MICROPROCESS_DYNAMODB_CONSUMED_CAPACITY=1`): every DynamoDB read
+  and write reports the capacity it consumed, as if it had asked `ReturnConsumedCapacity=TOTAL`
+  (the counting proxy cannot add that to a signed request; callers ignore the extra field);
 * with TLS on, ministack also binds port 443 whenever it can (as root it always can): two local
   stacks would race for it, and a stack would listen where nobody asked. It is not bound.
 
@@ -27,6 +30,7 @@ import email
 import email.utils
 import importlib
 import json
+import os
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -184,6 +188,52 @@ def resource_arn(original: Callable[..., str]) -> Callable[..., str]:
     return extract
 
 
+#: Set (to 1) by the bench: DynamoDB answers report their consumed capacity (`with_consumed_capacity`).
+CONSUMED_CAPACITY_ENV = "MICROPROCESS_DYNAMODB_CONSUMED_CAPACITY"
+#: DynamoDB operations that take `ReturnConsumedCapacity`.
+CAPACITY_OPERATIONS = frozenset(
+    {
+        "PutItem",
+        "UpdateItem",
+        "DeleteItem",
+        "BatchWriteItem",
+        "TransactWriteItems",
+        "GetItem",
+        "BatchGetItem",
+        "Query",
+        "Scan",
+        "TransactGetItems",
+        "ExecuteStatement",
+        "BatchExecuteStatement",
+    }
+)
+
+
+def with_consumed_capacity(operation: str, body: bytes) -> bytes | None:
+    """The DynamoDB request body with `ReturnConsumedCapacity=TOTAL` added, or None if it already asks
+    (or the operation does not take it)."""
+    if operation not in CAPACITY_OPERATIONS:
+        return None
+    try:
+        data = json.loads(body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("ReturnConsumedCapacity") in ("TOTAL", "INDEXES"):
+        return None
+    data["ReturnConsumedCapacity"] = "TOTAL"
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def reporting_capacity(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """ministack's DynamoDB handler, run after authorisation, with every request's capacity reported."""
+
+    async def handle(method: str, path: str, headers: dict[str, Any], body: bytes, query_params: Any) -> Any:
+        operation = str(headers.get("x-amz-target", "")).rsplit(".", 1)[-1]
+        return await handler(method, path, headers, with_consumed_capacity(operation, body) or body, query_params)
+
+    return handle
+
+
 def _never_port_443(host: str, port: int) -> bool:
     # ministack asks this only for port 443, its extra TLS listener.
     return False
@@ -198,10 +248,12 @@ def install() -> None:
     iam_actions.dynamodb_transaction_checks = transaction_checks(iam_actions.dynamodb_transaction_checks)
     iam_actions.extract_resource_arn = resource_arn(iam_actions.extract_resource_arn)
     app._port_is_bindable = _never_port_443
+    if os.environ.get(CONSUMED_CAPACITY_ENV) == "1":
+        app.SERVICE_HANDLERS["dynamodb"] = reporting_capacity(app.SERVICE_HANDLERS["dynamodb"])
     modules = [importlib.import_module(f"ministack.services.cloudformation.{name}") for name in _CFN_MODULES]
-    resolve = resolve_refs(modules[0]._resolve_refs)
+    resolve = resolve_refs(modules[0]._resolve_refs)  # type: ignore[attr-defined]
     for module in modules:
-        module._resolve_refs = resolve
+        module._resolve_refs = resolve  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -89,6 +89,8 @@ class UpOptions:
         warm: start the forwarder's workers during set-up, so that run time does not pay their imports.
         max_queue_depth: the depth at which the splitter waits for a job's queue to drain (see
             `LOCAL_MAX_QUEUE_DEPTH`; a test that needs a run's split done early sets it higher).
+        emulator_env: more variables for the emulator (and so the functions), e.g. the bench's
+            `MICROPROCESS_DYNAMODB_CONSUMED_CAPACITY`.
     """
 
     items: int | None = None
@@ -100,6 +102,7 @@ class UpOptions:
     forwarder_concurrency: int | None = None
     warm: bool = True
     max_queue_depth: int = LOCAL_MAX_QUEUE_DEPTH
+    emulator_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -283,7 +286,7 @@ class LocalStack:
         for attempt in range(attempts):
             port = free_port()
             try:
-                return start_emulator(self.ws, port, self.tls, chaos=chaos), port
+                return start_emulator(self.ws, port, self.tls, chaos=chaos, extra=self._options.emulator_env), port
             except ProcessError as exc:
                 if "already in use" not in str(exc) or attempt == attempts - 1:
                     raise
