@@ -90,11 +90,12 @@ class BaselineResult:
 class BenchStack:
     """The local stack plus the bench's proxy and no-op services. Use as a context manager."""
 
-    def __init__(self, *, items: int, echo: Echo, workdir: Path | None = None) -> None:
+    def __init__(self, *, items: int, echo: Echo, workdir: Path | None = None, enforce_iam: bool = True) -> None:
         root = project_root()
         self.ws = Workspace(root=root, workdir=(workdir or root / ".microprocess" / "bench").resolve())
         self.items = items
         self.echo = echo
+        self.enforce_iam = enforce_iam
         self.stack = LocalStack(self.ws, echo=lambda line: echo(f"  {line}"))
         self.handles: list[ProcessHandle] = []
         self.endpoint = ""
@@ -114,7 +115,9 @@ class BenchStack:
         try:
             # `up` stops what it started if it fails; a stack already running here is left alone.
             # The cost model reads each DynamoDB request's consumed capacity (the proxy cannot ask for it).
-            state = self.stack.up(UpOptions(items=self.items, emulator_env={CONSUMED_CAPACITY_ENV: "1"}))
+            state = self.stack.up(
+                UpOptions(items=self.items, emulator_env={CONSUMED_CAPACITY_ENV: "1"}, enforce_iam=self.enforce_iam)
+            )
         except StackAlreadyRunning:
             raise BenchError(
                 f"an earlier bench's local stack is still running in {self.ws.workdir}; stop it with "

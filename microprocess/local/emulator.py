@@ -78,14 +78,20 @@ def aws_client(service: str, endpoint_url: str, *, ca_bundle: str | None = None,
 
 
 def emulator_env(
-    ws: Workspace, port: int, tls: LocalTls, *, chaos: Path | None = None, extra: Mapping[str, str] | None = None
+    ws: Workspace,
+    port: int,
+    tls: LocalTls,
+    *,
+    chaos: Path | None = None,
+    extra: Mapping[str, str] | None = None,
+    enforce_iam: bool = True,
 ) -> dict[str, str]:
     env = aws_env()
     env.update(
         {
             # IAM as on AWS: identity and resource policies evaluated, each function under a
             # session of its own execution role; `test`/`test` stay the account's root.
-            "AUTH": "true",
+            "AUTH": "true" if enforce_iam else "false",
             # TLS as on AWS (the policies' aws:SecureTransport), with the work folder's own CA.
             "USE_SSL": "1",
             "MINISTACK_SSL_CERT": str(tls.server_cert),
@@ -121,13 +127,14 @@ def start_emulator(
     *,
     chaos: Path | None = None,
     extra: Mapping[str, str] | None = None,
+    enforce_iam: bool = True,
     timeout_s: float = 60.0,
 ) -> ProcessHandle:
     """Start ministack on https://127.0.0.1:`port` (IAM enforced) and wait until it is healthy."""
     handle = spawn(
         "ministack",
         [sys.executable, "-m", "microprocess.local.gateway"],
-        env=emulator_env(ws, port, tls, chaos=chaos, extra=extra),
+        env=emulator_env(ws, port, tls, chaos=chaos, extra=extra, enforce_iam=enforce_iam),
         cwd=ws.workdir,
         log=ws.log("ministack"),
     )

@@ -91,6 +91,7 @@ class UpOptions:
             `LOCAL_MAX_QUEUE_DEPTH`; a test that needs a run's split done early sets it higher).
         emulator_env: more variables for the emulator (and so the functions), e.g. the bench's
             `MICROPROCESS_DYNAMODB_CONSUMED_CAPACITY`.
+        enforce_iam: IAM enforced (always, but for `bench.iam_cost`, which measures what enforcing costs).
     """
 
     items: int | None = None
@@ -103,6 +104,7 @@ class UpOptions:
     warm: bool = True
     max_queue_depth: int = LOCAL_MAX_QUEUE_DEPTH
     emulator_env: dict[str, str] = field(default_factory=dict)
+    enforce_iam: bool = True
 
 
 @dataclass
@@ -286,7 +288,14 @@ class LocalStack:
         for attempt in range(attempts):
             port = free_port()
             try:
-                return start_emulator(self.ws, port, self.tls, chaos=chaos, extra=self._options.emulator_env), port
+                return start_emulator(
+                    self.ws,
+                    port,
+                    self.tls,
+                    chaos=chaos,
+                    extra=self._options.emulator_env,
+                    enforce_iam=self._options.enforce_iam,
+                ), port
             except ProcessError as exc:
                 if "already in use" not in str(exc) or attempt == attempts - 1:
                     raise
