@@ -139,6 +139,8 @@ class RecordingSQS:
         self.visibility_queues: list[str] = []
         #: Every `send_message` call's arguments, as asked (the delay included).
         self.sent: list[dict[str, Any]] = []
+        #: The receipt handles SQS gave out (a hand-made record's is not among them).
+        self.handles: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -149,13 +151,24 @@ class RecordingSQS:
         self.sent.append(kw)
         return self.inner.send_message(**{k: v for k, v in kw.items() if k != "DelaySeconds"})
 
+    def receive_message(self, **kw: Any) -> Any:
+        resp = self.inner.receive_message(**kw)
+        self.handles.update(m["ReceiptHandle"] for m in resp.get("Messages", []))
+        return resp
+
     def change_message_visibility(self, **kw: Any) -> Any:
+        """Recorded, then sent; every error reaches the caller. A record made by hand carries no
+        receipt handle SQS gave out: its change is checked as SQS would (the queue exists, the
+        timeout is whole seconds in 0..43,200), not sent."""
         self.visibility.append(kw["VisibilityTimeout"])
         self.visibility_queues.append(kw["QueueUrl"])
-        try:
+        if kw.get("ReceiptHandle") in self.handles:
             return self.inner.change_message_visibility(**kw)
-        except Exception:  # records made by hand carry no real receipt handle
-            return None
+        timeout = kw["VisibilityTimeout"]
+        if not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 <= timeout <= 43_200:
+            raise ValueError(f"VisibilityTimeout {timeout!r}: SQS takes whole seconds from 0 to 43,200")
+        self.inner.get_queue_attributes(QueueUrl=kw["QueueUrl"], AttributeNames=["QueueArn"])
+        return {}
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Hypothesis interleaves split pages (sent before they are accounted), duplicate and
 batched deliveries, deliveries whose every write is applied and then retried by the SDK
 ("applied, then error"), failures, crashes between writing a task and counting it,
-crashed splitters re-accounting a page, repairs, and repeated completion checks.
+crashed splitters re-accounting a page, repairs (some dying before their completion check),
+and two completion checks racing to the claim (the second runs while the first, having read
+the run RUNNING, is about to write its claim).
 After every step it checks: nothing counted twice, the reduce claimed at most
 once and only when the split is done and every task is terminal, and (after a
 repair, or with no crash pending) counts equal the task records.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import random
 
 import boto3
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from moto import mock_aws
@@ -32,6 +34,7 @@ from microprocess.ledger import (
 )
 from microprocess.pipeline.envelope import shard_of
 from tests.declared import CREDIT_SCORES
+from tests.interleave import PausedBeforeWrite
 
 JOB = declare(**{**CREDIT_SCORES.model_dump(), "shard_count": 3, "counter_count": 4})
 RUN = "run-1"
@@ -48,6 +51,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.mock.start()
         client = boto3.client("dynamodb", region_name="us-east-1")
         client.create_table(**ledger_table_definition("ledger"))
+        self.client = client
         self.ledger = Ledger("ledger", client=client, rng=random.Random(0), max_workers=2)
         self.crash_next = False
 
@@ -64,6 +68,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.injector.install_ambiguous_writes(ambiguous_client)
         self.ambiguous = Ledger("ledger", client=ambiguous_client, rng=random.Random(1), max_workers=2)
         self.claims = 0
+        self.check_pending = False  # a sweeper died between its recount and its completion check
         self.sent: list[str] = []  # task ids on the queue (sent before accounted)
         self.accounted = 0
         self.cursor = ""
@@ -116,16 +121,22 @@ class LedgerMachine(RuleBasedStateMachine):
     # ---- forwarders
 
     @precondition(lambda self: self.sent)
-    @rule(data=st.data(), fail=st.booleans())
-    def deliver(self, data: st.DataObject, fail: bool) -> None:
-        """A batch of 1..4 deliveries, possibly of tasks already recorded (duplicates)."""
+    @rule(data=st.data(), fail=st.booleans(), raced=st.booleans())
+    def deliver(self, data: st.DataObject, fail: bool, raced: bool) -> None:
+        """A batch of 1..4 deliveries, possibly of tasks already recorded (duplicates). With `raced`,
+        another completion check (a forwarder that counted its last task just before, the sweeper)
+        runs while this batch's check, having read the run RUNNING and complete, is about to claim."""
         batch = data.draw(st.lists(st.sampled_from(self.sent), min_size=1, max_size=4))
-        res = self.ledger.record_outcomes(RUN, JOB.counter_count, [self._outcome(t, fail) for t in batch])
+        racer = PausedBeforeWrite(self.client, meanwhile=lambda: self.ledger.check_completion(RUN))
+        ledger = Ledger("ledger", client=racer, rng=random.Random(2), max_workers=2) if raced else self.ledger
+        res = ledger.record_outcomes(RUN, JOB.counter_count, [self._outcome(t, fail) for t in batch])
         for t in res.newly_recorded:
             self.recorded[t] = TaskState.FAILED if fail else TaskState.SUCCEEDED
         if not res.counted:
             self.uncounted += len(res.newly_recorded)
-        self.claims += int(res.claimed_reduce)
+        if racer.paused:
+            event("two completion checks reached the claim")
+        self.claims += int(res.claimed_reduce) + int(racer.outcome is True)
 
     @precondition(lambda self: self.sent)
     @rule(data=st.data(), fail=st.booleans())
@@ -159,17 +170,29 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule()
     def completion_check_twice(self) -> None:
-        """Two completion checks racing (as two forwarders finishing shards at once would)."""
-        self.claims += int(self.ledger.check_completion(RUN)) + int(self.ledger.check_completion(RUN))
+        """Two completion checks racing (as two forwarders finishing shards at once would): the
+        first has read the run and is about to write its claim when the second runs whole.
+        When the first does not reach its claim (nothing to claim), the second runs after it."""
+        paused = PausedBeforeWrite(self.client, meanwhile=lambda: self.ledger.check_completion(RUN))
+        first = Ledger("ledger", client=paused, max_workers=2).check_completion(RUN)
+        second = paused.outcome if paused.paused else self.ledger.check_completion(RUN)
+        if paused.paused:
+            event("two completion checks reached the claim")
+        self.check_pending = False
+        self.claims += int(first) + int(bool(second))
 
     # ---- sweeper
 
-    @rule()
-    def repair(self) -> None:
+    @rule(dies_before_check=st.booleans())
+    def repair(self, dies_before_check: bool) -> None:
+        """The sweeper recounts; with `dies_before_check` it dies before its completion check, so
+        a run can be complete and unclaimed until the next check (what `completion_check_twice` races)."""
         s, f = self.ledger.repair_counters(RUN)
         assert s + f == len(self.recorded)
         self.uncounted = 0
-        self.claims += int(self.ledger.check_completion(RUN))
+        self.check_pending = dies_before_check
+        if not dies_before_check:
+            self.claims += int(self.ledger.check_completion(RUN))
 
     # ---- invariants
 
@@ -201,7 +224,7 @@ class LedgerMachine(RuleBasedStateMachine):
         """Runs always finish: once split, all recorded and counted, the reduce has been claimed."""
         if not hasattr(self, "source"):
             return
-        if self.split_finished and len(self.recorded) == self.source and self.uncounted == 0:
+        if self.split_finished and len(self.recorded) == self.source and self.uncounted == 0 and not self.check_pending:
             assert self.claims == 1
 
 
