@@ -21,27 +21,45 @@ def claims_the_reduce(update: dict[str, Any]) -> bool:
 
 
 class PausedBeforeWrite:
-    """A DynamoDB client whose first `update_item` selected by `when` waits for `meanwhile()`."""
+    """A DynamoDB client whose first `update_item` selected by `when` waits for `meanwhile()`
+    (with `every`, each such update does; `meanwhile` itself is never paused)."""
 
     def __init__(
         self,
         client: Any,
         meanwhile: Callable[[], object],
         when: Callable[[dict[str, Any]], bool] = claims_the_reduce,
+        *,
+        every: bool = False,
     ) -> None:
         self.client = client
         self.meanwhile: Callable[[], object] | None = meanwhile
         self.when = when
-        #: Whether the pause happened, and what `meanwhile()` returned then.
-        self.paused = False
-        self.outcome: object = None
+        self.every = every
+        #: What `meanwhile()` returned at each pause, in order.
+        self.outcomes: list[object] = []
+        self._inside = False
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.outcomes)
+
+    @property
+    def outcome(self) -> object:
+        """What `meanwhile()` returned at the last pause (None before the first)."""
+        return self.outcomes[-1] if self.outcomes else None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
 
     def update_item(self, **kw: Any) -> Any:
-        if self.meanwhile is not None and self.when(kw):
-            meanwhile, self.meanwhile = self.meanwhile, None
-            self.paused = True
-            self.outcome = meanwhile()
+        if self.meanwhile is not None and not self._inside and self.when(kw):
+            meanwhile = self.meanwhile
+            if not self.every:
+                self.meanwhile = None
+            self._inside = True
+            try:
+                self.outcomes.append(meanwhile())
+            finally:
+                self._inside = False
         return self.client.update_item(**kw)
