@@ -20,6 +20,7 @@ def timing_environment(rate: Duration, stuck_after_s: int) -> dict[str, str]:
     the task forwarder, whose deferral grace derives from it (`RuntimeSettings.defer_grace_s`)."""
     return {contract.STUCK_AFTER_S: str(stuck_after_s), contract.SWEEP_PERIOD_S: str(int(rate.to_seconds()))}
 
+
 RATE = Duration.seconds(DEFAULT_SWEEP_PERIOD_S)
 #: A run with no progress for this long is repaired and reported stuck (cloud default), s.
 STUCK_AFTER_S = DEFAULT_STUCK_AFTER_S

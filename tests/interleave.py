@@ -15,9 +15,10 @@ from typing import Any
 
 def claims_the_reduce(update: dict[str, Any]) -> bool:
     """Whether an `update_item` request moves a run to REDUCING (the reduce claim, or a stop)."""
-    return update.get("Key", {}).get("sk") == {"S": "RUN"} and {"S": "REDUCING"} in update.get(
-        "ExpressionAttributeValues", {}
-    ).values()
+    return (
+        update.get("Key", {}).get("sk") == {"S": "RUN"}
+        and {"S": "REDUCING"} in update.get("ExpressionAttributeValues", {}).values()
+    )
 
 
 class PausedBeforeWrite:

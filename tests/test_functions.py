@@ -671,7 +671,9 @@ def test_a_task_deferred_while_its_splitter_is_dead_waits_uncounted_until_the_sw
     stack.ledger.account_page("r1", segment="0", cursor_from="", cursor_to="p1", count=2)
     run = stack.ledger.require_run("r1")
     t0 = datetime.fromisoformat(str(run.updated_at).replace("Z", "+00:00")).timestamp()
-    stack.sqs.send_message(QueueUrl=stack.task_queue, MessageBody=envelope_for("r1", "0-000000002", {"company_id": "C2"}))
+    stack.sqs.send_message(
+        QueueUrl=stack.task_queue, MessageBody=envelope_for("r1", "0-000000002", {"company_id": "C2"})
+    )
     clock = WallClock(t0)
     monkeypatch.setattr(forwarder_module, "time", clock)
 

@@ -391,7 +391,9 @@ class Forwarder:
         now = time.time()
         since = _epoch_attribute(record, DEFERRED_SINCE_ATTRIBUTE)
         since = now if since is None or since > now else since
-        if now - since < self.defer_grace_s and self._resend_uncounted(record, 1, marks={DEFERRED_SINCE_ATTRIBUTE: since}):
+        if now - since < self.defer_grace_s and self._resend_uncounted(
+            record, 1, marks={DEFERRED_SINCE_ATTRIBUTE: since}
+        ):
             return True
         try:
             self.sqs.change_message_visibility(

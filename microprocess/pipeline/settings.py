@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from microprocess.pipeline.envelope import DEFAULT_CLAIM_CHECK_BYTES, SQS_MAX_MESSAGE_BYTES
 
-
 #: A run with no progress for this long is restarted, repaired or reported stuck by the sweeper
 #: (cloud; the local stage acts sooner), s.
 DEFAULT_STUCK_AFTER_S = 900
