@@ -346,11 +346,16 @@ def scratch_copy(dest: Path) -> None:
         shutil.copy2(src, target)
 
 
-def run_tests(scratch: Path, tests: list[str], *, quiet: bool = True) -> int:
+def run_tests(scratch: Path, tests: list[str]) -> tuple[int, str]:
+    """Run `tests` (all fast tests when empty) in the scratch copy, stopping at the first failure.
+    Returns pytest's exit code and the first failing test (empty when none failed)."""
     env = {**os.environ, "PYTHONPATH": str(scratch), "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", "-q", *FAST, *tests]
-    out = subprocess.DEVNULL if quiet else None
-    return subprocess.run(cmd, cwd=scratch, env=env, stdout=out, stderr=out, check=False).returncode
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", "-q", "-rfE", *FAST, *tests]
+    done = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True, check=False)
+    failed = [
+        line.split(" - ")[0] for line in done.stdout.splitlines() if line.startswith(("FAILED tests/", "ERROR tests/"))
+    ]
+    return done.returncode, failed[0] if failed else ""
 
 
 def check_isolation(scratch: Path) -> None:
@@ -385,22 +390,25 @@ def main(argv: list[str] | None = None) -> int:
             f"baseline: the unmutated copy passes {'the fast suite' if args.full else 'every mutant test'} ...",
             flush=True,
         )
-        if run_tests(scratch, baseline) != 0:
-            print("baseline FAILED: fix the tests before judging mutants", flush=True)
+        code, failed = run_tests(scratch, baseline)
+        if code != 0:
+            print(f"baseline FAILED ({failed or f'pytest exit {code}'}): fix the tests before judging mutants")
             return 2
         survived = errors = 0
         for m in chosen:
             started = time.monotonic()
             originals = apply(m, scratch)
             try:
-                code = run_tests(scratch, [] if args.full else list(m.tests))
+                code, failed = run_tests(scratch, [] if args.full else list(m.tests))
             finally:
                 for path, text in originals.items():
                     path.write_text(text)
             verdict = {0: "SURVIVED", 1: "caught"}.get(code, f"error (pytest exit {code})")
             survived += code == 0
             errors += code not in (0, 1)
-            print(f"{verdict:10} {m.name:40} {time.monotonic() - started:5.1f} s  {m.bug}", flush=True)
+            print(f"{verdict:10} {m.name:38} {time.monotonic() - started:5.1f} s  {m.bug}", flush=True)
+            if failed:
+                print(f"{'':10} {'':38}          by {failed}", flush=True)
         caught = len(chosen) - survived - errors
         print(f"{caught} of {len(chosen)} caught, {survived} survived, {errors} errors", flush=True)
         return 0 if survived == errors == 0 else 1
