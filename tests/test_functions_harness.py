@@ -35,7 +35,7 @@ def test_an_invalid_visibility_change_reaches_the_caller_and_fails_the_test(stac
     hand_made = sqs_record("{}")
     url = stack.task_queue
     # WHEN a visibility change names a message id, or asks for more than SQS allows
-    with pytest.raises(Exception, match="ReceiptHandle|receipt handle"):
+    with pytest.raises(Exception, match=r"ReceiptHandle|receipt handle"):
         stack.sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=delivered["messageId"], VisibilityTimeout=5)
     with pytest.raises(ValueError, match="0 to 43,200"):
         stack.sqs.change_message_visibility(
