@@ -2,11 +2,12 @@
 
 Each mutant is a small, realistic bug (a condition dropped, a bound changed, a call that does
 nothing) written as exact text edits. The script copies the checkout (tracked and untracked,
-not ignored files) into a scratch folder once, plants one mutant at a time there (never in the
-working tree), runs the mutant's own fast tests (or, with `--full`, the whole fast suite) and
-prints `caught` or `survived` per mutant. It exits 1 when a mutant survived.
+not ignored files: `tests.docs_check.scratch_copy`) into a scratch folder once, plants one
+mutant at a time there (never in the working tree), runs the mutant's own fast tests (or,
+with `--full`, the whole fast suite) and prints `caught` or `SURVIVED` per mutant, with the
+first failing test. It exits 1 when a mutant survived or its tests could not run.
 
-    .venv/bin/python -m tests.mutants                       # every mutant, its own tests (~5 min)
+    .venv/bin/python -m tests.mutants                       # every mutant, its own tests (~5 min on a quiet machine)
     .venv/bin/python -m tests.mutants stop-early-all-failed  # some, by name
     .venv/bin/python -m tests.mutants --full                 # the whole fast suite per mutant (slow)
     .venv/bin/python -m tests.mutants --list
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.docs_check import scratch_copy
+
 FAST = ["-m", "not e2e and not infra"]
 
 
@@ -327,23 +328,6 @@ def apply(mutant: Mutant, root: Path) -> dict[Path, str]:
             )
         path.write_text(current.replace(edit.search, edit.replace))
     return originals
-
-
-def scratch_copy(dest: Path) -> None:
-    """Copy the checkout's tracked and untracked (not ignored) files to `dest`."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    ).stdout.decode()
-    for rel in filter(None, listed.split("\0")):
-        src = ROOT / rel
-        if not src.is_file():
-            continue  # deleted in the working tree
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, target)
 
 
 def run_tests(scratch: Path, tests: list[str]) -> tuple[int, str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mutants import MUTANTS, ROOT, apply
+from tests.docs_check import ROOT
+from tests.mutants import MUTANTS, apply
 
 #: The bugs issue 31 planted, which once passed the whole fast suite; they must stay on the list.
 PLANTED = {"reduce-claim-without-status", "defer-grace-60s", "stop-early-all-failed"}
