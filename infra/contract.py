@@ -46,6 +46,8 @@ SERVICE_ROLE: Final = "SERVICE_ROLE"
 #: The reducer's (built-in reduce) and a bundled queue service's report sender.
 SES_SENDER: Final = "SES_SENDER"
 STUCK_AFTER_S: Final = "STUCK_AFTER_S"
+#: The sweeper's period, s (on the sweeper and the task forwarder, beside `STUCK_AFTER_S`).
+SWEEP_PERIOD_S: Final = "SWEEP_PERIOD_S"
 MAX_QUEUE_DEPTH_CAP: Final = "MAX_QUEUE_DEPTH_CAP"
 SIGNING_SECRET_ARN: Final = "SIGNING_SECRET_ARN"
 SCORE_WORK_MS: Final = "SCORE_WORK_MS"

@@ -54,7 +54,8 @@ from infra.reports import DEFAULT_EXPIRY_DAYS, Reports
 from infra.service_roles import ServiceRoles, jobs_of, role_key
 from infra.signing_secret import SigningSecret
 from infra.splitter import Splitter
-from infra.sweeper import Sweeper
+from infra.sweeper import RATE as SWEEP_RATE
+from infra.sweeper import STUCK_AFTER_S, Sweeper, timing_environment
 from microprocess.control.scheduled import adaptive_jobs
 from microprocess.declarations import Declarations, ReduceMode, get_declarations, load_declarations
 from microprocess.pipeline.splitter import SPLITS_PREFIX
@@ -349,13 +350,18 @@ class MicroprocessPlatform(Construct):
             "reports_bucket": self.reports.bucket,
             "signing_secrets": secrets,
         }
+        sweep: dict[str, Any] = {
+            "rate": Duration.minutes(settings.sweeper_rate_minutes) if settings.sweeper_rate_minutes else SWEEP_RATE,
+            "stuck_after_s": settings.stuck_after_s or STUCK_AFTER_S,
+        }
         self.forwarder = Forwarder(
             self,
             "Forwarder",
             name="forwarder",
             sources={job: (self.push_queue.task_queues[job], consumer) for job, consumer in push.jobs.items()},
             timeout=Duration.seconds(push.forwarder_timeout_s),
-            environment={contract.SERVICE_ENDPOINTS: service_endpoints_json},
+            # The sweeper's timing: the forwarder's deferral grace outlasts its restart of a dead splitter.
+            environment={contract.SERVICE_ENDPOINTS: service_endpoints_json, **timing_environment(**sweep)},
             tracing=defaults.tracing and settings.trace_forwarder,
             **pushing,
             **pusher_network,
@@ -412,8 +418,7 @@ class MicroprocessPlatform(Construct):
             push_queue=self.push_queue,
             ledger_table=self.ledger.table,
             splitter_function=self.splitter.function,
-            **({"rate": Duration.minutes(settings.sweeper_rate_minutes)} if settings.sweeper_rate_minutes else {}),
-            **({"stuck_after_s": settings.stuck_after_s} if settings.stuck_after_s else {}),
+            **sweep,
         )
         adaptive = adaptive_jobs(jobs)
         self.adaptive: AdaptiveConcurrencyControl | None = None

@@ -12,10 +12,18 @@ from constructs import Construct
 from infra import contract, permissions
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.push_queue import PushQueue
+from microprocess.pipeline.settings import DEFAULT_STUCK_AFTER_S, DEFAULT_SWEEP_PERIOD_S
 
-RATE = Duration.minutes(5)
+
+def timing_environment(rate: Duration, stuck_after_s: int) -> dict[str, str]:
+    """The sweeper's timing as function variables: set on the sweeper, which acts on it, and on
+    the task forwarder, whose deferral grace derives from it (`RuntimeSettings.defer_grace_s`)."""
+    return {contract.STUCK_AFTER_S: str(stuck_after_s), contract.SWEEP_PERIOD_S: str(int(rate.to_seconds()))}
+
+
+RATE = Duration.seconds(DEFAULT_SWEEP_PERIOD_S)
 #: A run with no progress for this long is repaired and reported stuck (cloud default), s.
-STUCK_AFTER_S = 900
+STUCK_AFTER_S = DEFAULT_STUCK_AFTER_S
 #: Shorter than the rate, so that sweeps do not overlap in the common case (repairs are fenced anyway).
 TIMEOUT = Duration.minutes(4)
 
@@ -56,7 +64,7 @@ class Sweeper(Construct):
             defaults=defaults,
             environment={
                 contract.SPLITTER_FUNCTION_NAME: splitter_function.function_name,
-                contract.STUCK_AFTER_S: str(stuck_after_s),
+                **timing_environment(rate, stuck_after_s),
             },
             timeout=TIMEOUT,
             description="Repairs counters, re-enqueues lost reduces and reports stuck runs",

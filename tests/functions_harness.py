@@ -39,6 +39,10 @@ def load_event(name: str) -> Any:
     return json.loads((EVENTS / name).read_text())
 
 
+#: The receipt handles of records made by `sqs_record` (not given out by SQS, but valid in a test).
+HAND_MADE_HANDLES: set[str] = set()
+
+
 def sqs_record(body: str, *, receive_count: int = 1, message_id: str | None = None, **extra: Any) -> dict[str, Any]:
     """An SQS event-source record as AWS sends it (from tests/events/sqs_record.json)."""
     rec = copy.deepcopy(load_event("sqs_record.json"))
@@ -46,6 +50,7 @@ def sqs_record(body: str, *, receive_count: int = 1, message_id: str | None = No
     rec["messageId"] = message_id or f"m-{random.random():.12f}"
     rec["attributes"]["ApproximateReceiveCount"] = str(receive_count)
     rec.update(extra)
+    HAND_MADE_HANDLES.add(rec["receiptHandle"])
     return rec
 
 
@@ -139,6 +144,10 @@ class RecordingSQS:
         self.visibility_queues: list[str] = []
         #: Every `send_message` call's arguments, as asked (the delay included).
         self.sent: list[dict[str, Any]] = []
+        #: The receipt handles SQS gave out (a hand-made record's is not among them).
+        self.handles: set[str] = set()
+        #: The errors of `change_message_visibility` calls (a test that expects one clears it).
+        self.errors: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -149,13 +158,32 @@ class RecordingSQS:
         self.sent.append(kw)
         return self.inner.send_message(**{k: v for k, v in kw.items() if k != "DelaySeconds"})
 
+    def receive_message(self, **kw: Any) -> Any:
+        resp = self.inner.receive_message(**kw)
+        self.handles.update(m["ReceiptHandle"] for m in resp.get("Messages", []))
+        return resp
+
     def change_message_visibility(self, **kw: Any) -> Any:
+        """Recorded, then sent; every error reaches the caller and is kept in `errors` (the
+        forwarder logs such an error and goes on, so the `stack` fixture fails the test that
+        made one). A record made by `sqs_record` carries no receipt handle SQS gave out: its
+        change is checked as SQS would (the queue exists, the timeout is whole seconds in
+        0..43,200), not sent."""
         self.visibility.append(kw["VisibilityTimeout"])
         self.visibility_queues.append(kw["QueueUrl"])
         try:
-            return self.inner.change_message_visibility(**kw)
-        except Exception:  # records made by hand carry no real receipt handle
-            return None
+            if kw.get("ReceiptHandle") in self.handles:
+                return self.inner.change_message_visibility(**kw)
+            if kw.get("ReceiptHandle") not in HAND_MADE_HANDLES:
+                raise ValueError(f"ReceiptHandle {kw.get('ReceiptHandle')!r} was not given out by SQS")
+            timeout = kw["VisibilityTimeout"]
+            if not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 <= timeout <= 43_200:
+                raise ValueError(f"VisibilityTimeout {timeout!r}: SQS takes whole seconds from 0 to 43,200")
+            self.inner.get_queue_attributes(QueueUrl=kw["QueueUrl"], AttributeNames=["QueueArn"])
+            return {}
+        except Exception as exc:
+            self.errors.append(f"change_message_visibility({kw}): {type(exc).__name__}: {exc}")
+            raise
 
 
 @dataclass
@@ -370,6 +398,9 @@ def stack(aws: None) -> Iterator[Stack]:
         yield st
     finally:
         service.stop()
+    assert not recording.errors, (
+        f"an invalid visibility change (the forwarder logged it and went on): {recording.errors}"
+    )
 
 
 def job_with(**changes: Any) -> tuple[JobDeclaration, JobRegistry]:

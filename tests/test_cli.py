@@ -314,17 +314,6 @@ def test_retry_failed_starts_a_run_over_the_failures(
     }
 
 
-def test_retry_failed_with_wait_follows_the_new_run(
-    runner: CliRunner, deployment: cli.Deployment, ledger: Ledger, fake_lambda: FakeLambda
-) -> None:
-    play_run(ledger, "r-1", ok=1, failed=2)
-    fake_lambda.on_invoke = lambda p: play_run(ledger, p["run_id"], ok=2)
-    result = invoke(runner, "retry-failed", "r-1", "--wait", "--json")
-    assert result.exit_code == 0, result.output
-    final = json.loads(result.stdout.strip().splitlines()[-1])
-    assert final["status"] == "SUCCEEDED" and final["expected"] == 2
-
-
 def test_retry_failed_refuses_a_run_without_failures_or_still_running(
     runner: CliRunner, deployment: cli.Deployment, ledger: Ledger, fake_lambda: FakeLambda
 ) -> None:

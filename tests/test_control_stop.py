@@ -80,6 +80,32 @@ def test_a_hopeless_run_ends_failed_at_once_and_its_other_messages_are_acknowled
     assert stack.metric("RunsStoppedEarly") == 1
 
 
+def test_a_batch_mixing_refusals_and_successes_that_crosses_the_tolerance_stops_the_run(stack: Stack) -> None:
+    from microprocess.pipeline.envelope import TaskEnvelope
+
+    # GIVEN a split run of 40 companies whose job tolerates 5% (2 failures); the service refuses 3
+    job, registry = job_with(tolerated_failure_pct=5.0, stop_early=True)
+    for i in (1, 4, 7):
+        stack.service.behaviours[f"C{i:07d}"] = Behaviour(status=400)
+    stack.split({"job": job.name, "run_id": "r1", "items": companies(40)}, jobs=registry)
+    records: list[dict[str, Any]] = []
+    while len(records) < 40:
+        records += stack.receive(stack.task_queue)
+    first = {f"C{i:07d}" for i in range(10)}
+    batch = [r for r in records if TaskEnvelope.parse(r["body"]).item["company_id"] in first]
+    rest = [r for r in records if r not in batch]
+    forwarder = stack.forwarder(jobs=registry)
+    # WHEN one batch holds the 3 refusals beside 7 successes
+    assert forwarder.handle({"Records": batch}) == {"batchItemFailures": []}
+    # THEN that batch stopped the run (3 of 40 is above 5% whatever the others do)
+    run = stack.ledger.require_run("r1")
+    assert run.status is RunStatus.REDUCING and (run.error or "").startswith("stopped early: 3 of 40 tasks failed")
+    assert stack.metric("RunsStoppedEarly") == 1
+    # AND the run's other messages are acknowledged without a push
+    assert forwarder.handle({"Records": rest}) == {"batchItemFailures": []}
+    assert len(stack.service.task_calls()) == 10
+
+
 def test_without_stop_early_a_hopeless_run_pushes_every_task_and_fails_at_its_end(stack: Stack) -> None:
     job, registry = job_with(tolerated_failure_pct=5.0, stop_early=False)
     for i in range(5):

@@ -599,24 +599,114 @@ def test_a_task_sent_but_not_yet_accounted_is_deferred_not_lost(stack: Stack) ->
 
 
 def test_deferrals_are_uncounted_only_for_their_grace(stack: Stack) -> None:
-    from microprocess.pipeline.forwarder import DEFER_GRACE_S, DEFERRED_SINCE_ATTRIBUTE
+    from microprocess.pipeline.forwarder import DEFERRED_SINCE_ATTRIBUTE
 
     stack.ledger.create_run("r1", JOB)
     stack.ledger.account_page("r1", segment="0", cursor_from="", cursor_to="p1", count=2)
     body = envelope_for("r1", "0-000000005", {"company_id": "C0000005"})
-    # GIVEN a task deferred before: its copy carries since when (kept, not reset)
-    since = time.time() - 30
-    mark = {DEFERRED_SINCE_ATTRIBUTE: {"stringValue": f"{since:.3f}", "dataType": "String"}}
-    early = sqs_record(body, message_id="early", messageAttributes=mark)
-    assert stack.forwarder().handle({"Records": [early]}) == {"batchItemFailures": []}
+    forwarder = stack.forwarder(defer_grace_s=100)
+
+    def deferred_since(ago_s: float, message_id: str) -> dict[str, Any]:
+        mark = {DEFERRED_SINCE_ATTRIBUTE: {"stringValue": f"{time.time() - ago_s:.3f}", "dataType": "String"}}
+        return sqs_record(body, message_id=message_id, messageAttributes=mark)
+
+    # GIVEN a task deferred before, within the grace: its copy carries since when (kept, not reset)
+    early = deferred_since(98, "early")
+    assert forwarder.handle({"Records": [early]}) == {"batchItemFailures": []}
     [copy] = stack.sqs.sent
+    since = float(early["messageAttributes"][DEFERRED_SINCE_ATTRIBUTE]["stringValue"])
     assert float(copy["MessageAttributes"][DEFERRED_SINCE_ATTRIBUTE]["StringValue"]) == pytest.approx(since, abs=0.01)
     # WHEN a task has been deferred for longer than the grace (its page never accounted)
-    stale = {DEFERRED_SINCE_ATTRIBUTE: {"stringValue": f"{time.time() - DEFER_GRACE_S - 1:.3f}", "dataType": "String"}}
-    late = sqs_record(body, message_id="late", messageAttributes=stale)
+    late = deferred_since(101, "late")
     # THEN it is no longer re-sent: a counted receive in 1 s, towards the queue's redrive (no endless loop)
-    assert stack.forwarder().handle({"Records": [late]}) == {"batchItemFailures": [{"itemIdentifier": "late"}]}
+    assert forwarder.handle({"Records": [late]}) == {"batchItemFailures": [{"itemIdentifier": "late"}]}
     assert len(stack.sqs.sent) == 1 and stack.sqs.visibility == [1]
+
+
+class WallClock:
+    """Stands in for the `time` module inside the forwarder: `time()` is what the test says."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def _sweeper_timings() -> dict[str, tuple[int, int]]:
+    """(stuck_after_s, sweep_period_s) as each stage deploys them on the sweeper and the forwarder."""
+    from infra.sweeper import RATE, STUCK_AFTER_S
+    from microprocess.local.stack import LOCAL_STUCK_AFTER_S, LOCAL_SWEEPER_RATE_MINUTES
+
+    return {
+        "cloud": (STUCK_AFTER_S, int(RATE.to_seconds())),
+        "local": (LOCAL_STUCK_AFTER_S, LOCAL_SWEEPER_RATE_MINUTES * 60),
+    }
+
+
+@pytest.mark.parametrize("stage", ["cloud", "local"])
+def test_a_task_deferred_while_its_splitter_is_dead_waits_uncounted_until_the_sweeper_restarts_the_split(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    from microprocess.pipeline import forwarder as forwarder_module
+    from microprocess.pipeline.settings import RuntimeSettings
+
+    stuck_after_s, sweep_period_s = _sweeper_timings()[stage]
+    # GIVEN the forwarder and the sweeper as the stage deploys them (the same timing variables)
+    settings = RuntimeSettings(ledger_table="ledger", stuck_after_s=stuck_after_s, sweep_period_s=sweep_period_s)
+    forwarder = stack.forwarder(defer_grace_s=settings.defer_grace_s)
+    restarts: list[dict[str, Any]] = []
+    sweep_at = [0.0]
+    sweep = sweeper(
+        stack,
+        restarts,
+        stuck_after_s=settings.stuck_after_s,
+        now=lambda: datetime.fromtimestamp(sweep_at[0], UTC),
+    )
+    # AND a run whose splitter accounted its first page at t0, sent its second page and died
+    stack.ledger.create_run("r1", JOB)
+    stack.ledger.account_page("r1", segment="0", cursor_from="", cursor_to="p1", count=2)
+    run = stack.ledger.require_run("r1")
+    t0 = datetime.fromisoformat(str(run.updated_at).replace("Z", "+00:00")).timestamp()
+    stack.sqs.send_message(
+        QueueUrl=stack.task_queue, MessageBody=envelope_for("r1", "0-000000002", {"company_id": "C2"})
+    )
+    clock = WallClock(t0)
+    monkeypatch.setattr(forwarder_module, "time", clock)
+
+    def receive_at(at: float) -> dict[str, Any]:
+        clock.now = at
+        [record] = stack.receive(stack.task_queue)
+        result = forwarder.handle({"Records": [record]})
+        if not result["batchItemFailures"]:
+            stack.sqs.delete_message(QueueUrl=stack.task_queue, ReceiptHandle=record["receiptHandle"])
+        return result
+
+    # WHEN the forwarder receives its task (deferred: the page is not accounted) and keeps receiving
+    # it at every sweep, the sweeps falling at their worst (one just before the run is quiet enough)
+    assert receive_at(t0 + 1) == {"batchItemFailures": []}
+    sweep_at[0] = t0 + stuck_after_s - 1
+    while not restarts:
+        assert sweep_at[0] < t0 + 10 * sweep_period_s + stuck_after_s, "the sweeper never restarted the split"
+        assert receive_at(sweep_at[0]) == {"batchItemFailures": []}, (
+            f"deferred {sweep_at[0] - t0 - 1:.0f} s: a counted receive before the sweep restarted the split"
+        )
+        sweep.sweep()
+        sweep_at[0] += sweep_period_s
+    restarted_at = sweep_at[0] - sweep_period_s
+    # THEN up to the restarted splitter's accounting of the page (a minute, a cold start and a page),
+    # every receive is a deferral that counts no attempt
+    assert restarts == [{"job": JOB.name, "run_id": "r1", "source": "sweeper"}]
+    assert receive_at(restarted_at + 60) == {"batchItemFailures": []}, "deferral grace spent before the restart"
+    stack.ledger.account_page("r1", segment="0", cursor_from="p1", cursor_to="p2", count=1)
+    # AND then the task is pushed as its first attempt and recorded, never dead-lettered
+    assert receive_at(restarted_at + 61) == {"batchItemFailures": []}
+    [call] = stack.service.task_calls()
+    assert (call["payload"]["task_id"], call["payload"]["attempt"]) == ("0-000000002", 1)
+    assert [t.task_id for t in task_records(stack, "r1")] == ["0-000000002"] and dlq_messages(stack) == []
 
 
 def test_a_deferral_whose_resend_fails_comes_back_as_a_counted_receive(stack: Stack) -> None:

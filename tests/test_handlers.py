@@ -144,13 +144,30 @@ def test_a_job_without_a_queue_is_refused_with_the_fix(env: Stack, monkeypatch: 
 
 
 def test_dead_letter_and_sweeper_handlers(env: Stack) -> None:
-    from tests.functions_harness import sqs_record
+    from microprocess.ledger import CURSOR_DONE
+    from microprocess.pipeline.envelope import shard_of
+    from tests.functions_harness import JOB, sqs_record
 
-    assert handler("dead_letter")({"Records": [sqs_record("nonsense", message_id="x1")]}, FakeContext()) == {
-        "batchItemFailures": []
-    }
-    report = handler("sweeper")({}, FakeContext())
-    assert report["runs_seen"] == 0 and report["stuck"] == []
+    # GIVEN a run of 2 tasks whose splitter accounted its only page and died before marking the split done
+    env.ledger.create_run("r1", JOB, segments=1)
+    env.ledger.account_page("r1", segment="0", cursor_from="", cursor_to=CURSOR_DONE, count=2)
+    # WHEN the sweeper handler runs THEN it finishes the split, and the run waits for its 2 tasks
+    report = handler("sweeper")({}, FakeContext("sweeper-fn"))
+    assert (report["runs_seen"], report["splits_finished"], report["reduces_claimed"]) == (1, ["r1"], [])
+    assert env.ledger.require_run("r1").status is RunStatus.RUNNING
+    # WHEN both tasks reach the DLQ beside a message nobody can parse
+    tasks = [
+        TaskEnvelope(job=JOB.name, run_id="r1", task_id=t, shard=shard_of(t, JOB.shard_count), item={}).to_json()
+        for t in ("0-000000000", "0-000000001")
+    ]
+    records = [sqs_record(body, receive_count=5) for body in tasks] + [sqs_record("nonsense", message_id="x1")]
+    assert handler("dead_letter")({"Records": records}, FakeContext("dead-letter-fn")) == {"batchItemFailures": []}
+    # THEN both tasks are counted FAILED, which finishes the run (its reduce claimed) ...
+    prog = env.ledger.progress("r1")
+    assert (prog.status, prog.failed, prog.succeeded) == (RunStatus.REDUCING, 2, 0)
+    # ... and what could not be parsed is quarantined in S3
+    listed = env.s3.list_objects_v2(Bucket=env.bucket, Prefix="quarantine/").get("Contents", [])
+    assert [o["Key"].rsplit("/", 1)[-1] for o in listed] == ["x1.json"]
 
 
 def test_missing_environment_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

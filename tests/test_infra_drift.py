@@ -234,3 +234,30 @@ def test_service_variables_are_settings_the_service_reads() -> None:
 
 def test_the_declarations_variable_is_the_one_the_loader_reads() -> None:
     assert contract.MICROPROCESS_DECLARATIONS == DECLARATIONS_ENV
+
+
+@BOTH
+def test_the_task_forwarder_reads_the_sweepers_timing_so_its_deferral_grace_outlasts_a_split_restart(
+    stack: str,
+) -> None:
+    from microprocess.pipeline.settings import split_restart_bound_s
+
+    # GIVEN the sweeper's timing as deployed: its variables and its schedule
+    sweeper = function(stack, "sweeper")
+    timing = {
+        name: sweeper["Environment"]["Variables"][name] for name in (contract.STUCK_AFTER_S, contract.SWEEP_PERIOD_S)
+    }
+    (rule,) = [
+        r["Properties"]
+        for r in resources(stack).values()
+        if r["Type"] == "AWS::Events::Rule"
+        and r["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [sweeper["LogicalId"], "Arn"]}
+    ]
+    minutes = int(rule["ScheduleExpression"].removeprefix("rate(").split()[0])
+    assert int(timing[contract.SWEEP_PERIOD_S]) == minutes * 60
+    # THEN the task forwarder has the same variables, so its deferral grace is derived from them
+    forwarder = function(stack, "forwarder")["Environment"]["Variables"]
+    assert {name: forwarder.get(name) for name in timing} == timing
+    settings = RuntimeSettings.from_env({"LEDGER_TABLE": "ledger", **timing})
+    stuck, period = int(timing[contract.STUCK_AFTER_S]), int(timing[contract.SWEEP_PERIOD_S])
+    assert settings.defer_grace_s > split_restart_bound_s(stuck, period)

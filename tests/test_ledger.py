@@ -22,6 +22,7 @@ from microprocess.ledger import (
 )
 from microprocess.pipeline.envelope import shard_of
 from tests.declared import CREDIT_SCORES
+from tests.interleave import PausedBeforeWrite
 
 JOB = CREDIT_SCORES
 K = JOB.counter_count
@@ -125,6 +126,37 @@ def test_full_run_claims_once_at_the_last_completion(ledger: Ledger) -> None:
     again = ledger.record_outcomes("r1", K, outs[:10])
     assert again.duplicates == [o.task_id for o in outs[:10]] and not again.claimed_reduce
     assert ledger.progress("r1").succeeded == 90
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_two_completion_checks_that_both_read_running_claim_the_reduce_once(ddb: Any, ledger_table: str) -> None:
+    # GIVEN a split run whose 12 tasks are all recorded and counted (a forwarder died between
+    # writing them and counting them; the sweeper recounted), still RUNNING: the next
+    # completion check claims its reduce
+    def crash(point: str) -> None:
+        if point == CRASH_AFTER_TASK_WRITE:
+            raise _Crash(point)
+
+    plain = Ledger(ledger_table, client=ddb)
+    plain.create_run("r1", JOB)
+    split(plain, "r1", [12])
+    assert plain.finish_split("r1") is False
+    with pytest.raises(_Crash):
+        Ledger(ledger_table, client=ddb, crash_hook=crash).record_outcomes("r1", K, [outcome(i) for i in range(12)])
+    assert plain.repair_counters("r1") == (12, 0)
+    assert plain.require_run("r1").status is RunStatus.RUNNING
+    # WHEN two checks race: the first has read the run RUNNING with every task done and is about
+    # to write its claim when the second reads the run (RUNNING still) and writes its own
+    second = Ledger(ledger_table, client=ddb)
+    paused = PausedBeforeWrite(ddb, meanwhile=lambda: second.check_completion("r1"))
+    first_claimed = Ledger(ledger_table, client=paused).check_completion("r1")
+    # THEN both reached the claim, and exactly one claimed: the second, which wrote first
+    assert paused.paused
+    assert (paused.outcome, first_claimed) == (True, False)
+    assert plain.require_run("r1").status is RunStatus.REDUCING
 
 
 def test_no_claim_before_split_done_even_when_all_sent_tasks_finished(ledger: Ledger) -> None:

@@ -3,7 +3,9 @@
 Hypothesis interleaves split pages (sent before they are accounted), duplicate and
 batched deliveries, deliveries whose every write is applied and then retried by the SDK
 ("applied, then error"), failures, crashes between writing a task and counting it,
-crashed splitters re-accounting a page, repairs, and repeated completion checks.
+crashed splitters re-accounting a page, repairs (some dying before their completion check),
+and completion checks racing to the claim: every check of the model's ledger that reaches its
+claim is paused there while a rival check reads the run (RUNNING still) and claims first.
 After every step it checks: nothing counted twice, the reduce claimed at most
 once and only when the split is done and every task is terminal, and (after a
 repair, or with no crash pending) counts equal the task records.
@@ -32,6 +34,7 @@ from microprocess.ledger import (
 )
 from microprocess.pipeline.envelope import shard_of
 from tests.declared import CREDIT_SCORES
+from tests.interleave import PausedBeforeWrite
 
 JOB = declare(**{**CREDIT_SCORES.model_dump(), "shard_count": 3, "counter_count": 4})
 RUN = "run-1"
@@ -48,7 +51,12 @@ class LedgerMachine(RuleBasedStateMachine):
         self.mock.start()
         client = boto3.client("dynamodb", region_name="us-east-1")
         client.create_table(**ledger_table_definition("ledger"))
-        self.ledger = Ledger("ledger", client=client, rng=random.Random(0), max_workers=2)
+        # Every completion check of the model's ledger that reaches its claim (having read the run
+        # RUNNING and complete) is paused there while a rival check (another forwarder finishing
+        # a shard, the sweeper) reads the run, RUNNING still, and writes its claim first.
+        rival = Ledger("ledger", client=client, max_workers=2)
+        self.racing = PausedBeforeWrite(client, meanwhile=lambda: rival.check_completion(RUN), every=True)
+        self.ledger = Ledger("ledger", client=self.racing, rng=random.Random(0), max_workers=2)
         self.crash_next = False
 
         def hook(point: str) -> None:
@@ -64,6 +72,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.injector.install_ambiguous_writes(ambiguous_client)
         self.ambiguous = Ledger("ledger", client=ambiguous_client, rng=random.Random(1), max_workers=2)
         self.claims = 0
+        self.check_pending = False  # a sweeper died between its recount and its completion check
         self.sent: list[str] = []  # task ids on the queue (sent before accounted)
         self.accounted = 0
         self.cursor = ""
@@ -159,17 +168,22 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule()
     def completion_check_twice(self) -> None:
-        """Two completion checks racing (as two forwarders finishing shards at once would)."""
+        """Two more completion checks (each one that reaches its claim is raced by the rival's)."""
         self.claims += int(self.ledger.check_completion(RUN)) + int(self.ledger.check_completion(RUN))
+        self.check_pending = False
 
     # ---- sweeper
 
-    @rule()
-    def repair(self) -> None:
+    @rule(dies_before_check=st.booleans())
+    def repair(self, dies_before_check: bool) -> None:
+        """The sweeper recounts; with `dies_before_check` it dies before its completion check, so
+        a run can be complete and unclaimed until the next check (what `completion_check_twice` races)."""
         s, f = self.ledger.repair_counters(RUN)
         assert s + f == len(self.recorded)
         self.uncounted = 0
-        self.claims += int(self.ledger.check_completion(RUN))
+        self.check_pending = dies_before_check
+        if not dies_before_check:
+            self.claims += int(self.ledger.check_completion(RUN))
 
     # ---- invariants
 
@@ -183,13 +197,18 @@ class LedgerMachine(RuleBasedStateMachine):
         if self.uncounted == 0:
             assert prog.failed == sum(1 for s in self.recorded.values() if s is TaskState.FAILED)
 
+    def _all_claims(self) -> int:
+        """Claims by the model's callers and by the rival checks that raced them."""
+        return self.claims + sum(1 for won in self.racing.outcomes if won is True)
+
     @invariant()
     def reduce_once_and_only_at_the_end(self) -> None:
         if not hasattr(self, "source"):
             return
-        assert self.claims <= 1
+        claims = self._all_claims()
+        assert claims <= 1, f"the reduce was claimed {claims} times"
         status = self.ledger.require_run(RUN).status
-        if self.claims == 1:
+        if claims == 1:
             assert status is RunStatus.REDUCING
             assert self.split_finished and self.accounted == self.source
             assert len(self.recorded) == self.source, "claimed while tasks were pending"
@@ -201,8 +220,8 @@ class LedgerMachine(RuleBasedStateMachine):
         """Runs always finish: once split, all recorded and counted, the reduce has been claimed."""
         if not hasattr(self, "source"):
             return
-        if self.split_finished and len(self.recorded) == self.source and self.uncounted == 0:
-            assert self.claims == 1
+        if self.split_finished and len(self.recorded) == self.source and self.uncounted == 0 and not self.check_pending:
+            assert self._all_claims() == 1
 
 
 TestLedgerStateful = LedgerMachine.TestCase

@@ -50,6 +50,7 @@ from microprocess.pipeline.envelope import (
 from microprocess.pipeline.fanin import enqueue_finalize, enqueue_reduce_parts
 from microprocess.pipeline.push import HttpPusher, PushOutcome, PushResult
 from microprocess.pipeline.queue import QueueSender
+from microprocess.pipeline.settings import DEFAULT_STUCK_AFTER_S, DEFAULT_SWEEP_PERIOD_S, defer_grace_s
 
 if TYPE_CHECKING:
     from microprocess.reduce import PlatformReducer
@@ -69,10 +70,11 @@ UNREACHABLE_SINCE_ATTRIBUTE = "microprocess-unreachable-since"
 UNREACHABLE_MAX_DELAY_S = 60
 #: Message attribute of a task re-sent because its page was not accounted yet: since when.
 DEFERRED_SINCE_ATTRIBUTE = "microprocess-deferred-since"
-#: How long a task is deferred without counting its receives (its splitter's page is normally
-#: accounted within a second; a splitter that died is restarted by the sweeper well within
-#: this). Past it, each deferral is a counted receive again, towards the queue's redrive.
-DEFER_GRACE_S = 900
+#: How long a task is deferred without counting its receives, with the sweeper's cloud timing
+#: (its splitter's page is normally accounted within a second; a splitter that died is
+#: restarted by the sweeper within this: `settings.defer_grace_s`). Past it, each deferral is
+#: a counted receive again, towards the queue's redrive.
+DEFER_GRACE_S = defer_grace_s(DEFAULT_STUCK_AFTER_S, DEFAULT_SWEEP_PERIOD_S)
 
 
 def backoff_seconds(attempt: int, retry_after: float | None, *, base: float, cap: float, rng: random.Random) -> int:
@@ -178,6 +180,8 @@ class Forwarder:
         reducer: the built-in reduce, for jobs with `reduce = "platform"` (the reducer function's).
         claims_bucket: the platform bucket whose `claims/` prefix holds claim-checked items; a
             reference elsewhere is dead-lettered (empty: any bucket, tests).
+        defer_grace_s: how long a task whose page is not accounted yet is deferred without
+            counting its receives, s (deployed: `RuntimeSettings.defer_grace_s`, from the sweeper's timing).
     """
 
     def __init__(
@@ -204,6 +208,7 @@ class Forwarder:
         run_cache_ttl_s: float = 2.0,
         rng: random.Random | None = None,
         max_workers: int = 10,
+        defer_grace_s: float = DEFER_GRACE_S,
     ) -> None:
         if (pusher_for is None) == (pusher is None):
             raise ValueError("give the Forwarder exactly one of pusher_for (per service) and pusher")
@@ -229,6 +234,7 @@ class Forwarder:
         self.retry_base_s = retry_base_s
         self.retry_cap_s = retry_cap_s
         self.runs = RunCache(ledger, run_cache_ttl_s)
+        self.defer_grace_s = defer_grace_s
         self.rng = rng or random.Random()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="push")
 
@@ -380,12 +386,14 @@ class Forwarder:
 
     def _defer(self, record: dict[str, Any]) -> bool:
         """Bring a record back in a second without counting this receive as an attempt: re-sent
-        (True; the caller acknowledges it) for up to `DEFER_GRACE_S`, else (past it, or the send
-        failed) made visible again in 1 s, a counted receive."""
+        (True; the caller acknowledges it) for up to `defer_grace_s` from its first deferral, else
+        (past it, or the send failed) made visible again in 1 s, a counted receive."""
         now = time.time()
         since = _epoch_attribute(record, DEFERRED_SINCE_ATTRIBUTE)
         since = now if since is None or since > now else since
-        if now - since < DEFER_GRACE_S and self._resend_uncounted(record, 1, marks={DEFERRED_SINCE_ATTRIBUTE: since}):
+        if now - since < self.defer_grace_s and self._resend_uncounted(
+            record, 1, marks={DEFERRED_SINCE_ATTRIBUTE: since}
+        ):
             return True
         try:
             self.sqs.change_message_visibility(

@@ -139,6 +139,7 @@ def forwarder() -> Forwarder:
         claims_bucket=s.reports_bucket,
         faults=faults(),
         emit=emitter(),
+        defer_grace_s=s.defer_grace_s,
     )
 
 

@@ -17,6 +17,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from microprocess.pipeline.envelope import DEFAULT_CLAIM_CHECK_BYTES, SQS_MAX_MESSAGE_BYTES
 
+#: A run with no progress for this long is restarted, repaired or reported stuck by the sweeper
+#: (cloud; the local stage acts sooner), s.
+DEFAULT_STUCK_AFTER_S = 900
+#: How often the sweeper runs (cloud: its schedule's rate; the local stage sweeps every minute), s.
+DEFAULT_SWEEP_PERIOD_S = 300
+
+
+def split_restart_bound_s(stuck_after_s: int, sweep_period_s: int) -> int:
+    """The latest, after a dead splitter's last accounted page, that the sweeper restarts its
+    split, s: the run must be quiet for `stuck_after_s`, and the sweep that sees it comes up to
+    one period later."""
+    return stuck_after_s + sweep_period_s
+
+
+def defer_grace_s(stuck_after_s: int, sweep_period_s: int) -> int:
+    """How long the forwarder defers a task whose page is not accounted yet without counting its
+    receives, s. A task is first deferred after its splitter's last accounted page, so the grace
+    must outlast the sweeper's restart of that splitter should it die (`split_restart_bound_s`),
+    and one more period: the restarted splitter accounts the page within seconds, and a restart
+    that was lost is made again by the next sweep. Past the grace, deferrals count towards the
+    queue's redrive (a page that is never accounted ends in the DLQ, FAILED: runs finish)."""
+    return split_restart_bound_s(stuck_after_s, sweep_period_s) + sweep_period_s
+
 
 class SettingsError(ValueError):
     """A missing or invalid environment variable; the message names it."""
@@ -74,8 +97,11 @@ class RuntimeSettings(BaseModel):
     claim_check_bytes: int = Field(default=DEFAULT_CLAIM_CHECK_BYTES, gt=0, lt=SQS_MAX_MESSAGE_BYTES)
     #: Margin of remaining Lambda time under which the splitter continues itself, ms.
     splitter_margin_ms: int = Field(default=60_000, ge=1_000)
-    #: A run with no progress for this long is repaired and reported stuck by the sweeper, s.
-    stuck_after_s: int = Field(default=900, ge=1)
+    #: A run with no progress for this long is repaired and reported stuck by the sweeper, s
+    #: (set on the sweeper and on the task forwarder, whose deferral grace derives from it).
+    stuck_after_s: int = Field(default=DEFAULT_STUCK_AFTER_S, ge=1)
+    #: How often the sweeper runs, s (its schedule's rate; set where `stuck_after_s` is).
+    sweep_period_s: int = Field(default=DEFAULT_SWEEP_PERIOD_S, ge=1)
     #: Seconds of counter recounting per run per sweep (the sweeper function's timeout is 240 s).
     repair_budget_s: float = Field(default=120.0, gt=0, le=600)
     #: A claimed reduce not finished after this long is re-enqueued by the sweeper, s.
@@ -84,6 +110,11 @@ class RuntimeSettings(BaseModel):
     max_queue_depth_cap: int = Field(default=0, ge=0)
     #: Fault injection for the chaos suite: a JSON document or a path to one. Empty in production.
     microprocess_chaos: str = ""
+
+    @property
+    def defer_grace_s(self) -> int:
+        """The forwarder's deferral grace, derived from the sweeper's timing (`defer_grace_s`)."""
+        return defer_grace_s(self.stuck_after_s, self.sweep_period_s)
 
     @property
     def job_queue_urls(self) -> dict[str, str]:
