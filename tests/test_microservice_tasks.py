@@ -300,6 +300,7 @@ def test_service_rereads_a_rotated_secret_on_a_mismatch(env: Env) -> None:
         )
         cached = client.app.state.verifier.secrets  # type: ignore[attr-defined]
         cached._read_at -= cached.min_refresh_interval_s
+        cached._tried_at -= cached.min_refresh_interval_s
         resp = signed_post(client, TASK, task_payload("C0000024"), secret="second")
         # THEN it is accepted (the service re-read the secret once), and the old one still is
         assert resp.status_code == 200

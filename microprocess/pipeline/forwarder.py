@@ -15,6 +15,8 @@ response: only records that should be retried are listed in `batchItemFailures`.
   an attempt: the message is re-sent with a delay (≤ 60 s) carrying its attempts so far and
   since when it has been unreachable, and acknowledged, for up to the job's
   `unreachable_grace_s`; past that, such pushes count as attempts again (runs always finish).
+  A push refused with 401 (its signature: perhaps a rotation not taken up yet) is re-sent the
+  same way, uncounted, for up to `SIGNATURE_REFUSED_GRACE_S`; past that it is FAILED.
 * Outcomes are recorded in the ledger (counted once, one counter write per batch);
   the completion that finishes the run claims the reduce and enqueues its parts;
   the last part enqueues the finalize; the finalize ends the run.
@@ -67,6 +69,15 @@ UNREACHABLE_SINCE_ATTRIBUTE = "microprocess-unreachable-since"
 #: The longest wait between two pushes to an unreachable service, seconds (a service coming
 #: back is found within this).
 UNREACHABLE_MAX_DELAY_S = 60
+#: Message attribute of a task re-sent because its service refused the signature (401): since when.
+SIGNATURE_REFUSED_SINCE_ATTRIBUTE = "microprocess-refused-since"
+#: How long pushes refused with 401 are re-sent without counting as attempts, seconds: a rotation
+#: the service has not taken up yet (it re-reads its secret at least every minute, whatever the
+#: traffic: `microprocess.service.rotation.DEFAULT_MAX_AGE_S`) or this process has not (5 s).
+#: Past it, a 401 is the permanent failure it says (a wrong secret): the task is FAILED.
+SIGNATURE_REFUSED_GRACE_S = 300
+#: The wait before a push refused with 401 is sent again, seconds (jittered down to half).
+SIGNATURE_REFUSED_DELAY_S = 20
 #: Message attribute of a task re-sent because its page was not accounted yet: since when.
 DEFERRED_SINCE_ATTRIBUTE = "microprocess-deferred-since"
 #: How long a task is deferred without counting its receives (its splitter's page is normally
@@ -401,7 +412,8 @@ class Forwarder:
         since-when marks, and `marks` (attribute name -> epoch seconds) over them. False (logged)
         when the send failed."""
         attributes = {PRIOR_ATTEMPTS_ATTRIBUTE: {"DataType": "Number", "StringValue": str(attempt_of(record) - 1)}}
-        kept = {n: _epoch_attribute(record, n) for n in (UNREACHABLE_SINCE_ATTRIBUTE, DEFERRED_SINCE_ATTRIBUTE)}
+        names = (UNREACHABLE_SINCE_ATTRIBUTE, DEFERRED_SINCE_ATTRIBUTE, SIGNATURE_REFUSED_SINCE_ATTRIBUTE)
+        kept = {n: _epoch_attribute(record, n) for n in names}
         for name, epoch in {**{n: e for n, e in kept.items() if e is not None}, **marks}.items():
             attributes[name] = {"DataType": "String", "StringValue": f"{epoch:.3f}"}
         try:
@@ -498,6 +510,40 @@ class Forwarder:
         self.emit("TasksUnreachable", 1, w.job.name, run_id=w.envelope.run_id)
         return True
 
+    def _resend_refused(self, w: _Work) -> bool:
+        """Re-send (delayed) a message whose push was refused with 401, without counting that push
+        as an attempt, for up to `SIGNATURE_REFUSED_GRACE_S` from its first 401: the service may
+        not have taken up a rotated secret yet. True when re-sent (the caller acknowledges the
+        original); False past the grace (the 401 then counts: FAILED) or when the send failed."""
+        result = w.result
+        if result is None or result.status != 401:
+            return False
+        now = time.time()
+        since = _epoch_attribute(w.record, SIGNATURE_REFUSED_SINCE_ATTRIBUTE)
+        since = now if since is None or since > now else since
+        if now - since >= SIGNATURE_REFUSED_GRACE_S:
+            return False
+        delay = max(1, round(SIGNATURE_REFUSED_DELAY_S * self.rng.uniform(0.5, 1.0)))
+        if not self._resend_uncounted(w.record, delay, marks={SIGNATURE_REFUSED_SINCE_ATTRIBUTE: since}):
+            return False
+        log.warning(
+            "%s refused its signature for %.0f s (a rotation not yet taken up?); re-sent with a %s s delay, "
+            "attempt %s not counted: %s",
+            w.envelope.idempotency_key,
+            now - since,
+            delay,
+            w.attempt,
+            result.describe(),
+            extra=_keys(w.envelope),
+        )
+        self.emit("TasksSignatureRefused", 1, w.job.name, run_id=w.envelope.run_id)
+        return True
+
+    def _resend_uncounted_push(self, w: _Work) -> bool:
+        """A push that did not count as an attempt (its service unreachable, or its signature
+        refused during a rotation) re-sent for later; True when re-sent."""
+        return self._resend_unreached(w) or self._resend_refused(w)
+
     def _retry_later(self, w: _Work, result: PushResult) -> None:
         delay = backoff_seconds(
             w.attempt, result.retry_after_s, base=self.retry_base_s, cap=self.retry_cap_s, rng=self.rng
@@ -526,7 +572,7 @@ class Forwarder:
         for w in tasks:
             assert w.result is not None
             outcome = w.result.outcome
-            if self._resend_unreached(w):
+            if self._resend_uncounted_push(w):
                 continue  # acknowledged: its copy comes back after the delay
             if outcome is PushOutcome.RETRY and w.attempt < w.job.max_attempts:
                 self._retry_later(w, w.result)
@@ -606,7 +652,7 @@ class Forwarder:
             log.info("run %s: completion callback delivered", env.run_id, extra=_keys(env))
             self.emit("CompletionsDelivered", 1, job.name, run_id=env.run_id)
             return []
-        if self._resend_unreached(w):
+        if self._resend_uncounted_push(w):
             return []
         if result.outcome is PushOutcome.RETRY and w.attempt < job.max_attempts:
             self._retry_later(w, result)
@@ -653,7 +699,7 @@ class Forwarder:
                             run_id=env.run_id,
                         )
                 return []
-            if self._resend_unreached(w):
+            if self._resend_uncounted_push(w):
                 return []
             if outcome is PushOutcome.RETRY and w.attempt < job.max_attempts:
                 self._retry_later(w, result)

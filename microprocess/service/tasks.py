@@ -17,6 +17,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from microprocess.service.rotation import SecretUnavailable
 from microprocess.service.signing import (
     DEFAULT_MAX_AGE_S,
     DEFAULT_MAX_FUTURE_S,
@@ -184,18 +185,29 @@ class Verifier:
         )
 
     def check(self, headers: Any, raw: bytes, method: str, path: str) -> str:
-        """The request's Idempotency-Key, or `Rejected` (401) naming what is wrong."""
+        """The request's Idempotency-Key, or `Rejected`: 401 naming what is wrong, 503 (with
+        Retry-After) when the secret was never read and cannot be read now."""
         try:
             try:
                 return self._verify(headers, raw, method, path)
             except SignatureMismatch:
+                # Perhaps signed with a newer secret: re-read once (a budget anyone can spend, so
+                # only a speed-up; the scheduled re-read of `CachedSecret` is the guarantee).
                 refresh = getattr(self.secrets, "refresh", None)
                 if refresh is None or not refresh():
                     raise
-                return self._verify(headers, raw, method, path)  # signed with a newer secret
+                return self._verify(headers, raw, method, path)
         except SignatureError as exc:
             log.warning("refused %s %s: %s", method, path, exc)
             raise Rejected(401, "bad_signature", f"request refused: {exc}") from None
+        except SecretUnavailable as exc:
+            log.warning("cannot authenticate %s %s: %s", method, path, exc)
+            raise Rejected(
+                503,
+                "secret_unavailable",
+                f"the service cannot check signatures yet ({exc}); retry later",
+                {"Retry-After": str(exc.retry_after_s)},
+            ) from None
 
 
 M = TypeVar("M", bound=BaseModel)
