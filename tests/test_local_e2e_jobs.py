@@ -37,7 +37,7 @@ from microprocess.local import (
     function_log_messages,
 )
 from microprocess.local.workspace import WORKDIR_ENV
-from microprocess.service.signing import sign_request
+from microprocess.service.signing import current_secret, sign_request
 from tests.declared import CREDIT_SCORES, INVOICE_REMINDERS
 from tests.local_e2e_support import cli_json, invoices_file, module_stack, stack_ledger, stack_state
 
@@ -171,10 +171,15 @@ def test_two_jobs_run_at_once_on_their_two_services_each_exact(
     # delivered), with the outcome and the report's location
     deadline = time.monotonic() + 60
     done: dict[str, Any] | None = None
+    sm = aws_client("secretsmanager", state.endpoint_url)
+    secret_arn = json.loads(state.outputs["ServiceSecretArns"])["reminders"]
+    path = f"/runs/{reminders_run}/completion"
     while done is None and time.monotonic() < deadline:
-        try:
-            url = f"{state.services['reminders']}/runs/{reminders_run}/completion"
-            with urllib.request.urlopen(url, timeout=5) as resp:
+        try:  # the outcome is only shown to a GET signed like a push
+            secret = current_secret(sm.get_secret_value(SecretId=secret_arn)["SecretString"])
+            signed = sign_request(secret, "GET", path, b"", f"{reminders_run}:completion")
+            request = urllib.request.Request(f"{state.services['reminders']}{path}", headers=signed)
+            with urllib.request.urlopen(request, timeout=5) as resp:
                 done = json.loads(resp.read())
         except urllib.error.HTTPError:
             time.sleep(0.5)

@@ -3,7 +3,10 @@
 * `task_router(path, handler, secrets=...)`: an `APIRouter` with one signed task endpoint,
   self-contained (no app-level setup).
 * `signed_task(model, kind=..., verifier=...)`: a dependency for routes that need their own
-  dependencies too; it raises `Rejected`, so call `install_contract_errors(app)` once.
+  dependencies too; a refused request raises `RefusedRequest` (an `HTTPException` with the
+  contract's status, so an app without handlers still answers 401, never 500); call
+  `install_contract_errors(app)` once for the flat `{error, message}` body and for the
+  handler's `PermanentFailure` / `RetryLater`.
 
 Both read the body through `read_limited` (413 before a large body is read), verify the
 signature on the raw bytes, then parse; see `microprocess.service.tasks` for the order.
@@ -14,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from microprocess.service.asgi import CONTENT_LENGTH, Handler, call_handler
-from microprocess.service.signing import MAX_BODY_BYTES
+from microprocess.service.signing import MAX_BODY_BYTES, parse_secrets, require_strong
 from microprocess.service.tasks import (
     Answer,
     PermanentFailure,
@@ -63,6 +66,16 @@ def _verifier(verifier: Verifier | Callable[[], Verifier]) -> Callable[[], Verif
     return (lambda: verifier) if isinstance(verifier, Verifier) else verifier
 
 
+class RefusedRequest(HTTPException):
+    """A `Rejected` as FastAPI answers it with no handler installed: its status (401, 400, 413,
+    ...), never a 500; `{"detail": {"error", "message"}}`, or the contract's flat
+    `{"error", "message"}` once `install_contract_errors(app)` is called."""
+
+    def __init__(self, refused: Rejected) -> None:
+        super().__init__(refused.answer.status, detail=refused.answer.body, headers=refused.answer.headers or None)
+        self.answer = refused.answer
+
+
 def signed_task(
     model: type[M],
     *,
@@ -70,30 +83,36 @@ def signed_task(
     verifier: Verifier | Callable[[], Verifier],
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Callable[[Request], Awaitable[M]]:
-    """A dependency: the verified, parsed request body as `model` (raises `Rejected`).
+    """A dependency: the verified, parsed request body as `model`; a refused request raises
+    `RefusedRequest` (an `HTTPException`: its own status even in an app without
+    `install_contract_errors`, which only flattens the body to `{"error", "message"}`).
 
     `verifier` may be a function (e.g. one built from the app's settings, cached).
     """
     get_verifier = _verifier(verifier)
 
     async def dependency(request: Request) -> M:
-        raw = await read_limited(request, max_body_bytes)
-        # The secrets getter may call Secrets Manager once (blocking): keep it off the event loop.
-        key = await run_in_threadpool(get_verifier().check, request.headers, raw, request.method, request.url.path)
-        return parse_task(raw, model, kind=kind, key=key)
+        try:
+            raw = await read_limited(request, max_body_bytes)
+            # The secrets getter may call Secrets Manager once (blocking): keep it off the event loop.
+            key = await run_in_threadpool(get_verifier().check, request.headers, raw, request.method, request.url.path)
+            return parse_task(raw, model, kind=kind, key=key)
+        except Rejected as refused:
+            raise RefusedRequest(refused) from None
 
     return dependency
 
 
 async def _contract_error(_: Request, exc: Exception) -> Response:
-    answer = error_answer(exc)
+    answer = exc.answer if isinstance(exc, RefusedRequest) else error_answer(exc)
     assert answer is not None
     return as_response(answer)
 
 
 def install_contract_errors(app: FastAPI) -> None:
-    """Answer `Rejected`, `PermanentFailure` and `RetryLater` as the contract says (JSON `{error, message}`)."""
-    for exc in (Rejected, PermanentFailure, RetryLater):
+    """Answer `Rejected` (and `RefusedRequest`), `PermanentFailure` and `RetryLater` as the
+    contract says (JSON `{error, message}`)."""
+    for exc in (Rejected, RefusedRequest, PermanentFailure, RetryLater):
         app.add_exception_handler(exc, _contract_error)
 
 
@@ -121,6 +140,8 @@ def task_router(
     if verifier is None:
         if secrets is None:
             raise ValueError("task_router needs secrets= (the signing secret or a function returning it) or verifier=")
+        if not callable(secrets):
+            require_strong(parse_secrets(secrets))  # a short secret is refused here, at start-up
         getter = secrets if callable(secrets) else (lambda: secrets)  # type: ignore[return-value]
         verifier = Verifier(getter)
     ready = verifier

@@ -24,6 +24,7 @@ from microprocess.service.signing import (
     ReplayGuard,
     SignatureError,
     SignatureMismatch,
+    WeakSecret,
     verify,
 )
 
@@ -200,6 +201,9 @@ class Verifier:
         except SignatureError as exc:
             log.warning("refused %s %s: %s", method, path, exc)
             raise Rejected(401, "bad_signature", f"request refused: {exc}") from None
+        except WeakSecret as exc:
+            log.error("cannot authenticate %s %s: %s", method, path, exc)
+            raise Rejected(503, "weak_secret", f"the service's signing secret is unusable: {exc}") from None
         except SecretUnavailable as exc:
             log.warning("cannot authenticate %s %s: %s", method, path, exc)
             raise Rejected(
