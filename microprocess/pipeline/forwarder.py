@@ -78,6 +78,9 @@ SIGNATURE_REFUSED_SINCE_ATTRIBUTE = "microprocess-refused-since"
 SIGNATURE_REFUSED_GRACE_S = 300
 #: The wait before a push refused with 401 is sent again, seconds (jittered down to half).
 SIGNATURE_REFUSED_DELAY_S = 20
+#: How many runs back a claim check may come from (a retry of a retry of ...; each retry-failed
+#: run re-sends the first run's claims).
+MAX_RETRY_CHAIN = 32
 #: Message attribute of a task re-sent because its page was not accounted yet: since when.
 DEFERRED_SINCE_ATTRIBUTE = "microprocess-deferred-since"
 #: How long a task is deferred without counting its receives (its splitter's page is normally
@@ -332,12 +335,9 @@ class Forwarder:
             return None  # the run has already ended
         item = env.item
         if env.item_ref:
-            allowed = f"s3://{self.claims_bucket}/{CLAIMS_PREFIX}" if self.claims_bucket else "s3://"
-            if not env.item_ref.startswith(allowed):
-                self._dead_letter(
-                    record,
-                    f"malformed message: item_ref {env.item_ref} is outside the platform's claims ({allowed}...)",
-                )
+            refused = self._foreign_claim(env, run)
+            if refused:
+                self._dead_letter(record, f"malformed message: item_ref {env.item_ref} {refused}")
                 return None
             try:
                 item = self._fetch(env.item_ref)
@@ -388,6 +388,27 @@ class Forwarder:
             return self.job_queue_urls.get(job) or self.task_queue_url
         except MalformedEnvelope:
             return self.task_queue_url
+
+    def _foreign_claim(self, env: TaskEnvelope, run: RunRecord) -> str | None:
+        """Why `env.item_ref` is not this task's claim check (None when it is): it must be in the
+        platform bucket's `claims/<job>/<run>/`, for the task's own job and its own run or a run
+        it retries (a `retry-failed` run re-sends the original run's claims), so a message can
+        never make the forwarder read, and send to a service, another job's or run's items."""
+        bucket, _, key = env.item_ref.removeprefix("s3://").partition("/") if env.item_ref else ("", "", "")
+        if (self.claims_bucket and bucket != self.claims_bucket) or not key.startswith(CLAIMS_PREFIX):
+            return f"is outside the platform's claims (s3://{self.claims_bucket or '<bucket>'}/{CLAIMS_PREFIX}...)"
+        job_prefix = f"{CLAIMS_PREFIX}{env.job}/"
+        if not key.startswith(job_prefix):
+            return f"is not a claim of job '{env.job}' ({CLAIMS_PREFIX}{env.job}/<run>/...)"
+        owner = key[len(job_prefix) :].split("/", 1)[0]
+        current: RunRecord | None = run
+        for _ in range(MAX_RETRY_CHAIN):
+            if current is None:
+                break
+            if owner == current.run_id:
+                return None
+            current = self.runs.get(current.source_run) if current.source_run else None
+        return f"belongs to run '{owner}', neither run {env.run_id} nor a run it retries"
 
     def _defer(self, record: dict[str, Any]) -> bool:
         """Bring a record back in a second without counting this receive as an attempt: re-sent
