@@ -270,9 +270,14 @@ def test_chunked_body_over_the_limit_is_413(queue_client: TestClient) -> None:
         for _ in range(12):
             yield b"x" * 2**20
 
-    resp = queue_client.post(TASK, content=chunks(), headers={"Content-Type": "application/json"})
+    # WHEN it comes with well-formed signature headers (they are checked before the body is read)
+    signed = sign_request(SECRET, "POST", TASK, b"{}", "r:t")
+    resp = queue_client.post(TASK, content=chunks(), headers={"Content-Type": "application/json", **signed})
     # THEN 413 (counted while streaming), not 401 after reading it all
     assert resp.status_code == 413
+    # AND unsigned, it is refused (401) before any of it is read
+    unsigned = queue_client.post(TASK, content=chunks(), headers={"Content-Type": "application/json"})
+    assert unsigned.status_code == 401
 
 
 def test_previous_secret_is_accepted_during_a_rotation(env: Env) -> None:

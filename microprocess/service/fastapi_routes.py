@@ -14,6 +14,7 @@ signature on the raw bytes, then parse; see `microprocess.service.tasks` for the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from microprocess.service.asgi import CONTENT_LENGTH, Handler, call_handler
+from microprocess.service.asgi import BODY_READ_TIMEOUT_S, CONTENT_LENGTH, Handler, body_too_slow, call_handler
 from microprocess.service.signing import MAX_BODY_BYTES, parse_secrets, require_strong
 from microprocess.service.tasks import (
     Answer,
@@ -43,23 +44,40 @@ def as_response(answer: Answer) -> Response:
     return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
-async def read_limited(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
-    """The raw body, or `Rejected` (413) as soon as it is known to pass `max_bytes`:
-    from `Content-Length` before reading, else while counting the streamed chunks."""
+async def read_limited(
+    request: Request,
+    max_bytes: int = MAX_BODY_BYTES,
+    *,
+    verifier: Verifier | None = None,
+    timeout_s: float = BODY_READ_TIMEOUT_S,
+) -> bytes:
+    """The raw body, or `Rejected`: 413 as soon as it is known to pass `max_bytes` (from
+    `Content-Length` before reading, else while counting the streamed chunks); 401 when
+    `verifier` finds the signature headers wrong, before any of the body is read; 408 when the
+    body takes longer than `timeout_s`."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not CONTENT_LENGTH.fullmatch(declared.strip()):
             raise Rejected(400, "bad_content_length", "Content-Length is not a number")
         if int(declared) > max_bytes:
             raise Rejected(413, "body_too_large", f"Content-Length is {declared} bytes; the limit is {max_bytes}")
-    chunks: list[bytes] = []
-    seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > max_bytes:
-            raise Rejected(413, "body_too_large", f"the body passed {max_bytes} bytes, the contract's limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    if verifier is not None:
+        verifier.precheck(request.headers, request.method, request.url.path)
+
+    async def read() -> bytes:
+        chunks: list[bytes] = []
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > max_bytes:
+                raise Rejected(413, "body_too_large", f"the body passed {max_bytes} bytes, the contract's limit")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        raise body_too_slow(timeout_s) from None
 
 
 def _verifier(verifier: Verifier | Callable[[], Verifier]) -> Callable[[], Verifier]:
@@ -93,9 +111,10 @@ def signed_task(
 
     async def dependency(request: Request) -> M:
         try:
-            raw = await read_limited(request, max_body_bytes)
+            verifier_now = get_verifier()
+            raw = await read_limited(request, max_body_bytes, verifier=verifier_now)
             # The secrets getter may call Secrets Manager once (blocking): keep it off the event loop.
-            key = await run_in_threadpool(get_verifier().check, request.headers, raw, request.method, request.url.path)
+            key = await run_in_threadpool(verifier_now.check, request.headers, raw, request.method, request.url.path)
             return parse_task(raw, model, kind=kind, key=key)
         except Rejected as refused:
             raise RefusedRequest(refused) from None
@@ -149,7 +168,7 @@ def task_router(
 
     async def endpoint(request: Request) -> Response:
         try:
-            raw = await read_limited(request, max_body_bytes)
+            raw = await read_limited(request, max_body_bytes, verifier=ready)
             key = await run_in_threadpool(ready.check, request.headers, raw, request.method, request.url.path)
             task = parse_task(raw, model, kind=kind, key=key)
             return as_response(Answer(200, result_body(await call_handler(handler, task))))

@@ -31,6 +31,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 SCHEME = "microprocess-v2"
@@ -202,33 +203,26 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return value
 
 
-def verify(
+@dataclass(frozen=True)
+class SignedHeaders:
+    """The signature headers of a request, well-formed and inside the time window."""
+
+    timestamp: str
+    nonce: str
+    idempotency_key: str
+    signature_hex: str
+
+
+def check_headers(
     headers: Mapping[str, str],
-    raw_body: bytes,
-    method: str,
-    path: str,
-    secrets: str | Sequence[str],
     *,
     now: float | None = None,
     max_age_s: int = DEFAULT_MAX_AGE_S,
     max_future_s: int = DEFAULT_MAX_FUTURE_S,
-    replay_guard: ReplayGuard | object | None = _PROCESS_GUARD,
-) -> str:
-    """Check a request's signature v2; return its Idempotency-Key, or raise `SignatureError`.
-
-    Args:
-        headers: the request headers (any mapping; names are matched case-insensitively).
-        raw_body: the body bytes exactly as received, before any parsing.
-        method, path: the request's method and path (no query string).
-        secrets: the accepted secrets, current first, or a secret value for `parse_secrets`.
-        now: the service's clock, Unix seconds (tests).
-        max_age_s, max_future_s: the time window around `now`, seconds.
-        replay_guard: refuses a signature seen before; by default the process's own
-            (`PROCESS_REPLAY_GUARD`), so a replay is refused even by a caller who gave none.
-            None turns the check off (tests and tools only: the contract requires it).
-
-    Raises `WeakSecret` when a secret of the service is shorter than `MIN_SECRET_CHARS`.
-    """
+) -> SignedHeaders:
+    """The checks that need neither the body nor a secret: every signature header present and
+    well-formed, the timestamp inside the window; `SignatureError` otherwise. A service runs it
+    before it reads the body, so an unsigned client holds no body buffer."""
     ts = _header(headers, TIMESTAMP_HEADER)
     nonce = _header(headers, NONCE_HEADER)
     key = _header(headers, IDEMPOTENCY_HEADER)
@@ -257,12 +251,44 @@ def verify(
         raise SignatureError(f"timestamp is {int(age)} s old; at most {max_age_s} s allowed")
     if -age > max_future_s:
         raise SignatureError(f"timestamp is {int(-age)} s in the future; at most {max_future_s} s allowed")
+    return SignedHeaders(ts, nonce, key, match.group(1))
+
+
+def verify(
+    headers: Mapping[str, str],
+    raw_body: bytes,
+    method: str,
+    path: str,
+    secrets: str | Sequence[str],
+    *,
+    now: float | None = None,
+    max_age_s: int = DEFAULT_MAX_AGE_S,
+    max_future_s: int = DEFAULT_MAX_FUTURE_S,
+    replay_guard: ReplayGuard | object | None = _PROCESS_GUARD,
+) -> str:
+    """Check a request's signature v2; return its Idempotency-Key, or raise `SignatureError`.
+
+    Args:
+        headers: the request headers (any mapping; names are matched case-insensitively).
+        raw_body: the body bytes exactly as received, before any parsing.
+        method, path: the request's method and path (no query string).
+        secrets: the accepted secrets, current first, or a secret value for `parse_secrets`.
+        now: the service's clock, Unix seconds (tests).
+        max_age_s, max_future_s: the time window around `now`, seconds.
+        replay_guard: refuses a signature seen before; by default the process's own
+            (`PROCESS_REPLAY_GUARD`), so a replay is refused even by a caller who gave none.
+            None turns the check off (tests and tools only: the contract requires it).
+
+    Raises `WeakSecret` when a secret of the service is shorter than `MIN_SECRET_CHARS`.
+    """
+    signed = check_headers(headers, now=now, max_age_s=max_age_s, max_future_s=max_future_s)
+    ts, nonce, key, sig_hex = signed.timestamp, signed.nonce, signed.idempotency_key, signed.signature_hex
     base = signature_base(method, path, ts, nonce, key, raw_body)
     accepted = require_strong(parse_secrets(secrets))
-    if not any(hmac.compare_digest(signature(s, base), "v2=" + match.group(1)) for s in accepted):
+    if not any(hmac.compare_digest(signature(s, base), "v2=" + sig_hex) for s in accepted):
         raise SignatureMismatch("signature does not match this method, path, timestamp, nonce, key and body")
     guard = PROCESS_REPLAY_GUARD if replay_guard is _PROCESS_GUARD else replay_guard
     # Kept as long as the window lets the signature through (a wider window than the guard's).
-    if isinstance(guard, ReplayGuard) and not guard.first_sight(match.group(1), ttl_s=max_age_s + max_future_s):
+    if isinstance(guard, ReplayGuard) and not guard.first_sight(sig_hex, ttl_s=max_age_s + max_future_s):
         raise SignatureError("replayed request: this signature was already used; sign every request anew")
     return key

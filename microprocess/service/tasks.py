@@ -25,6 +25,7 @@ from microprocess.service.signing import (
     SignatureError,
     SignatureMismatch,
     WeakSecret,
+    check_headers,
     verify,
 )
 
@@ -184,6 +185,16 @@ class Verifier:
             max_future_s=self.max_future_s,
             replay_guard=self.replay_guard,
         )
+
+    def precheck(self, headers: Any, method: str, path: str) -> None:
+        """`Rejected` (401) when the headers alone fail (a signature header missing or malformed,
+        the timestamp outside the window): run before the body is read, so an unsigned client
+        holds no body buffer. Needs no secret."""
+        try:
+            check_headers(headers, max_age_s=self.max_age_s, max_future_s=self.max_future_s)
+        except SignatureError as exc:
+            log.warning("refused %s %s: %s", method, path, exc)
+            raise Rejected(401, "bad_signature", f"request refused: {exc}") from None
 
     def check(self, headers: Any, raw: bytes, method: str, path: str) -> str:
         """The request's Idempotency-Key, or `Rejected`: 401 naming what is wrong, 503 (with
