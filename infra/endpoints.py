@@ -100,7 +100,9 @@ def resolve_endpoints(
         elif local:
             endpoints[service.name] = Endpoint(service.name, f"http://127.0.0.1:{DEFAULT_LOCAL_PORT + n}")
         elif service.url:
-            endpoints[service.name] = _cloud_safe(Endpoint(service.name, service.url), local, reason=service.plain_http_reason)
+            endpoints[service.name] = _cloud_safe(
+                Endpoint(service.name, service.url), local, reason=service.plain_http_reason
+            )
         elif service.bundled:
             endpoints[service.name] = Endpoint(service.name, None, bundled=service.bundled)
         else:

@@ -4,12 +4,11 @@ refused) within a minute however many bad signatures arrive; a failing secret st
 read per interval and never a 500; the pusher falls back to the previous secret while the
 service has not taken up the new one."""
 
+# ruff: noqa: F811  (pytest fixtures are imported, then named as test parameters)
+
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -20,8 +19,9 @@ from microprocess.pipeline.push import HttpPusher, PushOutcome, SecretCache
 from microprocess.service import ReplayGuard, TaskRequest, Verifier, sign_request
 from microprocess.service.fastapi_routes import task_router
 from microprocess.service.rotation import DEFAULT_MAX_AGE_S, CachedSecret, SecretUnavailable
-from microprocess.service.signing import SignatureError, verify
 from microprocess.service.tasks import Rejected
+from tests.test_push_contract import _Service as PushContractService
+from tests.test_push_contract import service  # noqa: F401  (a fixture: the loopback service)
 
 OLD, NEW = "old-secret-0123456789abcdef", "new-secret-0123456789abcdef"
 PATH = "/tasks/x"
@@ -144,58 +144,19 @@ def test_a_fastapi_service_answers_503_not_500_while_its_secret_cannot_be_read()
 # ---------------------------------------------------------------- the pusher
 
 
-class _Service:
-    """A loopback service accepting signatures by `secrets` (changeable), counting what it refused."""
-
-    def __init__(self) -> None:
-        self.secrets: str = OLD
-        self.refused = 0
-        svc = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                try:
-                    verify(dict(self.headers.items()), raw, "POST", self.path, svc.secrets)
-                    status, body = 200, b"{}"
-                except SignatureError:
-                    svc.refused += 1
-                    status, body = 401, b'{"error":"bad_signature"}'
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def service() -> Iterator[_Service]:
-    svc = _Service()
-    yield svc
-    svc.server.shutdown()
-    svc.server.server_close()
-
-
 def test_the_pusher_signs_with_the_previous_secret_while_the_service_has_not_taken_up_the_new_one(
-    service: _Service,
+    service: PushContractService,
 ) -> None:
     # GIVEN a forwarder that already reads {"current": NEW, "previous": OLD}, and a service still on OLD
+    service.secrets = OLD
     rotating = json.dumps({"current": NEW, "previous": OLD})
     pusher = HttpPusher(service.url, SecretCache(secret=rotating, min_refresh_interval_s=0))
     # WHEN it pushes
     result = pusher.push(PATH, {"n": 1}, idempotency_key="r:1", timeout=5)
     # THEN the NEW signature is refused once and the OLD one accepted: no failure
     assert result.outcome is PushOutcome.SUCCESS, result.describe()
-    assert service.refused == 1
+    assert len(service.refused) == 1
     # AND once the service is on NEW alone, NEW is accepted at once
     service.secrets = NEW
     assert pusher.push(PATH, {"n": 2}, idempotency_key="r:2", timeout=5).outcome is PushOutcome.SUCCESS
-    assert service.refused == 1
+    assert len(service.refused) == 1

@@ -510,54 +510,61 @@ class Forwarder:
         result = w.result
         if result is None or result.reached or result.outcome is not PushOutcome.RETRY:
             return False
-        now = time.time()
-        since = w.unreachable_since
-        since = now if since is None or since > now else since
-        if now - since >= w.job.unreachable_grace_s:
-            return False
         # Waits grow with the time unreachable (≈ half of it, so about 1.5x each time), 1..60 s.
-        delay = max(1, round(min(UNREACHABLE_MAX_DELAY_S, max(1.0, (now - since) / 2)) * self.rng.uniform(0.5, 1.0)))
-        if not self._resend_uncounted(w.record, delay, marks={UNREACHABLE_SINCE_ATTRIBUTE: since}):
-            return False  # the ordinary backoff applies: counted, but not lost
-        log.info(
-            "service of %s unreachable for %.0f s; re-sent with a %s s delay, attempt %s not counted: %s",
-            w.envelope.idempotency_key,
-            now - since,
-            delay,
-            w.attempt,
-            result.describe(),
-            extra=_keys(w.envelope),
+        return self._resend_in_grace(
+            w,
+            mark=UNREACHABLE_SINCE_ATTRIBUTE,
+            grace_s=w.job.unreachable_grace_s,
+            delay_of=lambda waited: max(
+                1, round(min(UNREACHABLE_MAX_DELAY_S, max(1.0, waited / 2)) * self.rng.uniform(0.5, 1.0))
+            ),
+            what="service unreachable",
+            metric="TasksUnreachable",
         )
-        self.emit("TasksUnreachable", 1, w.job.name, run_id=w.envelope.run_id)
-        return True
 
     def _resend_refused(self, w: _Work) -> bool:
         """Re-send (delayed) a message whose push was refused with 401, without counting that push
         as an attempt, for up to `SIGNATURE_REFUSED_GRACE_S` from its first 401: the service may
         not have taken up a rotated secret yet. True when re-sent (the caller acknowledges the
         original); False past the grace (the 401 then counts: FAILED) or when the send failed."""
-        result = w.result
-        if result is None or result.status != 401:
+        if w.result is None or w.result.status != 401:
             return False
+        return self._resend_in_grace(
+            w,
+            mark=SIGNATURE_REFUSED_SINCE_ATTRIBUTE,
+            grace_s=SIGNATURE_REFUSED_GRACE_S,
+            delay_of=lambda _waited: max(1, round(SIGNATURE_REFUSED_DELAY_S * self.rng.uniform(0.5, 1.0))),
+            what="signature refused (a rotation not yet taken up?)",
+            metric="TasksSignatureRefused",
+        )
+
+    def _resend_in_grace(
+        self, w: _Work, *, mark: str, grace_s: float, delay_of: Callable[[float], int], what: str, metric: str
+    ) -> bool:
+        """Re-send `w`'s message after `delay_of(seconds since its first such push)`, carrying
+        that first time in the `mark` attribute, while it is less than `grace_s` ago; True when
+        re-sent. False past the grace or when the re-send failed (the ordinary backoff applies:
+        counted, but not lost)."""
+        assert w.result is not None
         now = time.time()
-        since = _epoch_attribute(w.record, SIGNATURE_REFUSED_SINCE_ATTRIBUTE)
+        since = _epoch_attribute(w.record, mark)
         since = now if since is None or since > now else since
-        if now - since >= SIGNATURE_REFUSED_GRACE_S:
+        if now - since >= grace_s:
             return False
-        delay = max(1, round(SIGNATURE_REFUSED_DELAY_S * self.rng.uniform(0.5, 1.0)))
-        if not self._resend_uncounted(w.record, delay, marks={SIGNATURE_REFUSED_SINCE_ATTRIBUTE: since}):
+        delay = delay_of(now - since)
+        if not self._resend_uncounted(w.record, delay, marks={mark: since}):
             return False
-        log.warning(
-            "%s refused its signature for %.0f s (a rotation not yet taken up?); re-sent with a %s s delay, "
-            "attempt %s not counted: %s",
+        log.info(
+            "%s: %s for %.0f s; re-sent with a %s s delay, attempt %s not counted: %s",
             w.envelope.idempotency_key,
+            what,
             now - since,
             delay,
             w.attempt,
-            result.describe(),
+            w.result.describe(),
             extra=_keys(w.envelope),
         )
-        self.emit("TasksSignatureRefused", 1, w.job.name, run_id=w.envelope.run_id)
+        self.emit(metric, 1, w.job.name, run_id=w.envelope.run_id)
         return True
 
     def _resend_uncounted_push(self, w: _Work) -> bool:
