@@ -4,6 +4,8 @@ the `service_urls` parameter (CDK context `service_urls`).
 * A URL in `service_urls` wins: the service runs elsewhere (the stack builds nothing for it).
 * Else a declared `url`: an existing endpoint.
 * Else (cloud) `bundled = "<folder>"`: the stack builds it on Fargate.
+* Cloud stage: an `http://` URL is refused unless the service's declaration gives
+  `plain_http_reason` (printed by synth as a warning).
 * Local stage: every service is a local process; its URL comes from `service_urls`, else
   `http://127.0.0.1:<8001 + n>` (n = the service's place in the declaration file).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from microprocess.declarations import Declarations
@@ -38,6 +40,8 @@ class Endpoint:
     service: str
     url: str | None
     bundled: str | None = None
+    #: Why plain HTTP is accepted for this cloud endpoint (the declaration's `plain_http_reason`).
+    plain_http_reason: str | None = None
 
 
 def parse_service_urls(raw: object) -> dict[str, str]:
@@ -63,6 +67,20 @@ def _checked_url(service: str, url: str) -> str:
     return url.rstrip("/")
 
 
+def _cloud_safe(endpoint: Endpoint, local: bool, *, reason: str | None = None) -> Endpoint:
+    """`endpoint`, refused in the cloud stage when it is plain `http://` and its declaration
+    does not say why that is acceptable (`plain_http_reason`)."""
+    if local or not (endpoint.url or "").startswith("http://"):
+        return endpoint
+    if not reason:
+        raise EndpointError(
+            f"service '{endpoint.service}' is reached over plain HTTP ({endpoint.url}): items and results would "
+            "travel in clear and could be altered on the way. Give an https:// URL, or say why plain HTTP is "
+            f"acceptable in [services.{endpoint.service}]: plain_http_reason = 'inside the VPC, private subnets only'"
+        )
+    return replace(endpoint, plain_http_reason=reason)
+
+
 def resolve_endpoints(
     declarations: Declarations, service_urls: Mapping[str, str], *, local: bool
 ) -> dict[str, Endpoint]:
@@ -76,11 +94,15 @@ def resolve_endpoints(
     for n, service in enumerate(declarations.services):
         given = service_urls.get(service.name)
         if given is not None:
-            endpoints[service.name] = Endpoint(service.name, _checked_url(service.name, given))
+            endpoints[service.name] = _cloud_safe(
+                Endpoint(service.name, _checked_url(service.name, given)), local, reason=service.plain_http_reason
+            )
         elif local:
             endpoints[service.name] = Endpoint(service.name, f"http://127.0.0.1:{DEFAULT_LOCAL_PORT + n}")
         elif service.url:
-            endpoints[service.name] = Endpoint(service.name, service.url)
+            endpoints[service.name] = _cloud_safe(
+                Endpoint(service.name, service.url), local, reason=service.plain_http_reason
+            )
         elif service.bundled:
             endpoints[service.name] = Endpoint(service.name, None, bundled=service.bundled)
         else:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Duration, FeatureFlags, RemovalPolicy, Stack, Tags
+from aws_cdk import Annotations, Duration, FeatureFlags, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
@@ -239,6 +239,11 @@ class MicroprocessPlatform(Construct):
         )
         self.push_settings = push
         self.endpoints = resolve_endpoints(declared, service_urls or {}, local=local)
+        for plain in (e for e in self.endpoints.values() if e.plain_http_reason):
+            Annotations.of(self).add_warning(
+                f"service '{plain.service}' is reached over plain HTTP ({plain.url}), accepted because: "
+                f"{plain.plain_http_reason}"
+            )
         builds = [e for e in self.endpoints.values() if e.bundled]
         if builds and not local and settings.domain is None and not settings.allow_plain_http:
             raise ValueError(

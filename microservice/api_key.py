@@ -3,9 +3,10 @@
 The key comes from `API_KEY` (the value) or `API_KEY_SECRET_ARN` (the Secrets Manager secret
 the stack generates and lets only the live role read). The secret may hold
 `{"current": ..., "previous": ...}` during a rotation: both are accepted. The value is read on
-first use and kept; a key the process does not know makes it re-read the secret (at most once
-per 30 s, so a flood of bad keys costs one read per interval), and it is re-read hourly, so a
-rotated key works without a restart. Keys are compared in constant time.
+first use and kept; it is re-read every minute whatever the traffic (a rotated key works, and
+a dropped one stops working, within a minute, without a restart), and a key the process does
+not know makes it re-read sooner (at most once per 30 s: a flood of bad keys costs one read per
+interval and cannot delay the scheduled one). Keys are compared in constant time.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import APIKeyHeader
 
-from microprocess.service.rotation import CachedSecret
+from microprocess.service.rotation import CachedSecret, SecretUnavailable
 from microprocess.service.signing import parse_secrets
 from microservice.aws import AwsClients, get_aws
 from microservice.errors import ServiceError
@@ -50,6 +51,13 @@ class ApiKeys:
     def _accepted(self) -> tuple[str, ...]:
         try:
             return parse_secrets(self._secret())
+        except SecretUnavailable as exc:
+            raise ServiceError(
+                503,
+                "api_key_unavailable",
+                f"the API cannot check keys yet ({exc}); retry later",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from None
         except ValueError as exc:
             raise ServiceError(
                 500, "bad_api_key_secret", f"the API key secret is not a key or {{'current','previous'}}: {exc}"

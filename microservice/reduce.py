@@ -37,6 +37,7 @@ from microprocess.ledger import (
     run_verdict,
     utc_now_iso,
 )
+from microprocess.reduce.rows import CSV_LINE_END, spreadsheet_safe
 from microprocess.reduce.s3stream import S3StreamWriter
 from microprocess.service.tasks import TaskRequest
 from microservice.errors import ServiceError
@@ -116,12 +117,13 @@ class CsvStream:
     def __init__(self, writer: S3StreamWriter, header: Sequence[str] | None = None) -> None:
         self._writer = writer
         self._text = io.StringIO()
-        self._csv = csv.writer(self._text, lineterminator="\n")
+        self._csv = csv.writer(self._text, lineterminator=CSV_LINE_END)
         if header is not None:
             self.writerow(header)
 
     def writerow(self, row: Iterable[Any]) -> None:
-        self._csv.writerow(row)
+        # Text is made spreadsheet-safe (the platform's reduce and this one share the rule).
+        self._csv.writerow(spreadsheet_safe(v) if isinstance(v, str) else v for v in row)
         if self._text.tell() >= _CSV_FLUSH_BYTES:
             self.flush()
 

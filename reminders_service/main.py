@@ -3,17 +3,30 @@ and the job's completion callback, `POST /runs/done` (each run's outcome kept on
 
 Run: `SIGNING_SECRET=... .venv/bin/uvicorn reminders_service.main:app --port 8083`. The secret
 comes from SIGNING_SECRET, else from the Secrets Manager secret SIGNING_SECRET_ARN (read on
-the first task, re-read when a signature does not match: rotation).
+the first task, re-read every minute and when a signature does not match: rotation).
+
+Nothing is served unauthenticated but `/healthz`: a run's recorded outcome,
+`GET /runs/{run_id}/completion`, is signed like a push (method GET, empty body,
+`Idempotency-Key: <run_id>:completion`), and there is no `/docs` or `/openapi.json`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
-from microprocess.service import CompletionRequest, PermanentFailure, TaskRequest, secret_from_environment
+from microprocess.service import (
+    CompletionRequest,
+    PermanentFailure,
+    Rejected,
+    TaskRequest,
+    Verifier,
+    secret_from_environment,
+)
 from microprocess.service.fastapi_routes import task_router
 
 
@@ -52,15 +65,38 @@ class Completions:
         return {**self.runs[run_id], "deliveries": self.deliveries[run_id]}
 
 
+def signed_get(verifier: Verifier) -> Callable[[Request, str], Awaitable[str]]:
+    """A dependency: the run id of a GET signed like a push (empty body, key `<run_id>:completion`);
+    401 unsigned or badly signed, 400 for a key that names another run."""
+
+    async def dependency(request: Request, run_id: str) -> str:
+        try:
+            key = await run_in_threadpool(verifier.check, request.headers, b"", "GET", request.url.path)
+        except Rejected as refused:
+            raise HTTPException(refused.answer.status, refused.answer.body, refused.answer.headers or None) from None
+        if key != f"{run_id}:completion":
+            raise HTTPException(400, f"Idempotency-Key must be '{run_id}:completion' for this run, got {key!r}")
+        return run_id
+
+    return dependency
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(title="reminders-queue: invoice reminders")
+    # No /docs, /redoc or /openapi.json: the service's shape is not for anyone to read.
+    app = FastAPI(title="reminders-queue: invoice reminders", docs_url=None, redoc_url=None, openapi_url=None)
     secrets = secret_from_environment()
+    verifier = Verifier(secrets)
     completions = Completions()
-    app.include_router(task_router("/tasks/remind", remind, secrets=secrets, model=TaskRequest[Invoice]))
+    app.include_router(task_router("/tasks/remind", remind, verifier=verifier, model=TaskRequest[Invoice]))
     app.include_router(
-        task_router("/runs/done", completions, secrets=secrets, kind="completion", model=CompletionRequest)
+        task_router("/runs/done", completions, verifier=verifier, kind="completion", model=CompletionRequest)
     )
-    app.add_api_route("/runs/{run_id}/completion", completions.get, methods=["GET"])
+
+    def completion_of(run_id: str = Depends(signed_get(verifier))) -> dict[str, object]:
+        return completions.get(run_id)
+
+    app.add_api_route("/runs/{run_id}/completion", completion_of, methods=["GET"])
+
     app.add_api_route("/healthz", lambda: {"status": "ok", "service": "reminders-queue"}, methods=["GET"])
     return app
 

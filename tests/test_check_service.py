@@ -25,7 +25,7 @@ from microservice.aws import get_aws
 from microservice.domain import make_company
 from microservice.main import create_app as create_scores_app
 from reminders_service.main import create_app as create_reminders_app
-from tests.bad_services import accepts_unsigned, crashes_on_malformed
+from tests.bad_services import accepts_unsigned, crashes_on_malformed, loose_checks
 from tests.declared import CREDIT_SCORES, INVOICE_REMINDERS
 from tests.microservice_fixtures import SECRET, SEED, Env, env, queue_settings  # noqa: F401
 
@@ -101,8 +101,13 @@ def test_a_service_that_ignores_signatures_fails_and_names_the_clauses() -> None
         cs.STALE,
         cs.FUTURE,
         cs.ABSURD_TIMESTAMP,
+        cs.STALE_EDGE,
+        cs.FUTURE_EDGE,
         cs.TAMPERED,
         cs.OTHER_PATH,
+        cs.V1_SIGNATURE,
+        cs.KEY_MISMATCH,
+        cs.SWAPPED_NONCE,
     ]
     unsigned = next(r for r in results if r.clause == cs.UNSIGNED)
     assert unsigned.evidence.startswith("HTTP 200")
@@ -112,8 +117,9 @@ def test_a_service_that_answers_500_to_a_malformed_body_fails_that_clause() -> N
     # GIVEN a service that checks signatures but crashes on a body that is not JSON
     with serving(crashes_on_malformed.create_app(SECRET)) as url:
         results = cs.check_service(url, secret=SECRET, item=INVOICE, task_path="/tasks/remind")
-    # THEN exactly the malformed-body clause fails, with the 500 as evidence
-    assert failing(results) == [cs.MALFORMED]
+    # THEN the malformed-body clause fails, with the 500 as evidence (and it never compares the
+    # Idempotency-Key with the body either)
+    assert failing(results) == [cs.KEY_MISMATCH, cs.MALFORMED]
     malformed = next(r for r in results if r.clause == cs.MALFORMED)
     assert malformed.evidence.startswith("HTTP 500")
 
@@ -180,3 +186,40 @@ def test_cli_names_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     # THEN every missing option is named (the item comes from the job's declared sample_item)
     assert result.exit_code == 2
     assert "--url" in result.output and "--secret" in result.output and "--item" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("flaw", "clauses"),
+    [
+        ("wide_windows", [cs.STALE_EDGE, cs.FUTURE_EDGE]),
+        ("accepts_v1", [cs.V1_SIGNATURE]),
+        ("no_key_check", [cs.KEY_MISMATCH]),
+        ("cached_signatures", [cs.SWAPPED_NONCE]),
+        ("no_replay_guard", []),
+    ],
+)
+def test_a_service_with_a_loose_check_fails_exactly_that_clause(flaw: str, clauses: list[str]) -> None:
+    # GIVEN a service that checks signatures, but loosely in one way (tests/bad_services/loose_checks.py)
+    with serving(loose_checks.create_app(SECRET, flaw)) as url:
+        # WHEN the contract is checked against it
+        results = cs.check_service(url, secret=SECRET, item=INVOICE, task_path="/tasks/remind")
+    # THEN exactly the clauses it breaks fail, each with the service's 2xx as evidence
+    assert failing(results) == clauses, "\n".join(r.line() for r in results)
+    for result in results:
+        if result.clause in clauses:
+            assert result.evidence.startswith("HTTP 200"), result.line()
+
+
+def test_replays_accepted_are_a_warning_printed_and_not_a_failure() -> None:
+    # GIVEN a service that keeps no replay record (every other clause kept)
+    with serving(loose_checks.create_app(SECRET, "no_replay_guard")) as url:
+        results = cs.check_service(url, secret=SECRET, item=INVOICE, task_path="/tasks/remind")
+        cli = CliRunner().invoke(
+            _cli(), ["check-service", "reminders", "--url", url, "--secret", SECRET, "--item", '{"invoice_id": "I-1"}']
+        )
+    # THEN the replay clause passes with a warning naming it, and the command exits 0 saying so
+    replay = next(r for r in results if r.clause == cs.EXACT_REPLAY)
+    assert replay.passed and replay.warning and "replays accepted" in replay.evidence
+    assert cli.exit_code == 0, cli.output
+    assert f"WARN  {cs.EXACT_REPLAY}: replays accepted" in cli.output
+    assert cli.output.splitlines()[-1] == f"{len(cs.CLAUSES)} of {len(cs.CLAUSES)} clauses pass (1 with a warning)"

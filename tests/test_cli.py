@@ -358,11 +358,37 @@ def test_report_uri_naming_one_file_downloads_its_folder(
 ) -> None:
     s3 = deployment.client("s3")
     for key in ("report.csv", "report.html"):
-        s3.put_object(Bucket="reports", Key=f"r/r-1/{key}", Body=b"a\n")
-    play_run(ledger, "r-1", ok=1, report_uri="s3://reports/r/r-1/report.csv")
+        s3.put_object(Bucket="reports", Key=f"reports/credit-scores/r-1/{key}", Body=b"a\n")
+    play_run(ledger, "r-1", ok=1, report_uri="s3://reports/reports/credit-scores/r-1/report.csv")
     result = invoke(runner, "report", "r-1", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "r-1").iterdir()) == ["report.csv", "report.html"]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://someone-elses-bucket/reports/credit-scores/r-1/",  # another bucket
+        "s3://reports/claims/credit-scores/r-1/",  # the platform bucket, another prefix
+        "s3://reports/reports/credit-scores/r-10/",  # another run's report
+        "s3://reports/reports/invoice-reminders/r-1/",  # another job's
+    ],
+)
+def test_a_report_uri_outside_the_runs_report_folder_is_not_downloaded(
+    runner: CliRunner, deployment: cli.Deployment, ledger: Ledger, tmp_path: Path, uri: str
+) -> None:
+    # GIVEN a run whose service's finalize answer named a report_uri outside the run's own folder
+    s3 = deployment.client("s3")
+    s3.put_object(Bucket="reports", Key="claims/credit-scores/r-1/secret.json", Body=b"{}")
+    s3.put_object(Bucket="reports", Key="reports/credit-scores/r-10/report.csv", Body=b"other run")
+    play_run(ledger, "r-1", ok=1, report_uri=uri)
+    # WHEN its report is asked for
+    result = invoke(runner, "report", "r-1", "--out", str(tmp_path))
+    # THEN nothing is downloaded, and the error names the run's own report folder
+    assert result.exit_code == cli.EXIT_FAILED, result.output
+    assert "outside the platform's report folder" in result.stderr
+    assert "s3://reports/reports/credit-scores/r-1/" in result.stderr
+    assert not (tmp_path / "r-1").exists()
 
 
 def test_report_of_an_unfinished_run_says_so(runner: CliRunner, deployment: cli.Deployment, ledger: Ledger) -> None:

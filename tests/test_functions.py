@@ -13,7 +13,7 @@ import pytest
 from microprocess.chaos.faults import FaultConfig, FaultInjector, InjectedCrash
 from microprocess.control.pause import PRIOR_ATTEMPTS_ATTRIBUTE
 from microprocess.declarations import UnknownJobError
-from microprocess.ledger import RunStatus, TaskState
+from microprocess.ledger import CURSOR_DONE, RunStatus, TaskState
 from microprocess.pipeline.envelope import TaskEnvelope, TaskKind, shard_of
 from microprocess.pipeline.forwarder import REASON_ATTRIBUTE, backoff_seconds
 from microprocess.pipeline.splitter import StartEventError, parse_start_event, scheduled_run_id
@@ -346,7 +346,8 @@ def test_malformed_records_go_to_the_dlq_and_never_fail_the_good_ones(stack: Sta
         ),
         sqs_record(envelope_for("ghost-run", "t-y", {"company_id": "C1"}), message_id="bad-run"),
         sqs_record(
-            envelope_for("r1", "0-000000001", item_ref="s3://reports/claims/missing.json"), message_id="bad-ref"
+            envelope_for("r1", "0-000000001", item_ref="s3://reports/claims/credit-scores/r1/missing.json"),
+            message_id="bad-ref",
         ),
         sqs_record(envelope_for("r1", "0-000000099", {"company_id": "C1"}), message_id="not-in-run"),
     ]
@@ -1111,3 +1112,39 @@ def test_a_splitter_that_finds_its_page_accounted_by_another_leaves_it_the_segme
     # AND the other splitter (here: a fresh one from the run's cursor) finishes the split exactly
     assert stack.split({"job": job.name, "run_id": "r1"}, jobs=reg)["expected"] == 30
     assert stack.depth(stack.task_queue) == 30
+
+
+@pytest.mark.parametrize(
+    ("ref", "reason"),
+    [
+        ("s3://reports/claims/credit-scores/other-run/0-000000000.json", "belongs to run 'other-run'"),
+        ("s3://reports/claims/invoice-reminders/r1/0-000000000.json", "is not a claim of job 'credit-scores'"),
+    ],
+)
+def test_a_claim_check_of_another_run_or_job_is_dead_lettered_unread(stack: Stack, ref: str, reason: str) -> None:
+    # GIVEN a running run, and a readable claim in the platform bucket that belongs to another run or job
+    running_run(stack, 1)
+    stack.s3.put_object(Bucket="reports", Key=ref.removeprefix("s3://reports/"), Body=b'{"company_id": "SECRET"}')
+    record = sqs_record(envelope_for("r1", "0-000000000", item_ref=ref), message_id="foreign-claim")
+    # WHEN the forwarder takes a task of r1 that names it
+    res = stack.forwarder(claims_bucket="reports").handle({"Records": [record]})
+    # THEN it is dead-lettered naming the owner, and the other item is never sent to the service
+    assert res == {"batchItemFailures": []} and stack.service.task_calls() == []
+    [dead] = [m["messageAttributes"][REASON_ATTRIBUTE]["stringValue"] for m in dlq_messages(stack)]
+    assert reason in dead
+
+
+def test_a_retry_run_may_send_the_claims_of_the_run_it_retries(stack: Stack) -> None:
+    # GIVEN run r1's claim-checked item, and a retry run r2 of r1 (retry-failed re-sends r1's claims)
+    big = {"company_id": "C0000001", "blob": "x" * 100}
+    key = "claims/credit-scores/r1/0-000000007.json"
+    stack.s3.put_object(Bucket="reports", Key=key, Body=json.dumps(big).encode())
+    stack.ledger.create_run("r1", JOB)
+    stack.ledger.create_run("r2", JOB, source_run="r1")
+    assert stack.ledger.account_page("r2", segment="0", cursor_from="", cursor_to=CURSOR_DONE, count=1)
+    stack.ledger.finish_split("r2")
+    record = sqs_record(envelope_for("r2", "0-000000000", item_ref=f"s3://reports/{key}"), message_id="retry")
+    # WHEN the forwarder takes r2's task
+    assert stack.forwarder(claims_bucket="reports").handle({"Records": [record]}) == {"batchItemFailures": []}
+    # THEN the item of r1's claim is pushed
+    assert stack.service.task_calls()[0]["payload"]["item"] == big

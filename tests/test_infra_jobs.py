@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_cdk import assertions
 
 from infra import contract
 from infra.endpoints import EndpointError, resolve_endpoints
@@ -268,3 +269,50 @@ def test_bad_availability_zones_are_refused_with_the_fix() -> None:
         synthesize(
             {"stage": "cloud", "account": "123456789012", "region": "eu-west-1", "availability_zones": "us-east-1a"}
         )
+
+
+def _with_reminders(tmp_path: Path, lines: str) -> Path:
+    """The repository's declaration file with `lines` in place of the reminders service's url."""
+    text = (ROOT / "microprocess.toml").read_text().replace('url = "https://reminders-queue.example.com"\n', lines)
+    file = tmp_path / "microprocess.toml"
+    file.write_text(text)
+    return file
+
+
+def test_a_plain_http_service_url_is_refused_in_the_cloud_unless_the_declaration_says_why(tmp_path: Path) -> None:
+    # GIVEN a service declared at an http:// URL, and one given an http:// URL at synth
+    declared = load_declarations(_with_reminders(tmp_path, 'url = "http://reminders.internal"\n'))
+    # THEN the cloud stage refuses both, naming the field that would accept it
+    with pytest.raises(EndpointError, match=r"plain HTTP \(http://reminders.internal\).*plain_http_reason"):
+        resolve_endpoints(declared, {}, local=False)
+    with pytest.raises(EndpointError, match=r"service 'scores' is reached over plain HTTP"):
+        resolve_endpoints(DECLARATIONS, {"scores": "http://scores.internal"}, local=False)
+    # AND the local stage (loopback processes) is not concerned
+    assert resolve_endpoints(declared, {}, local=True)["reminders"].url.startswith("http://127.0.0.1:")
+    # WHEN the declaration says why plain HTTP is acceptable THEN it is accepted with that reason
+    reason = "inside the VPC, private subnets only"
+    ok = load_declarations(
+        _with_reminders(tmp_path, f'url = "http://reminders.internal"\nplain_http_reason = "{reason}"\n')
+    )
+    endpoint = resolve_endpoints(ok, {}, local=False)["reminders"]
+    assert (endpoint.url, endpoint.plain_http_reason) == ("http://reminders.internal", reason)
+    # AND an https:// URL needs no reason
+    assert resolve_endpoints(DECLARATIONS, {}, local=False)["reminders"].plain_http_reason is None
+
+
+def test_a_vague_plain_http_reason_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="plain_http_reason must say why"):
+        load_declarations(_with_reminders(tmp_path, 'url = "http://reminders.internal"\nplain_http_reason = "ok"\n'))
+
+
+def test_synth_prints_the_reason_for_a_plain_http_service(tmp_path: Path) -> None:
+    # GIVEN the cloud stage with the reminders service on plain HTTP, for a declared reason
+    reason = "inside the VPC, private subnets only"
+    file = _with_reminders(tmp_path, f'url = "http://reminders.internal"\nplain_http_reason = "{reason}"\n')
+    synth = synthesize(
+        {"stage": "cloud", "declarations": str(file), "service_urls": json.dumps({"scores": EXTERNAL_SCORES_URL})}
+    )
+    # THEN synth warns with the URL and the reason (cdk synth prints it)
+    found = assertions.Annotations.from_stack(synth.stacks[CLOUD]).find_warning("*", assertions.Match.any_value())
+    warnings = [str(w.entry.data) for w in found]
+    assert any("http://reminders.internal" in w and reason in w for w in warnings), warnings

@@ -11,13 +11,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from microprocess.local import (
     function_log_messages,
 )
 from microprocess.local.workspace import WORKDIR_ENV
+from microprocess.service.signing import current_secret, sign_request
 from tests.declared import CREDIT_SCORES, INVOICE_REMINDERS
 from tests.local_e2e_support import cli_json, invoices_file, module_stack, stack_ledger, stack_state
 
@@ -41,9 +44,16 @@ pytestmark = pytest.mark.e2e
 
 COMPANIES = 200
 INVOICES = 120
-#: Enough that tasks are still left after the second rotation (70 tasks/s here while the
-#: ledger wrote one record per call; about 3x that since a batch's records go in one call).
-ROTATION_INVOICES = 4000
+#: The rotation run (the issue's figure): with a rotation every 2 s, tasks are still left after
+#: the third (a few hundred tasks/s here).
+ROTATION_INVOICES = 3000
+ROTATIONS = 3
+ROTATION_SPACING_S = 2.0
+#: The second client's bad signatures, per second, and the longest it keeps sending, seconds.
+BAD_SIGNATURES_PER_S = 50
+#: How long the flood runs before the run starts, seconds (see the test).
+FLOOD_LEAD_S = 18.0
+FLOOD_MAX_S = 400.0
 #: Enough that the service is stopped before the run ends (it is stopped once 30 tasks are done;
 #: the pushes run at a few hundred per second here, so 300 could end within the poll and the stop).
 OUTAGE_INVOICES = 1500
@@ -160,10 +170,15 @@ def test_two_jobs_run_at_once_on_their_two_services_each_exact(
     # delivered), with the outcome and the report's location
     deadline = time.monotonic() + 60
     done: dict[str, Any] | None = None
+    sm = aws_client("secretsmanager", state.endpoint_url)
+    secret_arn = json.loads(state.outputs["ServiceSecretArns"])["reminders"]
+    path = f"/runs/{reminders_run}/completion"
     while done is None and time.monotonic() < deadline:
-        try:
-            url = f"{state.services['reminders']}/runs/{reminders_run}/completion"
-            with urllib.request.urlopen(url, timeout=5) as resp:
+        try:  # the outcome is only shown to a GET signed like a push
+            secret = current_secret(sm.get_secret_value(SecretId=secret_arn)["SecretString"])
+            signed = sign_request(secret, "GET", path, b"", f"{reminders_run}:completion")
+            request = urllib.request.Request(f"{state.services['reminders']}{path}", headers=signed)
+            with urllib.request.urlopen(request, timeout=5) as resp:
                 done = json.loads(resp.read())
         except urllib.error.HTTPError:
             time.sleep(0.5)
@@ -184,38 +199,114 @@ def test_a_run_whose_manifest_is_missing_ends_failed_with_the_reason(ledger: Led
     assert f"s3://invoice-manifests/unpaid/{day}.jsonl" in error, error
 
 
+class BadSignatures:
+    """A second client on loopback: well-formed, fresh, wrongly signed pushes to a service at
+    `per_s` per second, each a new nonce (what spends a service's on-demand re-read), for at most
+    `max_s` seconds (bounded in count and time). Counts the answers by status."""
+
+    def __init__(self, url: str, *, per_s: int, max_s: float) -> None:
+        self.url, self.per_s, self.max_s = url, per_s, max_s
+        self.stop = threading.Event()
+        self.statuses: dict[int, int] = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        assert self.url.startswith("http://127.0.0.1:"), "the flood stays on loopback"
+        path = "/tasks/remind"
+        body = json.dumps({"run_id": "attacker", "task_id": "t", "kind": "task", "item": {}}).encode()
+        started = time.monotonic()
+        for n in range(int(self.per_s * self.max_s)):
+            if self.stop.is_set() or time.monotonic() - started > self.max_s:
+                return
+            headers = {
+                "Content-Type": "application/json",
+                **sign_request(f"guess-{n}", "POST", path, body, "attacker:t"),
+            }
+            request = urllib.request.Request(self.url + path, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=5) as resp:
+                    status = resp.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                status = 0
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            self.stop.wait(max(0.0, started + (n + 1) / self.per_s - time.monotonic()))
+
+
 @pytest.mark.usefixtures("workdir_env")
-def test_a_secret_rotation_in_the_middle_of_a_run_fails_no_task(
+def test_three_rotations_during_a_run_under_a_flood_of_bad_signatures_fail_no_task(
     stack: LocalStack, state: LocalState, ledger: Ledger, tmp_path: Path
 ) -> None:
     sm = state.client("secretsmanager")
     arn = json.loads(state.outputs["ServiceSecretArns"])["reminders"]
     old = sm.get_secret_value(SecretId=arn)["SecretString"]
+    service = state.services["reminders"]
     log = stack.ws.log("reminders")
     refused_before = log.read_text(errors="replace").count("refused POST")
-    # GIVEN a run of invoice-reminders under way
-    items = invoices_file(tmp_path / "rotation.jsonl", ROTATION_INVOICES, first=10_000)
-    (started,) = cli_json("run", "invoice-reminders", "--items", str(items), "--json")
-    run_id = started["run_id"]
-    wait_until_done(ledger, run_id, 40)
-    # WHEN the secret is rotated twice: first the service takes the new one and still accepts the
-    # old one (current + previous), then the old one is dropped, so the forwarder's cached (old)
-    # secret is refused with 401 and it must re-read the secret and sign again
-    sm.put_secret_value(SecretId=arn, SecretString=json.dumps({"current": "rotated-1", "previous": old}))
-    stack.restart_service("reminders")
-    time.sleep(2)
-    sm.put_secret_value(SecretId=arn, SecretString=json.dumps({"current": "rotated-2", "previous": "rotated-1"}))
-    stack.restart_service("reminders")
-    assert ledger.progress(run_id).succeeded < ROTATION_INVOICES, (
-        "the run ended before the rotation: nothing was tested"
-    )
-    # THEN no task failed, and the run SUCCEEDED with every task counted once
-    assert_succeeded_in_full(ledger, run_id, ROTATION_INVOICES)
+    flood = BadSignatures(service, per_s=BAD_SIGNATURES_PER_S, max_s=FLOOD_MAX_S)
+    # GIVEN a second client sending 50 bad signatures per second to the reminders service
+    flood.thread.start()
+    try:
+        # (the flood's first bad signature makes the service re-read its secret, which it may then
+        # do again on demand only after 30 s: start the run so that its rotations come before,
+        # and the next re-read during, the run: the forwarder then meets the rotated secret)
+        time.sleep(FLOOD_LEAD_S)
+        # AND a run of invoice-reminders under way
+        items = invoices_file(tmp_path / "rotation.jsonl", ROTATION_INVOICES, first=10_000)
+        (started,) = cli_json("run", "invoice-reminders", "--items", str(items), "--json")
+        run_id = started["run_id"]
+        wait_until_done(ledger, run_id, 40)
+        # WHEN the secret is rotated three times, without restarting anything: each time the new
+        # value is {"current": <new>, "previous": <the one before>}
+        previous = old
+        for n in range(1, ROTATIONS + 1):
+            current = f"rotated-{n}-{secrets.token_hex(8)}"
+            sm.put_secret_value(SecretId=arn, SecretString=json.dumps({"current": current, "previous": previous}))
+            previous = current
+            time.sleep(ROTATION_SPACING_S)
+        assert ledger.progress(run_id).succeeded < ROTATION_INVOICES, (
+            "the run ended before the third rotation: nothing was tested"
+        )
+        # THEN no task failed, and the run SUCCEEDED with every task counted once
+        assert_succeeded_in_full(ledger, run_id, ROTATION_INVOICES, timeout_s=300)
+    finally:
+        flood.stop.set()
+        flood.thread.join(timeout=10)
     records = [t for s in range(ledger.require_run(run_id).shard_count) for t in ledger.iter_results(run_id, s)]
     assert len(records) == ROTATION_INVOICES and all(t.state is TaskState.SUCCEEDED for t in records)
-    # AND the rotation was really exercised: the service refused the old signature at least once
+    # AND the flood was really sent and refused (401, never a 5xx)
+    assert flood.statuses.get(401, 0) >= BAD_SIGNATURES_PER_S * 10, flood.statuses
+    assert not any(status >= 500 for status in flood.statuses), flood.statuses
+    # AND the service took up the last secret without a restart, within a minute and a bit: signed
+    # with it, a push is accepted; signed with the first one (dropped two rotations ago), refused
+    deadline = time.monotonic() + 90
+    while signed_remind(service, previous) != 200:
+        assert time.monotonic() < deadline, "the service never took up the last secret"
+        time.sleep(5)
+    assert signed_remind(service, old) == 401
+    # AND the forwarder really met the rotation: the service refused some of its pushes (401s
+    # beyond the flood's and the one probe signed with the dropped secret)
     refused = log.read_text(errors="replace").count("refused POST") - refused_before
-    assert refused >= 1, "the forwarder never met the rotated secret: the rotation did not happen mid-run"
+    met = refused - flood.statuses.get(401, 0) - 1
+    print(f"flood answers {flood.statuses}; forwarder pushes refused during the rotations: {met}")
+    assert met >= 1, "the forwarder never met a rotated secret: the race was not exercised"
+
+
+def signed_remind(service: str, secret: str) -> int:
+    """The status of one correctly formed reminder push signed with `secret`."""
+    path = "/tasks/remind"
+    due = (date.today() - timedelta(days=3)).isoformat()
+    item = {"invoice_id": "INV-PROBE", "customer": "C", "amount": 1.0, "due_date": due}
+    body = json.dumps({"run_id": "probe", "task_id": secrets.token_hex(6), "kind": "task", "item": item}).encode()
+    key = f"probe:{json.loads(body)['task_id']}"
+    headers = {"Content-Type": "application/json", **sign_request(secret, "POST", path, body, key)}
+    request = urllib.request.Request(service + path, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 @pytest.mark.usefixtures("workdir_env")

@@ -164,3 +164,25 @@ def test_up_refuses_a_running_stack_and_leaves_it_alone(tmp_path: Path) -> None:
         assert ws.log("ministack").exists()
     finally:
         stop(running.pid, running.start_ticks)
+
+
+def test_the_work_folder_and_what_the_stack_writes_are_for_its_user_alone(tmp_path: Path) -> None:
+    # GIVEN a work folder left world-readable by an older version
+    old = tmp_path / "work"
+    old.mkdir(mode=0o755)
+    old.chmod(0o755)
+    ws = Workspace(root=tmp_path, workdir=old)
+    # WHEN the stack creates its folders
+    ws.create()
+    # THEN the work folder is 0700 (no other local user can reach outputs, logs or cdk.out)
+    assert old.stat().st_mode & 0o777 == 0o700
+    # AND a process the stack spawns logs to a 0600 file and creates files no one else can read
+    made = tmp_path / "work" / "made-by-child.json"
+    code = f"open({str(made)!r}, 'w').write('{{}}')"
+    handle = spawn("writer", [sys.executable, "-c", code], env={}, cwd=tmp_path, log=ws.log("writer"))
+    deadline = time.monotonic() + 10
+    while not made.exists() or is_running(handle.pid, handle.start_ticks):
+        assert time.monotonic() < deadline, "the child did not write its file"
+        time.sleep(0.05)
+    assert ws.log("writer").stat().st_mode & 0o777 == 0o600
+    assert made.stat().st_mode & 0o077 == 0, oct(made.stat().st_mode)

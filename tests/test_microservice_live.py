@@ -216,3 +216,34 @@ def test_run_alone_without_a_region_answers_a_json_error_that_names_the_fix(monk
     # THEN the answer is a JSON 503 naming the missing setting, not a bare 500
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"] == "aws_not_configured" and "AWS_DEFAULT_REGION" in resp.json()["message"]
+
+
+def test_a_failing_key_store_answers_401_to_bad_keys_503_before_any_read_and_costs_one_read_per_interval() -> None:
+    # GIVEN the live API's keys, read once, then a Secrets Manager that fails
+    now = [0.0]
+    store = {"fail": False, "reads": 0}
+
+    def load() -> str:
+        store["reads"] += 1
+        if store["fail"]:
+            raise ConnectionError("injected: Secrets Manager unreachable")
+        return "the-key"
+
+    keys = ApiKeys(CachedSecret(load, min_refresh_interval_s=30, clock=lambda: now[0]))
+    keys.check("the-key")
+    store["fail"] = True
+    # WHEN 100 bad keys arrive within 40 s
+    for i in range(100):
+        now[0] = i * 0.4
+        with pytest.raises(ServiceError) as refused:
+            keys.check("guess")
+        # THEN each is a 401 decided with the cached key, never a 5xx
+        assert refused.value.status == 401
+    # AND the store was tried once more, not once per bad key; the real key still works
+    assert store["reads"] == 2
+    keys.check("the-key")
+    # AND a process that never read its key answers 503 with Retry-After (the client retries)
+    fresh = ApiKeys(CachedSecret(load, min_refresh_interval_s=30, clock=lambda: now[0]))
+    with pytest.raises(ServiceError) as unavailable:
+        fresh.check("the-key")
+    assert unavailable.value.status == 503 and unavailable.value.headers["Retry-After"] == "30"

@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
 
-from microprocess.ledger import RunStatus, TaskOutcome, TaskState
+from microprocess.ledger import CURSOR_DONE, RunStatus, TaskOutcome, TaskState
+from microprocess.pipeline.envelope import shard_of
 from microprocess.reduce.s3stream import S3StreamWriter
 from microservice.reduce import PART_TAG_KEY, PART_TAG_VALUE, ReportLayout
 from microservice.report_stats import FAILURE_COLUMNS, REPORT_COLUMNS
@@ -370,3 +371,31 @@ def test_the_email_promises_no_longer_than_its_link_lasts(
     [link] = [word for word in mail.body.split() if "report.html" in word]
     assert link_expires in link
     assert "microprocess report run-link --target aws" in mail.body
+
+
+def test_report_and_failures_csv_quote_cells_that_start_a_formula(queue_client: TestClient, env: Env) -> None:
+    # GIVEN a run whose company ids, bands and errors start with each formula trigger (OWASP "CSV Injection")
+    hostile = ['=HYPERLINK("http://x","y")', "+1+1", "-2+3+cmd|' /C calc'!A0", "@SUM(A1)", "\tx", "\rx"]
+    run_id = "run-hostile"
+    env.ledger.create_run(run_id, SMALL)
+    assert env.ledger.account_page(run_id, segment="0", cursor_from="", cursor_to=CURSOR_DONE, count=2 * len(hostile))
+    env.ledger.finish_split(run_id)
+    outcomes = []
+    for i, text in enumerate(hostile):
+        ok, bad = f"task-ok-{i}", f"task-bad-{i}"
+        outcomes += [
+            TaskOutcome(ok, shard_of(ok, SMALL.shard_count), TaskState.SUCCEEDED, 1, text, {"score": -5, "band": text}),
+            TaskOutcome(bad, shard_of(bad, SMALL.shard_count), TaskState.FAILED, 3, text, error=text),
+        ]
+    env.ledger.record_outcomes(run_id, SMALL.counter_count, outcomes)
+    # WHEN reduced and finalized
+    reduce_all(queue_client, run_id, SMALL.shard_count)
+    assert signed_post(queue_client, FINALIZE, finalize_payload(run_id)).status_code == 200
+    layout = ReportLayout(BUCKET, JOB.name, run_id)
+    report, failures = read_csv(env, layout.report_csv), read_csv(env, layout.failures_csv)
+    # THEN every such cell starts with a single quote and keeps its text after it; a number stays a number
+    quoted = {"'" + t for t in hostile}
+    assert {r["company_id"] for r in report} == quoted
+    assert {r["band"] for r in report if r["state"] == "SUCCEEDED"} == quoted
+    assert {r["score"] for r in report if r["state"] == "SUCCEEDED"} == {"-5"}
+    assert {f["company_id"] for f in failures} == {f["error"] for f in failures} == quoted

@@ -270,40 +270,47 @@ def test_chunked_body_over_the_limit_is_413(queue_client: TestClient) -> None:
         for _ in range(12):
             yield b"x" * 2**20
 
-    resp = queue_client.post(TASK, content=chunks(), headers={"Content-Type": "application/json"})
+    # WHEN it comes with well-formed signature headers (they are checked before the body is read)
+    signed = sign_request(SECRET, "POST", TASK, b"{}", "r:t")
+    resp = queue_client.post(TASK, content=chunks(), headers={"Content-Type": "application/json", **signed})
     # THEN 413 (counted while streaming), not 401 after reading it all
     assert resp.status_code == 413
+    # AND unsigned, it is refused (401) before any of it is read
+    unsigned = queue_client.post(TASK, content=chunks(), headers={"Content-Type": "application/json"})
+    assert unsigned.status_code == 401
 
 
 def test_previous_secret_is_accepted_during_a_rotation(env: Env) -> None:
     # GIVEN the service's secret holds the current and the previous secret
-    rotating = json.dumps({"current": "new-secret", "previous": SECRET})
+    rotating = json.dumps({"current": "new-secret-0123456789", "previous": SECRET})
     with client_for(queue_settings(signing_secret=rotating), env) as client:
         # WHEN tasks arrive signed with either, and one with a third secret
-        new = signed_post(client, TASK, task_payload("C0000020"), secret="new-secret")
+        new = signed_post(client, TASK, task_payload("C0000020"), secret="new-secret-0123456789")
         old = signed_post(client, TASK, task_payload("C0000021"), secret=SECRET)
-        other = signed_post(client, TASK, task_payload("C0000022"), secret="third")
+        other = signed_post(client, TASK, task_payload("C0000022"), secret="third-secret-0123456789")
     # THEN both are accepted, the third refused
     assert (new.status_code, old.status_code, other.status_code) == (200, 200, 401)
 
 
 def test_service_rereads_a_rotated_secret_on_a_mismatch(env: Env) -> None:
     # GIVEN a service that read its secret from Secrets Manager
-    arn = env.aws.secretsmanager.create_secret(Name="rotating", SecretString="first")["ARN"]
+    arn = env.aws.secretsmanager.create_secret(Name="rotating", SecretString="first-secret-0123456789")["ARN"]
     settings = queue_settings(signing_secret="", signing_secret_arn=arn)
     with client_for(settings, env) as client:
-        assert signed_post(client, TASK, task_payload("C0000023"), secret="first").status_code == 200
-        # WHEN the secret rotates to {"current": "second", "previous": "first"} and, once the
+        assert signed_post(client, TASK, task_payload("C0000023"), secret="first-secret-0123456789").status_code == 200
+        # WHEN the secret rotates to {"current": second, "previous": first} and, once the
         # service's re-read interval has passed, a push signed with the new one arrives
         env.aws.secretsmanager.put_secret_value(
-            SecretId=arn, SecretString=json.dumps({"current": "second", "previous": "first"})
+            SecretId=arn,
+            SecretString=json.dumps({"current": "second-secret-0123456789", "previous": "first-secret-0123456789"}),
         )
         cached = client.app.state.verifier.secrets  # type: ignore[attr-defined]
         cached._read_at -= cached.min_refresh_interval_s
-        resp = signed_post(client, TASK, task_payload("C0000024"), secret="second")
+        cached._tried_at -= cached.min_refresh_interval_s
+        resp = signed_post(client, TASK, task_payload("C0000024"), secret="second-secret-0123456789")
         # THEN it is accepted (the service re-read the secret once), and the old one still is
         assert resp.status_code == 200
-        assert signed_post(client, TASK, task_payload("C0000025"), secret="first").status_code == 200
+        assert signed_post(client, TASK, task_payload("C0000025"), secret="first-secret-0123456789").status_code == 200
 
 
 def test_secret_is_read_from_secrets_manager_once(env: Env) -> None:

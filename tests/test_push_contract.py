@@ -126,7 +126,7 @@ class _Service:
 
 @pytest.fixture
 def service() -> Iterator[_Service]:
-    svc = _Service("first")
+    svc = _Service("first-secret-0123456789")
     yield svc
     svc.server.shutdown()
     svc.server.server_close()
@@ -137,7 +137,7 @@ def _secretsmanager(aws: None) -> Any:
 
 
 def test_pushes_are_signed_v2_over_the_path_as_sent(service: _Service) -> None:
-    pusher = HttpPusher(service.url, SecretCache(secret="first"))
+    pusher = HttpPusher(service.url, SecretCache(secret="first-secret-0123456789"))
     result = pusher.push("/tasks/x", {"run_id": "r", "task_id": "t"}, idempotency_key="r:t", timeout=5)
     assert result.outcome is PushOutcome.SUCCESS, result.describe()
     # and again (a resend of the same task is signed anew, never taken for a replay)
@@ -147,20 +147,23 @@ def test_pushes_are_signed_v2_over_the_path_as_sent(service: _Service) -> None:
 
 
 def test_a_401_rereads_the_rotated_secret_once_and_sends_again(service: _Service, aws: None) -> None:
-    # GIVEN a pusher that read its secret ("first") from Secrets Manager
+    # GIVEN a pusher that read its secret ("first-secret-0123456789") from Secrets Manager
     sm = _secretsmanager(aws)
-    arn = sm.create_secret(Name="svc", SecretString="first")["ARN"]
+    arn = sm.create_secret(Name="svc", SecretString="first-secret-0123456789")["ARN"]
     cache = SecretCache(secret_arn=arn, client=lambda: sm, min_refresh_interval_s=0)
     pusher = HttpPusher(service.url, cache)
     assert pusher.push("/tasks/x", {"n": 1}, idempotency_key="r:1", timeout=5).outcome is PushOutcome.SUCCESS
     # WHEN the secret rotates and the service already knows only the new one
-    sm.put_secret_value(SecretId=arn, SecretString=json.dumps({"current": "second", "previous": "first"}))
-    service.secrets = "second"
+    sm.put_secret_value(
+        SecretId=arn,
+        SecretString=json.dumps({"current": "second-secret-0123456789", "previous": "first-secret-0123456789"}),
+    )
+    service.secrets = "second-secret-0123456789"
     result = pusher.push("/tasks/x", {"n": 2}, idempotency_key="r:2", timeout=5)
     # THEN the first send got 401, the pusher re-read the secret, and the second send succeeded
     assert result.outcome is PushOutcome.SUCCESS, result.describe()
     assert len(service.refused) == 1 and [p["n"] for p in service.accepted] == [1, 2]
-    assert cache() == json.dumps({"current": "second", "previous": "first"})
+    assert cache() == json.dumps({"current": "second-secret-0123456789", "previous": "first-secret-0123456789"})
 
 
 def test_a_second_401_is_permanent(service: _Service) -> None:
@@ -168,7 +171,7 @@ def test_a_second_401_is_permanent(service: _Service) -> None:
 
     def load() -> str:
         reads.append(1)
-        return "wrong"
+        return "wrong-secret-0123456789"
 
     cache = SecretCache(secret_arn="arn:x", client=None, min_refresh_interval_s=0)
     cache._load = load  # a secret that stays wrong after the re-read
@@ -181,7 +184,7 @@ def test_a_second_401_is_permanent(service: _Service) -> None:
 def test_a_401_after_another_push_already_refreshed_is_sent_again_with_the_new_secret(service: _Service) -> None:
     # GIVEN a pusher whose cached secret is the old one, and a re-read that is rate-limited (another
     # push of the same process re-read it a moment ago) but has the new value by now
-    values = iter(["wrong", service.secrets])
+    values = iter(["wrong-secret-0123456789", service.secrets])
 
     class Cache:
         value = next(values)
@@ -200,17 +203,20 @@ def test_a_401_after_another_push_already_refreshed_is_sent_again_with_the_new_s
 
 
 def test_a_401_just_after_the_secret_was_read_is_retried_later_not_failed(service: _Service, aws: None) -> None:
-    # GIVEN a pusher that read its secret ("first") a moment ago, and may re-read it every 60 s
+    # GIVEN a pusher that read its secret ("first-secret-0123456789") a moment ago, and may re-read it every 60 s
     sm = _secretsmanager(aws)
-    arn = sm.create_secret(Name="svc", SecretString="first")["ARN"]
+    arn = sm.create_secret(Name="svc", SecretString="first-secret-0123456789")["ARN"]
     now = [1000.0]
     cache = SecretCache(secret_arn=arn, client=lambda: sm, min_refresh_interval_s=60)
     cache._clock = lambda: now[0]
     pusher = HttpPusher(service.url, cache)
     assert pusher.push("/tasks/x", {"n": 1}, idempotency_key="r:1", timeout=5).outcome is PushOutcome.SUCCESS
     # WHEN the secret rotates, the service takes the new one at once, and a push comes 2 s later
-    sm.put_secret_value(SecretId=arn, SecretString=json.dumps({"current": "second", "previous": "first"}))
-    service.secrets = "second"
+    sm.put_secret_value(
+        SecretId=arn,
+        SecretString=json.dumps({"current": "second-secret-0123456789", "previous": "first-secret-0123456789"}),
+    )
+    service.secrets = "second-secret-0123456789"
     now[0] += 2
     result = pusher.push("/tasks/x", {"n": 2}, idempotency_key="r:2", timeout=5)
     # THEN the 401 is not a failure: the task is retried once a re-read is allowed
@@ -221,14 +227,14 @@ def test_a_401_just_after_the_secret_was_read_is_retried_later_not_failed(servic
     again = pusher.push("/tasks/x", {"n": 2}, idempotency_key="r:2", timeout=5)
     assert again.outcome is PushOutcome.SUCCESS, again.describe()
     # AND a secret still refused after its re-read is a PERMANENT 401 (a wrong secret, not a rotation)
-    service.secrets = "third"
+    service.secrets = "third-secret-0123456789"
     now[0] += 61
     wrong = pusher.push("/tasks/x", {"n": 3}, idempotency_key="r:3", timeout=5)
     assert wrong.status == 401 and wrong.outcome is PushOutcome.PERMANENT
 
 
 def test_a_body_over_the_limit_is_never_sent(service: _Service) -> None:
-    pusher = HttpPusher(service.url, SecretCache(secret="first"), max_body_bytes=1000)
+    pusher = HttpPusher(service.url, SecretCache(secret="first-secret-0123456789"), max_body_bytes=1000)
     result = pusher.push("/tasks/x", {"pad": "x" * 2000}, idempotency_key="r:t", timeout=5)
     assert result.outcome is PushOutcome.PERMANENT
     assert "over the push contract's limit of 1000 bytes" in result.describe()

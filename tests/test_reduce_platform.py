@@ -6,7 +6,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import boto3
@@ -436,3 +436,33 @@ def test_the_page_escapes_what_the_service_and_the_items_wrote(env: Env) -> None
     page = env.text(ReportLayout(BUCKET, job.name, run_id).report_html)
     # THEN it is shown as text, never as markup
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+#: Cells a spreadsheet would run as formulas (OWASP "CSV Injection"), one per trigger.
+HOSTILE = ['=HYPERLINK("http://x","y")', "+1+1", "-2+3+cmd|' /C calc'!A0", "@SUM(A1)", "\tx", "\rx"]
+
+
+def test_report_cells_and_headers_that_start_a_formula_are_quoted_in_every_csv(env: Env) -> None:
+    # GIVEN a run whose item ids, result fields (values and names) and errors start with formula triggers
+    job = platform_job(result_fields=None)
+    outcomes = []
+    for i, text in enumerate(HOSTILE):
+        ok = outcome(job, 2 * i, {"note": text, text: 1, "score": -5})
+        bad = outcome(job, 2 * i + 1, failed=True)
+        outcomes += [replace(ok, item_id=text), replace(bad, item_id=text, error=text)]
+    run_id = reducing_run(env.ledger, job, outcomes)
+    # WHEN reduced
+    reduce_all(env, job, run_id)
+    layout = ReportLayout(BUCKET, job.name, run_id)
+    report = csv_rows(env.text(layout.report_csv))
+    failures = csv_rows(env.text(layout.failures_csv))
+    # THEN every such cell and header starts with a single quote and keeps its text after it
+    quoted = {"'" + t for t in HOSTILE}
+    assert {r["invoice_id"] for r in report} == quoted
+    assert {r["note"] for r in report if r["note"]} == quoted
+    assert quoted <= set(report[0])
+    assert {f["invoice_id"] for f in failures} == quoted and {f["error"] for f in failures} == quoted
+    # AND a JSON number stays a number; the JSONL keeps the service's text verbatim
+    assert {r["score"] for r in report if r["state"] == "SUCCEEDED"} == {"-5"}
+    lines = [json.loads(line) for line in env.text(layout.report_jsonl).splitlines()]
+    assert {r["invoice_id"] for r in lines} == set(HOSTILE)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from typing import Any
 
 import pytest
@@ -34,7 +35,7 @@ from microprocess.service.fastapi_routes import task_router
 from microprocess.service.rotation import CachedSecret
 from microprocess.service.tasks import Rejected, parse_json
 
-SECRET = "s3cret"
+SECRET = "s3cret-0123456789"
 NOW = 1_796_083_200
 BODY = b'{"run_id":"r","task_id":"t","kind":"task","item":{"n":1}}'
 
@@ -128,9 +129,9 @@ def test_secret_values_hold_one_or_two_secrets() -> None:
 
 
 def test_the_previous_secret_verifies_during_a_rotation() -> None:
-    rotating = json.dumps({"current": "new", "previous": SECRET})
+    rotating = json.dumps({"current": "new-secret-0123456789", "previous": SECRET})
     assert verify(headers(), BODY, "POST", "/tasks/x", rotating, now=NOW) == "r:t"
-    assert verify(headers(secret="new"), BODY, "POST", "/tasks/x", rotating, now=NOW) == "r:t"
+    assert verify(headers(secret="new-secret-0123456789"), BODY, "POST", "/tasks/x", rotating, now=NOW) == "r:t"
 
 
 class _Clock:
@@ -161,7 +162,7 @@ def test_a_cached_secret_is_read_once_refreshed_at_most_every_interval_and_expir
 
 
 def test_a_verifier_rereads_a_rotated_secret_once_on_a_mismatch() -> None:
-    values = iter(["old", json.dumps({"current": SECRET, "previous": "old"})])
+    values = iter(["old-secret-0123456789", json.dumps({"current": SECRET, "previous": "old-secret-0123456789"})])
     verifier = Verifier(CachedSecret(lambda: next(values), min_refresh_interval_s=0), replay_guard=None)
     verifier.max_age_s = 10**10  # the fixed NOW of these tests is far from the wall clock
     assert verifier.check(headers(), BODY, "POST", "/tasks/x") == "r:t"
@@ -346,3 +347,65 @@ def test_a_completion_callback_route_takes_the_runs_outcome() -> None:
     assert done.status_code == 200
     assert [(c.status, c.succeeded, c.idempotency_key) for c in seen] == [("SUCCEEDED", 3, "r-1:completion")]
     assert (task.status_code, task.json()["error"]) == (400, "wrong_kind")
+
+
+# ----------------------------------------------------------- safe defaults
+
+
+def test_verify_without_a_replay_guard_still_refuses_a_replay() -> None:
+    # GIVEN a careless integration that calls verify() with no replay guard
+    signed = headers(timestamp=int(time.time()))
+    verify(signed, BODY, "POST", "/tasks/x", SECRET)
+    # WHEN the same request arrives again THEN it is refused (the process's guard is the default)
+    with pytest.raises(SignatureError, match="replayed"):
+        verify(signed, BODY, "POST", "/tasks/x", SECRET)
+    # AND only an explicit None turns the check off (tests and tools)
+    verify(signed, BODY, "POST", "/tasks/x", SECRET, replay_guard=None)
+
+
+def test_the_default_replay_record_lasts_as_long_as_a_wider_window() -> None:
+    guard = ReplayGuard(ttl_s=10)
+    assert guard.first_sight("sig", now=0, ttl_s=600)
+    assert not guard.first_sight("sig", now=500)  # kept for the window it was accepted under
+
+
+def test_a_short_signing_secret_is_refused_naming_the_minimum() -> None:
+    from microprocess.service.signing import MIN_SECRET_CHARS, WeakSecret
+
+    short = "x" * (MIN_SECRET_CHARS - 1)
+    # a service holding a one-character (or any short) secret cannot verify anything with it
+    for secret in ("a", short, json.dumps({"current": SECRET, "previous": "a"})):
+        signer = secret if not secret.startswith("{") else SECRET
+        with pytest.raises(WeakSecret, match=f"at least {MIN_SECRET_CHARS}"):
+            verify(headers(secret=signer), BODY, "POST", "/tasks/x", secret, now=NOW, replay_guard=None)
+    # a task router given one refuses it at start-up; a verifier reading one answers 503, not 500
+    with pytest.raises(WeakSecret, match=f"at least {MIN_SECRET_CHARS}"):
+        task_router("/tasks/x", lambda t: {}, secrets="a")
+    verifier = Verifier(lambda: "a", replay_guard=None)
+    verifier.max_age_s = 10**10
+    with pytest.raises(Rejected) as refused:
+        verifier.check(headers(secret="a"), BODY, "POST", "/tasks/x")
+    assert refused.value.answer.status == 503 and refused.value.answer.body["error"] == "weak_secret"
+    # the minimum itself is fine
+    assert verify(headers(secret="y" * MIN_SECRET_CHARS), BODY, "POST", "/tasks/x", "y" * MIN_SECRET_CHARS, now=NOW)
+
+
+def test_signed_task_without_the_contract_handlers_answers_401_not_500() -> None:
+    # GIVEN an app using the signed_task dependency, with install_contract_errors forgotten
+    from fastapi import Depends
+
+    from microprocess.service.fastapi_routes import signed_task
+
+    app = FastAPI()
+    dependency = signed_task(TaskRequest[Any], verifier=Verifier(lambda: SECRET))
+
+    @app.post("/tasks/x")
+    def task(t: TaskRequest[Any] = Depends(dependency)) -> dict[str, Any]:  # noqa: B008
+        return {"ok": True}
+
+    client = TestClient(app, raise_server_exceptions=False)
+    # WHEN an unsigned request, and one with the wrong kind, arrive
+    unsigned = client.post("/tasks/x", content=BODY)
+    # THEN each gets its contract status (401), never a 500, naming the problem
+    assert unsigned.status_code == 401, unsigned.text
+    assert unsigned.json()["detail"]["error"] == "bad_signature"

@@ -376,7 +376,7 @@ class ChaosSuite:
                 run_id=run_id,
                 task_id=fake_id,
                 shard=shard_of(fake_id, JOB.shard_count),
-                item_ref=f"s3://{self.outputs['ReportsBucket']}/claims/missing.json",
+                item_ref=f"s3://{self.outputs['ReportsBucket']}/claims/{JOB.name}/{run_id}/missing.json",
             ).model_dump_json(),
             "x" * (1_048_576 - 64),  # a (nearly) 1 MiB body
         ]

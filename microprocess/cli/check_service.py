@@ -9,6 +9,8 @@ nothing) is the service's own tests' job: the checker only sees the answers.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
 import json
 import re
@@ -26,10 +28,15 @@ from urllib.parse import urlsplit
 import typer
 
 from microprocess.service.signing import (
+    DEFAULT_MAX_AGE_S,
+    DEFAULT_MAX_FUTURE_S,
     IDEMPOTENCY_HEADER,
     MAX_BODY_BYTES,
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     current_secret,
+    new_nonce,
     sign_request,
 )
 
@@ -39,6 +46,14 @@ UNSIGNED = "an unsigned request is refused (401)"
 WRONG_SECRET = "a request signed with another secret is refused (401)"
 STALE = "a stale timestamp (10 min old) is refused (401)"
 FUTURE = "a future timestamp (10 min ahead) is refused (401)"
+STALE_EDGE = f"a timestamp just past the window ({DEFAULT_MAX_AGE_S + 5} s old) is refused (401)"
+FUTURE_EDGE = f"a timestamp just past the skew ({DEFAULT_MAX_FUTURE_S + 5} s ahead) is refused (401)"
+INSIDE_WINDOW = (
+    f"timestamps inside the window ({DEFAULT_MAX_AGE_S - 10} s old, {DEFAULT_MAX_FUTURE_S - 5} s ahead) are accepted"
+)
+V1_SIGNATURE = "a version-1 signature (v1=, over <timestamp>.<body>) is refused (401)"
+KEY_MISMATCH = "an Idempotency-Key that is not the body's <run_id>:<task_id> is refused (permanent 4xx)"
+SWAPPED_NONCE = "an accepted signature sent again with another nonce is refused (401)"
 ABSURD_TIMESTAMP = "an absurd timestamp header (400 digits) is refused (401/400, not 5xx)"
 TAMPERED = "a body changed under a valid signature is refused (401)"
 OTHER_PATH = "a signature made for another path is refused (401)"
@@ -56,10 +71,16 @@ CLAUSES = (
     STALE,
     FUTURE,
     ABSURD_TIMESTAMP,
+    STALE_EDGE,
+    FUTURE_EDGE,
+    INSIDE_WINDOW,
     TAMPERED,
     OTHER_PATH,
+    V1_SIGNATURE,
+    KEY_MISMATCH,
     SAME_TASK_AGAIN,
     EXACT_REPLAY,
+    SWAPPED_NONCE,
     MALFORMED,
     WRONG_KIND,
     OVERSIZE,
@@ -69,12 +90,17 @@ CLAUSES = (
 
 @dataclass(frozen=True)
 class ClauseResult:
+    """One clause's verdict. A warning passes (the exit code stays 0) but is printed WARN: the
+    service keeps the contract, not its advice (e.g. it accepts exact replays, harmlessly)."""
+
     clause: str
     passed: bool
     evidence: str
+    warning: bool = False
 
     def line(self) -> str:
-        return f"{'PASS' if self.passed else 'FAIL'}  {self.clause}: {self.evidence}"
+        verdict = "FAIL" if not self.passed else "WARN" if self.warning else "PASS"
+        return f"{verdict}  {self.clause}: {self.evidence}"
 
 
 @dataclass(frozen=True)
@@ -269,11 +295,34 @@ def check_service(
         task_path, absurd_body, {**signed(absurd_body, f"{run_id}:t-absurd"), TIMESTAMP_HEADER: "9" * 400}
     )
     results.append(ClauseResult(ABSURD_TIMESTAMP, absurd.status in (400, 401), absurd.describe()))
+    refused(STALE_EDGE, "t-stale-edge", lambda body, key: signed(body, key, timestamp=now - DEFAULT_MAX_AGE_S - 5))
+    refused(FUTURE_EDGE, "t-future-edge", lambda body, key: signed(body, key, timestamp=now + DEFAULT_MAX_FUTURE_S + 5))
+    inside = []
+    for task_id, ts in (("t-old-ok", now - DEFAULT_MAX_AGE_S + 10), ("t-ahead-ok", now + DEFAULT_MAX_FUTURE_S - 5)):
+        body = encode(payload(task_id))
+        inside.append(client.post(task_path, body, signed(body, f"{run_id}:{task_id}", timestamp=ts)))
+    results.append(
+        ClauseResult(
+            INSIDE_WINDOW,
+            all(r.status is not None and 200 <= r.status < 300 for r in inside),
+            "; ".join(r.describe() for r in inside),
+        )
+    )
     tampered_key = f"{run_id}:t-tampered"
     signed_for = signed(encode(payload("t-tampered")), tampered_key)
     tampered = encode(payload("t-tampered", attempt=2, params={"tampered": True}))
     results.append(_refused_401(TAMPERED, client.post(task_path, tampered, signed_for)))
     refused(OTHER_PATH, "t-other-path", lambda body, key: signed(body, key, path=target + "-elsewhere"))
+
+    def v1(body: bytes, key: str) -> dict[str, str]:
+        headers = signed(body, key)
+        mac = hmac.new(key_secret.encode(), headers[TIMESTAMP_HEADER].encode() + b"." + body, hashlib.sha256)
+        return {**headers, SIGNATURE_HEADER: "v1=" + mac.hexdigest()}
+
+    refused(V1_SIGNATURE, "t-v1", v1)
+    mismatch_body = encode(payload("t-key"))
+    mismatch = client.post(task_path, mismatch_body, signed(mismatch_body, f"{run_id}:t-not-this-one"))
+    results.append(ClauseResult(KEY_MISMATCH, _permanent_4xx(mismatch), mismatch.describe()))
 
     again_headers = signed(good_body, good_key)
     again = client.post(task_path, good_body, again_headers)
@@ -290,7 +339,17 @@ def check_service(
         results.append(ClauseResult(EXACT_REPLAY, True, f"refused: {replay.describe()}"))
     else:
         harmless = first_ok and replay.status == first.status and replay.json() == first.json()
-        results.append(ClauseResult(EXACT_REPLAY, harmless, f"accepted: {replay.describe()}"))
+        results.append(
+            ClauseResult(
+                EXACT_REPLAY,
+                harmless,
+                f"replays accepted: {replay.describe()}"
+                + ("; keep a replay record (the SDK's verify does)" if harmless else ""),
+                warning=harmless,
+            )
+        )
+    swapped = client.post(task_path, good_body, {**again_headers, NONCE_HEADER: new_nonce()})
+    results.append(_refused_401(SWAPPED_NONCE, swapped))
 
     malformed_body = b'{"run_id": "' + run_id.encode() + b'", not json'
     malformed = client.post(task_path, malformed_body, signed(malformed_body, f"{run_id}:t-malformed"))
@@ -397,8 +456,11 @@ def register(app: typer.Typer) -> None:
         for result in results:
             typer.echo(result.line())
         failed = [r.clause for r in results if not r.passed]
+        warned = [r.clause for r in results if r.passed and r.warning]
         typer.echo(
-            f"{len(results) - len(failed)} of {len(results)} clauses pass" + (f"; {len(failed)} fail" if failed else "")
+            f"{len(results) - len(failed)} of {len(results)} clauses pass"
+            + (f" ({len(warned)} with a warning)" if warned else "")
+            + (f"; {len(failed)} fail" if failed else "")
         )
         if failed:
             raise typer.Exit(1)

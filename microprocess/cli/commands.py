@@ -43,6 +43,7 @@ from microprocess.declarations import (
 )
 from microprocess.ledger import Ledger, Progress, RunNotFound, RunStatus
 from microprocess.pipeline.splitter import new_run_id, source_uri_refusal
+from microprocess.reduce.layout import ReportLayout
 from microprocess.stacks import CLOUD_STACK, MANIFESTS_PREFIX
 
 EXIT_FAILED = 1
@@ -512,6 +513,17 @@ def download_report(dep: Deployment, run_id: str, out_dir: Path, *, parts: bool 
     progress = dep.ledger().progress(run_id)
     if not progress.report_uri:
         fail(f"run {run_id} has no report yet (it is {progress.status})")
+    bucket, prefix = _split_s3_uri(progress.report_uri)
+    # The URI came from a service's finalize answer (reduce = "service"): download only from the
+    # platform's own report folder of this run, never wherever the answer pointed.
+    own = ReportLayout(dep.output("ReportsBucket"), progress.job, run_id)
+    prefix = own.prefix if prefix == own.prefix.rstrip("/") else prefix  # never the r-10 next to r-1
+    if bucket != own.bucket or not prefix.startswith(own.prefix):
+        fail(
+            f"run {run_id}'s report URI {progress.report_uri} is outside the platform's report folder of "
+            f"this run ({own.uri}): not downloaded. A service that reduces must write its report there "
+            "(docs/push-contract.md §7)"
+        )
     s3 = dep.client("s3")
     bucket, base, keys = report_keys(s3, progress.report_uri, parts=parts)
     target_dir = out_dir / run_id

@@ -48,6 +48,9 @@ class ServiceDeclaration(BaseModel):
         local_app: ASGI app (`module:attribute`) that `microprocess local up` runs for it.
         local_env: extra environment for the local process (strings).
         tables: table roles the service reads or writes (the bundled service gets their names).
+        plain_http_reason: why plain `http://` to this service is acceptable in the cloud stage
+            (e.g. "inside the VPC, private subnets only"); without it the cloud stage refuses an
+            `http://` URL (items and results would travel in clear); the reason is printed by synth.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -59,6 +62,16 @@ class ServiceDeclaration(BaseModel):
     local_app: str | None = None
     local_env: dict[str, str] = Field(default_factory=dict)
     tables: tuple[str, ...] = ()
+    plain_http_reason: str | None = None
+
+    @field_validator("plain_http_reason")
+    @classmethod
+    def _reason(cls, v: str | None) -> str | None:
+        if v is not None and len(v.strip()) < 10:
+            raise ValueError(
+                "plain_http_reason must say why plain HTTP is acceptable, e.g. 'inside the VPC, private subnets only'"
+            )
+        return v.strip() if v is not None else v
 
     @field_validator("name")
     @classmethod

@@ -136,9 +136,11 @@ def spawn(
     cwd: Path,
     log: Path,
 ) -> ProcessHandle:
-    """Start `argv` in its own session, its output appended to `log`."""
+    """Start `argv` in its own session, its output appended to `log` (0600); what it creates is
+    its user's alone (umask 077)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
+        os.chmod(log, 0o600)  # a log left by an older version keeps its mode otherwise
         out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {name}: {' '.join(argv)}\n".encode())
         out.flush()
         proc = subprocess.Popen(
@@ -149,6 +151,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=0o077,
         )
     return ProcessHandle(name=name, pid=proc.pid, start_ticks=start_ticks(proc.pid), log=log)
 

@@ -96,5 +96,8 @@ class Workspace:
         return self.logs / f"{name}.log"
 
     def create(self) -> None:
+        """Create the folders, the work folder 0700 (an existing one is made so too): stack
+        outputs, logs, the emulator's data and cdk.out are for this user alone."""
         for folder in (self.workdir, self.logs, self.tmp, self.emulator_state, self.s3_data):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.workdir.chmod(0o700)

@@ -15,6 +15,8 @@ response: only records that should be retried are listed in `batchItemFailures`.
   an attempt: the message is re-sent with a delay (≤ 60 s) carrying its attempts so far and
   since when it has been unreachable, and acknowledged, for up to the job's
   `unreachable_grace_s`; past that, such pushes count as attempts again (runs always finish).
+  A push refused with 401 (its signature: perhaps a rotation not taken up yet) is re-sent the
+  same way, uncounted, for up to `SIGNATURE_REFUSED_GRACE_S`; past that it is FAILED.
 * Outcomes are recorded in the ledger (counted once, one counter write per batch);
   the completion that finishes the run claims the reduce and enqueues its parts;
   the last part enqueues the finalize; the finalize ends the run.
@@ -68,6 +70,18 @@ UNREACHABLE_SINCE_ATTRIBUTE = "microprocess-unreachable-since"
 #: The longest wait between two pushes to an unreachable service, seconds (a service coming
 #: back is found within this).
 UNREACHABLE_MAX_DELAY_S = 60
+#: Message attribute of a task re-sent because its service refused the signature (401): since when.
+SIGNATURE_REFUSED_SINCE_ATTRIBUTE = "microprocess-refused-since"
+#: How long pushes refused with 401 are re-sent without counting as attempts, seconds: a rotation
+#: the service has not taken up yet (it re-reads its secret at least every minute, whatever the
+#: traffic: `microprocess.service.rotation.DEFAULT_MAX_AGE_S`) or this process has not (5 s).
+#: Past it, a 401 is the permanent failure it says (a wrong secret): the task is FAILED.
+SIGNATURE_REFUSED_GRACE_S = 300
+#: The wait before a push refused with 401 is sent again, seconds (jittered down to half).
+SIGNATURE_REFUSED_DELAY_S = 20
+#: How many runs back a claim check may come from (a retry of a retry of ...; each retry-failed
+#: run re-sends the first run's claims).
+MAX_RETRY_CHAIN = 32
 #: Message attribute of a task re-sent because its page was not accounted yet: since when.
 DEFERRED_SINCE_ATTRIBUTE = "microprocess-deferred-since"
 #: How long a task is deferred without counting its receives, with the sweeper's cloud timing
@@ -327,12 +341,9 @@ class Forwarder:
             return None  # the run has already ended
         item = env.item
         if env.item_ref:
-            allowed = f"s3://{self.claims_bucket}/{CLAIMS_PREFIX}" if self.claims_bucket else "s3://"
-            if not env.item_ref.startswith(allowed):
-                self._dead_letter(
-                    record,
-                    f"malformed message: item_ref {env.item_ref} is outside the platform's claims ({allowed}...)",
-                )
+            refused = self._foreign_claim(env, run)
+            if refused:
+                self._dead_letter(record, f"malformed message: item_ref {env.item_ref} {refused}")
                 return None
             try:
                 item = self._fetch(env.item_ref)
@@ -384,6 +395,27 @@ class Forwarder:
         except MalformedEnvelope:
             return self.task_queue_url
 
+    def _foreign_claim(self, env: TaskEnvelope, run: RunRecord) -> str | None:
+        """Why `env.item_ref` is not this task's claim check (None when it is): it must be in the
+        platform bucket's `claims/<job>/<run>/`, for the task's own job and its own run or a run
+        it retries (a `retry-failed` run re-sends the original run's claims), so a message can
+        never make the forwarder read, and send to a service, another job's or run's items."""
+        bucket, _, key = env.item_ref.removeprefix("s3://").partition("/") if env.item_ref else ("", "", "")
+        if (self.claims_bucket and bucket != self.claims_bucket) or not key.startswith(CLAIMS_PREFIX):
+            return f"is outside the platform's claims (s3://{self.claims_bucket or '<bucket>'}/{CLAIMS_PREFIX}...)"
+        job_prefix = f"{CLAIMS_PREFIX}{env.job}/"
+        if not key.startswith(job_prefix):
+            return f"is not a claim of job '{env.job}' ({CLAIMS_PREFIX}{env.job}/<run>/...)"
+        owner = key[len(job_prefix) :].split("/", 1)[0]
+        current: RunRecord | None = run
+        for _ in range(MAX_RETRY_CHAIN):
+            if current is None:
+                break
+            if owner == current.run_id:
+                return None
+            current = self.runs.get(current.source_run) if current.source_run else None
+        return f"belongs to run '{owner}', neither run {env.run_id} nor a run it retries"
+
     def _defer(self, record: dict[str, Any]) -> bool:
         """Bring a record back in a second without counting this receive as an attempt: re-sent
         (True; the caller acknowledges it) for up to `defer_grace_s` from its first deferral, else
@@ -409,7 +441,8 @@ class Forwarder:
         since-when marks, and `marks` (attribute name -> epoch seconds) over them. False (logged)
         when the send failed."""
         attributes = {PRIOR_ATTEMPTS_ATTRIBUTE: {"DataType": "Number", "StringValue": str(attempt_of(record) - 1)}}
-        kept = {n: _epoch_attribute(record, n) for n in (UNREACHABLE_SINCE_ATTRIBUTE, DEFERRED_SINCE_ATTRIBUTE)}
+        names = (UNREACHABLE_SINCE_ATTRIBUTE, DEFERRED_SINCE_ATTRIBUTE, SIGNATURE_REFUSED_SINCE_ATTRIBUTE)
+        kept = {n: _epoch_attribute(record, n) for n in names}
         for name, epoch in {**{n: e for n, e in kept.items() if e is not None}, **marks}.items():
             attributes[name] = {"DataType": "String", "StringValue": f"{epoch:.3f}"}
         try:
@@ -485,26 +518,67 @@ class Forwarder:
         result = w.result
         if result is None or result.reached or result.outcome is not PushOutcome.RETRY:
             return False
-        now = time.time()
-        since = w.unreachable_since
-        since = now if since is None or since > now else since
-        if now - since >= w.job.unreachable_grace_s:
-            return False
         # Waits grow with the time unreachable (≈ half of it, so about 1.5x each time), 1..60 s.
-        delay = max(1, round(min(UNREACHABLE_MAX_DELAY_S, max(1.0, (now - since) / 2)) * self.rng.uniform(0.5, 1.0)))
-        if not self._resend_uncounted(w.record, delay, marks={UNREACHABLE_SINCE_ATTRIBUTE: since}):
-            return False  # the ordinary backoff applies: counted, but not lost
+        return self._resend_in_grace(
+            w,
+            mark=UNREACHABLE_SINCE_ATTRIBUTE,
+            grace_s=w.job.unreachable_grace_s,
+            delay_of=lambda waited: max(
+                1, round(min(UNREACHABLE_MAX_DELAY_S, max(1.0, waited / 2)) * self.rng.uniform(0.5, 1.0))
+            ),
+            what="service unreachable",
+            metric="TasksUnreachable",
+        )
+
+    def _resend_refused(self, w: _Work) -> bool:
+        """Re-send (delayed) a message whose push was refused with 401, without counting that push
+        as an attempt, for up to `SIGNATURE_REFUSED_GRACE_S` from its first 401: the service may
+        not have taken up a rotated secret yet. True when re-sent (the caller acknowledges the
+        original); False past the grace (the 401 then counts: FAILED) or when the send failed."""
+        if w.result is None or w.result.status != 401:
+            return False
+        return self._resend_in_grace(
+            w,
+            mark=SIGNATURE_REFUSED_SINCE_ATTRIBUTE,
+            grace_s=SIGNATURE_REFUSED_GRACE_S,
+            delay_of=lambda _waited: max(1, round(SIGNATURE_REFUSED_DELAY_S * self.rng.uniform(0.5, 1.0))),
+            what="signature refused (a rotation not yet taken up?)",
+            metric="TasksSignatureRefused",
+        )
+
+    def _resend_in_grace(
+        self, w: _Work, *, mark: str, grace_s: float, delay_of: Callable[[float], int], what: str, metric: str
+    ) -> bool:
+        """Re-send `w`'s message after `delay_of(seconds since its first such push)`, carrying
+        that first time in the `mark` attribute, while it is less than `grace_s` ago; True when
+        re-sent. False past the grace or when the re-send failed (the ordinary backoff applies:
+        counted, but not lost)."""
+        assert w.result is not None
+        now = time.time()
+        since = _epoch_attribute(w.record, mark)
+        since = now if since is None or since > now else since
+        if now - since >= grace_s:
+            return False
+        delay = delay_of(now - since)
+        if not self._resend_uncounted(w.record, delay, marks={mark: since}):
+            return False
         log.info(
-            "service of %s unreachable for %.0f s; re-sent with a %s s delay, attempt %s not counted: %s",
+            "%s: %s for %.0f s; re-sent with a %s s delay, attempt %s not counted: %s",
             w.envelope.idempotency_key,
+            what,
             now - since,
             delay,
             w.attempt,
-            result.describe(),
+            w.result.describe(),
             extra=_keys(w.envelope),
         )
-        self.emit("TasksUnreachable", 1, w.job.name, run_id=w.envelope.run_id)
+        self.emit(metric, 1, w.job.name, run_id=w.envelope.run_id)
         return True
+
+    def _resend_uncounted_push(self, w: _Work) -> bool:
+        """A push that did not count as an attempt (its service unreachable, or its signature
+        refused during a rotation) re-sent for later; True when re-sent."""
+        return self._resend_unreached(w) or self._resend_refused(w)
 
     def _retry_later(self, w: _Work, result: PushResult) -> None:
         delay = backoff_seconds(
@@ -534,7 +608,7 @@ class Forwarder:
         for w in tasks:
             assert w.result is not None
             outcome = w.result.outcome
-            if self._resend_unreached(w):
+            if self._resend_uncounted_push(w):
                 continue  # acknowledged: its copy comes back after the delay
             if outcome is PushOutcome.RETRY and w.attempt < w.job.max_attempts:
                 self._retry_later(w, w.result)
@@ -614,7 +688,7 @@ class Forwarder:
             log.info("run %s: completion callback delivered", env.run_id, extra=_keys(env))
             self.emit("CompletionsDelivered", 1, job.name, run_id=env.run_id)
             return []
-        if self._resend_unreached(w):
+        if self._resend_uncounted_push(w):
             return []
         if result.outcome is PushOutcome.RETRY and w.attempt < job.max_attempts:
             self._retry_later(w, result)
@@ -661,7 +735,7 @@ class Forwarder:
                             run_id=env.run_id,
                         )
                 return []
-            if self._resend_unreached(w):
+            if self._resend_uncounted_push(w):
                 return []
             if outcome is PushOutcome.RETRY and w.attempt < job.max_attempts:
                 self._retry_later(w, result)

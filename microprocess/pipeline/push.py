@@ -7,8 +7,10 @@ connection errors retried (honouring `Retry-After`); a push whose connection cou
 be opened is marked `reached=False` (the request never left: the forwarder does not count it
 as an attempt during the job's grace). Every send is signed anew
 (signature v2: method, path, timestamp, nonce, Idempotency-Key, body digest); a 401
-re-reads the secret once (`SecretCache.refresh`, rotation) and sends again before it
-counts as permanent. A body over the contract's limit is never sent (permanent).
+re-reads the secret once (`SecretCache.refresh`, rotation) and sends again, then tries the
+previous secret the value holds during a rotation (the service may not have taken up the
+new one yet), before it reports the 401 (the forwarder then retries it later, within
+`SIGNATURE_REFUSED_GRACE_S`). A body over the contract's limit is never sent (permanent).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from microprocess.service.rotation import CachedSecret
-from microprocess.service.signing import MAX_BODY_BYTES, current_secret, sign_request
+from microprocess.service.signing import MAX_BODY_BYTES, current_secret, parse_secrets, sign_request
 
 
 class PushOutcome(StrEnum):
@@ -143,7 +145,8 @@ class HttpPusher:
     Args:
         base_url: the queue service, e.g. `http://127.0.0.1:8081` or the internal ALB URL.
         secret: returns the signing secret value (fetched lazily, cached by the caller); when
-            it has a `refresh()` (a `SecretCache`), a 401 re-reads it once and sends again.
+            it has a `refresh()` (a `SecretCache`), a 401 re-reads it once and sends again;
+            then each older secret of the value (`previous`) is tried.
         max_body_bytes: bodies above this are not sent (the contract's limit).
     """
 
@@ -187,27 +190,36 @@ class HttpPusher:
                 "keep items small (large data by reference)",
                 not_sendable=True,
             )
+        target = self.prefix + path
+        reads_before = getattr(self.secret, "reads", None)
         used = self.secret()
-        result = self._send(self.prefix + path, body, idempotency_key, timeout, used)
+        result = self._send(target, body, idempotency_key, timeout, current_secret(used))
+        if result.status != 401:
+            return result
+        # The service may already know a rotated secret this process has not read yet: re-read it
+        # (at most every few seconds: a concurrent push may just have done so) and send again
+        # when the secret now differs from the one that was refused.
         refresh = getattr(self.secret, "refresh", None)
-        if result.status == 401 and refresh is not None:
-            # The service may already know a rotated secret this process has not read yet. Re-read
-            # it (at most every few seconds: a concurrent push may just have done so) and send
-            # again when the secret now differs from the one that was refused.
-            reread = refresh()
-            fresh = self.secret()
-            if fresh != used:
-                result = self._send(self.prefix + path, body, idempotency_key, timeout, fresh)
-            elif reread is False:
-                # Not re-read: this process read it moments ago, perhaps just before a rotation
-                # the service has already taken. Try again once a re-read is allowed; a secret
-                # still refused after its re-read is a PERMANENT 401 then.
-                wait = float(getattr(self.secret, "min_refresh_interval_s", 5.0))
-                result = replace(result, secret_may_be_stale=True, retry_after_s=max(wait, 1.0))
+        reread = refresh() if refresh is not None else None
+        fresh = self.secret()
+        if fresh != used:
+            result = self._send(target, body, idempotency_key, timeout, current_secret(fresh))
+            if result.status != 401:
+                return result
+        # Or the service has not taken up the current secret yet (it re-reads within a minute):
+        # the previous one, still in the value during a rotation, is one it accepts meanwhile.
+        for older in parse_secrets(fresh)[1:]:
+            result = self._send(target, body, idempotency_key, timeout, older)
+            if result.status != 401:
+                return result
+        if reread is False and fresh == used and getattr(self.secret, "reads", None) == reads_before:
+            # Not re-read during this push: this process read it moments ago, perhaps just before
+            # a rotation the service has already taken. Try again once a re-read is allowed.
+            wait = float(getattr(self.secret, "min_refresh_interval_s", 5.0))
+            result = replace(result, secret_may_be_stale=True, retry_after_s=max(wait, 1.0))
         return result
 
-    def _send(self, target: str, body: bytes, idempotency_key: str, timeout: float, value: str) -> PushResult:
-        secret = current_secret(value)
+    def _send(self, target: str, body: bytes, idempotency_key: str, timeout: float, secret: str) -> PushResult:
         for attempt in range(2):
             # Signed anew for every send: a fresh nonce, so a resend is never taken for a replay.
             headers = {

@@ -108,8 +108,8 @@ def join_report(
         jsonl = files.enter_context(writer(layout.report_jsonl, "application/x-ndjson"))
         report = files.enter_context(writer(layout.report_csv, "text/csv"))
         failed = files.enter_context(writer(layout.failures_csv, "text/csv"))
-        report.write(encoder.encode(columns))
-        failed.write(encoder.encode(failure_columns(job)))
+        report.write(encoder.encode(cell(c) for c in columns))
+        failed.write(encoder.encode(cell(c) for c in failure_columns(job)))
         for shard, part in enumerate(parts):
             _append(s3, layout.bucket, layout.part_rows(shard), jsonl)
             if part.csv_columns == columns:

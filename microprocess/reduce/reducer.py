@@ -30,6 +30,7 @@ from microprocess.reduce.finalize import join_report, merged, part_stats, presig
 from microprocess.reduce.layout import ReportLayout
 from microprocess.reduce.mail import send_report_email
 from microprocess.reduce.parts import build_part
+from microprocess.reduce.rows import CsvEncoder, cell
 from microprocess.reduce.s3stream import S3_MIN_PART_BYTES, S3StreamWriter
 from microprocess.reduce.summary import build_summary
 
@@ -194,9 +195,10 @@ class PlatformReducer:
         with S3StreamWriter(
             self.s3, self.bucket, layout.not_attempted_csv, content_type="text/csv", part_bytes=self.part_bytes
         ) as writer:
-            writer.write(b"task_id\n")
+            encoder = CsvEncoder()
+            writer.write(encoder.encode(["task_id"]))
             for task_id in not_attempted(self.ledger, run.run_id):
-                writer.write(f"{task_id}\n".encode())
+                writer.write(encoder.encode([cell(task_id)]))
                 count += 1
         return count
 

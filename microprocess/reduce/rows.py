@@ -113,12 +113,30 @@ def report_row(task: TaskRecord, job: JobDeclaration) -> dict[str, Any]:
     return row
 
 
+#: CSV line end (RFC 4180). With "\n" alone, Python's csv module would leave a bare CR inside a
+#: cell unquoted, and a reader would split the row there.
+CSV_LINE_END = "\r\n"
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """`text` as a spreadsheet shows it, never runs it: a leading single quote when it starts
+    with a formula trigger (`=`, `+`, `-`, `@`, tab, CR; the OWASP rule), else unchanged.
+
+    Every text cell and header of every CSV either reduce writes goes through here; a JSON
+    number is written as a number (it cannot be a formula), the text "-5" gets its quote.
+    """
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
+
+
 def cell(value: Any) -> str:
-    """A row value as CSV text: empty for null, JSON for objects, lists and booleans."""
+    """A row value as CSV text: empty for null, JSON for objects, lists and booleans; text made
+    `spreadsheet_safe`."""
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
+        return spreadsheet_safe(value)
     if isinstance(value, bool | dict | list):
         return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return str(value)
@@ -147,11 +165,12 @@ class ColumnSet:
 
 
 class CsvEncoder:
-    """CSV lines as UTF-8 bytes, one call per row."""
+    """CSV lines as UTF-8 bytes, one call per row of `cell()` values (headers too: a column
+    is named after a service's result field)."""
 
     def __init__(self) -> None:
         self._text = io.StringIO()
-        self._csv = csv.writer(self._text, lineterminator="\n")
+        self._csv = csv.writer(self._text, lineterminator=CSV_LINE_END)
 
     def encode(self, values: Iterable[Any]) -> bytes:
         self._csv.writerow(values)

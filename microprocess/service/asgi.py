@@ -33,6 +33,9 @@ from microprocess.service.tasks import (
 
 log = logging.getLogger(__name__)
 
+#: The longest a service waits for a request's body once its headers passed, seconds: a client
+#: trickling a body holds a connection no longer (408, which the forwarder retries).
+BODY_READ_TIMEOUT_S = 30.0
 #: ASCII digits only (`str.isdigit` would take "²"), and few enough that `int()` is cheap.
 CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 
@@ -112,15 +115,27 @@ class BodyLimit:
             await send_answer(send, _too_large(self.max_bytes, f"the body passed {self.max_bytes} bytes"))
 
 
-async def read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionError("the client went away before sending the whole body")
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+def body_too_slow(timeout_s: float) -> Rejected:
+    return Rejected(408, "body_too_slow", f"the body did not arrive within {timeout_s:g} s; send it again")
+
+
+async def read_body(receive: Receive, timeout_s: float = BODY_READ_TIMEOUT_S) -> bytes:
+    """The whole body; `Rejected` (408) when it takes longer than `timeout_s`."""
+
+    async def read() -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ConnectionError("the client went away before sending the whole body")
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        raise body_too_slow(timeout_s) from None
 
 
 Handler = Callable[[Any], Any]
@@ -150,11 +165,21 @@ class TaskApp:
         routes: the endpoints.
         verifier: the service's signature check (secrets, window, replay guard).
         max_body_bytes: larger bodies get 413 before they are read.
+        body_timeout_s: a body slower than this gets 408 (the signature headers are checked
+            before any of it is read).
     """
 
-    def __init__(self, routes: list[TaskRoute], verifier: Verifier, *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        routes: list[TaskRoute],
+        verifier: Verifier,
+        *,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        body_timeout_s: float = BODY_READ_TIMEOUT_S,
+    ) -> None:
         self.routes = {r.path: r for r in routes}
         self.verifier = verifier
+        self.body_timeout_s = body_timeout_s
         self._app = BodyLimit(self._serve, max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -174,9 +199,10 @@ class TaskApp:
         if scope["method"] != "POST":
             await send_answer(send, Answer(405, {"error": "method_not_allowed", "message": "POST only"}))
             return
-        raw = await read_body(receive)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
+            self.verifier.precheck(headers, "POST", scope["path"])  # before the body is read
+            raw = await read_body(receive, self.body_timeout_s)
             key = self.verifier.check(headers, raw, "POST", scope["path"])
             request = parse_task(raw, route.model, kind=route.kind, key=key)
             answer = Answer(200, result_body(await call_handler(route.handler, request)))

@@ -13,9 +13,9 @@ trailing newline):
     <body sha-256>            lower-case hex SHA-256 of the raw body bytes
 
 and travels as `X-Microprocess-Signature: v2=<lower-case hex>`. A service accepts a request
-when the signature matches one of its secrets (current or previous: rotation), the timestamp
-is at most `max_age_s` old and at most `max_future_s` ahead, and the signature was not seen
-before in this process (`ReplayGuard`).
+when the signature matches one of its secrets (current or previous: rotation; each at least
+`MIN_SECRET_CHARS` long), the timestamp is at most `max_age_s` old and at most `max_future_s`
+ahead, and the signature was not seen before in this process (`ReplayGuard`; on by default).
 
 Standard library only: a service in any framework (or none) can import this module.
 """
@@ -31,6 +31,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
 
 SCHEME = "microprocess-v2"
 TIMESTAMP_HEADER = "X-Microprocess-Timestamp"
@@ -48,10 +50,28 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _SIGNATURE = re.compile(r"v2=([0-9a-f]{64})")
 _IDEMPOTENCY_KEY_MAX = 512
+#: The shortest signing secret a service accepts, characters (the stack generates 64). A short
+#: secret can be found offline from one signed request: the signature is an HMAC of known text.
+MIN_SECRET_CHARS = 16
 
 
 class SignatureError(Exception):
     """A request whose signature is missing, malformed, wrong, stale, future-dated or replayed (answer 401)."""
+
+
+class WeakSecret(ValueError):
+    """The service's own signing secret is shorter than `MIN_SECRET_CHARS`: a setup error to fix."""
+
+
+def require_strong(secrets: Sequence[str]) -> Sequence[str]:
+    """`secrets` unchanged, or `WeakSecret` naming the minimum when one is too short."""
+    for secret in secrets:
+        if len(secret) < MIN_SECRET_CHARS:
+            raise WeakSecret(
+                f"a signing secret of {len(secret)} characters is too short: use at least {MIN_SECRET_CHARS} "
+                "random characters (the stack's generated secrets have 64)"
+            )
+    return secrets
 
 
 class SignatureMismatch(SignatureError):
@@ -153,8 +173,8 @@ class ReplayGuard:
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
 
-    def first_sight(self, sig: str, now: float | None = None) -> bool:
-        """Record `sig`; False when it was already seen within the window."""
+    def first_sight(self, sig: str, now: float | None = None, *, ttl_s: float | None = None) -> bool:
+        """Record `sig` for `ttl_s` (default: the guard's); False when it was already seen within the window."""
         current = time.monotonic() if now is None else now
         with self._lock:
             while self._seen:
@@ -164,8 +184,13 @@ class ReplayGuard:
                 del self._seen[oldest]
             if sig in self._seen:
                 return False
-            self._seen[sig] = current + self.ttl_s
+            self._seen[sig] = current + max(self.ttl_s, ttl_s or 0.0)
             return True
+
+
+#: The replay record `verify()` uses unless given another: one per process, shared by every caller.
+PROCESS_REPLAY_GUARD = ReplayGuard()
+_PROCESS_GUARD: Final = object()
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -178,29 +203,26 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return value
 
 
-def verify(
+@dataclass(frozen=True)
+class SignedHeaders:
+    """The signature headers of a request, well-formed and inside the time window."""
+
+    timestamp: str
+    nonce: str
+    idempotency_key: str
+    signature_hex: str
+
+
+def check_headers(
     headers: Mapping[str, str],
-    raw_body: bytes,
-    method: str,
-    path: str,
-    secrets: str | Sequence[str],
     *,
     now: float | None = None,
     max_age_s: int = DEFAULT_MAX_AGE_S,
     max_future_s: int = DEFAULT_MAX_FUTURE_S,
-    replay_guard: ReplayGuard | None = None,
-) -> str:
-    """Check a request's signature v2; return its Idempotency-Key, or raise `SignatureError`.
-
-    Args:
-        headers: the request headers (any mapping; names are matched case-insensitively).
-        raw_body: the body bytes exactly as received, before any parsing.
-        method, path: the request's method and path (no query string).
-        secrets: the accepted secrets, current first, or a secret value for `parse_secrets`.
-        now: the service's clock, Unix seconds (tests).
-        max_age_s, max_future_s: the time window around `now`, seconds.
-        replay_guard: refuses a signature seen before (None: no replay check).
-    """
+) -> SignedHeaders:
+    """The checks that need neither the body nor a secret: every signature header present and
+    well-formed, the timestamp inside the window; `SignatureError` otherwise. A service runs it
+    before it reads the body, so an unsigned client holds no body buffer."""
     ts = _header(headers, TIMESTAMP_HEADER)
     nonce = _header(headers, NONCE_HEADER)
     key = _header(headers, IDEMPOTENCY_HEADER)
@@ -229,10 +251,44 @@ def verify(
         raise SignatureError(f"timestamp is {int(age)} s old; at most {max_age_s} s allowed")
     if -age > max_future_s:
         raise SignatureError(f"timestamp is {int(-age)} s in the future; at most {max_future_s} s allowed")
+    return SignedHeaders(ts, nonce, key, match.group(1))
+
+
+def verify(
+    headers: Mapping[str, str],
+    raw_body: bytes,
+    method: str,
+    path: str,
+    secrets: str | Sequence[str],
+    *,
+    now: float | None = None,
+    max_age_s: int = DEFAULT_MAX_AGE_S,
+    max_future_s: int = DEFAULT_MAX_FUTURE_S,
+    replay_guard: ReplayGuard | object | None = _PROCESS_GUARD,
+) -> str:
+    """Check a request's signature v2; return its Idempotency-Key, or raise `SignatureError`.
+
+    Args:
+        headers: the request headers (any mapping; names are matched case-insensitively).
+        raw_body: the body bytes exactly as received, before any parsing.
+        method, path: the request's method and path (no query string).
+        secrets: the accepted secrets, current first, or a secret value for `parse_secrets`.
+        now: the service's clock, Unix seconds (tests).
+        max_age_s, max_future_s: the time window around `now`, seconds.
+        replay_guard: refuses a signature seen before; by default the process's own
+            (`PROCESS_REPLAY_GUARD`), so a replay is refused even by a caller who gave none.
+            None turns the check off (tests and tools only: the contract requires it).
+
+    Raises `WeakSecret` when a secret of the service is shorter than `MIN_SECRET_CHARS`.
+    """
+    signed = check_headers(headers, now=now, max_age_s=max_age_s, max_future_s=max_future_s)
+    ts, nonce, key, sig_hex = signed.timestamp, signed.nonce, signed.idempotency_key, signed.signature_hex
     base = signature_base(method, path, ts, nonce, key, raw_body)
-    accepted = parse_secrets(secrets)
-    if not any(hmac.compare_digest(signature(s, base), "v2=" + match.group(1)) for s in accepted):
+    accepted = require_strong(parse_secrets(secrets))
+    if not any(hmac.compare_digest(signature(s, base), "v2=" + sig_hex) for s in accepted):
         raise SignatureMismatch("signature does not match this method, path, timestamp, nonce, key and body")
-    if replay_guard is not None and not replay_guard.first_sight(match.group(1)):
+    guard = PROCESS_REPLAY_GUARD if replay_guard is _PROCESS_GUARD else replay_guard
+    # Kept as long as the window lets the signature through (a wider window than the guard's).
+    if isinstance(guard, ReplayGuard) and not guard.first_sight(sig_hex, ttl_s=max_age_s + max_future_s):
         raise SignatureError("replayed request: this signature was already used; sign every request anew")
     return key

@@ -17,12 +17,15 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from microprocess.service.rotation import SecretUnavailable
 from microprocess.service.signing import (
     DEFAULT_MAX_AGE_S,
     DEFAULT_MAX_FUTURE_S,
     ReplayGuard,
     SignatureError,
     SignatureMismatch,
+    WeakSecret,
+    check_headers,
     verify,
 )
 
@@ -183,19 +186,43 @@ class Verifier:
             replay_guard=self.replay_guard,
         )
 
+    def precheck(self, headers: Any, method: str, path: str) -> None:
+        """`Rejected` (401) when the headers alone fail (a signature header missing or malformed,
+        the timestamp outside the window): run before the body is read, so an unsigned client
+        holds no body buffer. Needs no secret."""
+        try:
+            check_headers(headers, max_age_s=self.max_age_s, max_future_s=self.max_future_s)
+        except SignatureError as exc:
+            log.warning("refused %s %s: %s", method, path, exc)
+            raise Rejected(401, "bad_signature", f"request refused: {exc}") from None
+
     def check(self, headers: Any, raw: bytes, method: str, path: str) -> str:
-        """The request's Idempotency-Key, or `Rejected` (401) naming what is wrong."""
+        """The request's Idempotency-Key, or `Rejected`: 401 naming what is wrong, 503 (with
+        Retry-After) when the secret was never read and cannot be read now."""
         try:
             try:
                 return self._verify(headers, raw, method, path)
             except SignatureMismatch:
+                # Perhaps signed with a newer secret: re-read once (a budget anyone can spend, so
+                # only a speed-up; the scheduled re-read of `CachedSecret` is the guarantee).
                 refresh = getattr(self.secrets, "refresh", None)
                 if refresh is None or not refresh():
                     raise
-                return self._verify(headers, raw, method, path)  # signed with a newer secret
+                return self._verify(headers, raw, method, path)
         except SignatureError as exc:
             log.warning("refused %s %s: %s", method, path, exc)
             raise Rejected(401, "bad_signature", f"request refused: {exc}") from None
+        except WeakSecret as exc:
+            log.error("cannot authenticate %s %s: %s", method, path, exc)
+            raise Rejected(503, "weak_secret", f"the service's signing secret is unusable: {exc}") from None
+        except SecretUnavailable as exc:
+            log.warning("cannot authenticate %s %s: %s", method, path, exc)
+            raise Rejected(
+                503,
+                "secret_unavailable",
+                f"the service cannot check signatures yet ({exc}); retry later",
+                {"Retry-After": str(exc.retry_after_s)},
+            ) from None
 
 
 M = TypeVar("M", bound=BaseModel)
