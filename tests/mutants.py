@@ -157,7 +157,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             Edit(
                 "microprocess/cli/commands.py",
-                "_finish_waited(wait_for(dep, new_id, timeout_s=timeout",
+                "_finish_waited(wait_for(dep, started.run_id, timeout_s=timeout",
                 "_finish_waited(wait_for(dep, run_id, timeout_s=timeout",
             ),
         ),

@@ -276,10 +276,11 @@ def test_each_function_gets_the_variables_it_reads(stack: str) -> None:
     }
     own = {
         "splitter": {contract.SOURCE_TABLES},
-        "forwarder": {contract.SERVICE_ENDPOINTS},
+        # the sweeper's timing, from which the forwarder derives how long a deferred task waits uncounted
+        "forwarder": {contract.SERVICE_ENDPOINTS, contract.STUCK_AFTER_S, contract.SWEEP_PERIOD_S},
         "reducer": {contract.SERVICE_ENDPOINTS, contract.SES_SENDER},
         "dead_letter": set(),
-        "sweeper": {contract.SPLITTER_FUNCTION_NAME, contract.STUCK_AFTER_S},
+        "sweeper": {contract.SPLITTER_FUNCTION_NAME, contract.STUCK_AFTER_S, contract.SWEEP_PERIOD_S},
     }
     for name, extra in own.items():
         variables = set(fns[name]["Environment"]["Variables"]) - contract.POWERTOOLS_VARIABLES

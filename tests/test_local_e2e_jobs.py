@@ -170,7 +170,7 @@ def test_two_jobs_run_at_once_on_their_two_services_each_exact(
     # delivered), with the outcome and the report's location
     deadline = time.monotonic() + 60
     done: dict[str, Any] | None = None
-    sm = aws_client("secretsmanager", state.endpoint_url)
+    sm = state.client("secretsmanager")
     secret_arn = json.loads(state.outputs["ServiceSecretArns"])["reminders"]
     path = f"/runs/{reminders_run}/completion"
     while done is None and time.monotonic() < deadline:
