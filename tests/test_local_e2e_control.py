@@ -171,7 +171,7 @@ def test_a_pause_longer_than_the_redelivery_window_pushes_nothing_and_resumes_to
         restart_splitter=lambda event: None,
     )
     # AND every message of the run left the queue into the ledger (parked), not waiting in the queue
-    wait_for("the paused run's messages parked", lambda: queue_depth(state, job_queue_url(state)) == 0, 30)
+    wait_for("the paused run's messages parked", lambda: queue_depth(state, job_queue_url(state)) == 0, 60)
     kept = resumer.parked_messages(run_id, ledger.require_run(run_id).shard_count)
     parked = len(kept)
     assert parked > 0
