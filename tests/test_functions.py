@@ -889,8 +889,11 @@ def test_10_retry_failed_reads_only_failures_page_by_page(stack: Stack) -> None:
 def test_b_an_unreadable_source_fails_the_run_with_the_reason(stack: Stack, uri: str, needle: str) -> None:
     stack.s3.put_object(Bucket="reports", Key="bad.jsonl", Body=b'{"company_id": "C1"}\n{oops\n')
     res = stack.split({"job": JOB.name, "run_id": "r1", "items_uri": uri})
+    # the run is stopped and its reduce claimed: the reduce reports it and ends it FAILED
+    assert res["status"] == "REDUCING" and res["expected"] == 0
+    stack.drive(stack.forwarder().handle, stack.task_queue)
     run = stack.ledger.require_run("r1")
-    assert res["status"] == "FAILED" and run.status is RunStatus.FAILED
+    assert run.status is RunStatus.FAILED and run.report_uri
     assert uri in (run.error or "") and needle in (run.error or "") and "Fix:" in (run.error or "")
 
 
@@ -912,6 +915,7 @@ def test_b_a_transient_source_error_is_retried_then_fails_the_run(stack: Stack) 
             stack.splitter(s3=Throttled()).handle(event, ENOUGH_TIME)
         assert stack.ledger.require_run("r1").status is RunStatus.SPLITTING
     stack.splitter(s3=Throttled()).handle(event, ENOUGH_TIME)
+    stack.drive(stack.forwarder().handle, stack.task_queue)
     run = stack.ledger.require_run("r1")
     assert run.status is RunStatus.FAILED and "SlowDown" in (run.error or "") and "5 attempts" in (run.error or "")
 

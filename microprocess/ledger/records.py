@@ -96,6 +96,11 @@ class RunRecord:
     #: Run-time parameters from the start event, passed into every task by the forwarder.
     params: dict[str, Any] = field(default_factory=dict)
     email_sent_at: str | None = None
+    #: When the run was stopped before its end (`control.stop.stop_run`): its reduce reports what
+    #: was done and lists the rest as not attempted.
+    stopped_early_at: str | None = None
+    #: When its source was found unreadable: the run is stopped and ends FAILED whatever its counts.
+    source_failed_at: str | None = None
 
     def owns_task(self, task_id: str) -> bool | None:
         """Whether `task_id` is one of this run's tasks: True, False, or None when it cannot

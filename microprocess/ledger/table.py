@@ -336,6 +336,8 @@ class Ledger:
             source=json.loads(item["source"]) if item.get("source") else {},
             params=json.loads(item["params"]) if item.get("params") else {},
             email_sent_at=item.get("email_sent_at"),
+            stopped_early_at=item.get("stopped_early_at"),
+            source_failed_at=item.get("source_failed_at"),
         )
 
     def list_runs(self, job: str, *, limit: int = 20) -> list[RunRecord]:
@@ -1194,15 +1196,19 @@ class Ledger:
         if run.status is not RunStatus.REDUCING:
             return None
         prog = self.progress(run_id)
-        status = run_verdict(prog.failed, prog.expected, tolerated_failure_pct)
+        verdict = run_verdict(prog.failed, prog.expected, tolerated_failure_pct)
+        # A run whose source could not be read fails whatever its counts (it did not do its work).
+        status = RunStatus.FAILED if run.source_failed_at else verdict
         error = (
             f"{prog.failed} of {prog.expected} tasks failed "
             f"({failed_percentage(prog.failed, prog.expected):.2f}%), above the tolerated {tolerated_failure_pct}%"
-            if status is RunStatus.FAILED
+            if verdict is RunStatus.FAILED
             else None
         )
         if run.error and error:  # a reducing run with an error was stopped early: keep why, first
             error = f"{run.error}; at its end, {error}"
+        elif run.source_failed_at:
+            error = run.error
         done = self._claim(
             _run_key(run_id),
             set_expr="#st = :s, finished_at = :now, report_uri = :r, summary = :sum, #err = :e",
