@@ -11,10 +11,11 @@ response: only records that should be retried are listed in `batchItemFailures`.
 * Pushes in a batch run concurrently. 2xx: SUCCEEDED; 4xx but 408/429: FAILED, no
   retry; else retried with exponential backoff and jitter (visibility timeout),
   honouring `Retry-After`, until the job's max attempts, then FAILED with the last error.
-  A push that never reached the service (it could not connect: a restart, a deploy) is not
-  an attempt: the message is re-sent with a delay (≤ 60 s) carrying its attempts so far and
-  since when it has been unreachable, and acknowledged, for up to the job's
-  `unreachable_grace_s`; past that, such pushes count as attempts again (runs always finish).
+  A push that never reached the service (no byte of it left: it could not connect, a restart,
+  a deploy) is not an attempt: the message is re-sent with a delay (≤ 60 s) carrying its
+  attempts so far and since when it has been unreachable, and acknowledged, for up to the job's
+  `unreachable_grace_s` per outage (a push that reaches the service ends the outage); past
+  that, such pushes count as attempts again (runs always finish).
 * Outcomes are recorded in the ledger (counted once, one counter write per batch);
   the completion that finishes the run claims the reduce and enqueues its parts;
   the last part enqueues the finalize; the finalize ends the run.
@@ -116,8 +117,14 @@ def attempt_of(record: dict[str, Any]) -> int:
 
 
 def unreachable_since(record: dict[str, Any]) -> float | None:
-    """When the record's pushes began to find its service unreachable (None: not re-sent for that)."""
-    return _epoch_attribute(record, UNREACHABLE_SINCE_ATTRIBUTE)
+    """When the outage the record's pushes are in began (None: not in one).
+
+    The mark is set on the copy re-sent after a refused push, and holds for that copy's first
+    receive only: a copy received again was kept by an ordinary backoff (its push reached the
+    service and was told to retry, or it counted), so that outage is over and the next refused
+    push starts a new one. The grace belongs to an outage, not to a task's life."""
+    receives = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1") or 1)
+    return _epoch_attribute(record, UNREACHABLE_SINCE_ATTRIBUTE) if receives <= 1 else None
 
 
 def _epoch_attribute(record: dict[str, Any], name: str) -> float | None:
@@ -401,7 +408,10 @@ class Forwarder:
         since-when marks, and `marks` (attribute name -> epoch seconds) over them. False (logged)
         when the send failed."""
         attributes = {PRIOR_ATTEMPTS_ATTRIBUTE: {"DataType": "Number", "StringValue": str(attempt_of(record) - 1)}}
-        kept = {n: _epoch_attribute(record, n) for n in (UNREACHABLE_SINCE_ATTRIBUTE, DEFERRED_SINCE_ATTRIBUTE)}
+        kept = {
+            UNREACHABLE_SINCE_ATTRIBUTE: unreachable_since(record),
+            DEFERRED_SINCE_ATTRIBUTE: _epoch_attribute(record, DEFERRED_SINCE_ATTRIBUTE),
+        }
         for name, epoch in {**{n: e for n, e in kept.items() if e is not None}, **marks}.items():
             attributes[name] = {"DataType": "String", "StringValue": f"{epoch:.3f}"}
         try:

@@ -3,9 +3,10 @@
 Keep-alive connections, one per thread. A push returns a `PushResult` whatever
 happens; classification into success / permanent / retry follows the contract:
 2xx success; 4xx other than 408 and 429 permanent; 408, 429, 5xx, timeouts and
-connection errors retried (honouring `Retry-After`); a push whose connection could not
-be opened is marked `reached=False` (the request never left: the forwarder does not count it
-as an attempt during the job's grace). Every send is signed anew
+connection errors retried (honouring `Retry-After`); a push no byte of which left on any
+of its connections (none could be opened) is marked `reached=False` (the forwarder does not
+count it as an attempt during the job's grace). A request cut after it was sent is reached,
+even when the resend on a fresh connection is refused: the service may have died handling it. Every send is signed anew
 (signature v2: method, path, timestamp, nonce, Idempotency-Key, body digest); a 401
 re-reads the secret once (`SecretCache.refresh`, rotation) and sends again before it
 counts as permanent. A body over the contract's limit is never sent (permanent).
@@ -16,6 +17,8 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import select
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -137,6 +140,16 @@ class SecretCache(CachedSecret):
         super().__init__(load, min_refresh_interval_s=min_refresh_interval_s)
 
 
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read (its end of file, or bytes nobody asked
+    for): it cannot carry a new request."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class HttpPusher:
     """POSTs signed JSON bodies to one base URL.
 
@@ -163,6 +176,11 @@ class HttpPusher:
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+            # An idle keep-alive connection the service closed (a restart, its idle timeout): a
+            # request written to it would be cut without reaching anyone, and then count as sent.
+            self._drop()
+            conn = None
         if conn is None:
             cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
             conn = cls(self.host, self.port, timeout=timeout)
@@ -208,6 +226,8 @@ class HttpPusher:
 
     def _send(self, target: str, body: bytes, idempotency_key: str, timeout: float, value: str) -> PushResult:
         secret = current_secret(value)
+        #: Why the request that left on a first connection got no answer (None: none left yet).
+        cut: str | None = None
         for attempt in range(2):
             # Signed anew for every send: a fresh nonce, so a resend is never taken for a replay.
             headers = {
@@ -220,13 +240,16 @@ class HttpPusher:
                     conn.connect()
                 except OSError as exc:  # refused, name not resolved, connect timeout, TLS handshake
                     self._drop()
-                    return PushResult(
-                        None,
-                        error=f"service unreachable: could not connect to {self.host}:{self.port}: "
-                        f"{type(exc).__name__}: {exc}",
-                        reached=False,
-                    )
+                    refused = f"could not connect to {self.host}:{self.port}: {type(exc).__name__}: {exc}"
+                    if cut is not None:
+                        # The request left on the first connection: the service may have read it
+                        # and died handling it (a poison item, an OOM, a deploy). It was reached.
+                        return PushResult(
+                            None, error=f"connection error after the request was sent ({cut}); then {refused}"
+                        )
+                    return PushResult(None, error=f"service unreachable: {refused}", reached=False)
             try:
+                # From here bytes of the request may leave: whatever follows, the push reached it.
                 conn.request("POST", target, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
@@ -235,9 +258,10 @@ class HttpPusher:
                 return PushResult(resp.status, data, parse_retry_after(resp.getheader("Retry-After")))
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self._drop()
+                cut = f"{type(exc).__name__}: {exc}"
                 if attempt == 0:
                     continue  # a keep-alive connection the server had closed: once more on a fresh one
-                return PushResult(None, error=f"connection error: {type(exc).__name__}: {exc}")
+                return PushResult(None, error=f"connection error after the request was sent: {cut}")
             except TimeoutError:
                 self._drop()
                 return PushResult(None, error=f"timeout after {timeout:g} s")
