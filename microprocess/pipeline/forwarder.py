@@ -46,7 +46,7 @@ from microprocess.pipeline.envelope import (
     MalformedEnvelope,
     TaskEnvelope,
     TaskKind,
-    shard_of,
+    outside_run,
 )
 from microprocess.pipeline.fanin import enqueue_finalize, enqueue_reduce_parts
 from microprocess.pipeline.push import HttpPusher, PushOutcome, PushResult
@@ -303,27 +303,32 @@ class Forwarder:
         if run.status is RunStatus.PAUSED:
             run = self.runs.get(env.run_id, fresh=True) or run  # resumed since the cached read?
             if run.status is RunStatus.PAUSED:
+                # Checked as outside a pause first: parked under a shard the run does not have, it
+                # would never be re-sent by `resume`.
+                outside = outside_run(env, run)
+                if outside is not None:
+                    self._dead_letter(record, f"malformed message: {outside}")
+                    return None
                 park(self.ledger, record, env)  # kept until `resume`: no push, no attempt, no DLQ
                 return None
         if env.kind is TaskKind.TASK and run.status in (RunStatus.REDUCING, RunStatus.SUCCEEDED, RunStatus.FAILED):
             return None  # every task was terminal when the reduce was claimed: a late duplicate
         if env.kind is TaskKind.TASK:
-            owned = run.owns_task(env.task_id)
-            if not owned:  # the cached run may be behind the splitter's accounting: look again
+            if not run.owns_task(env.task_id):  # the cached run may be behind the splitter's accounting
                 run = self.runs.get(env.run_id, fresh=True) or run
-                owned = run.owns_task(env.task_id)
-            if owned is False or env.shard != shard_of(env.task_id, run.shard_count):
-                self._dead_letter(
-                    record,
-                    f"malformed message: task '{env.task_id}' (shard {env.shard}) is not part of run '{env.run_id}'",
-                )
+            outside = outside_run(env, run)
+            if outside is not None:
+                self._dead_letter(record, f"malformed message: {outside}")
                 return None
-            if owned is None:  # sent, not yet accounted: try again in a moment (not an attempt)
+            if run.owns_task(env.task_id) is None:  # sent, not yet accounted: try again in a moment (not an attempt)
                 if self._defer(record):
                     return None  # re-sent with a delay: this one is acknowledged
                 raise _Deferred
         if env.kind is not TaskKind.TASK and run.status in (RunStatus.SPLITTING, RunStatus.RUNNING):
             run = self.runs.get(env.run_id, fresh=True) or run  # statuses only move on: the cache is behind
+        if env.kind is not TaskKind.TASK and (outside := outside_run(env, run)) is not None:
+            self._dead_letter(record, f"malformed message: {outside}")
+            return None
         if env.kind is not TaskKind.TASK and run.status is not RunStatus.REDUCING and not _after_end(env, job, run):
             return None  # the run has already ended
         item = env.item
