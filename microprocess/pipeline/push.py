@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,14 +61,15 @@ class PushResult:
         if self.status is None or self.secret_may_be_stale:
             return PushOutcome.RETRY
         if 200 <= self.status < 300:
-            try:
-                json.loads(self.body or b"null")
-            except ValueError:
-                return PushOutcome.PERMANENT
-            return PushOutcome.SUCCESS
+            return PushOutcome.PERMANENT if self.unusable_answer else PushOutcome.SUCCESS
         if 400 <= self.status < 500 and self.status not in (408, 429):
             return PushOutcome.PERMANENT
         return PushOutcome.RETRY
+
+    @cached_property
+    def unusable_answer(self) -> str | None:
+        """Why this body cannot be a task's result, or None (read for 2xx answers)."""
+        return _unusable_answer(self.body)
 
     def json(self) -> Any:
         return json.loads(self.body or b"null")
@@ -77,9 +79,54 @@ class PushResult:
         if self.status is None:
             return self.error or "no response"
         if 200 <= self.status < 300:
-            return f"HTTP {self.status} with a body that is not JSON"
+            return f"HTTP {self.status} with {self.unusable_answer or 'a body that is not JSON'}"
         text = self.body[:300].decode("utf-8", errors="replace").strip()
         return f"HTTP {self.status}: {text}" if text else f"HTTP {self.status}"
+
+
+#: The deepest nesting of arrays and objects a task's answer may have (DynamoDB's own limit for
+#: a document; a result becomes report columns). Deeper answers fail their task, not the batch.
+MAX_ANSWER_DEPTH = 32
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, without parsing it (a parser
+    recurses once per level: thousands of levels would exhaust the stack)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def _unusable_answer(body: bytes) -> str | None:
+    """Why a 2xx body cannot be a task's result (None: it is JSON the platform can keep)."""
+    # (fewer brackets than the limit cannot nest deeper than it: most answers skip the scan)
+    brackets = body.count(b"[") + body.count(b"{") if body else 0
+    depth = json_depth(body) if brackets > MAX_ANSWER_DEPTH else 0
+    if depth > MAX_ANSWER_DEPTH:
+        return (
+            f"a JSON body nested deeper than {MAX_ANSWER_DEPTH} levels ({depth}): return a flatter result "
+            "(or store it in S3 and return its URI)"
+        )
+    try:
+        json.loads(body or b"null")
+    except (ValueError, RecursionError):
+        return "a body that is not JSON"
+    return None
 
 
 #: The longest backoff a `Retry-After` can ask for: SQS's maximum visibility timeout, seconds.
