@@ -296,9 +296,14 @@ def test_retryable_status_backs_off_and_is_retried(stack: Stack, status: int) ->
 
 
 def test_retry_after_is_honoured(stack: Stack) -> None:
+    # within the job's throttle budget: the task is re-sent after the Retry-After, not counted
     stack.service.behaviours["C0000000"] = Behaviour(status=429, retry_after="37")
     [rec] = running_run(stack, 1)
     stack.forwarder().handle({"Records": [rec]})
+    assert stack.sqs.sent and 37 <= stack.sqs.sent[0]["DelaySeconds"] <= 38
+    # past it (a budget of 0): the counted backoff waits as long
+    _, reg = job_with(throttle_budget_s=0)
+    stack.forwarder(jobs=reg).handle({"Records": [rec]})
     assert stack.sqs.visibility and 37 <= stack.sqs.visibility[0] <= 38
 
 

@@ -15,7 +15,9 @@ response: only records that should be retried are listed in `batchItemFailures`.
   a deploy) is not an attempt: the message is re-sent with a delay (≤ 60 s) carrying its
   attempts so far and since when it has been unreachable, and acknowledged, for up to the job's
   `unreachable_grace_s` per outage (a push that reaches the service ends the outage); past
-  that, such pushes count as attempts again (runs always finish).
+  that, such pushes count as attempts again (runs always finish). Likewise a 429 or 503 with
+  `Retry-After` (the service asks to slow down) is re-sent after it without counting, for up
+  to the job's `throttle_budget_s` from the task's first such answer; past it they count.
 * Outcomes are recorded in the ledger (counted once, one counter write per batch);
   the completion that finishes the run claims the reduce and enqueues its parts;
   the last part enqueues the finalize; the finalize ends the run.
@@ -68,6 +70,11 @@ UNREACHABLE_SINCE_ATTRIBUTE = "microprocess-unreachable-since"
 #: The longest wait between two pushes to an unreachable service, seconds (a service coming
 #: back is found within this).
 UNREACHABLE_MAX_DELAY_S = 60
+#: Message attribute of a task re-sent because its service asked it to slow down (429/503 with
+#: `Retry-After`): since when (epoch seconds) its pushes have been throttled.
+THROTTLED_SINCE_ATTRIBUTE = "microprocess-throttled-since"
+#: SQS's longest message delay, seconds: a `Retry-After` above it is waited out by a counted backoff.
+MAX_DELAY_S = 900
 #: Message attribute of a task re-sent because its page was not accounted yet: since when.
 DEFERRED_SINCE_ATTRIBUTE = "microprocess-deferred-since"
 #: How long a task is deferred without counting its receives (its splitter's page is normally
@@ -114,6 +121,11 @@ def attempt_of(record: dict[str, Any]) -> int:
     was re-sent (parked by a pause, deferred, or its service unreachable)."""
     receives = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1") or 1)
     return receives + prior_attempts(record)
+
+
+def throttled(result: PushResult) -> bool:
+    """The service asked to slow down: 429 or 503 with a `Retry-After` (ARCHITECTURE invariant 11)."""
+    return result.status in (429, 503) and result.retry_after_s is not None
 
 
 def unreachable_since(record: dict[str, Any]) -> float | None:
@@ -416,6 +428,7 @@ class Forwarder:
         kept = {
             UNREACHABLE_SINCE_ATTRIBUTE: unreachable_since(record),
             DEFERRED_SINCE_ATTRIBUTE: _epoch_attribute(record, DEFERRED_SINCE_ATTRIBUTE),
+            THROTTLED_SINCE_ATTRIBUTE: _epoch_attribute(record, THROTTLED_SINCE_ATTRIBUTE),
         }
         for name, epoch in {**{n: e for n, e in kept.items() if e is not None}, **marks}.items():
             attributes[name] = {"DataType": "String", "StringValue": f"{epoch:.3f}"}
@@ -513,6 +526,40 @@ class Forwarder:
         self.emit("TasksUnreachable", 1, w.job.name, run_id=w.envelope.run_id)
         return True
 
+    def _resend_throttled(self, w: _Work) -> bool:
+        """Re-send (after its `Retry-After`) a task whose service answered 429 or 503 with
+        `Retry-After`, without counting that push as an attempt; True when it was re-sent (the
+        caller acknowledges the original).
+
+        False for any other answer, once the task has been throttled for the job's
+        `throttle_budget_s` (it then counts: a run against a service that never stops throttling
+        still ends), for a `Retry-After` longer than SQS can delay a message, or when the re-send
+        failed (the ordinary backoff applies, honouring the `Retry-After`)."""
+        result = w.result
+        if result is None or not throttled(result):
+            return False
+        now = time.time()
+        since = _epoch_attribute(w.record, THROTTLED_SINCE_ATTRIBUTE)
+        since = now if since is None or since > now else since
+        if now - since >= w.job.throttle_budget_s:
+            return False
+        delay = backoff_seconds(
+            w.attempt, result.retry_after_s, base=self.retry_base_s, cap=self.retry_cap_s, rng=self.rng
+        )
+        if delay > MAX_DELAY_S or not self._resend_uncounted(w.record, delay, marks={THROTTLED_SINCE_ATTRIBUTE: since}):
+            return False
+        log.info(
+            "%s throttled (HTTP %s) for %.0f s; re-sent with a %s s delay, attempt %s not counted",
+            w.envelope.idempotency_key,
+            result.status,
+            now - since,
+            delay,
+            w.attempt,
+            extra=_keys(w.envelope),
+        )
+        self.emit("TasksThrottled", 1, w.job.name, run_id=w.envelope.run_id)
+        return True
+
     def _retry_later(self, w: _Work, result: PushResult) -> None:
         delay = backoff_seconds(
             w.attempt, result.retry_after_s, base=self.retry_base_s, cap=self.retry_cap_s, rng=self.rng
@@ -541,7 +588,7 @@ class Forwarder:
         for w in tasks:
             assert w.result is not None
             outcome = w.result.outcome
-            if self._resend_unreached(w):
+            if self._resend_unreached(w) or self._resend_throttled(w):
                 continue  # acknowledged: its copy comes back after the delay
             if outcome is PushOutcome.RETRY and w.attempt < w.job.max_attempts:
                 self._retry_later(w, w.result)
