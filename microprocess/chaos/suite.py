@@ -167,6 +167,16 @@ def scenarios(size: str) -> list[Scenario]:
         # The first two splitter invocations die after sending their page (the resumed one
         # re-sends it: duplicates the ledger absorbs); a crash rate could miss every page.
         Scenario("splitter-killed", n, kill_splitter=2, evidence=("splitter_kills",)),
+        # One item kills the service each time it is pushed (its request read, then the process
+        # gone: a poison item, an OOM); the suite restarts the service as its supervisor would.
+        # Each such push reached the service, so it counts: the item ends FAILED after exactly
+        # max_attempts pushes (and crashes), and the run ends (1 item is within the tolerance).
+        Scenario(
+            "service-crash-poison",
+            n,
+            service_faults={"crash_ids": [item(9)[JOB.item_id_field]]},
+            evidence=("service_restarts", "failed"),
+        ),
         Scenario(
             "ambiguous-writes",
             n,
@@ -405,10 +415,21 @@ class ChaosSuite:
                 self.stack.restart_service(JOB.service, chaos=chaos_file if sc.service_faults else None)
                 restarted = True
                 self.service_restarts += 1
+            if sc.service_faults.get("crash_ids") and not self._service_running():
+                self.echo(f"    the queue service died at {done}/{prog.expected}: restarting it")
+                self.stack.restart_service(JOB.service, chaos=chaos_file)
+                self.service_restarts += 1
             if time.monotonic() - last_sweep > 5:  # the schedule runs it every 5 minutes; here, often
                 self.lam.invoke(FunctionName=self.outputs["SweeperFunctionName"], Payload=b"{}")
                 last_sweep = time.monotonic()
             time.sleep(0.5)
+
+    def _service_running(self) -> bool:
+        """Whether the chaos job's service process is alive (a crash id kills it)."""
+        from microprocess.local.processes import is_running
+
+        handle = self.stack.handles[self.stack.processes[JOB.service].process]
+        return is_running(handle.pid, handle.start_ticks)
 
     # ------------------------------------------------------------ checks
 
@@ -465,6 +486,20 @@ class ChaosSuite:
         row.emails = self._emails(run_id)
         if row.emails != 1:
             p.append(f"{row.emails} emails for the run")
+        crash_ids = set(sc.service_faults.get("crash_ids", ()))
+        if crash_ids:
+            # Every push of a crash item reached the service and killed it: each counted, so the
+            # service was killed (and restarted) exactly max_attempts times per item.
+            crashed = [t for t in tasks if t.item_id in crash_ids]
+            if len(crashed) != len(crash_ids) or any(
+                t.state is not TaskState.FAILED or t.attempts != JOB.max_attempts for t in crashed
+            ):
+                p.append(f"crash items not FAILED after {JOB.max_attempts} attempts: {crashed}")
+            if row.service_restarts != JOB.max_attempts * len(crash_ids):
+                p.append(
+                    f"the service was killed {row.service_restarts} times by {len(crash_ids)} crash item(s) of "
+                    f"{JOB.max_attempts} attempts: its pushes were not counted as attempts"
+                )
         if sc.malformed:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
