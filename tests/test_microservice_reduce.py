@@ -370,3 +370,35 @@ def test_the_email_promises_no_longer_than_its_link_lasts(
     [link] = [word for word in mail.body.split() if "report.html" in word]
     assert link_expires in link
     assert "microprocess report run-link --target aws" in mail.body
+
+
+def test_a_stopped_run_reports_every_task_once_late_completions_included(queue_client: TestClient, env: Env) -> None:
+    from microprocess.control.stop import stop_run
+    from microprocess.ledger import CURSOR_DONE
+    from microprocess.pipeline.envelope import shard_of
+
+    def outcome(i: int) -> TaskOutcome:
+        task_id = f"0-{i:09d}"
+        return TaskOutcome(
+            task_id, shard_of(task_id, JOB.shard_count), TaskState.SUCCEEDED, 1, f"C{i:07d}", result={"score": 700}
+        )
+
+    # GIVEN a run of 40 tasks, 10 done, stopped mid-flight (its reduce parts built at once)
+    env.ledger.create_run("r-stop", JOB)
+    env.ledger.account_page("r-stop", segment="0", cursor_from="", cursor_to=CURSOR_DONE, count=40)
+    env.ledger.record_outcomes("r-stop", JOB.counter_count, [outcome(i) for i in range(10)])
+    assert stop_run(env.ledger, "r-stop", "stopped by an operator")
+    reduce_all(queue_client, "r-stop")
+    # WHEN batches in flight at the stop record 3 more tasks before the finalize
+    env.ledger.record_outcomes("r-stop", JOB.counter_count, [outcome(i) for i in range(10, 13)])
+    resp = signed_post(queue_client, FINALIZE, finalize_payload("r-stop"))
+    assert resp.status_code == 200, resp.text
+    # THEN the report has the 13 done tasks, not_attempted.csv the 27 others: 40 in all, none twice
+    layout = ReportLayout(BUCKET, JOB.name, "r-stop")
+    reported = [r["task_id"] for r in read_csv(env, layout.report_csv)]
+    assert sorted(reported) == [f"0-{i:09d}" for i in range(13)]
+    listed = [r["task_id"] for r in read_csv(env, layout.not_attempted_csv)]
+    assert sorted(listed) == [f"0-{i:09d}" for i in range(13, 40)]
+    # AND the stopped run is FAILED in its summary, as the ledger ends it (some tasks never ran)
+    summary = resp.json()["summary"]
+    assert summary["status"] == "FAILED" and summary["not_attempted"] == 27

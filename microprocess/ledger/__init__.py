@@ -22,6 +22,7 @@ from microprocess.ledger.records import (
     TaskRecord,
     TaskState,
     failed_percentage,
+    ended_status,
     run_verdict,
     utc_now_iso,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "TaskState",
     "failed_percentage",
     "ledger_table_definition",
+    "ended_status",
     "run_verdict",
     "utc_now_iso",
 ]

@@ -132,6 +132,15 @@ def run_verdict(failed: int, expected: int, tolerated_failure_pct: float) -> Run
     return RunStatus.FAILED if over else RunStatus.SUCCEEDED
 
 
+def ended_status(run: RunRecord, failed: int, expected: int, tolerated_failure_pct: float) -> RunStatus:
+    """The status a reduced run ends with: `run_verdict`, except that a run stopped before its
+    end (by the stop-early rule, an operator, or a source that cannot be read) ends FAILED
+    whatever its counts: some of its tasks never ran."""
+    if run.stopped_early_at or run.source_failed_at:
+        return RunStatus.FAILED
+    return run_verdict(failed, expected, tolerated_failure_pct)
+
+
 @dataclass(frozen=True)
 class TaskOutcome:
     """The terminal outcome of one task, as the forwarder or dead-letter handler saw it."""

@@ -89,6 +89,7 @@ from microprocess.ledger.records import (
     _written_by,
     failed_percentage,
     insert_statement,
+    ended_status,
     run_verdict,
     utc_now_iso,
 )
@@ -1197,8 +1198,7 @@ class Ledger:
             return None
         prog = self.progress(run_id)
         verdict = run_verdict(prog.failed, prog.expected, tolerated_failure_pct)
-        # A run whose source could not be read fails whatever its counts (it did not do its work).
-        status = RunStatus.FAILED if run.source_failed_at else verdict
+        status = ended_status(run, prog.failed, prog.expected, tolerated_failure_pct)
         error = (
             f"{prog.failed} of {prog.expected} tasks failed "
             f"({failed_percentage(prog.failed, prog.expected):.2f}%), above the tolerated {tolerated_failure_pct}%"
@@ -1207,7 +1207,7 @@ class Ledger:
         )
         if run.error and error:  # a reducing run with an error was stopped early: keep why, first
             error = f"{run.error}; at its end, {error}"
-        elif run.source_failed_at:
+        elif status is RunStatus.FAILED:  # stopped, or its source unreadable: why it stopped
             error = run.error
         done = self._claim(
             _run_key(run_id),
