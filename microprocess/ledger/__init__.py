@@ -21,8 +21,8 @@ from microprocess.ledger.records import (
     TaskOutcome,
     TaskRecord,
     TaskState,
-    failed_percentage,
     ended_status,
+    failed_percentage,
     run_verdict,
     utc_now_iso,
 )
@@ -46,9 +46,9 @@ __all__ = [
     "TaskOutcome",
     "TaskRecord",
     "TaskState",
+    "ended_status",
     "failed_percentage",
     "ledger_table_definition",
-    "ended_status",
     "run_verdict",
     "utc_now_iso",
 ]

@@ -87,9 +87,9 @@ from microprocess.ledger.records import (
     _to_ddb,
     _token,
     _written_by,
+    ended_status,
     failed_percentage,
     insert_statement,
-    ended_status,
     run_verdict,
     utc_now_iso,
 )
