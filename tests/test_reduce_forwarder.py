@@ -39,9 +39,11 @@ def platform(stack: Stack) -> Iterator[tuple[JobDeclaration, JobRegistry]]:
     )
 
 
-def reducer_forwarder(st: Stack, jobs: JobRegistry, *, with_reducer: bool = True) -> Forwarder:
+def reducer_forwarder(
+    st: Stack, jobs: JobRegistry, *, with_reducer: bool = True, reducer_cls: type[PlatformReducer] = PlatformReducer
+) -> Forwarder:
     reducer = (
-        PlatformReducer(
+        reducer_cls(
             ledger=st.ledger,
             s3=st.s3,
             ses=boto3.client("ses", region_name="us-east-1"),
@@ -288,15 +290,7 @@ def test_a_stopped_run_reports_every_task_once_late_completions_included(stack: 
             stack.ledger.record_outcomes(run_id, run.counter_count, outcomes)
             return super().finalize(job, run_id)
 
-    reducer = LateCompletions(
-        ledger=stack.ledger,
-        s3=stack.s3,
-        ses=boto3.client("ses", region_name="us-east-1"),
-        bucket=stack.bucket,
-        completion_sender=stack.reduce_sender,
-        email_sender=SENDER,
-    )
-    stack.drive(stack.forwarder(jobs=jobs, two_queues=True, reducer=reducer).handle, stack.reduce_queue)
+    stack.drive(reducer_forwarder(stack, jobs, reducer_cls=LateCompletions).handle, stack.reduce_queue)
     # THEN the report has one row per recorded task, the late ones included, and every other
     # task is listed not attempted: rows + not-attempted rows = expected, no task in both
     run = stack.ledger.require_run("r1")
