@@ -1207,7 +1207,7 @@ class Ledger:
         )
         if run.error and error:  # a reducing run with an error was stopped early: keep why, first
             error = f"{run.error}; at its end, {error}"
-        elif status is RunStatus.FAILED:  # stopped, or its source unreadable: why it stopped
+        elif error is None and status is RunStatus.FAILED:  # stopped within the tolerance: why it stopped
             error = run.error
         done = self._claim(
             _run_key(run_id),
