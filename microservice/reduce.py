@@ -4,11 +4,13 @@
   part CSV, a part failures CSV and the part's statistics, in the reports bucket.
 * `finalize` joins the part CSVs into report.csv with one multipart upload (never the
   whole report in memory), writes summary.json, report.html and failures.csv, and
-  sends the report email once per run (`Ledger.claim_email`).
+  sends the report email once per run (`Ledger.claim_email`). A stopped run's finalize builds
+  its parts again (batches in flight at the stop may have recorded tasks since) and lists the
+  tasks that one reading did not find in not_attempted.csv.
 
 Layout under `s3://<bucket>/reports/<job>/<run_id>/`:
 `parts/part-<kkk>.csv`, `parts/part-<kkk>.json`, `parts/failures-<kkk>.csv`,
-`report.csv`, `failures.csv`, `summary.json`, `report.html`.
+`report.csv`, `failures.csv`, `summary.json`, `report.html` (and `not_attempted.csv`).
 """
 
 from __future__ import annotations
@@ -292,7 +294,8 @@ def build_summary(
     """The run's summary (summary.json, the email, the finalize answer).
 
     `status` is the status the run ends with: FAILED when the failed share of the
-    expected tasks is above the job's tolerance, the same rule as `Ledger.finish_run`.
+    expected tasks is above the job's tolerance, or when the run was stopped, the same rule
+    as `Ledger.finish_run` (`ended_status`).
     """
     # The ledger's one rule decides (exact arithmetic); the percentage is only shown.
     status = ended_status(run, counted_failed, expected, job.tolerated_failure_pct)

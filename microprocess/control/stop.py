@@ -9,8 +9,9 @@ success. The decision is `tolerance.cannot_succeed`; the counters never over-cou
 A stopped run moves straight to REDUCING (its reduce claimed, `stopped_early_at` set): the
 forwarder acknowledges its remaining messages without a push (late for a reducing run), the
 splitter's next page is refused (`RunNotActive`), and the reduce builds the report of what was
-done, with the run's tasks that have no record listed as not attempted (`lookup.not_attempted`),
-mails it, and ends the run FAILED (the ledger's verdict: failures above the tolerance).
+done (the tasks batches in flight at the stop recorded included), with the run's other tasks
+listed as not attempted from the same reading of the ledger, mails it, and ends the run FAILED
+(`ledger.ended_status`: some of its tasks never ran).
 """
 
 from __future__ import annotations

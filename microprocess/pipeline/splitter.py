@@ -17,9 +17,11 @@ created, and every later invocation (a continuation, a restart by the sweeper, a
 deploy) reads the run's record, never the job's current declaration.
 
 A source that cannot be read for good (a missing bucket, object or table, access denied,
-a bad row) ends the run FAILED with the reason; transient errors are retried, and end the
-run FAILED after `MAX_SPLIT_ERRORS`. An item that cannot be sent (a `null` line, an item
-the envelope refuses) becomes a FAILED task with its reason; the run goes on.
+a bad row) stops the run with the reason (`control.stop.stop_run`, `source_failed`);
+transient errors are retried, and stop it after `MAX_SPLIT_ERRORS`. Its reduce then reports
+what was sent, ends it FAILED and sends its email and completion callback, like any run.
+An item that cannot be sent (a `null` line, an item the envelope refuses) becomes a FAILED
+task with its reason; the run goes on.
 """
 
 from __future__ import annotations
