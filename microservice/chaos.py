@@ -5,10 +5,13 @@ service reads these keys (and ignores the functions' keys in the same document):
 
     {"seed": 7, "rate_503": 0.05, "rate_429": 0.05, "retry_after_s": 1,
      "rate_timeout": 0.02, "timeout_s": 10,
-     "poison_ids": ["C0000013"], "bad_request_ids": ["C0000021"]}
+     "poison_ids": ["C0000013"], "bad_request_ids": ["C0000021"], "crash_ids": ["C0000017"]}
 
 On the task path only (`POST /tasks/credit-score`), in this order:
 
+* a crash company id kills the service process once its request is read (a poison item that
+  takes the service down: the connection is cut without an answer; whoever supervises the
+  service restarts it);
 * a poison company id always gets 500, a bad-request id always 400;
 * otherwise one draw from the seeded stream decides: 503 (with `Retry-After`), 429 (with
   `Retry-After`), or a sleep of `timeout_s` before the request is served normally (the
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import threading
 from collections import Counter
@@ -48,6 +52,7 @@ class ChaosConfig(BaseModel):
     timeout_s: float = Field(default=10.0, ge=0, le=900)
     poison_ids: frozenset[str] = frozenset()
     bad_request_ids: frozenset[str] = frozenset()
+    crash_ids: frozenset[str] = frozenset()
 
     @model_validator(mode="after")
     def _rates(self) -> ChaosConfig:
@@ -68,8 +73,11 @@ def load_chaos(setting: str) -> ChaosConfig | None:
         raise ValueError(f"MICROPROCESS_CHAOS is invalid: {exc}") from None
 
 
+#: The exit code of a service killed by a crash id (`crash_ids`).
+CRASH_EXIT_CODE = 70
+
 #: Names of the counters in `/_chaos/stats`.
-FAULTS = ("http_503", "http_429", "timeout", "poison_500", "bad_request_400")
+FAULTS = ("http_503", "http_429", "timeout", "poison_500", "bad_request_400", "crash")
 
 
 class ChaosMonkey:
@@ -88,7 +96,9 @@ class ChaosMonkey:
             draw = self._rng.random()
             fault: str | None = None
             c = self.config
-            if company_id in c.poison_ids:
+            if company_id in c.crash_ids:
+                fault = "crash"
+            elif company_id in c.poison_ids:
                 fault = "poison_500"
             elif company_id in c.bad_request_ids:
                 fault = "bad_request_400"
@@ -145,6 +155,10 @@ class ChaosMiddleware:
         if fault:
             log.warning("chaos: injecting %s on %s", fault, self.task_path)
         retry = {"Retry-After": str(self.monkey.config.retry_after_s)}
+        if fault == "crash":
+            log.error("chaos: crashing the service on a poison item, its request read")
+            logging.shutdown()
+            os._exit(CRASH_EXIT_CODE)  # no answer, no clean-up: the process is gone, as on an OOM
         if fault == "poison_500":
             await error_response(500, "chaos_poison", "chaos: this company always fails")(scope, receive, send)
             return

@@ -4,11 +4,13 @@
   part CSV, a part failures CSV and the part's statistics, in the reports bucket.
 * `finalize` joins the part CSVs into report.csv with one multipart upload (never the
   whole report in memory), writes summary.json, report.html and failures.csv, and
-  sends the report email once per run (`Ledger.claim_email`).
+  sends the report email once per run (`Ledger.claim_email`). A stopped run's finalize builds
+  its parts again (batches in flight at the stop may have recorded tasks since) and lists the
+  tasks that one reading did not find in not_attempted.csv.
 
 Layout under `s3://<bucket>/reports/<job>/<run_id>/`:
 `parts/part-<kkk>.csv`, `parts/part-<kkk>.json`, `parts/failures-<kkk>.csv`,
-`report.csv`, `failures.csv`, `summary.json`, `report.html`.
+`report.csv`, `failures.csv`, `summary.json`, `report.html` (and `not_attempted.csv`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from urllib.parse import urlencode
 from botocore.exceptions import ClientError
 from pydantic import Field
 
+from microprocess.control.lookup import TaskPositions
 from microprocess.declarations import JobDeclaration
 from microprocess.ledger import (
     Ledger,
@@ -33,8 +36,8 @@ from microprocess.ledger import (
     RunNotFound,
     RunRecord,
     RunStatus,
+    ended_status,
     failed_percentage,
-    run_verdict,
     utc_now_iso,
 )
 from microprocess.reduce.rows import CSV_LINE_END, spreadsheet_safe
@@ -101,6 +104,11 @@ class ReportLayout:
     @property
     def failures_csv(self) -> str:
         return f"{self.prefix}failures.csv"
+
+    @property
+    def not_attempted_csv(self) -> str:
+        """The tasks of a run stopped before they ran: one task id per row."""
+        return f"{self.prefix}not_attempted.csv"
 
     @property
     def summary_json(self) -> str:
@@ -180,7 +188,10 @@ def reduce_part(
     return _build_part(ledger, s3, ReportLayout(bucket, job.name, run.run_id), req.shard, part_bytes=part_bytes)
 
 
-def _build_part(ledger: Ledger, s3: Any, layout: ReportLayout, shard: int, *, part_bytes: int) -> dict[str, Any]:
+def _build_part(
+    ledger: Ledger, s3: Any, layout: ReportLayout, shard: int, *, part_bytes: int, seen: TaskPositions | None = None
+) -> dict[str, Any]:
+    """Stream ledger shard `shard` into its part files; `seen` collects the task ids written."""
     stats = ReportStats()
 
     def part_file(key: str) -> S3StreamWriter:
@@ -193,6 +204,8 @@ def _build_part(ledger: Ledger, s3: Any, layout: ReportLayout, shard: int, *, pa
         rows_csv = CsvStream(rows_out, REPORT_COLUMNS)
         fails_csv = CsvStream(fails_out, FAILURE_COLUMNS)
         for task in ledger.iter_results(layout.run_id, shard):
+            if seen is not None:
+                seen.add(task.task_id)
             row = ReportRow.of(task)
             stats.add(row)
             rows_csv.writerow(row.csv_row())
@@ -283,10 +296,11 @@ def build_summary(
     """The run's summary (summary.json, the email, the finalize answer).
 
     `status` is the status the run ends with: FAILED when the failed share of the
-    expected tasks is above the job's tolerance, the same rule as `Ledger.finish_run`.
+    expected tasks is above the job's tolerance, or when the run was stopped, the same rule
+    as `Ledger.finish_run` (`ended_status`).
     """
     # The ledger's one rule decides (exact arithmetic); the percentage is only shown.
-    status = run_verdict(counted_failed, expected, job.tolerated_failure_pct)
+    status = ended_status(run, counted_failed, expected, job.tolerated_failure_pct)
     failed_pct = round(failed_percentage(counted_failed, expected), 3)
     duration = (_parse_time(finished_at) - _parse_time(run.created_at)).total_seconds()
     return {
@@ -379,8 +393,18 @@ def finalize(
         raise ServiceError(503, "ledger_unavailable", str(exc)) from None
     shards = range(run.shard_count)
     totals = ReportStats()
-    for shard in shards:
-        totals.merge(_part_stats(ledger, s3, layout, shard, part_bytes=part_bytes))
+    reported: TaskPositions | None = None
+    if run.stopped_early_at:
+        # A stopped run's batches in flight at the stop may have recorded tasks after their shard's
+        # part was built: build every part again now, and list as not attempted the tasks this
+        # one reading did not find, so that rows + not-attempted rows = expected exactly.
+        reported = TaskPositions(run)
+        for shard in shards:
+            part = _build_part(ledger, s3, layout, shard, part_bytes=part_bytes, seen=reported)
+            totals.merge(ReportStats.from_dict(part))
+    else:
+        for shard in shards:
+            totals.merge(_part_stats(ledger, s3, layout, shard, part_bytes=part_bytes))
     report = _join(s3, layout, [layout.part_csv(k) for k in shards], layout.report_csv, REPORT_COLUMNS, part_bytes)
     _join(s3, layout, [layout.part_failures(k) for k in shards], layout.failures_csv, FAILURE_COLUMNS, part_bytes)
 
@@ -389,6 +413,8 @@ def finalize(
     )
     summary["report_csv_bytes"] = report.bytes_written
     summary["report_csv_parts"] = report.part_count
+    if reported is not None:
+        summary["not_attempted"] = _write_not_attempted(s3, layout, reported.missing(), part_bytes)
     s3.put_object(
         Bucket=bucket,
         Key=layout.summary_json,
@@ -411,6 +437,19 @@ def finalize(
     )
     log.info("finalized run %s: %s, email %s", run.run_id, summary["status"], email)
     return {"report_uri": layout.uri, "summary": summary, "email": email}
+
+
+def _write_not_attempted(s3: Any, layout: ReportLayout, task_ids: Iterable[str], part_bytes: int) -> int:
+    """not_attempted.csv of a stopped run, streamed; returns its rows."""
+    count = 0
+    out = S3StreamWriter(s3, layout.bucket, layout.not_attempted_csv, part_bytes=part_bytes, content_type="text/csv")
+    with out:
+        rows = CsvStream(out, ["task_id"])
+        for task_id in task_ids:
+            rows.writerow([task_id])
+            count += 1
+        rows.flush()
+    return count
 
 
 def _send_report_email_once(

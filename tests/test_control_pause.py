@@ -199,3 +199,71 @@ def test_a_resume_that_crashed_after_re_sending_is_run_again_without_double_coun
     run = stack.ledger.progress("r1")
     assert (run.status, run.succeeded, run.failed) == (RunStatus.SUCCEEDED, 15, 0)
     assert stack.metric("DuplicatesAbsorbed") > 0
+
+
+def test_a_paused_run_checks_a_message_before_parking_it_and_the_malformed_are_quarantined(stack: Stack) -> None:
+    import json
+
+    from microprocess.pipeline.deadletter import DeadLetterHandler
+    from microprocess.pipeline.envelope import TaskEnvelope, TaskKind, reduce_part_id
+    from tests.functions_harness import REGISTRY, sqs_record
+
+    # GIVEN a paused run of 2 tasks
+    stack.split({"job": JOB.name, "run_id": "r1", "items": companies(2)})
+    pause(stack.ledger, "r1")
+    good = stack.receive(stack.task_queue)
+    # AND messages naming the run that are not its own: a real task id on a shard the run does not
+    # have, a task id beyond the run, and a reduce part of a shard the run does not have
+    foreign = [
+        TaskEnvelope(job=JOB.name, run_id="r1", task_id="0-000000000", shard=JOB.shard_count + 3, item={}),
+        TaskEnvelope(job=JOB.name, run_id="r1", task_id="0-000000099", shard=0, item={}),
+        TaskEnvelope(
+            kind=TaskKind.REDUCE_PART,
+            job=JOB.name,
+            run_id="r1",
+            task_id=reduce_part_id(JOB.shard_count + 3),
+            shard=JOB.shard_count + 3,
+        ),
+    ]
+    bad = [sqs_record(env.to_json(), message_id=f"bad-{i}") for i, env in enumerate(foreign)]
+    # WHEN the forwarder takes them during the pause
+    assert stack.forwarder().handle({"Records": [*good, *bad]}) == {"batchItemFailures": []}
+    # THEN only the run's own messages are parked; the others go to the DLQ with the reason, as
+    # outside a pause
+    assert resumer(stack).parked_count("r1", JOB.shard_count) == 2
+    dead = stack.receive(stack.dlq)
+    reasons = sorted(m["messageAttributes"]["microprocess-reason"]["stringValue"] for m in dead)
+    assert len(reasons) == 3 and all("malformed message" in r for r in reasons), reasons
+    assert sum(f"run 'r1' has shards 0..{JOB.shard_count - 1}" in r for r in reasons) == 2, reasons
+    assert sum("is not part of run 'r1'" in r for r in reasons) == 1, reasons
+    # AND the dead-letter function quarantines them without touching the run (no task FAILED, the
+    # run not failed by a reduce part that is not its own)
+    handler = DeadLetterHandler(jobs=REGISTRY, ledger=stack.ledger, s3=stack.s3, bucket="reports", sender=stack.sender)
+    assert handler.handle({"Records": dead}) == {"batchItemFailures": []}
+    keys = [o["Key"] for o in stack.s3.list_objects_v2(Bucket="reports", Prefix="quarantine/")["Contents"]]
+    assert len(keys) == 3
+    docs = [json.loads(stack.s3.get_object(Bucket="reports", Key=k)["Body"].read()) for k in keys]
+    assert all("malformed message" in d["reason"] for d in docs)
+    prog = stack.ledger.progress("r1")
+    assert (prog.status, prog.succeeded, prog.failed) == (RunStatus.PAUSED, 0, 0)
+    # AND resumed, the run ends with its 2 tasks
+    resumer(stack).resume("r1", JOB)
+    stack.drive(stack.forwarder().handle, stack.task_queue)
+    prog = stack.ledger.progress("r1")
+    assert (prog.status, prog.succeeded, prog.failed) == (RunStatus.SUCCEEDED, 2, 0)
+
+
+def test_outside_a_pause_a_reduce_part_of_a_shard_the_run_does_not_have_is_dead_lettered(stack: Stack) -> None:
+    from microprocess.pipeline.envelope import TaskEnvelope, TaskKind, reduce_part_id
+    from tests.functions_harness import sqs_record
+
+    # GIVEN a run whose reduce is claimed (an empty run), and a reduce part of shard 7 of its 4
+    stack.split({"job": JOB.name, "run_id": "r1", "items": []})
+    assert stack.ledger.require_run("r1").status is RunStatus.REDUCING
+    shard = JOB.shard_count + 3
+    env = TaskEnvelope(kind=TaskKind.REDUCE_PART, job=JOB.name, run_id="r1", task_id=reduce_part_id(shard), shard=shard)
+    # WHEN the forwarder takes it THEN it is dead-lettered with the reason, never pushed
+    assert stack.forwarder().handle({"Records": [sqs_record(env.to_json())]}) == {"batchItemFailures": []}
+    [dead] = stack.receive(stack.dlq)
+    assert f"has shards 0..{JOB.shard_count - 1}" in dead["messageAttributes"]["microprocess-reason"]["stringValue"]
+    assert not [c for c in stack.service.calls if c["payload"].get("shard") == shard]

@@ -163,10 +163,11 @@ def test_the_forwarder_honours_an_http_date_retry_after(stack: Stack) -> None:
     [record] = enqueued(stack, 1)
     # WHEN the forwarder pushes the task
     result = stack.forwarder().handle({"Records": [record]})
-    # THEN the message is retried, hidden for about those 90 s (not the 1-2 s of a first backoff)
-    assert result == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
-    [delay] = stack.sqs.visibility
-    assert 80 <= delay <= 91
+    # THEN the task comes back in about those 90 s (not the 1-2 s of a first backoff): re-sent
+    # with that delay, not counted (the job's throttle budget)
+    assert result == {"batchItemFailures": []}
+    [copy] = stack.sqs.sent
+    assert 80 <= copy["DelaySeconds"] <= 91
 
 
 # ------------------------------------------------------------------ backoff with jitter
@@ -214,3 +215,28 @@ def test_backoff_jitter_spreads_the_retries_of_one_attempt() -> None:
     assert min(delays) >= 8 and max(delays) <= 16
     assert min(delays) <= 9 and max(delays) >= 15
     assert len(set(delays)) >= 7
+
+
+@pytest.mark.parametrize("depth", [40, 100_000])
+def test_a_deeply_nested_answer_fails_only_its_own_task_with_a_clear_error(stack: Stack, depth: int) -> None:
+    from microprocess.ledger import TaskState
+    from tests.functions_harness import Behaviour
+
+    # GIVEN a batch of 3 tasks; the service answers one of them 200 with arrays nested `depth` deep
+    stack.service.behaviours["C0000001"] = Behaviour(body=b'{"score": ' + b"[" * depth + b"]" * depth + b"}")
+    stack.split({"job": JOB.name, "run_id": "r1", "items": [{"company_id": f"C{i:07d}"} for i in range(3)]})
+    records = stack.receive(stack.task_queue)
+    assert len(records) == 3
+    # WHEN the forwarder takes the batch
+    result = stack.forwarder().handle({"Records": records})
+    # THEN the batch is settled: the two others SUCCEEDED, the bad answer FAILED (no retry: the
+    # service answered), saying why and what to do
+    assert result == {"batchItemFailures": []}
+    records_of = {t.item_id: t for k in range(JOB.shard_count) for t in stack.ledger.iter_results("r1", k)}
+    assert {i: t.state for i, t in records_of.items()} == {
+        "C0000000": TaskState.SUCCEEDED,
+        "C0000001": TaskState.FAILED,
+        "C0000002": TaskState.SUCCEEDED,
+    }
+    error = records_of["C0000001"].error or ""
+    assert "nested deeper than" in error and "flatter" in error, error

@@ -42,13 +42,18 @@ def down(fwd: Forwarder, url: str) -> Forwarder:
     return fwd
 
 
-def one_task(st: Stack, *, receive_count: int, since: float | None = None, run_id: str = "r1") -> dict[str, Any]:
-    """The first task of a new run as the event source delivers it on its `receive_count`-th receive."""
+def one_task(
+    st: Stack, *, receive_count: int, since: float | None = None, prior: int = 0, run_id: str = "r1"
+) -> dict[str, Any]:
+    """The first task of a new run as the event source delivers it on its `receive_count`-th receive;
+    `since` and `prior`: a copy re-sent after an unreachable push, `prior` attempts counted before."""
     st.splitter().handle({"job": JOB.name, "run_id": run_id, "items": [{"company_id": "C1"}]}, ENOUGH_TIME)
     [record] = st.receive(st.task_queue)
     record["attributes"]["ApproximateReceiveCount"] = str(receive_count)
     if since is not None:
         record["messageAttributes"][UNREACHABLE_SINCE_ATTRIBUTE] = {"stringValue": f"{since:.3f}", "dataType": "String"}
+    if prior:
+        record["messageAttributes"][PRIOR_ATTEMPTS_ATTRIBUTE] = {"stringValue": str(prior), "dataType": "Number"}
     return record
 
 
@@ -103,8 +108,10 @@ def test_the_wait_grows_with_the_time_unreachable_and_keeps_its_start(stack: Sta
 
 
 def test_past_the_grace_a_refused_push_counts_and_the_last_one_fails_the_task(stack: Stack, dead_url: str) -> None:
-    # GIVEN a task unreachable for longer than its job's grace, on its last attempt
-    record = one_task(stack, receive_count=JOB.max_attempts, since=time.time() - JOB.unreachable_grace_s - 1)
+    # GIVEN a task unreachable for longer than its job's grace (every push since refused: each
+    # receive is the first of a re-sent copy), on its last attempt
+    since = time.time() - JOB.unreachable_grace_s - 1
+    record = one_task(stack, receive_count=1, since=since, prior=JOB.max_attempts - 1)
     # WHEN it is refused once more
     assert down(stack.forwarder(), dead_url).handle({"Records": [record]}) == {"batchItemFailures": []}
     # THEN it is recorded FAILED with the connection error (the run can end), not re-sent
@@ -212,3 +219,86 @@ def test_a_push_that_cannot_be_signed_is_not_an_attempt(stack: Stack) -> None:
     assert fwd.handle({"Records": [record]}) == {"batchItemFailures": []}
     assert stack.ledger.progress("r1").failed == 0 and len(stack.sqs.sent) == 1
     assert TaskEnvelope.parse(stack.sqs.sent[0]["MessageBody"]).task_id == TaskEnvelope.parse(record["body"]).task_id
+
+
+def test_the_grace_belongs_to_an_outage_a_second_outage_gets_its_own(stack: Stack, dead_url: str) -> None:
+    # GIVEN a task that met an outage long ago (its copy still carries since when), then reached the
+    # service and was kept by an ordinary backoff (a long Retry-After: this copy's second receive),
+    # now on its last attempt
+    record = one_task(stack, receive_count=JOB.max_attempts, since=time.time() - JOB.unreachable_grace_s - 100)
+    before = time.time()
+    # WHEN a second outage (another deploy) refuses its push
+    assert down(stack.forwarder(), dead_url).handle({"Records": [record]}) == {"batchItemFailures": []}
+    # THEN this outage gets its own grace: not counted, re-sent with since = now, not FAILED
+    assert stack.ledger.progress("r1").failed == 0
+    [copy] = stack.sqs.sent
+    assert before <= float(attribute(copy, UNREACHABLE_SINCE_ATTRIBUTE)) <= time.time()
+    assert attribute(copy, PRIOR_ATTEMPTS_ATTRIBUTE) == str(JOB.max_attempts - 1)
+
+
+@pytest.fixture
+def crash_server() -> Iterator[str]:
+    """A service that reads one request and dies while handling it (a poison item, an OOM): the
+    connection is cut and the port refuses every connection after."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}"
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        srv.close()  # the process is gone: nothing listens any more
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield url
+    t.join(2)
+    srv.close()
+
+
+def test_a_request_that_left_and_was_cut_is_reached_even_when_the_reconnect_is_refused(crash_server: str) -> None:
+    result = HttpPusher(crash_server, lambda: SECRET).push("/t", {"a": 1}, idempotency_key="r:t", timeout=2)
+    assert (result.outcome, result.reached) == (PushOutcome.RETRY, True)
+    assert "after the request was sent" in (result.error or ""), result.error
+
+
+def test_a_task_that_crashes_its_service_counts_its_attempts(stack: Stack, crash_server: str) -> None:
+    # GIVEN a task on its last attempt whose push crashes the service (it read the request, then died)
+    record = one_task(stack, receive_count=JOB.max_attempts)
+    # WHEN the forwarder handles it
+    assert down(stack.forwarder(), crash_server).handle({"Records": [record]}) == {"batchItemFailures": []}
+    # THEN that push counted: the task is FAILED with the cut connection, not re-sent for free
+    [failed] = list(stack.ledger.iter_failed("r1"))
+    assert failed.attempts == JOB.max_attempts and "after the request was sent" in str(failed.error)
+    assert stack.sqs.sent == [] and stack.metric("TasksUnreachable") == 0
+
+
+def test_a_keep_alive_connection_closed_by_a_service_that_went_down_is_never_reached() -> None:
+    # GIVEN a service that answers one push on a kept-alive connection, then goes down (a deploy):
+    # it closes that idle connection and refuses new ones
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    answered = threading.Event()
+
+    def serve_once_then_go_down() -> None:
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        answered.wait(2)
+        srv.close()
+        conn.close()
+
+    t = threading.Thread(target=serve_once_then_go_down, daemon=True)
+    t.start()
+    pusher = HttpPusher(f"http://127.0.0.1:{srv.getsockname()[1]}", lambda: SECRET)
+    assert pusher.push("/t", {"a": 1}, idempotency_key="r:t1", timeout=2).status == 200
+    answered.set()
+    t.join(2)
+    time.sleep(0.1)  # the close has arrived
+    # WHEN the next push is made THEN no byte of it left: the closed connection was not written to,
+    # and the new one was refused, so it is "never reached" (the job's grace applies)
+    result = pusher.push("/t", {"a": 1}, idempotency_key="r:t2", timeout=2)
+    assert (result.outcome, result.reached) == (PushOutcome.RETRY, False), result.error

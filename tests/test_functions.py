@@ -296,9 +296,14 @@ def test_retryable_status_backs_off_and_is_retried(stack: Stack, status: int) ->
 
 
 def test_retry_after_is_honoured(stack: Stack) -> None:
+    # within the job's throttle budget: the task is re-sent after the Retry-After, not counted
     stack.service.behaviours["C0000000"] = Behaviour(status=429, retry_after="37")
     [rec] = running_run(stack, 1)
     stack.forwarder().handle({"Records": [rec]})
+    assert stack.sqs.sent and 37 <= stack.sqs.sent[0]["DelaySeconds"] <= 38
+    # past it (a budget of 0): the counted backoff waits as long
+    _, reg = job_with(throttle_budget_s=0)
+    stack.forwarder(jobs=reg).handle({"Records": [rec]})
     assert stack.sqs.visibility and 37 <= stack.sqs.visibility[0] <= 38
 
 
@@ -980,8 +985,11 @@ def test_10_retry_failed_reads_only_failures_page_by_page(stack: Stack) -> None:
 def test_b_an_unreadable_source_fails_the_run_with_the_reason(stack: Stack, uri: str, needle: str) -> None:
     stack.s3.put_object(Bucket="reports", Key="bad.jsonl", Body=b'{"company_id": "C1"}\n{oops\n')
     res = stack.split({"job": JOB.name, "run_id": "r1", "items_uri": uri})
+    # the run is stopped and its reduce claimed: the reduce reports it and ends it FAILED
+    assert res["status"] == "REDUCING" and res["expected"] == 0
+    stack.drive(stack.forwarder().handle, stack.task_queue)
     run = stack.ledger.require_run("r1")
-    assert res["status"] == "FAILED" and run.status is RunStatus.FAILED
+    assert run.status is RunStatus.FAILED and run.report_uri
     assert uri in (run.error or "") and needle in (run.error or "") and "Fix:" in (run.error or "")
 
 
@@ -1003,6 +1011,7 @@ def test_b_a_transient_source_error_is_retried_then_fails_the_run(stack: Stack) 
             stack.splitter(s3=Throttled()).handle(event, ENOUGH_TIME)
         assert stack.ledger.require_run("r1").status is RunStatus.SPLITTING
     stack.splitter(s3=Throttled()).handle(event, ENOUGH_TIME)
+    stack.drive(stack.forwarder().handle, stack.task_queue)
     run = stack.ledger.require_run("r1")
     assert run.status is RunStatus.FAILED and "SlowDown" in (run.error or "") and "5 attempts" in (run.error or "")
 

@@ -353,3 +353,37 @@ def test_tasks_finds_one_item_and_lists_the_failures(stopped_run: dict[str, Any]
     (ok,) = cli_json("tasks", run_id, "--item", succeeded[0]["item_id"], "--json")[0]
     assert ok["state"] == "SUCCEEDED" and ok["attempts"] == succeeded[0]["attempts"] >= 1
     assert ok["result"]["reminded"] is True and ok["result"]["invoice_id"] == ok["item_id"]
+
+
+#: Stopped runs started at once for the report check (ARCHITECTURE invariant 10).
+STOPS = 5
+
+
+def test_every_stopped_run_reports_each_task_once_done_or_not_attempted(
+    stack: LocalStack, ledger: Ledger, tmp_path: Path
+) -> None:
+    # GIVEN 5 runs started at once, each refused early on above the job's 5 % (so each stops while
+    # batches of its own and of the others are in flight)
+    run_ids = []
+    for n in range(STOPS):
+        first = STOP_FIRST + 1_000 * (n + 1)
+        items = invoices_file(tmp_path / f"stop-{n}.jsonl", STOP_INVOICES, first=first, not_overdue=STOP_REFUSED)
+        (started,) = cli_json("run", JOB.name, "--items", str(items), "--json")
+        run_ids.append(str(started["run_id"]))
+    for run_id in run_ids:
+        final = finished(ledger, run_id)
+        run = ledger.require_run(run_id)
+        assert final.status is RunStatus.FAILED and (run.error or "").startswith("stopped early"), run.error
+        # THEN its report has one row per task the ledger recorded, the others are listed not
+        # attempted, no task is in both: report rows + not-attempted rows = expected, exactly
+        cli_run("report", run_id, "--out", str(tmp_path / "reports"))
+        folder = tmp_path / "reports" / run_id
+        with (folder / "report.csv").open(newline="") as f:
+            reported = [row["task_id"] for row in csv.DictReader(f)]
+        with (folder / "not_attempted.csv").open(newline="") as f:
+            listed = [row["task_id"] for row in csv.DictReader(f)]
+        assert len(set(reported)) == len(reported) and not set(reported) & set(listed)
+        assert len(reported) + len(listed) == run.expected == STOP_INVOICES, (run_id, len(reported), len(listed))
+        recorded = {t.task_id for s in range(run.shard_count) for t in ledger.iter_results(run_id, s)}
+        missing = recorded - set(reported)
+        assert not missing, f"run {run_id}: {len(missing)} recorded tasks are not in its report: {sorted(missing)[:5]}"

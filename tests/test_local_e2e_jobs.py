@@ -168,35 +168,52 @@ def test_two_jobs_run_at_once_on_their_two_services_each_exact(
     assert ledger.require_run(reminders_run).params == {"campaign": "e2e"}
     # AND the reminders service got the run's signed completion callback, kept once (at least once
     # delivered), with the outcome and the report's location
-    deadline = time.monotonic() + 60
-    done: dict[str, Any] | None = None
-    sm = state.client("secretsmanager")
-    secret_arn = json.loads(state.outputs["ServiceSecretArns"])["reminders"]
-    path = f"/runs/{reminders_run}/completion"
-    while done is None and time.monotonic() < deadline:
-        try:  # the outcome is only shown to a GET signed like a push
-            secret = current_secret(sm.get_secret_value(SecretId=secret_arn)["SecretString"])
-            signed = sign_request(secret, "GET", path, b"", f"{reminders_run}:completion")
-            request = urllib.request.Request(f"{state.services['reminders']}{path}", headers=signed)
-            with urllib.request.urlopen(request, timeout=5) as resp:
-                done = json.loads(resp.read())
-        except urllib.error.HTTPError:
-            time.sleep(0.5)
-    assert done is not None, "the completion callback never reached the reminders service"
+    done = completion_of(state, reminders_run)
     assert (done["status"], done["expected"], done["succeeded"], done["failed"]) == ("SUCCEEDED", INVOICES, INVOICES, 0)
     assert done["report_uri"] == results["invoice-reminders"][1]["report_uri"] and done["deliveries"] >= 1
 
 
+def completion_of(state: LocalState, run_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    """The completion callback the reminders service kept for the run (waits for it): the outcome is
+    only shown to a GET signed like a push."""
+    sm = state.client("secretsmanager")
+    secret_arn = json.loads(state.outputs["ServiceSecretArns"])["reminders"]
+    path = f"/runs/{run_id}/completion"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            secret = current_secret(sm.get_secret_value(SecretId=secret_arn)["SecretString"])
+            signed = sign_request(secret, "GET", path, b"", f"{run_id}:completion")
+            request = urllib.request.Request(f"{state.services['reminders']}{path}", headers=signed)
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError:
+            time.sleep(0.5)
+    raise AssertionError(f"the completion callback of run {run_id} never reached the reminders service")
+
+
 @pytest.mark.usefixtures("workdir_env")
-def test_a_run_whose_manifest_is_missing_ends_failed_with_the_reason(ledger: Ledger) -> None:
+def test_a_run_whose_manifest_is_missing_ends_failed_with_the_reason(state: LocalState, ledger: Ledger) -> None:
     # GIVEN invoice-reminders' declared manifest, today's s3://invoice-manifests/unpaid/{date}.jsonl, which does
     # not exist here
     started, final = cli_json("run", "invoice-reminders", "--wait", "--json", "--timeout", "120", code=cli.EXIT_FAILED)
     # THEN the run ends FAILED (not SPLITTING forever), and the reason names the source and the fix
     assert final["status"] == "FAILED" and final["expected"] == 0
-    error = ledger.require_run(started["run_id"]).error or ""
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
-    assert f"s3://invoice-manifests/unpaid/{day}.jsonl" in error, error
+    run_id = started["run_id"]
+    error = ledger.require_run(run_id).error or ""
+    manifest = f"s3://invoice-manifests/unpaid/{datetime.now(UTC).strftime('%Y-%m-%d')}.jsonl"
+    assert manifest in error and "Fix:" in error, error
+    # AND it sends its notices like any ended run: one email to the job's recipients, saying why,
+    # and one completion callback with the outcome (kept once by the service)
+    done = completion_of(state, run_id)
+    assert (done["status"], done["expected"]) == ("FAILED", 0) and done["deliveries"] == 1, done
+    deadline = time.monotonic() + 30
+    while not emails_of(state, run_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)  # a second email would come within the same finalize
+    (email,) = emails_of(state, run_id)
+    assert email["To"] == list(INVOICE_REMINDERS.recipients) and "FAILED" in email["Subject"]
+    assert manifest.removeprefix("s3://") in json.dumps(email), email
 
 
 class BadSignatures:

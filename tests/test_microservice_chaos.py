@@ -98,7 +98,14 @@ def test_poison_and_bad_request_ids_always_fail(env: Env) -> None:
         stats = client.get("/_chaos/stats").json()
     # THEN the poison id always gets 500 (retried, then FAILED), the bad one always 400 (permanent)
     assert (poison, bad, fine) == ([500] * 3, [400] * 3, 200)
-    assert stats["injected"] == {"http_503": 0, "http_429": 0, "timeout": 0, "poison_500": 3, "bad_request_400": 3}
+    assert stats["injected"] == {
+        "http_503": 0,
+        "http_429": 0,
+        "timeout": 0,
+        "poison_500": 3,
+        "bad_request_400": 3,
+        "crash": 0,
+    }
     assert not has_score(env, "C0000013") and not has_score(env, "C0000021")
 
 
@@ -143,3 +150,26 @@ def test_chaos_config_from_a_file(env: Env, tmp_path: Path) -> None:
 def test_invalid_chaos_setting_stops_the_start(setting: str) -> None:
     with pytest.raises(SettingsError, match="MICROPROCESS_CHAOS"):
         create_app(queue_settings(microprocess_chaos=setting))
+
+
+def test_a_crash_id_kills_the_process_once_its_request_is_read(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import microservice.chaos as chaos_module
+
+    class Killed(Exception):
+        """Stands in for the process ending (os._exit does not return)."""
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise Killed
+
+    monkeypatch.setattr(chaos_module.os, "_exit", fake_exit)
+    # GIVEN a crash id
+    with chaos_client(env, {"seed": 1, "crash_ids": ["C0000017"]}) as client:
+        # WHEN a healthy company is pushed THEN it is served
+        assert signed_post(client, TASK, task_payload("C0000016")).status_code == 200
+        # WHEN the crash id is pushed THEN the process exits without an answer, having done nothing
+        with pytest.raises(Killed):
+            signed_post(client, TASK, task_payload("C0000017"))
+    assert exits == [chaos_module.CRASH_EXIT_CODE] and not has_score(env, "C0000017")

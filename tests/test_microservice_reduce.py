@@ -399,3 +399,35 @@ def test_report_and_failures_csv_quote_cells_that_start_a_formula(queue_client: 
     assert {r["band"] for r in report if r["state"] == "SUCCEEDED"} == quoted
     assert {r["score"] for r in report if r["state"] == "SUCCEEDED"} == {"-5"}
     assert {f["company_id"] for f in failures} == {f["error"] for f in failures} == quoted
+
+
+def test_a_stopped_run_reports_every_task_once_late_completions_included(queue_client: TestClient, env: Env) -> None:
+    from microprocess.control.stop import stop_run
+    from microprocess.ledger import CURSOR_DONE
+    from microprocess.pipeline.envelope import shard_of
+
+    def outcome(i: int) -> TaskOutcome:
+        task_id = f"0-{i:09d}"
+        return TaskOutcome(
+            task_id, shard_of(task_id, JOB.shard_count), TaskState.SUCCEEDED, 1, f"C{i:07d}", result={"score": 700}
+        )
+
+    # GIVEN a run of 40 tasks, 10 done, stopped mid-flight (its reduce parts built at once)
+    env.ledger.create_run("r-stop", JOB)
+    env.ledger.account_page("r-stop", segment="0", cursor_from="", cursor_to=CURSOR_DONE, count=40)
+    env.ledger.record_outcomes("r-stop", JOB.counter_count, [outcome(i) for i in range(10)])
+    assert stop_run(env.ledger, "r-stop", "stopped by an operator")
+    reduce_all(queue_client, "r-stop")
+    # WHEN batches in flight at the stop record 3 more tasks before the finalize
+    env.ledger.record_outcomes("r-stop", JOB.counter_count, [outcome(i) for i in range(10, 13)])
+    resp = signed_post(queue_client, FINALIZE, finalize_payload("r-stop"))
+    assert resp.status_code == 200, resp.text
+    # THEN the report has the 13 done tasks, not_attempted.csv the 27 others: 40 in all, none twice
+    layout = ReportLayout(BUCKET, JOB.name, "r-stop")
+    reported = [r["task_id"] for r in read_csv(env, layout.report_csv)]
+    assert sorted(reported) == [f"0-{i:09d}" for i in range(13)]
+    listed = [r["task_id"] for r in read_csv(env, layout.not_attempted_csv)]
+    assert sorted(listed) == [f"0-{i:09d}" for i in range(13, 40)]
+    # AND the stopped run is FAILED in its summary, as the ledger ends it (some tasks never ran)
+    summary = resp.json()["summary"]
+    assert summary["status"] == "FAILED" and summary["not_attempted"] == 27

@@ -39,9 +39,11 @@ def platform(stack: Stack) -> Iterator[tuple[JobDeclaration, JobRegistry]]:
     )
 
 
-def reducer_forwarder(st: Stack, jobs: JobRegistry, *, with_reducer: bool = True) -> Forwarder:
+def reducer_forwarder(
+    st: Stack, jobs: JobRegistry, *, with_reducer: bool = True, reducer_cls: type[PlatformReducer] = PlatformReducer
+) -> Forwarder:
     reducer = (
-        PlatformReducer(
+        reducer_cls(
             ledger=st.ledger,
             s3=st.s3,
             ses=boto3.client("ses", region_name="us-east-1"),
@@ -218,3 +220,87 @@ def test_a_run_stopped_early_is_reported_with_its_not_attempted_tasks_and_mailed
     assert len(report) - 1 == len(pushed)
     # AND one email
     assert len(mail()) == 1
+
+
+def test_a_run_whose_source_cannot_be_read_ends_failed_and_sends_its_notices_once(
+    stack: Stack, platform: tuple[JobDeclaration, JobRegistry]
+) -> None:
+    # GIVEN a platform-reduce job with recipients and a completion callback, started on a manifest
+    # that does not exist
+    job, jobs = platform
+    uri = f"s3://{stack.bucket}/inputs/missing.jsonl"
+    event = {"job": job.name, "run_id": "r1", "items_uri": uri}
+    # WHEN the splitter meets the missing source, and is delivered the start event again
+    res = stack.splitter(jobs=jobs, two_queues=True).handle(event, ENOUGH_TIME)
+    stack.splitter(jobs=jobs, two_queues=True).handle(event, ENOUGH_TIME)
+    # AND the reducer function drains the reduce queue (twice: a finalize delivered again changes nothing)
+    stack.drive(reducer_forwarder(stack, jobs).handle, stack.reduce_queue)
+    stack.drive(reducer_forwarder(stack, jobs).handle, stack.reduce_queue)
+    # THEN the run ended FAILED with the reason and the fix, and a report of its 0 tasks
+    run = stack.ledger.require_run("r1")
+    assert res["status"] in ("FAILED", "REDUCING")
+    assert run.status is RunStatus.FAILED and run.report_uri
+    assert uri in (run.error or "") and "does not exist" in (run.error or "") and "Fix:" in (run.error or "")
+    layout = ReportLayout(stack.bucket, job.name, "r1")
+    report = stack.s3.get_object(Bucket=stack.bucket, Key=layout.report_csv)["Body"].read().decode().splitlines()
+    assert len(report) <= 1  # a header at most: the run has no task
+    # AND one email saying FAILED with the reason, and one completion callback saying FAILED
+    [message] = mail()
+    assert "FAILED" in message.subject and "does not exist" in message.body
+    [call] = completion_calls(stack)
+    assert call["payload"]["status"] == "FAILED" and call["payload"]["expected"] == 0
+    assert stack.metric("RunsFailed") == 1
+
+
+def test_a_stopped_run_reports_every_task_once_late_completions_included(stack: Stack) -> None:
+    # GIVEN a platform-reduce job tolerating 5% whose service rejects every item, stop_early on:
+    # the first batch with failures stops the run of 40 tasks
+    boto3.client("ses", region_name="us-east-1").verify_email_identity(EmailAddress=SENDER)
+    job, jobs = job_with(
+        reduce="platform", reduce_part_path=None, reduce_finalize_path=None, tolerated_failure_pct=5.0, stop_early=True
+    )
+    for i in range(40):
+        stack.service.behaviours[f"C{i:07d}"] = Behaviour(status=400)
+    items = [{"company_id": f"C{i:07d}"} for i in range(40)]
+    stack.splitter(jobs=jobs, two_queues=True).handle({"job": job.name, "run_id": "r1", "items": items}, ENOUGH_TIME)
+    stack.drive(stack.forwarder(jobs=jobs, two_queues=True).handle, stack.task_queue)
+    run = stack.ledger.require_run("r1")
+    assert run.status is RunStatus.REDUCING and (run.error or "").startswith("stopped early")
+    pushed = {c["payload"]["task_id"] for c in stack.service.task_calls()}
+    late = sorted({f"0-{i:09d}" for i in range(40)} - pushed)[:3]
+    # WHEN batches still in flight at the stop record 3 more tasks after the reduce parts were
+    # built, just before the finalize (2 succeeded, 1 failed)
+    from microprocess.ledger import TaskOutcome, TaskState
+    from microprocess.pipeline.envelope import shard_of
+
+    class LateCompletions(PlatformReducer):
+        def finalize(self, job: JobDeclaration, run_id: str) -> dict[str, Any]:
+            outcomes = [
+                TaskOutcome(
+                    t,
+                    shard_of(t, run.shard_count),
+                    TaskState.FAILED if n == 2 else TaskState.SUCCEEDED,
+                    1,
+                    None,
+                    result=None if n == 2 else {"score": 1},
+                    error="HTTP 400" if n == 2 else None,
+                )
+                for n, t in enumerate(late)
+            ]
+            stack.ledger.record_outcomes(run_id, run.counter_count, outcomes)
+            return super().finalize(job, run_id)
+
+    stack.drive(reducer_forwarder(stack, jobs, reducer_cls=LateCompletions).handle, stack.reduce_queue)
+    # THEN the report has one row per recorded task, the late ones included, and every other
+    # task is listed not attempted: rows + not-attempted rows = expected, no task in both
+    run = stack.ledger.require_run("r1")
+    assert run.status is RunStatus.FAILED
+    layout = ReportLayout(stack.bucket, job.name, "r1")
+    rows = stack.s3.get_object(Bucket=stack.bucket, Key=layout.report_csv)["Body"].read().decode().splitlines()[1:]
+    reported = {line.split(",", 1)[0] for line in rows}
+    listed = stack.s3.get_object(Bucket=stack.bucket, Key=layout.not_attempted_csv)["Body"].read().decode().split()
+    assert listed[0] == "task_id"
+    not_attempted = set(listed[1:])
+    assert reported == pushed | set(late) and len(rows) == len(reported)
+    assert not reported & not_attempted and len(rows) + len(listed) - 1 == 40 == run.expected
+    assert run.summary["rows"] == len(rows) and run.summary["not_attempted"] == 40 - len(rows)

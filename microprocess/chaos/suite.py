@@ -65,6 +65,8 @@ def item(i: int) -> dict[str, str]:
     return {JOB.item_id_field: _item_ids().format(n=i)}
 
 
+#: The error a run stopped by the suite carries (first in the run's error).
+STOP_REASON = "stopped by the chaos suite mid-flight"
 #: An id no seeded item has: the service answers 404 (a permanent failure).
 UNKNOWN_ITEM_ID = "UNKNOWN-0000000"
 
@@ -87,6 +89,9 @@ class Scenario:
             `ambiguous_writes`, `quarantined`). Required for every scenario with a fault.
         kill_splitter: the first this many splitter invocations crash after sending a page
             (deterministic, unlike a crash rate), then the split resumes.
+        stop_at: stop the run (the platform's stop, `control.stop.stop_run`, its reduce enqueued
+            at once) when this fraction of its tasks is done: its report must hold every task
+            once, a done row or a not-attempted row.
     """
 
     name: str
@@ -99,10 +104,12 @@ class Scenario:
     expect: RunStatus = RunStatus.SUCCEEDED
     evidence: tuple[str, ...] = ()
     kill_splitter: int = 0
+    stop_at: float | None = None
 
     def __post_init__(self) -> None:
         faulty = (
-            self.function_faults
+            self.stop_at
+            or self.function_faults
             or self.service_faults
             or self.restart_service_at
             or self.malformed
@@ -167,6 +174,29 @@ def scenarios(size: str) -> list[Scenario]:
         # The first two splitter invocations die after sending their page (the resumed one
         # re-sends it: duplicates the ledger absorbs); a crash rate could miss every page.
         Scenario("splitter-killed", n, kill_splitter=2, evidence=("splitter_kills",)),
+        # Stopped mid-flight while messages are duplicated and forwarders die at every point:
+        # batches in flight at the stop still record tasks; the report must add up.
+        Scenario(
+            "stopped-mid-flight",
+            n,
+            function_faults={
+                "duplicate_rate": 0.2,
+                "crash_rates": {"before_push": crash, "after_push": crash, "after_task_write": crash},
+            },
+            stop_at=0.3,
+            expect=RunStatus.FAILED,
+            evidence=("duplicates_absorbed", "crashes", "not_attempted"),
+        ),
+        # One item kills the service each time it is pushed (its request read, then the process
+        # gone: a poison item, an OOM); the suite restarts the service as its supervisor would.
+        # Each such push reached the service, so it counts: the item ends FAILED after exactly
+        # max_attempts pushes (and crashes), and the run ends (1 item is within the tolerance).
+        Scenario(
+            "service-crash-poison",
+            n,
+            service_faults={"crash_ids": [item(9)[JOB.item_id_field]]},
+            evidence=("service_restarts", "failed"),
+        ),
         Scenario(
             "ambiguous-writes",
             n,
@@ -215,6 +245,7 @@ class Row:
     crashes: int = 0
     ambiguous_writes: int = 0
     service_restarts: int = 0
+    not_attempted: int = 0
     wall_s: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -234,6 +265,7 @@ EVIDENCE = frozenset(
         "ambiguous_writes",
         "service_restarts",
         "failed",
+        "not_attempted",
     }
 )
 _FIRED = re.compile(re.escape(FIRED_LOG_PREFIX) + r" (\w+) at (\w+)")
@@ -387,7 +419,7 @@ class ChaosSuite:
     def _wait(self, sc: Scenario, run_id: str, chaos_file: Path) -> None:
         self.service_restarts = 0
         deadline = time.monotonic() + self.timeout_s
-        restarted = False
+        restarted = stopped = False
         last_sweep = time.monotonic()
         while time.monotonic() < deadline:
             prog = self.ledger.progress(run_id)
@@ -404,10 +436,36 @@ class ChaosSuite:
                 self.stack.restart_service(JOB.service, chaos=chaos_file if sc.service_faults else None)
                 restarted = True
                 self.service_restarts += 1
+            if sc.stop_at and not stopped and prog.expected and done >= sc.stop_at * prog.expected:
+                stopped = self._stop(run_id, done, prog.expected)
+            if sc.service_faults.get("crash_ids") and not self._service_running():
+                self.echo(f"    the queue service died at {done}/{prog.expected}: restarting it")
+                self.stack.restart_service(JOB.service, chaos=chaos_file)
+                self.service_restarts += 1
             if time.monotonic() - last_sweep > 5:  # the schedule runs it every 5 minutes; here, often
                 self.lam.invoke(FunctionName=self.outputs["SweeperFunctionName"], Payload=b"{}")
                 last_sweep = time.monotonic()
             time.sleep(0.5)
+
+    def _stop(self, run_id: str, done: int, expected: int) -> bool:
+        """Stop the run as the platform does (`stop_if_hopeless` without the tolerance check)."""
+        from microprocess.control.stop import stop_run
+        from microprocess.pipeline.fanin import enqueue_reduce_parts
+        from microprocess.pipeline.queue import QueueSender
+
+        self.echo(f"    stopping the run at {done}/{expected}")
+        if not stop_run(self.ledger, run_id, f"{STOP_REASON} at {done} of {expected} tasks"):
+            return False
+        sender = QueueSender(client=self.sqs, queue_url=self.outputs["ReduceQueueUrl"])
+        enqueue_reduce_parts(sender, JOB, run_id, self.ledger.require_run(run_id).shard_count)
+        return True
+
+    def _service_running(self) -> bool:
+        """Whether the chaos job's service process is alive (a crash id kills it)."""
+        from microprocess.local.processes import is_running
+
+        handle = self.stack.handles[self.stack.processes[JOB.service].process]
+        return is_running(handle.pid, handle.start_ticks)
 
     # ------------------------------------------------------------ checks
 
@@ -431,11 +489,20 @@ class ChaosSuite:
             p.append(f"ended {prog.status}, expected {sc.expect}")
         if prog.expected != len(source):
             p.append(f"expected {prog.expected} != {len(source)} source items")
-        if prog.succeeded + prog.failed != prog.expected:
-            p.append(f"succeeded {prog.succeeded} + failed {prog.failed} != expected {prog.expected}")
         tasks = [t for k in range(run.shard_count) for t in self.ledger.iter_results(run_id, k)]
-        if len(tasks) != len(source):
-            p.append(f"{len(tasks)} task records for {len(source)} items")
+        if sc.stop_at:
+            # Stopped: every task once, in the report (done) or in not_attempted.csv, never both
+            if not (run.error or "").startswith(STOP_REASON):
+                p.append(f"the run was not stopped by the suite: {run.error}")
+            listed = [r["task_id"] for r in self._report_rows(run.report_uri, "not_attempted.csv")]
+            row.not_attempted = len(listed)
+            if len(tasks) + len(listed) != len(source) or {t.task_id for t in tasks} & set(listed):
+                p.append(f"{len(tasks)} done + {len(listed)} not attempted != {len(source)} tasks, or overlapping")
+        else:
+            if prog.succeeded + prog.failed != prog.expected:
+                p.append(f"succeeded {prog.succeeded} + failed {prog.failed} != expected {prog.expected}")
+            if len(tasks) != len(source):
+                p.append(f"{len(tasks)} task records for {len(source)} items")
         for t in tasks:
             if t.state is TaskState.FAILED and not t.error:
                 p.append(f"failed task {t.task_id} has no error")
@@ -464,6 +531,20 @@ class ChaosSuite:
         row.emails = self._emails(run_id)
         if row.emails != 1:
             p.append(f"{row.emails} emails for the run")
+        crash_ids = set(sc.service_faults.get("crash_ids", ()))
+        if crash_ids:
+            # Every push of a crash item reached the service and killed it: each counted, so the
+            # service was killed (and restarted) exactly max_attempts times per item.
+            crashed = [t for t in tasks if t.item_id in crash_ids]
+            if len(crashed) != len(crash_ids) or any(
+                t.state is not TaskState.FAILED or t.attempts != JOB.max_attempts for t in crashed
+            ):
+                p.append(f"crash items not FAILED after {JOB.max_attempts} attempts: {crashed}")
+            if row.service_restarts != JOB.max_attempts * len(crash_ids):
+                p.append(
+                    f"the service was killed {row.service_restarts} times by {len(crash_ids)} crash item(s) of "
+                    f"{JOB.max_attempts} attempts: its pushes were not counted as attempts"
+                )
         if sc.malformed:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -493,11 +574,11 @@ class ChaosSuite:
             if ts
         )
 
-    def _report_rows(self, report_uri: str | None) -> list[dict[str, str]]:
+    def _report_rows(self, report_uri: str | None, name: str = "report.csv") -> list[dict[str, str]]:
         if not report_uri:
             return []
         bucket, _, prefix = report_uri.removeprefix("s3://").partition("/")
-        body = self.s3.get_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/report.csv")["Body"].read()
+        body = self.s3.get_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/{name}")["Body"].read()
         return list(csv.DictReader(io.StringIO(body.decode())))
 
     def _quarantine_keys(self) -> set[str]:
@@ -551,6 +632,7 @@ COLUMNS = [
     ("crashes", "crashes"),
     ("ambiguous_writes", "ambiguous writes"),
     ("quarantined", "quarantined"),
+    ("not_attempted", "not attempted"),
     ("wall_s", "wall time (s)"),
 ]
 

@@ -9,8 +9,9 @@ success. The decision is `tolerance.cannot_succeed`; the counters never over-cou
 A stopped run moves straight to REDUCING (its reduce claimed, `stopped_early_at` set): the
 forwarder acknowledges its remaining messages without a push (late for a reducing run), the
 splitter's next page is refused (`RunNotActive`), and the reduce builds the report of what was
-done, with the run's tasks that have no record listed as not attempted (`lookup.not_attempted`),
-mails it, and ends the run FAILED (the ledger's verdict: failures above the tolerance).
+done (the tasks batches in flight at the stop recorded included), with the run's other tasks
+listed as not attempted from the same reading of the ledger, mails it, and ends the run FAILED
+(`ledger.ended_status`: some of its tasks never ran).
 """
 
 from __future__ import annotations
@@ -34,16 +35,18 @@ log = logging.getLogger(__name__)
 STOPPABLE = (RunStatus.SPLITTING, RunStatus.RUNNING, RunStatus.PAUSED)
 
 
-def stop_run(ledger: Ledger, run_id: str, error: str) -> bool:
+def stop_run(ledger: Ledger, run_id: str, error: str, *, source_failed: bool = False) -> bool:
     """Stop a splitting, running or paused run: claim its reduce now (REDUCING), marked
-    `stopped_early_at` with `error`. True for the one caller whose write stopped it."""
+    `stopped_early_at` with `error` (and `source_failed_at` with `source_failed`: the run then
+    ends FAILED whatever its counts). True for the one caller whose write stopped it."""
     values: dict[str, Any] = {":f": str(RunStatus.REDUCING), ":now": utc_now_iso(), ":e": error}
     values |= {f":s{i}": str(s) for i, s in enumerate(STOPPABLE)}
+    marks = "stopped_early_at = :now, source_failed_at = :now" if source_failed else "stopped_early_at = :now"
     try:
         ledger.client.update_item(
             TableName=ledger.table_name,
             Key=_to_ddb({"pk": _run_pk(run_id), "sk": "RUN"}),
-            UpdateExpression="SET #st = :f, reduce_claimed_at = :now, stopped_early_at = :now, #err = :e",
+            UpdateExpression=f"SET #st = :f, reduce_claimed_at = :now, {marks}, #err = :e",
             ConditionExpression=f"#st IN ({', '.join(f':s{i}' for i in range(len(STOPPABLE)))})",
             ExpressionAttributeNames={"#st": "status", "#err": "error"},
             ExpressionAttributeValues=_to_ddb(values),

@@ -194,11 +194,18 @@ class JobDeclaration(BaseModel):
         max_queue_depth: the splitter pauses while the job's queue holds this many messages
             (0: never); the local stage caps it further to what the emulator handles.
         max_attempts: pushes per task before it is recorded FAILED. A push that never reached
-            the service (connection refused, host not found, connect timeout: a restart or a
-            deploy) does not count while the task has been unreachable for less than
-            `unreachable_grace_s`.
+            the service (no byte of it sent: connection refused, host not found, connect
+            timeout, a restart or a deploy) does not count while the outage has lasted less than
+            `unreachable_grace_s`; a 429 or 503 with `Retry-After` does not count while the task
+            has been throttled for less than `throttle_budget_s`.
         unreachable_grace_s: how long a task keeps retrying, attempts untouched, while its
-            service cannot be reached (0: every push counts); past it, each push counts again.
+            service cannot be reached, per outage (a push that reaches the service ends it;
+            0: every push counts); past it, each push counts again.
+        throttle_budget_s: how long a task keeps retrying, attempts untouched, while its service
+            answers 429 or 503 with `Retry-After` (it asks to slow down: the task has not
+            failed), from the task's first such answer (0: every answer counts); past it, each
+            counts again, so a service that never stops throttling still ends the run. A
+            `Retry-After` above 900 s (SQS's longest delay) counts.
         tolerated_failure_pct: above this percentage of failed tasks the run ends FAILED.
         max_concurrency: the event source's maximum concurrent forwarder batches (2..1000).
         shard_count: ledger task partitions, and so the number of reduce parts.
@@ -248,6 +255,7 @@ class JobDeclaration(BaseModel):
     sample_item: dict[str, Any] | None = None
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     unreachable_grace_s: Annotated[int, Field(ge=0, le=86_400)] = 900
+    throttle_budget_s: Annotated[int, Field(ge=0, le=86_400)] = 1800
     tolerated_failure_pct: Annotated[float, Field(ge=0, le=100)] = 1.0
     max_concurrency: Annotated[int, Field(ge=2, le=1000)] = 50
     shard_count: Annotated[int, Field(ge=1, le=256)] = 16

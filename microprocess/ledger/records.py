@@ -96,6 +96,11 @@ class RunRecord:
     #: Run-time parameters from the start event, passed into every task by the forwarder.
     params: dict[str, Any] = field(default_factory=dict)
     email_sent_at: str | None = None
+    #: When the run was stopped before its end (`control.stop.stop_run`): its reduce reports what
+    #: was done and lists the rest as not attempted.
+    stopped_early_at: str | None = None
+    #: When its source was found unreadable: the run is stopped and ends FAILED whatever its counts.
+    source_failed_at: str | None = None
 
     def owns_task(self, task_id: str) -> bool | None:
         """Whether `task_id` is one of this run's tasks: True, False, or None when it cannot
@@ -125,6 +130,15 @@ def run_verdict(failed: int, expected: int, tolerated_failure_pct: float) -> Run
         return RunStatus.SUCCEEDED
     over = Decimal(failed) * 100 > Decimal(str(tolerated_failure_pct)) * Decimal(expected)
     return RunStatus.FAILED if over else RunStatus.SUCCEEDED
+
+
+def ended_status(run: RunRecord, failed: int, expected: int, tolerated_failure_pct: float) -> RunStatus:
+    """The status a reduced run ends with: `run_verdict`, except that a run stopped before its
+    end (by the stop-early rule, an operator, or a source that cannot be read) ends FAILED
+    whatever its counts: some of its tasks never ran."""
+    if run.stopped_early_at or run.source_failed_at:
+        return RunStatus.FAILED
+    return run_verdict(failed, expected, tolerated_failure_pct)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ from microprocess.ledger.records import (
     _to_ddb,
     _token,
     _written_by,
+    ended_status,
     failed_percentage,
     insert_statement,
     run_verdict,
@@ -340,6 +341,8 @@ class Ledger:
             source=json.loads(item["source"]) if item.get("source") else {},
             params=json.loads(item["params"]) if item.get("params") else {},
             email_sent_at=item.get("email_sent_at"),
+            stopped_early_at=item.get("stopped_early_at"),
+            source_failed_at=item.get("source_failed_at"),
         )
 
     def list_runs(self, job: str, *, limit: int = 20) -> list[RunRecord]:
@@ -1208,15 +1211,18 @@ class Ledger:
         if run.status is not RunStatus.REDUCING:
             return None
         prog = self.progress(run_id)
-        status = run_verdict(prog.failed, prog.expected, tolerated_failure_pct)
+        verdict = run_verdict(prog.failed, prog.expected, tolerated_failure_pct)
+        status = ended_status(run, prog.failed, prog.expected, tolerated_failure_pct)
         error = (
             f"{prog.failed} of {prog.expected} tasks failed "
             f"({failed_percentage(prog.failed, prog.expected):.2f}%), above the tolerated {tolerated_failure_pct}%"
-            if status is RunStatus.FAILED
+            if verdict is RunStatus.FAILED
             else None
         )
         if run.error and error:  # a reducing run with an error was stopped early: keep why, first
             error = f"{run.error}; at its end, {error}"
+        elif error is None and status is RunStatus.FAILED:  # stopped within the tolerance: why it stopped
+            error = run.error
         done = self._claim(
             _run_key(run_id),
             set_expr="#st = :s, finished_at = :now, report_uri = :r, summary = :sum, #err = :e",

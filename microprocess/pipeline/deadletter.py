@@ -20,7 +20,7 @@ from microprocess.control.pause import prior_attempts
 from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobRegistry, UnknownJobError
 from microprocess.ledger import Ledger, TaskOutcome, TaskState
-from microprocess.pipeline.envelope import MalformedEnvelope, TaskEnvelope, TaskKind
+from microprocess.pipeline.envelope import MalformedEnvelope, TaskEnvelope, TaskKind, outside_run
 from microprocess.pipeline.fanin import enqueue_reduce_parts
 from microprocess.pipeline.forwarder import REASON_ATTRIBUTE
 from microprocess.pipeline.queue import QueueSender
@@ -82,13 +82,12 @@ class DeadLetterHandler:
         if run is None:
             self._quarantine(record, f"{reason}; unknown run '{env.run_id}'")
             return
-        if env.kind is TaskKind.TASK:
-            owned = run.owns_task(env.task_id)
-            if owned is None:
-                raise RuntimeError(f"task {env.task_id} of run {env.run_id} is not accounted yet; retrying later")
-            if not owned:
-                self._quarantine(record, f"{reason}; task '{env.task_id}' is not part of run '{env.run_id}'")
-                return
+        if env.kind is TaskKind.TASK and run.owns_task(env.task_id) is None:
+            raise RuntimeError(f"task {env.task_id} of run {env.run_id} is not accounted yet; retrying later")
+        outside = outside_run(env, run)
+        if outside is not None:  # not the run's own message: it neither fails a task nor the run
+            self._quarantine(record, f"{reason}; {outside}")
+            return
         if env.kind is not TaskKind.TASK:
             if self.ledger.fail_run(env.run_id, f"{env.kind} {env.task_id} dead-lettered: {reason}"):
                 self.emit("RunsFailed", 1, job.name, run_id=env.run_id)

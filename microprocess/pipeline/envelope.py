@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    from microprocess.ledger import RunRecord
 
 ENVELOPE_VERSION: Literal[1] = 1
 #: SQS accepts bodies up to 1 MiB; we refuse anything larger before sending.
@@ -125,6 +128,23 @@ def shard_of(task_id: str, shard_count: int) -> int:
     """The ledger shard of a task: a stable hash of its id modulo the shard count."""
     digest = hashlib.blake2b(task_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % shard_count
+
+
+def outside_run(env: TaskEnvelope, run: RunRecord) -> str | None:
+    """Why a message naming `run` is not one of its messages, or None when it may be: a shard
+    the run does not have, a task on another shard than its id's, or a task id beyond the run
+    (`RunRecord.owns_task` False; not yet accounted is not outside). The same check with or
+    without a pause: what fails it is dead-lettered and quarantined, never parked."""
+    if not 0 <= env.shard < run.shard_count:
+        return (
+            f"{env.kind} '{env.task_id}' names shard {env.shard}; run '{run.run_id}' has shards "
+            f"0..{run.shard_count - 1}"
+        )
+    if env.kind is TaskKind.TASK and (
+        env.shard != shard_of(env.task_id, run.shard_count) or run.owns_task(env.task_id) is False
+    ):
+        return f"task '{env.task_id}' (shard {env.shard}) is not part of run '{run.run_id}'"
+    return None
 
 
 def reduce_part_id(shard: int) -> str:

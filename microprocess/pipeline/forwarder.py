@@ -11,10 +11,13 @@ response: only records that should be retried are listed in `batchItemFailures`.
 * Pushes in a batch run concurrently. 2xx: SUCCEEDED; 4xx but 408/429: FAILED, no
   retry; else retried with exponential backoff and jitter (visibility timeout),
   honouring `Retry-After`, until the job's max attempts, then FAILED with the last error.
-  A push that never reached the service (it could not connect: a restart, a deploy) is not
-  an attempt: the message is re-sent with a delay (≤ 60 s) carrying its attempts so far and
-  since when it has been unreachable, and acknowledged, for up to the job's
-  `unreachable_grace_s`; past that, such pushes count as attempts again (runs always finish).
+  A push that never reached the service (no byte of it left: it could not connect, a restart,
+  a deploy) is not an attempt: the message is re-sent with a delay (≤ 60 s) carrying its
+  attempts so far and since when it has been unreachable, and acknowledged, for up to the job's
+  `unreachable_grace_s` per outage (a push that reaches the service ends the outage); past
+  that, such pushes count as attempts again (runs always finish). Likewise a 429 or 503 with
+  `Retry-After` (the service asks to slow down) is re-sent after it without counting, for up
+  to the job's `throttle_budget_s` from the task's first such answer; past it they count.
   A push refused with 401 (its signature: perhaps a rotation not taken up yet) is re-sent the
   same way, uncounted, for up to `SIGNATURE_REFUSED_GRACE_S`; past that it is FAILED.
 * Outcomes are recorded in the ledger (counted once, one counter write per batch);
@@ -47,7 +50,7 @@ from microprocess.pipeline.envelope import (
     MalformedEnvelope,
     TaskEnvelope,
     TaskKind,
-    shard_of,
+    outside_run,
 )
 from microprocess.pipeline.fanin import enqueue_finalize, enqueue_reduce_parts
 from microprocess.pipeline.push import HttpPusher, PushOutcome, PushResult
@@ -82,6 +85,11 @@ SIGNATURE_REFUSED_DELAY_S = 20
 #: How many runs back a claim check may come from (a retry of a retry of ...; each retry-failed
 #: run re-sends the first run's claims).
 MAX_RETRY_CHAIN = 32
+#: Message attribute of a task re-sent because its service asked it to slow down (429/503 with
+#: `Retry-After`): since when (epoch seconds) its pushes have been throttled.
+THROTTLED_SINCE_ATTRIBUTE = "microprocess-throttled-since"
+#: SQS's longest message delay, seconds: a `Retry-After` above it is waited out by a counted backoff.
+MAX_DELAY_S = 900
 #: Message attribute of a task re-sent because its page was not accounted yet: since when.
 DEFERRED_SINCE_ATTRIBUTE = "microprocess-deferred-since"
 #: How long a task is deferred without counting its receives, with the sweeper's cloud timing
@@ -131,9 +139,20 @@ def attempt_of(record: dict[str, Any]) -> int:
     return receives + prior_attempts(record)
 
 
+def throttled(result: PushResult) -> bool:
+    """The service asked to slow down: 429 or 503 with a `Retry-After` (ARCHITECTURE invariant 11)."""
+    return result.status in (429, 503) and result.retry_after_s is not None
+
+
 def unreachable_since(record: dict[str, Any]) -> float | None:
-    """When the record's pushes began to find its service unreachable (None: not re-sent for that)."""
-    return _epoch_attribute(record, UNREACHABLE_SINCE_ATTRIBUTE)
+    """When the outage the record's pushes are in began (None: not in one).
+
+    The mark is set on the copy re-sent after a refused push, and holds for that copy's first
+    receive only: a copy received again was kept by an ordinary backoff (its push reached the
+    service and was told to retry, or it counted), so that outage is over and the next refused
+    push starts a new one. The grace belongs to an outage, not to a task's life."""
+    receives = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1") or 1)
+    return _epoch_attribute(record, UNREACHABLE_SINCE_ATTRIBUTE) if receives <= 1 else None
 
 
 def _epoch_attribute(record: dict[str, Any], name: str) -> float | None:
@@ -316,27 +335,32 @@ class Forwarder:
         if run.status is RunStatus.PAUSED:
             run = self.runs.get(env.run_id, fresh=True) or run  # resumed since the cached read?
             if run.status is RunStatus.PAUSED:
+                # Checked as outside a pause first: parked under a shard the run does not have, it
+                # would never be re-sent by `resume`.
+                outside = outside_run(env, run)
+                if outside is not None:
+                    self._dead_letter(record, f"malformed message: {outside}")
+                    return None
                 park(self.ledger, record, env)  # kept until `resume`: no push, no attempt, no DLQ
                 return None
         if env.kind is TaskKind.TASK and run.status in (RunStatus.REDUCING, RunStatus.SUCCEEDED, RunStatus.FAILED):
             return None  # every task was terminal when the reduce was claimed: a late duplicate
         if env.kind is TaskKind.TASK:
-            owned = run.owns_task(env.task_id)
-            if not owned:  # the cached run may be behind the splitter's accounting: look again
+            if not run.owns_task(env.task_id):  # the cached run may be behind the splitter's accounting
                 run = self.runs.get(env.run_id, fresh=True) or run
-                owned = run.owns_task(env.task_id)
-            if owned is False or env.shard != shard_of(env.task_id, run.shard_count):
-                self._dead_letter(
-                    record,
-                    f"malformed message: task '{env.task_id}' (shard {env.shard}) is not part of run '{env.run_id}'",
-                )
+            outside = outside_run(env, run)
+            if outside is not None:
+                self._dead_letter(record, f"malformed message: {outside}")
                 return None
-            if owned is None:  # sent, not yet accounted: try again in a moment (not an attempt)
+            if run.owns_task(env.task_id) is None:  # sent, not yet accounted: try again in a moment (not an attempt)
                 if self._defer(record):
                     return None  # re-sent with a delay: this one is acknowledged
                 raise _Deferred
         if env.kind is not TaskKind.TASK and run.status in (RunStatus.SPLITTING, RunStatus.RUNNING):
             run = self.runs.get(env.run_id, fresh=True) or run  # statuses only move on: the cache is behind
+        if env.kind is not TaskKind.TASK and (outside := outside_run(env, run)) is not None:
+            self._dead_letter(record, f"malformed message: {outside}")
+            return None
         if env.kind is not TaskKind.TASK and run.status is not RunStatus.REDUCING and not _after_end(env, job, run):
             return None  # the run has already ended
         item = env.item
@@ -441,8 +465,12 @@ class Forwarder:
         since-when marks, and `marks` (attribute name -> epoch seconds) over them. False (logged)
         when the send failed."""
         attributes = {PRIOR_ATTEMPTS_ATTRIBUTE: {"DataType": "Number", "StringValue": str(attempt_of(record) - 1)}}
-        names = (UNREACHABLE_SINCE_ATTRIBUTE, DEFERRED_SINCE_ATTRIBUTE, SIGNATURE_REFUSED_SINCE_ATTRIBUTE)
-        kept = {n: _epoch_attribute(record, n) for n in names}
+        kept = {
+            UNREACHABLE_SINCE_ATTRIBUTE: unreachable_since(record),
+            DEFERRED_SINCE_ATTRIBUTE: _epoch_attribute(record, DEFERRED_SINCE_ATTRIBUTE),
+            THROTTLED_SINCE_ATTRIBUTE: _epoch_attribute(record, THROTTLED_SINCE_ATTRIBUTE),
+            SIGNATURE_REFUSED_SINCE_ATTRIBUTE: _epoch_attribute(record, SIGNATURE_REFUSED_SINCE_ATTRIBUTE),
+        }
         for name, epoch in {**{n: e for n, e in kept.items() if e is not None}, **marks}.items():
             attributes[name] = {"DataType": "String", "StringValue": f"{epoch:.3f}"}
         try:
@@ -576,9 +604,43 @@ class Forwarder:
         return True
 
     def _resend_uncounted_push(self, w: _Work) -> bool:
-        """A push that did not count as an attempt (its service unreachable, or its signature
-        refused during a rotation) re-sent for later; True when re-sent."""
-        return self._resend_unreached(w) or self._resend_refused(w)
+        """A push that did not count as an attempt (its service unreachable, its signature refused
+        during a rotation, or the service asking it to slow down) re-sent for later; True when re-sent."""
+        return self._resend_unreached(w) or self._resend_refused(w) or self._resend_throttled(w)
+
+    def _resend_throttled(self, w: _Work) -> bool:
+        """Re-send (after its `Retry-After`) a task whose service answered 429 or 503 with
+        `Retry-After`, without counting that push as an attempt; True when it was re-sent (the
+        caller acknowledges the original).
+
+        False for any other answer, once the task has been throttled for the job's
+        `throttle_budget_s` (it then counts: a run against a service that never stops throttling
+        still ends), for a `Retry-After` longer than SQS can delay a message, or when the re-send
+        failed (the ordinary backoff applies, honouring the `Retry-After`)."""
+        result = w.result
+        if result is None or not throttled(result):
+            return False
+        now = time.time()
+        since = _epoch_attribute(w.record, THROTTLED_SINCE_ATTRIBUTE)
+        since = now if since is None or since > now else since
+        if now - since >= w.job.throttle_budget_s:
+            return False
+        delay = backoff_seconds(
+            w.attempt, result.retry_after_s, base=self.retry_base_s, cap=self.retry_cap_s, rng=self.rng
+        )
+        if delay > MAX_DELAY_S or not self._resend_uncounted(w.record, delay, marks={THROTTLED_SINCE_ATTRIBUTE: since}):
+            return False
+        log.info(
+            "%s throttled (HTTP %s) for %.0f s; re-sent with a %s s delay, attempt %s not counted",
+            w.envelope.idempotency_key,
+            result.status,
+            now - since,
+            delay,
+            w.attempt,
+            extra=_keys(w.envelope),
+        )
+        self.emit("TasksThrottled", 1, w.job.name, run_id=w.envelope.run_id)
+        return True
 
     def _retry_later(self, w: _Work, result: PushResult) -> None:
         delay = backoff_seconds(

@@ -3,9 +3,10 @@
 Keep-alive connections, one per thread. A push returns a `PushResult` whatever
 happens; classification into success / permanent / retry follows the contract:
 2xx success; 4xx other than 408 and 429 permanent; 408, 429, 5xx, timeouts and
-connection errors retried (honouring `Retry-After`); a push whose connection could not
-be opened is marked `reached=False` (the request never left: the forwarder does not count it
-as an attempt during the job's grace). Every send is signed anew
+connection errors retried (honouring `Retry-After`); a push no byte of which left on any
+of its connections (none could be opened) is marked `reached=False` (the forwarder does not
+count it as an attempt during the job's grace). A request cut after it was sent is reached,
+even when the resend on a fresh connection is refused: the service may have died handling it. Every send is signed anew
 (signature v2: method, path, timestamp, nonce, Idempotency-Key, body digest); a 401
 re-reads the secret once (`SecretCache.refresh`, rotation) and sends again, then tries the
 previous secret the value holds during a rotation (the service may not have taken up the
@@ -18,12 +19,15 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import select
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,14 +63,15 @@ class PushResult:
         if self.status is None or self.secret_may_be_stale:
             return PushOutcome.RETRY
         if 200 <= self.status < 300:
-            try:
-                json.loads(self.body or b"null")
-            except ValueError:
-                return PushOutcome.PERMANENT
-            return PushOutcome.SUCCESS
+            return PushOutcome.PERMANENT if self.unusable_answer else PushOutcome.SUCCESS
         if 400 <= self.status < 500 and self.status not in (408, 429):
             return PushOutcome.PERMANENT
         return PushOutcome.RETRY
+
+    @cached_property
+    def unusable_answer(self) -> str | None:
+        """Why this body cannot be a task's result, or None (read for 2xx answers)."""
+        return _unusable_answer(self.body)
 
     def json(self) -> Any:
         return json.loads(self.body or b"null")
@@ -76,9 +81,54 @@ class PushResult:
         if self.status is None:
             return self.error or "no response"
         if 200 <= self.status < 300:
-            return f"HTTP {self.status} with a body that is not JSON"
+            return f"HTTP {self.status} with {self.unusable_answer or 'a body that is not JSON'}"
         text = self.body[:300].decode("utf-8", errors="replace").strip()
         return f"HTTP {self.status}: {text}" if text else f"HTTP {self.status}"
+
+
+#: The deepest nesting of arrays and objects a task's answer may have (DynamoDB's own limit for
+#: a document; a result becomes report columns). Deeper answers fail their task, not the batch.
+MAX_ANSWER_DEPTH = 32
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, without parsing it (a parser
+    recurses once per level: thousands of levels would exhaust the stack)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def _unusable_answer(body: bytes) -> str | None:
+    """Why a 2xx body cannot be a task's result (None: it is JSON the platform can keep)."""
+    # (fewer brackets than the limit cannot nest deeper than it: most answers skip the scan)
+    brackets = body.count(b"[") + body.count(b"{") if body else 0
+    depth = json_depth(body) if brackets > MAX_ANSWER_DEPTH else 0
+    if depth > MAX_ANSWER_DEPTH:
+        return (
+            f"a JSON body nested deeper than {MAX_ANSWER_DEPTH} levels ({depth}): return a flatter result "
+            "(or store it in S3 and return its URI)"
+        )
+    try:
+        json.loads(body or b"null")
+    except (ValueError, RecursionError):
+        return "a body that is not JSON"
+    return None
 
 
 #: The longest backoff a `Retry-After` can ask for: SQS's maximum visibility timeout, seconds.
@@ -139,6 +189,16 @@ class SecretCache(CachedSecret):
         super().__init__(load, min_refresh_interval_s=min_refresh_interval_s)
 
 
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read (its end of file, or bytes nobody asked
+    for): it cannot carry a new request."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class HttpPusher:
     """POSTs signed JSON bodies to one base URL.
 
@@ -166,6 +226,11 @@ class HttpPusher:
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+            # An idle keep-alive connection the service closed (a restart, its idle timeout): a
+            # request written to it would be cut without reaching anyone, and then count as sent.
+            self._drop()
+            conn = None
         if conn is None:
             cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
             conn = cls(self.host, self.port, timeout=timeout)
@@ -220,6 +285,8 @@ class HttpPusher:
         return result
 
     def _send(self, target: str, body: bytes, idempotency_key: str, timeout: float, secret: str) -> PushResult:
+        #: Why the request that left on a first connection got no answer (None: none left yet).
+        cut: str | None = None
         for attempt in range(2):
             # Signed anew for every send: a fresh nonce, so a resend is never taken for a replay.
             headers = {
@@ -232,13 +299,16 @@ class HttpPusher:
                     conn.connect()
                 except OSError as exc:  # refused, name not resolved, connect timeout, TLS handshake
                     self._drop()
-                    return PushResult(
-                        None,
-                        error=f"service unreachable: could not connect to {self.host}:{self.port}: "
-                        f"{type(exc).__name__}: {exc}",
-                        reached=False,
-                    )
+                    refused = f"could not connect to {self.host}:{self.port}: {type(exc).__name__}: {exc}"
+                    if cut is not None:
+                        # The request left on the first connection: the service may have read it
+                        # and died handling it (a poison item, an OOM, a deploy). It was reached.
+                        return PushResult(
+                            None, error=f"connection error after the request was sent ({cut}); then {refused}"
+                        )
+                    return PushResult(None, error=f"service unreachable: {refused}", reached=False)
             try:
+                # From here bytes of the request may leave: whatever follows, the push reached it.
                 conn.request("POST", target, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
@@ -247,9 +317,10 @@ class HttpPusher:
                 return PushResult(resp.status, data, parse_retry_after(resp.getheader("Retry-After")))
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self._drop()
+                cut = f"{type(exc).__name__}: {exc}"
                 if attempt == 0:
                     continue  # a keep-alive connection the server had closed: once more on a fresh one
-                return PushResult(None, error=f"connection error: {type(exc).__name__}: {exc}")
+                return PushResult(None, error=f"connection error after the request was sent: {cut}")
             except TimeoutError:
                 self._drop()
                 return PushResult(None, error=f"timeout after {timeout:g} s")

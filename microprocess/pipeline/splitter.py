@@ -17,9 +17,11 @@ created, and every later invocation (a continuation, a restart by the sweeper, a
 deploy) reads the run's record, never the job's current declaration.
 
 A source that cannot be read for good (a missing bucket, object or table, access denied,
-a bad row) ends the run FAILED with the reason; transient errors are retried, and end the
-run FAILED after `MAX_SPLIT_ERRORS`. An item that cannot be sent (a `null` line, an item
-the envelope refuses) becomes a FAILED task with its reason; the run goes on.
+a bad row) stops the run with the reason (`control.stop.stop_run`, `source_failed`);
+transient errors are retried, and stop it after `MAX_SPLIT_ERRORS`. Its reduce then reports
+what was sent, ends it FAILED and sends its email and completion callback, like any run.
+An item that cannot be sent (a `null` line, an item the envelope refuses) becomes a FAILED
+task with its reason; the run goes on.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pydantic import ValidationError
 
 from microprocess.chaos.faults import FaultInjector
 from microprocess.control.lookup import index_page
-from microprocess.control.stop import stop_if_hopeless
+from microprocess.control.stop import stop_if_hopeless, stop_run
 from microprocess.declarations import JobDeclaration, JobRegistry, SourceKind, resolve_source_uri, s3_scope
 from microprocess.ledger import CURSOR_DONE, Ledger, RunNotActive, RunRecord, RunStatus, TaskOutcome, TaskState
 from microprocess.pipeline.backpressure import QueueGate
@@ -332,8 +334,12 @@ class Splitter:
             "may read it (bucket, key or table name, IAM), and that every row is valid; then start a new run"
         )
         log.error("run %s failed: %s", run.run_id, error)
-        if self.ledger.fail_run(run.run_id, error):
-            self.emit("RunsFailed", 1, job.name, run_id=run.run_id)
+        # Stopped, not ended here: its reduce reports what was sent (nothing, for a missing
+        # source), ends it FAILED and sends its email and completion callback, once, like any run.
+        # A crash before the enqueue leaves a claimed reduce, which the sweeper re-enqueues.
+        if stop_run(self.ledger, run.run_id, error, source_failed=True):
+            self.emit("ReducesClaimed", 1, job.name, run_id=run.run_id)
+            enqueue_reduce_parts(self.reduce_sender, job, run.run_id, run.shard_count)
         return True
 
     def _finish(self, job: JobDeclaration, run_id: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,14 @@ def _is_missing(exc: ClientError) -> bool:
 
 
 def part_stats(
-    ledger: Ledger, s3: Any, layout: ReportLayout, job: JobDeclaration, shard_count: int, *, part_bytes: int
+    ledger: Ledger,
+    s3: Any,
+    layout: ReportLayout,
+    job: JobDeclaration,
+    shard_count: int,
+    *,
+    part_bytes: int,
+    keep_ids: bool = False,
 ) -> list[PartStats]:
     """The statistics of every part, in shard order; a missing part is built now."""
     parts = []
@@ -50,7 +58,7 @@ def part_stats(
             if not _is_missing(exc):
                 raise
             log.warning("run %s: part %d is missing; building it during finalize", layout.run_id, shard)
-            parts.append(build_part(ledger, s3, layout, job, shard, part_bytes=part_bytes))
+            parts.append(build_part(ledger, s3, layout, job, shard, part_bytes=part_bytes, keep_ids=keep_ids))
     return parts
 
 
@@ -68,6 +76,13 @@ class JoinedReport:
     jsonl_bytes: int
     csv_parts: int
     rebuilt_shards: int
+
+
+def read_lines(s3: Any, bucket: str, key: str) -> Iterator[str]:
+    """The non-empty lines of an S3 object, streamed."""
+    for line in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_lines(chunk_size=READ_CHUNK_BYTES):
+        if line:
+            yield line.decode()
 
 
 def _append(s3: Any, bucket: str, key: str, out: S3StreamWriter) -> None:

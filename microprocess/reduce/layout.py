@@ -1,9 +1,10 @@
 """Where a run's built-in report lives in the reports bucket.
 
 Under `s3://<bucket>/reports/<job>/<run_id>/`:
-`parts/part-<kkk>.jsonl`, `.csv`, `failures-<kkk>.csv`, `values-<kkk>.txt` and
-`part-<kkk>.json` (one shard's rows, as JSONL and CSV, its failures, its histogram values
-and its statistics; tagged for expiry), then `report.csv`, `report.jsonl`, `failures.csv`, `summary.json`,
+`parts/part-<kkk>.jsonl`, `.csv`, `failures-<kkk>.csv`, `values-<kkk>.txt`, `ids-<kkk>.txt` and
+`part-<kkk>.json` (one shard's rows, as JSONL and CSV, its failures, its histogram values,
+its task ids (a stopped run only) and its statistics; tagged for expiry; a stopped run's part
+<shard_count> holds its late completions), then `report.csv`, `report.jsonl`, `failures.csv`, `summary.json`,
 `report.html`.
 """
 
@@ -47,6 +48,10 @@ class ReportLayout:
 
     def part_values(self, shard: int) -> str:
         return f"{self.prefix}parts/values-{shard:03d}.txt"
+
+    def part_ids(self, shard: int) -> str:
+        """The task ids of a part's rows, one a line (written for a stopped run only)."""
+        return f"{self.prefix}parts/ids-{shard:03d}.txt"
 
     def part_stats(self, shard: int) -> str:
         return f"{self.prefix}parts/part-{shard:03d}.json"

@@ -39,12 +39,14 @@ class Sink(Protocol):
 
 @dataclass
 class PartSinks:
-    """Where a part's rows go: JSONL rows (always), CSV rows, failure rows, histogram values."""
+    """Where a part's rows go: JSONL rows (always), CSV rows, failure rows, histogram values,
+    task ids (one a line)."""
 
     rows: Sink
     csv: Sink | None = None
     failures: Sink | None = None
     values: Sink | None = None
+    ids: Sink | None = None
 
 
 def failure_columns(job: JobDeclaration) -> tuple[str, ...]:
@@ -70,6 +72,8 @@ def write_rows(records: Iterable[TaskRecord], job: JobDeclaration, sinks: PartSi
     for task in records:
         row = report_row(task, job)
         sinks.rows.write(json.dumps(row, separators=(",", ":"), default=str).encode() + b"\n")
+        if sinks.ids is not None:
+            sinks.ids.write(f"{task.task_id}\n".encode())
         stats.add(row, task.finished_at, job.item_id_field)
         columns.add(row)
         if sinks.csv is not None and regular:
@@ -96,9 +100,21 @@ def write_rows(records: Iterable[TaskRecord], job: JobDeclaration, sinks: PartSi
 
 
 def build_part(
-    ledger: Ledger, s3: Any, layout: ReportLayout, job: JobDeclaration, shard: int, *, part_bytes: int
+    ledger: Ledger,
+    s3: Any,
+    layout: ReportLayout,
+    job: JobDeclaration,
+    shard: int,
+    *,
+    part_bytes: int,
+    keep_ids: bool = False,
+    records: Iterable[TaskRecord] | None = None,
 ) -> PartStats:
-    """Reduce ledger shard `shard` of the run into its part files; return its statistics."""
+    """Reduce ledger shard `shard` of the run into its part files; return its statistics.
+
+    `keep_ids` also writes the task ids of its rows (`ReportLayout.part_ids`: a stopped run's
+    report lists the tasks no part holds as not attempted); `records` replaces the shard's
+    records (a stopped run's late completions, as part `shard_count`)."""
 
     def part_file(key: str, content_type: str) -> S3StreamWriter:
         return S3StreamWriter(
@@ -113,8 +129,10 @@ def build_part(
             values=files.enter_context(part_file(layout.part_values(shard), "text/plain"))
             if job.histogram_field
             else None,
+            ids=files.enter_context(part_file(layout.part_ids(shard), "text/plain")) if keep_ids else None,
         )
-        stats = write_rows(ledger.iter_results(layout.run_id, shard), job, sinks)
+        rows = ledger.iter_results(layout.run_id, shard) if records is None else records
+        stats = write_rows(rows, job, sinks)
     s3.put_object(
         Bucket=layout.bucket,
         Key=layout.part_stats(shard),

@@ -19,20 +19,24 @@ lease, `record_email_sent`):
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from microprocess.control.lookup import TaskPositions
+from microprocess.control.lookup import not_attempted as not_attempted_ids
 from microprocess.declarations import JobDeclaration
-from microprocess.ledger import Ledger, RunRecord, RunStatus, utc_now_iso
+from microprocess.ledger import Ledger, RunRecord, RunStatus, TaskRecord, utc_now_iso
 from microprocess.pipeline.envelope import TaskEnvelope, TaskKind
 from microprocess.pipeline.fanin import enqueue_completion
 from microprocess.pipeline.queue import QueueSender
-from microprocess.reduce.finalize import join_report, merged, part_stats, presign, publish
+from microprocess.reduce.finalize import join_report, merged, part_stats, presign, publish, read_lines
 from microprocess.reduce.layout import ReportLayout
 from microprocess.reduce.mail import send_report_email
 from microprocess.reduce.parts import build_part
 from microprocess.reduce.rows import CsvEncoder, cell
 from microprocess.reduce.s3stream import S3_MIN_PART_BYTES, S3StreamWriter
-from microprocess.reduce.summary import build_summary
+from microprocess.reduce.summary import PartStats, build_summary
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 #: 7 days; a link signed with a role's temporary credentials ends with them).
 DEFAULT_LINK_EXPIRY_S = 7 * 24 * 3600
 _ENDED = (RunStatus.SUCCEEDED, RunStatus.FAILED)
+#: Reads a stopped run's shards in parallel (its late completions).
+_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="reduce-late")
 
 
 class ReduceRefused(ValueError):
@@ -119,7 +125,8 @@ class PlatformReducer:
         if not 0 <= shard < run.shard_count:
             raise ReduceRefused(f"run {run_id} has shards 0..{run.shard_count - 1}; got shard {shard}")
         layout = ReportLayout(self.bucket, job.name, run_id)
-        stats = build_part(self.ledger, self.s3, layout, job, shard, part_bytes=self.part_bytes)
+        keep_ids = bool(run.stopped_early_at)  # its finalize lists the tasks no part holds
+        stats = build_part(self.ledger, self.s3, layout, job, shard, part_bytes=self.part_bytes, keep_ids=keep_ids)
         return {"run_id": run_id, "shard": shard, "rows": stats.rows, "part": layout.s3_uri(layout.part_rows(shard))}
 
     def finalize(self, job: JobDeclaration, run_id: str) -> dict[str, Any]:
@@ -151,11 +158,23 @@ class PlatformReducer:
         }
 
     def _build(self, job: JobDeclaration, run: RunRecord, layout: ReportLayout) -> RunStatus | None:
-        parts = part_stats(self.ledger, self.s3, layout, job, run.shard_count, part_bytes=self.part_bytes)
+        stopped = bool(run.stopped_early_at)
+        parts = part_stats(
+            self.ledger, self.s3, layout, job, run.shard_count, part_bytes=self.part_bytes, keep_ids=stopped
+        )
+        reported: TaskPositions | None = None
+        if stopped:
+            reported = self._reported(run, layout)
+            parts.append(self._late_part(job, run, layout, reported))
         joined = join_report(self.s3, layout, job, parts, part_bytes=self.part_bytes)
         stats = merged(parts)
         progress = self.ledger.progress(run.run_id)
-        not_attempted = self._list_not_attempted(run, layout) if progress.pending else 0
+        if reported is not None:
+            not_attempted = self._write_not_attempted(layout, reported.missing())
+        elif progress.pending:  # counters behind their records (the sweeper repairs them)
+            not_attempted = self._write_not_attempted(layout, not_attempted_ids(self.ledger, run.run_id))
+        else:
+            not_attempted = 0
         files = {
             name: layout.s3_uri(key)
             for name, key in (
@@ -186,18 +205,54 @@ class PlatformReducer:
             run.run_id, tolerated_failure_pct=job.tolerated_failure_pct, report_uri=layout.uri, summary=summary
         )
 
-    def _list_not_attempted(self, run: RunRecord, layout: ReportLayout) -> int:
-        """Write not_attempted.csv: the run's tasks that never ran (a run stopped early). Streams
-        the ids from the ledger; returns how many there were."""
-        from microprocess.control.lookup import not_attempted  # the lookup reads the task records
+    def _reported(self, run: RunRecord, layout: ReportLayout) -> TaskPositions:
+        """The task ids the parts of a stopped run hold (from their id files)."""
+        reported = TaskPositions(run)
+        for shard in range(run.shard_count):
+            for task_id in read_lines(self.s3, self.bucket, layout.part_ids(shard)):
+                reported.add(task_id)
+        return reported
 
+    def _late_part(
+        self, job: JobDeclaration, run: RunRecord, layout: ReportLayout, reported: TaskPositions
+    ) -> PartStats:
+        """Part `shard_count` of a stopped run: the tasks recorded after their shard's part was
+        built (batches still in flight at the stop). Reads the run's task records once, as the
+        not-attempted listing did; the rows it adds join `reported`, so that the report and
+        not_attempted.csv, both from this one reading, hold every task exactly once."""
+
+        def late(shard: int) -> list[TaskRecord]:
+            return [
+                r
+                for r in self.ledger.iter_results(run.run_id, shard)
+                if reported.position(r.task_id) is not None and r.task_id not in reported
+            ]
+
+        records = [r for shard_records in _pool.map(late, range(run.shard_count)) for r in shard_records]
+        for record in records:
+            reported.add(record.task_id)
+        if records:
+            log.info("run %s: %d tasks recorded after their part was built, reported too", run.run_id, len(records))
+        return build_part(
+            self.ledger,
+            self.s3,
+            layout,
+            job,
+            run.shard_count,
+            part_bytes=self.part_bytes,
+            records=records,
+        )
+
+    def _write_not_attempted(self, layout: ReportLayout, task_ids: Iterable[str]) -> int:
+        """Write not_attempted.csv: the run's tasks that never ran (a run stopped early), one id
+        a row, streamed; returns how many there were."""
         count = 0
         with S3StreamWriter(
             self.s3, self.bucket, layout.not_attempted_csv, content_type="text/csv", part_bytes=self.part_bytes
         ) as writer:
             encoder = CsvEncoder()
             writer.write(encoder.encode(["task_id"]))
-            for task_id in not_attempted(self.ledger, run.run_id):
+            for task_id in task_ids:
                 writer.write(encoder.encode([cell(task_id)]))
                 count += 1
         return count
