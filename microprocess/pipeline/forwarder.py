@@ -556,6 +556,7 @@ class Forwarder:
             ),
             what="service unreachable",
             metric="TasksUnreachable",
+            since_of=unreachable_since,  # per outage: the mark holds for its copy's first receive only
         )
 
     def _resend_refused(self, w: _Work) -> bool:
@@ -575,15 +576,24 @@ class Forwarder:
         )
 
     def _resend_in_grace(
-        self, w: _Work, *, mark: str, grace_s: float, delay_of: Callable[[float], int], what: str, metric: str
+        self,
+        w: _Work,
+        *,
+        mark: str,
+        grace_s: float,
+        delay_of: Callable[[float], int],
+        what: str,
+        metric: str,
+        since_of: Callable[[dict[str, Any]], float | None] | None = None,
     ) -> bool:
         """Re-send `w`'s message after `delay_of(seconds since its first such push)`, carrying
         that first time in the `mark` attribute, while it is less than `grace_s` ago; True when
         re-sent. False past the grace or when the re-send failed (the ordinary backoff applies:
-        counted, but not lost)."""
+        counted, but not lost). `since_of` reads when this began from the record, when not simply
+        its `mark` (the unreachable grace is per outage: `unreachable_since`)."""
         assert w.result is not None
         now = time.time()
-        since = _epoch_attribute(w.record, mark)
+        since = since_of(w.record) if since_of else _epoch_attribute(w.record, mark)
         since = now if since is None or since > now else since
         if now - since >= grace_s:
             return False
