@@ -630,27 +630,19 @@ class Forwarder:
         result = w.result
         if result is None or not throttled(result):
             return False
-        now = time.time()
-        since = _epoch_attribute(w.record, THROTTLED_SINCE_ATTRIBUTE)
-        since = now if since is None or since > now else since
-        if now - since >= w.job.throttle_budget_s:
-            return False
         delay = backoff_seconds(
             w.attempt, result.retry_after_s, base=self.retry_base_s, cap=self.retry_cap_s, rng=self.rng
         )
-        if delay > MAX_DELAY_S or not self._resend_uncounted(w.record, delay, marks={THROTTLED_SINCE_ATTRIBUTE: since}):
+        if delay > MAX_DELAY_S:
             return False
-        log.info(
-            "%s throttled (HTTP %s) for %.0f s; re-sent with a %s s delay, attempt %s not counted",
-            w.envelope.idempotency_key,
-            result.status,
-            now - since,
-            delay,
-            w.attempt,
-            extra=_keys(w.envelope),
+        return self._resend_in_grace(
+            w,
+            mark=THROTTLED_SINCE_ATTRIBUTE,
+            grace_s=w.job.throttle_budget_s,
+            delay_of=lambda _waited: delay,
+            what=f"throttled (HTTP {result.status})",
+            metric="TasksThrottled",
         )
-        self.emit("TasksThrottled", 1, w.job.name, run_id=w.envelope.run_id)
-        return True
 
     def _retry_later(self, w: _Work, result: PushResult) -> None:
         delay = backoff_seconds(
