@@ -121,20 +121,13 @@ def emulator_env(
 
 
 def start_emulator(
-    ws: Workspace,
-    port: int,
-    tls: LocalTls,
-    *,
-    chaos: Path | None = None,
-    extra: Mapping[str, str] | None = None,
-    enforce_iam: bool = True,
-    timeout_s: float = 60.0,
+    ws: Workspace, port: int, tls: LocalTls, env: Mapping[str, str], *, timeout_s: float = 60.0
 ) -> ProcessHandle:
-    """Start ministack on https://127.0.0.1:`port` (IAM enforced) and wait until it is healthy."""
+    """Start ministack on https://127.0.0.1:`port` with `env` (`emulator_env`) and wait until it is healthy."""
     handle = spawn(
         "ministack",
         [sys.executable, "-m", "microprocess.local.gateway"],
-        env=emulator_env(ws, port, tls, chaos=chaos, extra=extra, enforce_iam=enforce_iam),
+        env=dict(env),
         cwd=ws.workdir,
         log=ws.log("ministack"),
     )

@@ -23,7 +23,7 @@ from typing import Any
 from microprocess.declarations import Declarations, get_declarations
 from microprocess.local.calls import CALL_LOG_ENV
 from microprocess.local.deploy import deploy_local_stage
-from microprocess.local.emulator import REGION, aws_client, endpoint_of, start_emulator
+from microprocess.local.emulator import REGION, aws_client, emulator_env, endpoint_of, start_emulator
 from microprocess.local.processes import (
     ProcessError,
     ProcessHandle,
@@ -288,14 +288,15 @@ class LocalStack:
         for attempt in range(attempts):
             port = free_port()
             try:
-                return start_emulator(
+                env = emulator_env(
                     self.ws,
                     port,
                     self.tls,
                     chaos=chaos,
                     extra=self._options.emulator_env,
                     enforce_iam=self._options.enforce_iam,
-                ), port
+                )
+                return start_emulator(self.ws, port, self.tls, env), port
             except ProcessError as exc:
                 if "already in use" not in str(exc) or attempt == attempts - 1:
                     raise
