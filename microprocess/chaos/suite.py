@@ -185,7 +185,8 @@ def scenarios(size: str) -> list[Scenario]:
             },
             stop_at=0.3,
             expect=RunStatus.FAILED,
-            evidence=("duplicates_absorbed", "crashes", "not_attempted"),
+            # duplicates delivered after the stop are acknowledged, not absorbed: the injection is the evidence
+            evidence=("duplicates_sent", "crashes", "not_attempted"),
         ),
         # One item kills the service each time it is pushed (its request read, then the process
         # gone: a poison item, an OOM); the suite restarts the service as its supervisor would.
@@ -237,6 +238,7 @@ class Row:
     succeeded: int = 0
     failed: int = 0
     duplicates_absorbed: int = 0
+    duplicates_sent: int = 0
     retries: int = 0
     reduce_claims: int = 0
     emails: int = 0
@@ -258,6 +260,7 @@ class Row:
 EVIDENCE = frozenset(
     {
         "duplicates_absorbed",
+        "duplicates_sent",
         "retries",
         "splitter_kills",
         "quarantined",
@@ -516,7 +519,8 @@ class ChaosSuite:
             p.append("a failed row of the report has no error")
         metrics = self._metrics(run_id, t0_ms)
         row.duplicates_absorbed = int(metrics.get("DuplicatesAbsorbed", 0))
-        row.retries = int(metrics.get("TasksRetried", 0))
+        # A retry is a counted backoff or, within the job's throttle budget, a 429/503 re-sent uncounted.
+        row.retries = int(metrics.get("TasksRetried", 0)) + int(metrics.get("TasksThrottled", 0))
         # The claim itself is the run's conditional write (reduce_claimed_at); the metrics tell a
         # second claim apart. A claimer killed between its claim and its metrics flush leaves the
         # claim without a metric (the sweeper enqueues its parts later), so 0 is not a problem.
@@ -527,6 +531,7 @@ class ChaosSuite:
             p.append(f"reduce claimed {row.reduce_claims} times")
         fired = fired_faults(self._log_lines(t0_ms))
         row.crashes = fired.get("crash", 0)
+        row.duplicates_sent = fired.get("duplicate", 0)
         row.ambiguous_writes = fired.get("applied_then_error", 0)
         row.emails = self._emails(run_id)
         if row.emails != 1:
@@ -625,6 +630,7 @@ COLUMNS = [
     ("succeeded", "succeeded"),
     ("failed", "failed"),
     ("duplicates_absorbed", "duplicates absorbed"),
+    ("duplicates_sent", "duplicates sent"),
     ("retries", "retries"),
     ("reduce_claims", "reduce count"),
     ("emails", "emails"),
