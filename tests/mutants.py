@@ -58,16 +58,18 @@ MUTANTS: tuple[Mutant, ...] = (
         "the reduce claim's conditional update no longer requires the run to be RUNNING",
         (
             Edit(
-                "microprocess/ledger/table.py", 'cond="#st = :running AND split_done = :t",', 'cond="split_done = :t",'
+                "microprocess/ledger/completion.py",
+                'cond="#st = :running AND split_done = :t",',
+                'cond="split_done = :t",',
             ),
             Edit(
-                "microprocess/ledger/table.py",
+                "microprocess/ledger/completion.py",
                 '                ":reducing": "REDUCING",\n                ":running": "RUNNING",\n',
                 '                ":reducing": "REDUCING",\n',
             ),
         ),
         (
-            "tests/test_ledger.py::test_two_completion_checks_that_both_read_running_claim_the_reduce_once",
+            "tests/test_ledger_completion.py::test_two_completion_checks_that_both_read_running_claim_the_reduce_once",
             "tests/test_ledger_stateful.py",
         ),
     ),
@@ -236,12 +238,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "a duplicate delivery is counted as a success",
         (
             Edit(
-                "microprocess/ledger/table.py",
+                "microprocess/ledger/tasks.py",
                 "        states = [w for w in written if w is not None]",
                 "        states = [w or TaskState.SUCCEEDED for w in written]",
             ),
         ),
-        ("tests/test_functions.py::test_duplicate_deliveries_are_counted_once", "tests/test_ledger.py"),
+        ("tests/test_functions.py::test_duplicate_deliveries_are_counted_once", "tests/test_ledger_tasks.py"),
     ),
     Mutant(
         "4xx-400-retried",

@@ -10,7 +10,7 @@ from microprocess.ledger import Ledger, TaskOutcome, TaskState
 from microprocess.ledger.failure_groups import group_key, normalize_error, read_failure_groups
 from microprocess.pipeline.envelope import shard_of
 from tests.declared import CREDIT_SCORES
-from tests.test_ledger import ambiguous_ledger, split
+from tests.ledger_scenarios import ambiguous_ledger, split
 
 JOB = CREDIT_SCORES
 K = JOB.counter_count

@@ -43,10 +43,11 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from microprocess.ledger.counters import MAX_MARKERS_PER_UPDATE, marker_clauses, marker_name, stale_markers
 from microprocess.ledger.records import _from_ddb, _is_conditional_failure, _to_ddb, utc_now_iso
 
 if TYPE_CHECKING:
-    from microprocess.ledger.table import Ledger
+    from microprocess.ledger.store import LedgerStore
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class _Batch:
 class FailureGroupWriter:
     """Adds a batch's new failures to their groups (one update per group), once."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: LedgerStore) -> None:
         self._ledger = ledger
         self._homes: dict[str, int] = {}
         self._owed: dict[tuple[str, int, str], list[str]] = {}
@@ -163,15 +164,13 @@ class FailureGroupWriter:
                 )
 
     def _add(self, run_id: str, j: int, key: str, batch: _Batch) -> None:
-        from microprocess.ledger.table import MAX_MARKERS_PER_UPDATE, marker_name, stale_markers
-
         ledger = self._ledger
         slot = (run_id, j, key)
         with self._lock:
             owed = self._owed.pop(slot, [])[:MAX_MARKERS_PER_UPDATE]
         marker = marker_name(time.time())
-        names = {"#b": marker, "#e": "error", **{f"#r{i}": name for i, name in enumerate(owed)}}
-        removal = (" REMOVE " + ", ".join(f"#r{i}" for i in range(len(owed)))) if owed else ""
+        names, removal = marker_clauses(marker, owed)
+        names["#e"] = "error"
         values = {
             ":one": 1,
             ":k": len(batch.task_ids),
@@ -212,7 +211,7 @@ class FailureGroupWriter:
                 self._owed.pop(next(iter(self._owed)))  # left on the item: stale within the hour
 
 
-def read_failure_groups(ledger: Ledger, run_id: str, counter_count: int) -> list[FailureGroup]:
+def read_failure_groups(ledger: LedgerStore, run_id: str, counter_count: int) -> list[FailureGroup]:
     """A run's failure groups, largest first: one Query per partition (`counter_count`), merged."""
 
     def partition(j: int) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """The ledger's records: key schema, statuses, run/task/progress records and item keys.
 
-Plain data and the DynamoDB key layout; `microprocess.ledger.table.Ledger` reads and writes them.
+Plain data and the DynamoDB key layout; `microprocess.ledger.table.Ledger` (one module per concern)
+reads and writes them.
 """
 
 from __future__ import annotations
