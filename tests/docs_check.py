@@ -65,6 +65,47 @@ def steps(markdown: str) -> list[Step]:
     return found
 
 
+#: A test named in backticks: `test_x.py`, `test_x.py::name`, `tests/test_x.py::Class::name[id]`, or
+#: `::name` (another test of the file named last on the same line).
+_TEST_REF = re.compile(r"`((?:[\w.-]+/)*test_\w+\.py)?((?:::\w+)*)(?:\[[^`]*\])?`")
+
+
+def named_tests(markdown: str) -> list[tuple[int, str, tuple[str, ...]]]:
+    """The tests `markdown` names: (line, file relative to the project, names in it). A bare file
+    names no test in it; `::name` continues the file named last on its line. A file without a
+    folder is under `tests/`."""
+    found: list[tuple[int, str, tuple[str, ...]]] = []
+    for number, line in enumerate(markdown.splitlines(), 1):
+        file = None
+        for ref in _TEST_REF.finditer(line):
+            named_file, names = ref.group(1), tuple(n for n in ref.group(2).split("::") if n)
+            if named_file:
+                file = named_file if "/" in named_file else f"tests/{named_file}"
+            elif not names:
+                continue
+            if file is None:
+                raise ValueError(f"line {number}: `::{'::'.join(names)}` follows no test file on its line")
+            found.append((number, file, names))
+    return found
+
+
+def missing_tests(markdown: str, root: Path = ROOT) -> list[str]:
+    """What `markdown` names that does not exist: test files, and test functions, classes or
+    module-level names (`TestX = Machine.TestCase`) in them; one line each, naming where."""
+    missing = []
+    for number, file, names in named_tests(markdown):
+        path = root / file
+        if not path.is_file():
+            missing.append(f"line {number}: {file} does not exist")
+            continue
+        text = path.read_text()
+        for name in names:
+            defined = rf"^\s*(?:async\s+)?(?:def|class)\s+{re.escape(name)}\b|^{re.escape(name)}\s*[:=]"
+            if not re.search(defined, text, re.M):
+                missing.append(f"line {number}: {file} has no test {name}")
+    return missing
+
+
 def scratch_copy(dest: Path) -> Path:
     """The project's tracked files (as a fresh clone holds them) in `dest`, with links to its .venv
     and node_modules."""

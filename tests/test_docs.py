@@ -9,7 +9,7 @@ import pytest
 
 from microprocess.cli.commands import app
 from microprocess.cli.reference import END, START, reference_table, render
-from tests.docs_check import ROOT, run_steps, scratch_copy, steps
+from tests.docs_check import ROOT, missing_tests, named_tests, run_steps, scratch_copy, steps
 
 DOCS = [ROOT / "README.md", ROOT / "infra" / "README.md", ROOT / "microservice" / "README.md"]
 
@@ -43,6 +43,36 @@ def test_every_make_target_and_relative_link_in_the_docs_exists(doc: Path) -> No
         assert target in targets, f"{doc.name} names `make {target}`, which the Makefile lacks"
     for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
         assert (doc.parent / link).exists(), f"{doc.name} links to {link}, which does not exist"
+
+
+@pytest.mark.parametrize("doc", [ROOT / "tests" / "README.md", ROOT / "docs" / "ledger.md"], ids=lambda p: p.name)
+def test_every_test_the_docs_name_exists(doc: Path) -> None:
+    # GIVEN the map of promises to tests THEN every file and test it names is there (renames included)
+    assert named_tests(doc.read_text()), f"{doc.name} names no test"
+    assert missing_tests(doc.read_text()) == []
+
+
+def test_a_renamed_or_moved_test_is_named_with_its_line(tmp_path: Path) -> None:
+    # GIVEN a map naming a test that exists, one renamed since, one in a file that moved
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text("def test_kept():\n    pass\n\nTestMachine = object\n")
+    md = (
+        "| promise | `test_a.py::test_kept`, `::test_renamed`, `test_a.py::TestMachine` |\n"
+        "| other | `tests/test_gone.py::test_x` (`invariant` words are not tests) |\n"
+    )
+    # WHEN it is checked THEN each missing name is reported with its line, the rest pass
+    assert named_tests(md) == [
+        (1, "tests/test_a.py", ("test_kept",)),
+        (1, "tests/test_a.py", ("test_renamed",)),
+        (1, "tests/test_a.py", ("TestMachine",)),
+        (2, "tests/test_gone.py", ("test_x",)),
+    ]
+    assert missing_tests(md, tmp_path) == [
+        "line 1: tests/test_a.py has no test test_renamed",
+        "line 2: tests/test_gone.py does not exist",
+    ]
+    with pytest.raises(ValueError, match="follows no test file"):
+        named_tests("`::test_orphan`")
 
 
 def test_steps_reads_markers_and_their_blocks() -> None:
