@@ -15,15 +15,11 @@ Layout under `s3://<bucket>/reports/<job>/<run_id>/`:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
 
 from botocore.exceptions import ClientError
 from pydantic import Field
@@ -36,31 +32,47 @@ from microprocess.ledger import (
     RunNotFound,
     RunRecord,
     RunStatus,
+    TaskState,
     ended_status,
     failed_percentage,
     utc_now_iso,
 )
-from microprocess.reduce.rows import CSV_LINE_END, spreadsheet_safe
-from microprocess.reduce.s3stream import S3StreamWriter
+from microprocess.reduce.rows import report_row
+from microprocess.service.report import (
+    PART_TAG_KEY,
+    PART_TAG_VALUE,
+    PART_TAGGING,
+    CsvEncoder,
+    ReportLayout,
+    S3StreamWriter,
+    cell,
+    is_missing,
+    presign,
+)
 from microprocess.service.tasks import TaskRequest
 from microservice.errors import ServiceError
 from microservice.report_page import render_report_page
 from microservice.report_stats import FAILURE_COLUMNS, REPORT_COLUMNS, ReportRow, ReportStats
+
+__all__ = [
+    "EMAIL_LEASE_S",
+    "PART_TAG_KEY",
+    "PART_TAG_VALUE",
+    "ReduceRequest",
+    "ReportLayout",
+    "build_summary",
+    "email_text",
+    "finalize",
+    "reduce_part",
+]
 
 log = logging.getLogger(__name__)
 
 #: A claim on a run's email older than this, never recorded as sent, is taken over by the next finalize.
 EMAIL_LEASE_S = 300.0
 
-#: Encoded CSV text is handed to the S3 writer in chunks of about this many bytes.
-_CSV_FLUSH_BYTES = 64 * 1024
 #: Bytes read per S3 GET chunk when joining parts.
 _READ_CHUNK_BYTES = 1024 * 1024
-#: Tag of the intermediate part files: the reports bucket's lifecycle rule expires objects with it
-#: (`infra.reports.PART_TAG_KEY` / `PART_TAG_VALUE`; a test keeps the two equal).
-PART_TAG_KEY = "microprocess:lifecycle"
-PART_TAG_VALUE = "intermediate"
-PART_TAGGING = urlencode({PART_TAG_KEY: PART_TAG_VALUE})
 #: A run may be reduced only in these states (a finished run may be re-reduced: same files).
 _REDUCIBLE = (RunStatus.REDUCING, RunStatus.SUCCEEDED, RunStatus.FAILED)
 
@@ -72,75 +84,17 @@ class ReduceRequest(TaskRequest[None]):
     item: None = None
 
 
-@dataclass(frozen=True)
-class ReportLayout:
-    """Where a run's report files live in the reports bucket."""
-
-    bucket: str
-    job: str
-    run_id: str
-
-    @property
-    def prefix(self) -> str:
-        return f"reports/{self.job}/{self.run_id}/"
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
-
-    def part_csv(self, shard: int) -> str:
-        return f"{self.prefix}parts/part-{shard:03d}.csv"
-
-    def part_stats(self, shard: int) -> str:
-        return f"{self.prefix}parts/part-{shard:03d}.json"
-
-    def part_failures(self, shard: int) -> str:
-        return f"{self.prefix}parts/failures-{shard:03d}.csv"
-
-    @property
-    def report_csv(self) -> str:
-        return f"{self.prefix}report.csv"
-
-    @property
-    def failures_csv(self) -> str:
-        return f"{self.prefix}failures.csv"
-
-    @property
-    def not_attempted_csv(self) -> str:
-        """The tasks of a run stopped before they ran: one task id per row."""
-        return f"{self.prefix}not_attempted.csv"
-
-    @property
-    def summary_json(self) -> str:
-        return f"{self.prefix}summary.json"
-
-    @property
-    def report_html(self) -> str:
-        return f"{self.prefix}report.html"
-
-
 class CsvStream:
-    """CSV rows encoded to UTF-8 and handed to an `S3StreamWriter` in chunks."""
+    """Rows written to an `S3StreamWriter` as the platform's reduce writes them: each value a
+    `cell` (CSV formula neutralisation), RFC 4180 line ends (`CsvEncoder`)."""
 
-    def __init__(self, writer: S3StreamWriter, header: Sequence[str] | None = None) -> None:
+    def __init__(self, writer: S3StreamWriter, header: Sequence[str]) -> None:
         self._writer = writer
-        self._text = io.StringIO()
-        self._csv = csv.writer(self._text, lineterminator=CSV_LINE_END)
-        if header is not None:
-            self.writerow(header)
+        self._encoder = CsvEncoder()
+        self.writerow(header)
 
     def writerow(self, row: Iterable[Any]) -> None:
-        # Text is made spreadsheet-safe (the platform's reduce and this one share the rule).
-        self._csv.writerow(spreadsheet_safe(v) if isinstance(v, str) else v for v in row)
-        if self._text.tell() >= _CSV_FLUSH_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        data = self._text.getvalue()
-        if data:
-            self._writer.write(data.encode())
-        self._text.seek(0)
-        self._text.truncate()
+        self._writer.write(self._encoder.encode(cell(v) for v in row))
 
 
 # ------------------------------------------------------------------ checks
@@ -185,13 +139,23 @@ def reduce_part(
         raise ServiceError(
             400, "no_such_shard", f"run {run.run_id} has shards 0..{run.shard_count - 1}; got shard {req.shard}"
         )
-    return _build_part(ledger, s3, ReportLayout(bucket, job.name, run.run_id), req.shard, part_bytes=part_bytes)
+    return _build_part(ledger, s3, job, ReportLayout(bucket, job.name, run.run_id), req.shard, part_bytes=part_bytes)
 
 
 def _build_part(
-    ledger: Ledger, s3: Any, layout: ReportLayout, shard: int, *, part_bytes: int, seen: TaskPositions | None = None
+    ledger: Ledger,
+    s3: Any,
+    job: JobDeclaration,
+    layout: ReportLayout,
+    shard: int,
+    *,
+    part_bytes: int,
+    seen: TaskPositions | None = None,
 ) -> dict[str, Any]:
-    """Stream ledger shard `shard` into its part files; `seen` collects the task ids written."""
+    """Stream ledger shard `shard` into its part files; `seen` collects the task ids written.
+
+    A row's cells are the platform's report row (`microprocess.reduce.rows.report_row`) in this
+    service's columns; the statistics are this service's own (scores and bands)."""
     stats = ReportStats()
 
     def part_file(key: str) -> S3StreamWriter:
@@ -206,13 +170,11 @@ def _build_part(
         for task in ledger.iter_results(layout.run_id, shard):
             if seen is not None:
                 seen.add(task.task_id)
-            row = ReportRow.of(task)
-            stats.add(row)
-            rows_csv.writerow(row.csv_row())
-            if row.state != "SUCCEEDED":
-                fails_csv.writerow(row.failure_row())
-        rows_csv.flush()
-        fails_csv.flush()
+            stats.add(ReportRow.of(task))
+            row = report_row(task, job)
+            rows_csv.writerow(row.get(c) for c in REPORT_COLUMNS)
+            if task.state is not TaskState.SUCCEEDED:
+                fails_csv.writerow(row.get(c) for c in FAILURE_COLUMNS)
     result = {
         "run_id": layout.run_id,
         "job": layout.job,
@@ -236,20 +198,18 @@ def _build_part(
 # ---------------------------------------------------------------- finalize
 
 
-def _is_missing(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
-
-
-def _part_stats(ledger: Ledger, s3: Any, layout: ReportLayout, shard: int, *, part_bytes: int) -> ReportStats:
+def _part_stats(
+    ledger: Ledger, s3: Any, job: JobDeclaration, layout: ReportLayout, shard: int, *, part_bytes: int
+) -> ReportStats:
     """A part's statistics; a part that is missing (its reduce was lost) is built now."""
     try:
         body = s3.get_object(Bucket=layout.bucket, Key=layout.part_stats(shard))["Body"].read()
         return ReportStats.from_dict(json.loads(body))
     except ClientError as exc:
-        if not _is_missing(exc):
+        if not is_missing(exc):
             raise
     log.warning("run %s: part %d is missing; building it during finalize", layout.run_id, shard)
-    return ReportStats.from_dict(_build_part(ledger, s3, layout, shard, part_bytes=part_bytes))
+    return ReportStats.from_dict(_build_part(ledger, s3, job, layout, shard, part_bytes=part_bytes))
 
 
 def _append_without_header(s3: Any, bucket: str, key: str, out: S3StreamWriter) -> None:
@@ -272,8 +232,7 @@ def _join(
 ) -> S3StreamWriter:
     out = S3StreamWriter(s3, layout.bucket, target, part_bytes=part_bytes, content_type="text/csv")
     with out:
-        head = CsvStream(out, header)
-        head.flush()
+        CsvStream(out, header)
         for key in keys:
             _append_without_header(s3, layout.bucket, key, out)
     return out
@@ -363,10 +322,6 @@ def email_text(summary: dict[str, Any], report_url: str, link_expiry_s: int) -> 
     return subject, "\n".join(lines) + "\n"
 
 
-def _presign(s3: Any, bucket: str, key: str, expiry_s: int) -> str:
-    return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expiry_s)
-
-
 def finalize(
     ledger: Ledger,
     s3: Any,
@@ -400,11 +355,11 @@ def finalize(
         # one reading did not find, so that rows + not-attempted rows = expected exactly.
         reported = TaskPositions(run)
         for shard in shards:
-            part = _build_part(ledger, s3, layout, shard, part_bytes=part_bytes, seen=reported)
+            part = _build_part(ledger, s3, job, layout, shard, part_bytes=part_bytes, seen=reported)
             totals.merge(ReportStats.from_dict(part))
     else:
         for shard in shards:
-            totals.merge(_part_stats(ledger, s3, layout, shard, part_bytes=part_bytes))
+            totals.merge(_part_stats(ledger, s3, job, layout, shard, part_bytes=part_bytes))
     report = _join(s3, layout, [layout.part_csv(k) for k in shards], layout.report_csv, REPORT_COLUMNS, part_bytes)
     _join(s3, layout, [layout.part_failures(k) for k in shards], layout.failures_csv, FAILURE_COLUMNS, part_bytes)
 
@@ -422,7 +377,7 @@ def finalize(
         ContentType="application/json",
     )
     links = {
-        label: _presign(s3, bucket, key, link_expiry_s)
+        label: presign(s3, bucket, key, link_expiry_s)
         for label, key in (
             ("report.csv", layout.report_csv),
             ("failures.csv", layout.failures_csv),
@@ -433,7 +388,7 @@ def finalize(
     s3.put_object(Bucket=bucket, Key=layout.report_html, Body=page.encode(), ContentType="text/html; charset=utf-8")
 
     email = _send_report_email_once(
-        ledger, ses, summary, _presign(s3, bucket, layout.report_html, link_expiry_s), job, sender, link_expiry_s
+        ledger, ses, summary, presign(s3, bucket, layout.report_html, link_expiry_s), job, sender, link_expiry_s
     )
     log.info("finalized run %s: %s, email %s", run.run_id, summary["status"], email)
     return {"report_uri": layout.uri, "summary": summary, "email": email}
@@ -448,7 +403,6 @@ def _write_not_attempted(s3: Any, layout: ReportLayout, task_ids: Iterable[str],
         for task_id in task_ids:
             rows.writerow([task_id])
             count += 1
-        rows.flush()
     return count
 
 

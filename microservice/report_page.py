@@ -1,6 +1,5 @@
-"""The report's HTML page: the summary, a histogram of scores by band (inline SVG), the failures.
-
-Plain string building with every value escaped; no template engine, no plotting library.
+"""The report's HTML page: the platform's page (`microprocess.service.report.report_page`: head,
+summary, failures, files, every value escaped) with this service's chart of scores by band (inline SVG).
 """
 
 from __future__ import annotations
@@ -8,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from html import escape
 from typing import Any
+
+from microprocess.service.report import report_page
 
 _BAND_COLOURS = {"A": "#1a9850", "B": "#91cf60", "C": "#fee08b", "D": "#fc8d59", "E": "#d73027"}
 
@@ -53,12 +54,14 @@ def band_histogram_svg(bands: Mapping[str, int], *, width: int = 520, height: in
 
 
 def render_report_page(summary: Mapping[str, Any], links: Mapping[str, str]) -> str:
-    """The whole report page for a run's `summary` (see `microservice.reduce.build_summary`).
+    """The whole report page for a run's `summary` (see `microservice.reduce.build_summary`): the
+    platform's page (`microprocess.service.report.report_page`) with this service's facts and its
+    chart of scores by band.
 
     `links` maps a label (e.g. `report.csv`) to a URL to show in the page.
     """
     title = f"{summary['job']} — run {summary['run_id']}: {summary['status']}"
-    rows = [
+    facts = [
         ("Status", summary["status"]),
         ("Expected tasks", summary["expected"]),
         ("Rows in report", summary["tasks"]),
@@ -70,51 +73,17 @@ def render_report_page(summary: Mapping[str, Any], links: Mapping[str, str]) -> 
         ("Mean score", summary["score"]["mean"]),
         ("Lowest / highest score", f"{summary['score']['min']} / {summary['score']['max']}"),
     ]
-    table = "\n".join(f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in rows)
     bands = "\n".join(f"<tr><td>{escape(band)}</td><td>{count}</td></tr>" for band, count in summary["bands"].items())
-    failures = "\n".join(
-        "<tr>"
-        + "".join(f"<td>{escape(str(f.get(col, '')))}</td>" for col in ("task_id", "company_id", "attempts", "error"))
-        + "</tr>"
-        for f in summary["failures"]
+    chart = (
+        f"<h2>Scores by band</h2>\n{band_histogram_svg(summary['bands'])}\n"
+        f'<table id="bands">\n<tr><th>Band</th><th>Companies</th></tr>\n{bands}\n</table>'
     )
-    more = summary["failure_count"] - len(summary["failures"])
-    more_note = f"<p>{more} more failures are listed in failures.csv.</p>" if more > 0 else ""
-    link_items = "\n".join(f'<li><a href="{escape(url)}">{escape(label)}</a></li>' for label, url in links.items())
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{escape(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5rem; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: left; }}
-th {{ background: #f4f4f4; }}
-</style>
-</head>
-<body>
-<h1>{escape(title)}</h1>
-<h2>Summary</h2>
-<table id="summary">
-{table}
-</table>
-<h2>Scores by band</h2>
-{band_histogram_svg(summary["bands"])}
-<table id="bands">
-<tr><th>Band</th><th>Companies</th></tr>
-{bands}
-</table>
-<h2>Failures ({summary["failure_count"]})</h2>
-<table id="failures">
-<tr><th>Task</th><th>Company</th><th>Attempts</th><th>Error</th></tr>
-{failures}
-</table>
-{more_note}
-<h2>Files</h2>
-<ul>
-{link_items}
-</ul>
-</body>
-</html>
-"""
+    return report_page(
+        title=title,
+        facts=facts,
+        chart=chart,
+        failures=summary["failures"],
+        failure_count=summary["failure_count"],
+        failure_columns=(("Task", "task_id"), ("Company", "company_id"), ("Attempts", "attempts"), ("Error", "error")),
+        links=links,
+    )

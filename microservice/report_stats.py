@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from microprocess.ledger import TaskRecord, TaskState
+from microprocess.reduce.rows import task_columns
+from microprocess.service.report import failure_columns
+from microservice.declared import JOB
 from microservice.domain import BAND_NAMES
 
-#: Columns of report.csv and of every part CSV: one row per task record.
-REPORT_COLUMNS: tuple[str, ...] = ("task_id", "company_id", "state", "score", "band", "attempts", "error")
-#: Columns of failures.csv.
-FAILURE_COLUMNS: tuple[str, ...] = ("task_id", "company_id", "attempts", "error")
+#: Columns of report.csv and of every part CSV, one row per task record: the platform's report
+#: columns (`task_columns`), then the result fields this service reports.
+REPORT_COLUMNS: tuple[str, ...] = (*task_columns(JOB), "score", "band")
+#: Columns of failures.csv: the platform's.
+FAILURE_COLUMNS: tuple[str, ...] = failure_columns(JOB)
 #: Failures listed by name in a part's stats and in the summary (all of them are in failures.csv).
 FAILURES_LISTED = 100
 #: Longest error text kept in the JSON statistics (failures.csv keeps the whole text).
@@ -60,20 +64,6 @@ class ReportRow:
             attempts=task.attempts,
             error=task.error or "",
         )
-
-    def csv_row(self) -> list[Any]:
-        return [
-            self.task_id,
-            self.company_id,
-            self.state,
-            "" if self.score is None else self.score,
-            self.band or "",
-            self.attempts,
-            self.error,
-        ]
-
-    def failure_row(self) -> list[Any]:
-        return [self.task_id, self.company_id, self.attempts, self.error]
 
 
 @dataclass

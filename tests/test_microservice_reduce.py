@@ -431,3 +431,66 @@ def test_a_stopped_run_reports_every_task_once_late_completions_included(queue_c
     # AND the stopped run is FAILED in its summary, as the ledger ends it (some tasks never ran)
     summary = resp.json()["summary"]
     assert summary["status"] == "FAILED" and summary["not_attempted"] == 27
+
+
+def test_the_service_and_the_platform_write_the_same_report_and_failures_for_the_same_rows(
+    queue_client: TestClient, env: Env
+) -> None:
+    # GIVEN one run of successes and failures, some cells starting a formula, others multi-line
+    import boto3
+
+    from microprocess.pipeline.queue import QueueSender
+    from microprocess.reduce import PlatformReducer
+
+    texts = ['=HYPERLINK("http://x","y")', "+1+1", "-2", "@SUM(A1)", "\tx", "plain", "two\nlines", 'a "quote", a comma']
+    run_id = "run-same"
+    env.ledger.create_run(run_id, SMALL)
+    assert env.ledger.account_page(run_id, segment="0", cursor_from="", cursor_to=CURSOR_DONE, count=2 * len(texts))
+    env.ledger.finish_split(run_id)
+    outcomes = []
+    for i, text in enumerate(texts):
+        ok, bad = f"task-ok-{i}", f"task-bad-{i}"
+        outcomes += [
+            TaskOutcome(
+                ok,
+                shard_of(ok, SMALL.shard_count),
+                TaskState.SUCCEEDED,
+                1 + i % 2,
+                text,
+                {"score": 300 + i, "band": text},
+            ),
+            TaskOutcome(bad, shard_of(bad, SMALL.shard_count), TaskState.FAILED, 3, text, error=text),
+        ]
+    env.ledger.record_outcomes(run_id, SMALL.counter_count, outcomes)
+    # WHEN the bundled service reduces it (its routes), and the platform's reduce reduces it into
+    # another bucket, for the job's fields the service reports
+    reduce_all(queue_client, run_id, SMALL.shard_count)
+    assert signed_post(queue_client, FINALIZE, finalize_payload(run_id)).status_code == 200
+    env.s3.create_bucket(Bucket="platform-reports")
+    sqs = boto3.client("sqs", region_name=REGION)
+    platform = PlatformReducer(
+        ledger=env.ledger,
+        s3=env.s3,
+        ses=env.ses,
+        bucket="platform-reports",
+        completion_sender=QueueSender(client=sqs, queue_url=sqs.create_queue(QueueName="q")["QueueUrl"], threads=1),
+    )
+    job = SMALL.model_copy(update={"result_fields": ("score", "band"), "recipients": ()})
+    for shard in range(SMALL.shard_count):
+        platform.reduce_part(job, run_id, shard)
+    platform.finalize(job, run_id)
+    # THEN report.csv and failures.csv are the same bytes: one row writer, one escaping, one set of columns
+    service, platform_layout = (
+        ReportLayout(BUCKET, JOB.name, run_id),
+        ReportLayout("platform-reports", JOB.name, run_id),
+    )
+
+    def raw(bucket: str, key: str) -> bytes:
+        return bytes(env.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    for file in ("report_csv", "failures_csv"):
+        ours = raw(BUCKET, getattr(service, file))
+        theirs = raw("platform-reports", getattr(platform_layout, file))
+        assert ours == theirs, file
+    assert raw(BUCKET, service.report_csv).startswith(",".join(REPORT_COLUMNS).encode() + b"\r\n")
+    assert b"'=HYPERLINK" in raw(BUCKET, service.failures_csv)

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 READ_CHUNK_BYTES = 1024 * 1024
 
 
-def _is_missing(exc: ClientError) -> bool:
+def is_missing(exc: ClientError) -> bool:
+    """Whether an S3 error says the object is not there."""
     return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
 
 
@@ -55,7 +56,7 @@ def part_stats(
             body = s3.get_object(Bucket=layout.bucket, Key=layout.part_stats(shard))["Body"].read()
             parts.append(PartStats.from_dict(json.loads(body)))
         except ClientError as exc:
-            if not _is_missing(exc):
+            if not is_missing(exc):
                 raise
             log.warning("run %s: part %d is missing; building it during finalize", layout.run_id, shard)
             parts.append(build_part(ledger, s3, layout, job, shard, part_bytes=part_bytes, keep_ids=keep_ids))

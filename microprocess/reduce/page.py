@@ -7,8 +7,6 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-_FAILURE_KEYS = ("task_id", "item_id", "attempts", "error")
-
 
 def _label(value: Any) -> str:
     return escape(str(value))
@@ -51,7 +49,8 @@ def histogram_svg(bins: Sequence[Mapping[str, Any]], field: str, *, width: int =
     return "\n".join(parts)
 
 
-def _table(rows: Sequence[tuple[str, Any]], table_id: str) -> str:
+def facts_table(rows: Sequence[tuple[str, Any]], table_id: str) -> str:
+    """A two-column table (heading, value) with the id `table_id`, every value escaped."""
     body = "\n".join(f"<tr><th>{_label(k)}</th><td>{_label(v)}</td></tr>" for k, v in rows)
     return f'<table id="{table_id}">\n{body}\n</table>'
 
@@ -85,13 +84,39 @@ def render_report_page(summary: Mapping[str, Any], links: Mapping[str, str]) -> 
         stats += [("Mean", histogram["mean"]), ("Min / max", f"{histogram['min']} / {histogram['max']}")]
         chart = (
             f"<h2>Distribution of {_label(histogram['field'])}</h2>\n"
-            f"{histogram_svg(histogram['bins'], histogram['field'])}\n{_table(stats, 'histogram-stats')}"
+            f"{histogram_svg(histogram['bins'], histogram['field'])}\n{facts_table(stats, 'histogram-stats')}"
         )
-    failures = "\n".join(
-        "<tr>" + "".join(f"<td>{_label(f.get(c) or '')}</td>" for c in _FAILURE_KEYS) + "</tr>"
-        for f in summary["failures"]
+    return report_page(
+        title=title,
+        facts=facts,
+        chart=chart,
+        failures=summary["failures"],
+        failure_count=summary["failure_count"],
+        failure_columns=(("Task", "task_id"), ("Item", "item_id"), ("Attempts", "attempts"), ("Error", "error")),
+        links=links,
     )
-    more = summary["failure_count"] - len(summary["failures"])
+
+
+def report_page(
+    *,
+    title: str,
+    facts: Sequence[tuple[str, Any]],
+    chart: str,
+    failures: Sequence[Mapping[str, Any]],
+    failure_count: int,
+    failure_columns: Sequence[tuple[str, str]],
+    links: Mapping[str, str],
+) -> str:
+    """A run's report page: the title, the `facts` table, the `chart` section (HTML, already
+    escaped; may be empty), the first `failures` (of `failure_count`) with `failure_columns`
+    (heading, key), and the `links` (label -> URL). Every value is escaped here. The platform's
+    reduce and a service's reduce (`microprocess.service.report`) write their pages with it."""
+    headings = "".join(f"<th>{_label(heading)}</th>" for heading, _ in failure_columns)
+    rows = "\n".join(
+        "<tr>" + "".join(f"<td>{_label(f.get(key) or '')}</td>" for _, key in failure_columns) + "</tr>"
+        for f in failures
+    )
+    more = failure_count - len(failures)
     more_note = f"<p>{more} more failures are listed in failures.csv.</p>" if more > 0 else ""
     link_items = "\n".join(f'<li><a href="{escape(url)}">{_label(label)}</a></li>' for label, url in links.items())
     return f"""<!doctype html>
@@ -109,12 +134,12 @@ th {{ background: #f4f4f4; }}
 <body>
 <h1>{_label(title)}</h1>
 <h2>Summary</h2>
-{_table(facts, "summary")}
+{facts_table(facts, "summary")}
 {chart}
-<h2>Failures ({summary["failure_count"]})</h2>
+<h2>Failures ({failure_count})</h2>
 <table id="failures">
-<tr><th>Task</th><th>Item</th><th>Attempts</th><th>Error</th></tr>
-{failures}
+<tr>{headings}</tr>
+{rows}
 </table>
 {more_note}
 <h2>Files</h2>
