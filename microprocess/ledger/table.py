@@ -60,15 +60,8 @@ from microprocess.ledger.tasks import TaskRecords
 
 
 class Ledger(SplitAccounting, TaskRecords, Repair, Results):
-    """The run ledger over one DynamoDB table, one concern per module (see the table above).
-
-    Args:
-        table_name: the deployed table's name (passed in, never hard-coded).
-        client: a boto3 DynamoDB client; created lazily when omitted.
-        rng: source of randomness for the counter choice (seedable in tests).
-        crash_hook: called with a crash-point name between writes; chaos testing
-            makes it raise. `None` in production.
-    """
+    """The run ledger over one DynamoDB table, one concern per module (see the table above);
+    its arguments are `LedgerStore`'s. It wires the failure groups' writer to the task records."""
 
     def __init__(
         self,
