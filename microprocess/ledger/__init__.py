@@ -1,7 +1,9 @@
 """The run ledger: runs (parents), tasks (children) and spread counters in one DynamoDB table.
 
 `records` holds the key schema and the plain records; `table` the `Ledger` that writes them
-under the invariants of ARCHITECTURE §3 (counted once, reduce once, repair never over-counts).
+under the invariants of ARCHITECTURE §3 (counted once, reduce once, repair never over-counts),
+composed of one module per concern: `store`, `runs`, `split`, `counters`, `tasks`, `completion`,
+`repair`, `results` (docs/ledger.md: which module keeps which invariant).
 """
 
 from microprocess.ledger.records import (
