@@ -156,9 +156,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "`retry-failed --wait` follows the old run instead of the new one",
         (
             Edit(
-                "microprocess/cli/commands.py",
-                "_finish_waited(wait_for(dep, started.run_id, timeout_s=timeout",
-                "_finish_waited(wait_for(dep, run_id, timeout_s=timeout",
+                "microprocess/cli/runs.py",
+                "finish_waited(wait_for(dep, started.run_id, timeout_s=timeout",
+                "finish_waited(wait_for(dep, run_id, timeout_s=timeout",
             ),
         ),
         ("tests/test_retry_failed.py::test_cli_retry_failed_starts_a_run_that_finishes_exactly_the_failed_tasks",),
