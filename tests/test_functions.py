@@ -17,7 +17,7 @@ from microprocess.pipeline.attempts import PRIOR_ATTEMPTS_ATTRIBUTE
 from microprocess.pipeline.envelope import TaskEnvelope, TaskKind, shard_of
 from microprocess.pipeline.forwarder import REASON_ATTRIBUTE
 from microprocess.pipeline.resend import backoff_seconds
-from microprocess.pipeline.splitter import StartEventError, parse_start_event, scheduled_run_id
+from microprocess.pipeline.start import StartEventError, parse_start_event, scheduled_run_id
 from microprocess.pipeline.sweeper import Sweeper
 from tests.functions_harness import (
     JOB,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from microprocess.cli import check_service, console, control, demo, local_stack, planner, report, runs
+from microprocess.cli import check_service, console, control, demo, local_stack, plan, report, runs
 from microprocess.cli.demo import count_report_rows
 
 # Re-exported for the tests and tools that read them here (their homes: options, deployment, runs, ...).
@@ -54,7 +54,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 local_stack.register(app)  # local up|down|status
-planner.register(app)  # plan
+plan.register(app)  # plan
 check_service.register(app)  # check-service
 runs.register(app)  # run, status, runs, cancel, retry-failed
 report.register(app)  # report

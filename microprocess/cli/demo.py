@@ -19,7 +19,7 @@ from microprocess.cli.report import download_report
 from microprocess.cli.steer import start_run
 from microprocess.declarations import Declarations, JobDeclaration, JobDeclarationError, SourceKind, get_declarations
 from microprocess.ledger import RunStatus
-from microprocess.pipeline.splitter import new_run_id
+from microprocess.pipeline.start import new_run_id
 
 
 def register(app: typer.Typer) -> None:

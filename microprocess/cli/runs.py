@@ -27,7 +27,7 @@ from microprocess.cli.options import (
 )
 from microprocess.cli.steer import start_run
 from microprocess.declarations import get_declarations
-from microprocess.pipeline.splitter import new_run_id, source_uri_refusal
+from microprocess.pipeline.start import new_run_id, source_uri_refusal
 from microprocess.stacks import MANIFESTS_PREFIX
 
 

@@ -19,7 +19,7 @@ from microprocess.declarations import JobDeclaration, UnknownJobError, get_decla
 from microprocess.ledger import RunStatus
 from microprocess.pipeline.fanin import enqueue_reduce_parts
 from microprocess.pipeline.queue import QueueSender
-from microprocess.pipeline.splitter import new_run_id
+from microprocess.pipeline.start import new_run_id
 
 if TYPE_CHECKING:
     from microprocess.cli.deployment import Deployment
