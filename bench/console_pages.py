@@ -110,7 +110,7 @@ class CallCounter:
 def measure(repeat: int) -> list[dict[str, Any]]:
     from fastapi.testclient import TestClient
 
-    from microprocess.cli.commands import Deployment
+    from microprocess.cli.deployment import Deployment
     from microprocess.console.app import ConsoleSettings, create_app
     from microprocess.console.auth import ConsoleAuth
     from microprocess.console.live import RunSampler

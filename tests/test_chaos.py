@@ -7,16 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from microprocess.chaos.suite import (
-    EVIDENCE,
-    ChaosSuite,
-    Row,
-    Scenario,
-    evidence_problems,
-    fired_faults,
-    markdown_table,
-    scenarios,
-)
+from microprocess.chaos.scenarios import EVIDENCE, Row, Scenario, evidence_problems, fired_faults, scenarios
+from microprocess.chaos.suite import ChaosSuite, markdown_table
 from microprocess.ledger import RunStatus
 
 

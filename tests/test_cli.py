@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from microprocess.cli import commands as cli
+from microprocess.cli import deployment as cli_deployment
 from microprocess.cli.progress import RateMeter
 from microprocess.ledger import CURSOR_DONE, Ledger, RunStatus, TaskOutcome, TaskState
 from microprocess.local.state import LocalState, write_state
@@ -67,7 +68,7 @@ def deployment(ddb: Any, ledger_table: str, fake_lambda: FakeLambda, monkeypatch
         },
         client=lambda service: clients[service],
     )
-    monkeypatch.setattr(cli, "connect", lambda target: dep)
+    monkeypatch.setattr(cli_deployment, "connect", lambda target: dep)  # commands connect through it
     return dep
 
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from microprocess.cli import commands as cli
 from microprocess.cli import control
+from microprocess.cli import deployment as cli_deployment
 from microprocess.control.lookup import write_item_index
 from microprocess.ledger import CURSOR_DONE, Ledger, RunStatus, TaskOutcome, TaskState
 from microprocess.pipeline.envelope import shard_of
@@ -86,7 +87,7 @@ def deployment(ddb: Any, ledger_table: str, monkeypatch: pytest.MonkeyPatch) -> 
         },
         client=lambda service: clients[service],
     )
-    monkeypatch.setattr(cli, "connect", lambda target: dep)
+    monkeypatch.setattr(cli_deployment, "connect", lambda target: dep)  # commands connect through it
     return dep, lam
 
 

@@ -13,6 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from microprocess.cli import plan as plan_command
 from microprocess.cli import planner
 from microprocess.cli.planner import (
     Assumptions,
@@ -403,7 +404,7 @@ def _real_cli() -> typer.Typer:
     def root() -> None:
         """A group, as the real CLI is."""
 
-    planner.register(app)
+    plan_command.register(app)
     return app
 
 

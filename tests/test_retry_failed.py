@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from microprocess.cli import commands as cli
+from microprocess.cli import deployment as cli_deployment
 from microprocess.ledger import RunStatus
 from microprocess.pipeline.envelope import TaskEnvelope, TaskKind
 from microprocess.pipeline.forwarder import Forwarder
@@ -112,7 +113,7 @@ def deployment(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> SplitterLambda:
         },
         client=lambda service: clients[service],
     )
-    monkeypatch.setattr(cli, "connect", lambda target: dep)
+    monkeypatch.setattr(cli_deployment, "connect", lambda target: dep)  # commands connect through it
     return lam
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from microprocess.declarations import JobDeclarationError, JobRegistry, declare, resolve_source_uri, s3_scope
-from microprocess.pipeline.splitter import (
+from microprocess.pipeline.start import (
     StartEventError,
     StartRequest,
     parse_start_event,

@@ -5,11 +5,12 @@ from typing import Annotated
 
 import typer
 
+from microprocess.cli import deployment, options
+from microprocess.cli.options import Target, TargetOption
+
 
 def register(app: typer.Typer) -> None:
-    """Add `console` to a Typer app (after `connect` and the options it uses are defined)."""
-    from microprocess.cli import commands as cli
-    from microprocess.cli.commands import Target, TargetOption
+    """Add `console` to a Typer app."""
 
     @app.command("console")
     def console_command(
@@ -33,7 +34,7 @@ def register(app: typer.Typer) -> None:
         from microprocess.console import ConsoleHostError, ConsoleServer
         from microprocess.console.live import SIGNALS_EVERY_S
 
-        dep = cli.connect(target)
+        dep = deployment.connect(target)
         try:
             server = ConsoleServer(
                 dep,
@@ -44,10 +45,10 @@ def register(app: typer.Typer) -> None:
                 signals=signals_of(dep, SIGNALS_EVERY_S),
             )
         except ConsoleHostError as exc:
-            cli.fail(str(exc), cli.EXIT_USAGE)
+            options.fail(str(exc), options.EXIT_USAGE)
         except OSError as exc:
-            cli.fail(f"cannot listen on {host}:{port}: {exc}; choose another --port", cli.EXIT_USAGE)
-        cli.out.print(f"console for the {dep.name} stack; open (once, it logs you in):")
-        cli.out.print(server.login_url, markup=False)
-        cli.out.print("Ctrl-C stops it.")
+            options.fail(f"cannot listen on {host}:{port}: {exc}; choose another --port", options.EXIT_USAGE)
+        options.out.print(f"console for the {dep.name} stack; open (once, it logs you in):")
+        options.out.print(server.login_url, markup=False)
+        options.out.print("Ctrl-C stops it.")
         server.run()

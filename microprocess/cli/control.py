@@ -1,11 +1,10 @@
 """Run control commands: `tasks`, `pause`, `resume` and `scale` (see `microprocess.control`).
 
-`register(app)` adds them to the `microprocess` Typer app; call it after `connect` is
-defined in `commands.py` (the commands read the deployment through it at call time).
+`register(app)` adds them to the `microprocess` Typer app.
 """
 
-# No `from __future__ import annotations`: the commands' option types are imported inside
-# `register` (commands.py imports this module), and Typer reads the annotations at run time.
+# No `from __future__ import annotations`: Typer reads the annotations of the commands, defined
+# inside `register`, at run time.
 import json
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -14,16 +13,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from microprocess.cli import deployment, options
+from microprocess.cli.options import JsonOption, Target, TargetOption
 from microprocess.cli.progress import reduce_phase
-from microprocess.cli.steer import pause_run, resume_run, scale_job, stop_run_now
+from microprocess.cli.steer import pause_run, resume_run, scale_job, scaler, stop_run_now
 from microprocess.control.adaptive import AdaptiveConcurrency, CloudWatchSignals
 from microprocess.control.lookup import RunTasks, TaskDetail
-from microprocess.control.scale import EventSourceCap, JobScaler, ScaleError, check_concurrency
+from microprocess.control.scale import EventSourceCap, ScaleError, check_concurrency
 from microprocess.declarations import JobDeclaration, UnknownJobError, get_declarations
 from microprocess.ledger import Progress, RunRecord, RunStatus, TaskState
 
 if TYPE_CHECKING:
-    from microprocess.cli.commands import Deployment
+    from microprocess.cli.deployment import Deployment
 
 
 class StateChoice(StrEnum):
@@ -33,15 +34,8 @@ class StateChoice(StrEnum):
     NOT_ATTEMPTED = "NOT_ATTEMPTED"
 
 
-def _cli() -> Any:
-    from microprocess.cli import commands
-
-    return commands
-
-
 def _fail(message: str, code: int | None = None) -> NoReturn:
-    cli = _cli()
-    cli.fail(message, cli.EXIT_FAILED if code is None else code)
+    options.fail(message, options.EXIT_FAILED if code is None else code)
     raise AssertionError("unreachable")  # pragma: no cover - fail() raises typer.Exit
 
 
@@ -49,7 +43,7 @@ def _job(name: str) -> JobDeclaration:
     try:
         return get_declarations().jobs.get(name)
     except UnknownJobError as exc:
-        _fail(str(exc), _cli().EXIT_USAGE)
+        _fail(str(exc), options.EXIT_USAGE)
 
 
 def _short(value: Any, width: int = 60) -> str:
@@ -97,7 +91,7 @@ def find_tasks(
 
 
 def _print_tasks(details: list[TaskDetail], *, one: bool) -> None:
-    out = _cli().out
+    out = options.out
     if one:
         for d in details:
             for key, value in d.as_dict().items():
@@ -120,16 +114,6 @@ def _print_tasks(details: list[TaskDetail], *, one: bool) -> None:
     out.print(table)
 
 
-def scaler(dep: "Deployment") -> JobScaler:
-    urls = {k: str(v) for k, v in dep.json_output("JobQueueUrls").items()}
-    return JobScaler(
-        lambda_client=dep.client("lambda"),
-        sqs=dep.client("sqs"),
-        forwarder_function=dep.output("ForwarderFunctionName"),
-        job_queue_urls=urls,
-    )
-
-
 def cap_in_force(dep: "Deployment", job_name: str) -> EventSourceCap | None:
     """The job's concurrency cap in force, or None when it cannot be read (status never fails on it)."""
     if not dep.outputs.get("ForwarderFunctionName") or not dep.outputs.get("JobQueueUrls"):
@@ -143,7 +127,7 @@ def cap_in_force(dep: "Deployment", job_name: str) -> EventSourceCap | None:
 def print_control_status(dep: "Deployment", progress: Progress) -> None:
     """Extra `status` lines: the cap in force for the run's job, the reduce phase (parts done of
     total, finalize, email, reduce queue depth), and how to resume a paused run."""
-    out = _cli().out
+    out = options.out
     cap = cap_in_force(dep, progress.job)
     if cap is not None:
         shown = cap.concurrency if cap.concurrency is not None else "unset (1000)"
@@ -176,20 +160,19 @@ def run_adaptive(dep: "Deployment", job: JobDeclaration, *, interval_s: float, t
     """Decide and apply JOB's cap every `interval_s` seconds from its metrics of that interval."""
     import time
 
-    cli = _cli()
     adaptive = AdaptiveConcurrency(jobs=[job], scaler=scaler(dep), signals=signals_of(dep, interval_s))
     done = 0
     try:
         while True:
-            with cli._ledger_errors(dep):
+            with deployment.ledger_errors(dep):
                 try:
                     decision = adaptive.tick()[job.name]
                 except ScaleError as exc:
-                    cli.fail(str(exc), cli.EXIT_NO_STACK)
+                    options.fail(str(exc), options.EXIT_NO_STACK)
             if as_json:
-                cli.emit_json({"job": job.name, **decision.as_dict()})
+                options.emit_json({"job": job.name, **decision.as_dict()})
             else:
-                cli.out.print(
+                options.out.print(
                     f"{job.name}: {decision.action:<8} {decision.previous} → {decision.concurrency}: "
                     f"{escape(decision.reason)}"
                 )
@@ -203,8 +186,6 @@ def run_adaptive(dep: "Deployment", job: JobDeclaration, *, interval_s: float, t
 
 def register(app: typer.Typer) -> None:
     """Add `tasks`, `pause`, `resume`, `stop` and `scale` to a Typer app."""
-    from microprocess.cli import commands as cli
-    from microprocess.cli.commands import JsonOption, Target, TargetOption
 
     @app.command("tasks")
     def tasks_command(
@@ -226,16 +207,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show tasks of RUN: one item's state, attempts, last error, timings and result, or the tasks in a state."""
         if item is not None and task is not None:
-            cli.fail("give --item ID or --task TASK_ID, not both", cli.EXIT_USAGE)
-        dep = cli.connect(target)
-        with cli._ledger_errors(dep):
+            options.fail("give --item ID or --task TASK_ID, not both", options.EXIT_USAGE)
+        dep = deployment.connect(target)
+        with deployment.ledger_errors(dep):
             run = dep.ledger().require_run(run_id)
             found = find_tasks(dep, run, state=state, item=item, task=task, limit=limit or None)
         if as_json:
-            cli.emit_json([d.as_dict() for d in found])
+            options.emit_json([d.as_dict() for d in found])
             return
         if not found:
-            cli.out.print(f"no {str(state) + ' ' if state else ''}tasks in run {run_id} ({run.status})")
+            options.out.print(f"no {str(state) + ' ' if state else ''}tasks in run {run_id} ({run.status})")
             return
         _print_tasks(found, one=item is not None or task is not None)
 
@@ -246,13 +227,13 @@ def register(app: typer.Typer) -> None:
         target: TargetOption = Target.local,
     ) -> None:
         """Pause RUN: no pushes within one visibility timeout, its split stops; attempts and messages are kept."""
-        dep = cli.connect(target)
-        with cli._ledger_errors(dep):
+        dep = deployment.connect(target)
+        with deployment.ledger_errors(dep):
             was = pause_run(dep, run_id)
         if as_json:
-            cli.emit_json({"run_id": run_id, "status": str(RunStatus.PAUSED), "paused_from": str(was)})
+            options.emit_json({"run_id": run_id, "status": str(RunStatus.PAUSED), "paused_from": str(was)})
         else:
-            cli.out.print(
+            options.out.print(
                 f"paused run [bold]{run_id}[/] (was {was}); its messages are kept until `microprocess resume {run_id}`"
             )
 
@@ -263,15 +244,15 @@ def register(app: typer.Typer) -> None:
         target: TargetOption = Target.local,
     ) -> None:
         """Resume a paused RUN: re-send its kept messages with their attempts; restart its split if it was splitting."""
-        dep = cli.connect(target)
-        with cli._ledger_errors(dep):
+        dep = deployment.connect(target)
+        with deployment.ledger_errors(dep):
             result = resume_run(dep, run_id)
         if as_json:
-            cli.emit_json({"run_id": run_id, **result.as_dict()})
+            options.emit_json({"run_id": run_id, **result.as_dict()})
             return
         extra = "; its splitter is restarted" if result.splitter_restarted else ""
         extra += "; its last tasks were done: reduce started" if result.reduce_claimed else ""
-        cli.out.print(
+        options.out.print(
             f"resumed run [bold]{run_id}[/] ({result.status}); {result.requeued} kept messages re-sent{extra}"
         )
 
@@ -282,13 +263,13 @@ def register(app: typer.Typer) -> None:
         target: TargetOption = Target.local,
     ) -> None:
         """Stop RUN early: no more pushes; its report is built now from what was done (the rest not attempted)."""
-        dep = cli.connect(target)
-        with cli._ledger_errors(dep):
+        dep = deployment.connect(target)
+        with deployment.ledger_errors(dep):
             left = stop_run_now(dep, run_id)
         if as_json:
-            cli.emit_json({"run_id": run_id, "status": str(RunStatus.REDUCING), "not_attempted": left})
+            options.emit_json({"run_id": run_id, "status": str(RunStatus.REDUCING), "not_attempted": left})
         else:
-            cli.out.print(f"stopped run [bold]{run_id}[/]; {left} tasks not attempted; its report is being built")
+            options.out.print(f"stopped run [bold]{run_id}[/]; {left} tasks not attempted; its report is being built")
 
     @app.command("scale")
     def scale_command(
@@ -314,30 +295,30 @@ def register(app: typer.Typer) -> None:
         declared = _job(job)
         if adaptive:
             if concurrency is not None:
-                cli.fail("give --concurrency N or --adaptive, not both", cli.EXIT_USAGE)
-            run_adaptive(cli.connect(target), declared, interval_s=interval, ticks=ticks, as_json=as_json)
+                options.fail("give --concurrency N or --adaptive, not both", options.EXIT_USAGE)
+            run_adaptive(deployment.connect(target), declared, interval_s=interval, ticks=ticks, as_json=as_json)
             return
         if concurrency is not None:
             try:
                 check_concurrency(declared, concurrency)
             except ScaleError as exc:
-                cli.fail(str(exc), cli.EXIT_USAGE)
-        dep = cli.connect(target)
-        with cli._ledger_errors(dep):
+                options.fail(str(exc), options.EXIT_USAGE)
+        dep = deployment.connect(target)
+        with deployment.ledger_errors(dep):
             if concurrency is None:
                 try:
                     before = after = scaler(dep).cap(declared)
                 except ScaleError as exc:
-                    cli.fail(str(exc), cli.EXIT_NO_STACK)
+                    options.fail(str(exc), options.EXIT_NO_STACK)
             else:
                 before, after = scale_job(dep, job, concurrency)
         if as_json:
-            cli.emit_json({**after.as_dict(), "previous": before.concurrency})
+            options.emit_json({**after.as_dict(), "previous": before.concurrency})
             return
         if concurrency is None:
-            cli.out.print(f"{job}: concurrency {after.concurrency} in force (declared max {after.declared})")
+            options.out.print(f"{job}: concurrency {after.concurrency} in force (declared max {after.declared})")
         else:
-            cli.out.print(
+            options.out.print(
                 f"{job}: concurrency {before.concurrency} → [bold]{after.concurrency}[/] "
                 f"(declared max {after.declared}); new batches follow within about a minute"
             )

@@ -3,27 +3,28 @@
 
 Each function takes the `Deployment` the CLI or the console works against and raises
 `SteerError` with a message that says what is wrong and what to do (and the CLI's exit code);
-the CLI turns it into its error line (`commands._ledger_errors`), the console into its answer.
+the CLI turns it into its error line (`deployment.ledger_errors`), the console into its answer.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from microprocess.control.pause import PauseError, ResumeResult, RunResumer, cancel_paused, pause
-from microprocess.control.scale import EventSourceCap, ScaleError, check_concurrency
+from microprocess.control.scale import EventSourceCap, JobScaler, ScaleError, check_concurrency
 from microprocess.control.stop import STOPPABLE, stop_run
 from microprocess.declarations import JobDeclaration, UnknownJobError, get_declarations
 from microprocess.ledger import RunStatus
 from microprocess.pipeline.fanin import enqueue_reduce_parts
 from microprocess.pipeline.queue import QueueSender
-from microprocess.pipeline.splitter import new_run_id
+from microprocess.pipeline.start import new_run_id
 
 if TYPE_CHECKING:
-    from microprocess.cli.commands import Deployment
+    from microprocess.cli.deployment import Deployment
 
-#: Exit codes (the same numbers as `commands.EXIT_*`, which imports this module).
+#: Exit codes (the same numbers as `options.EXIT_*`).
 EXIT_FAILED, EXIT_USAGE, EXIT_NO_STACK = 1, 2, 3
 
 
@@ -33,6 +34,28 @@ class SteerError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code
+
+
+def start_run(dep: Deployment, payload: dict[str, Any]) -> None:
+    """Invoke the splitter asynchronously with `payload`, as the schedule does."""
+    resp = dep.client("lambda").invoke(
+        FunctionName=dep.output("SplitterFunctionName"),
+        InvocationType="Event",
+        Payload=json.dumps(payload).encode(),
+    )
+    if resp.get("StatusCode") != 202:
+        raise SteerError(f"the splitter did not accept the start (HTTP {resp.get('StatusCode')}); {dep.logs_hint}")
+
+
+def scaler(dep: Deployment) -> JobScaler:
+    """The scaler of the deployment's per-job event sources (the forwarder's SQS mappings)."""
+    urls = {k: str(v) for k, v in dep.json_output("JobQueueUrls").items()}
+    return JobScaler(
+        lambda_client=dep.client("lambda"),
+        sqs=dep.client("sqs"),
+        forwarder_function=dep.output("ForwarderFunctionName"),
+        job_queue_urls=urls,
+    )
 
 
 def declared_job(name: str) -> JobDeclaration:
@@ -52,8 +75,6 @@ def pause_run(dep: Deployment, run_id: str) -> RunStatus:
 
 def resume_run(dep: Deployment, run_id: str) -> ResumeResult:
     """Resume a paused RUN: re-send its kept messages; restart its split if it was splitting."""
-    from microprocess.cli.commands import start_run
-
     ledger = dep.ledger()
     job = declared_job(ledger.require_run(run_id).job)
 
@@ -119,8 +140,6 @@ class RetryStarted:
 
 def retry_failed_run(dep: Deployment, run_id: str) -> RetryStarted:
     """Start a new run over the failed tasks of an ended RUN (none when nothing failed)."""
-    from microprocess.cli.commands import start_run
-
     progress = dep.ledger().progress(run_id)
     if not progress.status.terminal:
         raise SteerError(
@@ -135,8 +154,6 @@ def retry_failed_run(dep: Deployment, run_id: str) -> RetryStarted:
 
 def scale_job(dep: Deployment, job_name: str, concurrency: int) -> tuple[EventSourceCap, EventSourceCap]:
     """Set JOB's concurrency cap (its event source's maximum concurrency); returns (before, after)."""
-    from microprocess.cli.control import scaler
-
     job = declared_job(job_name)
     try:
         check_concurrency(job, concurrency)

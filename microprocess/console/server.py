@@ -15,7 +15,7 @@ from microprocess.console.live import RunSampler
 from microprocess.console.views import ConsoleData
 
 if TYPE_CHECKING:
-    from microprocess.cli.commands import Deployment
+    from microprocess.cli.deployment import Deployment
 
 
 def free_port(host: str) -> int:

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from microprocess.cli.commands import Deployment, report_keys
 from microprocess.cli.control import cap_in_force
+from microprocess.cli.deployment import Deployment
 from microprocess.cli.progress import QueueDepth, ReducePhase, queue_depth, reduce_phase
+from microprocess.cli.report import report_keys
 from microprocess.console.schedule import describe, next_fire
 from microprocess.control.lookup import RunTasks, TaskDetail
 from microprocess.declarations import JobDeclaration, get_declarations
