@@ -30,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
 from rich.markup import escape
 
-from microprocess.cli import check_service, console, control, planner, steer
+from microprocess.cli import check_service, console, control, planner, service_load, steer
 from microprocess.cli.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
 from microprocess.cli.steer import SteerError
 from microprocess.declarations import (
@@ -384,6 +384,9 @@ def run(
     as_json: JsonOption = False,
     timeout: TimeoutOption = 600.0,
     target: TargetOption = Target.local,
+    priority: Annotated[
+        service_load.Priority, typer.Option(help="high: a larger share of a shared service (priority_weight).")
+    ] = service_load.Priority.normal,
 ) -> None:
     """Start a run of JOB the way its schedule does (an asynchronous splitter invocation).
 
@@ -397,6 +400,8 @@ def run(
     dep = connect(target)
     run_id = new_run_id(job)
     with _ledger_errors(dep):
+        if note := service_load.mark_priority(dep, get_declarations(), job, run_id, priority):
+            err.print(note)
         start_run(dep, start_payload(dep, job, run_id, items=items, source_uri=source_uri, params=params))
         if as_json:
             emit_json({"run_id": run_id})
@@ -456,6 +461,9 @@ def runs(
             f"{escape(d['run_id']):<{width}}  {d['status']:<9}  {d['succeeded'] + d['failed']:>9,}  "
             f"{d['failed']:>7,}  {d['expected']:>9,}  {_short_time(d['started_at'])}"
         )
+    for service in sorted({get_declarations().jobs.get(j).service for j in jobs}):  # each service's load
+        for line in service_load.service_lines(dep, get_declarations(), service):
+            out.print(escape(line))
 
 
 @app.command()

@@ -80,7 +80,9 @@ def pusher_for(service: str) -> HttpPusher:
     secret = SecretCache(
         secret=s.signing_secret, secret_arn=endpoint.secret_arn, client=lambda: client("secretsmanager")
     )
-    return HttpPusher(endpoint.url, secret)
+    services = get_declarations().services
+    shed_header = services.get(service).shed_header if service in services else None
+    return HttpPusher(endpoint.url, secret, shed_header=shed_header)
 
 
 R = TypeVar("R")
