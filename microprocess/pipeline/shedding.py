@@ -45,9 +45,9 @@ def shed_seconds(service: ServiceDeclaration, result: PushResult) -> float | Non
     it does not shed load (an ordinary 429/503 with a short `Retry-After` slows this task only)."""
     if result.shed_after_s is not None:
         return min(result.shed_after_s, MAX_SHED_S)
-    if result.status in SHED_STATUSES and result.retry_after_s is not None:
-        if result.retry_after_s >= service.shed_after_s:
-            return min(result.retry_after_s, MAX_SHED_S)
+    after = result.retry_after_s
+    if result.status in SHED_STATUSES and after is not None and after >= service.shed_after_s:
+        return min(after, MAX_SHED_S)
     return None
 
 
