@@ -1,11 +1,11 @@
 """P9 measured: one service at capacity K shared by three jobs (weights 2:1, then a short third), on the local stack.
 
-    .venv/bin/python -m bench.fair_share_local [--slots 12] [--service-ms 400] [--interval 3] [--shed 120]
+    .venv/bin/python -m bench.fair_share_local [--slots 48] [--service-ms 3000] [--interval 3] [--shed 120]
 
 Its own local stack (`BenchStack`), deployed from a declaration file written for it
 (`p9_declarations`): the project's own, with `capacity = { concurrent_pushes = K }` on the
 `scores` service and three jobs pushing to it, `p9-heavy` (weight 2), `p9-light` (weight 1) and
-`p9-short` (weight 1, fewer items), each with inline items and `batch_size` 1. The forwarder
+`p9-short` (weight 1, fewer items), each with inline items and `batch_size` 4. The forwarder
 is pointed at a bench service whose task endpoint admits K pushes at once and answers 429
 above (`bench.noop_service.admit`). The service's controller (`ServiceShare`) ticks every
 `interval` seconds in this process (on AWS, a minute in the scheduled function).
@@ -43,12 +43,13 @@ from microprocess.declarations import DECLARATIONS_ENV, load_declarations
 from microprocess.ledger import Ledger
 from microprocess.local.workspace import project_root
 
-SLOTS = 12
-SERVICE_MS = 400.0
+SLOTS = 48
+SERVICE_MS = 3000.0
 INTERVAL_S = 3.0
-ITEMS = {"p9-heavy": 240, "p9-light": 120, "p9-short": 30}
+BATCH_SIZE = 4
+ITEMS = {"p9-heavy": 1200, "p9-light": 600, "p9-short": 120}
 WEIGHTS = {"p9-heavy": 2, "p9-light": 1, "p9-short": 1}
-SHORT_AFTER_S = 20.0
+SHORT_AFTER_S = 30.0
 RESULTS = Path(__file__).resolve().parent / "results" / "fair-share-local-latest.json"
 
 JOB = """
@@ -60,7 +61,7 @@ source = {{ kind = "inline" }}
 item_id_field = "company_id"
 task_path = "/tasks/credit-score"
 max_concurrency = 20
-batch_size = 1
+batch_size = {batch}
 shard_count = 4
 counter_count = 2
 task_timeout_s = 10.0
@@ -77,7 +78,7 @@ def p9_declarations(slots: int, folder: Path) -> Path:
     if marker not in text:
         raise RuntimeError("microprocess.toml has no [services.scores] local_app line to add a capacity after")
     text = text.replace(marker, marker + f"capacity = {{ concurrent_pushes = {slots} }}\n", 1)
-    text += "".join(JOB.format(name=name, weight=weight) for name, weight in WEIGHTS.items())
+    text += "".join(JOB.format(name=name, weight=weight, batch=BATCH_SIZE) for name, weight in WEIGHTS.items())
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "p9.toml"
     path.write_text(text)

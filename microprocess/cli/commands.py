@@ -385,7 +385,8 @@ def run(
     timeout: TimeoutOption = 600.0,
     target: TargetOption = Target.local,
     priority: Annotated[
-        service_load.Priority, typer.Option(help="high: a larger share of a shared service (priority_weight).")
+        service_load.Priority,
+        typer.Option(metavar="normal/high", help="high: a larger share of a shared service (priority_weight)."),
     ] = service_load.Priority.normal,
 ) -> None:
     """Start a run of JOB the way its schedule does (an asynchronous splitter invocation).

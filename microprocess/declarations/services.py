@@ -47,8 +47,8 @@ class ServiceCapacity(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    concurrent_pushes: Annotated[int, Field(ge=1, le=100_000)] | None = None
-    pushes_per_second: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+    concurrent_pushes: Annotated[int | None, Field(ge=1, le=100_000)] = None
+    pushes_per_second: Annotated[float | None, Field(gt=0, le=1_000_000)] = None
 
     @model_validator(mode="after")
     def _one(self) -> ServiceCapacity:
