@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -56,6 +57,7 @@ from microprocess.pipeline.fanin import enqueue_finalize, enqueue_reduce_parts
 from microprocess.pipeline.push import HttpPusher, PushOutcome, PushResult
 from microprocess.pipeline.queue import QueueSender
 from microprocess.pipeline.settings import DEFAULT_STUCK_AFTER_S, DEFAULT_SWEEP_PERIOD_S, defer_grace_s
+from microprocess.pipeline.shedding import ShedGate
 
 if TYPE_CHECKING:
     from microprocess.reduce import PlatformReducer
@@ -215,6 +217,7 @@ class Forwarder:
             reference elsewhere is dead-lettered (empty: any bucket, tests).
         defer_grace_s: how long a task whose page is not accounted yet is deferred without
             counting its receives, s (deployed: `RuntimeSettings.defer_grace_s`, from the sweeper's timing).
+        shed_gate: the services' load shedding (`shedding.ShedGate`; None: none).
     """
 
     def __init__(
@@ -242,6 +245,7 @@ class Forwarder:
         rng: random.Random | None = None,
         max_workers: int = 10,
         defer_grace_s: float = DEFER_GRACE_S,
+        shed_gate: ShedGate | None = None,
     ) -> None:
         if (pusher_for is None) == (pusher is None):
             raise ValueError("give the Forwarder exactly one of pusher_for (per service) and pusher")
@@ -268,6 +272,7 @@ class Forwarder:
         self.retry_cap_s = retry_cap_s
         self.runs = RunCache(ledger, run_cache_ttl_s)
         self.defer_grace_s = defer_grace_s
+        self.shed_gate = shed_gate
         self.rng = rng or random.Random()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="push")
 
@@ -288,6 +293,7 @@ class Forwarder:
                 continue
             if item is not None:
                 work.append(item)
+        work = [w for w in work if not self._wait_for_shedding(w)]  # acknowledged: re-sent for when it ends
         if work and self.faults:
             self.faults.maybe_crash("before_push")
         self._duplicate_some(work)
@@ -591,7 +597,6 @@ class Forwarder:
         re-sent. False past the grace or when the re-send failed (the ordinary backoff applies:
         counted, but not lost). `since_of` reads when this began from the record, when not simply
         its `mark` (the unreachable grace is per outage: `unreachable_since`)."""
-        assert w.result is not None
         now = time.time()
         since = since_of(w.record) if since_of else _epoch_attribute(w.record, mark)
         since = now if since is None or since > now else since
@@ -607,16 +612,48 @@ class Forwarder:
             now - since,
             delay,
             w.attempt,
-            w.result.describe(),
+            w.result.describe() if w.result is not None else "not pushed",
             extra=_keys(w.envelope),
         )
         self.emit(metric, 1, w.job.name, run_id=w.envelope.run_id)
         return True
 
     def _resend_uncounted_push(self, w: _Work) -> bool:
-        """A push that did not count as an attempt (its service unreachable, its signature refused
-        during a rotation, or the service asking it to slow down) re-sent for later; True when re-sent."""
-        return self._resend_unreached(w) or self._resend_refused(w) or self._resend_throttled(w)
+        """A push that did not count as an attempt (its service shedding load, unreachable, its
+        signature refused during a rotation, or asking it to slow down) re-sent for later; True when re-sent."""
+        return self._resend_shed(w) or self._resend_unreached(w) or self._resend_refused(w) or self._resend_throttled(w)
+
+    def _wait_for_shedding(self, w: _Work) -> bool:
+        """The shedding gate: while `w`'s service asks every job to wait, re-send its task to arrive
+        when the wait ends, not pushed and not counted (within the job's `throttle_budget_s`); True
+        when re-sent (the caller acknowledges it)."""
+        if self.shed_gate is None or w.envelope.kind is not TaskKind.TASK:
+            return False
+        left = self.shed_gate.wait_s(w.job.service)
+        return left is not None and self._resend_for_shedding(w, left, "not pushed: its service asked to wait")
+
+    def _resend_shed(self, w: _Work) -> bool:
+        """A push answered with "not now" for the whole service (`shedding.shed_seconds`): the wait
+        recorded for every job, and this task re-sent for when it ends, uncounted; True when re-sent
+        (a 2xx carrying the shedding header is recorded, and the task settles as done)."""
+        if self.shed_gate is None or w.result is None or w.envelope.kind is not TaskKind.TASK:
+            return False
+        seconds = self.shed_gate.observe(w.job.service, w.result)
+        if seconds is None or w.result.outcome is PushOutcome.SUCCESS:
+            return False
+        return self._resend_for_shedding(w, seconds, f"its service sheds load (HTTP {w.result.status})")
+
+    def _resend_for_shedding(self, w: _Work, seconds: float, what: str) -> bool:
+        # Up to 2 s of jitter after the wait, so that the tasks held do not all arrive at once.
+        delay = max(1, min(MAX_DELAY_S, math.ceil(seconds + self.rng.uniform(0, 2))))
+        return self._resend_in_grace(
+            w,
+            mark=THROTTLED_SINCE_ATTRIBUTE,
+            grace_s=w.job.throttle_budget_s,
+            delay_of=lambda _waited: delay,
+            what=what,
+            metric="TasksShed",
+        )
 
     def _resend_throttled(self, w: _Work) -> bool:
         """Re-send (after its `Retry-After`) a task whose service answered 429 or 503 with

@@ -24,6 +24,7 @@ from microprocess.pipeline.metrics import InvocationMetrics
 from microprocess.pipeline.push import HttpPusher, SecretCache
 from microprocess.pipeline.queue import QueueSender
 from microprocess.pipeline.settings import get_settings
+from microprocess.pipeline.shedding import ServiceWaits, ShedGate
 from microprocess.pipeline.splitter import Splitter
 from microprocess.pipeline.sweeper import Sweeper
 from microprocess.reduce import PlatformReducer
@@ -142,6 +143,7 @@ def forwarder() -> Forwarder:
         faults=faults(),
         emit=emitter(),
         defer_grace_s=s.defer_grace_s,
+        shed_gate=ShedGate(ServiceWaits(lambda: ledger().client, s.ledger_table), get_declarations().services),
     )
 
 
