@@ -13,7 +13,6 @@ import pytest
 
 from microprocess.control.pause import PRIOR_ATTEMPTS_ATTRIBUTE
 from microprocess.declarations import JobRegistry, ServiceDeclaration, declare
-from microprocess.pipeline.forwarder import THROTTLED_SINCE_ATTRIBUTE
 from microprocess.pipeline.push import HttpPusher
 from microprocess.pipeline.shedding import ServiceWaits, ShedGate
 from tests.functions_harness import JOB, Behaviour, Stack
@@ -101,7 +100,7 @@ def test_past_the_throttle_budget_a_shed_answer_counts(stack: Stack) -> None:
 
 
 class _Shedding(http.server.BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.send_response(200)
         self.send_header("X-Shed-Until", "90")
