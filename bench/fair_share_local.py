@@ -50,6 +50,17 @@ BATCH_SIZE = 4
 ITEMS = {"p9-heavy": 1200, "p9-light": 600, "p9-short": 120}
 WEIGHTS = {"p9-heavy": 2, "p9-light": 1, "p9-short": 1}
 SHORT_AFTER_S = 30.0
+SHED_S = 120.0
+METHOD = (
+    "bench.fair_share_local: its own local stack deployed from the project's declarations plus a capacity of K "
+    "pushes at once on the scores service and three jobs on it (p9-heavy weight 2, p9-light weight 1, p9-short "
+    "weight 1 started later; inline items, batch_size 4); the forwarder pointed at a bench service admitting K "
+    "pushes at once (429 above, each admitted push served in a fixed time); the service's controller "
+    "(ServiceShare) ticked every few seconds in the bench process; completions per job from the ledger every "
+    "second; shares and Jain's index over the window where every started job was busy; then one run of p9-light "
+    "during which the service answers 503 Retry-After for as long as it asks (shedding). Differs from AWS: the "
+    "controller's interval is seconds, not a minute."
+)
 RESULTS = Path(__file__).resolve().parent / "results" / "fair-share-local-latest.json"
 
 JOB = """
@@ -280,26 +291,93 @@ def measure_shedding(
     }
 
 
+def measure_standalone(
+    *,
+    slots: int = SLOTS,
+    service_ms: float = SERVICE_MS,
+    interval_s: float = INTERVAL_S,
+    shed_s: float = SHED_S,
+    echo: Echo,
+) -> dict[str, Any]:
+    """P9 on a local stack of its own, deployed from `p9_declarations` (started and stopped here)."""
+    folder = project_root() / ".microprocess" / "bench-p9"
+    before = os.environ.get(DECLARATIONS_ENV)
+    os.environ[DECLARATIONS_ENV] = str(p9_declarations(slots, folder))
+    try:
+        echo(f"P9: starting a local stack with the three P9 jobs on one service at capacity {slots} …")
+        with BenchStack(items=100, echo=echo, workdir=folder / "work") as bs:
+            return measure(bs, slots=slots, service_ms=service_ms, interval_s=interval_s, shed_s=shed_s, echo=echo)
+    finally:
+        if before is None:
+            os.environ.pop(DECLARATIONS_ENV, None)
+        else:
+            os.environ[DECLARATIONS_ENV] = before
+
+
+def lines(p9: dict[str, Any]) -> list[tuple[str, str]]:
+    """The bench table's rows for P9."""
+    met = p9["aim_met"]
+    pair, trio = p9["shares_two_jobs"], p9["shares_three_jobs"]
+
+    def ok(key: str) -> str:
+        return "met" if met.get(key) else "MISSED"
+
+    rows = [
+        (
+            "P9 capacity",
+            f"local stack, service admits K = {p9['slots']} pushes at once ({p9['service_ms']:g} ms each), jobs "
+            f"{p9['items']} weights {p9['weights']}, controller every {p9['interval_s']:g} s (AWS: a minute); "
+            f"caps allowed at most {p9['most_pushes_caps_allowed']} pushes "
+            f"(<= K + 1 batch: {ok('within_k_plus_one_batch')}), "
+            f"{p9['rejected_pushes']} pushes answered 429",
+        ),
+        (
+            "P9 shares",
+            f"2 jobs busy: {pair.get('rates')} tasks/s over {pair.get('window_s')} s, "
+            f"Jain {pair.get('jain_weight_normalised')} "
+            f"(2:1 within 10 %: {ok('shares_2_to_1_within_10pct')}, Jain >= 0.95: {ok('jain_at_least_0_95')}); "
+            f"3 jobs busy: {trio.get('rates')}, Jain {trio.get('jain_weight_normalised')}",
+        ),
+        (
+            "P9 short job",
+            f"first task done {p9['short_started_s']} s after its start ({ok('short_started_within_interval')}); "
+            f"FAILED {p9['failed']} ({ok('none_failed')}); wall {p9['wall_s']} s vs total work / K "
+            f"{p9['bound_s']} s: x{p9['wall_over_bound']} (<= 1.1x: {ok('wall_within_1_1x')})",
+        ),
+    ]
+    shed = p9.get("shedding")
+    if shed:
+        rows.append(
+            (
+                "P9 shedding",
+                f"503 Retry-After: {shed['shed_s']:g} for {shed['shed_s']:g} s mid-run: {shed['pushes_answered_503']} "
+                f"pushes answered 503, {shed['status']}, {shed['failed']} FAILED, "
+                f"attempts seen {shed['attempts_seen']}, "
+                f"first push admitted {shed['resumed_after_s']} s after the shedding ended",
+            )
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="P9 measured on its own local stack (capacity, fair share, shedding).")
     parser.add_argument("--slots", type=int, default=SLOTS, help="K: the service's capacity and its admission")
     parser.add_argument("--service-ms", type=float, default=SERVICE_MS)
     parser.add_argument("--interval", type=float, default=INTERVAL_S)
-    parser.add_argument("--shed", type=float, default=0.0, help="also measure a shedding of this many seconds")
+    parser.add_argument("--shed", type=float, default=SHED_S, help="the shedding phase's seconds (0: skip it)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     def echo(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    folder = project_root() / ".microprocess" / "bench-p9"
-    os.environ[DECLARATIONS_ENV] = str(p9_declarations(args.slots, folder))
-    with BenchStack(items=100, echo=echo, workdir=folder / "work") as bs:
-        result = measure(
-            bs, slots=args.slots, service_ms=args.service_ms, interval_s=args.interval, shed_s=args.shed, echo=echo
-        )
+    result = measure_standalone(
+        slots=args.slots, service_ms=args.service_ms, interval_s=args.interval, shed_s=args.shed, echo=echo
+    )
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "caps"}, indent=2))
+    for k, v in lines(result):
+        print(f"{k:<13}  {v}")
+    print(f"written to {args.out}")
     return 0
 
 

@@ -73,9 +73,7 @@ def test_a_short_retry_after_only_slows_the_task_and_pushes_resume_when_the_wait
     # GIVEN a 429 with Retry-After: 3 (below shed_after_s): an ordinary throttle, no service-wide wait
     stack.service.behaviours["C1"] = Behaviour(status=429, retry_after="3")
     record = one_task(stack, receive_count=1, jobs=JOBS)
-    assert stack.forwarder(jobs=JOBS, shed_gate=gate(stack)).handle({"Records": [record]}) == {
-        "batchItemFailures": []
-    }
+    assert stack.forwarder(jobs=JOBS, shed_gate=gate(stack)).handle({"Records": [record]}) == {"batchItemFailures": []}
     assert ServiceWaits(stack.ddb, "ledger").until(JOB.service) is None
     assert stack.metric("TasksShed") == 0 and stack.metric("TasksThrottled") == 1
     # GIVEN a wait that has just ended WHEN a task arrives THEN it is pushed at once
@@ -93,9 +91,7 @@ def test_a_short_retry_after_only_slows_the_task_and_pushes_resume_when_the_wait
 def test_past_the_throttle_budget_a_shed_answer_counts(stack: Stack) -> None:
     stack.service.behaviours["C1"] = Behaviour(status=503, retry_after="120")
     record = one_task(stack, receive_count=JOB.max_attempts, jobs=JOBS, since=time.time() - JOB.throttle_budget_s - 1)
-    assert stack.forwarder(jobs=JOBS, shed_gate=gate(stack)).handle({"Records": [record]}) == {
-        "batchItemFailures": []
-    }
+    assert stack.forwarder(jobs=JOBS, shed_gate=gate(stack)).handle({"Records": [record]}) == {"batchItemFailures": []}
     assert stack.ledger.progress("r1").failed == 1
 
 

@@ -171,3 +171,8 @@ def test_a_service_with_a_declared_capacity_gets_the_controller_over_all_its_job
     job_mappings = [k for k, v in mappings.items() if v["Properties"]["EventSourceArn"]["Fn::GetAtt"][0] in queues]
     assert len(job_mappings) == 2
     assert all(any(m in r for r in updatable) for m in job_mappings)
+    # AND the dashboard shows the service's load: each job's cap (its share), its pushes, the tasks held
+    dashboards = json.dumps(of_type(template, "AWS::CloudWatch::Dashboard"))
+    for title in ("service billing: each job's cap", "service billing: pushes per job", "asked to wait"):
+        assert title in dashboards
+    assert "ServiceShareCap" in dashboards and "TasksShed" in dashboards
