@@ -35,7 +35,8 @@ from typing import Any
 
 from microprocess.control.adaptive import AimdController, AimdSettings, Signals
 from microprocess.declarations import JobDeclaration
-from microprocess.pipeline.forwarder import Forwarder, backoff_seconds
+from microprocess.pipeline.forwarder import Forwarder
+from microprocess.pipeline.resend import backoff_seconds
 
 LABEL = "P7 adaptive vs static concurrency (SIMULATED in virtual time, not measured on the local stack)"
 METHOD = (

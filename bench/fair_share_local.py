@@ -245,6 +245,7 @@ def measure(
         "wall_over_bound": round(wall / bound, 3),
         "controller_errors": ticker.errors[:3] + sampler.errors[:3],
     }
+    echo("  " + json.dumps({k: v for k, v in result.items() if k != "caps"}))
     if shed_s > 0:
         result["shedding"] = measure_shedding(bs, url, ledger, tick, shed_s=shed_s, interval_s=interval_s, echo=echo)
     rates = pair.get("rates") or {}
@@ -270,7 +271,7 @@ def measure_shedding(
     t0 = time.time()
     with Loop(tick, interval_s):
         start(bs, "p9-light", run_id, n)
-        while ledger.progress(run_id).succeeded < n // 4:
+        while ledger.get_run(run_id) is None or ledger.progress(run_id).succeeded < n // 4:
             time.sleep(0.5)
         body = json.dumps({"seconds": shed_s, "retry_after": int(shed_s)}).encode()
         with urllib.request.urlopen(urllib.request.Request(f"{url}{SHED_PATH}", data=body), timeout=10) as resp:

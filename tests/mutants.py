@@ -193,7 +193,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "`RunCache` keeps a run for an hour by default",
         (
             Edit(
-                "microprocess/pipeline/forwarder.py",
+                "microprocess/pipeline/admission.py",
                 "def __init__(self, ledger: Ledger, ttl_s: float = 2.0)",
                 "def __init__(self, ledger: Ledger, ttl_s: float = 3600.0)",
             ),
@@ -227,7 +227,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "backoff-without-jitter",
         "`backoff_seconds` without jitter (every retry of an outage lands at once)",
-        (Edit("microprocess/pipeline/forwarder.py", "* rng.uniform(0.5, 1.0)", "* 1.0"),),
+        (Edit("microprocess/pipeline/resend.py", "* rng.uniform(0.5, 1.0)", "* 1.0"),),
         ("tests/test_forwarder_promises.py::test_backoff_worked_examples",),
     ),
     # ---- other realistic bugs
@@ -260,12 +260,27 @@ MUTANTS: tuple[Mutant, ...] = (
         "the messages of a cancelled run are pushed",
         (
             Edit(
-                "microprocess/pipeline/forwarder.py",
-                "        if run.status is RunStatus.CANCELLED:",
-                "        if run.status is RunStatus.CANCELLED and False:",
+                "microprocess/pipeline/admission.py",
+                "    if a.run.status is RunStatus.CANCELLED:",
+                "    if a.run.status is RunStatus.CANCELLED and False:",
             ),
         ),
         ("tests/test_functions.py::test_cancelled_run_messages_are_acknowledged_without_calls",),
+    ),
+    Mutant(
+        "park-before-ownership",
+        "a paused run's message parked before its shard and ownership are checked (resume re-sends a stranger)",
+        (
+            Edit(
+                "microprocess/pipeline/admission.py",
+                "    shard_and_ownership,\n    park_paused,\n",
+                "    park_paused,\n    shard_and_ownership,\n",
+            ),
+        ),
+        (
+            "tests/test_admission.py::test_a_paused_runs_message_is_checked_for_its_shard_and_ownership_before_it_is_parked",
+            "tests/test_control_pause.py::test_a_paused_run_checks_a_message_before_parking_it_and_the_malformed_are_quarantined",
+        ),
     ),
     Mutant(
         "tolerance-reached-is-failed",

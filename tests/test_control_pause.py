@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from microprocess.control.pause import PRIOR_ATTEMPTS_ATTRIBUTE, PauseError, RunResumer, pause, paused_from
+from microprocess.control.pause import PauseError, RunResumer, pause, paused_from
 from microprocess.ledger import RunStatus, TaskState
+from microprocess.pipeline.attempts import PRIOR_ATTEMPTS_ATTRIBUTE
 from microprocess.pipeline.forwarder import Forwarder
 from tests.functions_harness import JOB, Behaviour, Stack, job_with
 
@@ -267,3 +268,21 @@ def test_outside_a_pause_a_reduce_part_of_a_shard_the_run_does_not_have_is_dead_
     [dead] = stack.receive(stack.dlq)
     assert f"has shards 0..{JOB.shard_count - 1}" in dead["messageAttributes"]["microprocess-reason"]["stringValue"]
     assert not [c for c in stack.service.calls if c["payload"].get("shard") == shard]
+
+
+def test_a_warm_forwarder_that_read_paused_does_not_push_a_run_cancelled_since(stack: Stack) -> None:
+    from microprocess.control.pause import cancel_paused
+
+    # GIVEN a paused run whose forwarder has just read it paused (and parked one message)
+    stack.split({"job": JOB.name, "run_id": "r1", "items": companies(6)})
+    pause(stack.ledger, "r1")
+    fwd = stack.forwarder(run_cache_ttl_s=3600)  # the cache keeps "paused" for the whole test
+    records = stack.receive(stack.task_queue)
+    one_round(stack, fwd, records[:1])
+    # WHEN the paused run is cancelled and the rest of its messages arrive
+    assert cancel_paused(stack.ledger, "r1") is True
+    one_round(stack, fwd, records[1:])
+    # THEN the pause gate's fresh read sees the cancel before anything is pushed or parked
+    assert not stack.service.task_calls()
+    assert resumer(stack).parked_count("r1", JOB.shard_count) == 0
+    assert stack.depth(stack.dlq) == 0

@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
-from microprocess.pipeline import forwarder as forwarder_module
+from microprocess.pipeline import admission as admission_module
+from microprocess.pipeline.admission import RunCache
 from microprocess.pipeline.envelope import TaskEnvelope
-from microprocess.pipeline.forwarder import MAX_VISIBILITY_S, Forwarder, RunCache, backoff_seconds
+from microprocess.pipeline.forwarder import Forwarder
 from microprocess.pipeline.push import HttpPusher, parse_retry_after
+from microprocess.pipeline.resend import MAX_VISIBILITY_S, backoff_seconds
 from tests.functions_harness import JOB, REGISTRY, SECRET, Behaviour, Stack
 
 ENOUGH_TIME = lambda: 900_000  # noqa: E731 - remaining Lambda time, ms
@@ -28,7 +30,7 @@ STATUS_REREAD_S = 2.0
 
 
 class FakeClock:
-    """Stands in for the `time` module inside the forwarder: `monotonic()` moves only when told."""
+    """Stands in for the `time` module of the run cache: `monotonic()` moves only when told."""
 
     def __init__(self) -> None:
         self.now = 1_000.0
@@ -43,7 +45,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(forwarder_module, "time", fake)
+    monkeypatch.setattr(admission_module, "time", fake)  # the run cache's clock
     return fake
 
 

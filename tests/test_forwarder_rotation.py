@@ -8,16 +8,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from microprocess.control.pause import PRIOR_ATTEMPTS_ATTRIBUTE
 from microprocess.ledger import RunStatus, TaskState
+from microprocess.pipeline.attempts import PRIOR_ATTEMPTS_ATTRIBUTE
 from microprocess.pipeline.envelope import TaskEnvelope, TaskKind
-from microprocess.pipeline.forwarder import (
+from microprocess.pipeline.forwarder import Forwarder
+from microprocess.pipeline.push import HttpPusher
+from microprocess.pipeline.resend import (
     SIGNATURE_REFUSED_DELAY_S,
     SIGNATURE_REFUSED_GRACE_S,
     SIGNATURE_REFUSED_SINCE_ATTRIBUTE,
-    Forwarder,
 )
-from microprocess.pipeline.push import HttpPusher
 from tests.functions_harness import JOB, SECRET, Stack
 
 ENOUGH_TIME = lambda: 900_000  # noqa: E731 - remaining Lambda time, ms

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from microprocess.control.pause import PRIOR_ATTEMPTS_ATTRIBUTE
 from microprocess.ledger import TaskState
-from microprocess.pipeline.forwarder import MAX_DELAY_S, THROTTLED_SINCE_ATTRIBUTE
+from microprocess.pipeline.attempts import PRIOR_ATTEMPTS_ATTRIBUTE
+from microprocess.pipeline.resend import MAX_DELAY_S, THROTTLED_SINCE_ATTRIBUTE
 from tests.functions_harness import JOB, Behaviour, Stack, job_with
 
 ENOUGH_TIME = lambda: 900_000  # noqa: E731 - remaining Lambda time, ms

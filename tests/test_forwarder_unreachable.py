@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from microprocess.control.pause import PRIOR_ATTEMPTS_ATTRIBUTE
 from microprocess.ledger import TaskState
+from microprocess.pipeline.attempts import PRIOR_ATTEMPTS_ATTRIBUTE
 from microprocess.pipeline.envelope import TaskEnvelope
-from microprocess.pipeline.forwarder import UNREACHABLE_MAX_DELAY_S, UNREACHABLE_SINCE_ATTRIBUTE, Forwarder
+from microprocess.pipeline.forwarder import Forwarder
 from microprocess.pipeline.push import HttpPusher, PushOutcome
+from microprocess.pipeline.resend import UNREACHABLE_MAX_DELAY_S, UNREACHABLE_SINCE_ATTRIBUTE
 from tests.functions_harness import JOB, SECRET, Stack, job_with
 
 ENOUGH_TIME = lambda: 900_000  # noqa: E731 - remaining Lambda time, ms

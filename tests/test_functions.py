@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from microprocess.chaos.faults import FaultConfig, FaultInjector, InjectedCrash
-from microprocess.control.pause import PRIOR_ATTEMPTS_ATTRIBUTE
 from microprocess.declarations import UnknownJobError
 from microprocess.ledger import CURSOR_DONE, RunStatus, TaskState
+from microprocess.pipeline.attempts import PRIOR_ATTEMPTS_ATTRIBUTE
 from microprocess.pipeline.envelope import TaskEnvelope, TaskKind, shard_of
-from microprocess.pipeline.forwarder import REASON_ATTRIBUTE, backoff_seconds
+from microprocess.pipeline.forwarder import REASON_ATTRIBUTE
+from microprocess.pipeline.resend import backoff_seconds
 from microprocess.pipeline.splitter import StartEventError, parse_start_event, scheduled_run_id
 from microprocess.pipeline.sweeper import Sweeper
 from tests.functions_harness import (
@@ -605,7 +606,7 @@ def test_a_task_sent_but_not_yet_accounted_is_deferred_not_lost(stack: Stack) ->
 
 
 def test_deferrals_are_uncounted_only_for_their_grace(stack: Stack) -> None:
-    from microprocess.pipeline.forwarder import DEFERRED_SINCE_ATTRIBUTE
+    from microprocess.pipeline.resend import DEFERRED_SINCE_ATTRIBUTE
 
     stack.ledger.create_run("r1", JOB)
     stack.ledger.account_page("r1", segment="0", cursor_from="", cursor_to="p1", count=2)
@@ -657,7 +658,7 @@ def _sweeper_timings() -> dict[str, tuple[int, int]]:
 def test_a_task_deferred_while_its_splitter_is_dead_waits_uncounted_until_the_sweeper_restarts_the_split(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, stage: str
 ) -> None:
-    from microprocess.pipeline import forwarder as forwarder_module
+    from microprocess.pipeline import resend as resend_module
     from microprocess.pipeline.settings import RuntimeSettings
 
     stuck_after_s, sweep_period_s = _sweeper_timings()[stage]
@@ -681,7 +682,7 @@ def test_a_task_deferred_while_its_splitter_is_dead_waits_uncounted_until_the_sw
         QueueUrl=stack.task_queue, MessageBody=envelope_for("r1", "0-000000002", {"company_id": "C2"})
     )
     clock = WallClock(t0)
-    monkeypatch.setattr(forwarder_module, "time", clock)
+    monkeypatch.setattr(resend_module, "time", clock)  # the deferral's clock
 
     def receive_at(at: float) -> dict[str, Any]:
         clock.now = at

@@ -181,11 +181,11 @@ def test_missing_environment_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
 def test_the_deployed_forwarder_stops_calling_within_2_s_of_a_cancel(
     env: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from microprocess.pipeline import forwarder as forwarder_module
+    from microprocess.pipeline import admission as admission_module
     from tests.test_forwarder_promises import STATUS_REREAD_S, FakeClock, enqueued
 
     clock = FakeClock()
-    monkeypatch.setattr(forwarder_module, "time", clock)
+    monkeypatch.setattr(admission_module, "time", clock)  # the run cache's clock
     forward = handler("forwarder")
     # GIVEN the forwarder handler, wired from its environment, has pushed tasks of a RUNNING run
     records = enqueued(env, 4)

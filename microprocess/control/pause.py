@@ -12,9 +12,8 @@ conditional write. From then on:
   long as the pause lasts). Messages in a backoff come back when it ends and are parked then.
 * other runs and jobs are not touched.
 
-Parked messages: pk `RUN#<run>#P<shard>`, sk `M#<kind>#<task>`, with the body and the
-attempts already made. One record per task (a duplicate message overwrites its own record):
-one write unit per parked message (≤ 1 KB), paid once, whatever the pause's length.
+The parking itself is one of the forwarder's admission gates (`microprocess.pipeline.admission`,
+the records' layout in `microprocess.pipeline.parking`); this module keeps the commands.
 
 **Resume** puts the run back to where it was paused, then re-sends every parked message (to
 its job's task queue, or the reduce queue for a reduce message) with the attempts already
@@ -41,14 +40,15 @@ from microprocess.control.lookup import batch_write
 from microprocess.declarations import JobDeclaration
 from microprocess.ledger import Ledger, LedgerError, RunStatus, utc_now_iso
 from microprocess.ledger.records import _from_ddb, _is_conditional_failure, _run_pk, _to_ddb
-from microprocess.pipeline.envelope import TaskEnvelope, TaskKind
+from microprocess.pipeline.attempts import PRIOR_ATTEMPTS_ATTRIBUTE
+from microprocess.pipeline.envelope import TaskKind
 from microprocess.pipeline.fanin import enqueue_reduce_parts
+from microprocess.pipeline.parking import parked_pk
 from microprocess.pipeline.queue import SQS_BATCH, QueueSender
 
 log = logging.getLogger(__name__)
 
-#: Message attribute carrying the attempts a re-sent (resumed) message had already made.
-PRIOR_ATTEMPTS_ATTRIBUTE = "microprocess-prior-attempts"
+
 #: Statuses a run can be paused from.
 PAUSABLE = (RunStatus.SPLITTING, RunStatus.RUNNING)
 #: How long a forwarder may act on a run read before the resume (its run cache), s.
@@ -57,39 +57,6 @@ FORWARDER_CACHE_S = 3.0
 
 class PauseError(LedgerError):
     """A pause or resume that does not apply to the run; the message says why and what to do."""
-
-
-def prior_attempts(record: dict[str, Any]) -> int:
-    """Attempts a message made before it was parked and re-sent (0 for an ordinary message)."""
-    attrs = record.get("messageAttributes") or {}
-    attr = attrs.get(PRIOR_ATTEMPTS_ATTRIBUTE) or {}
-    value = attr.get("stringValue") or attr.get("StringValue") or "0"
-    return int(value) if str(value).isdigit() else 0
-
-
-def _parked_pk(run_id: str, shard: int) -> str:
-    return f"{_run_pk(run_id)}#P{shard}"
-
-
-def park(ledger: Ledger, record: dict[str, Any], env: TaskEnvelope) -> None:
-    """Keep a paused run's message in the ledger until `resume` (the caller then acknowledges it).
-
-    The receive that parks it made no push, so it is not counted as an attempt."""
-    receives = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1") or 1)
-    ledger.client.put_item(
-        TableName=ledger.table_name,
-        Item=_to_ddb(
-            {
-                "pk": _parked_pk(env.run_id, env.shard),
-                "sk": f"M#{env.kind}#{env.task_id}",
-                "job": env.job,
-                "kind": str(env.kind),
-                "body": record.get("body", ""),
-                "prior_attempts": prior_attempts(record) + max(receives - 1, 0),
-                "parked_at": utc_now_iso(),
-            }
-        ),
-    )
 
 
 def pause(ledger: Ledger, run_id: str) -> RunStatus:
@@ -153,7 +120,7 @@ def cancel_paused(ledger: Ledger, run_id: str, shard_count: int | None = None) -
         raise
     shards = shard_count if shard_count is not None else ledger.require_run(run_id).shard_count
     for shard in range(shards):
-        parked = _query_partition(ledger, _parked_pk(run_id, shard))
+        parked = _query_partition(ledger, parked_pk(run_id, shard))
         batch_write(ledger, [{"DeleteRequest": {"Key": _to_ddb({"pk": i["pk"], "sk": i["sk"]})}} for i in parked])
     return True
 
@@ -285,7 +252,7 @@ class RunResumer:
         return sent
 
     def _parked(self, run_id: str, shard: int) -> list[dict[str, Any]]:
-        return _query_partition(self.ledger, _parked_pk(run_id, shard))
+        return _query_partition(self.ledger, parked_pk(run_id, shard))
 
     def _send(self, queue_url: str, items: list[dict[str, Any]]) -> None:
         for start in range(0, len(items), SQS_BATCH):

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from microprocess.control.pause import prior_attempts
 from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobRegistry, UnknownJobError
 from microprocess.ledger import Ledger, TaskOutcome, TaskState
+from microprocess.pipeline.attempts import prior_attempts
 from microprocess.pipeline.envelope import MalformedEnvelope, TaskEnvelope, TaskKind, outside_run
 from microprocess.pipeline.fanin import enqueue_reduce_parts
 from microprocess.pipeline.forwarder import REASON_ATTRIBUTE
