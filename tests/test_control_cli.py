@@ -322,6 +322,7 @@ def test_a_shared_services_load_is_shown_with_each_jobs_share(deployment: Any, l
     )
     [line] = service_lines(dep, declared, JOB.service)  # type: ignore[arg-type]
     assert line == (
-        f"service {JOB.service}: capacity 30 pushes at once, caps allow 30; {JOB.name} 3 batch(es), share 100%, 12 in flight"
+        f"service {JOB.service}: capacity 30 pushes at once, caps allow 30; "
+        f"{JOB.name} 3 batch(es), share 100%, 12 in flight"
     )
     assert service_view(dep, declared, JOB.service)["load"]["allowed_pushes"] == 30  # type: ignore[arg-type]
