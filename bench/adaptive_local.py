@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BenchStack, Echo, start_run, wait_until_ended
+from bench.harness import BenchStack, Echo, echo_stderr, start_run, wait_until_ended, write_figures
 from bench.noop_service import ADMISSION_PATH, SERVICE_MS_ENV, SLOTS_ENV
 from microprocess.control.adaptive import AdaptiveConcurrency, AimdSettings, Decision
 from microprocess.control.scale import JobScaler
@@ -342,16 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"where the result JSON goes (default {RESULTS})")
     args = parser.parse_args(argv)
 
-    def echo(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
     result = measure_standalone(
-        args.items, slots=args.slots, service_ms=args.service_ms, interval_s=args.interval, echo=echo
+        args.items, slots=args.slots, service_ms=args.service_ms, interval_s=args.interval, echo=echo_stderr
     )
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for k, v in lines(result):
-        print(f"{k:<15}  {v}")
-    print(f"written to {args.out}")
+    write_figures(args.out, result, lines(result))
     return 0
 
 

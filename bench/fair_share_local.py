@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.adaptive_local import admission, start_admission_service
-from bench.harness import BenchStack, Echo, wait_until_ended
+from bench.harness import BenchStack, Echo, echo_stderr, wait_until_ended, write_figures
 from bench.noop_service import SHED_PATH
 from microprocess.control.adaptive import Signals
 from microprocess.control.scale import JobScaler
@@ -384,16 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    def echo(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
     result = measure_standalone(
-        slots=args.slots, service_ms=args.service_ms, interval_s=args.interval, shed_s=args.shed, echo=echo
+        slots=args.slots, service_ms=args.service_ms, interval_s=args.interval, shed_s=args.shed, echo=echo_stderr
     )
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for k, v in lines(result):
-        print(f"{k:<13}  {v}")
-    print(f"written to {args.out}")
+    write_figures(args.out, result, lines(result))
     return 0
 
 

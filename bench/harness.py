@@ -50,6 +50,21 @@ from tests.declared import CREDIT_SCORES
 
 Echo = Callable[[str], None]
 
+
+def echo_stderr(line: str) -> None:
+    """A standalone bench's progress: to stderr, so that stdout holds only the figures."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def write_figures(out: Path, result: dict[str, Any], rows: list[tuple[str, str]]) -> None:
+    """A standalone bench's ending: the result JSON to `out`, its table rows to stdout."""
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    width = max((len(k) for k, _ in rows), default=0)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    print(f"written to {out}")
+
+
 #: Roles of the stack's functions and the stack outputs that name them.
 FUNCTION_OUTPUTS = {
     "splitter": "SplitterFunctionName",
