@@ -95,3 +95,18 @@ class _Reg:
 
     def get(self, name: str) -> ServiceDeclaration:
         return SERVICE
+
+
+def test_a_failed_read_or_write_of_the_mark_never_fails_the_batch() -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    class Down:
+        def get_item(self, **_: Any) -> Any:
+            raise EndpointConnectionError(endpoint_url="https://dynamodb")
+
+        def update_item(self, **_: Any) -> Any:
+            raise EndpointConnectionError(endpoint_url="https://dynamodb")
+
+    gate = ShedGate(ServiceWaits(Down(), "ledger"), _Reg())
+    assert gate.wait_s("scores") is None  # pushed: the service answers for itself
+    assert gate.observe("scores", PushResult(503, retry_after_s=120.0)) == 120.0  # this task still waits

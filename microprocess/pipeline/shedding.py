@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from microprocess.declarations import ServiceDeclaration
 from microprocess.pipeline.push import PushResult
@@ -149,7 +149,7 @@ class ShedGate:
         taken as no ask (the push goes: the service answers for itself)."""
         try:
             until = self.waits.until(service)
-        except ClientError:
+        except (ClientError, BotoCoreError):
             log.exception("could not read the shedding mark of %s; pushing", service)
             return None
         return None if until is None else max(until - self.waits.clock(), 0.0)
@@ -163,6 +163,6 @@ class ShedGate:
         why = f"HTTP {result.status} asking to wait {seconds:.0f} s"
         try:
             self.waits.ask_to_wait(service, seconds, why)
-        except ClientError:
+        except (ClientError, BotoCoreError):
             log.exception("could not record that %s sheds load (%s)", service, why)
         return seconds
