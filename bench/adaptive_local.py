@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BenchStack, Echo, start_run, wait_until_ended
+from bench.harness import BenchStack, Echo, echo_stderr, start_run, wait_until_ended, write_figures
 from bench.noop_service import ADMISSION_PATH, SERVICE_MS_ENV, SLOTS_ENV
 from microprocess.control.adaptive import AdaptiveConcurrency, AimdSettings, Decision
 from microprocess.control.scale import JobScaler
@@ -110,27 +110,9 @@ class LocalOutcome:
 
 def start_admission_service(bs: BenchStack, slots: int, service_ms: float) -> str:
     """A third bench service whose task endpoint admits `slots` pushes at once; its URL. Stopped with `bs`."""
-    from microprocess.local.processes import free_port, spawn, wait_http_ok
-    from microprocess.local.sender import ses_sender
-    from microprocess.local.services import service_env
-
-    port = free_port()
-    env = service_env(
-        bs.push_process(),
-        declarations=bs.stack.declarations,
-        endpoint_url=bs.endpoint,
-        outputs=bs.outputs,
-        ses_sender=ses_sender(bs.ws.root, bs.outputs),
+    return bs.spawn_noop_service(
+        "bench-admission-service", extra_env={SLOTS_ENV: str(slots), SERVICE_MS_ENV: str(service_ms)}
     )
-    env[SLOTS_ENV], env[SERVICE_MS_ENV] = str(slots), str(service_ms)
-    argv = [sys.executable, "-m", "uvicorn", "bench.noop_service:app", "--app-dir", str(bs.ws.root)]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    name = "bench-admission-service"
-    handle = spawn(name, argv, env=env, cwd=bs.ws.root, log=bs.ws.log(name))
-    bs.handles.append(handle)
-    url = f"http://127.0.0.1:{port}"
-    wait_http_ok(f"{url}/healthz", handle, timeout_s=60)
-    return url
 
 
 def admission(url: str, *, reset: bool = False) -> dict[str, Any]:
@@ -360,16 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"where the result JSON goes (default {RESULTS})")
     args = parser.parse_args(argv)
 
-    def echo(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
     result = measure_standalone(
-        args.items, slots=args.slots, service_ms=args.service_ms, interval_s=args.interval, echo=echo
+        args.items, slots=args.slots, service_ms=args.service_ms, interval_s=args.interval, echo=echo_stderr
     )
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for k, v in lines(result):
-        print(f"{k:<15}  {v}")
-    print(f"written to {args.out}")
+    write_figures(args.out, result, lines(result))
     return 0
 
 

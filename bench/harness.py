@@ -50,6 +50,21 @@ from tests.declared import CREDIT_SCORES
 
 Echo = Callable[[str], None]
 
+
+def echo_stderr(line: str) -> None:
+    """A standalone bench's progress: to stderr, so that stdout holds only the figures."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def write_figures(out: Path, result: dict[str, Any], rows: list[tuple[str, str]]) -> None:
+    """A standalone bench's ending: the result JSON to `out`, its table rows to stdout."""
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    width = max((len(k) for k, _ in rows), default=0)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    print(f"written to {out}")
+
+
 #: Roles of the stack's functions and the stack outputs that name them.
 FUNCTION_OUTPUTS = {
     "splitter": "SplitterFunctionName",
@@ -218,6 +233,11 @@ class BenchStack:
         return f"http://127.0.0.1:{self.proxy_ports[caller]}"
 
     def _start_noop_service(self, counted: bool) -> None:
+        name = f"bench-noop-service-{'counted' if counted else 'plain'}"
+        self.noop_urls[counted] = self.spawn_noop_service(name, counted=counted)
+
+    def spawn_noop_service(self, name: str, *, counted: bool = False, extra_env: dict[str, str] | None = None) -> str:
+        """Start a bench service process (`bench.noop_service:app`) in the push process's role; its URL."""
         from microprocess.local.processes import free_port
 
         port = free_port()
@@ -229,20 +249,21 @@ class BenchStack:
             endpoint_url=self.proxy_url("service") if counted else self.endpoint,
             ca_bundle=self.state.ca_bundle,
             aws_profile=write_role_profile(
-                self.ws.workdir / "aws" / f"bench-noop-{counted}.config",
+                self.ws.workdir / "aws" / f"{name}.config",
                 role_arn=role_of(process, self.outputs),
                 session_name=process.process,
             ),
             outputs=self.outputs,
             ses_sender=ses_sender(self.ws.root, self.outputs),
         )
+        env.update(extra_env or {})
         argv = [sys.executable, "-m", "uvicorn", "bench.noop_service:app", "--app-dir", str(self.ws.root)]
         argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
-        name = f"bench-noop-service-{'counted' if counted else 'plain'}"
         handle = spawn(name, argv, env=env, cwd=self.ws.root, log=self.ws.log(name))
         self.handles.append(handle)
-        self.noop_urls[counted] = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{self.noop_urls[counted]}/healthz", handle, timeout_s=60)
+        url = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{url}/healthz", handle, timeout_s=60)
+        return url
 
     def push_process(self) -> ServiceProcess:
         """The local process of the job's service that takes the forwarder's pushes (its environment is the no-op's)."""

@@ -9,7 +9,9 @@ finalize pushes, `/healthz`) goes to the real app, so the reduce is the real one
 With `BENCH_ADMISSION_SLOTS=K` in its environment (P7 measured, `bench.adaptive_local`) the
 task endpoint admits only K pushes at once (`admit`): a push above K is answered 429 with
 `Retry-After: 1` at once, an admitted one takes `BENCH_SERVICE_MS` (default 50) ms before
-its answer; `GET /_admission` gives the counts, `POST /_admission/reset` zeroes them.
+its answer; `GET /_admission` gives the counts, `POST /_admission/reset` zeroes them, and
+`POST /_admission/shed` with `{"seconds": S, "retry_after": R}` makes it shed load for S
+seconds: every task push is answered 503 `Retry-After: R` meanwhile (P9's shedding, `bench.fair_share_local`).
 
 Run with uvicorn (`bench.noop_service:app`) in the queue service's environment.
 """
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +34,7 @@ _HEADERS = [(b"content-type", b"application/json")]
 SLOTS_ENV = "BENCH_ADMISSION_SLOTS"
 SERVICE_MS_ENV = "BENCH_SERVICE_MS"
 ADMISSION_PATH = "/_admission"
+SHED_PATH = "/_admission/shed"
 
 
 def noop_result(body: bytes) -> bytes:
@@ -76,6 +80,11 @@ class AdmissionCounts:
     rejected: int = 0
     in_flight: int = 0
     peak: int = 0
+    shed: int = 0  # pushes answered 503 while shedding
+    shed_until: float = 0.0  # epoch s
+    shed_retry_after: int = 0
+    last_shed_push: float = 0.0  # epoch s of the last push answered 503
+    first_after_shed: float = 0.0  # epoch s of the first push admitted after the shedding ended
 
 
 def admit(app: Any, slots: int, *, service_s: float = 0.05, task_path: str = TASK_PATH) -> Any:
@@ -96,22 +105,47 @@ def admit(app: Any, slots: int, *, service_s: float = 0.05, task_path: str = TAS
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
+    async def drain(receive: Any) -> None:
+        more = True
+        while more:  # drain the body, so that the connection stays usable
+            more = (await receive()).get("more_body", False)
+
     async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == SHED_PATH and scope["method"] == "POST":
+            chunks, more = [], True
+            while more:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            ask = json.loads(b"".join(chunks) or b"{}")
+            counts.shed_until = time.time() + float(ask.get("seconds", 0))
+            counts.shed_retry_after = int(ask.get("retry_after", 120))
+            counts.first_after_shed = 0.0
+            await reply(send, 200, json.dumps(asdict(counts)).encode())
+            return
         if scope["type"] == "http" and scope["path"] == ADMISSION_PATH:
             if scope["method"] == "POST":
-                counts.admitted = counts.rejected = counts.peak = 0
+                counts.admitted = counts.rejected = counts.peak = counts.shed = 0
             await reply(send, 200, json.dumps({**asdict(counts), "slots": slots, "service_s": service_s}).encode())
             return
         if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == task_path):
             await app(scope, receive, send)
             return
+        now = time.time()
+        if now < counts.shed_until:
+            counts.shed += 1
+            counts.last_shed_push = now
+            await drain(receive)
+            headers = [*_HEADERS, (b"retry-after", str(counts.shed_retry_after).encode())]
+            await reply(send, 503, b'{"error": "shedding load"}', headers)
+            return
         if counts.in_flight >= slots:  # one event loop: the check and the increment are not interleaved
             counts.rejected += 1
-            more = True
-            while more:  # drain the body, so that the connection stays usable
-                more = (await receive()).get("more_body", False)
+            await drain(receive)
             await reply(send, 429, rejected_body, retry_headers)
             return
+        if counts.shed_until and not counts.first_after_shed:
+            counts.first_after_shed = now
         counts.in_flight += 1
         counts.admitted += 1
         counts.peak = max(counts.peak, counts.in_flight)

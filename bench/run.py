@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import adaptive, adaptive_local
+from bench import adaptive, adaptive_local, fair_share_local
 from bench.figures import (
     hot_key,
     measured_costs,
@@ -80,6 +80,7 @@ METHODS = {
     "then continues itself.",
     "p7": adaptive.METHOD,
     "p7_measured": adaptive_local.METHOD,
+    "p9_measured": fair_share_local.METHOD,
     "p8": "A third plain run of (a) after growing the seeded table to the P8 item count (same seeder, same seed): "
     "items/s (expected / (reduce claimed - start request)) of that run / items/s of the plain (a) run. The splitter "
     "keeps the job's queue below the local stage's max_queue_depth_cap, so the emulator's queue stays short.",
@@ -117,7 +118,7 @@ def report_memory(results: int) -> dict[str, Any]:
     return data
 
 
-def measure(items: int, p8_items: int, p7_items: int = adaptive_local.ITEMS) -> dict[str, Any]:
+def measure(items: int, p8_items: int, p7_items: int = adaptive_local.ITEMS, p9: bool = True) -> dict[str, Any]:
     from bench.harness import BaselineResult, BenchStack, PipelineRun, observe, run_baseline, run_pipeline
 
     started = time.monotonic()
@@ -159,6 +160,7 @@ def measure(items: int, p8_items: int, p7_items: int = adaptive_local.ITEMS) -> 
         echo(f"  {big.items_per_s:,.0f} items/s ({big.seconds:.1f} s)")
         raw_path = bs.ws.workdir / "raw.json"
     p7_measured = adaptive_local.measure_standalone(p7_items, echo=echo) if p7_items else None
+    p9_measured = fair_share_local.measure_standalone(echo=echo) if p9 else None
     out["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out["bench_seconds"] = round(time.monotonic() - started, 1)
     timings = {
@@ -173,6 +175,7 @@ def measure(items: int, p8_items: int, p7_items: int = adaptive_local.ITEMS) -> 
         "baselines": [asdict(b) for b in baselines],
         "p5": {str(k): v for k, v in p5.items()},
         **({"p7_measured": p7_measured} if p7_measured else {}),
+        **({"p9_measured": p9_measured} if p9_measured else {}),
     }
     write_json(raw_path, raw)
     echo(f"raw observations kept in {raw_path} (recompute the figures with --recompute {raw_path})")
@@ -189,7 +192,8 @@ def from_raw(raw: dict[str, Any]) -> dict[str, Any]:
     head = raw["head"]
     # measured_at: when the measuring ran (raw observations kept before it was recorded: now)
     figs = figures(obs, raw["timings"], baselines, p5, head["cores"], head.get("measured_at") or _now())
-    return {**head, **figs, **({"p7_measured": raw["p7_measured"]} if "p7_measured" in raw else {})}
+    kept = {key: raw[key] for key in ("p7_measured", "p9_measured") if key in raw}
+    return {**head, **figs, **kept}
 
 
 def _now() -> str:
@@ -472,6 +476,8 @@ def table(r: dict[str, Any]) -> str:
         rows += adaptive.lines(r["p7_adaptive"])
     if "p7_measured" in r:
         rows += adaptive_local.lines(r["p7_measured"])
+    if "p9_measured" in r:
+        rows += fair_share_local.lines(r["p9_measured"])
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -492,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--p7-items", type=int, default=adaptive_local.ITEMS, help="tasks per P7 measured run (0: skip it)"
     )
+    parser.add_argument("--no-p9", action="store_true", help="skip P9 (capacity, fair share, shedding: ~6 min)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results JSON goes")
     parser.add_argument(
         "--no-measured-costs", action="store_true", help="do not refresh microprocess/measured_costs.json"
@@ -504,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     result = (
         from_raw(json.loads(args.recompute.read_text()))
         if args.recompute
-        else measure(args.items, args.p8_items, args.p7_items)
+        else measure(args.items, args.p8_items, args.p7_items, p9=not args.no_p9)
     )
     result["p7_adaptive"] = adaptive.compare(CREDIT_SCORES)  # simulated in virtual time: see bench/adaptive.py
     if args.recompute:

@@ -18,6 +18,7 @@ from infra import permissions
 from infra.lambda_function import FunctionDefaults, MicroprocessFunction
 from infra.nag import acknowledge
 from microprocess.control.scheduled import FORWARDER_FUNCTION_NAME, INTERVAL_S, STATE_PK_PREFIX
+from microprocess.control.share import SERVICE_PK_PREFIX
 
 #: One tick is a few API calls per job.
 TIMEOUT = Duration.seconds(50)
@@ -31,7 +32,8 @@ class AdaptiveConcurrencyControl(Construct):
     Least privilege: it reads the forwarder's metrics (GetMetricData, which has no resource-level
     permissions), lists event source mappings (none either), updates only the adaptive jobs'
     own mappings on the task forwarder, reads those jobs' queue ARNs, and keeps its state in
-    the ledger table's `JOB#` items only (no run, counter or task record).
+    the ledger table's `JOB#` and `SVC#` items only (no run, counter or task record): a job's
+    controller state, a shared service's state and its high-priority marks (`service_controller`).
 
     Args:
         defaults: the stage's function defaults (the ledger table and the queues in its environment).
@@ -72,7 +74,7 @@ class AdaptiveConcurrencyControl(Construct):
             environment={FORWARDER_FUNCTION_NAME: forwarder.function_name},
             timeout=TIMEOUT,
             memory_size=128,
-            description="Moves the concurrency cap of each adaptive job (AIMD on 429/503 and push time)",
+            description="Moves the caps of adaptive jobs and splits shared services' capacity (AIMD, weights)",
         )
         self.function = handler.function
         self.role = handler.role
@@ -95,7 +97,11 @@ class AdaptiveConcurrencyControl(Construct):
             iam.PolicyStatement(
                 actions=list(permissions.CONTROLLER_STATE),
                 resources=[ledger_table.table_arn],
-                conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{STATE_PK_PREFIX}*"]}},
+                conditions={
+                    "ForAllValues:StringLike": {
+                        "dynamodb:LeadingKeys": [f"{STATE_PK_PREFIX}*", f"{SERVICE_PK_PREFIX}*"]
+                    }
+                },
             )
         )
         self.rule = events.Rule(

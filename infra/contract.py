@@ -71,6 +71,11 @@ TASKS_UNREACHABLE: Final = "TasksUnreachable"
 RUNS_SUCCEEDED: Final = "RunsSucceeded"
 RUNS_FAILED: Final = "RunsFailed"
 STUCK_RUNS: Final = "StuckRuns"
+#: A shared service's load, per job (docs/capacity.md): the cap its controller gave the job, the pushes
+#: made, the pushes held while the service asked every job to wait.
+SERVICE_SHARE_CAP: Final = "ServiceShareCap"
+SERVICE_PUSHES: Final = "ServicePushes"
+TASKS_SHED: Final = "TasksShed"
 JOB_METRICS: Final = (TASKS_SUCCEEDED, TASKS_FAILED, TASKS_UNREACHABLE, RUNS_SUCCEEDED, RUNS_FAILED, STUCK_RUNS)
 
 # ---------------------------------------------------------------- a bundled service

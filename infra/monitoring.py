@@ -54,6 +54,7 @@ class Monitoring(Construct):
             (`<service>-live`, `<service>-queue`); empty when every service is external.
         oldest_message_age: alarm threshold on each task queue's age of oldest message.
         alarm_email: subscribe this address to the alarm topic (optional).
+        shared: the jobs of each shared service (`share.shared_services`): a dashboard row of its load each.
 
     Attributes:
         dashboard: the `cloudwatch.Dashboard`.
@@ -73,6 +74,7 @@ class Monitoring(Construct):
         service_target_groups: Mapping[str, elbv2.ApplicationTargetGroup],
         oldest_message_age: Duration = DEFAULT_OLDEST_MESSAGE_AGE,
         alarm_email: str | None = None,
+        shared: Mapping[str, Iterable[JobDeclaration]] | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         declared = list(jobs)
@@ -181,8 +183,32 @@ class Monitoring(Construct):
             )
         for job in declared:
             self._job(job, push_queue.task_queues[job.name], oldest_message_age)
+        for service, on in (shared or {}).items():
+            self._service(service, [job.name for job in on])
         self.dashboard.add_widgets(
             cloudwatch.AlarmStatusWidget(title="Alarms", alarms=list(self.alarms.values()), width=WIDTH)
+        )
+
+    def _service(self, service: str, jobs: list[str]) -> None:
+        """One row per shared service: each job's cap from the service's controller (its share), the
+        pushes each job made, and the tasks held while the service asked every job to wait."""
+
+        def per_job(metric: str, statistic: str = "Sum") -> list[cloudwatch.IMetric]:
+            return [job_metric(metric, job, label=job).with_(statistic=statistic) for job in jobs]
+
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title=f"service {service}: each job's cap (batches)",
+                left=per_job(contract.SERVICE_SHARE_CAP, "Maximum"),
+                stacked=True,
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title=f"service {service}: pushes per job", left=per_job(contract.SERVICE_PUSHES), width=8
+            ),
+            cloudwatch.GraphWidget(
+                title=f"service {service}: tasks held (asked to wait)", left=per_job(contract.TASKS_SHED), width=8
+            ),
         )
 
     def _job(self, job: JobDeclaration, queue: sqs.IQueue, oldest_message_age: Duration) -> None:

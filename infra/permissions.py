@@ -57,8 +57,9 @@ QUEUE_DEPTH: tuple[str, ...] = ("sqs:GetQueueAttributes",)
 READ_METRICS: tuple[str, ...] = ("cloudwatch:GetMetricData",)
 LIST_EVENT_SOURCE_MAPPINGS: tuple[str, ...] = ("lambda:ListEventSourceMappings",)
 UPDATE_EVENT_SOURCE_MAPPING: tuple[str, ...] = ("lambda:UpdateEventSourceMapping",)
-#: The adaptive controller's own state items in the ledger table (read, overwrite).
-CONTROLLER_STATE: tuple[str, ...] = ("dynamodb:GetItem", "dynamodb:PutItem")
+#: The adaptive controller's own state items in the ledger table (read, overwrite; a shared
+#: service's high-priority marks are queried under its key).
+CONTROLLER_STATE: tuple[str, ...] = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query")
 #: Reading a signing key.
 READ_SECRET: tuple[str, ...] = ("secretsmanager:GetSecretValue",)
 

@@ -56,7 +56,8 @@ from infra.signing_secret import SigningSecret
 from infra.splitter import Splitter
 from infra.sweeper import RATE as SWEEP_RATE
 from infra.sweeper import STUCK_AFTER_S, Sweeper, timing_environment
-from microprocess.control.scheduled import adaptive_jobs
+from microprocess.control.scheduled import controlled_jobs
+from microprocess.control.share import shared_services
 from microprocess.declarations import Declarations, ReduceMode, get_declarations, load_declarations
 from microprocess.pipeline.splitter import SPLITS_PREFIX
 from microprocess.stacks import MANIFESTS_PREFIX
@@ -425,7 +426,7 @@ class MicroprocessPlatform(Construct):
             splitter_function=self.splitter.function,
             **sweep,
         )
-        adaptive = adaptive_jobs(jobs)
+        adaptive = controlled_jobs(jobs, declared.services)
         self.adaptive: AdaptiveConcurrencyControl | None = None
         if adaptive:  # only when a job opts in: a stage without one has no extra function or schedule
             self.adaptive = AdaptiveConcurrencyControl(
@@ -452,6 +453,7 @@ class MicroprocessPlatform(Construct):
                 reducer=self.reducer.function,
                 service_target_groups=target_groups,
                 alarm_email=settings.alarm_email,
+                shared=shared_services(jobs, declared.services),
             )
 
         self._pin_stateful(access_logs)

@@ -245,10 +245,31 @@ def test_the_gates_run_in_this_order() -> None:
         "shard_and_ownership",
         "park_paused",
         "accounted",
+        "service_not_waiting",
         "reduce_in_time",
         "own_claim",
         "fetch_item",
     ]
+
+
+def test_service_not_waiting_holds_a_task_while_its_service_asks_every_job_to_wait() -> None:
+    from dataclasses import replace
+
+    from microprocess.pipeline.admission import Wait
+
+    asked: list[str] = []
+
+    def wait(record: dict[str, Any], job: Any) -> float | None:
+        asked.append(job.service)
+        return 42.0
+
+    waiting = replace(lookups(Runs()), service_wait=wait)
+    verdict = admission.service_not_waiting(at(task(1)), waiting)
+    assert verdict == Wait(42.0, JOB.name) and asked == [JOB.service]
+    # a reduce-queue message is not held; no wait, or no shedding at all, lets the task on
+    assert admission.service_not_waiting(at(reduce_msg(TaskKind.REDUCE_PART)), waiting) is None
+    assert admission.service_not_waiting(at(task(1)), replace(waiting, service_wait=lambda r, j: None)) is None
+    assert admission.service_not_waiting(at(task(1)), lookups(Runs())) is None
 
 
 def test_a_paused_runs_message_is_checked_for_its_shard_and_ownership_before_it_is_parked() -> None:

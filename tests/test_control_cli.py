@@ -283,3 +283,47 @@ def test_scale_adaptive_backs_off_when_the_service_throttles(app: typer.Typer, d
     assert json.loads(invoke(CliRunner(), app, "scale", JOB.name, "--json").stdout)["concurrency"] == 5
     both = invoke(CliRunner(), app, "scale", JOB.name, "--adaptive", "--concurrency", "5")
     assert both.exit_code == cli.EXIT_USAGE
+
+
+def test_status_shows_a_shedding_service_as_asked_to_wait_until(
+    app: typer.Typer, deployment: Any, ledger: Ledger, ledger_table: str, ddb: Any
+) -> None:
+    from microprocess.pipeline.shedding import ServiceWaits
+
+    reducing_run(ledger)
+    ServiceWaits(ddb, ledger_table).ask_to_wait(JOB.service, 120, "HTTP 503 asking to wait 120 s")
+    status = invoke(CliRunner(), app, "status", "r1")
+    assert f"service {JOB.service}: asked to wait until " in status.stdout
+    assert "(HTTP 503 asking to wait 120 s)" in status.stdout
+
+
+def test_a_shared_services_load_is_shown_with_each_jobs_share(deployment: Any, ledger_table: str, ddb: Any) -> None:
+    from types import SimpleNamespace
+
+    from microprocess.cli.service_load import service_lines, service_view
+    from microprocess.control.service_controller import ServiceState
+    from microprocess.control.share import ServiceLoad
+    from microprocess.declarations import JobRegistry, ServiceDeclaration, ServiceRegistry
+
+    dep, _ = deployment
+    service = ServiceDeclaration(name=JOB.service, local_app="m:app", capacity={"concurrent_pushes": 30})
+    declared = SimpleNamespace(jobs=JobRegistry([JOB]), services=ServiceRegistry([service]))
+    load = ServiceLoad(JOB.service, 30, {JOB.name: 3}, {JOB.name: 1.0}, {JOB.name: 12}, {JOB.name: 10})
+    ServiceState(ddb, ledger_table).save(
+        JOB.service,
+        {
+            "load": load.as_dict()
+            | {
+                "caps": {JOB.name: 3},
+                "shares": {JOB.name: 1.0},
+                "in_flight": {JOB.name: 12},
+                "batch_sizes": {JOB.name: 10},
+            }
+        },
+    )
+    [line] = service_lines(dep, declared, JOB.service)  # type: ignore[arg-type]
+    assert line == (
+        f"service {JOB.service}: capacity 30 pushes at once, caps allow 30; "
+        f"{JOB.name} 3 batch(es), share 100%, 12 in flight"
+    )
+    assert service_view(dep, declared, JOB.service)["load"]["allowed_pushes"] == 30  # type: ignore[arg-type]

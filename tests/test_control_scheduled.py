@@ -198,6 +198,7 @@ def test_the_handler_runs_the_declared_adaptive_jobs(aws: Aws, monkeypatch: pyte
 
     class Declared:
         jobs = [ADAPTIVE, STATIC]
+        services: list[Any] = []
 
     monkeypatch.setattr(handler, "get_declarations", lambda: Declared)
     aws.cloudwatch.values = {"pushes": [900.0], "throttled": [855.0], "p90": [30.0]}

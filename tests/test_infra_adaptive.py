@@ -16,6 +16,7 @@ from infra import MicroprocessPlatform, StageSettings
 from infra.lambda_function import powertools_layer_arn
 from infra.nag import add_cloud_checks
 from microprocess.control.scheduled import FORWARDER_FUNCTION_NAME, STATE_PK_PREFIX
+from microprocess.control.share import SERVICE_PK_PREFIX
 from tests.test_infra_synth import ROOT, render
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
@@ -23,10 +24,15 @@ pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
 TEAM = ROOT / "examples" / "team_cdk_app"
 
 
-def synth(adaptive: tuple[str, ...]) -> dict[str, Any]:
-    """The team example's jobs (one external service), with `adaptive = true` on the named jobs."""
+def synth(adaptive: tuple[str, ...], capacity: int | None = None) -> dict[str, Any]:
+    """The team example's jobs (one external service), with `adaptive = true` on the named jobs
+    (and the service declared at `capacity` pushes at once)."""
     folder = Path(tempfile.mkdtemp(prefix="adaptive-"))
     text = (TEAM / "jobs.toml").read_text()
+    if capacity is not None:
+        text = text.replace(
+            "[services.billing]\n", f"[services.billing]\ncapacity = {{ concurrent_pushes = {capacity} }}\n"
+        )
     for job in adaptive:
         text = text.replace(f"[jobs.{job}]\n", f"[jobs.{job}]\nadaptive = true\n")
     (folder / "jobs.toml").write_text(text)
@@ -130,15 +136,43 @@ def test_the_adaptive_function_may_only_read_metrics_and_move_the_adaptive_jobs_
         "sqs:GetQueueAttributes": [f"<{pdfs_queue}.Arn>"],
         "dynamodb:GetItem": [f"<{ledger}.Arn>"],
         "dynamodb:PutItem": [f"<{ledger}.Arn>"],
+        "dynamodb:Query": [f"<{ledger}.Arn>"],
         "logs:CreateLogStream": [f"<{log_group}.Arn>"],
         "logs:PutLogEvents": [f"<{log_group}.Arn>"],
         "xray:PutTelemetryRecords": ["*"],
         "xray:PutTraceSegments": ["*"],
     }
-    # AND its ledger access is limited to its own state items (no run, counter or task record)
-    assert conditions["dynamodb:PutItem"] == {
-        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{STATE_PK_PREFIX}*"]}
-    }
+    # AND its ledger access is limited to its own state items, a job's and a shared service's
+    # (no run, counter or task record)
+    for action in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"):
+        assert conditions[action] == {
+            "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{STATE_PK_PREFIX}*", f"{SERVICE_PK_PREFIX}*"]}
+        }
     # AND the static job's mapping is not among what it may update
     dunning = mappings[next(q for q in mappings if q.startswith("DunningLettersTaskQueue"))]
     assert not any(dunning in r for r in found["lambda:UpdateEventSourceMapping"])
+
+
+def test_a_service_with_a_declared_capacity_gets_the_controller_over_all_its_jobs_mappings() -> None:
+    # GIVEN no adaptive job, but the service both jobs push to declares its capacity
+    template = synth((), capacity=40)
+    _, fn = adaptive_function(template)
+    role = fn["Role"]["Fn::GetAtt"][0]
+    updatable = {
+        render(t)
+        for st in statements(template, role)
+        if "lambda:UpdateEventSourceMapping" in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+        for t in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])
+    }
+    # THEN the controller may move both jobs' mappings (it splits the capacity between them)
+    assert len(of_type(template, "AWS::Lambda::EventSourceMapping")) >= 2
+    queues = [k for k in of_type(template, "AWS::SQS::Queue") if "TaskQueue" in k and "Dead" not in k]
+    mappings = of_type(template, "AWS::Lambda::EventSourceMapping")
+    job_mappings = [k for k, v in mappings.items() if v["Properties"]["EventSourceArn"]["Fn::GetAtt"][0] in queues]
+    assert len(job_mappings) == 2
+    assert all(any(m in r for r in updatable) for m in job_mappings)
+    # AND the dashboard shows the service's load: each job's cap (its share), its pushes, the tasks held
+    dashboards = json.dumps(of_type(template, "AWS::CloudWatch::Dashboard"))
+    for title in ("service billing: each job's cap", "service billing: pushes per job", "asked to wait"):
+        assert title in dashboards
+    assert "ServiceShareCap" in dashboards and "TasksShed" in dashboards

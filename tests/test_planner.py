@@ -560,3 +560,17 @@ def test_usage_adds_and_scales() -> None:
     assert u.scaled(2) == Usage(sqs_requests=8, lambda_gb_seconds=4)
     with pytest.raises(ValueError, match="unknown usage fields"):
         Usage.from_dict({"sqs": 1})
+
+
+def test_a_services_declared_capacity_bounds_the_wall_time(measured: MeasuredCosts, prices: PriceTable) -> None:
+    from microprocess.declarations import ServiceDeclaration
+
+    alone = _plan(measured, prices, items=1_000_000)
+    service = ServiceDeclaration(name=SEED_JOB.service, local_app="m:app", capacity={"concurrent_pushes": 40})
+    shared = _plan(measured, prices, items=1_000_000, service=service)
+    # 40 pushes at once = 4 batches of 10, instead of the declared 50
+    assert shared.concurrency == 40 // SEED_JOB.batch_size < alone.concurrency
+    assert shared.wall.seconds > 5 * alone.wall.seconds
+    rate = ServiceDeclaration(name=SEED_JOB.service, local_app="m:app", capacity={"pushes_per_second": 100})
+    # 100 pushes/s x 0.5 s per task = 50 pushes at once = 5 batches
+    assert _plan(measured, prices, items=1_000_000, service=rate).concurrency == 5

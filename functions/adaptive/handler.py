@@ -19,6 +19,9 @@ share_logger_config(logger)
 @tracer.capture_lambda_handler
 @runtime.metrics_flushed
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    decisions = tick_from_environment(get_declarations().jobs, runtime.client, runtime.emitter())
+    declarations = get_declarations()
+    decisions = tick_from_environment(
+        declarations.jobs, runtime.client, runtime.emitter(), services=declarations.services
+    )
     logger.info("adaptive concurrency", extra={"decisions": decisions})
     return decisions

@@ -142,6 +142,13 @@ def print_control_status(dep: "Deployment", progress: Progress) -> None:
         out.print(f"{'reduce':<12} {escape(phase.describe())}")
     if progress.status is RunStatus.PAUSED:
         out.print(f"{'paused':<12} resume with `microprocess resume {progress.run_id}`")
+    from microprocess.cli.service_load import service_lines
+    from microprocess.declarations import get_declarations
+
+    declared = get_declarations()
+    if progress.job in declared.jobs.names():
+        for line in service_lines(dep, declared, declared.jobs.get(progress.job).service):
+            out.print(f"{'service':<12} {escape(line)}")
 
 
 def signals_of(dep: "Deployment", interval_s: float) -> Any:

@@ -51,7 +51,8 @@ from microprocess.cli.timeline import (
     ceiling_items_per_s,
     wall_time,
 )
-from microprocess.declarations import JobDeclaration, JobRegistry, SourceKind, get_declarations
+from microprocess.control.share import job_capacity_batches
+from microprocess.declarations import JobDeclaration, JobRegistry, ServiceDeclaration, SourceKind, get_declarations
 from microprocess.pipeline.queue import SEND_THREADS, SQS_BATCH
 
 __all__ = [
@@ -373,14 +374,17 @@ def plan_run(
     task_seconds: float = 0.5,
     segments: int | None = None,
     assumptions: Assumptions | None = None,
+    service: ServiceDeclaration | None = None,
 ) -> Plan:
-    """Predict the wall time and cost of a run of `items` items of `job` on AWS."""
+    """Predict the wall time and cost of a run of `items` items of `job` on AWS (at most its
+    `service`'s declared capacity: `share.job_capacity_batches`)."""
     a = assumptions or Assumptions()
     if items <= 0:
         raise PlanError(f"--items must be at least 1, got {items}")
     if task_seconds < 0:
         raise PlanError(f"--task-seconds must be 0 or more, got {task_seconds}")
     c = job.max_concurrency if concurrency is None else concurrency
+    c = min(c, job_capacity_batches(service, job, task_seconds) or c)
     if not 2 <= c <= MAX_EVENT_SOURCE_CONCURRENCY:
         raise PlanError(
             f"--concurrency must be 2..{MAX_EVENT_SOURCE_CONCURRENCY} (an SQS event source's maximum "
@@ -511,7 +515,9 @@ def plan_job(
 
     Raises `UnknownJobError` for an undeclared job and `PlanError` for bad numbers.
     """
-    job = (jobs or get_declarations().jobs).get(job_name)
+    declared = get_declarations() if jobs is None else None
+    job = (jobs or declared.jobs).get(job_name)  # type: ignore[union-attr]
+    services = declared.services if declared is not None else None
     return plan_run(
         job,
         items,
@@ -520,4 +526,5 @@ def plan_job(
         concurrency=concurrency,
         task_seconds=task_seconds,
         segments=segments,
+        service=services.get(job.service) if services is not None and job.service in services else None,
     )

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from microprocess.cli import control, deployment, steer
+from microprocess.cli import control, deployment, service_load, steer
 from microprocess.cli.deployment import Deployment, ledger_errors, wait_for
 from microprocess.cli.options import (
     EXIT_USAGE,
@@ -18,6 +18,7 @@ from microprocess.cli.options import (
     TimeoutOption,
     WaitOption,
     emit_json,
+    err,
     fail,
     finish_waited,
     job_or_fail,
@@ -138,6 +139,10 @@ def run(
     as_json: JsonOption = False,
     timeout: TimeoutOption = 600.0,
     target: TargetOption = Target.local,
+    priority: Annotated[
+        service_load.Priority,
+        typer.Option(metavar="normal/high", help="high: a larger share of a shared service (priority_weight)."),
+    ] = service_load.Priority.normal,
 ) -> None:
     """Start a run of JOB the way its schedule does (an asynchronous splitter invocation).
 
@@ -151,6 +156,8 @@ def run(
     dep = deployment.connect(target)
     run_id = new_run_id(job)
     with ledger_errors(dep):
+        if note := service_load.mark_priority(dep, get_declarations(), job, run_id, priority):
+            err.print(note)
         start_run(dep, start_payload(dep, job, run_id, items=items, source_uri=source_uri, params=params))
         if as_json:
             emit_json({"run_id": run_id})
@@ -208,6 +215,9 @@ def runs(
             f"{escape(d['run_id']):<{width}}  {d['status']:<9}  {d['succeeded'] + d['failed']:>9,}  "
             f"{d['failed']:>7,}  {d['expected']:>9,}  {_short_time(d['started_at'])}"
         )
+    for service in sorted({get_declarations().jobs.get(j).service for j in jobs}):  # each service's load
+        for line in service_load.service_lines(dep, get_declarations(), service):
+            out.print(escape(line))
 
 
 def cancel(

@@ -187,6 +187,8 @@ class RunLive:
     report_files: list[str]
     concurrency: int | None
     reduce: ReducePhase | None
+    #: The job's service: its load and shares, "asked to wait until T" while it sheds (`cli.service_load`).
+    service_lines: list[str] = field(default_factory=list)
     read_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -306,6 +308,7 @@ class ConsoleData:
         reduce_f = self._pool.submit(
             reduce_phase, ledger, run_id, sqs=sqs, reduce_queue_url=outputs.get("ReduceQueueUrl")
         )
+        service_f = self._pool.submit(self._service_lines, run.job)
         cap = cap_f.result()
         return RunLive(
             row=run_row(progress_f.result(), run),
@@ -316,7 +319,16 @@ class ConsoleData:
             report_files=self.report_files(run),
             concurrency=cap.concurrency if cap is not None else None,
             reduce=reduce_f.result(),
+            service_lines=service_f.result(),
         )
+
+    def _service_lines(self, job: str) -> list[str]:
+        from microprocess.cli.service_load import service_lines
+
+        declared = get_declarations()
+        if job not in declared.jobs.names():
+            return []
+        return service_lines(self.dep, declared, declared.jobs.get(job).service)
 
     def report_files(self, run: RunRecord) -> list[str]:
         """The names of the run's report files (relative to its report folder), once written."""

@@ -33,7 +33,9 @@ from microprocess.control.adaptive import (
     Signals,
 )
 from microprocess.control.scale import JobScaler
-from microprocess.declarations import JobDeclaration
+from microprocess.control.service_controller import ServiceShare, ServiceState
+from microprocess.control.share import shared_services
+from microprocess.declarations import JobDeclaration, ServiceDeclaration
 from microprocess.pipeline.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,16 @@ class AdaptiveSetupError(ValueError):
 def adaptive_jobs(jobs: Iterable[JobDeclaration]) -> list[JobDeclaration]:
     """The jobs that opted in (`adaptive = true`), in declaration order."""
     return [job for job in jobs if job.adaptive]
+
+
+def controlled_jobs(
+    jobs: Iterable[JobDeclaration], services: Iterable[ServiceDeclaration] = ()
+) -> list[JobDeclaration]:
+    """The jobs whose caps the scheduled controller moves: the adaptive ones and those of a shared
+    service (`share.shared_services`), in declaration order."""
+    jobs = list(jobs)
+    shared = {job.name for on in shared_services(jobs, services).values() for job in on}
+    return [job for job in jobs if job.adaptive or job.name in shared]
 
 
 class ControllerState:
@@ -122,8 +134,10 @@ def tick(
     signals: Callable[[str], Signals],
     state: ControllerState,
     emit: MetricsEmitter | None = None,
+    services: Iterable[ServiceDeclaration] = (),
 ) -> dict[str, dict[str, Any]]:
-    """One decision for every adaptive job among `jobs`, applied and remembered.
+    """One decision for every adaptive job among `jobs` and one for every shared service (keyed
+    `service:<name>`: `share.shared_services`, whose jobs it decides for), applied and remembered.
 
     A job whose decision fails (its mapping is missing, a throttled API call) is reported and
     the others still get theirs; the errors are raised together at the end, so the invocation
@@ -133,7 +147,25 @@ def tick(
     """
     decisions: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
-    for job in adaptive_jobs(jobs):
+    jobs = list(jobs)
+    declared = {s.name: s for s in services}
+    shared = shared_services(jobs, declared.values())
+    for name, on in shared.items():
+        share = ServiceShare(
+            service=declared.get(name) or ServiceDeclaration(name=name, local_app="unknown:app"),
+            jobs=on,
+            scaler=scaler,
+            signals=signals,
+            state=ServiceState(state.dynamodb, state.table),
+            emit=emit,
+        )
+        try:
+            decisions[f"service:{name}"] = share.tick().as_dict()
+        except (ClientError, ValueError) as exc:
+            log.exception("the share of service %s failed", name)
+            errors.append(f"service {name}: {exc}")
+    in_shared = {job.name for on in shared.values() for job in on}
+    for job in adaptive_jobs(j for j in jobs if j.name not in in_shared):
         adaptive = AdaptiveConcurrency(jobs=[job], scaler=scaler, signals=signals, emit=emit)
         try:
             state.restore(job.name, adaptive.controllers[job.name])
@@ -157,9 +189,11 @@ def tick_from_environment(
     client: Callable[[str], Any],
     emit: MetricsEmitter | None = None,
     environ: Mapping[str, str] | None = None,
+    services: Iterable[ServiceDeclaration] = (),
 ) -> dict[str, dict[str, Any]]:
     """The deployed function's one call: settings from the environment, clients from `client(name)`."""
-    jobs = adaptive_jobs(declared)
+    services = list(services)
+    jobs = controlled_jobs(declared, services)
     if not jobs:
         return {}  # nothing opted in (the stack deploys no schedule then; a manual invoke is harmless)
     settings = RuntimeSettings.from_env(environ)
@@ -180,4 +214,5 @@ def tick_from_environment(
         signals=CloudWatchSignals(client("cloudwatch"), window_s=INTERVAL_S),
         state=ControllerState(client("dynamodb"), settings.ledger_table),
         emit=emit,
+        services=services,
     )

@@ -28,6 +28,7 @@ from microprocess.declarations.models import (
     s3_scope,
 )
 from microprocess.declarations.services import (
+    ServiceCapacity,
     ServiceDeclaration,
     ServiceRegistry,
     TableDeclaration,
@@ -45,6 +46,7 @@ __all__ = [
     "LocalDefaults",
     "ReduceMode",
     "S3Scope",
+    "ServiceCapacity",
     "ServiceDeclaration",
     "ServiceRegistry",
     "SourceKind",

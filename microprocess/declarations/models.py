@@ -233,7 +233,13 @@ class JobDeclaration(BaseModel):
             the controller owns the cap (a `microprocess scale JOB --concurrency N` is moved from
             again within a minute), and the deployed stack gains one scheduled function that
             reads the job's CloudWatch metrics every minute (about $1.30 a month per job in
-            GetMetricData); a job whose service scales with its load needs neither.
+            GetMetricData); a job whose service scales with its load needs neither. When its
+            service declares a `capacity`, the service's controller learns one capacity for all
+            its jobs instead (docs/capacity.md).
+        weight: the job's share of its service's capacity against the other jobs using it while
+            they all have work (2 takes twice what 1 takes); an idle job's share goes to the others.
+        priority_weight: the weight multiplier of a job while it has a run started with
+            `microprocess run JOB --priority high`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -266,6 +272,8 @@ class JobDeclaration(BaseModel):
     stop_early: bool = True
     item_index: bool = True
     adaptive: bool = False
+    weight: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    priority_weight: Annotated[float, Field(ge=1, le=1000)] = 4.0
 
     @field_validator("name")
     @classmethod

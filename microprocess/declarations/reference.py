@@ -21,11 +21,12 @@ from pydantic import BaseModel
 
 from microprocess.declarations.loading import LocalDefaults
 from microprocess.declarations.models import ItemSource, JobDeclaration
-from microprocess.declarations.services import ServiceDeclaration, TableDeclaration
+from microprocess.declarations.services import ServiceCapacity, ServiceDeclaration, TableDeclaration
 
 #: The tables of the file, in order: (heading, model, what it is).
 SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (
     ("[services.NAME]", ServiceDeclaration, "a service that jobs push to; `NAME` is its name"),
+    ("capacity = { ... }", ServiceCapacity, "what a service takes from all its jobs together (docs/capacity.md)"),
     ("[tables.NAME]", TableDeclaration, "a DynamoDB table the stack creates as a job's source; `NAME` is its role"),
     ("[jobs.NAME]", JobDeclaration, "a background job; `NAME` is its name"),
     ("source = { ... }", ItemSource, "a job's item source, an inline table of the job"),

@@ -25,6 +25,7 @@ from microprocess.declarations.models import JobDeclarationError
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _APP = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _FOLDER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _ATTRIBUTE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
 
@@ -33,6 +34,29 @@ class UnknownServiceError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class ServiceCapacity(BaseModel):
+    """What a service declares it can take from all the jobs that push to it together.
+
+    Attributes:
+        concurrent_pushes: the most pushes it serves at once (the sum over every job and run).
+        pushes_per_second: the most pushes a second it takes; turned into pushes at once by
+            Little's law with the measured push time (`microprocess.control.share`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    concurrent_pushes: Annotated[int | None, Field(ge=1, le=100_000)] = None
+    pushes_per_second: Annotated[float | None, Field(gt=0, le=1_000_000)] = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ServiceCapacity:
+        if self.concurrent_pushes is None and self.pushes_per_second is None:
+            raise ValueError(
+                "capacity needs concurrent_pushes and/or pushes_per_second, e.g. capacity = { concurrent_pushes = 40 }"
+            )
+        return self
 
 
 class ServiceDeclaration(BaseModel):
@@ -51,6 +75,13 @@ class ServiceDeclaration(BaseModel):
         plain_http_reason: why plain `http://` to this service is acceptable in the cloud stage
             (e.g. "inside the VPC, private subnets only"); without it the cloud stage refuses an
             `http://` URL (items and results would travel in clear); the reason is printed by synth.
+        capacity: what it takes from every job and run together (`concurrent_pushes`,
+            `pushes_per_second`); the platform splits it between the jobs using it by their
+            `weight` (docs/capacity.md). None: each job is bounded by its own `max_concurrency` only.
+        shed_after_s: a 429/503 whose `Retry-After` is at least this long (seconds) means the
+            service sheds load: every job's pushes to it pause until then, no task counted.
+        shed_header: a response header (any status) whose value, seconds or an HTTP date like
+            `Retry-After`, asks every job to pause its pushes to the service until then.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -63,6 +94,16 @@ class ServiceDeclaration(BaseModel):
     local_env: dict[str, str] = Field(default_factory=dict)
     tables: tuple[str, ...] = ()
     plain_http_reason: str | None = None
+    capacity: ServiceCapacity | None = None
+    shed_after_s: Annotated[int, Field(ge=1, le=86_400)] = 30
+    shed_header: str | None = None
+
+    @field_validator("shed_header")
+    @classmethod
+    def _header(cls, v: str | None) -> str | None:
+        if v is not None and not _HEADER.match(v):
+            raise ValueError("shed_header must be an HTTP header name, e.g. 'X-Shed-Until'")
+        return v
 
     @field_validator("plain_http_reason")
     @classmethod

@@ -105,7 +105,16 @@ class Defer:
     """A task sent but not accounted yet: back in a moment, not counted as an attempt."""
 
 
-Verdict = DeadLetter | Acknowledge | Park | Defer
+@dataclass(frozen=True)
+class Wait:
+    """A task whose service asked every job to wait (load shedding, `pipeline.shedding`): re-sent
+    to arrive when the wait ends, not pushed, not counted."""
+
+    seconds: float
+    job: str
+
+
+Verdict = DeadLetter | Acknowledge | Park | Defer | Wait
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,9 @@ class Lookups:
     fetch: Callable[[str], Any]
     #: The platform bucket whose `claims/` prefix holds claim-checked items (empty: any bucket, tests).
     claims_bucket: str = ""
+    #: Seconds left of a service's ask to wait that this record should wait out (None: push it;
+    #: the forwarder's `shedding.ShedGate`, within the job's throttle budget); None: no shedding.
+    service_wait: Callable[[dict[str, Any], JobDeclaration], float | None] | None = None
 
 
 @dataclass
@@ -241,6 +253,15 @@ def accounted(a: Admission, _: Lookups) -> Verdict | None:
     return None
 
 
+def service_not_waiting(a: Admission, lookups: Lookups) -> Verdict | None:
+    """A task whose service asked every job to wait (it sheds load) waits until then: re-sent for
+    when the wait ends, not pushed, its attempt not counted (`pipeline.shedding`)."""
+    if lookups.service_wait is None or a.envelope.kind is not TaskKind.TASK:
+        return None
+    left = lookups.service_wait(a.record, a.job)
+    return Wait(left, a.job.name) if left is not None else None
+
+
 def reduce_in_time(a: Admission, _: Lookups) -> Verdict | None:
     """A reduce-queue message is handled while its run is reducing; once it has ended only its
     completion callback and a platform finalize delivered again (it publishes and notifies what a
@@ -294,6 +315,7 @@ GATES: tuple[Gate, ...] = (
     shard_and_ownership,
     park_paused,
     accounted,
+    service_not_waiting,
     reduce_in_time,
     own_claim,
     fetch_item,

@@ -49,6 +49,7 @@ from microprocess.pipeline.admission import (
     Park,
     RunCache,
     Verdict,
+    Wait,
     Work,
     admit,
 )
@@ -63,6 +64,7 @@ from microprocess.pipeline.resend import (
     backoff_seconds,
     log_keys,
 )
+from microprocess.pipeline.shedding import ShedGate
 
 if TYPE_CHECKING:
     from microprocess.reduce import PlatformReducer
@@ -99,6 +101,7 @@ class Forwarder:
             reference elsewhere is dead-lettered (empty: any bucket, tests).
         defer_grace_s: how long a task whose page is not accounted yet is deferred without
             counting its receives, s (deployed: `RuntimeSettings.defer_grace_s`, from the sweeper's timing).
+        shed_gate: the services' load shedding (`shedding.ShedGate`; None: none).
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class Forwarder:
         rng: random.Random | None = None,
         max_workers: int = 10,
         defer_grace_s: float = DEFER_GRACE_S,
+        shed_gate: ShedGate | None = None,
     ) -> None:
         if (pusher_for is None) == (pusher is None):
             raise ValueError("give the Forwarder exactly one of pusher_for (per service) and pusher")
@@ -153,7 +157,6 @@ class Forwarder:
         self.runs = RunCache(ledger, run_cache_ttl_s)
         self.defer_grace_s = defer_grace_s
         self.rng = rng or random.Random()
-        self.lookups = Lookups(jobs=jobs, runs=self.runs, fetch=self._fetch, claims_bucket=claims_bucket)
         self.resend = Resender(
             sqs=sqs,
             queue_url_of=self.queue_url_of,
@@ -162,6 +165,14 @@ class Forwarder:
             retry_base_s=retry_base_s,
             retry_cap_s=retry_cap_s,
             defer_grace_s=defer_grace_s,
+            shed_gate=shed_gate,
+        )
+        self.lookups = Lookups(
+            jobs=jobs,
+            runs=self.runs,
+            fetch=self._fetch,
+            claims_bucket=claims_bucket,
+            service_wait=self.resend.within_shed_wait if shed_gate is not None else None,
         )
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="push")
 
@@ -219,6 +230,9 @@ class Forwarder:
             park(self.ledger, record, verdict.envelope)  # kept until `resume`: no push, no attempt, no DLQ
         elif isinstance(verdict, Defer):
             if not self.resend.defer(record):  # re-sent with a delay: this one is acknowledged
+                raise _Deferred
+        elif isinstance(verdict, Wait):  # its service sheds load: re-sent for when it ends
+            if not self.resend.wait_out(record, verdict.seconds, verdict.job):
                 raise _Deferred
         else:
             assert isinstance(verdict, Acknowledge)

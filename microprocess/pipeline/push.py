@@ -55,6 +55,8 @@ class PushResult:
     #: A 401 while this process's secret was too recently read to read again (a rotation may
     #: have just happened): retried after the re-read interval, not failed.
     secret_may_be_stale: bool = False
+    #: The service's declared shedding header asked every job to wait this long, s (`shedding`).
+    shed_after_s: float | None = None
 
     @property
     def outcome(self) -> PushOutcome:
@@ -208,9 +210,18 @@ class HttpPusher:
             it has a `refresh()` (a `SecretCache`), a 401 re-reads it once and sends again;
             then each older secret of the value (`previous`) is tried.
         max_body_bytes: bodies above this are not sent (the contract's limit).
+        shed_header: the service's declared shedding header (`ServiceDeclaration.shed_header`):
+            its value, seconds or an HTTP date, becomes `PushResult.shed_after_s`.
     """
 
-    def __init__(self, base_url: str, secret: Callable[[], str], *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        secret: Callable[[], str],
+        *,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        shed_header: str | None = None,
+    ) -> None:
         if not base_url:
             raise ValueError("HttpPusher needs the service's URL (SERVICE_ENDPOINTS[<service>].url)")
         parts = urlsplit(base_url)
@@ -222,6 +233,7 @@ class HttpPusher:
         self.prefix = parts.path.rstrip("/")
         self.secret = secret
         self.max_body_bytes = max_body_bytes
+        self.shed_header = shed_header
         self._local = threading.local()
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
@@ -314,7 +326,10 @@ class HttpPusher:
                 data = resp.read()
                 if resp.getheader("Connection", "").lower() == "close":
                     self._drop()
-                return PushResult(resp.status, data, parse_retry_after(resp.getheader("Retry-After")))
+                shed = parse_retry_after(resp.getheader(self.shed_header)) if self.shed_header else None
+                return PushResult(
+                    resp.status, data, parse_retry_after(resp.getheader("Retry-After")), shed_after_s=shed
+                )
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self._drop()
                 cut = f"{type(exc).__name__}: {exc}"

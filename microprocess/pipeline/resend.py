@@ -12,15 +12,19 @@ backoff applies (runs always finish; nothing is lost).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from microprocess.declarations import JobDeclaration
 from microprocess.pipeline.admission import Work
 from microprocess.pipeline.attempts import PRIOR_ATTEMPTS_ATTRIBUTE, attempt_of, epoch_attribute, receive_count
+from microprocess.pipeline.envelope import TaskKind
 from microprocess.pipeline.push import PushOutcome, PushResult
 from microprocess.pipeline.settings import DEFAULT_STUCK_AFTER_S, DEFAULT_SWEEP_PERIOD_S, defer_grace_s
+from microprocess.pipeline.shedding import ShedGate
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ SIGNATURE_REFUSED_DELAY_S = 20
 THROTTLED_SINCE_ATTRIBUTE = "microprocess-throttled-since"
 #: SQS's longest message delay, seconds: a `Retry-After` above it is waited out by a counted backoff.
 MAX_DELAY_S = 900
+#: Tasks re-sent, not counted, because their service asked every job to wait (load shedding).
+TASKS_SHED = "TasksShed"
 #: Message attribute of a task re-sent because its page was not accounted yet: since when.
 DEFERRED_SINCE_ATTRIBUTE = "microprocess-deferred-since"
 #: How long a task is deferred without counting its receives, with the sweeper's cloud timing
@@ -96,6 +102,7 @@ class Resender:
         rng: jitter.
         retry_base_s, retry_cap_s: the counted backoff's base and cap (a `Retry-After` wins).
         defer_grace_s: how long a task whose page is not accounted yet is deferred uncounted, s.
+        shed_gate: the services' load shedding (`shedding.ShedGate`; None: none).
     """
 
     def __init__(
@@ -108,14 +115,63 @@ class Resender:
         retry_base_s: float,
         retry_cap_s: float,
         defer_grace_s: float,
+        shed_gate: ShedGate | None = None,
     ) -> None:
         self.sqs, self.queue_url_of, self.emit, self.rng = sqs, queue_url_of, emit, rng
+        self.shed_gate = shed_gate
         self.retry_base_s, self.retry_cap_s, self.defer_grace_s = retry_base_s, retry_cap_s, defer_grace_s
 
     def uncounted_push(self, w: Work) -> bool:
-        """A push that did not count as an attempt (its service unreachable, its signature refused
-        during a rotation, or the service asking it to slow down) re-sent for later; True when re-sent."""
-        return self.unreached(w) or self.refused(w) or self.throttled(w)
+        """A push that did not count as an attempt (its service shedding load, unreachable, its
+        signature refused during a rotation, or asking it to slow down) re-sent for later; True when re-sent."""
+        return self.shed(w) or self.unreached(w) or self.refused(w) or self.throttled(w)
+
+    def shed(self, w: Work) -> bool:
+        """A push answered "not now" for the whole service (`shedding.shed_seconds`): the wait is
+        recorded for every job, and this task re-sent for when it ends, uncounted within the job's
+        `throttle_budget_s`; True when re-sent. A 2xx carrying the shedding header is recorded, and
+        the task settles as done."""
+        if self.shed_gate is None or w.result is None or w.envelope.kind is not TaskKind.TASK:
+            return False
+        seconds = self.shed_gate.observe(w.job.service, w.result)
+        if seconds is None or w.result.outcome is PushOutcome.SUCCESS:
+            return False
+        delay = self._after_wait(seconds)
+        return self._in_grace(
+            w,
+            mark=THROTTLED_SINCE_ATTRIBUTE,
+            grace_s=w.job.throttle_budget_s,
+            delay_of=lambda _waited: delay,
+            what=f"its service sheds load (HTTP {w.result.status})",
+            metric=TASKS_SHED,
+        )
+
+    def within_shed_wait(self, record: dict[str, Any], job: JobDeclaration) -> float | None:
+        """Seconds left of the wait `job`'s service asked every job for, when `record` should wait it
+        out (None: push it: no wait, or the task has been throttled for its whole `throttle_budget_s`,
+        so it counts again and a service that never stops shedding still ends the run)."""
+        left = self.shed_gate.wait_s(job.service) if self.shed_gate is not None else None
+        since = epoch_attribute(record, THROTTLED_SINCE_ATTRIBUTE)
+        if left is None or (since is not None and time.time() - since >= job.throttle_budget_s):
+            return None
+        return left
+
+    def wait_out(self, record: dict[str, Any], seconds: float, job: str) -> bool:
+        """Re-send `record` (not pushed) to arrive when its service's wait ends, uncounted; False
+        when the send failed (the message comes back after its visibility timeout)."""
+        now = time.time()
+        since = epoch_attribute(record, THROTTLED_SINCE_ATTRIBUTE)
+        since = now if since is None or since > now else since
+        delay = self._after_wait(seconds)
+        if not self.send_copy(record, delay, marks={THROTTLED_SINCE_ATTRIBUTE: since}):
+            return False
+        log.info("%s: its service asked every job to wait; re-sent with a %s s delay, not pushed", job, delay)
+        self.emit(TASKS_SHED, 1, job)
+        return True
+
+    def _after_wait(self, seconds: float) -> int:
+        # Up to 2 s of jitter after the wait, so that the tasks held do not all arrive at once.
+        return max(1, min(MAX_DELAY_S, math.ceil(seconds + self.rng.uniform(0, 2))))
 
     def unreached(self, w: Work) -> bool:
         """Re-send (delayed) a message whose push never reached its service, without counting that

@@ -24,6 +24,7 @@ from microprocess.pipeline.metrics import InvocationMetrics
 from microprocess.pipeline.push import HttpPusher, SecretCache
 from microprocess.pipeline.queue import QueueSender
 from microprocess.pipeline.settings import get_settings
+from microprocess.pipeline.shedding import ServiceWaits, ShedGate
 from microprocess.pipeline.splitter import Splitter
 from microprocess.pipeline.sweeper import Sweeper
 from microprocess.reduce import PlatformReducer
@@ -80,7 +81,9 @@ def pusher_for(service: str) -> HttpPusher:
     secret = SecretCache(
         secret=s.signing_secret, secret_arn=endpoint.secret_arn, client=lambda: client("secretsmanager")
     )
-    return HttpPusher(endpoint.url, secret)
+    services = get_declarations().services
+    shed_header = services.get(service).shed_header if service in services else None
+    return HttpPusher(endpoint.url, secret, shed_header=shed_header)
 
 
 R = TypeVar("R")
@@ -140,6 +143,7 @@ def forwarder() -> Forwarder:
         faults=faults(),
         emit=emitter(),
         defer_grace_s=s.defer_grace_s,
+        shed_gate=ShedGate(ServiceWaits(lambda: ledger().client, s.ledger_table), get_declarations().services),
     )
 
 

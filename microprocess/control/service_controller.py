@@ -1,0 +1,265 @@
+"""The controller of one service shared by several jobs: one tick per interval (`microprocess.control.share`).
+
+Per tick: each job's activity (its queue's messages) and last interval's signals; the
+service's capacity (declared, and learned by one AIMD controller over all its jobs' pushes
+when a job is `adaptive`); the split by weight (`allocate`), applied to the jobs' event source
+mappings (an idle job's disabled, an active one's enabled at its cap); what it decided saved
+on the service's own ledger item (`SVC#<service>`, sk `SHARE`): the learned capacity survives
+from run to run, and `status`, `runs` and the console read the service's load from it.
+
+A `microprocess run JOB --priority high` leaves a mark (`SVC#<service>`, sk `HIGH#<run>`): the
+job's weight is multiplied by its `priority_weight` while its queue has work; the first tick
+that finds the job idle ends the mark (the run has drained).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from microprocess.control.adaptive import AimdController, AimdSettings, MetricsEmitter, Signals
+from microprocess.control.scale import JobScaler
+from microprocess.control.share import (
+    SERVICE_PK_PREFIX,
+    SHARE_SK,
+    Allocation,
+    JobDemand,
+    ServiceLoad,
+    allocate,
+    declared_capacity,
+)
+from microprocess.declarations import JobDeclaration, ServiceDeclaration
+
+log = logging.getLogger(__name__)
+
+HIGH_SK_PREFIX = "HIGH#"
+_QUEUE_COUNTS = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)
+
+
+def service_key(service: str, sk: str = SHARE_SK) -> dict[str, Any]:
+    return {"pk": {"S": f"{SERVICE_PK_PREFIX}{service}"}, "sk": {"S": sk}}
+
+
+class ServiceState:
+    """A service's controller state and its high-priority marks, in the ledger table.
+
+    Args:
+        dynamodb: a boto3 DynamoDB client.
+        table: the ledger table's name.
+    """
+
+    def __init__(self, dynamodb: Any, table: str) -> None:
+        self.dynamodb, self.table = dynamodb, table
+
+    def load(self, service: str) -> dict[str, Any]:
+        """The saved state (`{}` when none): `memory` (the AIMD's), `pushes` (the caps' pushes), `load`."""
+        item = self.dynamodb.get_item(TableName=self.table, Key=service_key(service), ConsistentRead=True).get("Item")
+        return json.loads(item["state"]["S"]) if item else {}
+
+    def save(self, service: str, state: dict[str, Any]) -> None:
+        self.dynamodb.put_item(TableName=self.table, Item={**service_key(service), "state": {"S": json.dumps(state)}})
+
+    def mark_high(self, service: str, job: str, run_id: str) -> None:
+        """`run --priority high`: the job takes its larger share while its queue has work."""
+        self.dynamodb.put_item(
+            TableName=self.table,
+            Item={**service_key(service, f"{HIGH_SK_PREFIX}{run_id}"), "job": {"S": job}, "ended": {"BOOL": False}},
+        )
+
+    def high_marks(self, service: str) -> list[tuple[str, str]]:
+        """(sk, job) of each high-priority mark not yet ended."""
+        resp = self.dynamodb.query(
+            TableName=self.table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :high)",
+            ExpressionAttributeValues={
+                ":pk": {"S": f"{SERVICE_PK_PREFIX}{service}"},
+                ":high": {"S": HIGH_SK_PREFIX},
+            },
+            ConsistentRead=True,
+        )
+        return [
+            (item["sk"]["S"], item["job"]["S"])
+            for item in resp.get("Items", [])
+            if not item.get("ended", {}).get("BOOL", False)
+        ]
+
+    def end_high(self, service: str, sk: str, job: str) -> None:
+        self.dynamodb.put_item(
+            TableName=self.table, Item={**service_key(service, sk), "job": {"S": job}, "ended": {"BOOL": True}}
+        )
+
+    def service_load(self, service: str) -> ServiceLoad | None:
+        """What the service's controller last decided (None: it has not run)."""
+        saved = self.load(service).get("load")
+        if not saved:
+            return None
+        return ServiceLoad(
+            service=service,
+            capacity=saved.get("capacity"),
+            caps=saved.get("caps", {}),
+            shares=saved.get("shares", {}),
+            in_flight=saved.get("in_flight", {}),
+            batch_sizes=saved.get("batch_sizes", {}),
+            learned=saved.get("learned"),
+            reason=saved.get("reason", ""),
+            at=float(saved.get("at", 0.0)),
+        )
+
+
+def queue_activity(scaler: JobScaler, job: JobDeclaration) -> tuple[bool, int]:
+    """(the job has work: a message visible, in flight or delayed; its messages in flight)."""
+    url = scaler.job_queue_urls.get(job.name)
+    if not url:
+        raise ValueError(f"the stack has no task queue for job '{job.name}'; deploy the stack again")
+    attrs = scaler.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(_QUEUE_COUNTS))["Attributes"]
+    counts = [int(attrs.get(name, 0)) for name in _QUEUE_COUNTS]
+    return sum(counts) > 0, counts[1]
+
+
+def combined(signals: Iterable[Signals]) -> Signals:
+    """One interval of a service: the sums of its jobs' pushes and 429/503s, the slowest p90."""
+    signals = list(signals)
+    p90s = [s.p90_latency_ms for s in signals if s.p90_latency_ms is not None]
+    return Signals(
+        pushes=sum(s.pushes for s in signals),
+        throttled=sum(s.throttled for s in signals),
+        p90_latency_ms=max(p90s) if p90s else None,
+        interval_s=max((s.interval_s for s in signals), default=60.0),
+    )
+
+
+class ServiceShare:
+    """One service's controller.
+
+    Args:
+        service: the service.
+        jobs: the jobs that push to it.
+        scaler: reads and sets the jobs' mappings.
+        signals: a job's signals of the last interval.
+        state: where the controller's state lives.
+        emit: the metrics emitter.
+        clock: epoch seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        service: ServiceDeclaration,
+        jobs: Iterable[JobDeclaration],
+        scaler: JobScaler,
+        signals: Callable[[str], Signals],
+        state: ServiceState,
+        emit: MetricsEmitter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.service, self.jobs = service, list(jobs)
+        if not self.jobs:
+            raise ValueError(f"service '{service.name}' has no job to share it")
+        self.scaler, self.signals, self.state = scaler, signals, state
+        self.emit = emit or (lambda name, value, job, **_: None)
+        self.clock = clock
+
+    def aimd_settings(self) -> AimdSettings:
+        """The service's AIMD in pushes at once: up to its declared capacity, or its jobs' maxima together."""
+        declared = declared_capacity(self.service, None) if self.service.capacity else None
+        ceiling = declared or sum(j.max_concurrency * j.batch_size for j in self.jobs)
+        floor = min(2 * j.batch_size for j in self.jobs)
+        return AimdSettings(
+            ceiling=max(ceiling, floor),
+            floor=floor,
+            latency_limit_ms=0.8 * min(j.task_timeout_s for j in self.jobs) * 1000,
+            batch_size=1,
+        )
+
+    def tick(self) -> ServiceLoad:
+        """One decision for the service, applied to its jobs' mappings and saved."""
+        saved = self.state.load(self.service.name)
+        interval = combined(self.signals(job.name) for job in self.jobs)
+        activity = {job.name: queue_activity(self.scaler, job) for job in self.jobs}
+        learned, memory, reason = None, saved.get("memory", {}), ""
+        if any(job.adaptive for job in self.jobs):
+            controller = AimdController(self.aimd_settings(), **memory)
+            current = int(saved.get("learned") or controller.start_cap())
+            decision = controller.decide(current, interval)
+            learned, reason = float(decision.concurrency), decision.reason
+            memory = {
+                "baseline_ms": controller.baseline_ms,
+                "capacity": controller.capacity,
+                "probe_wait": controller.probe_wait,
+                "streak": controller.streak,
+            }
+        push_ms = interval.p90_latency_ms or memory.get("baseline_ms")
+        bounds = [b for b in (declared_capacity(self.service, push_ms), learned) if b is not None]
+        capacity = int(min(bounds))
+        high = self._high_priority(activity)
+        demands = [JobDemand.of(job, active=activity[job.name][0], high_priority=job.name in high) for job in self.jobs]
+        split = allocate(capacity, demands)
+        if split.below_floor:
+            reason = (
+                f"capacity {capacity} pushes is below the active jobs' least caps (2 batches each, "
+                f"{sum(2 * d.batch_size for d in demands if d.active)} pushes): lower their batch_size"
+            )
+        self._apply(split)
+        load = ServiceLoad(
+            service=self.service.name,
+            capacity=capacity,
+            caps=split.caps,
+            shares=split.shares,
+            in_flight={name: seen[1] for name, seen in activity.items()},
+            batch_sizes={job.name: job.batch_size for job in self.jobs},
+            learned=learned,
+            reason=reason,
+            at=self.clock(),
+        )
+        self.state.save(
+            self.service.name,
+            {"memory": memory, "learned": learned, "load": {**load.as_dict(), **_load_fields(load)}},
+        )
+        log.info(json.dumps({"service_share": self.service.name, **load.as_dict()}))
+        for job, cap in split.caps.items():
+            self.emit("ServiceShareCap", cap, job)
+        return load
+
+    def _high_priority(self, activity: dict[str, tuple[bool, int]]) -> set[str]:
+        high: set[str] = set()
+        for sk, job in self.state.high_marks(self.service.name):
+            if activity.get(job, (False, 0))[0]:
+                high.add(job)
+            else:  # the job has drained: its high-priority run is over
+                self.state.end_high(self.service.name, sk, job)
+        return high
+
+    def _apply(self, split: Allocation) -> None:
+        for job in self.jobs:
+            cap, target = self.scaler.cap(job), split.caps[job.name]
+            enabled = cap.state not in ("Disabled", "Disabling")
+            if target == 0:
+                if enabled:
+                    self.scaler.lambda_client.update_event_source_mapping(UUID=cap.uuid, Enabled=False)
+                continue
+            target = min(target, job.max_concurrency)
+            changes: dict[str, Any] = {}
+            if cap.concurrency != target:
+                changes["ScalingConfig"] = {"MaximumConcurrency": target}
+            if not enabled:
+                changes["Enabled"] = True
+            if changes:
+                self.scaler.lambda_client.update_event_source_mapping(UUID=cap.uuid, **changes)
+
+
+def _load_fields(load: ServiceLoad) -> dict[str, Any]:
+    """The fields `ServiceState.service_load` reads back."""
+    return {
+        "caps": dict(load.caps),
+        "shares": dict(load.shares),
+        "in_flight": dict(load.in_flight),
+        "batch_sizes": dict(load.batch_sizes),
+        "learned": load.learned,
+    }
