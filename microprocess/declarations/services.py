@@ -51,6 +51,11 @@ class ServiceDeclaration(BaseModel):
         plain_http_reason: why plain `http://` to this service is acceptable in the cloud stage
             (e.g. "inside the VPC, private subnets only"); without it the cloud stage refuses an
             `http://` URL (items and results would travel in clear); the reason is printed by synth.
+        isolated_forwarder: push this service's tasks from a forwarder function of its own, whose
+            role reads this service's signing secret only (and the shared forwarder's role not
+            this one's): a compromised forwarder of another service cannot sign requests to this
+            one. Costs one more function (its own cold starts and concurrency); the reducer, which
+            pushes reduce and completion tasks to every service, still reads every secret.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -63,6 +68,7 @@ class ServiceDeclaration(BaseModel):
     local_env: dict[str, str] = Field(default_factory=dict)
     tables: tuple[str, ...] = ()
     plain_http_reason: str | None = None
+    isolated_forwarder: bool = False
 
     @field_validator("plain_http_reason")
     @classmethod
