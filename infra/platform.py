@@ -369,7 +369,10 @@ class MicroprocessPlatform(Construct):
             """`SERVICE_ENDPOINTS` naming `names` only: a forwarder knows the secrets it may read."""
             return stack.to_json_string(
                 {
-                    name: {"url": service_urls_resolved[name], "secret_arn": self.signing_secrets[name].secret.secret_arn}
+                    name: {
+                        "url": service_urls_resolved[name],
+                        "secret_arn": self.signing_secrets[name].secret.secret_arn,
+                    }
                     for name in names
                 }
             )
@@ -384,6 +387,7 @@ class MicroprocessPlatform(Construct):
             "rate": Duration.minutes(settings.sweeper_rate_minutes) if settings.sweeper_rate_minutes else SWEEP_RATE,
             "stuck_after_s": settings.stuck_after_s or STUCK_AFTER_S,
         }
+
         def task_forwarder(construct_id: str, services: list[str]) -> Forwarder:
             """The forwarder of the jobs of `services`, reading those services' signing secrets only."""
             return Forwarder(

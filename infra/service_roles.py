@@ -6,8 +6,8 @@
     signing secret and, only when one of its jobs reduces with `reduce = "service"`, what the
     service reduce does: the ledger's reads and the email claim (`GetItem`, `BatchGetItem`,
     `Query`, `UpdateItem`) on those jobs' runs only (`dynamodb:LeadingKeys` like `RUN#<job>-*`:
-    a run id starts with its job's name, `microprocess.declarations.run_keys`), those jobs' report files (`reports/<job>/*`), and mail from the
-    stage's sender.
+    a run id starts with its job's name, `microprocess.declarations.run_keys`), those jobs'
+    report files (`reports/<job>/*`), and mail from the stage's sender.
 * An **external** service (a URL) is the team's own, with the team's own role; the stage builds
   none in the cloud. Locally (`local up` runs its `local_app`), it gets a role that reads its
   signing secret and nothing else (`ServiceRoles.external`).

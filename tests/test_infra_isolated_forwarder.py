@@ -19,7 +19,7 @@ from infra.platform import isolated_services
 from microprocess.declarations import load_declarations
 from tests.iam_policies import Template, statement_set
 from tests.test_infra_stage_parity import stage_neutral
-from tests.test_infra_synth import CLOUD, LOCAL, ROOT, Synth, render, render_json, synthesize, synthesized
+from tests.test_infra_synth import CLOUD, LOCAL, ROOT, Synth, render_json, synthesize, synthesized
 
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
 

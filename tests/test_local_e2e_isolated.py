@@ -77,7 +77,9 @@ def test_a_job_of_an_isolated_service_runs_on_its_own_forwarder_and_succeeds(sta
     assert [m["FunctionArn"].rsplit(":", 1)[-1] for m in mappings] == [own]
     # WHEN a run of invoice-reminders runs with IAM enforced
     items = invoices_file(tmp_path / "invoices.jsonl", INVOICES)
-    started, final = cli_json("run", "invoice-reminders", "--items", str(items), "--wait", "--json", "--timeout", RUN_TIMEOUT_S)
+    started, final = cli_json(
+        "run", "invoice-reminders", "--items", str(items), "--wait", "--json", "--timeout", RUN_TIMEOUT_S
+    )
     # THEN it SUCCEEDED with every task pushed (signed with the secret only its forwarder may read) and recorded
     assert started["run_id"] == final["run_id"]
     assert (final["status"], final["expected"], final["succeeded"], final["failed"]) == (
@@ -87,5 +89,9 @@ def test_a_job_of_an_isolated_service_runs_on_its_own_forwarder_and_succeeds(sta
         0,
     ), final
     ledger = stack_ledger(state)
-    results = [t for k in range(ledger.require_run(final["run_id"]).shard_count) for t in ledger.iter_results(final["run_id"], k)]
+    results = [
+        t
+        for k in range(ledger.require_run(final["run_id"]).shard_count)
+        for t in ledger.iter_results(final["run_id"], k)
+    ]
     assert len(results) == INVOICES and all(t.result and t.result.get("reminded") for t in results)

@@ -79,7 +79,7 @@ source = { kind = "inline" }
 item_id_field = "company_id"
 task_path = "/tasks/remind"
 """
-    with pytest.raises(JobDeclarationError, match="'credit-scores' and 'credit-scores-daily'.*Rename one"):
+    with pytest.raises(JobDeclarationError, match=r"'credit-scores' and 'credit-scores-daily'.*Rename one"):
         load_declarations(declarations_with(tmp_path, overlapping))
     # the same job on the same service shares its service's grant: accepted
     same_service = overlapping.replace('service = "reminders"', 'service = "scores"')
