@@ -174,7 +174,7 @@ def run_once(
     scaler.set(job, maximum)
     ledger = Ledger(bs.outputs["LedgerTable"], client=bs.client("dynamodb"))
     admission(url, reset=True)
-    run_id = f"bench-p7-{mode}-{time.strftime('%Y%m%dT%H%M%S')}"
+    run_id = f"{job.name}-bench-p7-{mode}-{time.strftime('%Y%m%dT%H%M%S')}"  # its job's name first (run_keys)
     control = AdaptiveConcurrency(
         jobs=[job],
         scaler=scaler,

@@ -603,7 +603,8 @@ def run_pipeline(bs: BenchStack, *, counted: bool, timeout_s: float | None = Non
     if counted:
         bs.proxy_reset()
     offset = bs.log_offset()
-    run_id = f"bench-{'counted' if counted else 'plain'}-{time.strftime('%Y%m%dT%H%M%S')}"
+    # a run id starts with its job's name (the deployed splitter refuses others: run_keys)
+    run_id = f"{job.name}-bench-{'counted' if counted else 'plain'}-{time.strftime('%Y%m%dT%H%M%S')}"
     since_ms = int(time.time() * 1000)
     cpu_before = bs.cpu_seconds()
     fn_cpu_before = bs.function_cpu_seconds()

@@ -7,7 +7,8 @@ shows up in review and in `tests/test_infra_stacks.py`, which asserts every func
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
@@ -64,11 +65,25 @@ CONTROLLER_STATE: tuple[str, ...] = ("dynamodb:GetItem", "dynamodb:PutItem", "dy
 READ_SECRET: tuple[str, ...] = ("secretsmanager:GetSecretValue",)
 
 
-def allow(grantee: iam.IGrantable, actions: Iterable[str], resources: Iterable[str]) -> None:
-    """Add one statement allowing `actions` on `resources` to `grantee`'s policy."""
+def allow(
+    grantee: iam.IGrantable,
+    actions: Iterable[str],
+    resources: Iterable[str],
+    *,
+    conditions: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Add one statement allowing `actions` on `resources` (under `conditions`, if any) to `grantee`'s policy."""
     grantee.grant_principal.add_to_principal_policy(
-        iam.PolicyStatement(actions=list(actions), resources=list(resources))
+        iam.PolicyStatement(
+            actions=list(actions), resources=list(resources), conditions=dict(conditions) if conditions else None
+        )
     )
+
+
+def only_leading_keys(patterns: Iterable[str]) -> dict[str, dict[str, list[str]]]:
+    """The condition that every item a DynamoDB request touches has a partition key matching one of
+    `patterns` (IAM `StringLike`; `ForAllValues`: each key of a batch must match)."""
+    return {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": sorted(patterns)}}
 
 
 def allow_ledger(grantee: iam.IGrantable, table: dynamodb.ITable) -> None:

@@ -71,6 +71,28 @@ def table_variable(role: str) -> str:
     return f"{role.upper().replace('-', '_')}_TABLE"
 
 
+def isolated_services(declared: Declarations, services: Mapping[str, Any]) -> list[str]:
+    """The services of this stage declared `isolated_forwarder = true` (each gets a task forwarder of its
+    own); refuses a stage where they would leave the shared forwarder no job, or a job `adaptive`."""
+    isolated = sorted(name for name in services if declared.services.get(name).isolated_forwarder)
+    if not isolated:
+        return []
+    if all(job.service in isolated for job in declared.jobs):
+        raise ValueError(
+            f"every job pushes to a service with isolated_forwarder = true ({isolated}): isolation keeps one "
+            "service's secret from the others' forwarder; leave it off for one service (the shared forwarder's)"
+        )
+    controlled = controlled_jobs(list(declared.jobs), list(declared.services))
+    adaptive = [job.name for job in controlled if job.service in isolated]
+    if adaptive:
+        raise ValueError(
+            f"job(s) {adaptive} have their caps moved by the controller (adaptive = true, or a service's "
+            "declared capacity), which finds a job's event source on the shared forwarder: drop adaptive / "
+            "capacity or isolated_forwarder = true on their service"
+        )
+    return isolated
+
+
 @dataclass(frozen=True)
 class VpcAttachment:
     """A team's existing VPC the pushers (forwarder, reducer) run in, for external services
@@ -341,37 +363,55 @@ class MicroprocessPlatform(Construct):
         source_tables_json = stack.to_json_string(
             {role: table.table.table_name for role, table in self.source_tables.items()}
         )
-        service_endpoints_json = stack.to_json_string(
-            {
-                name: {"url": service_urls_resolved[name], "secret_arn": self.signing_secrets[name].secret.secret_arn}
-                for name in self.endpoints
-            }
-        )
         pusher_network = self._pusher_network(settings)
         secrets: list[secretsmanager.ISecret] = [s.secret for s in self.signing_secrets.values()]
+        isolated = isolated_services(declared, self.endpoints)
+        shared = [name for name in self.endpoints if name not in isolated]
+
+        def endpoints_of(names: list[str]) -> str:
+            """`SERVICE_ENDPOINTS` naming `names` only: a forwarder knows the secrets it may read."""
+            return stack.to_json_string(
+                {
+                    name: {
+                        "url": service_urls_resolved[name],
+                        "secret_arn": self.signing_secrets[name].secret.secret_arn,
+                    }
+                    for name in names
+                }
+            )
+
         pushing: dict[str, Any] = {
             "defaults": defaults,
             "push_queue": self.push_queue,
             "ledger_table": self.ledger.table,
             "reports_bucket": self.reports.bucket,
-            "signing_secrets": secrets,
         }
         sweep: dict[str, Any] = {
             "rate": Duration.minutes(settings.sweeper_rate_minutes) if settings.sweeper_rate_minutes else SWEEP_RATE,
             "stuck_after_s": settings.stuck_after_s or STUCK_AFTER_S,
         }
-        self.forwarder = Forwarder(
-            self,
-            "Forwarder",
-            name="forwarder",
-            sources={job: (self.push_queue.task_queues[job], consumer) for job, consumer in push.jobs.items()},
-            timeout=Duration.seconds(push.forwarder_timeout_s),
-            # The sweeper's timing: the forwarder's deferral grace outlasts its restart of a dead splitter.
-            environment={contract.SERVICE_ENDPOINTS: service_endpoints_json, **timing_environment(**sweep)},
-            tracing=defaults.tracing and settings.trace_forwarder,
-            **pushing,
-            **pusher_network,
-        )
+
+        def task_forwarder(construct_id: str, services: list[str]) -> Forwarder:
+            """The forwarder of the jobs of `services`, reading those services' signing secrets only."""
+            return Forwarder(
+                self,
+                construct_id,
+                name="forwarder",
+                sources={
+                    job: (self.push_queue.task_queues[job], consumer)
+                    for job, consumer in push.jobs.items()
+                    if declared.jobs.get(job).service in services
+                },
+                timeout=Duration.seconds(push.forwarder_timeout_s),
+                # The sweeper's timing: the forwarder's deferral grace outlasts its restart of a dead splitter.
+                environment={contract.SERVICE_ENDPOINTS: endpoints_of(services), **timing_environment(**sweep)},
+                tracing=defaults.tracing and settings.trace_forwarder,
+                signing_secrets=[self.signing_secrets[name].secret for name in services],
+                **pushing,
+                **pusher_network,
+            )
+
+        self.forwarder = task_forwarder("Forwarder", shared)
         if pusher_network and "security_groups" not in pusher_network:
             # The reducer shares the forwarder's security group: the one peer the services admit.
             pusher_network["security_groups"] = self.forwarder.function.connections.security_groups
@@ -382,15 +422,27 @@ class MicroprocessPlatform(Construct):
             sources={"reduce": (self.push_queue.reduce_queue, push.reduces)},
             timeout=Duration.seconds(push.reducer_timeout_s),
             environment={
-                contract.SERVICE_ENDPOINTS: service_endpoints_json,
+                contract.SERVICE_ENDPOINTS: endpoints_of(list(self.endpoints)),
                 contract.SES_SENDER: settings.ses_sender,
             },
             email_identity=self.reports.email_identity,
+            # The reducer pushes reduce parts, finalizes and completion callbacks to every service.
+            signing_secrets=secrets,
             **pushing,
             **pusher_network,
         )
-        for service in self.bundled.values():
-            service.allow_queue_access_from(self.forwarder.function)
+        #: A forwarder of its own for each service declared `isolated_forwarder` (with jobs), by service.
+        self.isolated_forwarders = {
+            name: task_forwarder(f"Forwarder-{name}", [name]) for name in isolated if declared.jobs_of(name)
+        }
+        #: Every job's task event source, whichever forwarder consumes it.
+        self.task_event_sources = {
+            job: source
+            for forwarder in (self.forwarder, *self.isolated_forwarders.values())
+            for job, source in forwarder.event_sources.items()
+        }
+        for name, service in self.bundled.items():
+            service.allow_queue_access_from(self.isolated_forwarders.get(name, self.forwarder).function)
         self.dead_letter = DeadLetterHandler(
             self,
             "DeadLetter",
@@ -434,7 +486,7 @@ class MicroprocessPlatform(Construct):
                 "Adaptive",
                 defaults=defaults,
                 forwarder=self.forwarder.function,
-                sources={job.name: self.forwarder.event_sources[job.name] for job in adaptive},
+                sources={job.name: self.task_event_sources[job.name] for job in adaptive},
                 queues={job.name: self.push_queue.task_queues[job.name] for job in adaptive},
                 ledger_table=self.ledger.table,
             )
@@ -611,9 +663,11 @@ class MicroprocessPlatform(Construct):
         )
         # The functions' actions are explicit lists (infra/permissions.py): only resource
         # wildcards remain, each scoped to the ledger's indexes or to one key prefix.
-        for consumer in (self.forwarder, self.reducer, self.dead_letter, self.splitter, self.sweeper):
+        task_forwarders = (self.forwarder, *self.isolated_forwarders.values())
+        for consumer in (*task_forwarders, self.reducer, self.dead_letter, self.splitter, self.sweeper):
             acknowledge(consumer, reason_index, table_indexes)
-        acknowledge(self.forwarder, reason_prefix, prefix(CLAIMS_PREFIX))
+        for forwarder in task_forwarders:
+            acknowledge(forwarder, reason_prefix, prefix(CLAIMS_PREFIX))
         acknowledge(
             self.reducer,
             "The built-in reduce writes and reads every report file of a run (reports/<job>/<run>/...), "
@@ -662,12 +716,15 @@ class MicroprocessPlatform(Construct):
         )
         # (function, why no Lambda DLQ, why no reserved concurrency, why outside a VPC when it is)
         findings = (
-            (
-                self.forwarder.function,
-                queue_driven,
-                "Its concurrency is capped per job by each event source's maximum concurrency (the job's "
-                "max_concurrency); a reserved limit would cap all jobs together and take from the account pool.",
-                pusher_outside_vpc,
+            *(
+                (
+                    forwarder.function,
+                    queue_driven,
+                    "Its concurrency is capped per job by each event source's maximum concurrency (the job's "
+                    "max_concurrency); a reserved limit would cap all jobs together and take from the account pool.",
+                    pusher_outside_vpc,
+                )
+                for forwarder in (self.forwarder, *self.isolated_forwarders.values())
             ),
             (
                 self.reducer.function,

@@ -5,8 +5,9 @@
   - `queue` reads and updates the items of its tables (`GetItem`, `UpdateItem`), reads its
     signing secret and, only when one of its jobs reduces with `reduce = "service"`, what the
     service reduce does: the ledger's reads and the email claim (`GetItem`, `BatchGetItem`,
-    `Query`, `UpdateItem`), those jobs' report files (`reports/<job>/*`), and mail from the
-    stage's sender.
+    `Query`, `UpdateItem`) on those jobs' runs only (`dynamodb:LeadingKeys` like `RUN#<job>-*`:
+    a run id starts with its job's name, `microprocess.declarations.run_keys`), those jobs'
+    report files (`reports/<job>/*`), and mail from the stage's sender.
 * An **external** service (a URL) is the team's own, with the team's own role; the stage builds
   none in the cloud. Locally (`local up` runs its `local_app`), it gets a role that reads its
   signing secret and nothing else (`ServiceRoles.external`).
@@ -29,6 +30,7 @@ from constructs import Construct
 from infra import contract, permissions
 from infra.forwarder import REPORTS_PREFIX
 from microprocess.declarations import JobDeclaration, ReduceMode
+from microprocess.declarations.run_keys import job_keys_pattern
 
 
 def role_key(service: str, role: str | None) -> str:
@@ -94,7 +96,13 @@ class ServiceRoles(Construct):
         permissions.allow(queue, permissions.READ_SECRET, [signing_secret.secret_arn])
         reducing = sorted(job.name for job in jobs if job.reduce is ReduceMode.SERVICE)
         if reducing:
-            permissions.allow(queue, permissions.SERVICE_REDUCE_LEDGER, [ledger_table.table_arn])
+            # Only its own jobs' runs: every ledger key of a run of job J starts with `RUN#J-` (run_keys).
+            permissions.allow(
+                queue,
+                permissions.SERVICE_REDUCE_LEDGER,
+                [ledger_table.table_arn],
+                conditions=permissions.only_leading_keys(job_keys_pattern(job) for job in reducing),
+            )
             permissions.allow(
                 queue,
                 permissions.REPORT_OBJECTS,

@@ -248,6 +248,8 @@ class Stack:
             dynamodb=kw.pop("dynamodb", self.ddb),
             continue_with=self.continuations.append,
             emit=self.emit,
+            # the unit tests name runs freely ("r1"); the deployed splitter's rule is tested on its own
+            run_id_rule=kw.pop("run_id_rule", None),
             **kw,
         )
 

@@ -90,8 +90,17 @@ class Template:
     def roles(self) -> list[str]:
         return sorted(k for k, v in self.resources.items() if v["Type"] == "AWS::IAM::Role")
 
-    def allows(self, role: str, action: str, resource: str, **context: Any) -> bool:
-        """Whether the role's identity policies allow `action` on `resource` (ARN), as the emulator decides."""
+    def allows(
+        self, role: str, action: str, resource: str, *, leading_keys: list[str] | None = None, **context: Any
+    ) -> bool:
+        """Whether the role's identity policies allow `action` on `resource` (ARN), as the emulator decides.
+
+        `leading_keys`: the partition keys a DynamoDB request touches (`dynamodb:LeadingKeys`, which AWS sets
+        on every request that names keys; `microprocess.local.leading_keys` computes it locally)."""
+        if leading_keys is not None:
+            context["dynamodb:LeadingKeys"] = leading_keys
+        # condition keys are compared lowercased (as `iam_evaluator.enforce` hands them over)
+        context = {key.lower(): value for key, value in context.items()}
         policies = [parse_policy_document(json.dumps(doc)) for doc in self.role_policies(role)]
         ctx = EvalContext(
             principal_arn=f"arn:aws:sts::{ACCOUNT}:assumed-role/{role}/check",

@@ -1,6 +1,9 @@
 """The calls the cloud roles refused before (issue 24), each evaluated by the emulator's policy evaluator
 on the synthesized cloud template: AccessDenied with the old role, allowed with the new one.
 
+The bundled service's reduce (`scores-queue`) was allowed every ledger key; it is now allowed its own
+jobs' runs only (`dynamodb:LeadingKeys`), and refused another job's.
+
 The old role of the first two is the new one without the action the fix granted; the splitter's old
 S3 grant was its one declared object (`invoice-manifests/unpaid.jsonl`), with nothing under a prefix.
 """
@@ -9,8 +12,11 @@ from __future__ import annotations
 
 import pytest
 
+from infra import permissions
+from microprocess.declarations.run_keys import job_keys_pattern, run_id_refusal
+from microprocess.pipeline.start import new_run_id
 from tests.iam_policies import Template
-from tests.test_infra_stacks import functions, role_of
+from tests.test_infra_stacks import functions, role_of, service_roles
 from tests.test_infra_synth import CLOUD, synthesized
 
 pytestmark = pytest.mark.infra
@@ -55,3 +61,28 @@ def test_the_splitter_reads_a_dated_manifest_under_its_declared_prefix_only() ->
     assert not template.allows(splitter, "s3:GetObject", "arn:aws:s3:::other-bucket/unpaid/2026-12-01.jsonl")
     assert not template.allows(splitter, "s3:PutObject", dated)
     assert not template.allows(splitter, "s3:ListBucket", "arn:aws:s3:::invoice-manifests")
+
+
+def test_the_bundled_services_reduce_reaches_its_own_jobs_runs_only() -> None:
+    # GIVEN the scores-queue role (credit-scores reduces with its service: reads the run, its counters and
+    # shards, claims the email) WHEN it touches the ledger THEN only keys of credit-scores runs are allowed
+    template, queue = cloud(), service_roles(CLOUD)["scores-queue"]
+    ledger = template.arn("LedgerTable")
+    own = "RUN#credit-scores-20261201T020000Z"
+    other = "RUN#invoice-reminders-20261201T080000Z"
+    for action in permissions.SERVICE_REDUCE_LEDGER:
+        assert template.allows(queue, action, ledger, leading_keys=[own]), action
+        assert template.allows(queue, action, ledger, leading_keys=[f"{own}#S3", f"{own}#C1", f"{own}#E0"]), action
+        # another job's run, a run id that does not start with its job's name, a batch that mixes them
+        assert not template.allows(queue, action, ledger, leading_keys=[other]), action
+        assert not template.allows(queue, action, ledger, leading_keys=[f"{other}#S0"]), action
+        assert not template.allows(queue, action, ledger, leading_keys=["RUN#r1"]), action
+        assert not template.allows(queue, action, ledger, leading_keys=[own, f"{other}#C0"]), action
+        # a key that merely starts with the job's name (no dash: another job's name) is not its own
+        assert not template.allows(queue, action, ledger, leading_keys=["RUN#credit-scoresX-1"]), action
+    # and nothing it may not do at all (no put, no delete, no scan of the ledger)
+    for action in ("dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Scan", "dynamodb:BatchWriteItem"):
+        assert not template.allows(queue, action, ledger, leading_keys=[own]), action
+    # the pattern is the one the runtime's run ids follow
+    assert job_keys_pattern("credit-scores") == "RUN#credit-scores-*"
+    assert run_id_refusal("credit-scores", new_run_id("credit-scores")) is None

@@ -1014,6 +1014,21 @@ EXPECTED_ACTIONS: dict[str, dict[str, set[str]]] = {
 }
 
 
+#: The ledger as the service reduce of credit-scores may touch it: the keys of its own runs only.
+CREDIT_SCORES_RUNS = "<LedgerTable.Arn> if ForAllValues:StringLike dynamodb:LeadingKeys RUN#credit-scores-*"
+
+
+def conditioned(target: str, statement: dict[str, Any]) -> str:
+    """A statement's resource with the statement's condition, if any (`<arn> if <operator> <key> <values>`)."""
+    condition = statement.get("Condition") or {}
+    parts = [
+        f"{operator} {key} {','.join(values if isinstance(values, list) else [values])}"
+        for operator, keys in sorted(condition.items())
+        for key, values in sorted(keys.items())
+    ]
+    return f"{target} if {' and '.join(parts)}" if parts else target
+
+
 #: Every action of every service process's role (its container task role in the cloud; the role
 #: `local up` runs the process with), and on what. Same in both stages; the external service's
 #: local role exists only locally (in the cloud it is the team's own role).
@@ -1024,12 +1039,13 @@ EXPECTED_SERVICE_ACTIONS: dict[str, dict[str, set[str]]] = {
     },
     "scores-queue": {
         # its table: read a company, store its score
-        "dynamodb:GetItem": {"<CompaniesTable.Arn>", "<LedgerTable.Arn>"},
-        "dynamodb:UpdateItem": {"<CompaniesTable.Arn>", "<LedgerTable.Arn>"},
+        "dynamodb:GetItem": {"<CompaniesTable.Arn>", CREDIT_SCORES_RUNS},
+        "dynamodb:UpdateItem": {"<CompaniesTable.Arn>", CREDIT_SCORES_RUNS},
         "secretsmanager:GetSecretValue": {"<ScoresSigningSecret>"},
-        # the service reduce of credit-scores (reduce = "service"): its runs' records, its report files, the email
-        "dynamodb:BatchGetItem": {"<LedgerTable.Arn>"},
-        "dynamodb:Query": {"<LedgerTable.Arn>"},
+        # the service reduce of credit-scores (reduce = "service"): its runs' records (never another
+        # job's), its report files, the email
+        "dynamodb:BatchGetItem": {CREDIT_SCORES_RUNS},
+        "dynamodb:Query": {CREDIT_SCORES_RUNS},
         **{
             action: {"<ReportsBucket.Arn>/reports/credit-scores/*"}
             for action in ("s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject", "s3:PutObjectTagging")
@@ -1057,7 +1073,9 @@ def test_each_service_process_role_has_exactly_its_listed_actions(stack: str) ->
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
             for action in actions:
-                found.setdefault(action, set()).update(render(t).replace(sender, "SENDER") for t in targets)
+                found.setdefault(action, set()).update(
+                    conditioned(render(t).replace(sender, "SENDER"), statement) for t in targets
+                )
         assert found == EXPECTED_SERVICE_ACTIONS[key], key
         trust = resources[logical_id]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
         principal = trust[0]["Principal"]

@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
 from microprocess.cli import commands as cli
@@ -140,6 +142,32 @@ def test_a_run_succeeds_with_one_report_row_per_company_and_one_email(
     # AND exactly one email was sent for the run
     (email,) = emails_of(state, first_run["run_id"])
     assert "SUCCEEDED" in email["Subject"] and list(CREDIT_SCORES.recipients) == email["To"]
+
+
+def test_the_service_reduce_role_reads_its_own_jobs_runs_and_is_refused_another_jobs(
+    first_run: dict[str, Any], state: LocalState
+) -> None:
+    # GIVEN a session of the scores-queue task role (the one `local up` runs the queue process with)
+    sts = state.client("sts")
+    role_arn = json.loads(state.outputs["ServiceRoleArns"])["scores-queue"]
+    creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="e2e-check")["Credentials"]
+    ddb = boto3.client(
+        "dynamodb",
+        endpoint_url=state.endpoint_url,
+        region_name=state.region,
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+        verify=state.ca_bundle,
+    )
+    table = state.outputs["LedgerTable"]
+    # THEN it reads its own job's run (credit-scores: reduced by its service)
+    own = ddb.get_item(TableName=table, Key={"pk": {"S": f"RUN#{first_run['run_id']}"}, "sk": {"S": "RUN"}})
+    assert own["Item"]["job"]["S"] == "credit-scores"
+    # AND is refused another job's run, as on AWS (the local gateway sets dynamodb:LeadingKeys)
+    with pytest.raises(ClientError) as refused:
+        ddb.get_item(TableName=table, Key={"pk": {"S": "RUN#invoice-reminders-20261201T080000Z"}, "sk": {"S": "RUN"}})
+    assert refused.value.response["Error"]["Code"].startswith("AccessDenied"), refused.value.response
 
 
 def test_status_and_runs_agree_with_the_ledger(first_run: dict[str, Any], runner: CliRunner, ledger: Ledger) -> None:

@@ -85,6 +85,7 @@ def test_the_hooks_it_replaces_are_still_in_the_pinned_ministack() -> None:
         iam_actions.extract_resource_arn,
         engine._resolve_refs,
         app._port_is_bindable,
+        iam_actions.dynamodb_service_context,
     )
     try:
         gateway.install()
@@ -92,6 +93,11 @@ def test_the_hooks_it_replaces_are_still_in_the_pinned_ministack() -> None:
         assert iam_actions.dynamodb_transaction_checks is not originals[1]
         assert iam_actions.extract_resource_arn is not originals[2]
         assert engine._resolve_refs is not originals[3]
+        assert iam_actions.dynamodb_service_context is not originals[5]
+        # the emulator's table store still records each table's partition key where the gateway reads it
+        from ministack.services import dynamodb
+
+        assert hasattr(dynamodb, "_tables") and gateway.emulator_hash_key("no-such-table", None) is None
         assert app._port_is_bindable(app.os.environ.get("BIND_HOST", "127.0.0.1"), 443) is False
         # ministack still names SQS batches and PartiQL as the actions this corrects
         sqs = iam_actions.extract_iam_action.__closure__  # the wrapper keeps ministack's function
@@ -103,4 +109,5 @@ def test_the_hooks_it_replaces_are_still_in_the_pinned_ministack() -> None:
             iam_actions.extract_resource_arn,
             engine._resolve_refs,
             app._port_is_bindable,
+            iam_actions.dynamodb_service_context,
         ) = originals

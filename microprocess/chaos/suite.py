@@ -117,7 +117,7 @@ class ChaosSuite:
         self.stack.restart_service(JOB.service, chaos=chaos_file if sc.service_faults else None)
         quarantine_before = self._quarantine_keys()
 
-        run_id = f"chaos-{sc.name}-{secrets.token_hex(3)}"
+        run_id = f"{JOB.name}-chaos-{sc.name}-{secrets.token_hex(3)}"  # its job's name first (run_keys)
         source = sc.source()
         row = Row(sc.name, len(source))
         started = time.monotonic()

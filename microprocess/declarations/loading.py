@@ -36,6 +36,7 @@ from microprocess.declarations.models import (
     SourceKind,
     explain,
 )
+from microprocess.declarations.run_keys import overlapping_run_keys
 from microprocess.declarations.services import (
     ServiceDeclaration,
     ServiceRegistry,
@@ -155,6 +156,9 @@ def parse_declarations(data: Mapping[str, Any], path: Path) -> Declarations:
                 f"job '{job.name}' is invalid: field 'source.table': unknown table '{job.source.table}'; declared "
                 f"tables: {sorted(tables)}. Declare [tables.{job.source.table}] with its partition_key",
             )
+    overlap = overlapping_run_keys(registry, lambda job: registry.get(job).service)
+    if overlap:
+        raise _error(path, overlap)
     for service in service_registry:
         missing = [t for t in service.tables if t not in tables]
         if missing:

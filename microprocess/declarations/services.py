@@ -82,6 +82,11 @@ class ServiceDeclaration(BaseModel):
             service sheds load: every job's pushes to it pause until then, no task counted.
         shed_header: a response header (any status) whose value, seconds or an HTTP date like
             `Retry-After`, asks every job to pause its pushes to the service until then.
+        isolated_forwarder: push this service's tasks from a forwarder function of its own, whose
+            role reads this service's signing secret only (and the shared forwarder's role not
+            this one's): a compromised forwarder of another service cannot sign requests to this
+            one. Costs one more function (its own cold starts and concurrency); the reducer, which
+            pushes reduce and completion tasks to every service, still reads every secret.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -104,6 +109,7 @@ class ServiceDeclaration(BaseModel):
         if v is not None and not _HEADER.match(v):
             raise ValueError("shed_header must be an HTTP header name, e.g. 'X-Shed-Until'")
         return v
+    isolated_forwarder: bool = False
 
     @field_validator("plain_http_reason")
     @classmethod

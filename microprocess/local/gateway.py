@@ -16,6 +16,10 @@ AWS Service Authorization Reference, and otherwise runs ministack's own `main()`
 * for the bench's cost model only (`MICROPROCESS_DYNAMODB_CONSUMED_CAPACITY=1`): every DynamoDB read
   and write reports the capacity it consumed, as if it had asked `ReturnConsumedCapacity=TOTAL`
   (the counting proxy cannot add that to a signed request; callers ignore the extra field);
+* ministack sets no `dynamodb:LeadingKeys` (the partition keys a request touches), so a role
+  limited to some keys (a service's reduce: its own jobs' runs) would reach every key locally;
+  each DynamoDB request's keys are added to its condition context (`dynamodb_context`, from
+  `microprocess.local.leading_keys`);
 * with TLS on, ministack also binds port 443 whenever it can (as root it always can): two local
   stacks would race for it, and a stack would listen where nobody asked. It is not bound.
 
@@ -35,6 +39,8 @@ import re
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
+
+from microprocess.local.leading_keys import HashKeyOf, leading_keys
 
 #: SQS batch operations and the action AWS authorises each with ("SendMessageBatch: the
 #: permissions of SendMessage", and so on; there are no `sqs:*Batch` IAM actions).
@@ -234,6 +240,40 @@ def reporting_capacity(handler: Callable[..., Any]) -> Callable[..., Any]:
     return handle
 
 
+def dynamodb_context(
+    original: Callable[[bytes], dict[str, Any]], hash_key_of: HashKeyOf
+) -> Callable[[bytes], dict[str, Any]]:
+    """ministack's `dynamodb_service_context` with `dynamodb:LeadingKeys` added (when the request names keys)."""
+
+    def context(body: bytes) -> dict[str, Any]:
+        found = dict(original(body))
+        try:
+            request = json.loads(body or b"{}")
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+            return found
+        keys = leading_keys(request, hash_key_of) if isinstance(request, dict) else None
+        if keys is not None:
+            found["dynamodb:LeadingKeys"] = keys
+        return found
+
+    return context
+
+
+def emulator_hash_key(table: str, index: str | None) -> str | None:
+    """The partition key attribute of a table (or of its index) of the running emulator, None if unknown."""
+    from ministack.services import dynamodb
+
+    record = dynamodb._tables.get(table)  # type: ignore[attr-defined]
+    if not isinstance(record, dict):
+        return None
+    if index is None:
+        return str(record.get("pk_name") or "") or None
+    for declared in [*(record.get("GlobalSecondaryIndexes") or []), *(record.get("LocalSecondaryIndexes") or [])]:
+        if declared.get("IndexName") == index:
+            return next((k["AttributeName"] for k in declared.get("KeySchema", []) if k.get("KeyType") == "HASH"), None)
+    return None
+
+
 def _never_port_443(host: str, port: int) -> bool:
     # ministack asks this only for port 443, its extra TLS listener.
     return False
@@ -247,6 +287,7 @@ def install() -> None:
     iam_actions.extract_iam_action = iam_action(iam_actions.extract_iam_action)
     iam_actions.dynamodb_transaction_checks = transaction_checks(iam_actions.dynamodb_transaction_checks)
     iam_actions.extract_resource_arn = resource_arn(iam_actions.extract_resource_arn)
+    iam_actions.dynamodb_service_context = dynamodb_context(iam_actions.dynamodb_service_context, emulator_hash_key)
     app._port_is_bindable = _never_port_443
     if os.environ.get(CONSUMED_CAPACITY_ENV) == "1":
         app.SERVICE_HANDLERS["dynamodb"] = reporting_capacity(app.SERVICE_HANDLERS["dynamodb"])

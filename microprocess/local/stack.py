@@ -244,7 +244,7 @@ class LocalStack:
             endpoint,
             self.tls,
             service_urls=push_urls,
-            # the declaration file this stack read (issue-26a passes it as `declarations_file`)
+            # the stage deploys the declarations this stack runs (the CDK app's default is the repository's)
             extra_context={**self._laptop_context(options), "declarations": str(self.declarations.path)},
         )
         self.timings.steps.update({f"cdk {k}": v for k, v in cdk_steps.items()})

@@ -39,6 +39,7 @@ from microprocess.chaos.faults import FaultInjector
 from microprocess.control.lookup import index_page
 from microprocess.control.stop import stop_if_hopeless, stop_run
 from microprocess.declarations import JobDeclaration, JobRegistry, SourceKind, resolve_source_uri
+from microprocess.declarations.run_keys import run_id_refusal
 from microprocess.ledger import CURSOR_DONE, Ledger, RunNotActive, RunRecord, RunStatus, TaskOutcome, TaskState
 from microprocess.pipeline.backpressure import QueueGate
 from microprocess.pipeline.envelope import CLAIMS_PREFIX, EnvelopeTooLarge, TaskEnvelope, canonical_json, shard_of
@@ -77,7 +78,8 @@ MAX_SPLIT_ERRORS = 5
 
 class Splitter:
     """Splits one run. Ports are injected; `continue_with` invokes this function again
-    asynchronously with the given event."""
+    asynchronously with the given event. `run_id_rule(job, run_id)` says why a new run may not
+    take that id (default: it must start with `<job>-`, the prefix its ledger keys are granted by)."""
 
     def __init__(
         self,
@@ -93,6 +95,7 @@ class Splitter:
         sender_for: Callable[[str], QueueSender] | None = None,
         sender: QueueSender | None = None,
         reduce_sender: QueueSender | None = None,
+        run_id_rule: Callable[[str, str], str | None] | None = run_id_refusal,
     ) -> None:
         if (sender_for is None) == (sender is None):
             raise ValueError("give the Splitter exactly one of sender_for (each job's task queue) and sender")
@@ -108,12 +111,17 @@ class Splitter:
         self.continue_with = continue_with
         self.faults = faults
         self.emit = emit or (lambda name, value, job, **_: None)
+        self.run_id_rule = run_id_rule
 
     def handle(self, event: Any, remaining_ms: Callable[[], int]) -> dict[str, Any]:
         req = parse_start_event(event)
         job = self.jobs.get(req.job)
         run = self.ledger.get_run(req.run_id)
         if run is None:
+            # checked on a new run only: a run started before the rule goes on
+            refusal = self.run_id_rule(job.name, req.run_id) if self.run_id_rule else None
+            if refusal:
+                raise StartEventError(refusal)
             record = self.source_record(job, req)
             run, created = self.ledger.create_run(
                 req.run_id,
