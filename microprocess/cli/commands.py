@@ -30,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
 from rich.markup import escape
 
-from microprocess.cli import check_service, console, control, planner, steer
+from microprocess.cli import check_service, console, control, errors, planner, retries, steer
 from microprocess.cli.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
 from microprocess.cli.steer import SteerError
 from microprocess.declarations import (
@@ -95,6 +95,9 @@ TargetOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+CombinedOption = Annotated[
+    bool, typer.Option("--combined", help="The latest outcome of each item across the run and its retries.")
+]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the run with a progress bar until it ends.")]
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", min=1, metavar="SECONDS", help="Give up waiting after this many seconds.")
@@ -410,6 +413,7 @@ def run(
 def status(
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run id.")],
     as_json: JsonOption = False,
+    combined: CombinedOption = False,
     target: TargetOption = Target.local,
 ) -> None:
     """Show the progress of RUN: run_id, job, status, expected, succeeded, failed, pending,
@@ -417,6 +421,10 @@ def status(
     dep = connect(target)
     with _ledger_errors(dep):
         progress = dep.ledger().progress(run_id)
+        if combined:
+            return retries.show_combined(out, dep, run_id, as_json=as_json)
+        if not as_json:
+            retries.print_links(out, dep, dep.ledger().require_run(run_id))
     if as_json:
         emit_json(status_dict(progress))
     else:
@@ -441,7 +449,9 @@ def runs(
     dep = connect(target)
     with _ledger_errors(dep):
         ledger = dep.ledger()
-        found = [status_dict(ledger.progress(r.run_id)) for j in jobs for r in ledger.list_runs(j, limit=limit)]
+        records = [r for j in jobs for r in ledger.list_runs(j, limit=limit)]
+        found = [status_dict(ledger.progress(r.run_id)) for r in records]
+    links = retries.runs_column(records)
     found.sort(key=lambda d: d["started_at"], reverse=True)
     if as_json:
         emit_json(found)
@@ -454,7 +464,7 @@ def runs(
     for d in found:
         out.print(
             f"{escape(d['run_id']):<{width}}  {d['status']:<9}  {d['succeeded'] + d['failed']:>9,}  "
-            f"{d['failed']:>7,}  {d['expected']:>9,}  {_short_time(d['started_at'])}"
+            f"{d['failed']:>7,}  {d['expected']:>9,}  {_short_time(d['started_at'])}  {links.get(d['run_id'], '')}"
         )
 
 
@@ -473,25 +483,26 @@ def cancel(
 @app.command("retry-failed")
 def retry_failed(
     run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    include_not_attempted: Annotated[
+        bool,
+        typer.Option("--include-not-attempted", help="Also the tasks RUN never attempted (stopped early, cancelled)."),
+    ] = False,
     wait: WaitOption = False,
     as_json: JsonOption = False,
     timeout: TimeoutOption = 600.0,
     target: TargetOption = Target.local,
 ) -> None:
-    """Start a new run over the failed tasks of RUN."""
+    """Start a new run over the failed tasks of RUN (and those it never attempted)."""
     dep = connect(target)
     with _ledger_errors(dep):
-        started = steer.retry_failed_run(dep, run_id)
-        if started.run_id is None:
-            if as_json:
-                emit_json({"run_id": None, "retry_of": run_id, "failed": 0})
-            else:
-                out.print(f"run {run_id} has no failed tasks; nothing to retry")
-            return
+        started = steer.retry_failed_run(dep, run_id, include_not_attempted=include_not_attempted)
         if as_json:
-            emit_json({"run_id": started.run_id, "retry_of": run_id, "failed": started.failed})
+            extra = {"not_attempted": started.not_attempted} if include_not_attempted else {}
+            emit_json({"run_id": started.run_id, "retry_of": run_id, "failed": started.failed, **extra})
         else:
-            out.print(f"started run [bold]{started.run_id}[/] over the {started.failed} failed tasks of {run_id}")
+            out.print(escape(steer.retry_message(started, include_not_attempted=include_not_attempted)))
+        if started.run_id is None:
+            return
         if wait:
             _finish_waited(wait_for(dep, started.run_id, timeout_s=timeout, show=True, job=started.job), as_json)
 
@@ -573,12 +584,16 @@ def report(
         Path, typer.Option("--out", metavar="DIR", help="Folder to download into (the run gets a subfolder).")
     ] = Path("out"),
     parts: Annotated[bool, typer.Option("--parts", help="Also download the per-shard part files.")] = False,
+    combined: CombinedOption = False,
     target: TargetOption = Target.local,
 ) -> None:
-    """Download the report of RUN to OUT/<run id>/ (the report files; --parts adds the per-shard parts)."""
+    """Download the report of RUN to OUT/<run id>/ (the report files; --parts adds the per-shard parts;
+    --combined the reports of its retries too, and combined.csv: the latest outcome of every item)."""
     dep = connect(target)
     with _ledger_errors(dep):
         written = download_report(dep, run_id, out_dir, parts=parts)
+        if combined:
+            written.append(retries.write_combined(dep, run_id, out_dir, download_report)[0])
     for path in written:
         out.print(escape(str(path)))
 
@@ -863,8 +878,15 @@ control.register(app)  # tasks, pause, resume, stop, scale (after connect and th
 console.register(app)  # the operator console
 
 
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error too.")] = False,
+) -> None:
+    errors.DebugFlag.on = debug
+
+
 def main() -> None:
-    app()
+    errors.run_cli(app, err)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+"""Expected user errors end the CLI with their message and exit code 2, without a traceback.
+
+A bad declaration file, an unknown job or service, a bad start event, plan or price table, an
+endpoint the deployment does not declare: the message already names the file, the field and the
+fix, so the traceback (tens of lines of our own frames) only hides it. `microprocess --debug ...`
+(or `MICROPROCESS_DEBUG=1`) shows the traceback too. Any other exception is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.markup import escape
+
+from microprocess.cli.pricing import PriceTableError
+from microprocess.cli.timeline import PlanError
+from microprocess.control.scale import ScaleError
+from microprocess.declarations import JobDeclarationError, UnknownJobError
+from microprocess.declarations.services import UnknownServiceError
+from microprocess.pipeline.settings import SettingsError
+from microprocess.pipeline.splitter import StartEventError
+
+EXIT_USAGE = 2
+DEBUG_ENV = "MICROPROCESS_DEBUG"
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types whose message is the whole answer (the local stack's and the CDK
+    app's when they are installed)."""
+    found: list[type[BaseException]] = [
+        JobDeclarationError,
+        UnknownJobError,
+        UnknownServiceError,
+        SettingsError,
+        StartEventError,
+        PlanError,
+        PriceTableError,
+        ScaleError,
+    ]
+    try:
+        from microprocess.local.services import ServiceConfigError
+
+        found.append(ServiceConfigError)
+    except ImportError:  # the local stack's extra is not installed
+        pass
+    try:
+        from infra.endpoints import EndpointError
+
+        found.append(EndpointError)
+    except ImportError:  # the CDK app is not installed beside the CLI
+        pass
+    return tuple(found)
+
+
+class DebugFlag:
+    """Whether `--debug` was given (set by the app's callback) or MICROPROCESS_DEBUG is on."""
+
+    on = False
+
+    @classmethod
+    def active(cls) -> bool:
+        return cls.on or os.environ.get(DEBUG_ENV, "") not in ("", "0", "false")
+
+
+def run_cli(app: Callable[[], object], err: Console | None = None) -> None:
+    """Run `app`; an expected user error prints `error: <message>` and exits 2 (its traceback
+    with --debug)."""
+    try:
+        app()
+    except user_errors() as exc:
+        console = err or Console(stderr=True, highlight=False, soft_wrap=True)
+        if DebugFlag.active():
+            console.print(escape("".join(traceback.format_exception(exc))), end="")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        if not DebugFlag.active():
+            console.print("[dim](run with --debug for the traceback)[/]")
+        sys.exit(EXIT_USAGE)
