@@ -156,3 +156,23 @@ def test_progress_outside_a_terminal_is_one_plain_line_per_interval() -> None:
     assert all(line.startswith("r1 ") and "\r" not in line and "\x1b" not in line for line in lines)
     assert lines[0].startswith("r1 RUNNING 100/2,000 (5%)")
     assert lines[-1].startswith("r1 SUCCEEDED 2,000/2,000 (100%)")
+
+
+# ----------------------------------------------------------------------------- make setup
+
+
+def prerequisites(makefile: str, target: str) -> list[str]:
+    import re
+
+    match = re.search(rf"^{target}:(.*)$", makefile, flags=re.M)
+    assert match, f"no rule for {target}"
+    return match.group(1).split()
+
+
+def test_make_setup_installs_what_a_user_needs_and_make_test_builds_checkov() -> None:
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    setup = prerequisites(makefile, "setup")
+    assert "$(BIN)/.installed" in setup and "node_modules/.installed" in setup
+    assert not [p for p in setup if "CHECKOV" in p or "checkov" in p], setup
+    assert "checkov" in prerequisites(makefile, "test")
+    assert prerequisites(makefile, "checkov") == ["$(CHECKOV_VENV)/.installed"]

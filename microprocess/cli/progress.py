@@ -230,7 +230,7 @@ def watch_run(
                 rate = meter.add(now, done)
                 if last.status.terminal and now > started:
                     rate = done / (now - started)  # the whole run's average, not its quiet reduce tail
-                fields = {
+                fields: dict[str, Any] = {
                     "status": str(last.status),
                     "rate": "-" if rate is None else f"{rate:,.0f}",
                     "eta": _fmt_eta(last.pending, rate) if last.split_done else "-:--",
