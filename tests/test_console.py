@@ -133,7 +133,9 @@ def test_a_steer_post_without_the_csrf_header_is_refused_and_does_nothing(consol
 
 
 def test_retry_failed_and_not_attempted_starts_the_run_the_cli_starts(
-    console: Any, ledger: Ledger, deployment: Any  # noqa: F811
+    console: Any,
+    ledger: Ledger,
+    deployment: Any,  # noqa: F811
 ) -> None:
     # GIVEN a cancelled run of 5 tasks: 2 succeeded, 1 failed, 2 never attempted
     five_tasks(ledger)
