@@ -86,6 +86,7 @@ chaos: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.console_pages --out bench/results/console-pages.json
 
 # The README's CLI table, regenerated from the commands themselves.
 docs: setup
