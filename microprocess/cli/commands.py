@@ -880,11 +880,7 @@ control.register(app)  # tasks, pause, resume, stop, scale (after connect and th
 console.register(app)  # the operator console
 
 
-@app.callback()
-def _global_options(
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error too.")] = False,
-) -> None:
-    errors.DebugFlag.on = debug
+errors.register(app)  # the global --debug
 
 
 def main() -> None:

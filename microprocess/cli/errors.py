@@ -13,7 +13,9 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 
@@ -65,6 +67,16 @@ class DebugFlag:
     @classmethod
     def active(cls) -> bool:
         return cls.on or os.environ.get(DEBUG_ENV, "") not in ("", "0", "false")
+
+
+def register(app: typer.Typer) -> None:
+    """The app's global `--debug` option."""
+
+    @app.callback()
+    def global_options(
+        debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error too.")] = False,
+    ) -> None:
+        DebugFlag.on = debug
 
 
 def run_cli(app: Callable[[], object], err: Console | None = None) -> None:
