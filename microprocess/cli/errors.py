@@ -1,7 +1,7 @@
 """Expected user errors end the CLI with their message and exit code 2, without a traceback.
 
-A bad declaration file, an unknown job or service, a bad start event, plan or price table, an
-endpoint the deployment does not declare: the message already names the file, the field and the
+A bad declaration file, an unknown job or service, a bad start event, plan or price table, a
+bad service setting of the local stack: the message already names the file, the field and the
 fix, so the traceback (tens of lines of our own frames) only hides it. `microprocess --debug ...`
 (or `MICROPROCESS_DEBUG=1`) shows the traceback too. Any other exception is a bug and keeps its
 traceback.
@@ -32,8 +32,9 @@ DEBUG_ENV = "MICROPROCESS_DEBUG"
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The exception types whose message is the whole answer (the local stack's and the CDK
-    app's when they are installed)."""
+    """The exception types whose message is the whole answer (the local stack's when it is
+    installed). infra's EndpointError is raised in the CDK app's own process (`local up`'s deploy),
+    not here: that process's output is the deploy's error."""
     found: list[type[BaseException]] = [
         JobDeclarationError,
         UnknownJobError,
@@ -49,12 +50,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
         found.append(ServiceConfigError)
     except ImportError:  # the local stack's extra is not installed
-        pass
-    try:
-        from infra.endpoints import EndpointError
-
-        found.append(EndpointError)
-    except ImportError:  # the CDK app is not installed beside the CLI
         pass
     return tuple(found)
 
