@@ -22,6 +22,7 @@ from microprocess.ledger.retries import combined_progress, retries_of
 from microprocess.reduce import ReportLayout
 from tests.functions_harness import Behaviour, Stack, job_with
 from tests.test_reduce_forwarder import ENOUGH_TIME, reducer_forwarder
+from tests.test_retry_failed import stack_deployment
 
 N = 40
 
@@ -129,19 +130,7 @@ class SplitterLambda:
 def stopped(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> tuple[SplitterLambda, set[str]]:
     job, jobs, pushed = stopped_run(stack)
     lam = SplitterLambda(stack, jobs)
-    clients = {"dynamodb": stack.ddb, "sqs": stack.sqs.inner, "s3": stack.s3, "lambda": lam}
-    dep = cli.Deployment(
-        name="test",
-        outputs={
-            "LedgerTable": "ledger",
-            "SplitterFunctionName": "splitter-fn",
-            "JobQueueUrls": json.dumps({job.name: stack.task_queue}),
-            "DeadLetterQueueUrl": stack.dlq,
-            "ReduceQueueUrl": stack.reduce_queue,
-            "ReportsBucket": stack.bucket,
-        },
-        client=lambda service: clients[service],
-    )
+    dep = stack_deployment(stack, lam, job.name)
     monkeypatch.setattr(cli, "connect", lambda target: dep)
     monkeypatch.setattr(steer, "declared_job", lambda name: job)
     return lam, pushed
