@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test test-fast lint format synth chaos bench docs docs-check clean chromium console-assets console-shots
+.PHONY: setup checkov run test test-fast lint format synth chaos bench docs docs-check clean chromium console-assets console-shots
 
 # The virtualenv is (re)built when missing or when a pinned requirements file changed.
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -17,7 +17,8 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@touch $@
 
 # checkov in a virtualenv of its own (its pins conflict with ours: requirements-checkov.txt says
-# which); the infra tests run .venv-checkov/bin/checkov on the synthesized cloud templates.
+# which); the infra tests run .venv-checkov/bin/checkov on the synthesized cloud templates. Built by
+# `make test` (or `make checkov`) only: a user of the platform never needs it.
 CHECKOV_VENV := .venv-checkov
 $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
@@ -31,7 +32,10 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-setup: $(BIN)/.installed $(CHECKOV_VENV)/.installed node_modules/.installed
+# What a user needs: the CLI, the local stack, the CDK app and the CDK CLI.
+setup: $(BIN)/.installed node_modules/.installed
+
+checkov: $(CHECKOV_VENV)/.installed
 
 run: setup
 	$(BIN)/microprocess demo
@@ -58,7 +62,7 @@ console-shots: setup chromium
 
 # Two passes: everything in parallel, then the suites that start a real local stack, one
 # at a time (two stacks at once on 2 cores make them flaky).
-test: setup chromium
+test: setup checkov chromium
 	$(BIN)/python -m pytest -p no:cacheprovider -n 2 -m "not e2e"
 	$(BIN)/python -m pytest -p no:cacheprovider -m e2e
 
@@ -82,6 +86,7 @@ chaos: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.console_pages --out bench/results/console-pages.json
 
 # The README's CLI table, regenerated from the commands themselves.
 docs: setup

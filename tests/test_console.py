@@ -132,6 +132,33 @@ def test_a_steer_post_without_the_csrf_header_is_refused_and_does_nothing(consol
     assert 'class="result error"' in again.text
 
 
+def test_retry_failed_and_not_attempted_starts_the_run_the_cli_starts(
+    console: Any,
+    ledger: Ledger,
+    deployment: Any,  # noqa: F811
+) -> None:
+    # GIVEN a cancelled run of 5 tasks: 2 succeeded, 1 failed, 2 never attempted
+    five_tasks(ledger)
+    assert ledger.cancel("r1")
+    _, lam = deployment
+    client, csrf = logged_in(console)
+    # WHEN the operator confirms "Retry failed and not attempted"
+    confirm = client.get("/runs/r1/steer/retry-all")
+    assert "microprocess retry-failed r1 --include-not-attempted" in confirm.text
+    resp = client.post("/runs/r1/steer/retry-all", headers={CSRF_HEADER: csrf})
+    # THEN the splitter got the start event `retry-failed --include-not-attempted` sends
+    assert "over the 1 failed tasks and the 2 tasks not attempted of r1" in resp.text
+    CliRunner().invoke(cli.app, ["retry-failed", "r1", "--include-not-attempted"], catch_exceptions=False)
+    console_event, cli_event = lam.invocations
+    assert console_event["include_not_attempted"] is True and console_event["retry_of"] == "r1"
+    assert {k: v for k, v in console_event.items() if k != "run_id"} == {
+        k: v for k, v in cli_event.items() if k != "run_id"
+    }
+    # AND the plain "Retry failed" still retries the failures only
+    client.post("/runs/r1/steer/retry", headers={CSRF_HEADER: csrf})
+    assert "include_not_attempted" not in lam.invocations[-1]
+
+
 def test_console_and_cli_steer_through_the_same_functions(
     console: Any, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 from tests.docs_check import ROOT
 
 PACKAGE = ROOT / "microprocess"
+
+
 #: The one circle left on this branch: the ledger's, which issue-30a's split of the ledger into a
 #: package removes. Once merged, `test_the_waiting_circle_still_exists` fails: delete this entry.
 def module_name(path: Path) -> str:

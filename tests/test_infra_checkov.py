@@ -2,7 +2,7 @@
 
 One checkov process per session over the three cloud variants the other infra tests already
 synthesize (no domain, with a domain, every service external). checkov lives in its own
-virtualenv (`.venv-checkov`, built by `make setup` from requirements-checkov.txt): its pins
+virtualenv (`.venv-checkov`, built by `make test` or `make checkov` from requirements-checkov.txt): its pins
 conflict with the project's. Skips are written by `infra.nag.skip_checkov` into the resource's
 template metadata, one reason per resource.
 """
@@ -43,7 +43,7 @@ def cloud_templates() -> dict[str, Path]:
 def checkov_report() -> dict[str, Any]:
     """checkov's JSON report over the three cloud templates (one run per test session)."""
     if not CHECKOV.is_file():
-        pytest.fail(f"{CHECKOV} is missing: run `make setup` (it builds .venv-checkov from requirements-checkov.txt)")
+        pytest.fail(f"{CHECKOV} is missing: run `make checkov` (it builds .venv-checkov from requirements-checkov.txt)")
     files = [arg for path in cloud_templates().values() for arg in ("-f", str(path))]
     result = subprocess.run(
         # --skip-download: no call to Prisma Cloud for guidelines (synth and its checks stay offline)

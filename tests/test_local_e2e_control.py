@@ -40,6 +40,8 @@ SCALE_INVOICES = 2000
 #: The controller's interval for `scale --adaptive` (the CLI's least).
 ADAPTIVE_INTERVAL_S = 10
 STOP_INVOICES = 600
+#: The stopped run that `retry-failed --include-not-attempted` finishes (issue 26's figure).
+FINISH_INVOICES = 2000
 #: Positions of the stop-early run's not-overdue invoices, which the service refuses (a permanent 4xx):
 #: one in four of its first 240, so that the run passes its 5 % with successes among its first tasks.
 STOP_REFUSED = frozenset(range(0, 240, 4))
@@ -326,8 +328,10 @@ def test_a_hopeless_run_stops_early_its_other_tasks_acknowledged_without_pushes(
     cli_run("report", run_id, "--out", str(out))
     with (out / run_id / "not_attempted.csv").open(newline="") as f:
         listed = list(csv.reader(f))
-    assert listed[0] == ["task_id"]
+    assert listed[0] == ["task_id", JOB.item_id_field]
     assert sorted(row[0] for row in listed[1:]) == sorted(t["task_id"] for t in not_attempted)
+    # (each with its item's id, from the item index)
+    assert {row[0]: row[1] for row in listed[1:]} == {t["task_id"]: t["item_id"] for t in not_attempted}
 
 
 def test_tasks_finds_one_item_and_lists_the_failures(stopped_run: dict[str, Any]) -> None:
@@ -387,3 +391,43 @@ def test_every_stopped_run_reports_each_task_once_done_or_not_attempted(
         recorded = {t.task_id for s in range(run.shard_count) for t in ledger.iter_results(run_id, s)}
         missing = recorded - set(reported)
         assert not missing, f"run {run_id}: {len(missing)} recorded tasks are not in its report: {sorted(missing)[:5]}"
+
+
+def test_a_stopped_run_finished_with_retry_failed_include_not_attempted_has_every_item_succeeded(
+    stack: LocalStack, state: LocalState, ledger: Ledger, tmp_path: Path
+) -> None:
+    # GIVEN a run of 2,000 invoices stopped by the operator part way (paused first, so that it
+    # cannot end on its own before the stop: its kept messages are then never pushed)
+    items = invoices_file(tmp_path / "finish.jsonl", FINISH_INVOICES, first=60_000)
+    run_id = started_run(ledger, items, succeeded_at_least=100)
+    cli_json("pause", run_id, "--json")
+    (stopped,) = cli_json("stop", run_id, "--json")
+    first = finished(ledger, run_id)
+    done = first.succeeded + first.failed
+    assert first.status is RunStatus.FAILED and 0 < done < FINISH_INVOICES, (stopped, first)
+    # WHEN it is retried with its failures and its tasks never attempted
+    started, final = cli_json(
+        "retry-failed", run_id, "--include-not-attempted", "--wait", "--json", "--timeout", str(int(RUN_TIMEOUT_S))
+    )
+    # THEN the retry ran exactly the tasks the first run did not finish, and SUCCEEDED
+    assert started["retry_of"] == run_id and started["failed"] + started["not_attempted"] == FINISH_INVOICES - (
+        first.succeeded
+    )
+    assert (final["status"], final["expected"], final["failed"]) == ("SUCCEEDED", FINISH_INVOICES - first.succeeded, 0)
+    # AND the combined view has every one of the 2,000 items SUCCEEDED
+    (combined,) = cli_json("status", run_id, "--combined", "--json")
+    assert (combined["items"], combined["succeeded"], combined["failed"], combined["not_attempted"]) == (
+        FINISH_INVOICES,
+        FINISH_INVOICES,
+        0,
+        0,
+    )
+    assert combined["runs"] == [run_id, started["run_id"]]
+    assert started["run_id"] in cli_run("runs", "--job", JOB.name)
+    # AND the combined report has one row per invoice, each SUCCEEDED
+    out = tmp_path / "report"
+    cli_run("report", run_id, "--combined", "--out", str(out))
+    with (out / run_id / "combined.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r[JOB.item_id_field] for r in rows) == [f"INV-{i:05d}" for i in range(60_000, 62_000)]
+    assert {r["state"] for r in rows} == {"SUCCEEDED"}

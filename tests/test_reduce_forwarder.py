@@ -64,6 +64,11 @@ def run_tasks(st: Stack, job: JobDeclaration, jobs: JobRegistry, n: int, run_id:
     assert st.ledger.require_run(run_id).status is RunStatus.REDUCING
 
 
+def not_attempted_lines(st: Stack, layout: ReportLayout) -> list[str]:
+    """The lines of a run's not_attempted.csv (`task_id,<item id field>`)."""
+    return st.s3.get_object(Bucket=st.bucket, Key=layout.not_attempted_csv)["Body"].read().decode().split()
+
+
 def mail() -> list[Any]:
     return list(ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages)
 
@@ -213,7 +218,7 @@ def test_a_run_stopped_early_is_reported_with_its_not_attempted_tasks_and_mailed
     assert run.status is RunStatus.FAILED and run.report_uri
     pushed = {c["payload"]["task_id"] for c in stack.service.task_calls()}
     layout = ReportLayout(stack.bucket, job.name, "r1")
-    listed = stack.s3.get_object(Bucket=stack.bucket, Key=layout.not_attempted_csv)["Body"].read().decode().split()
+    listed = [line.split(",")[0] for line in not_attempted_lines(stack, layout)]
     assert listed[0] == "task_id" and set(listed[1:]) == {f"0-{i:09d}" for i in range(40)} - pushed
     assert len(listed) - 1 == 40 - len(pushed) > 0
     report = stack.s3.get_object(Bucket=stack.bucket, Key=layout.report_csv)["Body"].read().decode().splitlines()
@@ -298,7 +303,7 @@ def test_a_stopped_run_reports_every_task_once_late_completions_included(stack: 
     layout = ReportLayout(stack.bucket, job.name, "r1")
     rows = stack.s3.get_object(Bucket=stack.bucket, Key=layout.report_csv)["Body"].read().decode().splitlines()[1:]
     reported = {line.split(",", 1)[0] for line in rows}
-    listed = stack.s3.get_object(Bucket=stack.bucket, Key=layout.not_attempted_csv)["Body"].read().decode().split()
+    listed = [line.split(",")[0] for line in not_attempted_lines(stack, layout)]
     assert listed[0] == "task_id"
     not_attempted = set(listed[1:])
     assert reported == pushed | set(late) and len(rows) == len(reported)

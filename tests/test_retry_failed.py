@@ -98,21 +98,27 @@ class SplitterLambda:
         return {"StatusCode": 202}
 
 
-@pytest.fixture
-def deployment(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> SplitterLambda:
-    lam = SplitterLambda(stack)
+def stack_deployment(stack: Stack, lam: Any, job: str = "credit-scores") -> cli.Deployment:
+    """The CLI's deployment over the harness's moto clients, `lam` standing in for Lambda."""
     clients = {"dynamodb": stack.ddb, "sqs": stack.sqs.inner, "s3": stack.s3, "lambda": lam}
-    dep = cli.Deployment(
+    return cli.Deployment(
         name="test",
         outputs={
             "LedgerTable": "ledger",
             "SplitterFunctionName": "splitter-fn",
-            "JobQueueUrls": json.dumps({"credit-scores": stack.task_queue}),
+            "JobQueueUrls": json.dumps({job: stack.task_queue}),
             "DeadLetterQueueUrl": stack.dlq,
+            "ReduceQueueUrl": stack.reduce_queue,
             "ReportsBucket": stack.bucket,
         },
         client=lambda service: clients[service],
     )
+
+
+@pytest.fixture
+def deployment(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> SplitterLambda:
+    lam = SplitterLambda(stack)
+    dep = stack_deployment(stack, lam)
     monkeypatch.setattr(cli_deployment, "connect", lambda target: dep)  # commands connect through it
     return lam
 

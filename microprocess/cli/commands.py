@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import typer
 
-from microprocess.cli import check_service, console, control, demo, local_stack, plan, report, runs
+from microprocess.cli import check_service, console, control, demo, errors, local_stack, plan, report, runs
 from microprocess.cli.demo import count_report_rows
 
 # Re-exported for the tests and tools that read them here (their homes: options, deployment, runs, ...).
 from microprocess.cli.deployment import Deployment, connect
-from microprocess.cli.options import EXIT_FAILED, EXIT_NO_STACK, EXIT_TIMEOUT, EXIT_USAGE, Target, fail, out
+from microprocess.cli.options import EXIT_FAILED, EXIT_NO_STACK, EXIT_TIMEOUT, EXIT_USAGE, Target, err, fail, out
 from microprocess.cli.report import download_report, report_keys
 from microprocess.cli.runs import status
 from microprocess.stacks import CLOUD_STACK
@@ -61,10 +61,11 @@ report.register(app)  # report
 demo.register(app)  # demo
 control.register(app)  # tasks, pause, resume, stop, scale
 console.register(app)  # the operator console
+errors.register(app)  # the global --debug
 
 
 def main() -> None:
-    app()
+    errors.run_cli(app, err)
 
 
 if __name__ == "__main__":

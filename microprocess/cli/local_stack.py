@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from microprocess.cli import errors
 from microprocess.cli.options import EXIT_FAILED, EXIT_NO_STACK, EXIT_USAGE, JsonOption, emit_json, err, fail, out
 from microprocess.declarations import JobDeclarationError, get_declarations
 
@@ -98,6 +99,8 @@ def local_up(
     except KeyboardInterrupt:
         err.print("interrupted; stopped what was started")
         raise typer.Exit(130) from None
+    except errors.user_errors() as exc:  # a declaration or endpoint error: bad input
+        fail(f"the local stack did not start: {exc}", EXIT_USAGE)
     except Exception as exc:  # every start failure has a message that says what to do
         fail(f"the local stack did not start: {exc}" if not isinstance(exc, LocalStackError) else str(exc))
     out.print(f"local stack up in {stack.timings.line()}")

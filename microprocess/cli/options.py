@@ -55,6 +55,9 @@ TargetOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+CombinedOption = Annotated[
+    bool, typer.Option("--combined", help="The latest outcome of each item across the run and its retries.")
+]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the run with a progress bar until it ends.")]
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", min=1, metavar="SECONDS", help="Give up waiting after this many seconds.")

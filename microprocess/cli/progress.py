@@ -5,6 +5,10 @@ of its counters) and the depth of the task queue and the dead-letter queue. The 
 shows done/total, the completion rate over the last few seconds, the ETA, failures,
 queue messages visible / in flight, and the DLQ depth; once the reduce is claimed, the
 reduce phase (parts done of total, the finalize, the email) and the reduce queue's depth.
+
+Outside a terminal (a CI log, a pipe, `nohup`) a bar that redraws itself is one garbled line;
+there the watch prints one plain line per interval (`plain_interval_s`), and one whenever the
+status changes, the last when the run ends.
 """
 
 from __future__ import annotations
@@ -167,6 +171,7 @@ def watch_run(
     show: bool = True,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    plain_interval_s: float = 10.0,
 ) -> RunProgress:
     """Poll the run until its status is terminal; return the final progress.
 
@@ -174,6 +179,7 @@ def watch_run(
     in the ledger after `start_grace_s` seconds.
     """
     console = console or Console(stderr=True)
+    plain = PlainLines(console, run_id, plain_interval_s) if show and not console.is_terminal else None
     started = clock()
     meter = RateMeter()
     last: RunProgress | None = None
@@ -189,7 +195,7 @@ def watch_run(
         TextColumn("{task.fields[phase]}"),
         console=console,
         transient=False,
-        disable=not show,
+        disable=not show or plain is not None,
         refresh_per_second=4,
     )
     with bar:
@@ -224,19 +230,19 @@ def watch_run(
                 rate = meter.add(now, done)
                 if last.status.terminal and now > started:
                     rate = done / (now - started)  # the whole run's average, not its quiet reduce tail
-                bar.update(
-                    task,
-                    total=last.expected or None,
-                    completed=done,
-                    status=str(last.status),
-                    rate="-" if rate is None else f"{rate:,.0f}",
-                    eta=_fmt_eta(last.pending, rate) if last.split_done else "-:--",
-                    failed=last.failed,
-                    q_visible=_n(depth.visible),
-                    in_flight=_n(depth.in_flight),
-                    dlq=_n(depth.dead_letters),
-                    phase=f"reduce: {phase.describe()}" if phase else "",
-                )
+                fields: dict[str, Any] = {
+                    "status": str(last.status),
+                    "rate": "-" if rate is None else f"{rate:,.0f}",
+                    "eta": _fmt_eta(last.pending, rate) if last.split_done else "-:--",
+                    "failed": last.failed,
+                    "q_visible": _n(depth.visible),
+                    "in_flight": _n(depth.in_flight),
+                    "dlq": _n(depth.dead_letters),
+                    "phase": f"reduce: {phase.describe()}" if phase else "",
+                }
+                bar.update(task, total=last.expected or None, completed=done, **fields)
+                if plain is not None:
+                    plain.maybe_print(now - started, last, fields)
                 if last.status.terminal:
                     bar.refresh()
                     return last
@@ -244,3 +250,35 @@ def watch_run(
                 status = last.status if last else "not started"
                 raise WaitTimeout(f"run {run_id} is still {status} after {timeout_s:.0f} s", last)
             sleep(poll_s)
+
+
+class PlainLines:
+    """The watch's output outside a terminal: one plain line per interval, and on a status change."""
+
+    def __init__(self, console: Console, run_id: str, interval_s: float) -> None:
+        self.console, self.run_id, self.interval_s = console, run_id, interval_s
+        self._printed_at: float | None = None
+        self._status = ""
+
+    def maybe_print(self, elapsed_s: float, progress: RunProgress, fields: dict[str, Any]) -> None:
+        due = self._printed_at is None or elapsed_s - self._printed_at >= self.interval_s
+        if not (due or fields["status"] != self._status or progress.status.terminal):
+            return
+        self._printed_at, self._status = elapsed_s, fields["status"]
+        self.console.print(
+            plain_line(self.run_id, elapsed_s, progress, fields), markup=False, highlight=False, soft_wrap=True
+        )
+
+
+def plain_line(run_id: str, elapsed_s: float, progress: RunProgress, fields: dict[str, Any]) -> str:
+    """`<run> RUNNING 1,200/2,000 (60%) 310/s ETA 0:02 failed 3 queue 40 (+10 in flight) DLQ 0 0:07`."""
+    done = progress.succeeded + progress.failed
+    total = f"{progress.expected:,}" if progress.expected else "?"
+    pct = f" ({100 * done / progress.expected:.0f}%)" if progress.expected else ""
+    elapsed = int(elapsed_s)
+    line = (
+        f"{run_id} {fields['status']} {done:,}/{total}{pct} {fields['rate']}/s ETA {fields['eta']} "
+        f"failed {fields['failed']} queue {fields['q_visible']} (+{fields['in_flight']} in flight) "
+        f"DLQ {fields['dlq']} {elapsed // 60}:{elapsed % 60:02d}"
+    )
+    return f"{line} {fields['phase']}" if fields["phase"] else line

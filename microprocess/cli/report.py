@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from microprocess.cli import deployment
+from microprocess.cli import deployment, retries
 from microprocess.cli.deployment import Deployment, ledger_errors
-from microprocess.cli.options import Target, TargetOption, fail, out
+from microprocess.cli.options import CombinedOption, Target, TargetOption, fail, out
 from microprocess.cli.steer import SteerError
 from microprocess.reduce.layout import ReportLayout
 
@@ -96,11 +96,15 @@ def report(
         Path, typer.Option("--out", metavar="DIR", help="Folder to download into (the run gets a subfolder).")
     ] = Path("out"),
     parts: Annotated[bool, typer.Option("--parts", help="Also download the per-shard part files.")] = False,
+    combined: CombinedOption = False,
     target: TargetOption = Target.local,
 ) -> None:
-    """Download the report of RUN to OUT/<run id>/ (the report files; --parts adds the per-shard parts)."""
+    """Download the report of RUN to OUT/<run id>/ (the report files; --parts adds the per-shard parts;
+    --combined the reports of its retries too, and combined.csv: the latest outcome of every item)."""
     dep = deployment.connect(target)
     with ledger_errors(dep):
         written = download_report(dep, run_id, out_dir, parts=parts)
+        if combined:
+            written.append(retries.write_combined(dep, run_id, out_dir, download_report)[0])
     for path in written:
         out.print(escape(str(path)))

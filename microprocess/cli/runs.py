@@ -8,10 +8,11 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from microprocess.cli import control, deployment, service_load, steer
+from microprocess.cli import control, deployment, retries, service_load, steer
 from microprocess.cli.deployment import Deployment, ledger_errors, wait_for
 from microprocess.cli.options import (
     EXIT_USAGE,
+    CombinedOption,
     JsonOption,
     Target,
     TargetOption,
@@ -170,6 +171,7 @@ def run(
 def status(
     run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run id.")],
     as_json: JsonOption = False,
+    combined: CombinedOption = False,
     target: TargetOption = Target.local,
 ) -> None:
     """Show the progress of RUN: run_id, job, status, expected, succeeded, failed, pending,
@@ -177,6 +179,10 @@ def status(
     dep = deployment.connect(target)
     with ledger_errors(dep):
         progress = dep.ledger().progress(run_id)
+        if combined:
+            return retries.show_combined(out, dep, run_id, as_json=as_json)
+        if not as_json:
+            retries.print_links(out, dep, dep.ledger().require_run(run_id))
     if as_json:
         emit_json(status_dict(progress))
     else:
@@ -200,7 +206,9 @@ def runs(
     dep = deployment.connect(target)
     with ledger_errors(dep):
         ledger = dep.ledger()
-        found = [status_dict(ledger.progress(r.run_id)) for j in jobs for r in ledger.list_runs(j, limit=limit)]
+        records = [r for j in jobs for r in ledger.list_runs(j, limit=limit)]
+        found = [status_dict(ledger.progress(r.run_id)) for r in records]
+    links = retries.runs_column(records)
     found.sort(key=lambda d: d["started_at"], reverse=True)
     if as_json:
         emit_json(found)
@@ -213,7 +221,7 @@ def runs(
     for d in found:
         out.print(
             f"{escape(d['run_id']):<{width}}  {d['status']:<9}  {d['succeeded'] + d['failed']:>9,}  "
-            f"{d['failed']:>7,}  {d['expected']:>9,}  {_short_time(d['started_at'])}"
+            f"{d['failed']:>7,}  {d['expected']:>9,}  {_short_time(d['started_at'])}  {links.get(d['run_id'], '')}"
         )
     for service in sorted({get_declarations().jobs.get(j).service for j in jobs}):  # each service's load
         for line in service_load.service_lines(dep, get_declarations(), service):
@@ -233,24 +241,25 @@ def cancel(
 
 def retry_failed(
     run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    include_not_attempted: Annotated[
+        bool,
+        typer.Option("--include-not-attempted", help="Also the tasks RUN never attempted (stopped early, cancelled)."),
+    ] = False,
     wait: WaitOption = False,
     as_json: JsonOption = False,
     timeout: TimeoutOption = 600.0,
     target: TargetOption = Target.local,
 ) -> None:
-    """Start a new run over the failed tasks of RUN."""
+    """Start a new run over the failed tasks of RUN (and those it never attempted)."""
     dep = deployment.connect(target)
     with ledger_errors(dep):
-        started = steer.retry_failed_run(dep, run_id)
-        if started.run_id is None:
-            if as_json:
-                emit_json({"run_id": None, "retry_of": run_id, "failed": 0})
-            else:
-                out.print(f"run {run_id} has no failed tasks; nothing to retry")
-            return
+        started = steer.retry_failed_run(dep, run_id, include_not_attempted=include_not_attempted)
         if as_json:
-            emit_json({"run_id": started.run_id, "retry_of": run_id, "failed": started.failed})
+            extra = {"not_attempted": started.not_attempted} if include_not_attempted else {}
+            emit_json({"run_id": started.run_id, "retry_of": run_id, "failed": started.failed, **extra})
         else:
-            out.print(f"started run [bold]{started.run_id}[/] over the {started.failed} failed tasks of {run_id}")
+            out.print(escape(steer.retry_message(started, include_not_attempted=include_not_attempted)))
+        if started.run_id is None:
+            return
         if wait:
             finish_waited(wait_for(dep, started.run_id, timeout_s=timeout, show=True, job=started.job), as_json)

@@ -130,26 +130,44 @@ def stop_run_now(dep: Deployment, run_id: str) -> int:
 
 @dataclass(frozen=True)
 class RetryStarted:
-    """A retry run: its id (None when the run had no failed tasks) and the failures it retries."""
+    """A retry run: its id (None when there was nothing to retry), the failures it retries and
+    the tasks never attempted it retries (0 unless asked for)."""
 
     run_id: str | None
     retry_of: str
     failed: int
     job: str
+    not_attempted: int = 0
 
 
-def retry_failed_run(dep: Deployment, run_id: str) -> RetryStarted:
-    """Start a new run over the failed tasks of an ended RUN (none when nothing failed)."""
+def retry_failed_run(dep: Deployment, run_id: str, *, include_not_attempted: bool = False) -> RetryStarted:
+    """Start a new run over the failed tasks of an ended RUN (and, with `include_not_attempted`,
+    the tasks it never attempted: it was stopped early or cancelled); none when there are none."""
     progress = dep.ledger().progress(run_id)
     if not progress.status.terminal:
         raise SteerError(
             f"run {run_id} is still {progress.status}; retry its failures once it has ended (or cancel it)"
         )
-    if progress.failed == 0:
+    left = progress.pending if include_not_attempted else 0
+    if progress.failed == 0 and left == 0:
         return RetryStarted(None, run_id, 0, progress.job)
     new_id = new_run_id(progress.job)
-    start_run(dep, {"job": progress.job, "run_id": new_id, "retry_of": run_id, "source": "manual"})
-    return RetryStarted(new_id, run_id, progress.failed, progress.job)
+    event: dict[str, Any] = {"job": progress.job, "run_id": new_id, "retry_of": run_id, "source": "manual"}
+    if include_not_attempted:
+        event["include_not_attempted"] = True
+    start_run(dep, event)
+    return RetryStarted(new_id, run_id, progress.failed, progress.job, left)
+
+
+def retry_message(started: RetryStarted, *, include_not_attempted: bool = False) -> str:
+    """What a retry started, in words (the CLI prints it, the console shows it)."""
+    if started.run_id is None:
+        none = "no failed tasks and no tasks not attempted" if include_not_attempted else "no failed tasks"
+        return f"run {started.retry_of} has {none}; nothing to retry"
+    what = f"the {started.failed} failed tasks"
+    if include_not_attempted:
+        what += f" and the {started.not_attempted} tasks not attempted"
+    return f"started run {started.run_id} over {what} of {started.retry_of}"
 
 
 def scale_job(dep: Deployment, job_name: str, concurrency: int) -> tuple[EventSourceCap, EventSourceCap]:

@@ -41,7 +41,16 @@ RUN_ACTIONS = {
     "stop": "Stop early: no more pushes; the report is built now from what was done, the rest not attempted.",
     "cancel": "Cancel: no more service calls; the remaining messages are dropped and no report is built.",
     "retry": "Retry failed: start a new run over the failed tasks of this run.",
+    "retry-all": "Retry failed and not attempted: start a new run over the failed tasks of this run and the "
+    "tasks it never attempted (it was stopped early or cancelled).",
 }
+#: The CLI command each steer action does (the confirmation names it).
+RUN_ACTION_COMMANDS = {
+    "retry": "retry-failed {run}",
+    "retry-all": "retry-failed {run} --include-not-attempted",
+}
+#: The buttons' words where the action's name is not enough.
+RUN_ACTION_LABELS = {"retry": "Retry failed", "retry-all": "Retry failed and not attempted", "stop": "Stop early"}
 
 
 @dataclass
@@ -82,6 +91,7 @@ def create_app(data: ConsoleData, auth: ConsoleAuth, *, sampler: RunSampler, set
     env.filters["when"] = _fmt_time
     env.globals["statuses"] = STATUSES
     env.globals["run_actions"] = RUN_ACTIONS
+    env.globals["run_action_labels"] = RUN_ACTION_LABELS
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -220,7 +230,17 @@ def create_app(data: ConsoleData, auth: ConsoleAuth, *, sampler: RunSampler, set
         if action not in RUN_ACTIONS:
             return _plain(404, f"no action {action!r}: one of {', '.join(RUN_ACTIONS)}")  # type: ignore[return-value]
         target = f"/runs/{run_id}/steer/{action}"
-        return page(request, "_confirm.html", action=action, what=RUN_ACTIONS[action], target=target, run_id=run_id)
+        command = RUN_ACTION_COMMANDS.get(action, "{action} {run}").format(action=action, run=run_id)
+        return page(
+            request,
+            "_confirm.html",
+            action=action,
+            what=RUN_ACTIONS[action],
+            target=target,
+            run_id=run_id,
+            command=command,
+            label=RUN_ACTION_LABELS.get(action, action.capitalize()),
+        )
 
     @app.post("/runs/{run_id}/steer/{action}", response_class=HTMLResponse)
     def run_action(request: Request, run_id: str, action: str) -> HTMLResponse:
@@ -247,10 +267,9 @@ def create_app(data: ConsoleData, auth: ConsoleAuth, *, sampler: RunSampler, set
         if action == "cancel":
             steer.cancel_run(dep, run_id)
             return f"cancelled run {run_id}; its remaining messages are acknowledged without calls"
-        started = steer.retry_failed_run(dep, run_id)
-        if started.run_id is None:
-            return f"run {run_id} has no failed tasks; nothing to retry"
-        return f"started run {started.run_id} over the {started.failed} failed tasks of {run_id}"
+        everything = action == "retry-all"
+        started = steer.retry_failed_run(dep, run_id, include_not_attempted=everything)
+        return steer.retry_message(started, include_not_attempted=everything)
 
     @app.get("/jobs/{job}/scale", response_class=HTMLResponse)
     def confirm_scale(request: Request, job: str, concurrency: int | None = None) -> HTMLResponse:

@@ -327,6 +327,10 @@ class RunTasks:
         items = self._items_of(run.run_id, set(ids)) if ids else {}
         return [TaskDetail(t, state, shard_of(t, run.shard_count), item_id=items.get(t)) for t in ids]
 
+    def item_ids_of(self, run_id: str, task_ids: set[str]) -> dict[str, str]:
+        """The item id of each of `task_ids` that the run's item index holds (reads the index once)."""
+        return self._items_of(run_id, task_ids)
+
     def _items_of(self, run_id: str, task_ids: set[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         for entries in _pool.map(lambda p: list(self._index_partition(run_id, p)), range(ITEM_INDEX_PARTITIONS)):

@@ -123,19 +123,19 @@ def parse_declarations(data: Mapping[str, Any], path: Path) -> Declarations:
         try:
             services.append(ServiceDeclaration.model_validate({"name": name, **entry}))
         except ValidationError as exc:
-            raise _error(path, explain(exc, f"service '{name}'")) from None
+            raise _error(path, explain(exc, f"service '{name}'", ServiceDeclaration)) from None
     tables: dict[str, TableDeclaration] = {}
     for name, entry in _table_of(path, data, "tables").items():
         try:
             tables[name] = TableDeclaration.model_validate({"name": name, **entry})
         except ValidationError as exc:
-            raise _error(path, explain(exc, f"table '{name}'")) from None
+            raise _error(path, explain(exc, f"table '{name}'", TableDeclaration)) from None
     jobs: list[JobDeclaration] = []
     for name, entry in _table_of(path, data, "jobs").items():
         try:
             jobs.append(JobDeclaration.model_validate({"name": name, **entry}))
         except ValidationError as exc:
-            raise _error(path, explain(exc, f"job '{name}'")) from None
+            raise _error(path, explain(exc, f"job '{name}'", JobDeclaration)) from None
     if not jobs:
         raise _error(path, "no jobs declared: add a [jobs.<name>] table (see README, 'Your own job')")
     try:

@@ -326,13 +326,18 @@ class JobDeclaration(BaseModel):
         return self
 
 
-def explain(exc: ValidationError, what: str) -> str:
-    """One line naming every invalid field of `what` (e.g. "job 'x'") and its fix."""
-    problems = "; ".join(
-        f"field '{'.'.join(str(p) for p in err['loc']) or '(whole)'}': {err['msg'].removeprefix('Value error, ')}"
-        for err in exc.errors()
-    )
-    return f"{what} is invalid: {problems}"
+def explain(exc: ValidationError, what: str, model: type[BaseModel] | None = None) -> str:
+    """One line naming every invalid field of `what` (e.g. "job 'x'") and its fix; an unknown field
+    of `model` gets "did you mean" the closest declared one."""
+    from microprocess.declarations.suggest import did_you_mean
+
+    def problem(err: Any) -> str:
+        where = ".".join(str(p) for p in err["loc"]) or "(whole)"
+        text = f"field '{where}': {err['msg'].removeprefix('Value error, ')}"
+        hint = did_you_mean(model, err["loc"]) if model is not None and err["type"] == "extra_forbidden" else ""
+        return f"{text} ({hint})" if hint else text
+
+    return f"{what} is invalid: {'; '.join(problem(err) for err in exc.errors())}"
 
 
 def declare(**fields: object) -> JobDeclaration:
@@ -341,7 +346,7 @@ def declare(**fields: object) -> JobDeclaration:
     try:
         return JobDeclaration.model_validate(fields)
     except ValidationError as exc:
-        raise JobDeclarationError(explain(exc, f"job '{name}'")) from None
+        raise JobDeclarationError(explain(exc, f"job '{name}'", JobDeclaration)) from None
 
 
 class UnknownJobError(KeyError):

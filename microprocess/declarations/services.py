@@ -109,6 +109,7 @@ class ServiceDeclaration(BaseModel):
         if v is not None and not _HEADER.match(v):
             raise ValueError("shed_header must be an HTTP header name, e.g. 'X-Shed-Until'")
         return v
+
     isolated_forwarder: bool = False
 
     @field_validator("plain_http_reason")

@@ -20,8 +20,8 @@ A source that cannot be read for good (a missing bucket, object or table, access
 a bad row) stops the run with the reason (`control.stop.stop_run`, `source_failed`);
 transient errors are retried, and stop it after `MAX_SPLIT_ERRORS`. Its reduce then reports
 what was sent, ends it FAILED and sends its email and completion callback, like any run.
-An item that cannot be sent (a `null` line, an item the envelope refuses) becomes a FAILED
-task with its reason; the run goes on.
+An item that cannot be sent (a `null` line, an item without the job's `item_id_field`, an item
+the envelope refuses) becomes a FAILED task with its reason (`page_bodies`); the run goes on.
 """
 
 from __future__ import annotations
@@ -33,18 +33,19 @@ from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
-from pydantic import ValidationError
 
 from microprocess.chaos.faults import FaultInjector
 from microprocess.control.lookup import index_page
 from microprocess.control.stop import stop_if_hopeless, stop_run
 from microprocess.declarations import JobDeclaration, JobRegistry, SourceKind, resolve_source_uri
 from microprocess.declarations.run_keys import run_id_refusal
-from microprocess.ledger import CURSOR_DONE, Ledger, RunNotActive, RunRecord, RunStatus, TaskOutcome, TaskState
+from microprocess.ledger import CURSOR_DONE, Ledger, RunNotActive, RunRecord, RunStatus
+from microprocess.ledger.retries import record_retry
 from microprocess.pipeline.backpressure import QueueGate
-from microprocess.pipeline.envelope import CLAIMS_PREFIX, EnvelopeTooLarge, TaskEnvelope, canonical_json, shard_of
 from microprocess.pipeline.fanin import enqueue_reduce_parts
+from microprocess.pipeline.page_bodies import PageBodies
 from microprocess.pipeline.queue import QueueSender
+from microprocess.pipeline.retry_source import NotAttemptedSource, RetrySource, rereads_alike
 from microprocess.pipeline.settings import RuntimeSettings
 from microprocess.pipeline.sources import (
     CallableSource,
@@ -112,6 +113,7 @@ class Splitter:
         self.faults = faults
         self.emit = emit or (lambda name, value, job, **_: None)
         self.run_id_rule = run_id_rule
+        self.page_bodies = PageBodies(settings=settings, s3=s3)
 
     def handle(self, event: Any, remaining_ms: Callable[[], int]) -> dict[str, Any]:
         req = parse_start_event(event)
@@ -123,6 +125,8 @@ class Splitter:
             if refusal:
                 raise StartEventError(refusal)
             record = self.source_record(job, req)
+            if req.retry_of:  # linked first: a crash before the run exists leaves a link retries_of skips
+                record_retry(self.ledger, req.retry_of, req.run_id, not_attempted=req.include_not_attempted)
             run, created = self.ledger.create_run(
                 req.run_id,
                 job,
@@ -232,6 +236,8 @@ class Splitter:
             original = self.ledger.require_run(req.retry_of)
             if original.job != job.name:
                 raise StartEventError(f"run {req.retry_of} belongs to job '{original.job}', not '{job.name}'")
+            if req.include_not_attempted:  # segment 0: the failures; segment 1: the tasks never attempted
+                return {**base, "kind": "retry", "retry_of": req.retry_of, "not_attempted": True, "segments": 2}
             return {**base, "kind": "retry", "retry_of": req.retry_of}
         if req.source_uri:
             refusal = source_uri_refusal(job, req.source_uri, self.settings.reports_bucket)
@@ -265,7 +271,10 @@ class Splitter:
         if kind == SourceKind.INLINE:
             return InlineSource(self.ledger.inline_items(run.run_id))
         if kind == "retry":
-            return FailedTasksSource(ledger=self.ledger, run_id=str(rec["retry_of"]))
+            failed = FailedTasksSource(ledger=self.ledger, run_id=str(rec["retry_of"]))
+            if not rec.get("not_attempted"):
+                return failed
+            return RetrySource(failed, self._not_attempted_of(self.ledger.require_run(str(rec["retry_of"])), job))
         if kind == SourceKind.DYNAMODB:
             if not rec.get("table"):
                 role = rec.get("table_role")
@@ -279,6 +288,16 @@ class Splitter:
         if kind == SourceKind.CALLABLE:
             return CallableSource(str(rec.get("function") or ""))
         raise SourceError(f"source kind '{kind}' needs items in the start event ('items' or 'items_uri')")
+
+    def _not_attempted_of(self, original: RunRecord, job: JobDeclaration) -> NotAttemptedSource:
+        """The tasks `original` never attempted, read from its pages as it sent them."""
+        page_size = int(original.source.get("page_size") or job.source.page_size)
+        stable, source = rereads_alike(original.source), self.open_source(original, job)
+        return NotAttemptedSource(
+            ledger=self.ledger,
+            original=original,
+            read_page=lambda seg, cursor: self._page(original, source, seg, cursor, page_size, stable),
+        )
 
     # --------------------------------------------------------------- pages
 
@@ -294,7 +313,7 @@ class Splitter:
     ) -> bool:
         """Send and account pages until the segments are read. True if it handed over to a continuation."""
         page_size = int(run.source.get("page_size") or job.source.page_size)
-        stable = run.source.get("kind") in (str(SourceKind.INLINE), "retry")
+        stable = rereads_alike(run.source)
         for seg in segments:
             cursor, seq = run.cursors[seg], run.seg_counts.get(seg, 0)
             while cursor != CURSOR_DONE:
@@ -305,7 +324,7 @@ class Splitter:
                     self.continue_with({**event, "run_id": run.run_id, "continuation": req.continuation + 1})
                     return True
                 page = self._page(run, source, seg, cursor, page_size, stable)
-                bodies, unsendable = self._bodies(job, run, seg, seq, page.items)
+                bodies, unsendable = self.page_bodies.bodies(job, run, seg, seq, page.items)
                 indexing = (  # item ids indexed alongside the send, before the page is accounted
                     index_page(self.ledger, job.item_id_field, run.run_id, seg, seq, page.items)
                     if job.item_index
@@ -404,54 +423,6 @@ class Splitter:
             raise
         return Page(list(doc["items"]), str(doc["next_cursor"]))
 
-    def _bodies(
-        self, job: JobDeclaration, run: RunRecord, seg: str, seq: int, items: list[Any]
-    ) -> tuple[list[str], list[TaskOutcome]]:
-        """The envelopes of a page, and a FAILED outcome for each item that cannot be sent."""
-        bodies: list[str] = []
-        unsendable: list[TaskOutcome] = []
-        for i, item in enumerate(items):
-            task_id = f"{seg}-{seq + i:09d}"
-            shard = shard_of(task_id, run.shard_count)
-            try:
-                if item is None:
-                    raise ValueError("the item is null; a task needs an item (a JSON value other than null)")
-                bodies.append(self._body(job, run.run_id, task_id, shard, item))
-            except (ValidationError, EnvelopeTooLarge, ValueError, TypeError) as exc:
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                error = f"item {seq + i} of segment {seg} cannot be sent: {reason}"
-                log.warning("run %s: %s", run.run_id, error)
-                item_id = str(item[job.item_id_field]) if isinstance(item, dict) and job.item_id_field in item else None
-                unsendable.append(
-                    TaskOutcome(task_id, shard, TaskState.FAILED, 0, item_id, error=error, item=_keepable(item))
-                )
-        return bodies, unsendable
-
-    def _body(self, job: JobDeclaration, run_id: str, task_id: str, shard: int, item: Any) -> str:
-        if isinstance(item, dict) and set(item) == {"__item_ref"} and item["__item_ref"]:
-            return TaskEnvelope(
-                job=job.name, run_id=run_id, task_id=task_id, shard=shard, item_ref=item["__item_ref"]
-            ).to_json()
-        env = TaskEnvelope(job=job.name, run_id=run_id, task_id=task_id, shard=shard, item=item)
-        try:
-            return env.to_json(limit=self.settings.claim_check_bytes)
-        except EnvelopeTooLarge:
-            return self._claim_check(env, item)
-
-    def _claim_check(self, env: TaskEnvelope, item: Any) -> str:
-        """Put an oversized item in S3 (deterministic key) and send a reference to it."""
-        if not self.settings.reports_bucket:
-            raise EnvelopeTooLarge(
-                f"task {env.task_id}: item is over {self.settings.claim_check_bytes} bytes and no "
-                "REPORTS_BUCKET is set for the claim check"
-            )
-        key = f"{CLAIMS_PREFIX}{env.job}/{env.run_id}/{env.task_id}.json"
-        self.s3.put_object(Bucket=self.settings.reports_bucket, Key=key, Body=canonical_json(item).encode())
-        ref = f"s3://{self.settings.reports_bucket}/{key}"
-        return TaskEnvelope(
-            job=env.job, run_id=env.run_id, task_id=env.task_id, shard=env.shard, item_ref=ref
-        ).to_json()
-
 
 class SourceReadError(Exception):
     """Reading the run's source failed with `cause` (classified by `is_permanent`)."""
@@ -466,15 +437,6 @@ def _read(source: Source, seg: str, cursor: str, limit: int) -> Page:
         return source.read_page(int(seg), cursor, limit)
     except Exception as exc:
         raise SourceReadError(exc) from exc
-
-
-def _keepable(item: Any) -> Any:
-    """An unsendable item as kept on its FAILED task (small enough, JSON-able), or None."""
-    try:
-        text = json.dumps(item, default=str)
-    except (TypeError, ValueError):
-        return None
-    return None if item is None or len(text) > 100_000 else item
 
 
 def describe_source(record: dict[str, Any]) -> str:

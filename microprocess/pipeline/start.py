@@ -34,6 +34,7 @@ class StartRequest:
     source_uri: str | None = None  # an s3:// manifest that replaces the declared source
     params: dict[str, Any] | None = None  # passed into every task by the forwarder
     time: str | None = None  # a scheduled start's event time (ISO 8601): the run's date
+    include_not_attempted: bool = False  # with retry_of: also the tasks that run never attempted
 
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -102,6 +103,9 @@ def parse_start_event(event: Any) -> StartRequest:
     items_format = event.get("items_format")
     if items_format is not None and items_format not in ("jsonl", "csv"):
         raise StartEventError(f"start event 'items_format' must be 'jsonl' or 'csv', got {items_format!r}")
+    include_not_attempted = event.get("include_not_attempted", False)
+    if not isinstance(include_not_attempted, bool) or (include_not_attempted and retry_of is None):
+        raise StartEventError("start event 'include_not_attempted' must be true or false, and only with 'retry_of'")
     params = event.get("params")
     if params is not None and not isinstance(params, dict):
         raise StartEventError("start event 'params' must be a JSON object {\"<key>\": <value>}")
@@ -117,6 +121,7 @@ def parse_start_event(event: Any) -> StartRequest:
         source_uri,
         params,
         event.get("time") if isinstance(event.get("time"), str) else None,
+        include_not_attempted,
     )
 
 

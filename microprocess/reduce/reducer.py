@@ -33,9 +33,9 @@ from microprocess.pipeline.queue import QueueSender
 from microprocess.reduce.finalize import join_report, merged, part_stats, presign, publish, read_lines
 from microprocess.reduce.layout import ReportLayout
 from microprocess.reduce.mail import send_report_email
+from microprocess.reduce.not_attempted import write_not_attempted
 from microprocess.reduce.parts import build_part
-from microprocess.reduce.rows import CsvEncoder, cell
-from microprocess.reduce.s3stream import S3_MIN_PART_BYTES, S3StreamWriter
+from microprocess.reduce.s3stream import S3_MIN_PART_BYTES
 from microprocess.reduce.summary import PartStats, build_summary
 
 log = logging.getLogger(__name__)
@@ -170,11 +170,14 @@ class PlatformReducer:
         stats = merged(parts)
         progress = self.ledger.progress(run.run_id)
         if reported is not None:
-            not_attempted = self._write_not_attempted(layout, reported.missing())
+            missing: Iterable[str] | None = reported.missing()
         elif progress.pending:  # counters behind their records (the sweeper repairs them)
-            not_attempted = self._write_not_attempted(layout, not_attempted_ids(self.ledger, run.run_id))
+            missing = not_attempted_ids(self.ledger, run.run_id)
         else:
-            not_attempted = 0
+            missing = None
+        not_attempted = 0
+        if missing is not None:
+            not_attempted = write_not_attempted(self.s3, layout, job, self.ledger, missing, part_bytes=self.part_bytes)
         files = {
             name: layout.s3_uri(key)
             for name, key in (
@@ -242,20 +245,6 @@ class PlatformReducer:
             part_bytes=self.part_bytes,
             records=records,
         )
-
-    def _write_not_attempted(self, layout: ReportLayout, task_ids: Iterable[str]) -> int:
-        """Write not_attempted.csv: the run's tasks that never ran (a run stopped early), one id
-        a row, streamed; returns how many there were."""
-        count = 0
-        with S3StreamWriter(
-            self.s3, self.bucket, layout.not_attempted_csv, content_type="text/csv", part_bytes=self.part_bytes
-        ) as writer:
-            encoder = CsvEncoder()
-            writer.write(encoder.encode(["task_id"]))
-            for task_id in task_ids:
-                writer.write(encoder.encode([cell(task_id)]))
-                count += 1
-        return count
 
     def _notify_once(self, job: JobDeclaration, run: RunRecord, summary: dict[str, Any], layout: ReportLayout) -> str:
         """Enqueue the completion callback and send the email, once per run (the email claim
