@@ -14,9 +14,9 @@ from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra import permissions
-from infra.lambda_function import FunctionDefaults, MicroprocessFunction
-from infra.nag import acknowledge
+from . import permissions
+from .lambda_function import FunctionDefaults, MicroprocessFunction
+from .nag import acknowledge
 from microprocess.control.scheduled import FORWARDER_FUNCTION_NAME, INTERVAL_S, STATE_PK_PREFIX
 
 #: One tick is a few API calls per job.

@@ -16,8 +16,8 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra import contract
-from infra.push_queue import PushQueue
+from . import contract
+from .push_queue import PushQueue
 from microprocess.declarations import JobDeclaration
 
 PERIOD = Duration.minutes(5)

@@ -26,8 +26,8 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ses as ses
 from constructs import Construct
 
-from infra import contract, permissions
-from infra.forwarder import REPORTS_PREFIX
+from . import contract, permissions
+from .forwarder import REPORTS_PREFIX
 from microprocess.declarations import JobDeclaration, ReduceMode
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
-from infra.platform import MicroprocessPlatform, StageSettings
+from .platform import MicroprocessPlatform, StageSettings
 from microprocess.declarations import Declarations
 
 

@@ -30,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
 from rich.markup import escape
 
-from microprocess.cli import check_service, console, control, planner, steer
+from microprocess.cli import check_service, console, control, init, planner, project, steer
 from microprocess.cli.progress import RunNeverStarted, WaitTimeout, queue_depth, watch_run
 from microprocess.cli.steer import SteerError
 from microprocess.declarations import (
@@ -79,6 +79,8 @@ app = typer.Typer(
 )
 local_app = typer.Typer(help="The embedded local stack (ministack + the CDK app's local stage).", no_args_is_help=True)
 app.add_typer(local_app, name="local")
+project.register(app)  # --declarations: the one declaration file every command reads
+init.register(app)  # microprocess init: a team's own project
 planner.register(app)
 check_service.register(app)
 

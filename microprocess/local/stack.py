@@ -240,7 +240,12 @@ class LocalStack:
 
         t = time.monotonic()
         outputs, cdk_steps = deploy_local_stage(
-            self.ws, endpoint, self.tls, service_urls=push_urls, extra_context=self._laptop_context(options)
+            self.ws,
+            endpoint,
+            self.tls,
+            declarations_file=self.declarations.path,
+            service_urls=push_urls,
+            extra_context=self._laptop_context(options),
         )
         self.timings.steps.update({f"cdk {k}": v for k, v in cdk_steps.items()})
         self._pending_outputs = outputs
