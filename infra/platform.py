@@ -551,7 +551,7 @@ class MicroprocessPlatform(Construct):
 
     def _service_roles(self, local: bool, bundled: list[str]) -> dict[str, ServiceRoles]:
         """The task roles of the services whose processes this stage runs: the bundled ones (both
-        stages) and, locally, each external service `local up` runs (`local_app`)."""
+        stages) and, locally, each external service `local up` runs (`local_app`, `local_command`)."""
         declared = self.declarations
         principal: iam.IPrincipal = (
             iam.AccountRootPrincipal() if local else iam.ServicePrincipal("ecs-tasks.amazonaws.com")
@@ -559,7 +559,7 @@ class MicroprocessPlatform(Construct):
         names = [
             name
             for name in self.endpoints
-            if name in bundled or (local and declared.services.get(name).local_app is not None)
+            if name in bundled or (local and declared.services.get(name).runs_locally)
         ]
         return {
             name: ServiceRoles(

@@ -57,8 +57,9 @@ class Project:
 
     @property
     def stack(self) -> str:
-        """The CDK stack's name (`MyJobs`)."""
-        return "".join(part.capitalize() for part in self.name.split("-")) or "Jobs"
+        """The CDK stack's name (`my-jobs` -> `MyJobs`; it must start with a letter: `2024-jobs` -> `Jobs2024Jobs`)."""
+        pascal = "".join(part.capitalize() for part in self.name.split("-"))
+        return pascal if pascal[:1].isalpha() else f"Jobs{pascal}"
 
 
 def _template(relative: str) -> str:

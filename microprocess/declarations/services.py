@@ -73,6 +73,11 @@ class ServiceDeclaration(BaseModel):
     tables: tuple[str, ...] = ()
     plain_http_reason: str | None = None
 
+    @property
+    def runs_locally(self) -> bool:
+        """`microprocess local up` starts a process for it (`local_app` or `local_command`)."""
+        return bool(self.local_app or self.local_command)
+
     @field_validator("plain_http_reason")
     @classmethod
     def _reason(cls, v: str | None) -> str | None:

@@ -46,7 +46,9 @@ class JobsStack(cdk.Stack):
 
 
 def create_app(*, outdir: str | None = None, context: Mapping[str, Any] | None = None) -> cdk.App:
-    app = cdk.App(outdir=outdir or str(HERE / "cdk.out"), context=dict(context or {}))
+    # The CLI passes cdk.json's context (the feature flags) itself; `python app.py` reads it here.
+    flags = json.loads((HERE / "cdk.json").read_text())["context"]
+    app = cdk.App(outdir=outdir or str(HERE / "cdk.out"), context={**flags, **(context or {})})
     urls = app.node.try_get_context("service_urls") or "{}"
     JobsStack(
         app,
