@@ -162,7 +162,7 @@ def test_init_refuses_a_folder_that_is_not_empty(team: Team) -> None:
         check=False,
     )
     assert proc.returncode == 2
-    assert "is not empty" in proc.stderr and "microprocess.toml" in proc.stderr
+    assert "is not empty" in proc.stderr and "README.md" in proc.stderr
 
 
 def test_no_file_of_this_repository_is_on_the_teams_path(team: Team) -> None:

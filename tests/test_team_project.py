@@ -199,7 +199,9 @@ def test_a_local_command_service_is_planned_and_started_with_its_port(tmp_path: 
     )
     ws = Workspace(root=tmp_path, workdir=tmp_path / ".microprocess")
     ws.create()
-    handle = spawn_service(ws, proc, 4567, {"PATH": os.defpath, "SIGNING_SECRET_ARN": "arn:secret"})
+    elsewhere = Workspace(root=tmp_path / "elsewhere", workdir=tmp_path / ".microprocess")
+    env = {"PATH": os.defpath, "SIGNING_SECRET_ARN": "arn:secret"}
+    handle = spawn_service(elsewhere, proc, 4567, env, folder=declared.path.parent)
     seen_file = tmp_path / "seen.json"
     deadline = time.monotonic() + 30
     while not seen_file.is_file() and time.monotonic() < deadline:

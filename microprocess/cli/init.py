@@ -112,8 +112,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--service", help="The service's framework: FastAPI, or the standard library's HTTP server."),
         ] = Framework.fastapi,
     ) -> None:
-        """Write a new team project into an empty folder: microprocess.toml with one job and one service,
-        the service and its test, a CDK app.py using the construct, and a README of four commands."""
+        """Write a new team project into an empty folder: one job, its service and test, a CDK app, a README."""
         try:
             written = write_project(folder, service)
         except InitError as exc:

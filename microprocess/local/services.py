@@ -220,25 +220,28 @@ def spawn_service(
     port: int,
     env: dict[str, str],
     *,
+    folder: Path | None = None,
     access_log: bool = False,
 ) -> ProcessHandle:
-    """Start the service on 127.0.0.1:`port` in the project folder: uvicorn with its app, or its
+    """Start the service on 127.0.0.1:`port` in `folder` (the declaration file's; default the
+    project folder, `ws.root`): uvicorn with its app imported from there, or its
     `local_command` (with `PORT`, and the folder of this Python first on `PATH`, so that `python`
     is the interpreter microprocess runs in)."""
+    folder = folder or ws.root
     if proc.command is not None:
         command_env = {
             **env,
             PORT_ENV: str(port),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)]),
         }
-        return spawn(proc.process, shlex.split(proc.command), env=command_env, cwd=ws.root, log=ws.log(proc.process))
+        return spawn(proc.process, shlex.split(proc.command), env=command_env, cwd=folder, log=ws.log(proc.process))
     argv = [
         sys.executable,
         "-m",
         "uvicorn",
         proc.app,
         "--app-dir",
-        str(ws.root),
+        str(folder),
         "--host",
         "127.0.0.1",
         "--port",
@@ -250,4 +253,4 @@ def spawn_service(
     ]
     if not access_log:
         argv.append("--no-access-log")
-    return spawn(proc.process, argv, env=env, cwd=ws.root, log=ws.log(proc.process))
+    return spawn(proc.process, argv, env=env, cwd=folder, log=ws.log(proc.process))
