@@ -14,10 +14,11 @@ from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from microprocess.control.scheduled import FORWARDER_FUNCTION_NAME, INTERVAL_S, STATE_PK_PREFIX
+
 from . import permissions
 from .lambda_function import FunctionDefaults, MicroprocessFunction
 from .nag import acknowledge
-from microprocess.control.scheduled import FORWARDER_FUNCTION_NAME, INTERVAL_S, STATE_PK_PREFIX
 
 #: One tick is a few API calls per job.
 TIMEOUT = Duration.seconds(50)

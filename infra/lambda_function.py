@@ -23,10 +23,10 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 import microprocess
+from microprocess.stacks import LAMBDA_ARCHITECTURE
 
 from .contract import DECLARATIONS_FILE, POWERTOOLS_TRACE_DISABLED
 from .nag import acknowledge, skip_checkov
-from microprocess.stacks import LAMBDA_ARCHITECTURE
 
 RUNTIME = lambda_.Runtime.PYTHON_3_11
 #: The cloud stage's architecture (`LAMBDA_ARCHITECTURE`: the price the planner uses follows it).

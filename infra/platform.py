@@ -33,6 +33,11 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from microprocess.control.scheduled import adaptive_jobs
+from microprocess.declarations import Declarations, ReduceMode, get_declarations, load_declarations
+from microprocess.pipeline.splitter import SPLITS_PREFIX
+from microprocess.stacks import MANIFESTS_PREFIX
+
 from . import contract, logical_ids
 from .access_logs import AccessLogBucket
 from .adaptive import AdaptiveConcurrencyControl
@@ -56,10 +61,6 @@ from .signing_secret import SigningSecret
 from .splitter import Splitter
 from .sweeper import RATE as SWEEP_RATE
 from .sweeper import STUCK_AFTER_S, Sweeper, timing_environment
-from microprocess.control.scheduled import adaptive_jobs
-from microprocess.declarations import Declarations, ReduceMode, get_declarations, load_declarations
-from microprocess.pipeline.splitter import SPLITS_PREFIX
-from microprocess.stacks import MANIFESTS_PREFIX
 
 #: The feature flags the cloud stage relies on (`cdk init` writes them into a new app's cdk.json).
 REQUIRED_FEATURE_FLAGS = ("@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy",)
@@ -557,9 +558,7 @@ class MicroprocessPlatform(Construct):
             iam.AccountRootPrincipal() if local else iam.ServicePrincipal("ecs-tasks.amazonaws.com")
         )
         names = [
-            name
-            for name in self.endpoints
-            if name in bundled or (local and declared.services.get(name).runs_locally)
+            name for name in self.endpoints if name in bundled or (local and declared.services.get(name).runs_locally)
         ]
         return {
             name: ServiceRoles(

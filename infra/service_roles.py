@@ -26,9 +26,10 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ses as ses
 from constructs import Construct
 
+from microprocess.declarations import JobDeclaration, ReduceMode
+
 from . import contract, permissions
 from .forwarder import REPORTS_PREFIX
-from microprocess.declarations import JobDeclaration, ReduceMode
 
 
 def role_key(service: str, role: str | None) -> str:

@@ -9,7 +9,8 @@ A fenced block directly after one of these comments is acted on; every other blo
 
 The copy holds the tracked files of the project (as a fresh clone would) plus links to the
 project's `.venv` and `node_modules`, so that the README's commands run exactly as written
-without touching the project itself; the blocks run with that `.venv` active (first on PATH). Whatever the blocks start, `local down` is run at the end.
+without touching the project itself; the blocks run with that `.venv` active (first on PATH).
+Whatever the blocks start, `local down` is run at the end.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from microprocess.cli import commands as cli
 from microprocess.cli.init import Framework, Project, render, write_project
 from microprocess.cli.project import choose_declarations
-from microprocess.declarations import DECLARATIONS_ENV, JobDeclarationError, get_declarations, load_declarations
+from microprocess.declarations import DECLARATIONS_ENV, get_declarations, load_declarations
 from microprocess.local import deploy
 from microprocess.local.services import PORT_ENV, ServiceProcess, plan_processes, processes_of, spawn_service
 from microprocess.local.workspace import PROJECT_ENV, Workspace, project_root
@@ -43,7 +43,15 @@ def _own_declarations(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_init_writes_a_project_whose_declarations_load(tmp_path: Path, framework: Framework) -> None:
     folder = tmp_path / "billing-jobs"
     written = {p.name for p in write_project(folder, framework)}
-    assert written == {"microprocess.toml", "app.py", "cdk.json", "items.jsonl", "README.md", "service.py", "test_service.py"}
+    assert written == {
+        "microprocess.toml",
+        "app.py",
+        "cdk.json",
+        "items.jsonl",
+        "README.md",
+        "service.py",
+        "test_service.py",
+    }
     declared = load_declarations(folder / "microprocess.toml")
     (service,) = declared.services
     assert declared.jobs.names() == ["count-words"] and declared.jobs.get("count-words").service == service.name
@@ -171,7 +179,7 @@ def test_the_packaged_app_reads_the_declarations_it_is_given(tmp_path: Path) -> 
 def test_local_command_is_validated() -> None:
     from microprocess.declarations.services import ServiceDeclaration
 
-    with pytest.raises(ValueError, match="either local_app .* or local_command"):
+    with pytest.raises(ValueError, match=r"either local_app .* or local_command"):
         ServiceDeclaration(name="svc", local_app="a:b", local_command="python s.py")
     with pytest.raises(ValueError, match="bundled service runs its local_app"):
         ServiceDeclaration(name="svc", bundled="microservice", local_command="python s.py")
@@ -240,7 +248,9 @@ def test_the_shipped_folders_import_each_other_relatively() -> None:
                     if isinstance(node, ast.Import)
                     else []
                 )
-                offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ("infra", "functions")]
+                offenders += [
+                    f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ("infra", "functions")
+                ]
     assert not offenders, f"import these relatively (from .x import y): {offenders}"
 
 

@@ -22,7 +22,6 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
-
 from microprocess.cdk import MicroprocessPlatform, StageSettings
 from microprocess.cdk.lambda_function import powertools_layer_arn
 

@@ -136,7 +136,9 @@ def seed_tables(
     using the seeder the declaration names. Returns the items seeded per table role."""
     folder = str(declarations.path.resolve().parent)
     if folder not in sys.path:
-        sys.path.insert(0, folder)  # seeders live in the project (the declaration file's folder), not installed packages
+        sys.path.insert(
+            0, folder
+        )  # seeders live in the project (the declaration file's folder), not installed packages
     seeded: dict[str, int] = {}
     for role, table in declarations.tables.items():
         if not table.local_seed:

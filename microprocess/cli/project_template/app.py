@@ -18,7 +18,6 @@ from typing import Any
 
 import aws_cdk as cdk
 from constructs import Construct
-
 from microprocess.cdk import MicroprocessPlatform, StageSettings
 from microprocess.cdk.lambda_function import powertools_layer_arn
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from fastapi.testclient import TestClient
+from service import create_app
 
 from microprocess.service import sign_request
-from service import create_app
 
 SECRET = "a-test-secret-of-at-least-32-characters"
 PATH = "/tasks/count-words"

@@ -8,7 +8,6 @@ with `PORT` and `SIGNING_SECRET_ARN` in its environment; anywhere else set `SIGN
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -83,7 +82,7 @@ def make_handler(verifier: Verifier) -> type[BaseHTTPRequestHandler]:
                 return
             self.send(answer_push(verifier, dict(self.headers.items()), self.rfile.read(int(length)), self.path))
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        def log_message(self, format: str, *args: object) -> None:
             log.debug(format, *args)
 
     return Handler

@@ -8,9 +8,9 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from service import PATH, serve
 
 from microprocess.service import sign_request
-from service import PATH, serve
 
 SECRET = "a-test-secret-of-at-least-32-characters"
 
