@@ -4,8 +4,8 @@ The front door: `MicroprocessPlatform` (the whole platform as one construct, for
 `MicroprocessStack` (our own stack around it), `StageSettings` (which stage, and its knobs).
 """
 
-from infra.bundled_service import DomainSettings
-from infra.platform import MicroprocessPlatform, StageSettings, VpcAttachment
-from infra.stack import MicroprocessStack
+from .bundled_service import DomainSettings
+from .platform import MicroprocessPlatform, StageSettings, VpcAttachment
+from .stack import MicroprocessStack
 
 __all__ = ["DomainSettings", "MicroprocessPlatform", "MicroprocessStack", "StageSettings", "VpcAttachment"]

@@ -6,8 +6,8 @@ from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from infra.nag import skip_checkov
-from infra.reports import noncurrent_versions_rule
+from .nag import skip_checkov
+from .reports import noncurrent_versions_rule
 
 DEFAULT_RETENTION_DAYS = 90
 

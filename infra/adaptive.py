@@ -14,11 +14,12 @@ from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra import permissions
-from infra.lambda_function import FunctionDefaults, MicroprocessFunction
-from infra.nag import acknowledge
 from microprocess.control.scheduled import FORWARDER_FUNCTION_NAME, INTERVAL_S, STATE_PK_PREFIX
 from microprocess.control.share import SERVICE_PK_PREFIX
+
+from . import permissions
+from .lambda_function import FunctionDefaults, MicroprocessFunction
+from .nag import acknowledge
 
 #: One tick is a few API calls per job.
 TIMEOUT = Duration.seconds(50)

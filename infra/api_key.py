@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infra.signing_secret import GeneratedSecret
+from .signing_secret import GeneratedSecret
 
 KEY_LENGTH = 40
 

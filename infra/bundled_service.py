@@ -30,9 +30,9 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
-from infra import contract
-from infra.fargate_service import FargateWebService
-from infra.nag import acknowledge, skip_checkov
+from . import contract
+from .fargate_service import FargateWebService
+from .nag import acknowledge, skip_checkov
 
 #: Never sent to the Docker build context (the image is built from the repository root).
 IMAGE_EXCLUDE = (

@@ -8,9 +8,9 @@ from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from infra import permissions
-from infra.lambda_function import FunctionDefaults, MicroprocessFunction
-from infra.push_queue import PushQueue
+from . import permissions
+from .lambda_function import FunctionDefaults, MicroprocessFunction
+from .push_queue import PushQueue
 
 #: The dead-letter function's timeout; the DLQ's visibility timeout is 6 x this.
 TIMEOUT = Duration.seconds(60)

@@ -12,8 +12,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from infra import contract
-from infra.nag import acknowledge, skip_checkov
+from . import contract
+from .nag import acknowledge, skip_checkov
 
 
 class FargateWebService(Construct):

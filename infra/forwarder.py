@@ -20,10 +20,10 @@ from aws_cdk import aws_ses as ses
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra import permissions
-from infra.lambda_function import FunctionDefaults, MicroprocessFunction
-from infra.push_queue import PushQueue
-from infra.push_settings import QueueConsumer
+from . import permissions
+from .lambda_function import FunctionDefaults, MicroprocessFunction
+from .push_queue import PushQueue
+from .push_settings import QueueConsumer
 
 #: How long an event source waits to fill a batch before invoking anyway.
 BATCHING_WINDOW = Duration.seconds(1)

@@ -6,8 +6,8 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
-from infra.ledger import AWS_MANAGED_KEY_REASON
-from infra.nag import skip_checkov
+from .ledger import AWS_MANAGED_KEY_REASON
+from .nag import skip_checkov
 
 
 class ItemSourceTable(Construct):

@@ -1,7 +1,7 @@
 """One Python Lambda function of microprocess: code, layers, its own role and log group.
 
-The code is one asset for all functions (the repository's `functions/` and `microprocess/`
-folders and the declaration file, staged without Docker); the handler names the entry point. The log group is an
+The code is one asset for all functions (the handlers, the `microprocess` package and the
+declaration file, staged without Docker); the handler names the entry point. The log group is an
 ordinary resource with a retention (no log-retention custom resource), and the role starts
 empty: it may write to that log group and nothing else until a `grant_*` adds access.
 """
@@ -22,9 +22,11 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from infra.contract import DECLARATIONS_FILE, POWERTOOLS_TRACE_DISABLED
-from infra.nag import acknowledge, skip_checkov
+import microprocess
 from microprocess.stacks import LAMBDA_ARCHITECTURE
+
+from .contract import DECLARATIONS_FILE, POWERTOOLS_TRACE_DISABLED
+from .nag import acknowledge, skip_checkov
 
 RUNTIME = lambda_.Runtime.PYTHON_3_11
 #: The cloud stage's architecture (`LAMBDA_ARCHITECTURE`: the price the planner uses follows it).
@@ -35,12 +37,23 @@ CLOUD_ARCHITECTURE = {"arm64": lambda_.Architecture.ARM_64, "x86_64": lambda_.Ar
 POWERTOOLS_LAYER_VERSION = 27
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
 
-#: The code asset is an allow-list: only these top-level folders are packaged (plus the
-#: declaration file, staged as `microprocess.toml` at the root).
+#: The code asset is an allow-list: the handlers (as `functions/`) and the `microprocess` package
+#: (plus the declaration file, staged as `microprocess.toml` at the root).
 CODE_FOLDERS = ("functions", "microprocess")
-#: Never packaged: caches, and the embedded local stack (a laptop tool, not Lambda code).
+#: Never packaged: caches, and the embedded local stack (a laptop tool, not Lambda code); in the
+#: installed package also the CDK construct and the handlers (staged as `functions/`).
 CODE_EXCLUDED = ("__pycache__", "*.pyc", ".*")
-CODE_EXCLUDED_PATHS = ("microprocess/local",)
+CODE_EXCLUDED_PATHS = ("microprocess/local", "microprocess/cdk", "microprocess/functions")
+
+
+def code_sources() -> dict[str, Path]:
+    """Where each folder of the code asset comes from, {asset folder: source folder}: the same
+    in this repository (`functions/` beside `infra/`) and in the installed package
+    (`microprocess/functions/` beside `microprocess/cdk/`), so a team's CDK app needs no checkout."""
+    return {
+        "functions": Path(__file__).resolve().parent.parent / "functions",
+        "microprocess": Path(microprocess.__file__).resolve().parent,
+    }
 
 
 def powertools_layer_arn(region: str, version: int = POWERTOOLS_LAYER_VERSION) -> str:
@@ -52,30 +65,31 @@ def powertools_layer_arn(region: str, version: int = POWERTOOLS_LAYER_VERSION) -
     )
 
 
-def stage_code(root: Path, declarations_file: Path, staging: Path) -> Path:
-    """Copy `functions/` and `microprocess/` from `root`, and `declarations_file` as
-    `microprocess.toml`, into `staging`; returns `staging`.
+def stage_code(declarations_file: Path, staging: Path) -> Path:
+    """Copy the handlers and the `microprocess` package (`code_sources()`), and `declarations_file`
+    as `microprocess.toml`, into `staging`; returns `staging`.
 
-    Staging (rather than an exclude list over `root`) lets the declaration file live anywhere
-    (a team's own repository) and keeps everything else at the root out of the package.
+    Staging (rather than an exclude list over a folder) lets the declaration file live anywhere
+    (a team's own repository) and keeps everything else out of the package.
     """
+    sources = code_sources()
     for folder in CODE_FOLDERS:
-        if not (root / folder / "__init__.py").is_file():
-            raise FileNotFoundError(f"{root / folder} is not a Python package: the Lambda code asset needs it")
+        if not (sources[folder] / "__init__.py").is_file():
+            raise FileNotFoundError(f"{sources[folder]} is not a Python package: the Lambda code asset needs it")
     if not declarations_file.is_file():
         raise FileNotFoundError(f"declaration file {declarations_file} does not exist: the functions read it")
     ignore = shutil.ignore_patterns(*CODE_EXCLUDED)
     for folder in CODE_FOLDERS:
-        shutil.copytree(root / folder, staging / folder, ignore=ignore, dirs_exist_ok=True)
+        shutil.copytree(sources[folder], staging / folder, ignore=ignore, dirs_exist_ok=True)
     for path in CODE_EXCLUDED_PATHS:
         shutil.rmtree(staging / path, ignore_errors=True)
     shutil.copyfile(declarations_file, staging / DECLARATIONS_FILE)
     return staging
 
 
-def code_asset(root: Path, declarations_file: Path | None = None) -> lambda_.Code:
-    """The functions' code: `functions/` and `microprocess/` from the repository at `root`, and
-    the declaration file (default `root/microprocess.toml`) as `microprocess.toml` at the root.
+def code_asset(declarations_file: Path) -> lambda_.Code:
+    """The functions' code: the handlers and the `microprocess` package, and the declaration file
+    as `microprocess.toml` at the root.
 
     Staged into a fresh folder at synth time (no Docker); the asset hash is the content's, so
     an unchanged tree is never re-uploaded.
@@ -83,7 +97,7 @@ def code_asset(root: Path, declarations_file: Path | None = None) -> lambda_.Cod
     staging = Path(tempfile.mkdtemp(prefix="microprocess-code-"))
     # CDK copies the asset into the cloud assembly when the function binds it, within this process.
     atexit.register(shutil.rmtree, staging, ignore_errors=True)
-    stage_code(root, declarations_file or root / DECLARATIONS_FILE, staging)
+    stage_code(declarations_file, staging)
     return lambda_.Code.from_asset(str(staging))
 
 
@@ -92,7 +106,7 @@ class FunctionDefaults:
     """What every microprocess function of one stage shares.
 
     Attributes:
-        code: the shared code asset (`code_asset(root)`).
+        code: the shared code asset (`code_asset(declarations_file)`).
         layers: layers to attach to every function.
         environment: variables every function gets (service name, metrics namespace, log level).
         tracing: X-Ray active tracing.

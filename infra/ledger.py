@@ -6,8 +6,9 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
-from infra.nag import skip_checkov
 from microprocess.ledger import LEDGER_SCHEMA, LedgerSchema
+
+from .nag import skip_checkov
 
 #: Why a table keeps the AWS-managed key rather than a customer-managed one (checkov CKV_AWS_119).
 AWS_MANAGED_KEY_REASON = (

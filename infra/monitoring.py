@@ -16,9 +16,10 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra import contract
-from infra.push_queue import PushQueue
 from microprocess.declarations import JobDeclaration
+
+from . import contract
+from .push_queue import PushQueue
 
 PERIOD = Duration.minutes(5)
 #: A task message older than this means the forwarder is not keeping up with a job (or not running).

@@ -20,7 +20,7 @@ services; no VPC, Fargate, ALB, monitoring or custom resources (the emulator run
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,34 +33,35 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from infra import contract, logical_ids
-from infra.access_logs import AccessLogBucket
-from infra.adaptive import AdaptiveConcurrencyControl
-from infra.api_key import ApiKeySecret
-from infra.bundled_service import BundledService, DomainSettings
-from infra.dead_letter import TIMEOUT as DEAD_LETTER_TIMEOUT
-from infra.dead_letter import DeadLetterHandler
-from infra.endpoints import Endpoint, resolve_endpoints
-from infra.forwarder import CLAIMS_PREFIX, REPORTS_PREFIX, Forwarder
-from infra.item_source import ItemSourceTable
-from infra.lambda_function import CLOUD_ARCHITECTURE, RUNTIME, FunctionDefaults, code_asset
-from infra.ledger import LedgerTable
-from infra.monitoring import Monitoring
-from infra.nag import acknowledge, skip_checkov
-from infra.network import Network
-from infra.push_queue import PushQueue
-from infra.push_settings import VISIBILITY_FACTOR, PushSettings
-from infra.reports import DEFAULT_EXPIRY_DAYS, Reports
-from infra.service_roles import ServiceRoles, jobs_of, role_key
-from infra.signing_secret import SigningSecret
-from infra.splitter import Splitter
-from infra.sweeper import RATE as SWEEP_RATE
-from infra.sweeper import STUCK_AFTER_S, Sweeper, timing_environment
 from microprocess.control.scheduled import controlled_jobs
 from microprocess.control.share import shared_services
 from microprocess.declarations import Declarations, ReduceMode, get_declarations, load_declarations
 from microprocess.pipeline.splitter import SPLITS_PREFIX
 from microprocess.stacks import MANIFESTS_PREFIX
+
+from . import contract, logical_ids
+from .access_logs import AccessLogBucket
+from .adaptive import AdaptiveConcurrencyControl
+from .api_key import ApiKeySecret
+from .bundled_service import BundledService, DomainSettings
+from .dead_letter import TIMEOUT as DEAD_LETTER_TIMEOUT
+from .dead_letter import DeadLetterHandler
+from .endpoints import Endpoint, resolve_endpoints
+from .forwarder import CLAIMS_PREFIX, REPORTS_PREFIX, Forwarder
+from .item_source import ItemSourceTable
+from .lambda_function import CLOUD_ARCHITECTURE, RUNTIME, FunctionDefaults, code_asset
+from .ledger import LedgerTable
+from .monitoring import Monitoring
+from .nag import acknowledge, skip_checkov
+from .network import Network
+from .push_queue import PushQueue
+from .push_settings import VISIBILITY_FACTOR, PushSettings
+from .reports import DEFAULT_EXPIRY_DAYS, Reports
+from .service_roles import ServiceRoles, jobs_of, role_key
+from .signing_secret import SigningSecret
+from .splitter import Splitter
+from .sweeper import RATE as SWEEP_RATE
+from .sweeper import STUCK_AFTER_S, Sweeper, timing_environment
 
 #: The feature flags the cloud stage relies on (`cdk init` writes them into a new app's cdk.json).
 REQUIRED_FEATURE_FLAGS = ("@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy",)
@@ -121,13 +122,14 @@ class VpcAttachment:
             raise ValueError(f"security_group_id must be a security group id (sg-...), got {self.security_group_id!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageSettings:
     """Everything one stage needs besides the declarations and the service URLs.
 
     Attributes:
-        repo_root: the microprocess checkout (functions/, microprocess/, a bundled service's
-            folder and Dockerfile).
+        repo_root: the project folder that holds a bundled service's folder and Dockerfile
+            (default: the working directory). The functions' code comes from the installed
+            package (`code_asset`), not from this folder.
         ses_sender: the address reports are mailed from.
         local: the local stage (services run as local processes; no VPC, Fargate, monitoring).
         log_level: the functions' LOG_LEVEL.
@@ -160,8 +162,8 @@ class StageSettings:
             $0.025 per million items). The other functions run a few times per run and are traced.
     """
 
-    repo_root: Path
     ses_sender: str
+    repo_root: Path = field(default_factory=Path.cwd)
     local: bool = False
     log_level: str = "INFO"
     intermediate_expiry_days: int = DEFAULT_EXPIRY_DAYS
@@ -354,7 +356,7 @@ class MicroprocessPlatform(Construct):
             contract.DEAD_LETTER_QUEUE_URL: self.push_queue.dead_letter_queue.queue_url,
         }
         defaults = FunctionDefaults(
-            code=code_asset(settings.repo_root, declared.path),
+            code=code_asset(declared.path),
             layers=self._layers(settings),
             environment=shared_environment,
             tracing=not local,
@@ -604,15 +606,13 @@ class MicroprocessPlatform(Construct):
 
     def _service_roles(self, local: bool, bundled: list[str]) -> dict[str, ServiceRoles]:
         """The task roles of the services whose processes this stage runs: the bundled ones (both
-        stages) and, locally, each external service `local up` runs (`local_app`)."""
+        stages) and, locally, each external service `local up` runs (`local_app`, `local_command`)."""
         declared = self.declarations
         principal: iam.IPrincipal = (
             iam.AccountRootPrincipal() if local else iam.ServicePrincipal("ecs-tasks.amazonaws.com")
         )
         names = [
-            name
-            for name in self.endpoints
-            if name in bundled or (local and declared.services.get(name).local_app is not None)
+            name for name in self.endpoints if name in bundled or (local and declared.services.get(name).runs_locally)
         ]
         return {
             name: ServiceRoles(

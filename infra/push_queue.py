@@ -8,9 +8,9 @@ from aws_cdk import Duration
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra import logical_ids
-from infra.nag import skip_checkov
-from infra.push_settings import QueueConsumer
+from . import logical_ids
+from .nag import skip_checkov
+from .push_settings import QueueConsumer
 
 #: Longest retention SQS allows: a large run may take days to drain after an outage.
 RETENTION = Duration.days(14)

@@ -27,10 +27,11 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ses as ses
 from constructs import Construct
 
-from infra import contract, permissions
-from infra.forwarder import REPORTS_PREFIX
 from microprocess.declarations import JobDeclaration, ReduceMode
 from microprocess.declarations.run_keys import job_keys_pattern
+
+from . import contract, permissions
+from .forwarder import REPORTS_PREFIX
 
 
 def role_key(service: str, role: str | None) -> str:

@@ -6,7 +6,7 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from infra.nag import acknowledge, skip_checkov
+from .nag import acknowledge, skip_checkov
 
 #: Why a secret keeps the AWS-managed key rather than a customer-managed one (checkov CKV_AWS_149).
 AWS_MANAGED_KEY_REASON = (

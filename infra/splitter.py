@@ -12,14 +12,15 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from infra import permissions
-from infra.forwarder import CLAIMS_PREFIX
-from infra.lambda_function import FunctionDefaults, MicroprocessFunction
-from infra.nag import acknowledge
-from infra.push_queue import PushQueue
 from microprocess.declarations import JobDeclaration, SourceKind, s3_scope
 from microprocess.pipeline.splitter import SPLITS_PREFIX
 from microprocess.stacks import MANIFESTS_PREFIX
+
+from . import permissions
+from .forwarder import CLAIMS_PREFIX
+from .lambda_function import FunctionDefaults, MicroprocessFunction
+from .nag import acknowledge
+from .push_queue import PushQueue
 
 #: Lambda's maximum: the splitter works until its remaining time is short, then continues itself.
 TIMEOUT = Duration.minutes(15)

@@ -13,8 +13,9 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
-from infra.platform import MicroprocessPlatform, StageSettings
 from microprocess.declarations import Declarations
+
+from .platform import MicroprocessPlatform, StageSettings
 
 
 class MicroprocessStack(Stack):

@@ -9,10 +9,11 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from infra import contract, permissions
-from infra.lambda_function import FunctionDefaults, MicroprocessFunction
-from infra.push_queue import PushQueue
 from microprocess.pipeline.settings import DEFAULT_STUCK_AFTER_S, DEFAULT_SWEEP_PERIOD_S
+
+from . import contract, permissions
+from .lambda_function import FunctionDefaults, MicroprocessFunction
+from .push_queue import PushQueue
 
 
 def timing_environment(rate: Duration, stuck_after_s: int) -> dict[str, str]:

@@ -9,7 +9,8 @@ A fenced block directly after one of these comments is acted on; every other blo
 
 The copy holds the tracked files of the project (as a fresh clone would) plus links to the
 project's `.venv` and `node_modules`, so that the README's commands run exactly as written
-without touching the project itself. Whatever the blocks start, `local down` is run at the end.
+without touching the project itself; the blocks run with that `.venv` active (first on PATH).
+Whatever the blocks start, `local down` is run at the end.
 """
 
 from __future__ import annotations
@@ -138,6 +139,9 @@ def run_steps(found: list[Step], copy: Path, *, timeout_s: float = 900.0, echo: 
         "MICROPROCESS_PROJECT_DIR": str(copy),
         "MICROPROCESS_WORKDIR": str(copy / ".microprocess"),
         "PYTHONDONTWRITEBYTECODE": "1",
+        # as a user whose virtualenv is active: `microprocess` and `python` are the project's
+        "PATH": os.pathsep.join([str(copy / ".venv" / "bin"), os.environ.get("PATH", os.defpath)]),
+        "VIRTUAL_ENV": str(copy / ".venv"),
     }
     env.pop("MICROPROCESS_DECLARATIONS", None)
     # its stack runs another project's declarations: its calls are not this template's to check

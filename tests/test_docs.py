@@ -120,6 +120,7 @@ def test_the_readme_runs_as_written_your_own_job_included() -> None:
     readme = (ROOT / "README.md").read_text()
     found = steps(readme)
     assert any(s.action == "run" and "local up" in s.text for s in found), "the README has no runnable local up"
+    assert any(s.action == "run" and "microprocess init" in s.text for s in found), "'Your own job' starts with init"
     copy = ROOT / ".microprocess" / "docs-check-test" / "project"
     import shutil
 

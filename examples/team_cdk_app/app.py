@@ -7,15 +7,14 @@ its declaration file and its service's URL; nothing else changes in its app:
     cd examples/team_cdk_app
     npx cdk synth -a "python app.py" -c service_urls='{"billing": "https://billing-queue.prod.example.com"}'
 
-`MICROPROCESS_HOME` is the microprocess checkout (its `infra/`, `functions/` and
-`microprocess/`; default: this repository).
+The construct comes from the installed package (`pip install "microprocess[cdk]"`): no
+checkout of microprocess on the path. `microprocess init` writes a project like this one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,10 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
+from microprocess.cdk import MicroprocessPlatform, StageSettings
+from microprocess.cdk.lambda_function import powertools_layer_arn
 
 HERE = Path(__file__).resolve().parent
-MICROPROCESS_HOME = Path(os.environ.get("MICROPROCESS_HOME") or HERE.parents[1])
-sys.path.insert(0, str(MICROPROCESS_HOME))
-
-from infra import MicroprocessPlatform, StageSettings  # noqa: E402
-from infra.lambda_function import powertools_layer_arn  # noqa: E402
 
 
 class BillingStack(cdk.Stack):
@@ -50,7 +46,7 @@ class BillingStack(cdk.Stack):
             self,
             "Jobs",
             settings=StageSettings(
-                repo_root=MICROPROCESS_HOME,
+                repo_root=HERE,
                 ses_sender="billing-reports@example.com",
                 layer_arns=(powertools_layer_arn(self.region),),
                 alarm_email="billing-oncall@example.com",

@@ -4,6 +4,6 @@ A function of its own so that its timeout fits a reduce push (REDUCE_TIMEOUT_S) 
 task queue's forwarder keeps a short one; the handler is the forwarder's, unchanged.
 """
 
-from functions.forwarder.handler import lambda_handler
+from ..forwarder.handler import lambda_handler
 
 __all__ = ["lambda_handler"]

@@ -17,7 +17,19 @@ from __future__ import annotations
 
 import typer
 
-from microprocess.cli import check_service, console, control, demo, errors, local_stack, plan, report, runs
+from microprocess.cli import (
+    check_service,
+    console,
+    control,
+    demo,
+    errors,
+    init,
+    local_stack,
+    plan,
+    project,
+    report,
+    runs,
+)
 from microprocess.cli.demo import count_report_rows
 
 # Re-exported for the tests and tools that read them here (their homes: options, deployment, runs, ...).
@@ -53,6 +65,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def global_options(declarations: project.DeclarationsOption = None, debug: errors.DebugOption = False) -> None:
+    """The options every command takes: the declaration file, and tracebacks on errors."""
+    errors.DebugFlag.on = debug
+    project.choose_declarations(declarations)
+
+
+init.register(app)  # init: a team's own project
 local_stack.register(app)  # local up|down|status
 plan.register(app)  # plan
 check_service.register(app)  # check-service
@@ -61,7 +83,6 @@ report.register(app)  # report
 demo.register(app)  # demo
 control.register(app)  # tasks, pause, resume, stop, scale
 console.register(app)  # the operator console
-errors.register(app)  # the global --debug
 
 
 def main() -> None:

@@ -62,14 +62,8 @@ class DebugFlag:
         return cls.on or os.environ.get(DEBUG_ENV, "") not in ("", "0", "false")
 
 
-def register(app: typer.Typer) -> None:
-    """The app's global `--debug` option."""
-
-    @app.callback()
-    def global_options(
-        debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error too.")] = False,
-    ) -> None:
-        DebugFlag.on = debug
+#: The global `--debug` option (the app's one callback, `commands.global_options`).
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error too.")]
 
 
 def run_cli(app: Callable[[], object], err: Console | None = None) -> None:

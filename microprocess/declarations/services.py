@@ -7,13 +7,15 @@ A service is a queue endpoint that takes signed task pushes (docs/push-contract.
 * the **bundled** example built from a folder of this repository (`bundled = "microservice"`:
   Fargate `live` + `queue` roles behind load balancers, as the example service is deployed).
 
-`local_app` (an ASGI `module:attribute`) is what `microprocess local up` runs for the service on
-this machine; `microprocess local up --service NAME=URL` points it at a process you run instead.
+`local_app` (an ASGI `module:attribute`) or `local_command` (a command line, any language) is what
+`microprocess local up` runs for the service on this machine, in the declaration file's folder;
+`microprocess local up --service NAME=URL` points it at a process you run instead.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterator
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -69,7 +71,13 @@ class ServiceDeclaration(BaseModel):
             for a service that runs outside this stack.
         bundled: a folder of this repository holding a Dockerfile: the stack builds the image
             and runs it on Fargate in two roles (`<name>-live`, `<name>-queue`).
-        local_app: ASGI app (`module:attribute`) that `microprocess local up` runs for it.
+        local_app: ASGI app (`module:attribute`) that `microprocess local up` runs for it with
+            uvicorn, imported from the declaration file's folder.
+        local_command: a command line (split as a shell would, no shell features) that
+            `microprocess local up` runs for it instead, in the declaration file's folder: a
+            service in any language. It must listen on 127.0.0.1:`$PORT` and answer the push
+            contract there; its environment holds `PORT`, `SIGNING_SECRET_ARN` and the AWS
+            settings to read it (docs/push-contract.md, "A service `local up` starts").
         local_env: extra environment for the local process (strings).
         tables: table roles the service reads or writes (the bundled service gets their names).
         plain_http_reason: why plain `http://` to this service is acceptable in the cloud stage
@@ -96,6 +104,7 @@ class ServiceDeclaration(BaseModel):
     url: str | None = None
     bundled: str | None = None
     local_app: str | None = None
+    local_command: str | None = None
     local_env: dict[str, str] = Field(default_factory=dict)
     tables: tuple[str, ...] = ()
     plain_http_reason: str | None = None
@@ -111,6 +120,11 @@ class ServiceDeclaration(BaseModel):
         return v
 
     isolated_forwarder: bool = False
+
+    @property
+    def runs_locally(self) -> bool:
+        """`microprocess local up` starts a process for it (`local_app` or `local_command`)."""
+        return bool(self.local_app or self.local_command)
 
     @field_validator("plain_http_reason")
     @classmethod
@@ -156,14 +170,33 @@ class ServiceDeclaration(BaseModel):
             raise ValueError("local_app must be an ASGI app as 'module:attribute', e.g. 'reminders_service.main:app'")
         return v
 
+    @field_validator("local_command")
+    @classmethod
+    def _local_command(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            argv = shlex.split(v)
+        except ValueError as exc:
+            raise ValueError(f"local_command {v!r} cannot be split into arguments ({exc})") from None
+        if not argv:
+            raise ValueError("local_command must be a command line, e.g. 'python service.py' or './bin/service'")
+        return v
+
     @model_validator(mode="after")
     def _one_endpoint(self) -> ServiceDeclaration:
+        if self.local_app and self.local_command:
+            raise ValueError(
+                "give either local_app (an ASGI app run with uvicorn) or local_command (any command line), not both"
+            )
+        if self.bundled and self.local_command:
+            raise ValueError("a bundled service runs its local_app in two roles: give it local_app, not local_command")
         if self.url and self.bundled:
             raise ValueError("give either url (an existing service) or bundled (built from a folder here), not both")
-        if not (self.url or self.bundled or self.local_app):
+        if not (self.url or self.bundled or self.local_app or self.local_command):
             raise ValueError(
                 "a service needs an endpoint: url = 'https://...' (existing), bundled = '<folder>' (built here), "
-                "and/or local_app = 'module:app' (run by `microprocess local up`)"
+                "and/or local_app = 'module:app' or local_command = 'command line' (run by `microprocess local up`)"
             )
         return self
 

@@ -1,12 +1,15 @@
 """Deploying the local stage of the CDK app into the emulator with the pinned CDK CLI.
 
-The same `app.py` that deploys to AWS: context `stage=local` selects the
-`Microprocess-Local` stack, which swaps the Fargate services for the locally run
-service processes (their URLs are passed as the `service_urls` context).
+The same CDK app that deploys to AWS (the package's `microprocess.cdk.app`; `infra.app` in this
+repository): context `stage=local` selects the `Microprocess-Local` stack, which swaps the Fargate
+services for the locally run service processes (their URLs are passed as the `service_urls`
+context), and context `declarations` is the file the CLI read, so the stage deploys what the
+CLI runs. It runs in the project folder (the declaration file's), with its `cdk.json`, if any.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 import subprocess
@@ -64,11 +67,22 @@ def _run(step: str, argv: list[str], *, env: Mapping[str, str], cwd: Path, log: 
             raise DeployError(f"{step} did not finish in {timeout_s:.0f} s; see {log}") from None
         except FileNotFoundError:
             raise DeployError(
-                f"{step}: {argv[0]} is missing; run `make setup` (npm ci installs the pinned CDK CLI)"
+                f"{step}: the CDK CLI {argv[0]} is missing: install it (`npm install aws-cdk@2` in the project "
+                "folder; in this repository `make setup`) or point MICROPROCESS_CDK_CLI at it"
             ) from None
     if proc.returncode != 0:
         raise DeployError(f"{step} failed (exit {proc.returncode}); {log} ends with:\n{log_tail(log, 30)}")
     return time.monotonic() - started
+
+
+def app_module(root: Path) -> str:
+    """The CDK app `python -m` runs: the installed package's `microprocess.cdk.app`, else, in a
+    checkout of this repository (`root/infra/app.py`), `infra.app`."""
+    if importlib.util.find_spec("microprocess.cdk") is not None:
+        return "microprocess.cdk.app"
+    if (root / "infra" / "app.py").is_file():
+        return "infra.app"
+    raise DeployError("the CDK app microprocess.cdk.app is not installed: pip install 'microprocess[local]'")
 
 
 def deploy_local_stage(
@@ -76,17 +90,18 @@ def deploy_local_stage(
     endpoint_url: str,
     tls: LocalTls,
     *,
+    declarations_file: Path,
     service_urls: Mapping[str, str],
     timeout_s: float = 300.0,
     extra_context: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, str], dict[str, float]]:
-    """Bootstrap the emulator's account and deploy `Microprocess-Local`, pointing each declared
-    service at its local URL (`service_urls`: service name -> base URL of its push endpoint).
+    """Bootstrap the emulator's account and deploy `Microprocess-Local` of `declarations_file`,
+    pointing each declared service at its local URL (`service_urls`: service name -> base URL of
+    its push endpoint).
 
     Returns (the stack outputs, seconds per step).
     """
-    if not (ws.root / "app.py").is_file():
-        raise DeployError(f"no CDK app at {ws.root / 'app.py'}")
+    module = app_module(ws.root)
     env = cdk_env(endpoint_url, tls)
     cli = str(ws.cdk_cli)
     log = ws.log("cdk")
@@ -100,7 +115,11 @@ def deploy_local_stage(
         log=log,
         timeout_s=timeout_s,
     )
-    context = {"stage": "local", "service_urls": json.dumps(service_urls, sort_keys=True)}
+    context = {
+        "stage": "local",
+        "declarations": str(declarations_file.resolve()),
+        "service_urls": json.dumps(service_urls, sort_keys=True),
+    }
     context.update(extra_context or {})
     ws.cdk_outputs_file.unlink(missing_ok=True)
     argv = [
@@ -108,7 +127,7 @@ def deploy_local_stage(
         "deploy",
         LOCAL_STACK,
         "--app",
-        shlex.join([sys.executable, str(ws.root / "app.py")]),
+        shlex.join([sys.executable, "-m", module]),
         "--output",
         str(ws.cdk_out),
         "--require-approval",

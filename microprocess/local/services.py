@@ -1,7 +1,8 @@
 """The declared services as local processes: what `microprocess local up` runs for each.
 
 A service with `local_app` runs as one uvicorn process that takes the forwarder's signed
-pushes (`<service>`). A **bundled** service runs in its two roles, as on Fargate:
+pushes (`<service>`); one with `local_command` runs that command line (any language), told its
+port in `PORT`. Both run in the declaration file's folder. A **bundled** service runs in its two roles, as on Fargate:
 `<service>-live` (answers people) and `<service>-queue` (takes the pushes). Only the
 process that takes pushes gets the service's signing secret and, with `--chaos`, the
 fault file; only the live role gets its API key secret (`API_KEY_SECRET_ARN`), generated
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from microprocess.local.workspace import Workspace
 
 #: The profile of a service process's AWS config file: a session of its own role.
 ROLE_PROFILE = "service"
+#: The variable that tells a `local_command` service its port (it listens on 127.0.0.1:$PORT).
+PORT_ENV = "PORT"
 #: Sender of the report email when the infra code names none.
 DEFAULT_SES_SENDER = "reports@example.com"
 
@@ -42,9 +46,10 @@ class ServiceProcess:
         key: its key in local.json's `services` (the push endpoint is the service's name;
             a bundled service's live role is `<service>-live`).
         process: process and log name.
-        app: the ASGI app uvicorn runs.
+        app: the ASGI app uvicorn runs (`local_app`), or "" for a command.
         role: SERVICE_ROLE of a bundled service (`live` or `queue`), or None.
         pushes: True for the process that takes the forwarder's signed pushes.
+        command: the `local_command` it runs instead of uvicorn, or None.
     """
 
     service: str
@@ -53,13 +58,17 @@ class ServiceProcess:
     app: str
     role: str | None
     pushes: bool
+    command: str | None = None
 
 
 def processes_of(service: ServiceDeclaration) -> list[ServiceProcess]:
-    """The local processes of `service` (none when it declares no `local_app`)."""
+    """The local processes of `service` (none when it declares neither `local_app` nor `local_command`)."""
+    name = service.name
+    if service.local_command:
+        return [ServiceProcess(name, name, name, "", None, pushes=True, command=service.local_command)]
     if not service.local_app:
         return []
-    name, app = service.name, service.local_app
+    app = service.local_app
     if service.bundled:
         return [
             ServiceProcess(name, f"{name}-live", f"{name}-live", app, "live", pushes=False),
@@ -99,10 +108,14 @@ def plan_processes(
             continue
         procs = processes_of(service) if start_examples else []
         if not procs:
-            why = "--no-example-service starts none" if start_examples is False else "it declares no local_app"
+            why = (
+                "--no-example-service starts none"
+                if start_examples is False
+                else "it declares neither local_app nor local_command"
+            )
             raise ServiceConfigError(
                 f"service '{service.name}' has no local endpoint ({why}): pass --service {service.name}=URL for "
-                f"the process you run, or declare local_app = 'module:app' for it"
+                f"the process you run, or declare local_app = 'module:app' or local_command = '<command line>' for it"
             )
         planned.extend(procs)
     return planned
@@ -207,16 +220,28 @@ def spawn_service(
     port: int,
     env: dict[str, str],
     *,
+    folder: Path | None = None,
     access_log: bool = False,
 ) -> ProcessHandle:
-    """Start uvicorn with the service's app on 127.0.0.1:`port` (ready when `GET /healthz` answers)."""
+    """Start the service on 127.0.0.1:`port` in `folder` (the declaration file's; default the
+    project folder, `ws.root`): uvicorn with its app imported from there, or its
+    `local_command` (with `PORT`, and the folder of this Python first on `PATH`, so that `python`
+    is the interpreter microprocess runs in)."""
+    folder = folder or ws.root
+    if proc.command is not None:
+        command_env = {
+            **env,
+            PORT_ENV: str(port),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)]),
+        }
+        return spawn(proc.process, shlex.split(proc.command), env=command_env, cwd=folder, log=ws.log(proc.process))
     argv = [
         sys.executable,
         "-m",
         "uvicorn",
         proc.app,
         "--app-dir",
-        str(ws.root),
+        str(folder),
         "--host",
         "127.0.0.1",
         "--port",
@@ -228,4 +253,4 @@ def spawn_service(
     ]
     if not access_log:
         argv.append("--no-access-log")
-    return spawn(proc.process, argv, env=env, cwd=ws.root, log=ws.log(proc.process))
+    return spawn(proc.process, argv, env=env, cwd=folder, log=ws.log(proc.process))

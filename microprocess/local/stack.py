@@ -134,8 +134,11 @@ def seed_tables(
 ) -> dict[str, int]:
     """Fill every declared table that has a `local_seed` with `n` items (None: its `local_items`),
     using the seeder the declaration names. Returns the items seeded per table role."""
-    if str(ws.root) not in sys.path:
-        sys.path.insert(0, str(ws.root))  # seeders live in project folders, not installed packages
+    folder = str(declarations.path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(
+            0, folder
+        )  # seeders live in the project (the declaration file's folder), not installed packages
     seeded: dict[str, int] = {}
     for role, table in declarations.tables.items():
         if not table.local_seed:
@@ -243,9 +246,9 @@ class LocalStack:
             self.ws,
             endpoint,
             self.tls,
+            declarations_file=self.declarations.path,
             service_urls=push_urls,
-            # the stage deploys the declarations this stack runs (the CDK app's default is the repository's)
-            extra_context={**self._laptop_context(options), "declarations": str(self.declarations.path)},
+            extra_context=self._laptop_context(options),
         )
         self.timings.steps.update({f"cdk {k}": v for k, v in cdk_steps.items()})
         self._pending_outputs = outputs
@@ -351,7 +354,9 @@ class LocalStack:
                 ses_sender=sender,
                 chaos=chaos,
             )
-            self.handles[proc.process] = spawn_service(self.ws, proc, ports[proc.key], env, access_log=access_log)
+            self.handles[proc.process] = spawn_service(
+                self.ws, proc, ports[proc.key], env, folder=self.declarations.path.parent, access_log=access_log
+            )
             self.processes[proc.key] = proc
             self._record(endpoint)
         for proc in planned:
@@ -430,7 +435,9 @@ class LocalStack:
             ses_sender=ses_sender(self.ws.root, self.state.outputs),
             chaos=chaos.resolve() if chaos else None,
         )
-        handle = spawn_service(self.ws, proc, port, env, access_log=self._options.access_log)
+        handle = spawn_service(
+            self.ws, proc, port, env, folder=self.declarations.path.parent, access_log=self._options.access_log
+        )
         self.handles[proc.process] = handle
         wait_port_open(port, handle, timeout_s=60)
         self._record(self.state.endpoint_url, urls=self.state.services)

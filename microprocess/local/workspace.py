@@ -1,4 +1,8 @@
-"""Where the embedded local stack keeps its files: `.microprocess/` in the project.
+"""Where the embedded local stack keeps its files: `.microprocess/` in the project folder.
+
+The project folder is the declaration file's (`find_declarations_file`: `--declarations`,
+`MICROPROCESS_DECLARATIONS`, then the working directory upward), so that `local up`, `run`,
+the CDK app and the services' `local_app`/`local_command` all resolve relative to it.
 
 Everything the stack writes (the emulator's state, temp and S3 folders, Lambda code
 folders, the CDK output, logs, `local.json`) lives under one work folder, so that
@@ -8,30 +12,29 @@ folders, the CDK output, logs, `local.json`) lives under one work folder, so tha
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import microprocess
+from microprocess.declarations import find_declarations_file
 
 #: Environment variable that moves the work folder (tests use their own).
 WORKDIR_ENV = "MICROPROCESS_WORKDIR"
-#: Environment variable that names the project folder (the one with `app.py`).
+#: Environment variable that names the project folder (default: the declaration file's).
 PROJECT_ENV = "MICROPROCESS_PROJECT_DIR"
+#: Environment variable that names the CDK CLI (default: the project's `node_modules/.bin/cdk`,
+#: else `cdk` on PATH).
+CDK_CLI_ENV = "MICROPROCESS_CDK_CLI"
 
 
 def project_root() -> Path:
-    """The project folder: `$MICROPROCESS_PROJECT_DIR`, else the nearest folder at or above the
-    working directory that holds the CDK app (`app.py` and `cdk.json`), else the folder the
-    package is installed from (an editable install), else the current folder."""
+    """The project folder: `$MICROPROCESS_PROJECT_DIR`, else the folder of the declaration file
+    every command reads (`find_declarations_file`), else the current folder."""
     if os.environ.get(PROJECT_ENV):
         return Path(os.environ[PROJECT_ENV]).resolve()
-    cwd = Path.cwd().resolve()
-    for folder in (cwd, *cwd.parents):
-        if (folder / "app.py").is_file() and (folder / "cdk.json").is_file():
-            return folder
-    here = Path(microprocess.__file__).resolve().parent.parent
-    if (here / "pyproject.toml").is_file():
-        return here
+    declarations = find_declarations_file()
+    if declarations.is_file():
+        return declarations.resolve().parent
     return Path.cwd().resolve()
 
 
@@ -40,7 +43,8 @@ class Workspace:
     """The folders of one local stack.
 
     Attributes:
-        root: the project folder (holds `app.py`, `node_modules/.bin/cdk`, `microservice/`).
+        root: the project folder (holds the declaration file; in this repository also
+            `node_modules/.bin/cdk` and `microservice/`).
         workdir: the work folder, `<root>/.microprocess` unless moved.
     """
 
@@ -90,7 +94,14 @@ class Workspace:
 
     @property
     def cdk_cli(self) -> Path:
-        return self.root / "node_modules" / ".bin" / "cdk"
+        """The CDK CLI: `$MICROPROCESS_CDK_CLI`, else the project's `node_modules/.bin/cdk` (this
+        repository's: `npm ci`), else `cdk` on PATH (`npm install -g aws-cdk@2`)."""
+        named = os.environ.get(CDK_CLI_ENV)
+        if named:
+            return Path(named)
+        local = self.root / "node_modules" / ".bin" / "cdk"
+        on_path = shutil.which("cdk")
+        return Path(on_path) if on_path and not local.exists() else local
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
