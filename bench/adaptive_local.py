@@ -33,14 +33,13 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BenchStack, Echo, echo_stderr, start_run, wait_until_ended, write_figures
+from bench.harness import BenchStack, Echo, Loop, echo_stderr, start_run, wait_until_ended, write_figures
 from bench.noop_service import ADMISSION_PATH, SERVICE_MS_ENV, SLOTS_ENV
 from microprocess.control.adaptive import AdaptiveConcurrency, AimdSettings, Decision
 from microprocess.control.scale import JobScaler
@@ -124,38 +123,22 @@ def admission(url: str, *, reset: bool = False) -> dict[str, Any]:
     return data
 
 
-class Ticker:
-    """Ticks `AdaptiveConcurrency` every `interval_s` seconds in a thread until stopped."""
+class Ticker(Loop):
+    """Ticks `AdaptiveConcurrency` every `interval_s` seconds in a thread until stopped (after one interval)."""
 
     def __init__(self, control: AdaptiveConcurrency, interval_s: float, echo: Echo) -> None:
-        self.control, self.interval_s, self.echo = control, interval_s, echo
+        super().__init__(self._tick, interval_s, wait_first=True)
+        self.control, self.echo = control, echo
         self.decisions: list[tuple[float, Decision]] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="p7-ticker", daemon=True)
-        self.started = 0.0
 
-    def __enter__(self) -> Ticker:
-        self.started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                for decision in self.control.tick().values():
-                    self.decisions.append((time.monotonic() - self.started, decision))
-                    if decision.concurrency != decision.previous:
-                        self.echo(
-                            f"    t={time.monotonic() - self.started:5.1f} s: cap {decision.previous} -> "
-                            f"{decision.concurrency} ({decision.reason})"
-                        )
-            except Exception as exc:  # keep ticking; reported with the outcome
-                self.errors.append(repr(exc))
+    def _tick(self) -> None:
+        for decision in self.control.tick().values():
+            self.decisions.append((time.monotonic() - self.started, decision))
+            if decision.concurrency != decision.previous:
+                self.echo(
+                    f"    t={time.monotonic() - self.started:5.1f} s: cap {decision.previous} -> "
+                    f"{decision.concurrency} ({decision.reason})"
+                )
 
 
 def run_once(

@@ -27,14 +27,13 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from bench.adaptive_local import admission, start_admission_service
-from bench.harness import BenchStack, Echo, echo_stderr, wait_until_ended, write_figures
+from bench.harness import BenchStack, Echo, Loop, echo_stderr, wait_until_ended, write_figures
 from bench.noop_service import SHED_PATH
 from microprocess.control.adaptive import Signals
 from microprocess.control.scale import JobScaler
@@ -106,32 +105,6 @@ def start(bs: BenchStack, job: str, run_id: str, n: int) -> None:
     )
     if resp.get("StatusCode") != 202:
         raise RuntimeError(f"the splitter did not accept the start of {job} (HTTP {resp.get('StatusCode')})")
-
-
-class Loop:
-    """Runs `step` every `interval_s` seconds in a thread until stopped; errors kept."""
-
-    def __init__(self, step: Any, interval_s: float) -> None:
-        self.step, self.interval_s = step, interval_s
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Loop:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except Exception as exc:  # reported with the outcome
-                self.errors.append(repr(exc))
-            self._stop.wait(self.interval_s)
 
 
 def jain(values: list[float]) -> float | None:

@@ -27,6 +27,7 @@ import os
 import re
 import resource
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -49,6 +50,37 @@ from microprocess.pipeline.settings import RuntimeSettings
 from tests.declared import CREDIT_SCORES
 
 Echo = Callable[[str], None]
+
+
+class Loop:
+    """Runs `step` every `interval_s` seconds in a thread until stopped (first at once, or after
+    one interval with `wait_first`); its errors are kept in `errors`, the loop goes on."""
+
+    def __init__(self, step: Callable[[], None], interval_s: float, *, wait_first: bool = False) -> None:
+        self.step, self.interval_s, self.wait_first = step, interval_s, wait_first
+        self.errors: list[str] = []
+        self.started = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Loop:
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        if self.wait_first and self._stop.wait(self.interval_s):
+            return
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception as exc:  # reported with the outcome
+                self.errors.append(repr(exc))
+            self._stop.wait(self.interval_s)
 
 
 def echo_stderr(line: str) -> None:

@@ -58,6 +58,11 @@ def test_other_paths_pass_untouched_and_the_counts_are_read_and_reset() -> None:
         "peak": 1,
         "slots": 1,
         "service_s": 0.0,
+        "shed": 0,
+        "shed_until": 0.0,
+        "shed_retry_after": 0,
+        "last_shed_push": 0.0,
+        "first_after_shed": 0.0,
     }
     asyncio.run(call(app, "POST", ADMISSION_PATH))
     assert app.counts.admitted == 0 and app.counts.peak == 0
@@ -93,3 +98,31 @@ def test_the_measured_rows_say_what_was_measured_and_whether_the_aim_was_met() -
     assert "controller every 3 s" in rows["P7 measured"] and "AWS: a minute" in rows["P7 measured"]
     assert "3.56x fewer" in rows["P7 m. ratio"] and ">= 5x fewer MISSED" in rows["P7 m. ratio"]
     assert "<= 1.1x met" in rows["P7 m. ratio"]
+
+
+def test_shedding_answers_503_with_the_retry_after_for_its_seconds_then_admits_again() -> None:
+    import time
+
+    from bench.noop_service import SHED_PATH
+
+    app = admit(real, 2, service_s=0.0, task_path="/tasks/x")
+
+    async def shed(seconds: float) -> tuple[int, dict[bytes, bytes], bytes]:
+        sent: list[dict[str, Any]] = []
+        body = json.dumps({"seconds": seconds, "retry_after": 120}).encode()
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app({"type": "http", "method": "POST", "path": SHED_PATH}, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"]
+
+    assert asyncio.run(shed(0.3))[0] == 200
+    status, headers, _ = asyncio.run(call(app, "POST", "/tasks/x"))
+    assert status == 503 and headers[b"retry-after"] == b"120" and app.counts.shed == 1
+    time.sleep(0.35)
+    assert asyncio.run(call(app, "POST", "/tasks/x"))[0] == 200
+    assert app.counts.first_after_shed >= app.counts.shed_until

@@ -32,8 +32,9 @@ def test_the_prefix_is_the_controllers() -> None:
 
 def test_a_long_retry_after_sheds_a_short_one_only_slows_the_task() -> None:
     assert shed_seconds(SERVICE, PushResult(503, retry_after_s=120.0)) == 120.0
-    assert shed_seconds(SERVICE, PushResult(429, retry_after_s=30.0)) == 30.0
-    assert shed_seconds(SERVICE, PushResult(503, retry_after_s=5.0)) is None
+    assert shed_seconds(SERVICE, PushResult(429, retry_after_s=60.0)) == 60.0
+    # a shorter one (the SDK's RetryLater(30)) delays that one task only
+    assert shed_seconds(SERVICE, PushResult(503, retry_after_s=30.0)) is None
     assert shed_seconds(SERVICE, PushResult(500, retry_after_s=120.0)) is None
     assert shed_seconds(SERVICE, PushResult(200)) is None
     # a declared header sheds whatever the status

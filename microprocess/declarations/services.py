@@ -87,7 +87,8 @@ class ServiceDeclaration(BaseModel):
             `pushes_per_second`); the platform splits it between the jobs using it by their
             `weight` (docs/capacity.md). None: each job is bounded by its own `max_concurrency` only.
         shed_after_s: a 429/503 whose `Retry-After` is at least this long (seconds) means the
-            service sheds load: every job's pushes to it pause until then, no task counted.
+            service sheds load: every job's pushes to it pause until then, no task counted. A
+            shorter `Retry-After` delays that one task only (the SDK's `RetryLater(seconds)`).
         shed_header: a response header (any status) whose value, seconds or an HTTP date like
             `Retry-After`, asks every job to pause its pushes to the service until then.
         isolated_forwarder: push this service's tasks from a forwarder function of its own, whose
@@ -109,7 +110,7 @@ class ServiceDeclaration(BaseModel):
     tables: tuple[str, ...] = ()
     plain_http_reason: str | None = None
     capacity: ServiceCapacity | None = None
-    shed_after_s: Annotated[int, Field(ge=1, le=86_400)] = 30
+    shed_after_s: Annotated[int, Field(ge=1, le=86_400)] = 60
     shed_header: str | None = None
 
     @field_validator("shed_header")

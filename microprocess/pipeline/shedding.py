@@ -1,6 +1,6 @@
 """Load shedding: a service that says "not now" pauses every job's pushes to it until then.
 
-A 429 or 503 whose `Retry-After` is at least the service's `shed_after_s` (default 30 s), or
+A 429 or 503 whose `Retry-After` is at least the service's `shed_after_s` (default 60 s), or
 any answer carrying the service's declared `shed_header`, asks the platform to stop pushing
 to it until that time. The forwarder that sees it records the time on the service's own
 ledger item (`SVC#<service>`, sk `SHED`: one conditional write per shed answer, only when the
