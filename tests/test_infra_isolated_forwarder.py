@@ -155,6 +155,12 @@ def test_isolation_that_would_leave_the_shared_forwarder_nothing_or_an_adaptive_
     text = text.replace("[jobs.invoice-reminders]\n", "[jobs.invoice-reminders]\nadaptive = true\n")
     (tmp_path / "adaptive.toml").write_text(text)
     adaptive = load_declarations(tmp_path / "adaptive.toml")
-    with pytest.raises(ValueError, match=r"\['invoice-reminders'\] are adaptive"):
+    with pytest.raises(ValueError, match=r"\['invoice-reminders'\] have their caps moved by the controller"):
         isolated_services(adaptive, {name: None for name in adaptive.services.names()})
+    # a declared capacity is the controller's too (it sets the jobs' caps on the shared forwarder)
+    capped = load_declarations(
+        declarations_file(tmp_path, {"reminders": "isolated_forwarder = true\ncapacity = { concurrent_pushes = 20 }\n"})
+    )
+    with pytest.raises(ValueError, match=r"\['invoice-reminders'\] have their caps moved by the controller"):
+        isolated_services(capped, {name: None for name in capped.services.names()})
     assert isolated_services(load_declarations(ROOT / "microprocess.toml"), {"scores": None, "reminders": None}) == []

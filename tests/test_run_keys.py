@@ -14,7 +14,8 @@ import pytest
 from microprocess.declarations import JobDeclarationError, load_declarations
 from microprocess.declarations.run_keys import job_keys_pattern, run_id_refusal
 from microprocess.ledger.records import _counter_pk, _run_pk, _shard_pk
-from microprocess.pipeline.splitter import Splitter, StartEventError, new_run_id, scheduled_run_id
+from microprocess.pipeline.splitter import Splitter
+from microprocess.pipeline.start import StartEventError, new_run_id, scheduled_run_id
 from tests.declared import ROOT
 from tests.functions_harness import JOB, Stack, stack  # noqa: F401 - the fixture
 
