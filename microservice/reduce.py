@@ -39,15 +39,20 @@ from microprocess.ledger import (
 )
 from microprocess.reduce.rows import report_row
 from microprocess.service.report import (
+    EMAIL_LEASE_S,
     PART_TAG_KEY,
     PART_TAG_VALUE,
     PART_TAGGING,
     CsvEncoder,
+    NoticesInFlight,
     ReportLayout,
     S3StreamWriter,
     cell,
     is_missing,
+    notify_once,
     presign,
+    send_email,
+    write_not_attempted,
 )
 from microprocess.service.tasks import TaskRequest
 from microservice.errors import ServiceError
@@ -67,9 +72,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: A claim on a run's email older than this, never recorded as sent, is taken over by the next finalize.
-EMAIL_LEASE_S = 300.0
 
 #: Bytes read per S3 GET chunk when joining parts.
 _READ_CHUNK_BYTES = 1024 * 1024
@@ -369,7 +371,9 @@ def finalize(
     summary["report_csv_bytes"] = report.bytes_written
     summary["report_csv_parts"] = report.part_count
     if reported is not None:
-        summary["not_attempted"] = _write_not_attempted(s3, layout, reported.missing(), part_bytes)
+        summary["not_attempted"] = write_not_attempted(
+            s3, layout, job, ledger, reported.missing(), part_bytes=part_bytes
+        )
     s3.put_object(
         Bucket=bucket,
         Key=layout.summary_json,
@@ -394,18 +398,6 @@ def finalize(
     return {"report_uri": layout.uri, "summary": summary, "email": email}
 
 
-def _write_not_attempted(s3: Any, layout: ReportLayout, task_ids: Iterable[str], part_bytes: int) -> int:
-    """not_attempted.csv of a stopped run, streamed; returns its rows."""
-    count = 0
-    out = S3StreamWriter(s3, layout.bucket, layout.not_attempted_csv, part_bytes=part_bytes, content_type="text/csv")
-    with out:
-        rows = CsvStream(out, ["task_id"])
-        for task_id in task_ids:
-            rows.writerow([task_id])
-            count += 1
-    return count
-
-
 def _send_report_email_once(
     ledger: Ledger,
     ses: Any,
@@ -419,26 +411,19 @@ def _send_report_email_once(
         return f"skipped: job '{job.name}' declares no recipients"
     if not sender:
         return "skipped: SES_SENDER is not set"
-    run_id = summary["run_id"]
-    if ledger.email_sent(run_id):
-        return "already sent"
-    if not ledger.claim_email(run_id, lease_s=EMAIL_LEASE_S):
-        # another finalize is sending it: retried until it records it (or its lease runs out)
-        raise ServiceError(503, "email_in_flight", "another finalize is sending the email; retry later")
     subject, body = email_text(summary, report_url, link_expiry_s)
+
+    def send() -> None:  # a failure gives the claim back (notify_once) and the finalize is retried
+        try:
+            send_email(ses, sender=sender, recipients=job.recipients, subject=subject, body=body)
+        except Exception as exc:
+            raise ServiceError(
+                502, "email_failed", f"the report is written but the email failed ({exc}); the finalize will be retried"
+            ) from exc
+
     try:
-        ses.send_email(
-            Source=sender,
-            Destination={"ToAddresses": list(job.recipients)},
-            Message={
-                "Subject": {"Data": subject, "Charset": "UTF-8"},
-                "Body": {"Text": {"Data": body, "Charset": "UTF-8"}},
-            },
-        )
-    except Exception as exc:
-        ledger.release_email(run_id)
-        raise ServiceError(
-            502, "email_failed", f"the report is written but the email failed ({exc}); the finalize will be retried"
-        ) from exc
-    ledger.record_email_sent(run_id)
-    return "sent"
+        sent = notify_once(ledger, summary["run_id"], send)
+    except NoticesInFlight:
+        # another finalize is sending it: retried until it records it (or its lease runs out)
+        raise ServiceError(503, "email_in_flight", "another finalize is sending the email; retry later") from None
+    return "sent" if sent else "already sent"

@@ -426,8 +426,12 @@ def test_a_stopped_run_reports_every_task_once_late_completions_included(queue_c
     layout = ReportLayout(BUCKET, JOB.name, "r-stop")
     reported = [r["task_id"] for r in read_csv(env, layout.report_csv)]
     assert sorted(reported) == [f"0-{i:09d}" for i in range(13)]
-    listed = [r["task_id"] for r in read_csv(env, layout.not_attempted_csv)]
-    assert sorted(listed) == [f"0-{i:09d}" for i in range(13, 40)]
+    not_attempted = read_csv(env, layout.not_attempted_csv)
+    assert sorted(r["task_id"] for r in not_attempted) == [f"0-{i:09d}" for i in range(13, 40)]
+    # AND it is the platform's not_attempted.csv (through the service SDK): an item id column,
+    # empty for a job without the item index (credit-scores: `item_index = false`)
+    assert list(not_attempted[0]) == ["task_id", JOB.item_id_field] and not JOB.item_index
+    assert {r[JOB.item_id_field] for r in not_attempted} == {""}
     # AND the stopped run is FAILED in its summary, as the ledger ends it (some tasks never ran)
     summary = resp.json()["summary"]
     assert summary["status"] == "FAILED" and summary["not_attempted"] == 27

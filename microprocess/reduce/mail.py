@@ -3,12 +3,41 @@ with SES through an injected client."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from microprocess.declarations import JobDeclaration
+from microprocess.ledger import Ledger
 
 #: Failures quoted in the email body (the page and failures.csv list more).
 FAILURES_IN_EMAIL = 10
+
+#: A claim on a run's notices (email, completion callback) older than this, never recorded as
+#: sent, is taken over by the next finalize: its sender died between the claim and the record.
+EMAIL_LEASE_S = 300.0
+
+
+class NoticesInFlight(RuntimeError):
+    """Another finalize holds the claim on the run's notices and has not recorded them yet."""
+
+
+def notify_once(ledger: Ledger, run_id: str, send: Callable[[], None]) -> bool:
+    """Run `send` (the run's email, its completion callback) once per run, never zero times:
+    under the ledger's notices claim, a lease of `EMAIL_LEASE_S`. False when they were already
+    recorded as sent. Raises `NoticesInFlight` while another finalize holds the claim (retry
+    later). A `send` that raises gives the claim back and raises, so the finalize is retried; a
+    finalize that dies between the send and the record sends them again after the lease."""
+    if ledger.email_sent(run_id):
+        return False
+    if not ledger.claim_email(run_id, lease_s=EMAIL_LEASE_S):
+        raise NoticesInFlight(f"run {run_id}: another finalize is sending the notices; retry later")
+    try:
+        send()
+    except Exception:
+        ledger.release_email(run_id)
+        raise
+    ledger.record_email_sent(run_id)
+    return True
 
 
 def email_text(summary: dict[str, Any], report_url: str, link_expiry_s: int) -> tuple[str, str]:
@@ -51,9 +80,14 @@ def send_report_email(
 ) -> None:
     """Send the report email to the job's recipients (raises what SES raises)."""
     subject, body = email_text(summary, report_url, link_expiry_s)
+    send_email(ses, sender=sender, recipients=job.recipients, subject=subject, body=body)
+
+
+def send_email(ses: Any, *, sender: str, recipients: tuple[str, ...] | list[str], subject: str, body: str) -> None:
+    """One plain-text email through SES (raises what SES raises)."""
     ses.send_email(
         Source=sender,
-        Destination={"ToAddresses": list(job.recipients)},
+        Destination={"ToAddresses": list(recipients)},
         Message={
             "Subject": {"Data": subject, "Charset": "UTF-8"},
             "Body": {"Text": {"Data": body, "Charset": "UTF-8"}},

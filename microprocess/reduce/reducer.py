@@ -32,7 +32,7 @@ from microprocess.pipeline.fanin import enqueue_completion
 from microprocess.pipeline.queue import QueueSender
 from microprocess.reduce.finalize import join_report, merged, part_stats, presign, publish, read_lines
 from microprocess.reduce.layout import ReportLayout
-from microprocess.reduce.mail import send_report_email
+from microprocess.reduce.mail import NoticesInFlight, notify_once, send_report_email
 from microprocess.reduce.not_attempted import write_not_attempted
 from microprocess.reduce.parts import build_part
 from microprocess.reduce.s3stream import S3_MIN_PART_BYTES
@@ -50,15 +50,6 @@ _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="reduce-late")
 
 class ReduceRefused(ValueError):
     """A reduce message that cannot be reduced (wrong kind, job or shard); the message says why."""
-
-
-#: A claim on a run's notices (email, completion callback) older than this, never recorded as
-#: sent, is taken over by the next finalize: its sender died between the claim and the record.
-EMAIL_LEASE_S = 300.0
-
-
-class NoticesInFlight(RuntimeError):
-    """Another finalize holds the claim on the run's notices and has not recorded them yet."""
 
 
 def completion_body(run: RunRecord) -> dict[str, Any]:
@@ -256,13 +247,8 @@ class PlatformReducer:
         completion = bool(job.completion_path)
         if not (email or completion):
             return "none declared"
-        if self.ledger.email_sent(run.run_id):
-            return "already sent"
-        if not self.ledger.claim_email(run.run_id, lease_s=EMAIL_LEASE_S):
-            # Another finalize is sending them now; retried until that one records them (or its
-            # lease runs out and this one sends them): at least once, never lost.
-            raise NoticesInFlight(f"run {run.run_id}: another finalize is sending the notices; retry later")
-        try:
+
+        def send() -> None:
             if completion:
                 enqueue_completion(self.completion_sender, job, run.run_id, completion_body(run))
             if email:
@@ -275,8 +261,7 @@ class PlatformReducer:
                     report_url=url,
                     link_expiry_s=self.link_expiry_s,
                 )
-        except Exception:
-            self.ledger.release_email(run.run_id)
-            raise
-        self.ledger.record_email_sent(run.run_id)
+
+        if not notify_once(self.ledger, run.run_id, send):
+            return "already sent"
         return ", ".join(n for n, on in (("completion enqueued", completion), ("email sent", email)) if on)
