@@ -144,6 +144,8 @@ class RecordingSQS:
         self.visibility_queues: list[str] = []
         #: Every `send_message` call's arguments, as asked (the delay included).
         self.sent: list[dict[str, Any]] = []
+        #: (queue, delay) of each `send_message_batch` entry sent with a delay.
+        self.batch_delays: list[tuple[str, int]] = []
         #: The receipt handles SQS gave out (a hand-made record's is not among them).
         self.handles: set[str] = set()
         #: The errors of `change_message_visibility` calls (a test that expects one clears it).
@@ -157,6 +159,16 @@ class RecordingSQS:
         itself is asserted from `sent`)."""
         self.sent.append(kw)
         return self.inner.send_message(**{k: v for k, v in kw.items() if k != "DelaySeconds"})
+
+    def send_message_batch(self, **kw: Any) -> Any:
+        """Entries with a delay (a stopped run's reduce parts) are recorded in `batch_delays`
+        (queue, delay), then sent without it, as `send_message` does."""
+        entries = []
+        for entry in kw["Entries"]:
+            if entry.get("DelaySeconds"):
+                self.batch_delays.append((kw["QueueUrl"], entry["DelaySeconds"]))
+            entries.append({k: v for k, v in entry.items() if k != "DelaySeconds"})
+        return self.inner.send_message_batch(**{**kw, "Entries": entries})
 
     def receive_message(self, **kw: Any) -> Any:
         resp = self.inner.receive_message(**kw)
@@ -392,9 +404,9 @@ def stack(aws: None) -> Iterator[Stack]:
         bucket="reports",
         companies="companies",
         settings=settings,
-        sender=QueueSender(client=sqs, queue_url=task_queue, threads=2),
+        sender=QueueSender(client=recording, queue_url=task_queue, threads=2),
         reduce_queue=reduce_queue,
-        reduce_sender=QueueSender(client=sqs, queue_url=reduce_queue, threads=2),
+        reduce_sender=QueueSender(client=recording, queue_url=reduce_queue, threads=2),
     )
     try:
         yield st

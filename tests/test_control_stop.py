@@ -3,14 +3,16 @@ reduced (the report of what was done, the not-attempted tasks listed) and ended 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 
 from microprocess.control.lookup import not_attempted
-from microprocess.control.stop import stop_if_hopeless
+from microprocess.control.stop import RECORD_MARGIN_S, settle_s, stop_if_hopeless
 from microprocess.control.tolerance import cannot_succeed, exceeds_tolerance
 from microprocess.ledger import CURSOR_DONE, RunNotActive, RunStatus, TaskOutcome, TaskState
+from microprocess.pipeline.admission import RUN_CACHE_TTL_S
 from microprocess.pipeline.envelope import shard_of
 from tests.functions_harness import Behaviour, Stack, job_with
 
@@ -78,6 +80,10 @@ def test_a_hopeless_run_ends_failed_at_once_and_its_other_messages_are_acknowled
     assert set(not_attempted(stack.ledger, "r1")) == {f"0-{i:09d}" for i in range(40)} - pushed
     assert len(pushed) == 10
     assert stack.metric("RunsStoppedEarly") == 1
+    # AND its reduce parts were sent to settle first: no batch admitted before the stop can record
+    # a task after the report lists it as not attempted (delivered at once by this harness)
+    assert [delay for _queue, delay in stack.sqs.batch_delays] == [settle_s(job)] * job.shard_count
+    assert settle_s(job) == math.ceil(RUN_CACHE_TTL_S + 2 * job.task_timeout_s + RECORD_MARGIN_S)
 
 
 def test_a_batch_mixing_refusals_and_successes_that_crosses_the_tolerance_stops_the_run(stack: Stack) -> None:

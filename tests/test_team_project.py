@@ -122,7 +122,12 @@ def test_the_project_folder_is_the_declaration_files(tmp_path: Path, monkeypatch
 def test_the_cli_option_reaches_every_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_project(tmp_path / "team", Framework.fastapi)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli.app, ["--declarations", "team/microprocess.toml", "local", "status"])
+    # the option pins the file in the environment (for what the CLI starts): restored after the test
+    monkeypatch.setenv(DECLARATIONS_ENV, "")
+    try:
+        result = CliRunner().invoke(cli.app, ["--declarations", "team/microprocess.toml", "local", "status"])
+    finally:
+        get_declarations.cache_clear()
     # no stack runs there: the message names the team's own work folder, not this repository's
     assert result.exit_code == 3
     assert str(tmp_path / "team" / ".microprocess") in result.output

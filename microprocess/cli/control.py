@@ -269,7 +269,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
         target: TargetOption = Target.local,
     ) -> None:
-        """Stop RUN early: no more pushes; its report is built now from what was done (the rest not attempted)."""
+        """Stop RUN early: no more pushes; its report of what was done is built once batches in flight settle (the rest not attempted)."""  # noqa: E501
         dep = deployment.connect(target)
         with deployment.ledger_errors(dep):
             left = stop_run_now(dep, run_id)

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from microprocess.control.pause import PauseError, ResumeResult, RunResumer, cancel_paused, pause
 from microprocess.control.scale import EventSourceCap, JobScaler, ScaleError, check_concurrency
-from microprocess.control.stop import STOPPABLE, stop_run
+from microprocess.control.stop import STOPPABLE, enqueue_stopped_reduce, stop_run
 from microprocess.declarations import JobDeclaration, UnknownJobError, get_declarations
 from microprocess.ledger import RunStatus
-from microprocess.pipeline.fanin import enqueue_reduce_parts
 from microprocess.pipeline.queue import QueueSender
 from microprocess.pipeline.start import new_run_id
 
@@ -124,7 +123,7 @@ def stop_run_now(dep: Deployment, run_id: str) -> int:
         raise SteerError(f"run {run_id} is {ledger.require_run(run_id).status} now; it was not stopped")
     job = declared_job(progress.job)
     sender = QueueSender(client=dep.client("sqs"), queue_url=dep.output("ReduceQueueUrl"))
-    enqueue_reduce_parts(sender, job, run_id, ledger.require_run(run_id).shard_count)
+    enqueue_stopped_reduce(sender, ledger, job, run_id)
     return left
 
 

@@ -12,11 +12,17 @@ splitter's next page is refused (`RunNotActive`), and the reduce builds the repo
 done (the tasks batches in flight at the stop recorded included), with the run's other tasks
 listed as not attempted from the same reading of the ledger, mails it, and ends the run FAILED
 (`ledger.ended_status`: some of its tasks never ran).
+
+The reduce of a stopped run starts after `settle_s`: a forwarder that read the run as running
+just before the stop may still admit a batch for `RUN_CACHE_TTL_S`, push it (each push bounded by
+the job's `task_timeout_s`, to connect and to read) and record it. Built sooner, the report would
+list as not attempted a task such a batch records afterwards (a task done, reported as never run).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +32,7 @@ from microprocess.control.tolerance import cannot_succeed
 from microprocess.declarations import JobDeclaration
 from microprocess.ledger import Ledger, RunStatus, utc_now_iso
 from microprocess.ledger.records import _is_conditional_failure, _run_pk, _to_ddb
+from microprocess.pipeline.admission import RUN_CACHE_TTL_S
 from microprocess.pipeline.fanin import enqueue_reduce_parts
 from microprocess.pipeline.queue import QueueSender
 
@@ -33,6 +40,22 @@ log = logging.getLogger(__name__)
 
 #: Statuses a run can be stopped early from.
 STOPPABLE = (RunStatus.SPLITTING, RunStatus.RUNNING, RunStatus.PAUSED)
+
+#: What a batch needs after its pushes are answered: recording its outcomes (retries included).
+RECORD_MARGIN_S = 10.0
+#: SQS's longest message delay.
+MAX_DELAY_S = 900
+
+
+def settle_s(job: JobDeclaration) -> int:
+    """Seconds after a stop until no batch admitted before it can still record a task: the run
+    cache's TTL, a push's connect and read timeouts, and the record's margin."""
+    return min(MAX_DELAY_S, math.ceil(RUN_CACHE_TTL_S + 2 * job.task_timeout_s + RECORD_MARGIN_S))
+
+
+def enqueue_stopped_reduce(sender: QueueSender, ledger: Ledger, job: JobDeclaration, run_id: str) -> None:
+    """Enqueue the reduce parts of a run just stopped, delivered once it has settled (`settle_s`)."""
+    enqueue_reduce_parts(sender, job, run_id, ledger.require_run(run_id).shard_count, delay_s=settle_s(job))
 
 
 def stop_run(ledger: Ledger, run_id: str, error: str, *, source_failed: bool = False) -> bool:
@@ -92,7 +115,7 @@ def stop_if_hopeless(
         if not stop_run(ledger, run_id, error):
             return False
         if reduce_sender is not None:
-            enqueue_reduce_parts(reduce_sender, job, run_id, ledger.require_run(run_id).shard_count)
+            enqueue_stopped_reduce(reduce_sender, ledger, job, run_id)
     except Exception:
         log.exception("stop-early check of run %s failed; the next failure checks again", run_id)
         return False

@@ -36,10 +36,14 @@ MAX_RETRY_CHAIN = 32
 UNREADABLE_CODES = ("NoSuchKey", "404", "NoSuchBucket", "AccessDenied", "403")
 
 
+#: How long a forwarder trusts a run record it read (a cancel or a stop reaches it within this).
+RUN_CACHE_TTL_S = 2.0
+
+
 class RunCache:
     """Run records by id, re-read after `ttl_s` (so a cancel takes effect within it)."""
 
-    def __init__(self, ledger: Ledger, ttl_s: float = 2.0) -> None:
+    def __init__(self, ledger: Ledger, ttl_s: float = RUN_CACHE_TTL_S) -> None:
         self.ledger, self.ttl_s = ledger, ttl_s
         self._runs: dict[str, tuple[float, RunRecord | None]] = {}
         self._lock = threading.Lock()

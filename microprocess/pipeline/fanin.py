@@ -38,10 +38,17 @@ def finalize_envelope(job: JobDeclaration, run_id: str) -> str:
 
 
 def enqueue_reduce_parts(
-    sender: QueueSender, job: JobDeclaration, run_id: str, shard_count: int, only: set[int] | None = None
+    sender: QueueSender,
+    job: JobDeclaration,
+    run_id: str,
+    shard_count: int,
+    only: set[int] | None = None,
+    *,
+    delay_s: int = 0,
 ) -> None:
-    """Enqueue the reduce parts of a run whose reduce was just claimed (or, with `only`, the missing ones)."""
-    sender.send(reduce_part_envelopes(job, run_id, shard_count, only))
+    """Enqueue the reduce parts of a run whose reduce was just claimed (or, with `only`, the missing
+    ones), delivered after `delay_s` (a stopped run's: `control.stop.settle_s`)."""
+    sender.send(reduce_part_envelopes(job, run_id, shard_count, only), delay_s=delay_s)
 
 
 def enqueue_finalize(sender: QueueSender, job: JobDeclaration, run_id: str) -> None:

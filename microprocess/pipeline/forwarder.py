@@ -42,6 +42,7 @@ from microprocess.control.stop import stop_if_hopeless
 from microprocess.declarations import JobRegistry, ReduceMode
 from microprocess.ledger import Ledger, RunStatus, TaskOutcome, TaskState
 from microprocess.pipeline.admission import (
+    RUN_CACHE_TTL_S,
     Acknowledge,
     DeadLetter,
     Defer,
@@ -125,7 +126,7 @@ class Forwarder:
         emit: MetricsEmitter | None = None,
         retry_base_s: float = 2.0,
         retry_cap_s: float = 900.0,
-        run_cache_ttl_s: float = 2.0,
+        run_cache_ttl_s: float = RUN_CACHE_TTL_S,
         rng: random.Random | None = None,
         max_workers: int = 10,
         defer_grace_s: float = DEFER_GRACE_S,

@@ -36,7 +36,7 @@ from botocore.exceptions import ClientError
 
 from microprocess.chaos.faults import FaultInjector
 from microprocess.control.lookup import index_page
-from microprocess.control.stop import stop_if_hopeless, stop_run
+from microprocess.control.stop import enqueue_stopped_reduce, stop_if_hopeless, stop_run
 from microprocess.declarations import JobDeclaration, JobRegistry, SourceKind, resolve_source_uri
 from microprocess.declarations.run_keys import run_id_refusal
 from microprocess.ledger import CURSOR_DONE, Ledger, RunNotActive, RunRecord, RunStatus
@@ -208,7 +208,7 @@ class Splitter:
         # A crash before the enqueue leaves a claimed reduce, which the sweeper re-enqueues.
         if stop_run(self.ledger, run.run_id, error, source_failed=True):
             self.emit("ReducesClaimed", 1, job.name, run_id=run.run_id)
-            enqueue_reduce_parts(self.reduce_sender, job, run.run_id, run.shard_count)
+            enqueue_stopped_reduce(self.reduce_sender, self.ledger, job, run.run_id)
         return True
 
     def _finish(self, job: JobDeclaration, run_id: str) -> None:
