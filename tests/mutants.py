@@ -184,7 +184,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             Edit(
                 "microprocess/pipeline/forwarder.py",
-                "        run_cache_ttl_s: float = 2.0,",
+                "        run_cache_ttl_s: float = RUN_CACHE_TTL_S,",
                 "        run_cache_ttl_s: float = 3600.0,",
             ),
         ),
@@ -196,7 +196,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             Edit(
                 "microprocess/pipeline/admission.py",
-                "def __init__(self, ledger: Ledger, ttl_s: float = 2.0)",
+                "def __init__(self, ledger: Ledger, ttl_s: float = RUN_CACHE_TTL_S)",
                 "def __init__(self, ledger: Ledger, ttl_s: float = 3600.0)",
             ),
         ),

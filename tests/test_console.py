@@ -196,9 +196,10 @@ def test_stop_early_from_the_console_claims_the_reduce_and_enqueues_its_parts(co
     assert run.status is RunStatus.REDUCING and "stopped early by the operator" in (run.error or "")
     sqs = dep.client("sqs")
     attrs = sqs.get_queue_attributes(
-        QueueUrl=dep.outputs["ReduceQueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
+        QueueUrl=dep.outputs["ReduceQueueUrl"], AttributeNames=["ApproximateNumberOfMessagesDelayed"]
     )
-    assert int(attrs["Attributes"]["ApproximateNumberOfMessages"]) == run.shard_count
+    # (delayed until the run's batches in flight have settled: control.stop.settle_s)
+    assert int(attrs["Attributes"]["ApproximateNumberOfMessagesDelayed"]) == run.shard_count
 
 
 def test_scale_from_the_console_sets_the_event_source_cap(console: Any) -> None:

@@ -191,9 +191,9 @@ def test_stop_ends_a_run_early_and_enqueues_its_reduce(app: typer.Typer, deploym
     assert run.status is RunStatus.REDUCING and run.reduce_claimed_at
     assert "stopped early by the operator after 3 of 5 tasks" in (run.error or "")
     queued = dep.client("sqs").get_queue_attributes(
-        QueueUrl=dep.outputs["ReduceQueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
-    )["Attributes"]["ApproximateNumberOfMessages"]
-    assert int(queued) == run.shard_count
+        QueueUrl=dep.outputs["ReduceQueueUrl"], AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )["Attributes"]["ApproximateNumberOfMessagesDelayed"]
+    assert int(queued) == run.shard_count  # delayed until its batches in flight settle (stop.settle_s)
     again = invoke(runner, app, "stop", "r1")
     assert again.exit_code == cli.EXIT_FAILED
     assert "only a splitting, running or paused run can be stopped" in again.stderr
