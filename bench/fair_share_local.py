@@ -80,17 +80,17 @@ stop_early = false
 """
 
 
-def p9_declarations(slots: int, folder: Path) -> Path:
+def p9_declarations(slots: int) -> Path:
     """The project's declaration file with the `scores` service declared at `slots` pushes at once
-    and the three P9 jobs; written into `folder`."""
+    and the three P9 jobs; written beside the project's own file."""
     text = (project_root() / "microprocess.toml").read_text()
     marker = 'local_app = "microservice.main:app"\n'
     if marker not in text:
         raise RuntimeError("microprocess.toml has no [services.scores] local_app line to add a capacity after")
     text = text.replace(marker, marker + f"capacity = {{ concurrent_pushes = {slots} }}\n", 1)
     text += "".join(JOB.format(name=name, weight=weight, batch=BATCH_SIZE) for name, weight in WEIGHTS.items())
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "p9.toml"
+    # beside the project's own file: its services (`local_app`) resolve from the file's folder
+    path = project_root() / ".bench-p9.toml"
     path.write_text(text)
     load_declarations(path)  # refuse a bad file here, not in the deploy
     return path
@@ -289,7 +289,7 @@ def measure_standalone(
     """P9 on a local stack of its own, deployed from `p9_declarations` (started and stopped here)."""
     folder = project_root() / ".microprocess" / "bench-p9"
     before = os.environ.get(DECLARATIONS_ENV)
-    os.environ[DECLARATIONS_ENV] = str(p9_declarations(slots, folder))
+    os.environ[DECLARATIONS_ENV] = str(p9_declarations(slots))
     try:
         echo(f"P9: starting a local stack with the three P9 jobs on one service at capacity {slots} …")
         with BenchStack(items=100, echo=echo, workdir=folder / "work") as bs:

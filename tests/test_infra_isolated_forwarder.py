@@ -26,12 +26,15 @@ pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
 FORWARDER_HANDLER = "functions.forwarder.handler.lambda_handler"
 
 
-def declarations_file(folder: Path, service_lines: dict[str, str]) -> Path:
-    """The repository's declarations with `lines` added to each named service's table."""
+def declarations_file(folder: Path, service_lines: dict[str, str], name: str = "microprocess.toml") -> Path:
+    """The repository's declarations with `lines` added to each named service's table, written to
+    `folder`/`name` (services resolve from the file's folder: a stack that runs them needs ROOT)."""
     text = (ROOT / "microprocess.toml").read_text()
     for service, lines in service_lines.items():
         text = text.replace(f"[services.{service}]\n", f"[services.{service}]\n{lines}", 1)
-    file = folder / "microprocess.toml"
+    file = folder / name
+    if file.resolve() == (ROOT / "microprocess.toml").resolve():
+        raise ValueError("declarations_file would overwrite the repository's microprocess.toml: give another name")
     file.write_text(text)
     return file
 

@@ -23,6 +23,7 @@ from microprocess.local.calls import CALL_LOG_ENV
 from microprocess.local.workspace import WORKDIR_ENV, project_root
 from tests.local_e2e_support import cli_json, invoices_file, stack_ledger
 from tests.test_infra_isolated_forwarder import declarations_file
+from tests.test_infra_synth import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +35,10 @@ RUN_TIMEOUT_S = "120"
 def stack() -> Iterator[LocalStack]:
     ws = Workspace.discover(project_root() / ".microprocess" / f"e2e-isolated-{os.getpid()}")
     ws.create()
-    file = declarations_file(ws.workdir, {"reminders": "isolated_forwarder = true\n"})
+    # beside the repository's own file (its services, `microservice`, resolve from the file's folder)
+    file = declarations_file(
+        ROOT, {"reminders": "isolated_forwarder = true\n"}, name=f".e2e-isolated-{os.getpid()}.toml"
+    )
     stack = LocalStack(ws, echo=lambda line: None, declarations=load_declarations(file))
     recording = os.environ.pop(CALL_LOG_ENV, None)
     try:
@@ -49,6 +53,7 @@ def stack() -> Iterator[LocalStack]:
         os.environ.pop(WORKDIR_ENV, None)
         stack.down()
         shutil.rmtree(ws.workdir, ignore_errors=True)
+        file.unlink(missing_ok=True)
 
 
 def task_forwarders(state: LocalState) -> dict[str, list[str]]:

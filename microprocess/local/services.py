@@ -2,9 +2,7 @@
 
 A service with `local_app` runs as one uvicorn process that takes the forwarder's signed
 pushes (`<service>`); one with `local_command` runs that command line (any language), told its
-port in `PORT`. Both run in the project folder (`ws.root`: the folder of the declaration file
-the CLI reads; a test or bench deriving a file elsewhere keeps the project's). A **bundled**
-service runs in its two roles, as on Fargate:
+port in `PORT`. Both run in the declaration file's folder. A **bundled** service runs in its two roles, as on Fargate:
 `<service>-live` (answers people) and `<service>-queue` (takes the pushes). Only the
 process that takes pushes gets the service's signing secret and, with `--chaos`, the
 fault file; only the live role gets its API key secret (`API_KEY_SECRET_ARN`), generated
@@ -225,8 +223,8 @@ def spawn_service(
     folder: Path | None = None,
     access_log: bool = False,
 ) -> ProcessHandle:
-    """Start the service on 127.0.0.1:`port` in `folder` (default the project folder, `ws.root`:
-    the declaration file's for the CLI): uvicorn with its app imported from there, or its
+    """Start the service on 127.0.0.1:`port` in `folder` (the declaration file's; default the
+    project folder, `ws.root`): uvicorn with its app imported from there, or its
     `local_command` (with `PORT`, and the folder of this Python first on `PATH`, so that `python`
     is the interpreter microprocess runs in)."""
     folder = folder or ws.root

@@ -354,7 +354,9 @@ class LocalStack:
                 ses_sender=sender,
                 chaos=chaos,
             )
-            self.handles[proc.process] = spawn_service(self.ws, proc, ports[proc.key], env, access_log=access_log)
+            self.handles[proc.process] = spawn_service(
+                self.ws, proc, ports[proc.key], env, folder=self.declarations.path.parent, access_log=access_log
+            )
             self.processes[proc.key] = proc
             self._record(endpoint)
         for proc in planned:
@@ -433,7 +435,9 @@ class LocalStack:
             ses_sender=ses_sender(self.ws.root, self.state.outputs),
             chaos=chaos.resolve() if chaos else None,
         )
-        handle = spawn_service(self.ws, proc, port, env, access_log=self._options.access_log)
+        handle = spawn_service(
+            self.ws, proc, port, env, folder=self.declarations.path.parent, access_log=self._options.access_log
+        )
         self.handles[proc.process] = handle
         wait_port_open(port, handle, timeout_s=60)
         self._record(self.state.endpoint_url, urls=self.state.services)
