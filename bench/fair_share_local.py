@@ -33,7 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.adaptive_local import admission, start_admission_service
-from bench.harness import BenchStack, Echo, Loop, echo_stderr, wait_until_ended, write_figures
+from bench.harness import (
+    APPEAR_WITHIN_S,
+    BenchError,
+    BenchStack,
+    Echo,
+    Loop,
+    echo_stderr,
+    wait_until_ended,
+    write_figures,
+)
 from bench.noop_service import SHED_PATH
 from microprocess.control.adaptive import Signals
 from microprocess.control.scale import JobScaler
@@ -94,6 +103,11 @@ def p9_declarations(slots: int) -> Path:
     path.write_text(text)
     load_declarations(path)  # refuse a bad file here, not in the deploy
     return path
+
+
+def run_id(job: str, phase: str, stamp: str) -> str:
+    """A bench run's id: its job's name first (the deployed splitter refuses others: `run_keys`)."""
+    return f"{job}-bench-{phase}-{stamp}"
 
 
 def start(bs: BenchStack, job: str, run_id: str, n: int) -> None:
@@ -163,7 +177,7 @@ def measure(
     tick()  # every job idle: every mapping disabled before the runs start
     admission(url, reset=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    runs = {job.name: f"bench-p9-{job.name}-{stamp}" for job in jobs}
+    runs = {job.name: run_id(job.name, "p9", stamp) for job in jobs}
     started: dict[str, float] = {}
     samples: list[dict[str, Any]] = []
 
@@ -252,27 +266,29 @@ def measure_shedding(
     bs: BenchStack, url: str, ledger: Ledger, tick: Any, *, shed_s: float, interval_s: float, echo: Echo
 ) -> dict[str, Any]:
     """One run of p9-light; `shed_s` seconds into it the service answers 503 Retry-After for `shed_s` seconds."""
-    run_id = f"bench-p9-shed-{time.strftime('%Y%m%dT%H%M%S')}"
+    shed_run = run_id("p9-light", "p9-shed", time.strftime("%Y%m%dT%H%M%S"))
     n = ITEMS["p9-light"]
     t0 = time.time()
     with Loop(tick, interval_s):
-        start(bs, "p9-light", run_id, n)
-        while ledger.get_run(run_id) is None or ledger.progress(run_id).succeeded < n // 4:
+        start(bs, "p9-light", shed_run, n)
+        while ledger.get_run(shed_run) is None or ledger.progress(shed_run).succeeded < n // 4:
+            if time.time() - t0 > APPEAR_WITHIN_S and ledger.get_run(shed_run) is None:
+                raise BenchError(f"run {shed_run} has no record {APPEAR_WITHIN_S:.0f} s after its start")
             time.sleep(0.5)
         body = json.dumps({"seconds": shed_s, "retry_after": int(shed_s)}).encode()
         with urllib.request.urlopen(urllib.request.Request(f"{url}{SHED_PATH}", data=body), timeout=10) as resp:
             shed = json.loads(resp.read())
         echo(f"  the service sheds load for {shed_s:g} s (503 Retry-After: {int(shed_s)})")
-        run = wait_until_ended(ledger, run_id, started=t0, timeout_s=shed_s + 1800, echo=echo, indent="  ")
+        run = wait_until_ended(ledger, shed_run, started=t0, timeout_s=shed_s + 1800, echo=echo, indent="  ")
     counts = admission(url)
     shards = run.shard_count
-    attempts = sorted({t.attempts for k in range(shards) for t in ledger.iter_results(run_id, k)})
+    attempts = sorted({t.attempts for k in range(shards) for t in ledger.iter_results(shed_run, k)})
     resumed = counts["first_after_shed"] - shed["shed_until"] if counts.get("first_after_shed") else None
     return {
         "shed_s": shed_s,
         "pushes_answered_503": int(counts["shed"]),
         "status": str(run.status),
-        "failed": ledger.progress(run_id).failed,
+        "failed": ledger.progress(shed_run).failed,
         "attempts_seen": attempts,
         "resumed_after_s": round(resumed, 1) if resumed is not None else None,
     }

@@ -604,16 +604,33 @@ def start_run(bs: BenchStack, job: str, run_id: str) -> None:
         raise BenchError(f"the splitter did not accept the start (HTTP {resp.get('StatusCode')})")
 
 
+#: A run's record appears once its splitter accepted the start; later, the start was refused.
+APPEAR_WITHIN_S = 120.0
+
+
 def wait_until_ended(
-    ledger: Any, run_id: str, *, started: float, timeout_s: float, echo: Echo, indent: str = "  "
+    ledger: Any,
+    run_id: str,
+    *,
+    started: float,
+    timeout_s: float,
+    echo: Echo,
+    indent: str = "  ",
+    appear_within_s: float = APPEAR_WITHIN_S,
 ) -> Any:
     """Poll the run until it ends (returns its terminal record), its progress echoed every 10 s;
-    `BenchError` when it has not ended `timeout_s` after `started` (epoch seconds)."""
-    last_report = time.time()
+    `BenchError` when it has not ended `timeout_s` after `started` (epoch seconds), or when its
+    record has not appeared `appear_within_s` after the wait began (the splitter refused the start)."""
+    last_report = waiting_since = time.time()
     while True:
         run = ledger.get_run(run_id)
         if run is not None and run.status.terminal:
             return run
+        if run is None and time.time() - waiting_since > appear_within_s:
+            raise BenchError(
+                f"run {run_id} has no record {appear_within_s:.0f} s after its start: the splitter refused or "
+                "failed the start (its reason is in the stack's logs/ministack.log)"
+            )
         if time.time() - started > timeout_s:
             raise BenchError(f"run {run_id} did not finish in {timeout_s:.0f} s (status {run and run.status})")
         if time.time() - last_report > 10 and run is not None:

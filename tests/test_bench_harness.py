@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import _cpu, _function_name, cpu_by_function
+from bench.harness import BenchError, _cpu, _function_name, cpu_by_function, wait_until_ended
 
 
 def test_cpu_by_function_sums_each_functions_workers_between_two_readings() -> None:
@@ -77,3 +77,27 @@ def test_the_splitters_backpressure_line_is_read_as_waiting_time() -> None:
     import inspect
 
     assert "waited %.1f s for its queue to drain below" in inspect.getsource(splitter.Splitter._room_for)
+
+
+def test_wait_until_ended_names_a_start_the_splitter_refused() -> None:
+    # GIVEN a ledger in which the run's record never appears (the splitter refused its start)
+    class NoRun:
+        def get_run(self, run_id: str) -> None:
+            return None
+
+    # WHEN the bench waits for it with a short appearance limit
+    with pytest.raises(BenchError, match="refused or failed the start"):
+        wait_until_ended(NoRun(), "r", started=time.time(), timeout_s=60, echo=print, appear_within_s=0.3)
+    # THEN it fails at once instead of waiting out the run's whole timeout
+
+
+def test_every_p9_run_id_is_one_the_deployed_splitter_accepts() -> None:
+    # GIVEN the ids P9 gives its runs (three jobs, then the shedding run of p9-light)
+    from bench.fair_share_local import ITEMS, run_id
+    from microprocess.declarations.run_keys import run_id_refusal
+
+    ids = [(job, run_id(job, "p9", "20261207T000000")) for job in ITEMS] + [
+        ("p9-light", run_id("p9-light", "p9-shed", "20261207T000000"))
+    ]
+    # THEN each starts with its job's name (a refused id left P9 waiting 30 minutes for nothing)
+    assert [(job, rid) for job, rid in ids if run_id_refusal(job, rid)] == []
