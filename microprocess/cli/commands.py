@@ -29,6 +29,7 @@ from microprocess.cli import (
     project,
     report,
     runs,
+    services,
 )
 from microprocess.cli.demo import count_report_rows
 
@@ -80,6 +81,7 @@ plan.register(app)  # plan
 check_service.register(app)  # check-service
 runs.register(app)  # run, status, runs, cancel, retry-failed
 report.register(app)  # report
+services.register(app)  # services: each service's load
 demo.register(app)  # demo
 control.register(app)  # tasks, pause, resume, stop, scale
 console.register(app)  # the operator console
