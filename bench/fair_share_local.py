@@ -155,7 +155,11 @@ def busy_slots(in_flight: list[tuple[float, int]], slots: int, start: float, end
     def part(lo: float, hi: float) -> dict[str, float]:
         values = [n for t, n in seen if lo <= t < hi]
         mean = sum(values) / len(values) if values else 0.0
-        return {"s": round(hi - lo, 1), "mean_in_flight": round(mean, 1), "idle_slot_s": round((slots - mean) * (hi - lo))}
+        return {
+            "s": round(hi - lo, 1),
+            "mean_in_flight": round(mean, 1),
+            "idle_slot_s": round((slots - mean) * (hi - lo)),
+        }
 
     ramp_end = full if full is not None else end
     return {
