@@ -195,3 +195,40 @@ def test_the_learned_capacity_is_one_per_service_and_survives_across_ticks() -> 
     again = _share(aws, jobs, 40, Signals(pushes=0)).tick()
     assert again.learned == first.learned  # idle: starts where the learned capacity is, remembered
     assert again.caps == {"a": 0, "b": 0} or sum(again.caps.values()) * 2 <= 40
+
+
+def test_the_service_s_learned_capacity_is_held_while_it_sheds_load_and_learned_again_after() -> None:
+    # GIVEN two adaptive jobs whose service's controller learned a capacity
+    aws = FakeAws({"a": 100, "b": 100})
+    jobs = [_job("a", adaptive=True), _job("b", adaptive=True)]
+    clock = [1000.0]
+
+    def share(signals: Signals) -> ServiceShare:
+        service = ServiceDeclaration(name="scores", local_app="m:app", capacity={"concurrent_pushes": 40})
+        return ServiceShare(
+            service=service,
+            jobs=jobs,
+            scaler=FakeScaler(aws),  # type: ignore[arg-type]
+            signals=lambda _job: signals,
+            state=ServiceState(aws, "ledger"),
+            clock=lambda: clock[0],
+        )
+
+    healthy = Signals(pushes=600, p90_latency_ms=100.0, interval_s=60.0)
+    learned = share(healthy).tick().learned
+    assert learned is not None
+    # WHEN the service sheds load: the batches in flight answered 503 Retry-After: 120, and the wait is marked
+    aws.put_item(
+        TableName="ledger",
+        Item={"pk": {"S": "SVC#scores"}, "sk": {"S": "SHED"}, "until": {"N": str(clock[0] + 120)}},
+    )
+    start = share(Signals(pushes=600, shed=60, p90_latency_ms=100.0, interval_s=60.0)).tick()
+    # THEN the learned capacity is held, not cut
+    assert start.learned == learned and "shed" in start.reason
+    # AND during the wait (no push: not idleness) it is held too
+    clock[0] += 60
+    quiet = share(Signals(pushes=0)).tick()
+    assert quiet.learned == learned and "wait" in quiet.reason
+    # WHEN the wait is over THEN the controller decides again (a healthy interval grows it)
+    clock[0] += 120
+    assert (share(healthy).tick().learned or 0) > learned

@@ -5,7 +5,9 @@ service's capacity (declared, and learned by one AIMD controller over all its jo
 when a job is `adaptive`); the split by weight (`allocate`), applied to the jobs' event source
 mappings (an idle job's disabled, an active one's enabled at its cap); what it decided saved
 on the service's own ledger item (`SVC#<service>`, sk `SHARE`): the learned capacity survives
-from run to run, and `status`, `runs` and the console read the service's load from it.
+from run to run, and `status`, `runs` and the console read the service's load from it. While the
+service sheds load (it asked every job to wait: `pipeline.shedding`), the learned capacity is
+held: its shed answers are not throttling, and the quiet window is not idleness.
 
 A `microprocess run JOB --priority high` leaves a mark (`SVC#<service>`, sk `HIGH#<run>`): the
 job's weight is multiplied by its `priority_weight` while its queue has work; the first tick
@@ -18,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from microprocess.control.adaptive import AimdController, AimdSettings, MetricsEmitter, Signals
@@ -32,6 +35,7 @@ from microprocess.control.share import (
     declared_capacity,
 )
 from microprocess.declarations import JobDeclaration, ServiceDeclaration
+from microprocess.pipeline.shedding import ServiceWaits
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,10 @@ class ServiceState:
 
     def save(self, service: str, state: dict[str, Any]) -> None:
         self.dynamodb.put_item(TableName=self.table, Item={**service_key(service), "state": {"S": json.dumps(state)}})
+
+    def waits(self, clock: Callable[[], float] = time.time) -> ServiceWaits:
+        """The services' shedding marks (`pipeline.shedding`), in the same table."""
+        return ServiceWaits(self.dynamodb, self.table, clock=clock)
 
     def mark_high(self, service: str, job: str, run_id: str) -> None:
         """`run --priority high`: the job takes its larger share while its queue has work."""
@@ -124,7 +132,8 @@ def queue_activity(scaler: JobScaler, job: JobDeclaration) -> tuple[bool, int]:
 
 
 def combined(signals: Iterable[Signals]) -> Signals:
-    """One interval of a service: the sums of its jobs' pushes and 429/503s, the slowest p90."""
+    """One interval of a service: the sums of its jobs' pushes, 429/503s and shed answers, the slowest
+    p90; waiting when any job's signals say the service asks to wait."""
     signals = list(signals)
     p90s = [s.p90_latency_ms for s in signals if s.p90_latency_ms is not None]
     return Signals(
@@ -132,6 +141,8 @@ def combined(signals: Iterable[Signals]) -> Signals:
         throttled=sum(s.throttled for s in signals),
         p90_latency_ms=max(p90s) if p90s else None,
         interval_s=max((s.interval_s for s in signals), default=60.0),
+        shed=sum(s.shed for s in signals),
+        waiting=any(s.waiting for s in signals),
     )
 
 
@@ -182,6 +193,8 @@ class ServiceShare:
         """One decision for the service, applied to its jobs' mappings and saved."""
         saved = self.state.load(self.service.name)
         interval = combined(self.signals(job.name) for job in self.jobs)
+        if not interval.waiting and self.state.waits(self.clock).until(self.service.name) is not None:
+            interval = replace(interval, waiting=True)  # shedding: the AIMD holds (`AimdController.decide`)
         activity = {job.name: queue_activity(self.scaler, job) for job in self.jobs}
         learned, memory, reason = None, saved.get("memory", {}), ""
         if any(job.adaptive for job in self.jobs):
