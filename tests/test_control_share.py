@@ -97,14 +97,22 @@ class FakeAws:
         self.depth = depth
         self.mappings = {job: {"UUID": f"u-{job}", "cap": 2, "State": "Enabled"} for job in depth}
         self.items: dict[tuple[str, str], dict[str, Any]] = {}
+        self.in_flight: dict[str, int] = {}  # messages received, not yet deleted
+        self.updates: list[tuple[str, dict[str, Any]]] = []
 
     # sqs
     def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:
-        return {"Attributes": {"ApproximateNumberOfMessages": str(self.depth[QueueUrl])}}
+        return {
+            "Attributes": {
+                "ApproximateNumberOfMessages": str(self.depth[QueueUrl]),
+                "ApproximateNumberOfMessagesNotVisible": str(self.in_flight.get(QueueUrl, 0)),
+            }
+        }
 
     # lambda
     def update_event_source_mapping(self, UUID: str, **changes: Any) -> None:
         job = UUID.removeprefix("u-")
+        self.updates.append((job, changes))
         if "ScalingConfig" in changes:
             self.mappings[job]["cap"] = changes["ScalingConfig"]["MaximumConcurrency"]
         if "Enabled" in changes:
@@ -232,3 +240,71 @@ def test_the_service_s_learned_capacity_is_held_while_it_sheds_load_and_learned_
     # WHEN the wait is over THEN the controller decides again (a healthy interval grows it)
     clock[0] += 120
     assert (share(healthy).tick().learned or 0) > learned
+
+
+def test_caps_are_lowered_first_and_a_raise_waits_until_the_lowered_jobs_batches_have_finished() -> None:
+    # GIVEN two jobs running at their 2:1 caps of a service at 24 pushes (8 + 4 batches of 2, all in flight)
+    aws = FakeAws({"big": 500, "small": 500, "short": 0})
+    aws.mappings["big"]["cap"], aws.mappings["small"]["cap"] = 8, 4
+    aws.mappings["short"]["State"] = "Disabled"
+    aws.in_flight = {"big": 16, "small": 8}
+    jobs = [_job("big", 2), _job("small", 1), _job("short", 1)]
+    clock = [1000.0]
+    seen: list[dict[str, Any]] = []
+
+    def sleep(s: float) -> None:  # the lowered jobs' batches finish one by one
+        seen.append({j: (m["cap"], m["State"]) for j, m in aws.mappings.items()})
+        clock[0] += s
+        for job, keep in (("big", 12), ("small", 6)):
+            aws.in_flight[job] = max(keep, aws.in_flight[job] - 2)
+
+    def share() -> ServiceShare:
+        service = ServiceDeclaration(name="scores", local_app="m:app", capacity={"concurrent_pushes": 24})
+        return ServiceShare(
+            service=service,
+            jobs=jobs,
+            scaler=FakeScaler(aws),  # type: ignore[arg-type]
+            signals=lambda _job: Signals(pushes=0),
+            state=ServiceState(aws, "ledger"),
+            clock=lambda: clock[0],
+            sleep=sleep,
+        )
+
+    # WHEN the short job gets work
+    aws.depth["short"] = 40
+    share().tick()
+    # THEN the others were lowered (6:3) before the short job was enabled, which waited while their
+    # batches above the new caps ran (enabled at once, it would have had 24 + 6 pushes to a service at 24)
+    assert seen and seen[0] == {"big": (6, "Enabled"), "small": (3, "Enabled"), "short": (2, "Disabled")}
+    assert aws.updates[-1] == ("short", {"ScalingConfig": {"MaximumConcurrency": 3}, "Enabled": True})
+    assert aws.in_flight == {"big": 12, "small": 6}
+    # AND a raise with nothing running above the new caps is applied at once
+    aws.updates.clear()
+    aws.depth["short"], seen[:] = 0, []
+    share().tick()
+    assert not seen and {j: m["cap"] for j, m in aws.mappings.items() if m["State"] == "Enabled"} == {
+        "big": 8,
+        "small": 4,
+    }
+
+
+def test_a_raise_waits_at_most_room_wait_s_for_the_lowered_batches() -> None:
+    aws = FakeAws({"big": 500, "short": 40})
+    aws.mappings["big"]["cap"] = 12
+    aws.mappings["short"]["State"] = "Disabled"
+    aws.in_flight = {"big": 24}  # messages backing off stay in flight: they never drain here
+    clock = [1000.0]
+    service = ServiceDeclaration(name="scores", local_app="m:app", capacity={"concurrent_pushes": 24})
+    share = ServiceShare(
+        service=service,
+        jobs=[_job("big"), _job("short")],
+        scaler=FakeScaler(aws),  # type: ignore[arg-type]
+        signals=lambda _job: Signals(pushes=0),
+        state=ServiceState(aws, "ledger"),
+        clock=lambda: clock[0],
+        sleep=lambda s: clock.__setitem__(0, clock[0] + s),
+        room_wait_s=5.0,
+    )
+    share.tick()
+    assert 1005.0 <= clock[0] <= 1006.0  # waited its bound, then raised anyway (the short job is not starved)
+    assert aws.mappings["short"] == {"UUID": "u-short", "cap": 6, "State": "Enabled"}

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from microprocess.control.adaptive import AimdController, AimdSettings, MetricsEmitter, Signals
-from microprocess.control.scale import JobScaler
+from microprocess.control.scale import EventSourceCap, JobScaler
 from microprocess.control.share import (
     SERVICE_PK_PREFIX,
     SHARE_SK,
@@ -32,7 +32,9 @@ from microprocess.control.share import (
     JobDemand,
     ServiceLoad,
     allocate,
+    batches_running,
     declared_capacity,
+    pushes_at_once,
 )
 from microprocess.declarations import JobDeclaration, ServiceDeclaration
 from microprocess.pipeline.shedding import ServiceWaits
@@ -40,6 +42,10 @@ from microprocess.pipeline.shedding import ServiceWaits
 log = logging.getLogger(__name__)
 
 HIGH_SK_PREFIX = "HIGH#"
+#: The longest a tick waits for the batches of lowered caps to finish before it raises others, s
+#: (the scheduled function has 50 s for every service's tick; a batch lasts about its push time).
+ROOM_WAIT_S = 15.0
+ROOM_POLL_S = 0.5
 _QUEUE_COUNTS = (
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
@@ -169,13 +175,15 @@ class ServiceShare:
         state: ServiceState,
         emit: MetricsEmitter | None = None,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        room_wait_s: float = ROOM_WAIT_S,
     ) -> None:
         self.service, self.jobs = service, list(jobs)
         if not self.jobs:
             raise ValueError(f"service '{service.name}' has no job to share it")
         self.scaler, self.signals, self.state = scaler, signals, state
         self.emit = emit or (lambda name, value, job, **_: None)
-        self.clock = clock
+        self.clock, self.sleep, self.room_wait_s = clock, sleep, room_wait_s
 
     def aimd_settings(self) -> AimdSettings:
         """The service's AIMD in pushes at once: up to its declared capacity, or its jobs' maxima together."""
@@ -219,7 +227,7 @@ class ServiceShare:
                 f"capacity {capacity} pushes is below the active jobs' least caps (2 batches each, "
                 f"{sum(2 * d.batch_size for d in demands if d.active)} pushes): lower their batch_size"
             )
-        self._apply(split)
+        self._apply(split, capacity, {name: seen[1] for name, seen in activity.items()})
         load = ServiceLoad(
             service=self.service.name,
             capacity=capacity,
@@ -249,22 +257,60 @@ class ServiceShare:
                 self.state.end_high(self.service.name, sk, job)
         return high
 
-    def _apply(self, split: Allocation) -> None:
+    def _apply(self, split: Allocation, capacity: int, in_flight: dict[str, int]) -> None:
+        """The caps, lowered first and raised once the room is there: a lowered cap stops no batch, so a
+        raise applied at once would put the service above its capacity while the lowered jobs' batches
+        finish (measured in P9: a job enabled while the others ran at their old caps had most of its
+        pushes answered 429, and each all-429 batch ended at once and took the next)."""
+        targets = {job.name: min(split.caps[job.name], job.max_concurrency) for job in self.jobs}
+        caps = {job.name: self.scaler.cap(job) for job in self.jobs}
+        raises: list[tuple[str, dict[str, Any]]] = []
         for job in self.jobs:
-            cap, target = self.scaler.cap(job), split.caps[job.name]
+            cap, target = caps[job.name], targets[job.name]
             enabled = cap.state not in ("Disabled", "Disabling")
             if target == 0:
                 if enabled:
                     self.scaler.lambda_client.update_event_source_mapping(UUID=cap.uuid, Enabled=False)
                 continue
-            target = min(target, job.max_concurrency)
             changes: dict[str, Any] = {}
             if cap.concurrency != target:
                 changes["ScalingConfig"] = {"MaximumConcurrency": target}
             if not enabled:
                 changes["Enabled"] = True
-            if changes:
+            if changes and enabled and cap.concurrency is not None and target < cap.concurrency:
                 self.scaler.lambda_client.update_event_source_mapping(UUID=cap.uuid, **changes)
+            elif changes:
+                raises.append((cap.uuid, changes))
+        if raises:
+            self._wait_for_room(targets, caps, capacity, in_flight)
+        for uuid, changes in raises:
+            self.scaler.lambda_client.update_event_source_mapping(UUID=uuid, **changes)
+
+    def _wait_for_room(
+        self, targets: dict[str, int], caps: dict[str, EventSourceCap], capacity: int, in_flight: dict[str, int]
+    ) -> None:
+        """Wait (at most `room_wait_s`) until the batches still running under the caps before fit the
+        new caps within the capacity (or within the caps' own pushes when the floors are above it)."""
+        sizes = {job.name: job.batch_size for job in self.jobs}
+        bound = max(capacity, pushes_at_once(targets, {}, sizes))
+        deadline = self.clock() + self.room_wait_s
+        while True:
+            running = {
+                job.name: batches_running(in_flight.get(job.name, 0), job.batch_size, caps[job.name].concurrency or 0)
+                for job in self.jobs
+            }
+            if pushes_at_once(targets, running, sizes) <= bound:
+                return
+            if self.clock() >= deadline:
+                log.warning(
+                    "service %s: raising caps while batches under the caps before still run (%s); the service "
+                    "may be above its capacity until they finish",
+                    self.service.name,
+                    running,
+                )
+                return
+            self.sleep(ROOM_POLL_S)
+            in_flight = {job.name: queue_activity(self.scaler, job)[1] for job in self.jobs if in_flight.get(job.name)}
 
 
 def _load_fields(load: ServiceLoad) -> dict[str, Any]:

@@ -136,6 +136,19 @@ def allocate(capacity: int, demands: Iterable[JobDemand]) -> Allocation:
     return Allocation(capacity, caps, shares)
 
 
+def pushes_at_once(targets: Mapping[str, int], running: Mapping[str, int], batch_sizes: Mapping[str, int]) -> int:
+    """The most pushes at once once every job is at its `targets` cap, while the batches `running`
+    under the caps before still run (a lowered cap stops no batch: each finishes)."""
+    jobs = set(targets) | set(running)
+    return sum(max(targets.get(j, 0), running.get(j, 0)) * batch_sizes.get(j, 1) for j in jobs)
+
+
+def batches_running(messages_in_flight: int, batch_size: int, cap: int) -> int:
+    """The batches a job may still be running: its messages in flight (received, not yet deleted) in
+    whole batches, at most its cap in force (messages backing off after a 429 are in flight too)."""
+    return min(math.ceil(messages_in_flight / batch_size), cap)
+
+
 def declared_capacity(service: ServiceDeclaration, push_ms: float | None) -> int | None:
     """The service's declared capacity in pushes at once (None: none declared).
 
