@@ -308,3 +308,18 @@ def test_a_raise_waits_at_most_room_wait_s_for_the_lowered_batches() -> None:
     share.tick()
     assert 1005.0 <= clock[0] <= 1006.0  # waited its bound, then raised anyway (the short job is not starved)
     assert aws.mappings["short"] == {"UUID": "u-short", "cap": 6, "State": "Enabled"}
+
+
+def test_a_draining_job_s_unused_share_goes_to_the_others_at_once() -> None:
+    # GIVEN a job weighted 2 whose queue has nothing left to receive, 3 batches (6 messages) in flight
+    aws = FakeAws({"big": 0, "small": 500})
+    aws.mappings["big"]["cap"], aws.mappings["small"]["cap"] = 8, 4
+    aws.in_flight = {"big": 6}
+    jobs = [_job("big", 2), _job("small", 1)]
+    load = _share(aws, jobs, 24).tick()
+    # THEN it keeps the batches it runs and the other job takes the rest of the capacity, at once
+    assert load.caps == {"big": 3, "small": 9} and load.allowed_pushes == 24
+    assert {j: m["cap"] for j, m in aws.mappings.items()} == {"big": 3, "small": 9}
+    # AND a job with messages still to receive keeps its weighted share
+    aws.depth["big"] = 40
+    assert _share(aws, jobs, 24).tick().caps == {"big": 8, "small": 4}

@@ -127,14 +127,15 @@ class ServiceState:
         )
 
 
-def queue_activity(scaler: JobScaler, job: JobDeclaration) -> tuple[bool, int]:
-    """(the job has work: a message visible, in flight or delayed; its messages in flight)."""
+def queue_activity(scaler: JobScaler, job: JobDeclaration) -> tuple[bool, int, int]:
+    """(the job has work: a message visible, in flight or delayed; its messages in flight; its
+    messages waiting to be received: visible or delayed)."""
     url = scaler.job_queue_urls.get(job.name)
     if not url:
         raise ValueError(f"the stack has no task queue for job '{job.name}'; deploy the stack again")
     attrs = scaler.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(_QUEUE_COUNTS))["Attributes"]
     counts = [int(attrs.get(name, 0)) for name in _QUEUE_COUNTS]
-    return sum(counts) > 0, counts[1]
+    return sum(counts) > 0, counts[1], counts[0] + counts[2]
 
 
 def combined(signals: Iterable[Signals]) -> Signals:
@@ -220,7 +221,10 @@ class ServiceShare:
         bounds = [b for b in (declared_capacity(self.service, push_ms), learned) if b is not None]
         capacity = int(min(bounds))
         high = self._high_priority(activity)
-        demands = [JobDemand.of(job, active=activity[job.name][0], high_priority=job.name in high) for job in self.jobs]
+        demands = [
+            JobDemand.of(job, active=seen[0], high_priority=job.name in high, draining=None if seen[2] else seen[1])
+            for job, seen in ((job, activity[job.name]) for job in self.jobs)
+        ]
         split = allocate(capacity, demands)
         if split.below_floor:
             reason = (
@@ -248,7 +252,7 @@ class ServiceShare:
             self.emit("ServiceShareCap", cap, job)
         return load
 
-    def _high_priority(self, activity: dict[str, tuple[bool, int]]) -> set[str]:
+    def _high_priority(self, activity: dict[str, tuple[bool, int, int]]) -> set[str]:
         high: set[str] = set()
         for sk, job in self.state.high_marks(self.service.name):
             if activity.get(job, (False, 0))[0]:

@@ -13,6 +13,8 @@ one per service, every interval) keeps that sum within the service's capacity:
 * **the activity** of each job: a job whose queue holds a message (visible, in flight or
   delayed) is active; an idle one's mapping is disabled, so its share goes to the others at
   once, and it starts at the next interval when work arrives (a run waits at most one interval);
+  a draining one (messages in flight only, none visible or delayed) can use no more batches
+  than it runs, so the rest of its share goes to the others too (P9: the last seconds of a job);
 * **the split** (`allocate`): water-filling by weight (a job's weight x `priority_weight` while
   it has a `--priority high` run), each job at most its `max_concurrency`, then whole batches:
   each job gets floor(share / batch size) batches, and the batches left go to the largest
@@ -65,9 +67,16 @@ class JobDemand:
     active: bool = True
 
     @classmethod
-    def of(cls, job: JobDeclaration, *, active: bool, high_priority: bool = False) -> JobDemand:
+    def of(
+        cls, job: JobDeclaration, *, active: bool, high_priority: bool = False, draining: int | None = None
+    ) -> JobDemand:
+        """`draining`: the job's messages in flight when none waits to be received (its queue is
+        draining: it can use no more batches than those, so the rest of its share goes to the others)."""
         weight = job.weight * (job.priority_weight if high_priority else 1.0)
-        return cls(job.name, weight, job.batch_size, job.max_concurrency, active)
+        most = job.max_concurrency
+        if active and draining is not None:
+            most = min(most, max(MIN_CONCURRENCY, math.ceil(draining / job.batch_size)))
+        return cls(job.name, weight, job.batch_size, most, active)
 
 
 @dataclass(frozen=True)
