@@ -270,13 +270,31 @@ def test_caps_are_lowered_first_and_a_raise_waits_until_the_lowered_jobs_batches
             sleep=sleep,
         )
 
+    pushes: list[int] = []  # the most pushes at once after each change: caps, or batches still running
+    update = aws.update_event_source_mapping
+
+    def checked(UUID: str, **changes: Any) -> None:
+        update(UUID, **changes)
+        pushes.append(
+            sum(
+                max(m["cap"] if m["State"] == "Enabled" else 0, -(-aws.in_flight.get(j, 0) // 2)) * 2
+                for j, m in aws.mappings.items()
+            )
+        )
+
+    aws.update_event_source_mapping = checked  # type: ignore[method-assign]
     # WHEN the short job gets work
     aws.depth["short"] = 40
     share().tick()
-    # THEN the others were lowered (6:3) before the short job was enabled, which waited while their
-    # batches above the new caps ran (enabled at once, it would have had 24 + 6 pushes to a service at 24)
+    # THEN the others were lowered (6:3) before the short job was enabled, which was raised in whole
+    # batches as their batches above the new caps ended (enabled at once, it would have had 24 + 6
+    # pushes to a service at 24): never above the capacity
     assert seen and seen[0] == {"big": (6, "Enabled"), "small": (3, "Enabled"), "short": (2, "Disabled")}
-    assert aws.updates[-1] == ("short", {"ScalingConfig": {"MaximumConcurrency": 3}, "Enabled": True})
+    assert [u for u in aws.updates if u[0] == "short"] == [
+        ("short", {"ScalingConfig": {"MaximumConcurrency": 2}, "Enabled": True}),
+        ("short", {"ScalingConfig": {"MaximumConcurrency": 3}}),
+    ]
+    assert max(pushes) <= 24
     assert aws.in_flight == {"big": 12, "small": 6}
     # AND a raise with nothing running above the new caps is applied at once
     aws.updates.clear()

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from microprocess.control.adaptive import AimdController, AimdSettings, MetricsEmitter, Signals
-from microprocess.control.scale import EventSourceCap, JobScaler
+from microprocess.control.scale import JobScaler
 from microprocess.control.share import (
     SERVICE_PK_PREFIX,
     SHARE_SK,
@@ -35,6 +35,7 @@ from microprocess.control.share import (
     batches_running,
     declared_capacity,
     pushes_at_once,
+    raise_steps,
 )
 from microprocess.declarations import JobDeclaration, ServiceDeclaration
 from microprocess.pipeline.shedding import ServiceWaits
@@ -262,56 +263,50 @@ class ServiceShare:
         return high
 
     def _apply(self, split: Allocation, capacity: int, in_flight: dict[str, int]) -> None:
-        """The caps, lowered first and raised once the room is there: a lowered cap stops no batch, so a
-        raise applied at once would put the service above its capacity while the lowered jobs' batches
-        finish (measured in P9: a job enabled while the others ran at their old caps had most of its
-        pushes answered 429, and each all-429 batch ended at once and took the next)."""
+        """The caps, lowered first and raised as the room frees: a lowered cap stops no batch, so a raise
+        applied at once would put the service above its capacity while the lowered jobs' batches finish
+        (measured in P9: a job enabled while the others ran at their old caps had most of its pushes
+        answered 429, and each all-429 batch ended at once and took the next). A raise goes up in whole
+        batches as the lowered jobs' batches end (`share.raise_steps`), waiting at most `room_wait_s`."""
         targets = {job.name: min(split.caps[job.name], job.max_concurrency) for job in self.jobs}
         caps = {job.name: self.scaler.cap(job) for job in self.jobs}
-        raises: list[tuple[str, dict[str, Any]]] = []
+        granted: dict[str, int] = {}
         for job in self.jobs:
             cap, target = caps[job.name], targets[job.name]
             enabled = cap.state not in ("Disabled", "Disabling")
-            if target == 0:
-                if enabled:
-                    self.scaler.lambda_client.update_event_source_mapping(UUID=cap.uuid, Enabled=False)
-                continue
-            changes: dict[str, Any] = {}
-            if cap.concurrency != target:
-                changes["ScalingConfig"] = {"MaximumConcurrency": target}
-            if not enabled:
-                changes["Enabled"] = True
-            if changes and enabled and cap.concurrency is not None and target < cap.concurrency:
-                self.scaler.lambda_client.update_event_source_mapping(UUID=cap.uuid, **changes)
-            elif changes:
-                raises.append((cap.uuid, changes))
-        if raises:
-            self._wait_for_room(targets, caps, capacity, in_flight)
-        for uuid, changes in raises:
-            self.scaler.lambda_client.update_event_source_mapping(UUID=uuid, **changes)
-
-    def _wait_for_room(
-        self, targets: dict[str, int], caps: dict[str, EventSourceCap], capacity: int, in_flight: dict[str, int]
-    ) -> None:
-        """Wait (at most `room_wait_s`) until the batches still running under the caps before fit the
-        new caps within the capacity (or within the caps' own pushes when the floors are above it)."""
+            now = (cap.concurrency or job.max_concurrency) if enabled else 0
+            if target == 0 and enabled:
+                self.scaler.lambda_client.update_event_source_mapping(UUID=cap.uuid, Enabled=False)
+            elif 0 < target < now or (target == now and cap.concurrency != target):
+                self.scaler.lambda_client.update_event_source_mapping(
+                    UUID=cap.uuid, ScalingConfig={"MaximumConcurrency": target}
+                )
+            granted[job.name] = min(now, target)
         sizes = {job.name: job.batch_size for job in self.jobs}
         bound = max(capacity, pushes_at_once(targets, {}, sizes))
         deadline = self.clock() + self.room_wait_s
-        while True:
+        while any(granted[j] < targets[j] for j in targets):
             running = {
                 job.name: batches_running(in_flight.get(job.name, 0), job.batch_size, caps[job.name].concurrency or 0)
                 for job in self.jobs
             }
-            if pushes_at_once(targets, running, sizes) <= bound:
-                return
-            if self.clock() >= deadline:
+            late = self.clock() >= deadline
+            steps = dict(targets) if late else raise_steps(targets, granted, running, sizes, bound)
+            if late:
                 log.warning(
                     "service %s: raising caps while batches under the caps before still run (%s); the service "
                     "may be above its capacity until they finish",
                     self.service.name,
                     running,
                 )
+            for job in self.jobs:
+                if steps[job.name] > granted[job.name]:
+                    changes: dict[str, Any] = {"ScalingConfig": {"MaximumConcurrency": steps[job.name]}}
+                    if granted[job.name] == 0:
+                        changes["Enabled"] = True
+                    self.scaler.lambda_client.update_event_source_mapping(UUID=caps[job.name].uuid, **changes)
+                    granted[job.name] = steps[job.name]
+            if late or all(granted[j] >= targets[j] for j in targets):
                 return
             self.sleep(ROOM_POLL_S)
             in_flight = {job.name: queue_activity(self.scaler, job)[1] for job in self.jobs if in_flight.get(job.name)}

@@ -152,6 +152,29 @@ def pushes_at_once(targets: Mapping[str, int], running: Mapping[str, int], batch
     return sum(max(targets.get(j, 0), running.get(j, 0)) * batch_sizes.get(j, 1) for j in jobs)
 
 
+def raise_steps(
+    targets: Mapping[str, int],
+    granted: Mapping[str, int],
+    running: Mapping[str, int],
+    batch_sizes: Mapping[str, int],
+    bound: int,
+) -> dict[str, int]:
+    """The caps the jobs can have now, on the way to `targets`: a job below its target (`granted`:
+    the caps in force, 0 for a disabled mapping) takes whole batches of the room left within `bound`
+    pushes while every job runs the larger of its cap and its batches still `running`; the largest
+    shortfall first; a disabled one only once `MIN_CONCURRENCY` batches fit (its event source's floor)."""
+    caps = dict(granted)
+    room = bound - pushes_at_once(caps, running, batch_sizes)
+    for job in sorted((j for j in targets if caps.get(j, 0) < targets[j]), key=lambda j: caps.get(j, 0) - targets[j]):
+        size, now, busy = batch_sizes.get(job, 1), caps.get(job, 0), running.get(job, 0)
+        new = min(targets[job], max(now, busy) + max(room, 0) // size)
+        if new <= now or (now == 0 and new < MIN_CONCURRENCY):
+            continue
+        room -= (max(new, busy) - max(now, busy)) * size
+        caps[job] = new
+    return caps
+
+
 def batches_running(messages_in_flight: int, batch_size: int, cap: int) -> int:
     """The batches a job may still be running: its messages in flight (received, not yet deleted) in
     whole batches, at most its cap in force (messages backing off after a 429 are in flight too)."""
