@@ -41,3 +41,22 @@ def test_the_jobs_maxima_and_four_times_the_deployed_cap_bound_the_workers() -> 
     assert forwarder_workers(8, _declared([small], [_job("a", batch_size=1, max_concurrency=500)])) == 32
     tiny = ServiceDeclaration(name="scores", local_app="m:app", capacity={"concurrent_pushes": 8})
     assert forwarder_workers(8, _declared([tiny], [_job("a")])) == 8  # 2 batches + 1: below the deployed cap
+
+
+def test_the_reducer_is_warmed_as_many_as_its_event_source_runs_at_once() -> None:
+    from microprocess.local.tuning import warm_reducers
+
+    class Lambda:
+        def __init__(self) -> None:
+            self.invoked: list[str] = []
+
+        def list_event_source_mappings(self, FunctionName: str) -> dict[str, Any]:
+            return {"EventSourceMappings": [{"ScalingConfig": {"MaximumConcurrency": 8}}]}
+
+        def invoke(self, FunctionName: str, **_: Any) -> dict[str, Any]:
+            self.invoked.append(FunctionName)
+            return {"Payload": SimpleNamespace(read=lambda: b"{}")}
+
+    lam = Lambda()
+    assert warm_reducers(lam, "reducer") == 8 and lam.invoked == ["reducer"] * 8
+    assert warm_reducers(lam, None) == 0 and warm_reducers(lam, "reducer", warm=False) == 0

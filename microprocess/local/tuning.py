@@ -14,7 +14,10 @@ which may let more batches run at once than the deployed cap: its capacity in ba
 local stack warms that many workers too (`forwarder_workers`): measured in P9 (K = 48 pushes,
 batches of 4, 12 batches at once against 8 deployed), the four workers started cold when the
 caps opened took the two cores for ~1.5 s, the warm ones' batches stalled with them, and the
-service sat idle (its pushes in flight fell to 0) before it first reached K.
+service sat idle (its pushes in flight fell to 0) before it first reached K. The reducer (the
+forwarder's code on the reduce queue) is warmed as many as its event source runs at once
+(`warm_reducers`): in P9 two runs ending together had their 8 reduce parts at once, and the
+second run's 4 waited ~4 s for cold workers, the last seconds of the whole.
 """
 
 from __future__ import annotations
@@ -69,3 +72,12 @@ def warm_workers(lambda_client: Any, function_name: str, n: int) -> int:
 
     with ThreadPoolExecutor(max_workers=n) as pool:
         return sum(pool.map(invoke, range(n)))
+
+
+def warm_reducers(lambda_client: Any, function_name: str | None, warm: bool = True) -> int:
+    """Warm as many reducer workers as its event source (the reduce queue) runs batches at once."""
+    if not function_name or not warm:
+        return 0
+    mappings = lambda_client.list_event_source_mappings(FunctionName=function_name)["EventSourceMappings"]
+    most = max(((m.get("ScalingConfig") or {}).get("MaximumConcurrency") or 0 for m in mappings), default=0)
+    return warm_workers(lambda_client, function_name, most)
