@@ -114,6 +114,8 @@ class FakeAws:
         job = UUID.removeprefix("u-")
         self.updates.append((job, changes))
         if "ScalingConfig" in changes:
+            if changes["ScalingConfig"]["MaximumConcurrency"] < 2:  # as AWS (and the emulator) refuse it
+                raise ValueError("Invalid value for parameter ScalingConfig.MaximumConcurrency: valid min value: 2")
             self.mappings[job]["cap"] = changes["ScalingConfig"]["MaximumConcurrency"]
         if "Enabled" in changes:
             self.mappings[job]["State"] = "Enabled" if changes["Enabled"] else "Disabled"
@@ -341,3 +343,12 @@ def test_a_draining_job_s_unused_share_goes_to_the_others_at_once() -> None:
     # AND a job with messages still to receive keeps its weighted share
     aws.depth["big"] = 40
     assert _share(aws, jobs, 24).tick().caps == {"big": 8, "small": 4}
+
+
+def test_an_idle_job_whose_mapping_is_disabled_is_left_alone() -> None:
+    # the deployed mappings carry a cap (8 on a laptop) while disabled; an idle job's is not touched
+    aws = FakeAws({"a": 0, "b": 0})
+    for m in aws.mappings.values():
+        m["cap"], m["State"] = 8, "Disabled"
+    load = _share(aws, [_job("a"), _job("b")], 24).tick()
+    assert load.caps == {"a": 0, "b": 0} and aws.updates == []

@@ -277,7 +277,7 @@ class ServiceShare:
             now = (cap.concurrency or job.max_concurrency) if enabled else 0
             if target == 0 and enabled:
                 self.scaler.lambda_client.update_event_source_mapping(UUID=cap.uuid, Enabled=False)
-            elif 0 < target < now or (target == now and cap.concurrency != target):
+            elif 0 < target < now or (0 < target == now and cap.concurrency != target):
                 self.scaler.lambda_client.update_event_source_mapping(
                     UUID=cap.uuid, ScalingConfig={"MaximumConcurrency": target}
                 )
