@@ -144,6 +144,31 @@ def busy_shares(samples: list[dict[str, Any]], jobs: list[str], expected: dict[s
     }
 
 
+def busy_slots(in_flight: list[tuple[float, int]], slots: int, start: float, end: float) -> dict[str, Any]:
+    """Where the K slots sat idle: the service's mean pushes in flight over the whole (first start request
+    to last run's end), before it first reached K, and after; slot-seconds idle in each part."""
+    seen = [(t, n) for t, n in in_flight if start <= t <= end]
+    if not seen:
+        return {}
+    full = next((t for t, n in seen if n >= slots), None)
+
+    def part(lo: float, hi: float) -> dict[str, float]:
+        values = [n for t, n in seen if lo <= t < hi]
+        mean = sum(values) / len(values) if values else 0.0
+        return {
+            "s": round(hi - lo, 1),
+            "mean_in_flight": round(mean, 1),
+            "idle_slot_s": round((slots - mean) * (hi - lo)),
+        }
+
+    ramp_end = full if full is not None else end
+    return {
+        "whole": part(start, end),
+        "until_first_full": part(start, ramp_end),
+        "after_first_full": part(ramp_end, end),
+    }
+
+
 def measure(
     bs: BenchStack, *, slots: int, service_ms: float, interval_s: float, shed_s: float, echo: Echo
 ) -> dict[str, Any]:
@@ -192,8 +217,13 @@ def measure(
             done[job.name] = (p.succeeded + p.failed) if p else 0
         samples.append({"t": time.time() - t0, "done": done})
 
+    in_flight: list[tuple[float, int]] = []  # the service's pushes in flight, every half second
+
+    def probe() -> None:
+        in_flight.append((round(time.time() - t0, 2), int(admission(url)["in_flight"])))
+
     echo(f"P9: service admits {slots} pushes at once ({service_ms:g} ms each), controller every {interval_s:g} s")
-    with Loop(tick, interval_s) as ticker, Loop(sample, 1.0) as sampler:
+    with Loop(tick, interval_s) as ticker, Loop(sample, 1.0) as sampler, Loop(probe, 0.5):
         for job in jobs[:2]:
             started[job.name] = time.time() - t0
             start(bs, job.name, runs[job.name], ITEMS[job.name])
@@ -243,6 +273,8 @@ def measure(
         "bound_s": round(bound, 1),
         "wall_over_bound": round(wall / bound, 3),
         "controller_errors": ticker.errors[:3] + sampler.errors[:3],
+        "service_busy": busy_slots(in_flight, slots, min(started.values()), min(started.values()) + wall),
+        "in_flight": in_flight,
     }
     echo("  " + json.dumps({k: v for k, v in result.items() if k != "caps"}))
     if shed_s > 0:

@@ -43,7 +43,7 @@ from microprocess.local.gateway import CONSUMED_CAPACITY_ENV
 from microprocess.local.processes import ProcessHandle, descendants, spawn, stop, wait_http_ok
 from microprocess.local.sender import ses_sender
 from microprocess.local.services import ServiceProcess, processes_of, role_of, service_env, write_role_profile
-from microprocess.local.tuning import warm_workers
+from microprocess.local.tuning import forwarder_workers, warm_reducers, warm_workers
 from microprocess.local.workspace import project_root
 from microprocess.pipeline.queue import SEND_THREADS, QueueSender
 from microprocess.pipeline.settings import RuntimeSettings
@@ -323,8 +323,9 @@ class BenchStack:
                 }
                 env["SERVICE_ENDPOINTS"] = json.dumps(endpoints)
             lam.update_function_configuration(FunctionName=name, Environment={"Variables": env})
-        # New environment, new workers: start as many as the event source runs at once, as `local up` does.
-        warm_workers(lam, self.functions["forwarder"], self.concurrency())
+        # New environment, new workers: start as many as the event sources may run at once, as `local up` does.
+        warm_workers(lam, self.functions["forwarder"], forwarder_workers(self.concurrency(), self.stack.declarations))
+        warm_reducers(lam, self.functions.get("reducer"))
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by the emulator, its Lambda workers, the no-op services, the proxy

@@ -222,9 +222,9 @@ class FakeCloudWatch:
 def test_signals_are_read_from_the_jobs_metrics_of_the_last_interval() -> None:
     from microprocess.control.adaptive import CloudWatchSignals
 
-    cw = FakeCloudWatch({"pushes": [1200.0], "throttled": [36.0], "p90": [412.5]})
+    cw = FakeCloudWatch({"pushes": [1200.0], "throttled": [36.0], "shed": [8.0], "p90": [412.5]})
     signals = CloudWatchSignals(cw, window_s=60)(JOB.name)
-    assert signals == Signals(pushes=1200, throttled=36, p90_latency_ms=412.5, interval_s=60)
+    assert signals == Signals(pushes=1200, throttled=36, p90_latency_ms=412.5, interval_s=60, shed=8)
     assert CloudWatchSignals(FakeCloudWatch({}), window_s=120)(JOB.name).interval_s == 120
     (request,) = cw.requests
     stats = {
@@ -234,6 +234,7 @@ def test_signals_are_read_from_the_jobs_metrics_of_the_last_interval() -> None:
     assert stats == {
         "pushes": ("ServicePushes", "Sum"),
         "throttled": ("ServiceThrottled", "Sum"),
+        "shed": ("ServiceShed", "Sum"),
         "p90": ("PushBatchMilliseconds", "p90"),
     }
     dims = request["MetricDataQueries"][0]["MetricStat"]["Metric"]["Dimensions"]
@@ -304,3 +305,45 @@ def test_a_run_starts_slow_and_the_next_run_starts_at_the_capacity_learned() -> 
     assert c.decide(18, Signals(pushes=0)).concurrency == 18
     assert c.decide(50, Signals(pushes=0)).concurrency == 18
     assert c.start_cap() == 18
+
+
+def test_a_shed_window_holds_the_cap_and_the_capacity_and_the_decisions_resume_after() -> None:
+    # GIVEN a controller that knows the service takes 40 batches
+    c = AimdController(AimdSettings(ceiling=100))
+    c.capacity, c.baseline_ms = 40.0, 100.0
+    # WHEN the service starts shedding: the batches in flight answered 503 Retry-After: 120 (10 % of
+    # the interval's pushes: read as throttling, a cut to the estimate)
+    start = c.decide(40, Signals(pushes=480, shed=48, p90_latency_ms=100.0))
+    # THEN neither the cap nor the capacity moves
+    assert (start.concurrency, start.action, start.capacity) == (40, "hold", 40.0)
+    assert "shed" in start.reason
+    # WHEN the wait holds (no push at all: not idleness, which lowers a cap to where a run starts)
+    fresh = AimdController(AimdSettings(ceiling=100))
+    assert fresh.decide(60, Signals(pushes=0)).concurrency == 25  # idle: slow start
+    quiet = fresh.decide(60, Signals(pushes=0, waiting=True))
+    assert (quiet.concurrency, quiet.action) == (60, "hold") and "wait" in quiet.reason
+    # AND after the wait the decisions resume: a healthy interval grows the cap again
+    after = fresh.decide(60, Signals(pushes=600, p90_latency_ms=100.0))
+    assert after.action == "increase" and after.concurrency > 60
+    # AND a plain 429 is still throttling
+    assert c.decide(40, Signals(pushes=480, throttled=48, p90_latency_ms=100.0)).concurrency < 40
+
+
+def test_a_job_s_own_controller_sees_its_service_s_wait_too() -> None:
+    from microprocess.control.scheduled import waiting_too
+    from microprocess.pipeline.shedding import ServiceWaits
+
+    class Marks:
+        until: float | None = None
+
+        def get_item(self, TableName: str, Key: dict[str, Any]) -> dict[str, Any]:
+            return {"Item": {"until": {"N": str(self.until)}}} if self.until else {}
+
+    marks = Marks()
+    waits = ServiceWaits(marks, "ledger", ttl_s=0, clock=lambda: 1000.0)
+    signals = waiting_too(lambda _job: Signals(pushes=0), waits, JOB)
+    assert signals(JOB.name).waiting is False
+    marks.until = 1100.0  # the service asked every job to wait until then
+    assert signals(JOB.name).waiting is True
+    c = AimdController(AimdSettings.for_job(JOB))
+    assert c.decide(JOB.max_concurrency, signals(JOB.name)).concurrency == JOB.max_concurrency  # held, not idle

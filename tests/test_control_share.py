@@ -97,15 +97,25 @@ class FakeAws:
         self.depth = depth
         self.mappings = {job: {"UUID": f"u-{job}", "cap": 2, "State": "Enabled"} for job in depth}
         self.items: dict[tuple[str, str], dict[str, Any]] = {}
+        self.in_flight: dict[str, int] = {}  # messages received, not yet deleted
+        self.updates: list[tuple[str, dict[str, Any]]] = []
 
     # sqs
     def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:
-        return {"Attributes": {"ApproximateNumberOfMessages": str(self.depth[QueueUrl])}}
+        return {
+            "Attributes": {
+                "ApproximateNumberOfMessages": str(self.depth[QueueUrl]),
+                "ApproximateNumberOfMessagesNotVisible": str(self.in_flight.get(QueueUrl, 0)),
+            }
+        }
 
     # lambda
     def update_event_source_mapping(self, UUID: str, **changes: Any) -> None:
         job = UUID.removeprefix("u-")
+        self.updates.append((job, changes))
         if "ScalingConfig" in changes:
+            if changes["ScalingConfig"]["MaximumConcurrency"] < 2:  # as AWS (and the emulator) refuse it
+                raise ValueError("Invalid value for parameter ScalingConfig.MaximumConcurrency: valid min value: 2")
             self.mappings[job]["cap"] = changes["ScalingConfig"]["MaximumConcurrency"]
         if "Enabled" in changes:
             self.mappings[job]["State"] = "Enabled" if changes["Enabled"] else "Disabled"
@@ -195,3 +205,150 @@ def test_the_learned_capacity_is_one_per_service_and_survives_across_ticks() -> 
     again = _share(aws, jobs, 40, Signals(pushes=0)).tick()
     assert again.learned == first.learned  # idle: starts where the learned capacity is, remembered
     assert again.caps == {"a": 0, "b": 0} or sum(again.caps.values()) * 2 <= 40
+
+
+def test_the_service_s_learned_capacity_is_held_while_it_sheds_load_and_learned_again_after() -> None:
+    # GIVEN two adaptive jobs whose service's controller learned a capacity
+    aws = FakeAws({"a": 100, "b": 100})
+    jobs = [_job("a", adaptive=True), _job("b", adaptive=True)]
+    clock = [1000.0]
+
+    def share(signals: Signals) -> ServiceShare:
+        service = ServiceDeclaration(name="scores", local_app="m:app", capacity={"concurrent_pushes": 40})
+        return ServiceShare(
+            service=service,
+            jobs=jobs,
+            scaler=FakeScaler(aws),  # type: ignore[arg-type]
+            signals=lambda _job: signals,
+            state=ServiceState(aws, "ledger"),
+            clock=lambda: clock[0],
+        )
+
+    healthy = Signals(pushes=600, p90_latency_ms=100.0, interval_s=60.0)
+    learned = share(healthy).tick().learned
+    assert learned is not None
+    # WHEN the service sheds load: the batches in flight answered 503 Retry-After: 120, and the wait is marked
+    aws.put_item(
+        TableName="ledger",
+        Item={"pk": {"S": "SVC#scores"}, "sk": {"S": "SHED"}, "until": {"N": str(clock[0] + 120)}},
+    )
+    start = share(Signals(pushes=600, shed=60, p90_latency_ms=100.0, interval_s=60.0)).tick()
+    # THEN the learned capacity is held, not cut
+    assert start.learned == learned and "shed" in start.reason
+    # AND during the wait (no push: not idleness) it is held too
+    clock[0] += 60
+    quiet = share(Signals(pushes=0)).tick()
+    assert quiet.learned == learned and "wait" in quiet.reason
+    # WHEN the wait is over THEN the controller decides again (a healthy interval grows it)
+    clock[0] += 120
+    assert (share(healthy).tick().learned or 0) > learned
+
+
+def test_caps_are_lowered_first_and_a_raise_waits_until_the_lowered_jobs_batches_have_finished() -> None:
+    # GIVEN two jobs running at their 2:1 caps of a service at 24 pushes (8 + 4 batches of 2, all in flight)
+    aws = FakeAws({"big": 500, "small": 500, "short": 0})
+    aws.mappings["big"]["cap"], aws.mappings["small"]["cap"] = 8, 4
+    aws.mappings["short"]["State"] = "Disabled"
+    aws.in_flight = {"big": 16, "small": 8}
+    jobs = [_job("big", 2), _job("small", 1), _job("short", 1)]
+    clock = [1000.0]
+    seen: list[dict[str, Any]] = []
+
+    def sleep(s: float) -> None:  # the lowered jobs' batches finish one by one
+        seen.append({j: (m["cap"], m["State"]) for j, m in aws.mappings.items()})
+        clock[0] += s
+        for job, keep in (("big", 12), ("small", 6)):
+            aws.in_flight[job] = max(keep, aws.in_flight[job] - 2)
+
+    def share() -> ServiceShare:
+        service = ServiceDeclaration(name="scores", local_app="m:app", capacity={"concurrent_pushes": 24})
+        return ServiceShare(
+            service=service,
+            jobs=jobs,
+            scaler=FakeScaler(aws),  # type: ignore[arg-type]
+            signals=lambda _job: Signals(pushes=0),
+            state=ServiceState(aws, "ledger"),
+            clock=lambda: clock[0],
+            sleep=sleep,
+        )
+
+    pushes: list[int] = []  # the most pushes at once after each change: caps, or batches still running
+    update = aws.update_event_source_mapping
+
+    def checked(UUID: str, **changes: Any) -> None:
+        update(UUID, **changes)
+        pushes.append(
+            sum(
+                max(m["cap"] if m["State"] == "Enabled" else 0, -(-aws.in_flight.get(j, 0) // 2)) * 2
+                for j, m in aws.mappings.items()
+            )
+        )
+
+    aws.update_event_source_mapping = checked  # type: ignore[method-assign]
+    # WHEN the short job gets work
+    aws.depth["short"] = 40
+    share().tick()
+    # THEN the others were lowered (6:3) before the short job was enabled, which was raised in whole
+    # batches as their batches above the new caps ended (enabled at once, it would have had 24 + 6
+    # pushes to a service at 24): never above the capacity
+    assert seen and seen[0] == {"big": (6, "Enabled"), "small": (3, "Enabled"), "short": (2, "Disabled")}
+    assert [u for u in aws.updates if u[0] == "short"] == [
+        ("short", {"ScalingConfig": {"MaximumConcurrency": 2}, "Enabled": True}),
+        ("short", {"ScalingConfig": {"MaximumConcurrency": 3}}),
+    ]
+    assert max(pushes) <= 24
+    assert aws.in_flight == {"big": 12, "small": 6}
+    # AND a raise with nothing running above the new caps is applied at once
+    aws.updates.clear()
+    aws.depth["short"], seen[:] = 0, []
+    share().tick()
+    assert not seen and {j: m["cap"] for j, m in aws.mappings.items() if m["State"] == "Enabled"} == {
+        "big": 8,
+        "small": 4,
+    }
+
+
+def test_a_raise_waits_at_most_room_wait_s_for_the_lowered_batches() -> None:
+    aws = FakeAws({"big": 500, "short": 40})
+    aws.mappings["big"]["cap"] = 12
+    aws.mappings["short"]["State"] = "Disabled"
+    aws.in_flight = {"big": 24}  # messages backing off stay in flight: they never drain here
+    clock = [1000.0]
+    service = ServiceDeclaration(name="scores", local_app="m:app", capacity={"concurrent_pushes": 24})
+    share = ServiceShare(
+        service=service,
+        jobs=[_job("big"), _job("short")],
+        scaler=FakeScaler(aws),  # type: ignore[arg-type]
+        signals=lambda _job: Signals(pushes=0),
+        state=ServiceState(aws, "ledger"),
+        clock=lambda: clock[0],
+        sleep=lambda s: clock.__setitem__(0, clock[0] + s),
+        room_wait_s=5.0,
+    )
+    share.tick()
+    assert 1005.0 <= clock[0] <= 1006.0  # waited its bound, then raised anyway (the short job is not starved)
+    assert aws.mappings["short"] == {"UUID": "u-short", "cap": 6, "State": "Enabled"}
+
+
+def test_a_draining_job_s_unused_share_goes_to_the_others_at_once() -> None:
+    # GIVEN a job weighted 2 whose queue has nothing left to receive, 3 batches (6 messages) in flight
+    aws = FakeAws({"big": 0, "small": 500})
+    aws.mappings["big"]["cap"], aws.mappings["small"]["cap"] = 8, 4
+    aws.in_flight = {"big": 6}
+    jobs = [_job("big", 2), _job("small", 1)]
+    load = _share(aws, jobs, 24).tick()
+    # THEN it keeps the batches it runs and the other job takes the rest of the capacity, at once
+    assert load.caps == {"big": 3, "small": 9} and load.allowed_pushes == 24
+    assert {j: m["cap"] for j, m in aws.mappings.items()} == {"big": 3, "small": 9}
+    # AND a job with messages still to receive keeps its weighted share
+    aws.depth["big"] = 40
+    assert _share(aws, jobs, 24).tick().caps == {"big": 8, "small": 4}
+
+
+def test_an_idle_job_whose_mapping_is_disabled_is_left_alone() -> None:
+    # the deployed mappings carry a cap (8 on a laptop) while disabled; an idle job's is not touched
+    aws = FakeAws({"a": 0, "b": 0})
+    for m in aws.mappings.values():
+        m["cap"], m["State"] = 8, "Disabled"
+    load = _share(aws, [_job("a"), _job("b")], 24).tick()
+    assert load.caps == {"a": 0, "b": 0} and aws.updates == []

@@ -54,6 +54,8 @@ def test_a_503_with_a_long_retry_after_pauses_every_job_on_the_service_without_c
     assert 120 <= copy["DelaySeconds"] <= 122
     assert attribute(copy, PRIOR_ATTEMPTS_ATTRIBUTE) == str(JOB.max_attempts - 1)
     assert stack.metric("TasksShed") == 1
+    # AND the adaptive controller is told "shed", not "throttled": the service asked to wait, not for less
+    assert (stack.metric("ServiceShed"), stack.metric("ServiceThrottled")) == (1, 0)
     # AND the wait is recorded for the whole service
     until = ServiceWaits(stack.ddb, "ledger").until(JOB.service)
     assert until is not None and 110 < until - time.time() <= 120
@@ -76,6 +78,7 @@ def test_a_short_retry_after_only_slows_the_task_and_pushes_resume_when_the_wait
     assert stack.forwarder(jobs=JOBS, shed_gate=gate(stack)).handle({"Records": [record]}) == {"batchItemFailures": []}
     assert ServiceWaits(stack.ddb, "ledger").until(JOB.service) is None
     assert stack.metric("TasksShed") == 0 and stack.metric("TasksThrottled") == 1
+    assert (stack.metric("ServiceShed"), stack.metric("ServiceThrottled")) == (0, 1)  # throttling, for the AIMD
     # GIVEN a wait that has just ended WHEN a task arrives THEN it is pushed at once
     clock = [time.time()]
     waits = ServiceWaits(stack.ddb, "ledger", ttl_s=0, clock=lambda: clock[0])

@@ -48,6 +48,12 @@ def test_sums_the_counts_and_takes_the_p90_of_the_batch_times() -> None:
     assert s.throttled_ratio == 0.12
 
 
+def test_shed_answers_are_their_own_signal_not_throttling() -> None:
+    lines = [*batch(10, 0, 90.0), emf("ServiceShed", 4.0), *batch(10, 2, 80.0)]
+    s = signals_from_messages(lines, JOB, interval_s=5.0)
+    assert (s.pushes, s.throttled, s.shed, s.accepted) == (20, 2, 4, 14)
+
+
 def test_keeps_only_the_job_the_namespace_and_the_window() -> None:
     lines = [
         *batch(10, 10, 50.0, job="other"),

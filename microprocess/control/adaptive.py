@@ -45,6 +45,10 @@ refined with an estimate of the service's capacity:
   only if the quarter is already above it, and not at the whole maximum: the first interval,
   which no decision can come before, held most of the rejections when runs started at the
   maximum (`make bench`, P7);
+* **load shedding** (the service asked every job to wait: `pipeline.shedding`): its shed answers
+  (`ServiceShed`) are not throttling, and the quiet window they start is not idleness: an
+  interval with a shed answer, or while the service's wait holds (`Signals.waiting`), holds the
+  cap and the capacity (neither cut nor grown); the decisions resume after the wait;
 * never below `floor` (2, the least an SQS event source takes) nor above the job's declared
   `max_concurrency`; hold when too few pushes to judge (`min_pushes`).
 
@@ -98,15 +102,21 @@ class Signals:
 
     Attributes:
         pushes: pushes made.
-        throttled: pushes answered 429 or 503.
+        throttled: pushes answered 429 or 503 asking this push to slow down (not shed answers).
         p90_latency_ms: the p90 of the batches' push time, ms (None: no batch).
         interval_s: the interval the counts cover, s.
+        shed: pushes answered "not now" for the whole service (load shedding: a 429/503 with a
+            `Retry-After` of at least the service's `shed_after_s`, or its `shed_header`). The
+            service asked to wait, not for less concurrency: not throttling.
+        waiting: the service asks every job to wait now (its shedding mark holds).
     """
 
     pushes: int
     throttled: int = 0
     p90_latency_ms: float | None = None
     interval_s: float = 60.0
+    shed: int = 0
+    waiting: bool = False
 
     @property
     def throttled_ratio(self) -> float:
@@ -115,7 +125,7 @@ class Signals:
     @property
     def accepted(self) -> int:
         """Pushes the service took (not answered 429/503)."""
-        return self.pushes - self.throttled
+        return self.pushes - self.throttled - self.shed
 
 
 @dataclass(frozen=True)
@@ -209,6 +219,12 @@ class AimdController:
         s = self.settings
         current = min(max(current, s.floor), s.ceiling)
         p90 = signals.p90_latency_ms
+        if signals.waiting or signals.shed:
+            # The service asked every job to wait (load shedding): its answers say "not now", not
+            # "fewer at once", and the quiet window is not idleness: neither cut nor grow; the
+            # decisions resume with the first interval after the wait.
+            why = "the service asks every job to wait" if signals.waiting else f"{signals.shed} pushes answered shed"
+            return self._decision(current, current, "hold", f"{why} (load shedding): the capacity is held")
         if signals.pushes == 0:  # idle (between runs, or paused): the next run starts where it is safe
             start = self.start_cap()
             if current > start:
@@ -320,20 +336,22 @@ class AimdController:
 # ------------------------------------------------------------------------------ signals
 
 
-def observe_pushes(emit: MetricsEmitter, batch: Iterable[tuple[str, int | None]], seconds: float) -> None:
+def observe_pushes(emit: MetricsEmitter, batch: Iterable[tuple[str, int | None, bool]], seconds: float) -> None:
     """The forwarder's hook: emit one batch's push signals per job.
 
     Args:
         emit: the metrics emitter.
-        batch: (job name, HTTP status or None when no answer) of each push of the batch.
+        batch: (job name, HTTP status or None when no answer, the answer sheds load for the whole
+            service) of each push of the batch. A shed answer counts as `ServiceShed`, not `ServiceThrottled`.
         seconds: how long the batch's (concurrent) pushes took, s.
     """
-    by_job: dict[str, list[int | None]] = {}
-    for job, status in batch:
-        by_job.setdefault(job, []).append(status)
-    for job, statuses in by_job.items():
-        emit("ServicePushes", len(statuses), job)
-        emit("ServiceThrottled", sum(1 for s in statuses if s in THROTTLE_STATUSES), job)
+    by_job: dict[str, list[tuple[int | None, bool]]] = {}
+    for job, status, shed in batch:
+        by_job.setdefault(job, []).append((status, shed))
+    for job, answers in by_job.items():
+        emit("ServicePushes", len(answers), job)
+        emit("ServiceThrottled", sum(1 for s, shed in answers if s in THROTTLE_STATUSES and not shed), job)
+        emit("ServiceShed", sum(1 for _, shed in answers if shed), job)
         emit("PushBatchMilliseconds", round(seconds * 1000, 1), job)
 
 
@@ -365,6 +383,7 @@ class CloudWatchSignals:
             MetricDataQueries=[
                 query("pushes", "ServicePushes", "Sum"),
                 query("throttled", "ServiceThrottled", "Sum"),
+                query("shed", "ServiceShed", "Sum"),
                 query("p90", "PushBatchMilliseconds", "p90"),
             ],
             StartTime=end - timedelta(seconds=self.window_s),
@@ -376,6 +395,7 @@ class CloudWatchSignals:
             throttled=int(values.get("throttled") or 0),
             p90_latency_ms=float(values["p90"]) if values.get("p90") is not None else None,
             interval_s=float(self.window_s),
+            shed=int(values.get("shed") or 0),
         )
 
 

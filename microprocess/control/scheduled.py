@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -37,6 +38,7 @@ from microprocess.control.service_controller import ServiceShare, ServiceState
 from microprocess.control.share import shared_services
 from microprocess.declarations import JobDeclaration, ServiceDeclaration
 from microprocess.pipeline.settings import RuntimeSettings
+from microprocess.pipeline.shedding import ServiceWaits
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +167,9 @@ def tick(
             log.exception("the share of service %s failed", name)
             errors.append(f"service {name}: {exc}")
     in_shared = {job.name for on in shared.values() for job in on}
+    waits = ServiceState(state.dynamodb, state.table).waits()
     for job in adaptive_jobs(j for j in jobs if j.name not in in_shared):
-        adaptive = AdaptiveConcurrency(jobs=[job], scaler=scaler, signals=signals, emit=emit)
+        adaptive = AdaptiveConcurrency(jobs=[job], scaler=scaler, signals=waiting_too(signals, waits, job), emit=emit)
         try:
             state.restore(job.name, adaptive.controllers[job.name])
             decision = adaptive.tick()[job.name]
@@ -182,6 +185,19 @@ def tick(
             + "; ".join(errors)
         )
     return decisions
+
+
+def waiting_too(
+    signals: Callable[[str], Signals], waits: ServiceWaits, job: JobDeclaration
+) -> Callable[[str], Signals]:
+    """`signals`, marked `waiting` while `job`'s service asks every job to wait (load shedding): the
+    AIMD holds then (`AimdController.decide`) instead of reading the quiet window as idle."""
+
+    def read(name: str) -> Signals:
+        seen = signals(name)
+        return replace(seen, waiting=True) if not seen.waiting and waits.until(job.service) is not None else seen
+
+    return read
 
 
 def tick_from_environment(

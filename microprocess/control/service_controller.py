@@ -5,7 +5,9 @@ service's capacity (declared, and learned by one AIMD controller over all its jo
 when a job is `adaptive`); the split by weight (`allocate`), applied to the jobs' event source
 mappings (an idle job's disabled, an active one's enabled at its cap); what it decided saved
 on the service's own ledger item (`SVC#<service>`, sk `SHARE`): the learned capacity survives
-from run to run, and `status`, `runs` and the console read the service's load from it.
+from run to run, and `status`, `runs` and the console read the service's load from it. While the
+service sheds load (it asked every job to wait: `pipeline.shedding`), the learned capacity is
+held: its shed answers are not throttling, and the quiet window is not idleness.
 
 A `microprocess run JOB --priority high` leaves a mark (`SVC#<service>`, sk `HIGH#<run>`): the
 job's weight is multiplied by its `priority_weight` while its queue has work; the first tick
@@ -18,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from microprocess.control.adaptive import AimdController, AimdSettings, MetricsEmitter, Signals
@@ -29,13 +32,21 @@ from microprocess.control.share import (
     JobDemand,
     ServiceLoad,
     allocate,
+    batches_running,
     declared_capacity,
+    pushes_at_once,
+    raise_steps,
 )
 from microprocess.declarations import JobDeclaration, ServiceDeclaration
+from microprocess.pipeline.shedding import ServiceWaits
 
 log = logging.getLogger(__name__)
 
 HIGH_SK_PREFIX = "HIGH#"
+#: The longest a tick waits for the batches of lowered caps to finish before it raises others, s
+#: (the scheduled function has 50 s for every service's tick; a batch lasts about its push time).
+ROOM_WAIT_S = 15.0
+ROOM_POLL_S = 0.5
 _QUEUE_COUNTS = (
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
@@ -65,6 +76,10 @@ class ServiceState:
 
     def save(self, service: str, state: dict[str, Any]) -> None:
         self.dynamodb.put_item(TableName=self.table, Item={**service_key(service), "state": {"S": json.dumps(state)}})
+
+    def waits(self, clock: Callable[[], float] = time.time) -> ServiceWaits:
+        """The services' shedding marks (`pipeline.shedding`), in the same table."""
+        return ServiceWaits(self.dynamodb, self.table, clock=clock)
 
     def mark_high(self, service: str, job: str, run_id: str) -> None:
         """`run --priority high`: the job takes its larger share while its queue has work."""
@@ -113,18 +128,20 @@ class ServiceState:
         )
 
 
-def queue_activity(scaler: JobScaler, job: JobDeclaration) -> tuple[bool, int]:
-    """(the job has work: a message visible, in flight or delayed; its messages in flight)."""
+def queue_activity(scaler: JobScaler, job: JobDeclaration) -> tuple[bool, int, int]:
+    """(the job has work: a message visible, in flight or delayed; its messages in flight; its
+    messages waiting to be received: visible or delayed)."""
     url = scaler.job_queue_urls.get(job.name)
     if not url:
         raise ValueError(f"the stack has no task queue for job '{job.name}'; deploy the stack again")
     attrs = scaler.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(_QUEUE_COUNTS))["Attributes"]
     counts = [int(attrs.get(name, 0)) for name in _QUEUE_COUNTS]
-    return sum(counts) > 0, counts[1]
+    return sum(counts) > 0, counts[1], counts[0] + counts[2]
 
 
 def combined(signals: Iterable[Signals]) -> Signals:
-    """One interval of a service: the sums of its jobs' pushes and 429/503s, the slowest p90."""
+    """One interval of a service: the sums of its jobs' pushes, 429/503s and shed answers, the slowest
+    p90; waiting when any job's signals say the service asks to wait."""
     signals = list(signals)
     p90s = [s.p90_latency_ms for s in signals if s.p90_latency_ms is not None]
     return Signals(
@@ -132,6 +149,8 @@ def combined(signals: Iterable[Signals]) -> Signals:
         throttled=sum(s.throttled for s in signals),
         p90_latency_ms=max(p90s) if p90s else None,
         interval_s=max((s.interval_s for s in signals), default=60.0),
+        shed=sum(s.shed for s in signals),
+        waiting=any(s.waiting for s in signals),
     )
 
 
@@ -158,13 +177,15 @@ class ServiceShare:
         state: ServiceState,
         emit: MetricsEmitter | None = None,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        room_wait_s: float = ROOM_WAIT_S,
     ) -> None:
         self.service, self.jobs = service, list(jobs)
         if not self.jobs:
             raise ValueError(f"service '{service.name}' has no job to share it")
         self.scaler, self.signals, self.state = scaler, signals, state
         self.emit = emit or (lambda name, value, job, **_: None)
-        self.clock = clock
+        self.clock, self.sleep, self.room_wait_s = clock, sleep, room_wait_s
 
     def aimd_settings(self) -> AimdSettings:
         """The service's AIMD in pushes at once: up to its declared capacity, or its jobs' maxima together."""
@@ -182,6 +203,8 @@ class ServiceShare:
         """One decision for the service, applied to its jobs' mappings and saved."""
         saved = self.state.load(self.service.name)
         interval = combined(self.signals(job.name) for job in self.jobs)
+        if not interval.waiting and self.state.waits(self.clock).until(self.service.name) is not None:
+            interval = replace(interval, waiting=True)  # shedding: the AIMD holds (`AimdController.decide`)
         activity = {job.name: queue_activity(self.scaler, job) for job in self.jobs}
         learned, memory, reason = None, saved.get("memory", {}), ""
         if any(job.adaptive for job in self.jobs):
@@ -199,14 +222,17 @@ class ServiceShare:
         bounds = [b for b in (declared_capacity(self.service, push_ms), learned) if b is not None]
         capacity = int(min(bounds))
         high = self._high_priority(activity)
-        demands = [JobDemand.of(job, active=activity[job.name][0], high_priority=job.name in high) for job in self.jobs]
+        demands = [
+            JobDemand.of(job, active=seen[0], high_priority=job.name in high, draining=None if seen[2] else seen[1])
+            for job, seen in ((job, activity[job.name]) for job in self.jobs)
+        ]
         split = allocate(capacity, demands)
         if split.below_floor:
             reason = (
                 f"capacity {capacity} pushes is below the active jobs' least caps (2 batches each, "
                 f"{sum(2 * d.batch_size for d in demands if d.active)} pushes): lower their batch_size"
             )
-        self._apply(split)
+        self._apply(split, capacity, {name: seen[1] for name, seen in activity.items()})
         load = ServiceLoad(
             service=self.service.name,
             capacity=capacity,
@@ -227,7 +253,7 @@ class ServiceShare:
             self.emit("ServiceShareCap", cap, job)
         return load
 
-    def _high_priority(self, activity: dict[str, tuple[bool, int]]) -> set[str]:
+    def _high_priority(self, activity: dict[str, tuple[bool, int, int]]) -> set[str]:
         high: set[str] = set()
         for sk, job in self.state.high_marks(self.service.name):
             if activity.get(job, (False, 0))[0]:
@@ -236,22 +262,54 @@ class ServiceShare:
                 self.state.end_high(self.service.name, sk, job)
         return high
 
-    def _apply(self, split: Allocation) -> None:
+    def _apply(self, split: Allocation, capacity: int, in_flight: dict[str, int]) -> None:
+        """The caps, lowered first and raised as the room frees: a lowered cap stops no batch, so a raise
+        applied at once would put the service above its capacity while the lowered jobs' batches finish
+        (measured in P9: a job enabled while the others ran at their old caps had most of its pushes
+        answered 429, and each all-429 batch ended at once and took the next). A raise goes up in whole
+        batches as the lowered jobs' batches end (`share.raise_steps`), waiting at most `room_wait_s`."""
+        targets = {job.name: min(split.caps[job.name], job.max_concurrency) for job in self.jobs}
+        caps = {job.name: self.scaler.cap(job) for job in self.jobs}
+        granted: dict[str, int] = {}
         for job in self.jobs:
-            cap, target = self.scaler.cap(job), split.caps[job.name]
+            cap, target = caps[job.name], targets[job.name]
             enabled = cap.state not in ("Disabled", "Disabling")
-            if target == 0:
-                if enabled:
-                    self.scaler.lambda_client.update_event_source_mapping(UUID=cap.uuid, Enabled=False)
-                continue
-            target = min(target, job.max_concurrency)
-            changes: dict[str, Any] = {}
-            if cap.concurrency != target:
-                changes["ScalingConfig"] = {"MaximumConcurrency": target}
-            if not enabled:
-                changes["Enabled"] = True
-            if changes:
-                self.scaler.lambda_client.update_event_source_mapping(UUID=cap.uuid, **changes)
+            now = (cap.concurrency or job.max_concurrency) if enabled else 0
+            if target == 0 and enabled:
+                self.scaler.lambda_client.update_event_source_mapping(UUID=cap.uuid, Enabled=False)
+            elif 0 < target < now or (0 < target == now and cap.concurrency != target):
+                self.scaler.lambda_client.update_event_source_mapping(
+                    UUID=cap.uuid, ScalingConfig={"MaximumConcurrency": target}
+                )
+            granted[job.name] = min(now, target)
+        sizes = {job.name: job.batch_size for job in self.jobs}
+        bound = max(capacity, pushes_at_once(targets, {}, sizes))
+        deadline = self.clock() + self.room_wait_s
+        while any(granted[j] < targets[j] for j in targets):
+            running = {
+                job.name: batches_running(in_flight.get(job.name, 0), job.batch_size, caps[job.name].concurrency or 0)
+                for job in self.jobs
+            }
+            late = self.clock() >= deadline
+            steps = dict(targets) if late else raise_steps(targets, granted, running, sizes, bound)
+            if late:
+                log.warning(
+                    "service %s: raising caps while batches under the caps before still run (%s); the service "
+                    "may be above its capacity until they finish",
+                    self.service.name,
+                    running,
+                )
+            for job in self.jobs:
+                if steps[job.name] > granted[job.name]:
+                    changes: dict[str, Any] = {"ScalingConfig": {"MaximumConcurrency": steps[job.name]}}
+                    if granted[job.name] == 0:
+                        changes["Enabled"] = True
+                    self.scaler.lambda_client.update_event_source_mapping(UUID=caps[job.name].uuid, **changes)
+                    granted[job.name] = steps[job.name]
+            if late or all(granted[j] >= targets[j] for j in targets):
+                return
+            self.sleep(ROOM_POLL_S)
+            in_flight = {job.name: queue_activity(self.scaler, job)[1] for job in self.jobs if in_flight.get(job.name)}
 
 
 def _load_fields(load: ServiceLoad) -> dict[str, Any]:

@@ -13,6 +13,8 @@ one per service, every interval) keeps that sum within the service's capacity:
 * **the activity** of each job: a job whose queue holds a message (visible, in flight or
   delayed) is active; an idle one's mapping is disabled, so its share goes to the others at
   once, and it starts at the next interval when work arrives (a run waits at most one interval);
+  a draining one (messages in flight only, none visible or delayed) can use no more batches
+  than it runs, so the rest of its share goes to the others too (P9: the last seconds of a job);
 * **the split** (`allocate`): water-filling by weight (a job's weight x `priority_weight` while
   it has a `--priority high` run), each job at most its `max_concurrency`, then whole batches:
   each job gets floor(share / batch size) batches, and the batches left go to the largest
@@ -65,9 +67,16 @@ class JobDemand:
     active: bool = True
 
     @classmethod
-    def of(cls, job: JobDeclaration, *, active: bool, high_priority: bool = False) -> JobDemand:
+    def of(
+        cls, job: JobDeclaration, *, active: bool, high_priority: bool = False, draining: int | None = None
+    ) -> JobDemand:
+        """`draining`: the job's messages in flight when none waits to be received (its queue is
+        draining: it can use no more batches than those, so the rest of its share goes to the others)."""
         weight = job.weight * (job.priority_weight if high_priority else 1.0)
-        return cls(job.name, weight, job.batch_size, job.max_concurrency, active)
+        most = job.max_concurrency
+        if active and draining is not None:
+            most = min(most, max(MIN_CONCURRENCY, math.ceil(draining / job.batch_size)))
+        return cls(job.name, weight, job.batch_size, most, active)
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,42 @@ def allocate(capacity: int, demands: Iterable[JobDemand]) -> Allocation:
         best = max(fits, key=lambda d: (ideal[d.job] - caps[d.job] * d.batch_size) / d.batch_size)
         caps[best.job] += 1
     return Allocation(capacity, caps, shares)
+
+
+def pushes_at_once(targets: Mapping[str, int], running: Mapping[str, int], batch_sizes: Mapping[str, int]) -> int:
+    """The most pushes at once once every job is at its `targets` cap, while the batches `running`
+    under the caps before still run (a lowered cap stops no batch: each finishes)."""
+    jobs = set(targets) | set(running)
+    return sum(max(targets.get(j, 0), running.get(j, 0)) * batch_sizes.get(j, 1) for j in jobs)
+
+
+def raise_steps(
+    targets: Mapping[str, int],
+    granted: Mapping[str, int],
+    running: Mapping[str, int],
+    batch_sizes: Mapping[str, int],
+    bound: int,
+) -> dict[str, int]:
+    """The caps the jobs can have now, on the way to `targets`: a job below its target (`granted`:
+    the caps in force, 0 for a disabled mapping) takes whole batches of the room left within `bound`
+    pushes while every job runs the larger of its cap and its batches still `running`; the largest
+    shortfall first; a disabled one only once `MIN_CONCURRENCY` batches fit (its event source's floor)."""
+    caps = dict(granted)
+    room = bound - pushes_at_once(caps, running, batch_sizes)
+    for job in sorted((j for j in targets if caps.get(j, 0) < targets[j]), key=lambda j: caps.get(j, 0) - targets[j]):
+        size, now, busy = batch_sizes.get(job, 1), caps.get(job, 0), running.get(job, 0)
+        new = min(targets[job], max(now, busy) + max(room, 0) // size)
+        if new <= now or (now == 0 and new < MIN_CONCURRENCY):
+            continue
+        room -= (max(new, busy) - max(now, busy)) * size
+        caps[job] = new
+    return caps
+
+
+def batches_running(messages_in_flight: int, batch_size: int, cap: int) -> int:
+    """The batches a job may still be running: its messages in flight (received, not yet deleted) in
+    whole batches, at most its cap in force (messages backing off after a 429 are in flight too)."""
+    return min(math.ceil(messages_in_flight / batch_size), cap)
 
 
 def declared_capacity(service: ServiceDeclaration, push_ms: float | None) -> int | None:

@@ -1,7 +1,7 @@
 """The adaptive concurrency's signals on the local stack, from the forwarder's EMF log lines.
 
 On AWS, CloudWatch turns the forwarder's EMF log lines (`observe_pushes`: ServicePushes,
-ServiceThrottled, PushBatchMilliseconds, dimension `job`) into metrics that
+ServiceThrottled, ServiceShed, PushBatchMilliseconds, dimension `job`) into metrics that
 `CloudWatchSignals` reads. The emulator keeps the log lines but computes no metrics from
 them, so `LogSignals` reads the lines of the last `window_s` seconds from the forwarder's log
 group and computes the same `Signals`: the sums of the counts, and the p90 of the batch times
@@ -20,7 +20,7 @@ from typing import Any
 from microprocess.control.adaptive import METRIC_NAMESPACE, Signals
 from microprocess.local.emulator import log_group_of, log_messages
 
-PUSHES, THROTTLED, BATCH_MS = "ServicePushes", "ServiceThrottled", "PushBatchMilliseconds"
+PUSHES, THROTTLED, SHED, BATCH_MS = "ServicePushes", "ServiceThrottled", "ServiceShed", "PushBatchMilliseconds"
 
 
 def emf_metrics(
@@ -66,7 +66,7 @@ def signals_from_messages(
 ) -> Signals:
     """A job's `Signals` from log messages: EMF lines with dimension `job` = `job` (and, when
     given, an EMF `Timestamp` in [start_ms, end_ms))."""
-    pushes = throttled = 0.0
+    pushes = throttled = shed = 0.0
     batch_ms: list[float] = []
     for message in messages:
         found = emf_metrics(message, namespace)
@@ -82,9 +82,14 @@ def signals_from_messages(
             continue
         pushes += sum(values.get(PUSHES, []))
         throttled += sum(values.get(THROTTLED, []))
+        shed += sum(values.get(SHED, []))
         batch_ms.extend(values.get(BATCH_MS, []))
     return Signals(
-        pushes=int(pushes), throttled=int(throttled), p90_latency_ms=percentile(batch_ms, 90), interval_s=interval_s
+        pushes=int(pushes),
+        throttled=int(throttled),
+        p90_latency_ms=percentile(batch_ms, 90),
+        interval_s=interval_s,
+        shed=int(shed),
     )
 
 

@@ -44,7 +44,7 @@ from microprocess.local.services import (
 )
 from microprocess.local.state import LocalState, NoLocalStack, read_state, write_state
 from microprocess.local.tls import LocalTls
-from microprocess.local.tuning import laptop_concurrency, warm_workers
+from microprocess.local.tuning import forwarder_workers, laptop_concurrency, warm_reducers, warm_workers
 from microprocess.local.workspace import Workspace
 from microprocess.stacks import LOCAL_STACK
 
@@ -271,13 +271,14 @@ class LocalStack:
                 seed=options.seed,
                 ca_bundle=str(self.tls.ca_cert),
             )
-            warming = pool.submit(
-                warm_workers, lam, outputs["ForwarderFunctionName"], concurrency if options.warm else 0
-            )
+            warm = forwarder_workers(concurrency, self.declarations) if options.warm else 0
+            warming = pool.submit(warm_workers, lam, outputs["ForwarderFunctionName"], warm)
+            reducers = pool.submit(warm_reducers, lam, outputs.get("ReduceForwarderFunctionName"), options.warm)
             self._start_services(endpoint, outputs, planned, ports, sender, chaos, options.access_log)
             self._record(endpoint, urls=urls)
             seeded = seeding.result()
             warmed = warming.result()
+            reducers.result()
         self._step("services+seed+warm", t)
         seeded_text = ", ".join(f"{n:,} items into {role}" for role, n in seeded.items()) or "nothing"
         self.echo(

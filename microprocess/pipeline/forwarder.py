@@ -200,8 +200,13 @@ class Forwarder:
         started = time.monotonic()
         for w, result in zip(work, self._pool.map(self._push, work), strict=True):
             w.result = result
-        pushed = [(w.job.name, w.result.status) for w in work if w.envelope.kind is TaskKind.TASK and w.result]
-        if pushed:  # the adaptive concurrency's signals (429/503, push time), as EMF metrics
+        gate = self.resend.shed_gate
+        pushed = [
+            (w.job.name, w.result.status, gate is not None and gate.sheds(w.job.service, w.result))
+            for w in work
+            if w.envelope.kind is TaskKind.TASK and w.result
+        ]
+        if pushed:  # the adaptive concurrency's signals (429/503, shed answers, push time), as EMF metrics
             observe_pushes(self.emit, pushed, time.monotonic() - started)
         if work and self.faults:
             self.faults.maybe_crash("after_push")

@@ -154,6 +154,10 @@ class ShedGate:
             return None
         return None if until is None else max(until - self.waits.clock(), 0.0)
 
+    def sheds(self, service: str, result: PushResult) -> bool:
+        """`result` asks every job to wait (a signal of its own to the adaptive controller, not throttling)."""
+        return shed_seconds(self._service(service), result) is not None
+
     def observe(self, service: str, result: PushResult) -> float | None:
         """When `result` sheds load: record the ask for every job and return its seconds; else None.
         A failed write is logged: this task still waits (the next shed answer records it)."""
