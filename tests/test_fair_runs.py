@@ -174,3 +174,18 @@ def test_the_sender_wants_one_group_per_message(stack: Stack) -> None:
     sender = QueueSender(client=stack.sqs, queue_url=stack.task_queue)
     with pytest.raises(ValueError, match="2 group ids for 1 messages"):
         sender.send(["{}"], groups=["a", "b"])
+
+
+def test_run_priority_high_reaches_the_start_event_and_says_what_it_does() -> None:
+    from microprocess.cli import service_load
+    from microprocess.cli.runs import start_payload
+    from microprocess.declarations import load_declarations
+    from tests.test_infra_synth import ROOT
+
+    # GIVEN `run --priority high` WHEN the start event is built THEN it carries the priority (normal: nothing)
+    assert start_payload(None, "j", "j-1", priority="high")["priority"] == "high"  # type: ignore[arg-type]
+    assert "priority" not in start_payload(None, "j", "j-1", priority="normal")  # type: ignore[arg-type]
+    # AND on a service that is not shared the note says it weighs within its job (no "no effect")
+    declared = load_declarations(ROOT / "microprocess.toml")  # credit-scores on `scores`, no capacity declared
+    note = service_load.mark_priority(None, declared, "credit-scores", "r1", Priority.high)  # type: ignore[arg-type]
+    assert note is not None and "about 4 shares of job 'credit-scores'" in note and "no effect" not in note
