@@ -10,6 +10,7 @@ import pytest
 from microprocess.local.fair_queue import (
     MIN_IN_FLIGHT,
     PROCESSING_WINDOW_S,
+    QUIET_AFTER_S,
     FairReceive,
     ProcessingTime,
     choose,
@@ -137,3 +138,26 @@ def test_fifo_queues_keep_ministacks_receive() -> None:
         original=lambda q, n, v: seen.append(n) or [], ensure_fields=lambda m: None, new_receipt=lambda: "h"
     )
     assert receive({"is_fifo": True, "messages": msgs("a", 3)}, 10, 30) == [] and seen == [10]
+
+
+def test_a_tenant_that_sent_nothing_for_5_minutes_is_not_noisy() -> None:
+    # GIVEN a tenant noisy by both measures whose newest message was sent 5 minutes ago, and a new one
+    now = 10_000.0
+    old = [
+        {**m, "sent_at": now - QUIET_AFTER_S}
+        for m in msgs("big", 40, in_flight=True, now=now) + msgs("big", 5, now=now)
+    ]
+    new = [{**m, "sent_at": now - 1} for m in msgs("small", 3, now=now)]
+    q: dict[str, Any] = {"is_fifo": False, "messages": old + new}
+    receive = FairReceive(
+        original=lambda *_: [], ensure_fields=lambda m: None, new_receipt=lambda: "h", clock=lambda: now
+    )
+    # WHEN received THEN it is not noisy any more: the send order holds (AWS: no longer a noisy neighbour)
+    assert groups(receive(q, 4, 30)) == ["big"] * 4
+    # while one that sent a second ago is noisy: the new tenant goes first
+    q["messages"] = [{**m, "sent_at": now - 1} for m in old] + new
+    assert groups(
+        FairReceive(original=lambda *_: [], ensure_fields=lambda m: None, new_receipt=lambda: "h", clock=lambda: now)(
+            q, 4, 30
+        )
+    ) == ["small"] * 3 + ["big"]

@@ -18,10 +18,11 @@ AWS documents, and how this module follows it:
 * **Order**: quiet tenants' messages first (in send order); then the noisy tenants', the one with
   the fewest messages in flight first (counting those this receive has just taken), each in its
   own send order.
-* **Back to quiet**: a tenant with no message waiting is not noisy (AWS: "the tenant's backlog is
-  empty"). The other exit, "sent nothing for 5 minutes", needs no state here: a tenant that sends
-  nothing for 5 minutes and still has a backlog keeps being measured by its shares, which only
-  makes this emulator *less* generous to the others than AWS, never more.
+* **Back to quiet**: a tenant with no message waiting is not noisy ("the tenant's backlog has been
+  fully drained"), nor one that has sent nothing for 5 minutes (`QUIET_AFTER_S`; its last send is
+  the newest `sent_at` among its messages still in the queue: a forwarder's re-send counts). AWS
+  does not say whether such a tenant is detected again at once; here it is not, which is the
+  less generous reading for the other tenants.
 
 The selection (`choose`) is a pure function of the messages and the measured processing time;
 `FairReceive` keeps the processing time per queue and replaces ministack's `_collect_msgs` for
@@ -43,6 +44,8 @@ CONCURRENCY_SHARE = 0.10
 MIN_IN_FLIGHT = 30
 #: AWS: a tenant with more than this share of the consumers' recent processing time is noisy.
 PROCESSING_TIME_SHARE = 0.10
+#: AWS: a tenant that has sent no message for this long is no longer a noisy neighbour, s.
+QUIET_AFTER_S = 300.0
 #: How recent "recent processing time" is here: the time constant of its exponential decay, s.
 #: AWS does not publish its window. Long enough that a share does not swing with each batch (the
 #: event source takes 10 at a time and a batch takes well under a second locally); short enough
@@ -91,11 +94,17 @@ class ProcessingTime:
         return {t: s / total for t, s in self.seconds.items()} if total > 0 else {}
 
 
-def noisy_tenants(counts: dict[str, int], processing_shares: dict[str, float], waiting: Iterable[str]) -> set[str]:
-    """The tenants with messages waiting that AWS's documented thresholds call noisy neighbours."""
+def noisy_tenants(
+    counts: dict[str, int],
+    processing_shares: dict[str, float],
+    waiting: Iterable[str],
+    quiet_since_sent: Iterable[str] = (),
+) -> set[str]:
+    """The tenants with messages waiting that AWS's documented thresholds call noisy neighbours
+    (none of `quiet_since_sent`: the tenants that have sent nothing for `QUIET_AFTER_S`)."""
     total = sum(counts.values())
     noisy = set()
-    for tenant in set(waiting):
+    for tenant in set(waiting) - set(quiet_since_sent):
         n = counts.get(tenant, 0)
         by_concurrency = total > 0 and n / total > CONCURRENCY_SHARE and n >= MIN_IN_FLIGHT
         if by_concurrency or processing_shares.get(tenant, 0.0) > PROCESSING_TIME_SHARE:
@@ -108,6 +117,7 @@ def choose(
     counts: dict[str, int],
     processing_shares: dict[str, float],
     max_n: int,
+    quiet_since_sent: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """Up to `max_n` of the `visible` messages (in send order) in the order a fair queue delivers
     them: quiet tenants' first, then noisy tenants' by fewest in flight (`counts`, which this
@@ -115,7 +125,7 @@ def choose(
     by_tenant: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for pos, m in enumerate(visible):
         by_tenant.setdefault(tenant_of(m), []).append((pos, m))
-    noisy = noisy_tenants(counts, processing_shares, by_tenant)
+    noisy = noisy_tenants(counts, processing_shares, by_tenant, quiet_since_sent)
     picked = [m for m in visible if tenant_of(m) not in noisy][:max_n]
     taken = dict(counts)
     queues = {t: list(reversed(by_tenant[t])) for t in noisy}
@@ -159,19 +169,23 @@ class FairReceive:
         now = self.clock()
         counts: dict[str, int] = {}
         visible: list[dict[str, Any]] = []
+        last_sent: dict[str, float] = {}
         for m in q["messages"]:
             self.ensure_fields(m)
+            tenant = tenant_of(m)
+            last_sent[tenant] = max(last_sent.get(tenant, 0.0), float(m.get("sent_at") or 0.0))
             if float(m["visible_at"]) <= now:
                 visible.append(m)
             elif in_flight(m, now):
-                counts[tenant_of(m)] = counts.get(tenant_of(m), 0) + 1
+                counts[tenant] = counts.get(tenant, 0) + 1
         with self._lock:
             processing = self._time.setdefault(id(q), ProcessingTime())
             # Since the previous receive, the counts it left held (less what was deleted since:
             # an over-estimate for the tenants whose batches ended, for at most one interval).
             processing.observe(self._held.get(id(q), counts), now)
             shares = processing.shares()
-            result = choose(visible, counts, shares, max_n)
+            silent = [t for t, sent in last_sent.items() if now - sent >= QUIET_AFTER_S]
+            result = choose(visible, counts, shares, max_n, silent)
             held = dict(counts)
             for m in result:
                 held[tenant_of(m)] = held.get(tenant_of(m), 0) + 1
