@@ -189,3 +189,19 @@ def test_run_priority_high_reaches_the_start_event_and_says_what_it_does() -> No
     declared = load_declarations(ROOT / "microprocess.toml")  # credit-scores on `scores`, no capacity declared
     note = service_load.mark_priority(None, declared, "credit-scores", "r1", Priority.high)  # type: ignore[arg-type]
     assert note is not None and "about 4 shares of job 'credit-scores'" in note and "no effect" not in note
+
+
+def test_a_chaos_duplicate_of_a_task_goes_in_its_tenant(stack: Stack) -> None:
+    from microprocess.chaos.faults import FaultConfig, FaultInjector
+
+    # GIVEN a high run's tasks and a forwarder that duplicates every delivery (the chaos suite's fault)
+    job, registry = job_with(priority_weight=2.0)
+    stack.split({"job": job.name, "run_id": "r1", "items": companies(4), "priority": "high"}, jobs=registry)
+    records = stack.receive(stack.task_queue)
+    fwd = stack.forwarder(jobs=registry, faults=FaultInjector(FaultConfig(duplicate_rate=1.0)))
+    fwd.handle({"Records": records})
+    for r in records:
+        stack.sqs.inner.delete_message(QueueUrl=stack.task_queue, ReceiptHandle=r["receiptHandle"])
+    # THEN each copy carries its original's group
+    copies = [m for m in queued(stack) if m["env"].kind is TaskKind.TASK]
+    assert len(copies) == 4 and all(m["group"] == group_id("r1", m["env"].task_id, 2) for m in copies)
