@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import adaptive, adaptive_local, fair_share_local
+from bench import adaptive, adaptive_local, fair_runs_local, fair_share_local
 from bench.figures import (
     hot_key,
     measured_costs,
@@ -81,6 +81,7 @@ METHODS = {
     "p7": adaptive.METHOD,
     "p7_measured": adaptive_local.METHOD,
     "p9_measured": fair_share_local.METHOD,
+    "fair_runs": fair_runs_local.METHOD,
     "p8": "A third plain run of (a) after growing the seeded table to the P8 item count (same seeder, same seed): "
     "items/s (expected / (reduce claimed - start request)) of that run / items/s of the plain (a) run. The splitter "
     "keeps the job's queue below the local stage's max_queue_depth_cap, so the emulator's queue stays short.",
@@ -118,7 +119,9 @@ def report_memory(results: int) -> dict[str, Any]:
     return data
 
 
-def measure(items: int, p8_items: int, p7_items: int = adaptive_local.ITEMS, p9: bool = True) -> dict[str, Any]:
+def measure(
+    items: int, p8_items: int, p7_items: int = adaptive_local.ITEMS, p9: bool = True, fair_runs: bool = True
+) -> dict[str, Any]:
     from bench.harness import BaselineResult, BenchStack, PipelineRun, observe, run_baseline, run_pipeline
 
     started = time.monotonic()
@@ -161,6 +164,7 @@ def measure(items: int, p8_items: int, p7_items: int = adaptive_local.ITEMS, p9:
         raw_path = bs.ws.workdir / "raw.json"
     p7_measured = adaptive_local.measure_standalone(p7_items, echo=echo) if p7_items else None
     p9_measured = fair_share_local.measure_standalone(echo=echo) if p9 else None
+    fair_runs_measured = fair_runs_local.measure_standalone(echo=echo) if fair_runs else None
     out["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out["bench_seconds"] = round(time.monotonic() - started, 1)
     timings = {
@@ -176,6 +180,7 @@ def measure(items: int, p8_items: int, p7_items: int = adaptive_local.ITEMS, p9:
         "p5": {str(k): v for k, v in p5.items()},
         **({"p7_measured": p7_measured} if p7_measured else {}),
         **({"p9_measured": p9_measured} if p9_measured else {}),
+        **({"fair_runs": fair_runs_measured} if fair_runs_measured else {}),
     }
     write_json(raw_path, raw)
     echo(f"raw observations kept in {raw_path} (recompute the figures with --recompute {raw_path})")
@@ -192,7 +197,7 @@ def from_raw(raw: dict[str, Any]) -> dict[str, Any]:
     head = raw["head"]
     # measured_at: when the measuring ran (raw observations kept before it was recorded: now)
     figs = figures(obs, raw["timings"], baselines, p5, head["cores"], head.get("measured_at") or _now())
-    kept = {key: raw[key] for key in ("p7_measured", "p9_measured") if key in raw}
+    kept = {key: raw[key] for key in ("p7_measured", "p9_measured", "fair_runs") if key in raw}
     return {**head, **figs, **kept}
 
 
@@ -478,6 +483,8 @@ def table(r: dict[str, Any]) -> str:
         rows += adaptive_local.lines(r["p7_measured"])
     if "p9_measured" in r:
         rows += fair_share_local.lines(r["p9_measured"])
+    if "fair_runs" in r:
+        rows += fair_runs_local.lines(r["fair_runs"])
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -499,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         "--p7-items", type=int, default=adaptive_local.ITEMS, help="tasks per P7 measured run (0: skip it)"
     )
     parser.add_argument("--no-p9", action="store_true", help="skip P9 (capacity, fair share, shedding: ~6 min)")
+    parser.add_argument(
+        "--no-fair-runs", action="store_true", help="skip the fair share between runs of one job (~3 min)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the results JSON goes")
     parser.add_argument(
         "--no-measured-costs", action="store_true", help="do not refresh microprocess/measured_costs.json"
@@ -511,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     result = (
         from_raw(json.loads(args.recompute.read_text()))
         if args.recompute
-        else measure(args.items, args.p8_items, args.p7_items, p9=not args.no_p9)
+        else measure(args.items, args.p8_items, args.p7_items, p9=not args.no_p9, fair_runs=not args.no_fair_runs)
     )
     result["p7_adaptive"] = adaptive.compare(CREDIT_SCORES)  # simulated in virtual time: see bench/adaptive.py
     if args.recompute:

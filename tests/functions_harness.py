@@ -288,16 +288,17 @@ class Stack:
                 k: {"stringValue": v["StringValue"], "dataType": v["DataType"]}
                 for k, v in m.get("MessageAttributes", {}).items()
             }
-            records.append(
-                sqs_record(
-                    m["Body"],
-                    receive_count=int(m["Attributes"]["ApproximateReceiveCount"]),
-                    message_id=m["MessageId"],
-                    receiptHandle=m["ReceiptHandle"],
-                    messageAttributes=attrs,
-                    eventSourceARN=arn,
-                )
+            record = sqs_record(
+                m["Body"],
+                receive_count=int(m["Attributes"]["ApproximateReceiveCount"]),
+                message_id=m["MessageId"],
+                receiptHandle=m["ReceiptHandle"],
+                messageAttributes=attrs,
+                eventSourceARN=arn,
             )
+            if "MessageGroupId" in m["Attributes"]:  # a fair queue's record carries its tenant
+                record["attributes"]["MessageGroupId"] = m["Attributes"]["MessageGroupId"]
+            records.append(record)
         return records
 
     def depth(self, queue_url: str) -> int:

@@ -232,6 +232,18 @@ MUTANTS: tuple[Mutant, ...] = (
         (Edit("microprocess/pipeline/resend.py", "* rng.uniform(0.5, 1.0)", "* 1.0"),),
         ("tests/test_forwarder_promises.py::test_backoff_worked_examples",),
     ),
+    Mutant(
+        "resend-leaves-its-tenant",
+        "a re-sent task loses its run's fair-queue tenant (it would queue behind other runs' backlogs)",
+        (Edit("microprocess/pipeline/resend.py", "                **group_field(record_group(record)),\n", ""),),
+        ("tests/test_fair_runs.py::test_a_re_sent_task_keeps_its_tenant_and_one_without_stays_without",),
+    ),
+    Mutant(
+        "high-run-one-tenant",
+        "a `--priority high` run is sent as one tenant (no larger share within its job)",
+        (Edit("microprocess/pipeline/tenants.py", "    if tenants <= 1:\n", "    if True:\n"),),
+        ("tests/test_fair_runs.py::test_the_splitter_sends_a_high_run_as_priority_weight_tenants",),
+    ),
     # ---- other realistic bugs
     Mutant(
         "duplicates-counted",

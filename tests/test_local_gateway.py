@@ -6,6 +6,7 @@ import base64
 import json
 
 from microprocess.local import gateway
+from microprocess.local.fair_queue import FairReceive
 
 
 def test_sqs_batches_are_authorised_by_their_single_message_action() -> None:
@@ -77,8 +78,14 @@ def test_the_hooks_it_replaces_are_still_in_the_pinned_ministack() -> None:
     # so an upgrade that moves one fails here instead of silently enforcing other rules
     from ministack import app
     from ministack.core import iam_actions
+    from ministack.services import sqs as ministack_sqs
     from ministack.services.cloudformation import engine
 
+    fifo_receive = ministack_sqs._collect_msgs
+    # the fair receive's helpers, and the two receives that call `_collect_msgs` by its module name
+    assert callable(ministack_sqs._ensure_msg_fields) and callable(ministack_sqs.new_uuid)
+    for caller in (ministack_sqs._receive_messages_for_esm, ministack_sqs._act_receive_message):
+        assert "_collect_msgs" in caller.__code__.co_names
     originals = (
         iam_actions.extract_iam_action,
         iam_actions.dynamodb_transaction_checks,
@@ -94,6 +101,10 @@ def test_the_hooks_it_replaces_are_still_in_the_pinned_ministack() -> None:
         assert iam_actions.extract_resource_arn is not originals[2]
         assert engine._resolve_refs is not originals[3]
         assert iam_actions.dynamodb_service_context is not originals[5]
+        assert (
+            isinstance(ministack_sqs._collect_msgs, FairReceive)
+            and ministack_sqs._collect_msgs.original is fifo_receive
+        )
         # the emulator's table store still records each table's partition key where the gateway reads it
         from ministack.services import dynamodb
 
@@ -111,3 +122,4 @@ def test_the_hooks_it_replaces_are_still_in_the_pinned_ministack() -> None:
             app._port_is_bindable,
             iam_actions.dynamodb_service_context,
         ) = originals
+        ministack_sqs._collect_msgs = fifo_receive

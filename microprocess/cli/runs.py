@@ -114,8 +114,10 @@ def start_payload(
     items: Path | None = None,
     source_uri: str | None = None,
     params: dict[str, str] | None = None,
+    priority: str | None = None,
 ) -> dict[str, Any]:
-    """The splitter's start event for a manual run (uploading `items` first)."""
+    """The splitter's start event for a manual run (uploading `items` first); a `high` priority is
+    recorded on the run (its tasks are spread over more fair-queue tenants: `pipeline.tenants`)."""
     if items is not None and source_uri is not None:
         fail("give --items FILE or --source-uri s3://..., not both", EXIT_USAGE)
     payload: dict[str, Any] = {"job": job, "run_id": run_id, "source": "manual"}
@@ -128,6 +130,8 @@ def start_payload(
             fail(f"--source-uri: {refusal}", EXIT_USAGE)
     if params:
         payload["params"] = params
+    if priority and priority != "normal":
+        payload["priority"] = priority
     return payload
 
 
@@ -142,7 +146,10 @@ def run(
     target: TargetOption = Target.local,
     priority: Annotated[
         service_load.Priority,
-        typer.Option(metavar="normal/high", help="high: a larger share of a shared service (priority_weight)."),
+        typer.Option(
+            metavar="normal/high",
+            help="high: priority_weight shares of its job's queue beside its other runs (and of a shared service).",
+        ),
     ] = service_load.Priority.normal,
 ) -> None:
     """Start a run of JOB the way its schedule does (an asynchronous splitter invocation).
@@ -159,7 +166,10 @@ def run(
     with ledger_errors(dep):
         if note := service_load.mark_priority(dep, get_declarations(), job, run_id, priority):
             err.print(note)
-        start_run(dep, start_payload(dep, job, run_id, items=items, source_uri=source_uri, params=params))
+        start_run(
+            dep,
+            start_payload(dep, job, run_id, items=items, source_uri=source_uri, params=params, priority=priority),
+        )
         if as_json:
             emit_json({"run_id": run_id})
         else:

@@ -12,13 +12,16 @@ from microprocess.control.service_controller import ServiceState
 from microprocess.control.share import shared_services
 from microprocess.declarations import Declarations
 from microprocess.pipeline.shedding import ServiceWaits, describe_wait
+from microprocess.pipeline.tenants import tenant_count
 
 if TYPE_CHECKING:
     from microprocess.cli.commands import Deployment
 
 
 class Priority(StrEnum):
-    """`run --priority`: `high` takes the job's declared `priority_weight` x its weight while it has work."""
+    """`run --priority`: `high` takes `priority_weight` shares of its job's queue beside the job's
+    other runs (`pipeline.tenants`), and the job's weight x `priority_weight` on a shared service
+    while it has work. The values are the start event's `PRIORITIES`."""
 
     normal = "normal"
     high = "high"
@@ -56,14 +59,17 @@ def service_lines(dep: Deployment, declared: Declarations, service: str) -> list
 
 
 def mark_priority(dep: Deployment, declared: Declarations, job: str, run_id: str, priority: Priority) -> str | None:
-    """`run --priority high`: leave the mark the service's controller reads; a note when it has no effect."""
+    """`run --priority high`: leave the mark the service's controller reads (a shared service); a
+    note saying what it does when the service is not shared (the run's share within its job only)."""
     if priority is Priority.normal:
         return None
     decl = declared.jobs.get(job)
     if decl.service not in shared_services(list(declared.jobs), list(declared.services)):
         return (
-            f"--priority high has no effect: service '{decl.service}' is not shared (declare its capacity, "
-            f"capacity = {{ concurrent_pushes = N }}, in [services.{decl.service}])"
+            f"--priority high: about {tenant_count(str(priority), decl.priority_weight)} shares of job "
+            f"'{job}' beside its other runs (priority_weight); service '{decl.service}' is not shared, so "
+            f"nothing more (declare capacity = {{ concurrent_pushes = N }} in [services.{decl.service}] to "
+            "weight it there too)"
         )
     client, table = _table(dep)
     ServiceState(client, table).mark_high(decl.service, job, run_id)

@@ -45,6 +45,7 @@ from microprocess.pipeline.envelope import TaskKind
 from microprocess.pipeline.fanin import enqueue_reduce_parts
 from microprocess.pipeline.parking import parked_pk
 from microprocess.pipeline.queue import SQS_BATCH, QueueSender
+from microprocess.pipeline.tenants import group_field, group_id
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class RunResumer:
             run = self.ledger.require_run(run_id)
         elif run.status not in PAUSABLE:
             raise PauseError(f"run {run_id} is {run.status}, not paused; nothing to resume")
-        requeued = self.drain(run_id, run.shard_count)
+        requeued = self.drain(run_id, run.shard_count, run.tenants)
         restarted = claimed = False
         if run.status is RunStatus.SPLITTING:
             self.restart_splitter({"job": run.job, "run_id": run_id, "source": "resume"})
@@ -207,7 +208,7 @@ class RunResumer:
             claimed = True
         if self.settle_s:
             self.sleep(self.settle_s)
-        requeued += self.drain(run_id, run.shard_count)
+        requeued += self.drain(run_id, run.shard_count, run.tenants)
         return ResumeResult(run.status, requeued, restarted, claimed)
 
     def _unpause(self, run_id: str) -> None:
@@ -231,14 +232,18 @@ class RunResumer:
         """The run's parked messages: each with its `job`, `kind`, `body` and `prior_attempts`."""
         return [item for k in range(shard_count) for item in self._parked(run_id, k)]
 
-    def drain(self, run_id: str, shard_count: int) -> int:
-        """Re-send every parked message of the run, then delete its parked record; returns how many."""
+    def drain(self, run_id: str, shard_count: int, tenants: int = 1) -> int:
+        """Re-send every parked message of the run (a task in its run's fair-queue tenant, of the
+        run's `tenants`), then delete its parked record; returns how many."""
         sent = 0
         for shard in range(shard_count):
             parked = self._parked(run_id, shard)
             by_queue: dict[str, list[dict[str, Any]]] = {}
             for item in parked:
-                url = self.job_queue_url(item["job"]) if item["kind"] == str(TaskKind.TASK) else self.reduce_queue_url
+                task = item["kind"] == str(TaskKind.TASK)
+                url = self.job_queue_url(item["job"]) if task else self.reduce_queue_url
+                task_id = str(item["sk"]).split("#", 2)[-1]  # `M#<kind>#<task id>` (`parking.park`)
+                item["group"] = group_id(run_id, task_id, tenants) if task else None
                 by_queue.setdefault(url, []).append(item)
             for url, items in by_queue.items():
                 self._send(url, items)
@@ -260,6 +265,7 @@ class RunResumer:
                 str(i): {
                     "Id": str(i),
                     "MessageBody": item["body"],
+                    **group_field(item["group"]),
                     "MessageAttributes": {
                         PRIOR_ATTEMPTS_ATTRIBUTE: {
                             "DataType": "Number",

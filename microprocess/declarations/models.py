@@ -238,8 +238,11 @@ class JobDeclaration(BaseModel):
             its jobs instead (docs/capacity.md).
         weight: the job's share of its service's capacity against the other jobs using it while
             they all have work (2 takes twice what 1 takes); an idle job's share goes to the others.
-        priority_weight: the weight multiplier of a job while it has a run started with
-            `microprocess run JOB --priority high`.
+        priority_weight: what a run started with `microprocess run JOB --priority high` weighs:
+            beside the job's other runs, it takes about `priority_weight` shares of the job's queue
+            to a normal run's one (its tasks are spread over that many SQS fair-queue tenants,
+            rounded, at most 64: docs/capacity.md); on a shared service, the job's weight is
+            multiplied by it while the run has work.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -102,6 +102,9 @@ class RunRecord:
     stopped_early_at: str | None = None
     #: When its source was found unreadable: the run is stopped and ends FAILED whatever its counts.
     source_failed_at: str | None = None
+    #: The fair-queue tenants its tasks are spread over (`microprocess.pipeline.tenants`): 1, or
+    #: its job's `priority_weight` for a run started `--priority high`; 1 for runs before this.
+    tenants: int = 1
 
     def owns_task(self, task_id: str) -> bool | None:
         """Whether `task_id` is one of this run's tasks: True, False, or None when it cannot

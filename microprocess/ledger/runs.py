@@ -37,14 +37,17 @@ class Runs(LedgerStore):
         source: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
         inline_items: list[Any] | None = None,
+        tenants: int = 1,
     ) -> tuple[RunRecord, bool]:
         """Create the run if it does not exist. Returns (run, created).
 
         The run records what it reads (`source`, a plain dict the splitter builds), its
         run-time `params`, and its own shard and counter counts, so that every later step
         (a resumed splitter, the sweeper, the forwarder) uses the run's settings, never a
-        redeployed job's. Inline items are kept on an item of their own (`RUN#<run>` /
-        `ITEMS`) so that a restarted splitter reads the same list.
+        redeployed job's; and its `tenants`: how many fair-queue tenants its tasks are spread over
+        (`microprocess.pipeline.tenants`: more than 1 for a `--priority high` run). Inline items
+        are kept on an item of their own (`RUN#<run>` / `ITEMS`) so that a restarted splitter
+        reads the same list.
 
         Idempotent: a second call with the same run id returns the existing run
         (created=False). The same run id for another job is an error.
@@ -77,6 +80,7 @@ class Runs(LedgerStore):
             "source_run": source_run,
             "source": json.dumps(source, sort_keys=True, default=str) if source else None,
             "params": json.dumps(params, sort_keys=True, default=str) if params else None,
+            "tenants": tenants,
             LEDGER_SCHEMA.runs_index_partition_key: f"JOB#{job.name}",
             LEDGER_SCHEMA.runs_index_sort_key: f"{now}#{run_id}",
         }
@@ -146,6 +150,7 @@ class Runs(LedgerStore):
             email_sent_at=item.get("email_sent_at"),
             stopped_early_at=item.get("stopped_early_at"),
             source_failed_at=item.get("source_failed_at"),
+            tenants=int(item.get("tenants") or 1),
         )
 
     def list_runs(self, job: str, *, limit: int = 20) -> list[RunRecord]:

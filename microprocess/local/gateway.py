@@ -20,6 +20,9 @@ AWS Service Authorization Reference, and otherwise runs ministack's own `main()`
   limited to some keys (a service's reduce: its own jobs' runs) would reach every key locally;
   each DynamoDB request's keys are added to its condition context (`dynamodb_context`, from
   `microprocess.local.leading_keys`);
+* ministack's standard-queue receive ignores `MessageGroupId`; on AWS it makes a standard queue a
+  *fair queue*, which our runs rely on (`microprocess.pipeline.tenants`): the receive of standard
+  queues follows AWS's documented fair-queue order (`microprocess.local.fair_queue`);
 * with TLS on, ministack also binds port 443 whenever it can (as root it always can): two local
   stacks would race for it, and a stack would listen where nobody asked. It is not bound.
 
@@ -40,6 +43,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+from microprocess.local import fair_queue
 from microprocess.local.leading_keys import HashKeyOf, leading_keys
 
 #: SQS batch operations and the action AWS authorises each with ("SendMessageBatch: the
@@ -289,6 +293,7 @@ def install() -> None:
     iam_actions.extract_resource_arn = resource_arn(iam_actions.extract_resource_arn)
     iam_actions.dynamodb_service_context = dynamodb_context(iam_actions.dynamodb_service_context, emulator_hash_key)
     app._port_is_bindable = _never_port_443
+    fair_queue.install()
     if os.environ.get(CONSUMED_CAPACITY_ENV) == "1":
         app.SERVICE_HANDLERS["dynamodb"] = reporting_capacity(app.SERVICE_HANDLERS["dynamodb"])
     modules = [importlib.import_module(f"ministack.services.cloudformation.{name}") for name in _CFN_MODULES]

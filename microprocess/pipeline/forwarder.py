@@ -66,6 +66,7 @@ from microprocess.pipeline.resend import (
     log_keys,
 )
 from microprocess.pipeline.shedding import ShedGate
+from microprocess.pipeline.tenants import record_group
 
 if TYPE_CHECKING:
     from microprocess.reduce import PlatformReducer
@@ -287,13 +288,14 @@ class Forwarder:
         if not self.faults:
             return
         copies = [w for w in work if self.faults.duplicate()]
-        tasks: dict[str, list[str]] = defaultdict(list)
+        tasks: dict[str, list[Work]] = defaultdict(list)
         for w in copies:
             if w.envelope.kind is TaskKind.TASK:
-                tasks[w.job.name].append(w.record["body"])
+                tasks[w.job.name].append(w)
         reduces = [w.record["body"] for w in copies if w.envelope.kind is not TaskKind.TASK]
-        for job_name, bodies in tasks.items():  # a copy goes where the original came from
-            self.sender_for(job_name).send(bodies, delay_s=1)
+        for job_name, same in tasks.items():  # a copy goes where the original came from, in its tenant
+            bodies, groups = [w.record["body"] for w in same], [record_group(w.record) for w in same]
+            self.sender_for(job_name).send(bodies, delay_s=1, groups=groups)
         if reduces:  # a copy goes where the original came from
             self.reduce_sender.send(reduces, delay_s=1)
 

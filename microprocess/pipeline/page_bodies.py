@@ -59,9 +59,10 @@ class PageBodies:
 
     def bodies(
         self, job: JobDeclaration, run: RunRecord, seg: str, seq: int, items: list[Any]
-    ) -> tuple[list[str], list[TaskOutcome]]:
-        """The envelopes of a page, and a FAILED outcome for each item that cannot be sent."""
+    ) -> tuple[list[str], list[str], list[TaskOutcome]]:
+        """The envelopes of a page, their task ids, and a FAILED outcome for each item that cannot be sent."""
         bodies: list[str] = []
+        task_ids: list[str] = []
         unsendable: list[TaskOutcome] = []
         for i, item in enumerate(items):
             task_id = f"{seg}-{seq + i:09d}"
@@ -73,6 +74,7 @@ class PageBodies:
                 if no_id:
                     raise ValueError(no_id)
                 bodies.append(self._body(job, run.run_id, task_id, shard, item))
+                task_ids.append(task_id)
             except (ValidationError, EnvelopeTooLarge, ValueError, TypeError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 error = f"item {seq + i} of segment {seg} cannot be sent: {reason}"
@@ -81,7 +83,7 @@ class PageBodies:
                 unsendable.append(
                     TaskOutcome(task_id, shard, TaskState.FAILED, 0, item_id, error=error, item=keepable(item))
                 )
-        return bodies, unsendable
+        return bodies, task_ids, unsendable
 
     def _body(self, job: JobDeclaration, run_id: str, task_id: str, shard: int, item: Any) -> str:
         if is_item_ref(item):

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from microprocess.pipeline.tenants import group_field
+
 SQS_BATCH = 10
 #: SendMessageBatch calls a sender keeps in flight (the splitter's per-invocation send rate;
 #: the planner's split model reads it).
@@ -40,19 +42,23 @@ class QueueSender:
         self.attempts = attempts
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqs-send")
 
-    def send(self, bodies: Sequence[str], *, delay_s: int = 0) -> int:
-        """Send every body; return the number of SendMessageBatch calls made."""
-        chunks = [list(bodies[i : i + SQS_BATCH]) for i in range(0, len(bodies), SQS_BATCH)]
+    def send(self, bodies: Sequence[str], *, delay_s: int = 0, groups: Sequence[str | None] | None = None) -> int:
+        """Send every body (with `groups[i]` as its `MessageGroupId`, its run's tenant:
+        `microprocess.pipeline.tenants`; none when not given); return the SendMessageBatch calls made."""
+        if groups is not None and len(groups) != len(bodies):
+            raise ValueError(f"{len(groups)} group ids for {len(bodies)} messages: give one per message")
+        paired = list(zip(bodies, groups if groups is not None else [None] * len(bodies), strict=True))
+        chunks = [paired[i : i + SQS_BATCH] for i in range(0, len(paired), SQS_BATCH)]
         return sum(self._pool.map(lambda c: self._send_chunk(c, delay_s), chunks))
 
-    def _send_chunk(self, bodies: list[str], delay_s: int) -> int:
-        pending = {str(i): body for i, body in enumerate(bodies)}
+    def _send_chunk(self, messages: list[tuple[str, str | None]], delay_s: int) -> int:
+        pending = {str(i): message for i, message in enumerate(messages)}
         calls = 0
         errors: list[str] = []
         for attempt in range(self.attempts):
             entries = [
-                {"Id": i, "MessageBody": b, **({"DelaySeconds": delay_s} if delay_s else {})}
-                for i, b in pending.items()
+                {"Id": i, "MessageBody": b, **group_field(g), **({"DelaySeconds": delay_s} if delay_s else {})}
+                for i, (b, g) in pending.items()
             ]
             try:
                 resp = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
@@ -70,4 +76,4 @@ class QueueSender:
             if any(f.get("SenderFault") for f in failed):
                 break  # the message itself is wrong: retrying cannot help
             time.sleep(min(0.05 * 2**attempt, 2.0))
-        raise QueueSendError(f"{len(pending)} of {len(bodies)} messages not sent to {self.queue_url}: {errors[:3]}")
+        raise QueueSendError(f"{len(pending)} of {len(messages)} messages not sent to {self.queue_url}: {errors[:3]}")

@@ -25,6 +25,7 @@ from microprocess.pipeline.envelope import TaskKind
 from microprocess.pipeline.push import PushOutcome, PushResult
 from microprocess.pipeline.settings import DEFAULT_STUCK_AFTER_S, DEFAULT_SWEEP_PERIOD_S, defer_grace_s
 from microprocess.pipeline.shedding import ShedGate
+from microprocess.pipeline.tenants import group_field, record_group
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,8 @@ class Resender:
     def send_copy(self, record: dict[str, Any], delay_s: int, *, marks: Mapping[str, float]) -> bool:
         """Send a copy of `record` to its queue after `delay_s`, carrying the attempts made so far
         without this receive (its next receive is this same attempt again), the record's own
-        since-when marks, and `marks` (attribute name -> epoch seconds) over them. False (logged)
+        since-when marks, and `marks` (attribute name -> epoch seconds) over them, in the record's
+        fair-queue tenant (its `MessageGroupId`: its run's; none if it came without). False (logged)
         when the send failed."""
         attributes = {PRIOR_ATTEMPTS_ATTRIBUTE: {"DataType": "Number", "StringValue": str(attempt_of(record) - 1)}}
         kept = {
@@ -313,6 +315,7 @@ class Resender:
                 MessageBody=record["body"],
                 DelaySeconds=delay_s,
                 MessageAttributes=attributes,
+                **group_field(record_group(record)),
             )
         except Exception:
             log.exception("could not re-send %s; it comes back as a counted receive", record.get("messageId"))

@@ -66,6 +66,7 @@ from microprocess.pipeline.start import (
     run_date,
     source_uri_refusal,
 )
+from microprocess.pipeline.tenants import group_id, tenant_count
 
 log = logging.getLogger(__name__)
 MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
@@ -135,6 +136,7 @@ class Splitter:
                 source=record,
                 params=req.params,
                 inline_items=req.items if record["kind"] == SourceKind.INLINE else None,
+                tenants=tenant_count(req.priority, job.priority_weight),
             )
             if created:
                 self.emit("RunsStarted", 1, job.name)
@@ -324,13 +326,13 @@ class Splitter:
                     self.continue_with({**event, "run_id": run.run_id, "continuation": req.continuation + 1})
                     return True
                 page = self._page(run, source, seg, cursor, page_size, stable)
-                bodies, unsendable = self.page_bodies.bodies(job, run, seg, seq, page.items)
+                bodies, task_ids, unsendable = self.page_bodies.bodies(job, run, seg, seq, page.items)
                 indexing = (  # item ids indexed alongside the send, before the page is accounted
                     index_page(self.ledger, job.item_id_field, run.run_id, seg, seq, page.items)
                     if job.item_index
                     else None
                 )
-                self.sender_for(job.name).send(bodies)
+                self.sender_for(job.name).send(bodies, groups=[group_id(run.run_id, t, run.tenants) for t in task_ids])
                 if indexing is not None:
                     indexing.result()
                 if self.faults:

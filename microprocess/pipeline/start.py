@@ -35,8 +35,11 @@ class StartRequest:
     params: dict[str, Any] | None = None  # passed into every task by the forwarder
     time: str | None = None  # a scheduled start's event time (ISO 8601): the run's date
     include_not_attempted: bool = False  # with retry_of: also the tasks that run never attempted
+    priority: str | None = None  # "high": a larger share of its job's queue and service (priority_weight)
 
 
+#: A run's priority in the start event (`microprocess run --priority`).
+PRIORITIES = ("normal", "high")
 _RUN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -106,6 +109,9 @@ def parse_start_event(event: Any) -> StartRequest:
     include_not_attempted = event.get("include_not_attempted", False)
     if not isinstance(include_not_attempted, bool) or (include_not_attempted and retry_of is None):
         raise StartEventError("start event 'include_not_attempted' must be true or false, and only with 'retry_of'")
+    priority = event.get("priority")
+    if priority is not None and priority not in PRIORITIES:
+        raise StartEventError(f"start event 'priority' must be one of {list(PRIORITIES)}, got {priority!r}")
     params = event.get("params")
     if params is not None and not isinstance(params, dict):
         raise StartEventError("start event 'params' must be a JSON object {\"<key>\": <value>}")
@@ -122,6 +128,7 @@ def parse_start_event(event: Any) -> StartRequest:
         params,
         event.get("time") if isinstance(event.get("time"), str) else None,
         include_not_attempted,
+        priority,
     )
 
 
