@@ -60,11 +60,15 @@ console-assets: node_modules/.installed
 console-shots: setup chromium
 	MICROPROCESS_CONSOLE_SHOTS=docs $(BIN)/python -m pytest -p no:cacheprovider -m e2e tests/test_local_e2e_console.py
 
-# Two passes: everything in parallel, then the suites that start a real local stack, one
-# at a time (two stacks at once on 2 cores make them flaky).
+# Three passes: everything but the local stacks in parallel; then the suites that start a
+# real local stack, two modules at a time (each module its own stack and work folder), all
+# recording their AWS calls in one folder; last, the check of that record against the cloud
+# roles (tests/test_local_e2e_calls.py), alone, once every call is in.
 test: setup checkov chromium
 	$(BIN)/python -m pytest -p no:cacheprovider -n 2 -m "not e2e"
-	$(BIN)/python -m pytest -p no:cacheprovider -m e2e
+	export MICROPROCESS_AWS_CALL_LOG="$$(mktemp -d)" && \
+	$(BIN)/python -m pytest -p no:cacheprovider -n 2 --dist loadfile -m "e2e and not aws_calls" && \
+	$(BIN)/python -m pytest -p no:cacheprovider -m "e2e and aws_calls"
 
 test-fast: setup
 	$(BIN)/python -m pytest -p no:cacheprovider -m "not e2e and not infra" -n 2

@@ -1,4 +1,4 @@
-"""P9: the console's pages for a run of 19 million tasks: time and AWS calls per page.
+"""P10: the console's pages for a run of 19 million tasks: time and AWS calls per page.
 
 `python -m bench.console_pages` seeds, in in-process DynamoDB and SQS (moto), a run record of
 19,000,000 tasks the way the ledger holds one mid-run: the run item (split done, four segments
