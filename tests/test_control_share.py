@@ -9,6 +9,7 @@ import pytest
 
 from microprocess.control.adaptive import Signals
 from microprocess.control.scale import EventSourceCap
+from microprocess.control.scheduled import ControllerState, tick
 from microprocess.control.service_controller import ServiceShare, ServiceState, combined
 from microprocess.control.share import JobDemand, allocate, declared_capacity, shared_services
 from microprocess.declarations import ServiceDeclaration
@@ -352,3 +353,33 @@ def test_an_idle_job_whose_mapping_is_disabled_is_left_alone() -> None:
         m["cap"], m["State"] = 8, "Disabled"
     load = _share(aws, [_job("a"), _job("b")], 24).tick()
     assert load.caps == {"a": 0, "b": 0} and aws.updates == []
+
+
+def test_the_services_of_one_tick_share_its_time_for_raises_so_the_last_is_decided_in_time() -> None:
+    # GIVEN three shared services, each with a lowered job whose batches never drain (backing off) and
+    # a job waiting to be enabled: each service's raise waits for room that never comes
+    named = ("svc-a", "svc-b", "svc-c")
+    aws = FakeAws({f"{s}-{k}": (500 if k == "big" else 40) for s in named for k in ("big", "short")})
+    for s in named:
+        aws.mappings[f"{s}-big"]["cap"] = 12
+        aws.mappings[f"{s}-short"]["State"] = "Disabled"
+        aws.in_flight[f"{s}-big"] = 24
+    services = [ServiceDeclaration(name=s, local_app="m:app", capacity={"concurrent_pushes": 24}) for s in named]
+    jobs = [_job(f"{s}-{k}", service=s) for s in named for k in ("big", "short")]
+    clock = [1000.0]
+    # WHEN one scheduled tick decides them all with a budget of 30 s for the waits
+    decisions = tick(
+        jobs=jobs,
+        scaler=FakeScaler(aws),  # type: ignore[arg-type]
+        signals=lambda _job: Signals(pushes=0),
+        state=ControllerState(aws, "ledger"),
+        services=services,
+        clock=lambda: clock[0],
+        sleep=lambda s: clock.__setitem__(0, clock[0] + s),
+        room_budget_s=30.0,
+    )
+    # THEN the three waited 30 s together, not 15 s each (45 s: past what the function has), and every
+    # service was decided, its short job enabled
+    assert set(decisions) == {"service:svc-a", "service:svc-b", "service:svc-c"}
+    assert 1028.0 <= clock[0] <= 1032.0
+    assert all(aws.mappings[f"{s}-short"]["State"] == "Enabled" for s in named)

@@ -18,6 +18,7 @@ is the same loop run from a shell.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -34,7 +35,7 @@ from microprocess.control.adaptive import (
     Signals,
 )
 from microprocess.control.scale import JobScaler
-from microprocess.control.service_controller import ServiceShare, ServiceState
+from microprocess.control.service_controller import ROOM_BUDGET_S, ROOM_WAIT_S, ServiceShare, ServiceState
 from microprocess.control.share import shared_services
 from microprocess.declarations import JobDeclaration, ServiceDeclaration
 from microprocess.pipeline.settings import RuntimeSettings
@@ -137,6 +138,9 @@ def tick(
     state: ControllerState,
     emit: MetricsEmitter | None = None,
     services: Iterable[ServiceDeclaration] = (),
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    room_budget_s: float = ROOM_BUDGET_S,
 ) -> dict[str, dict[str, Any]]:
     """One decision for every adaptive job among `jobs` and one for every shared service (keyed
     `service:<name>`: `share.shared_services`, whose jobs it decides for), applied and remembered.
@@ -145,6 +149,10 @@ def tick(
     the others still get theirs; the errors are raised together at the end, so the invocation
     fails visibly (its error metric and log) instead of holding a cap silently.
 
+    A service's raise waits for its lowered jobs' batches to finish (`ServiceShare._apply`); the
+    services of one tick share `room_budget_s` for those waits (each at most `ROOM_WAIT_S`), so the
+    last of many services is still decided within the function's timeout.
+
     Returns each job's decision as a dict (`Decision.as_dict()`).
     """
     decisions: dict[str, dict[str, Any]] = {}
@@ -152,7 +160,8 @@ def tick(
     jobs = list(jobs)
     declared = {s.name: s for s in services}
     shared = shared_services(jobs, declared.values())
-    for name, on in shared.items():
+    deadline = clock() + room_budget_s
+    for left, (name, on) in zip(range(len(shared), 0, -1), shared.items(), strict=True):
         share = ServiceShare(
             service=declared.get(name) or ServiceDeclaration(name=name, local_app="unknown:app"),
             jobs=on,
@@ -160,6 +169,9 @@ def tick(
             signals=signals,
             state=ServiceState(state.dynamodb, state.table),
             emit=emit,
+            clock=clock,
+            sleep=sleep,
+            room_wait_s=min(ROOM_WAIT_S, max(0.0, deadline - clock()) / left),
         )
         try:
             decisions[f"service:{name}"] = share.tick().as_dict()
@@ -206,6 +218,9 @@ def tick_from_environment(
     emit: MetricsEmitter | None = None,
     environ: Mapping[str, str] | None = None,
     services: Iterable[ServiceDeclaration] = (),
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    room_budget_s: float = ROOM_BUDGET_S,
 ) -> dict[str, dict[str, Any]]:
     """The deployed function's one call: settings from the environment, clients from `client(name)`."""
     services = list(services)

@@ -46,6 +46,9 @@ HIGH_SK_PREFIX = "HIGH#"
 #: The longest a tick waits for the batches of lowered caps to finish before it raises others, s
 #: (the scheduled function has 50 s for every service's tick; a batch lasts about its push time).
 ROOM_WAIT_S = 15.0
+#: What one scheduled tick gives all its services' waits together, s: the function's 50 s timeout
+#: (`infra/adaptive.py`) less the reads, writes and adaptive jobs' decisions (`scheduled.tick`).
+ROOM_BUDGET_S = 30.0
 ROOM_POLL_S = 0.5
 _QUEUE_COUNTS = (
     "ApproximateNumberOfMessages",
