@@ -312,6 +312,7 @@ def measure_shedding(
             shed = json.loads(resp.read())
         echo(f"  the service sheds load for {shed_s:g} s (503 Retry-After: {int(shed_s)})")
         run = wait_until_ended(ledger, shed_run, started=t0, timeout_s=shed_s + 1800, echo=echo, indent="  ")
+        ended = time.time()
     counts = admission(url)
     shards = run.shard_count
     attempts = sorted({t.attempts for k in range(shards) for t in ledger.iter_results(shed_run, k)})
@@ -323,6 +324,9 @@ def measure_shedding(
         "failed": ledger.progress(shed_run).failed,
         "attempts_seen": attempts,
         "resumed_after_s": round(resumed, 1) if resumed is not None else None,
+        # the rest of the run after the wait: its work left / K is the bound (a recount by the sweeper
+        # during the wait once fenced the resumed completions off for 100 s more)
+        "ended_after_shed_s": round(ended - shed["shed_until"], 1),
     }
 
 
@@ -390,7 +394,8 @@ def lines(p9: dict[str, Any]) -> list[tuple[str, str]]:
                 f"503 Retry-After: {shed['shed_s']:g} for {shed['shed_s']:g} s mid-run: {shed['pushes_answered_503']} "
                 f"pushes answered 503, {shed['status']}, {shed['failed']} FAILED, "
                 f"attempts seen {shed['attempts_seen']}, "
-                f"first push admitted {shed['resumed_after_s']} s after the shedding ended",
+                f"first push admitted {shed['resumed_after_s']} s after the shedding ended, "
+                f"the run ended {shed.get('ended_after_shed_s')} s after it",
             )
         )
     return rows

@@ -233,6 +233,21 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_forwarder_promises.py::test_backoff_worked_examples",),
     ),
     Mutant(
+        "sweeper-ignores-shedding",
+        "the sweeper recounts a run whose service asked every job to wait (and fences the completions "
+        "that resume after the wait off until the next repair)",
+        (
+            Edit(
+                "microprocess/pipeline/sweeper.py",
+                "quiet_since = max(changed, self._wait_ends(job.service) or changed)",
+                "quiet_since = changed",
+            ),
+        ),
+        (
+            "tests/test_functions.py::test_a_run_whose_service_sheds_load_is_waiting_not_stuck_until_stuck_after_past_the_wait",
+        ),
+    ),
+    Mutant(
         "resend-leaves-its-tenant",
         "a re-sent task loses its run's fair-queue tenant (it would queue behind other runs' backlogs)",
         (Edit("microprocess/pipeline/resend.py", "                **group_field(record_group(record)),\n", ""),),

@@ -569,6 +569,47 @@ def test_sweeper_leaves_healthy_runs_alone(stack: Stack) -> None:
     assert report.runs_seen == 1 and not (report.repaired or report.stuck or report.splitters_restarted)
 
 
+def test_a_run_whose_service_sheds_load_is_waiting_not_stuck_until_stuck_after_past_the_wait(stack: Stack) -> None:
+    from microprocess.pipeline.shedding import ServiceWaits
+
+    # GIVEN a running run whose service asked every job to wait 10 minutes (no task moves meanwhile)
+    running_run(stack, 2)
+    waits = ServiceWaits(stack.ddb, "ledger")
+    until = datetime.fromtimestamp(waits.ask_to_wait(JOB.service, 600, "HTTP 503 asking to wait 600 s"), UTC)
+
+    def sweep_at(when: datetime) -> Any:
+        return sweeper(stack, stuck_after_s=60, reduce_timeout_s=3600, now=lambda: when, waits=waits).sweep()
+
+    # WHEN the sweeper looks during the wait, long after the run's last progress (past stuck_after_s)
+    # THEN it neither recounts the run nor calls it stuck
+    during = sweep_at(until - timedelta(seconds=300))
+    assert during.runs_seen == 1 and not (during.repaired or during.repairs_continuing or during.stuck)
+    # AND right after the wait the pushes resume: still not stuck (a recount now would fence the
+    # completions off until the next repair)
+    after = sweep_at(until + timedelta(seconds=30))
+    assert not (after.repaired or after.stuck)
+    # AND a run still quiet stuck_after_s past the end of the wait is recounted and reported stuck
+    late = sweep_at(until + timedelta(seconds=61))
+    assert late.repaired == ["r1"] and late.stuck == ["r1"]
+
+
+def test_the_sweeper_judges_a_run_by_its_progress_when_the_shedding_mark_cannot_be_read(stack: Stack) -> None:
+    from botocore.exceptions import ClientError
+
+    from microprocess.pipeline.shedding import ServiceWaits
+
+    class Unreadable:
+        def get_item(self, **_: Any) -> Any:
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "GetItem")
+
+    running_run(stack, 2)
+    later = datetime.now(UTC) + timedelta(seconds=120)
+    report = sweeper(
+        stack, stuck_after_s=60, reduce_timeout_s=3600, now=lambda: later, waits=ServiceWaits(Unreadable(), "ledger")
+    ).sweep()
+    assert report.repaired == ["r1"] and report.stuck == ["r1"] and not report.errors
+
+
 def test_scheduled_run_id_is_stable() -> None:
     assert scheduled_run_id("j", "2026-12-01T02:00:00+00:00") == scheduled_run_id("j", "2026-12-01T02:00:00Z")
 

@@ -143,7 +143,7 @@ def forwarder() -> Forwarder:
         faults=faults(),
         emit=emitter(),
         defer_grace_s=s.defer_grace_s,
-        shed_gate=ShedGate(ServiceWaits(lambda: ledger().client, s.ledger_table), get_declarations().services),
+        shed_gate=ShedGate(service_waits(), get_declarations().services),
     )
 
 
@@ -179,6 +179,11 @@ def dead_letter() -> DeadLetterHandler:
     )
 
 
+def service_waits() -> ServiceWaits:
+    """The services' shedding marks, read through the ledger's client (`pipeline.shedding`)."""
+    return ServiceWaits(lambda: ledger().client, get_settings().ledger_table)
+
+
 def sweeper() -> Sweeper:
     s = get_settings()
 
@@ -198,6 +203,7 @@ def sweeper() -> Sweeper:
         reduce_timeout_s=s.reduce_timeout_s,
         repair_budget_s=s.repair_budget_s,
         emit=emitter(),
+        waits=service_waits(),
     )
 
 

@@ -89,6 +89,12 @@ class ServiceWaits:
     def until(self, service: str, *, fresh: bool = False) -> float | None:
         """The time (epoch s) until which `service` asked every job to wait; None when it did not,
         or that time has passed."""
+        until = self.asked_until(service, fresh=fresh)
+        return until if until is not None and until > self.clock() else None
+
+    def asked_until(self, service: str, *, fresh: bool = False) -> float | None:
+        """The end (epoch s) of the latest wait `service` asked for, passed or not; None when it
+        never asked (the sweeper counts a run's quiet time from the end of its service's wait)."""
         now = self.clock()
         with self._lock:
             cached = self._cache.get(service)
@@ -98,8 +104,7 @@ class ServiceWaits:
             with self._lock:
                 self._cache[service] = (now, until)
             cached = (now, until)
-        until = cached[1]
-        return until if until is not None and until > now else None
+        return cached[1]
 
     def ask_to_wait(self, service: str, seconds: float, why: str) -> float:
         """Record that `service` asked every job to wait `seconds` from now; returns until when.

@@ -6,7 +6,10 @@ For each run that has not ended:
 * SPLITTING with no split progress for `stuck_after_s`: restart the (resumable) splitter
   with the run's id only: the splitter reads the run's own recorded source and cursor.
 * RUNNING with the split done: settle the counter targets if a crash left them unset;
-  when the done count has not moved for `stuck_after_s`, recount the task records
+  when the done count has not moved for `stuck_after_s` (counted from the end of the latest
+  wait its service asked for, if later: a run whose service sheds load is waiting, not stuck,
+  and a recount racing the completions that resume after the wait would fence them off until
+  the next repair), recount the task records
   (repairing a crash between a task write and its count) and re-run the completion check.
   The recount goes shard by shard within `repair_budget_s` per sweep and continues on the
   next sweep (a 19 M-item run does not fit one invocation); a repair that an earlier
@@ -25,9 +28,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from microprocess.declarations import JobRegistry
 from microprocess.ledger import CURSOR_DONE, Ledger, RunRecord, RunStatus
 from microprocess.pipeline.fanin import enqueue_finalize, enqueue_reduce_parts
+from microprocess.pipeline.shedding import ServiceWaits
 
 log = logging.getLogger(__name__)
 MetricsEmitter = Callable[..., None]  # (name, value, job, *, run_id=None)
@@ -70,11 +76,13 @@ class Sweeper:
         emit: MetricsEmitter | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         repair_budget_s: float = 300.0,
+        waits: ServiceWaits | None = None,
     ) -> None:
         """`sender` sends the re-enqueued reduce parts and finalizes (the reduce queue).
         `repair_budget_s`: seconds of recounting per run per sweep (keep it well under the
-        sweeper function's timeout; at least one shard is recounted per sweep)."""
-        self.repair_budget_s = repair_budget_s
+        sweeper function's timeout; at least one shard is recounted per sweep). `waits`: the
+        services' shedding marks (None: no service ever asks to wait)."""
+        self.repair_budget_s, self.waits = repair_budget_s, waits
         self.jobs, self.ledger, self.sender = jobs, ledger, sender
         self.restart_splitter = restart_splitter
         self.stuck_after = timedelta(seconds=stuck_after_s)
@@ -127,7 +135,8 @@ class Sweeper:
             if underway is None:
                 prog = self.ledger.progress(run.run_id)
                 changed = _parse(self.ledger.note_progress(run.run_id, prog.succeeded + prog.failed))
-                if self.now() - changed < self.stuck_after:
+                quiet_since = max(changed, self._wait_ends(job.service) or changed)
+                if self.now() - quiet_since < self.stuck_after:
                     return False
                 if not run.split_done:
                     return True
@@ -163,6 +172,18 @@ class Sweeper:
             report.reduces_requeued.append(run.run_id)
             return True
         return False
+
+    def _wait_ends(self, service: str) -> datetime | None:
+        """When the latest wait `service` asked every job for ends (or ended); None when it never
+        asked, or the mark cannot be read (logged: the run is then judged by its progress only)."""
+        if self.waits is None:
+            return None
+        try:
+            until = self.waits.asked_until(service)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("sweeper: service %s's shedding mark unread (%s); its runs judged by progress", service, exc)
+            return None
+        return datetime.fromtimestamp(until, UTC) if until is not None else None
 
     def _claimed(self, run: RunRecord, report: SweepReport) -> None:
         self.emit("ReducesClaimed", 1, run.job, run_id=run.run_id)
