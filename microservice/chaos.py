@@ -5,10 +5,15 @@ service reads these keys (and ignores the functions' keys in the same document):
 
     {"seed": 7, "rate_503": 0.05, "rate_429": 0.05, "retry_after_s": 1,
      "rate_timeout": 0.02, "timeout_s": 10,
-     "poison_ids": ["C0000013"], "bad_request_ids": ["C0000021"], "crash_ids": ["C0000017"]}
+     "poison_ids": ["C0000013"], "bad_request_ids": ["C0000021"], "crash_ids": ["C0000017"],
+     "shed_after_requests": 150, "shed_s": 60}
 
 On the task path only (`POST /tasks/credit-score`), in this order:
 
+* shedding: once `shed_after_requests` task requests have been served, the service sheds load
+  for `shed_s` seconds: every task request then gets 503 with `Retry-After` the seconds left of
+  the window (rounded up; `shed_retry_after_s` to fix it), as a service under maintenance says
+  "not now" (the platform then pauses every job's pushes to it: docs/capacity.md);
 * a crash company id kills the service process once its request is read (a poison item that
   takes the service down: the connection is cut without an answer; whoever supervises the
   service restarts it);
@@ -26,10 +31,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -53,12 +61,17 @@ class ChaosConfig(BaseModel):
     poison_ids: frozenset[str] = frozenset()
     bad_request_ids: frozenset[str] = frozenset()
     crash_ids: frozenset[str] = frozenset()
+    shed_after_requests: int | None = Field(default=None, ge=0)
+    shed_s: float = Field(default=0.0, ge=0, le=3600)
+    shed_retry_after_s: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _rates(self) -> ChaosConfig:
         total = self.rate_503 + self.rate_429 + self.rate_timeout
         if total > 1:
             raise ValueError(f"rate_503 + rate_429 + rate_timeout is {total:g}; it must be at most 1")
+        if self.shed_after_requests is not None and self.shed_s <= 0:
+            raise ValueError("shed_after_requests needs shed_s > 0 (the seconds the service sheds load for)")
         return self
 
 
@@ -77,17 +90,48 @@ def load_chaos(setting: str) -> ChaosConfig | None:
 CRASH_EXIT_CODE = 70
 
 #: Names of the counters in `/_chaos/stats`.
-FAULTS = ("http_503", "http_429", "timeout", "poison_500", "bad_request_400", "crash")
+FAULTS = ("http_503", "http_429", "timeout", "poison_500", "bad_request_400", "crash", "shed_503")
 
 
 class ChaosMonkey:
     """Decides the fault of each task request from a seeded stream, and counts them."""
 
-    def __init__(self, config: ChaosConfig) -> None:
+    def __init__(self, config: ChaosConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock
         self._rng = random.Random(config.seed)
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._shed_from: float | None = None  # when the shedding window began
+        self._first_after_shed: float | None = None
+
+    def _shed_left(self, now: float) -> float | None:
+        """Seconds left of the shedding window at `now` (None: not shedding). Called under the lock,
+        once per request, after the request is counted."""
+        c = self.config
+        if c.shed_after_requests is None:
+            return None
+        if self._shed_from is None and self._counts["requests"] > c.shed_after_requests:
+            self._shed_from = now
+        if self._shed_from is None:
+            return None
+        left = self._shed_from + c.shed_s - now
+        if left <= 0:
+            if self._first_after_shed is None:
+                self._first_after_shed = now
+            return None
+        return left
+
+    def retry_after(self, fault: str, now: float | None = None) -> str:
+        """The `Retry-After` of an answer with `fault`: the window's seconds left for a shed answer."""
+        c = self.config
+        if fault != "shed_503":
+            return str(c.retry_after_s)
+        if c.shed_retry_after_s is not None:
+            return str(c.shed_retry_after_s)
+        with self._lock:
+            until = (self._shed_from or 0.0) + c.shed_s
+        return str(max(1, math.ceil(until - (self.clock() if now is None else now))))
 
     def decide(self, company_id: str | None) -> str | None:
         """The fault for one request (one of `FAULTS`), or None."""
@@ -96,7 +140,9 @@ class ChaosMonkey:
             draw = self._rng.random()
             fault: str | None = None
             c = self.config
-            if company_id in c.crash_ids:
+            if self._shed_left(self.clock()) is not None:
+                fault = "shed_503"
+            elif company_id in c.crash_ids:
                 fault = "crash"
             elif company_id in c.poison_ids:
                 fault = "poison_500"
@@ -114,10 +160,19 @@ class ChaosMonkey:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
+            shed_from = self._shed_from
             return {
                 "seed": self.config.seed,
                 "requests": self._counts["requests"],
                 "injected": {name: self._counts[name] for name in FAULTS},
+                # epoch seconds: when the shedding window began and ended, and the first task request after it
+                "shedding": None
+                if shed_from is None
+                else {
+                    "from": shed_from,
+                    "until": shed_from + self.config.shed_s,
+                    "first_request_after": self._first_after_shed,
+                },
             }
 
 
@@ -154,7 +209,7 @@ class ChaosMiddleware:
         fault = self.monkey.decide(_company_id(body))
         if fault:
             log.warning("chaos: injecting %s on %s", fault, self.task_path)
-        retry = {"Retry-After": str(self.monkey.config.retry_after_s)}
+        retry = {"Retry-After": self.monkey.retry_after(fault or "")}
         if fault == "crash":
             log.error("chaos: crashing the service on a poison item, its request read")
             logging.shutdown()
@@ -167,6 +222,9 @@ class ChaosMiddleware:
             return
         if fault == "http_503":
             await error_response(503, "chaos_unavailable", "chaos: try later", retry)(scope, receive, send)
+            return
+        if fault == "shed_503":
+            await error_response(503, "chaos_shedding", "chaos: shedding load, not now", retry)(scope, receive, send)
             return
         if fault == "http_429":
             await error_response(429, "chaos_throttled", "chaos: slow down", retry)(scope, receive, send)

@@ -105,8 +105,42 @@ def test_poison_and_bad_request_ids_always_fail(env: Env) -> None:
         "poison_500": 3,
         "bad_request_400": 3,
         "crash": 0,
+        "shed_503": 0,
     }
     assert not has_score(env, "C0000013") and not has_score(env, "C0000021")
+
+
+def test_a_shedding_window_answers_503_with_the_seconds_left_to_every_task_then_serves_again(env: Env) -> None:
+    # GIVEN a service that sheds load for 10 s once it has served 2 task requests
+    now = [1000.0]
+    with chaos_client(env, {"seed": 1, "shed_after_requests": 2, "shed_s": 10}) as client:
+        client.app.state.chaos.clock = lambda: now[0]  # type: ignore[attr-defined]
+
+        def push(company: str) -> tuple[int, str | None]:
+            resp = signed_post(client, TASK, task_payload(company))
+            return resp.status_code, resp.headers.get("Retry-After")
+
+        served = [push("C0000001"), push("C0000002")]
+        # WHEN tasks arrive in the window, and after it
+        first = push("C0000003")
+        now[0] += 4.2
+        later = push("C0000004")
+        now[0] += 6.0
+        after = push("C0000005")
+        stats = client.get("/_chaos/stats").json()
+    # THEN the first two were served, the window answered 503 with the seconds left, then service resumed
+    assert served == [(200, None), (200, None)]
+    assert (first, later, after) == ((503, "10"), (503, "6"), (200, None))
+    assert stats["injected"]["shed_503"] == 2
+    assert stats["shedding"] == {"from": 1000.0, "until": 1010.0, "first_request_after": 1010.2}
+    assert has_score(env, "C0000005") and not has_score(env, "C0000003")
+
+
+def test_a_shedding_window_needs_its_length() -> None:
+    from microservice.chaos import load_chaos
+
+    with pytest.raises(ValueError, match="shed_after_requests needs shed_s > 0"):
+        load_chaos(json.dumps({"shed_after_requests": 5}))
 
 
 def test_timeout_delays_the_answer(env: Env) -> None:
