@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
@@ -79,3 +80,9 @@ def invoices_file(
             f.write(json.dumps({"invoice_id": f"INV-{i:05d}", "customer": f"C{i}", "amount": value, "due_date": due}))
             f.write("\n")
     return path
+
+
+def chaos_stats(state: LocalState, service: str = "scores") -> dict[str, Any]:
+    """What the service's chaos middleware injected (`GET /_chaos/stats`, microservice/chaos.py)."""
+    with urllib.request.urlopen(f"{state.services[service]}/_chaos/stats", timeout=5) as resp:
+        return dict(json.loads(resp.read()))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 from microprocess.ledger import Ledger, RunStatus, TaskState
 from microprocess.local import LocalStack, LocalState, UpOptions
 from tests.declared import CREDIT_SCORES
-from tests.local_e2e_support import cli_json, cli_run, module_stack, stack_ledger, stack_state
+from tests.local_e2e_support import chaos_stats, cli_json, cli_run, module_stack, stack_ledger, stack_state
 
 pytestmark = pytest.mark.e2e
 
@@ -59,11 +58,6 @@ def state(stack: LocalStack) -> LocalState:
 @pytest.fixture(scope="module")
 def ledger(state: LocalState) -> Ledger:
     return stack_ledger(state)
-
-
-def chaos_stats(state: LocalState) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{state.services['scores']}/_chaos/stats", timeout=5) as resp:
-        return dict(json.loads(resp.read()))
 
 
 def wait_for(what: str, check: Any, timeout_s: float) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from microprocess.ledger import Ledger, TaskState
 from microprocess.local import LocalStack, LocalState, UpOptions
 from microprocess.local.workspace import WORKDIR_ENV
 from tests.declared import CREDIT_SCORES
-from tests.local_e2e_support import cli_json, module_stack, stack_ledger, stack_state
+from tests.local_e2e_support import chaos_stats, cli_json, module_stack, stack_ledger, stack_state
 
 pytestmark = pytest.mark.e2e
 
@@ -43,11 +42,6 @@ def state(stack: LocalStack) -> LocalState:
 @pytest.fixture(scope="module")
 def ledger(state: LocalState) -> Ledger:
     return stack_ledger(state)
-
-
-def chaos_stats(state: LocalState) -> dict[str, int]:
-    with urllib.request.urlopen(f"{state.services['scores']}/_chaos/stats", timeout=5) as resp:
-        return dict(json.loads(resp.read()))
 
 
 def test_a_service_throttling_30_percent_of_pushes_fails_no_task(
