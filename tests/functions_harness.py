@@ -335,16 +335,22 @@ class Stack:
                 continue
             deadline = time.monotonic() + timeout_s
             rounds += 1
-            result = handler({"Records": records})
-            failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
-            for r in records:
-                if r["messageId"] in failed:
-                    self.sqs.inner.change_message_visibility(
-                        QueueUrl=queue_url, ReceiptHandle=r["receiptHandle"], VisibilityTimeout=0
-                    )
-                else:
-                    self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=r["receiptHandle"])
+            self.settle(queue_url, records, handler({"Records": records}))
         raise AssertionError(f"queue {queue_url} not drained after {max_rounds} batches")
+
+    def settle(self, queue_url: str, records: list[dict[str, Any]], result: dict[str, Any] | None = None) -> None:
+        """What the event source does after an invocation that returned `result`: delete the records
+        that succeeded, make the reported failures visible again at once. `result` None: the records
+        were only looked at (no invocation): all of them come back at once, not after their
+        visibility timeout (30 s here)."""
+        failures = None if result is None else {f["itemIdentifier"] for f in result["batchItemFailures"]}
+        for r in records:
+            if failures is None or r["messageId"] in failures:
+                self.sqs.inner.change_message_visibility(
+                    QueueUrl=queue_url, ReceiptHandle=r["receiptHandle"], VisibilityTimeout=0
+                )
+            else:
+                self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=r["receiptHandle"])
 
 
 def seed_companies(ddb: Any, table: str, n: int) -> list[dict[str, Any]]:

@@ -83,13 +83,17 @@ def test_a_401_on_a_reduce_push_does_not_fail_the_run(stack: Stack) -> None:
     # GIVEN a run whose tasks all succeeded: its reduce parts are queued
     stack.splitter().handle({"job": JOB.name, "run_id": "r1", "items": [{"company_id": "C1"}]}, ENOUGH_TIME)
     [task] = stack.receive(stack.task_queue)
-    assert stack.forwarder().handle({"Records": [task]}) == {"batchItemFailures": []}
+    done = stack.forwarder().handle({"Records": [task]})
+    assert done == {"batchItemFailures": []}
+    stack.settle(stack.task_queue, [task], done)
     parts = stack.receive(stack.task_queue)
     assert parts and all(TaskEnvelope.parse(p["body"]).kind is TaskKind.REDUCE_PART for p in parts)
     for part in parts:  # each on its last attempt
         part["attributes"]["ApproximateReceiveCount"] = str(JOB.max_attempts)
     # WHEN the service refuses the reduce-part pushes' signature (a rotation under way)
-    assert refused(stack.forwarder(), stack).handle({"Records": parts}) == {"batchItemFailures": []}
+    result = refused(stack.forwarder(), stack).handle({"Records": parts})
+    assert result == {"batchItemFailures": []}
+    stack.settle(stack.task_queue, parts, result)  # the originals acknowledged, as the event source does
     # THEN the run is not FAILED: each part is re-sent for later, marked
     assert stack.ledger.require_run("r1").status is RunStatus.REDUCING
     assert len(stack.sqs.sent) == len(parts)
