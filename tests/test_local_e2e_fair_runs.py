@@ -6,19 +6,21 @@ One job, `fair-runs`, on the reminders service, declared in a file derived from 
 (`.e2e-fair-runs-<pid>.toml`, removed after) with a small event-source cap (2 batches of 5), so that
 its queue holds a backlog:
 
-* a big run (1,500 items) is started, then, once it is busy, a small one (40 items): the small run
+* a big run (2,000 items) is started, then, once it is busy, a small one (40 items): the small run
   ends while the big one still has most of its work left (before fair queues it waited behind the
   big run's whole backlog);
-* two runs started together share the job's throughput about equally; a normal run and a
+* two runs of 1,500 started together share the job's throughput about equally; a normal run and a
   `--priority high` one (priority_weight 4: four tenants) about 1:4.
 
 Shares are throughputs (tasks done per second, from the ledger every half second) over the window
-where both runs had started and neither had finished. Their tolerance, 1.5x either way of the aim
-(2.67 to 6 for 4:1, 0.67 to 1.5 for 1:1): the event source holds 10 messages in flight (2 batches
-of 5), so a normal run beside a high one holds 2 of them and one message more or less moves its
-share by half; and a run that starts is a quiet tenant until its share of the recent processing
-time passes 10 %, so it is served first for its first second or so (on AWS too), which favours the
-run started second over a window of ~10 s.
+where both runs had started and neither had finished, less its first `SETTLE_S` seconds: a run that
+starts is a quiet tenant until its share of the recent processing time passes 10 %, so it is served
+first at the start (on AWS too); how long depends on the machine's load (1.7 s in a `make test`
+with two stacks at once, when the high run took 200 tasks to the normal run's 10 and the whole
+window's ratio was 7.3 for an aim of 4; 4.3 without those first 2 s). Their tolerance, 1.5x either
+way of the aim (2.67 to 6 for 4:1, 0.67 to 1.5 for 1:1): the event source holds 10 messages in
+flight (2 batches of 5), so a normal run beside a high one holds 2 of them and one message more or
+less moves its share by half.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ stop_early = false
 priority_weight = {PRIORITY_WEIGHT}
 """
 TERMINAL = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
-BIG, SMALL, PAIR = 2000, 40, 900
+BIG, SMALL, PAIR = 2000, 40, 1500
+#: The start of the both-busy window left out of the shares: the run that starts second is a quiet
+#: tenant, served first, until its share of the recent processing time passes 10 % (module docstring).
+SETTLE_S = 2.0
 TIMEOUT_S = 240.0
 
 
@@ -136,9 +141,12 @@ class Watch:
             time.sleep(0.5)
         raise AssertionError(f"{what}: not within {TIMEOUT_S:.0f} s; last counts {self.samples[-1]}")
 
-    def rates_while_both_busy(self, expected: dict[str, int]) -> dict[str, float]:
-        window = [(t, d) for t, d in self.samples if all(0 < d[r] < expected[r] for r in self.runs)]
-        assert len(window) >= 4, f"the runs were both busy for {len(window)} samples only: {self.samples}"
+    def rates_while_both_busy(self, expected: dict[str, int], settle_s: float = SETTLE_S) -> dict[str, float]:
+        busy = [(t, d) for t, d in self.samples if all(0 < d[r] < expected[r] for r in self.runs)]
+        window = [(t, d) for t, d in busy if t >= busy[0][0] + settle_s] if busy else []
+        assert len(window) >= 4, (
+            f"the runs were both busy for {len(window)} samples after the first {settle_s:g} s only: {self.samples}"
+        )
         (t1, first), (t2, last) = window[0], window[-1]
         return {r: (last[r] - first[r]) / (t2 - t1) for r in self.runs}
 
