@@ -239,8 +239,8 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             Edit(
                 "microprocess/pipeline/sweeper.py",
-                "quiet_since = max(changed, self._wait_ends(job.service) or changed)",
-                "quiet_since = changed",
+                "                if wait_ends is not None and self.now() - wait_ends < self.stuck_after:\n",
+                "                if False:\n",
             ),
         ),
         (

@@ -593,6 +593,21 @@ def test_a_run_whose_service_sheds_load_is_waiting_not_stuck_until_stuck_after_p
     assert late.repaired == ["r1"] and late.stuck == ["r1"]
 
 
+def test_the_sweeper_reads_no_shedding_mark_for_a_run_that_is_moving(stack: Stack) -> None:
+    from microprocess.pipeline.shedding import ServiceWaits
+
+    class Counted:
+        reads = 0
+
+        def get_item(self, **_: Any) -> Any:
+            Counted.reads += 1
+            return {}
+
+    running_run(stack, 2)
+    report = sweeper(stack, stuck_after_s=3600, reduce_timeout_s=3600, waits=ServiceWaits(Counted(), "ledger")).sweep()
+    assert report.runs_seen == 1 and not report.stuck and Counted.reads == 0
+
+
 def test_the_sweeper_judges_a_run_by_its_progress_when_the_shedding_mark_cannot_be_read(stack: Stack) -> None:
     from botocore.exceptions import ClientError
 

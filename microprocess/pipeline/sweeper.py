@@ -135,8 +135,10 @@ class Sweeper:
             if underway is None:
                 prog = self.ledger.progress(run.run_id)
                 changed = _parse(self.ledger.note_progress(run.run_id, prog.succeeded + prog.failed))
-                quiet_since = max(changed, self._wait_ends(job.service) or changed)
-                if self.now() - quiet_since < self.stuck_after:
+                if self.now() - changed < self.stuck_after:
+                    return False
+                wait_ends = self._wait_ends(job.service)  # read only for a run quiet for long enough
+                if wait_ends is not None and self.now() - wait_ends < self.stuck_after:
                     return False
                 if not run.split_done:
                     return True
