@@ -8,7 +8,7 @@ import os
 import shutil
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,32 +16,57 @@ from typing import Any
 from typer.testing import CliRunner
 
 from microprocess.cli import commands as cli
+from microprocess.declarations import load_declarations
 from microprocess.ledger import Ledger
 from microprocess.local import LocalStack, LocalState, UpOptions, Workspace
+from microprocess.local.calls import CALL_LOG_ENV
 from microprocess.local.workspace import WORKDIR_ENV, project_root
 
 
 @contextmanager
-def module_stack(name: str, options: UpOptions, *, workdir_env: bool = False) -> Iterator[LocalStack]:
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """`name` set to `value` (None: unset) for the block, as it was after."""
+    before = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+@contextmanager
+def module_stack(
+    name: str, options: UpOptions, *, workdir_env: bool = False, declarations_file: Path | None = None
+) -> Iterator[LocalStack]:
     """A local stack in its own work folder (`.microprocess/e2e-<name>-<pid>`), stopped and removed
-    afterwards. With `workdir_env`, the CLI finds it through the work folder, as a user's shell would."""
+    afterwards. With `workdir_env`, the CLI finds it through the work folder, as a user's shell would.
+
+    With `declarations_file` (a file derived from the repository's, written beside it so that its
+    services resolve): the stack is deployed from it and it is removed after. `DECLARATIONS_ENV` is
+    left alone: this process reads its declarations once (`get_declarations` is cached), and a
+    derived file read there would be deployed by the next module's stack after it was removed. Such
+    a stack's functions are not the repository's deployment: their AWS calls are not recorded for
+    the cloud-roles check (`test_local_e2e_calls`)."""
     ws = Workspace.discover(project_root() / ".microprocess" / f"e2e-{name}-{os.getpid()}")
     ws.create()
-    stack = LocalStack(ws, echo=lambda line: None)
-    previous = os.environ.get(WORKDIR_ENV)
+    declared = load_declarations(declarations_file) if declarations_file is not None else None
+    stack = LocalStack(ws, echo=lambda line: None, declarations=declared)
     try:
-        stack.up(options)
-        if workdir_env:
-            os.environ[WORKDIR_ENV] = str(ws.workdir)
-        yield stack
+        with _env(CALL_LOG_ENV, None) if declarations_file is not None else nullcontext():
+            stack.up(options)
+        with _env(WORKDIR_ENV, str(ws.workdir)) if workdir_env else nullcontext():
+            yield stack
     finally:
-        if workdir_env:
-            if previous is None:
-                os.environ.pop(WORKDIR_ENV, None)
-            else:
-                os.environ[WORKDIR_ENV] = previous
         stack.down()
         shutil.rmtree(ws.workdir, ignore_errors=True)
+        if declarations_file is not None:
+            declarations_file.unlink(missing_ok=True)
 
 
 def stack_state(stack: LocalStack) -> LocalState:

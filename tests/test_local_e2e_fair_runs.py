@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,12 +35,9 @@ from typing import Any
 
 import pytest
 
-from microprocess.declarations import DECLARATIONS_ENV, load_declarations
 from microprocess.ledger import Ledger, RunStatus
-from microprocess.local import LocalStack, UpOptions, Workspace
-from microprocess.local.calls import CALL_LOG_ENV
-from microprocess.local.workspace import project_root
-from tests.local_e2e_support import stack_ledger
+from microprocess.local import LocalStack, UpOptions
+from tests.local_e2e_support import module_stack, stack_ledger
 from tests.test_infra_synth import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -77,25 +73,8 @@ TIMEOUT_S = 240.0
 def stack() -> Iterator[LocalStack]:
     file = ROOT / f".e2e-fair-runs-{os.getpid()}.toml"  # beside the repository's: its services resolve
     file.write_text((ROOT / "microprocess.toml").read_text() + JOB_TOML)
-    ws = Workspace.discover(project_root() / ".microprocess" / f"e2e-fair-runs-{os.getpid()}")
-    ws.create()
-    stack = LocalStack(ws, echo=lambda line: None, declarations=load_declarations(file))
-    recording = os.environ.pop(CALL_LOG_ENV, None)  # not the repository's functions: not recorded
-    before = os.environ.get(DECLARATIONS_ENV)
-    os.environ[DECLARATIONS_ENV] = str(file)
-    try:
-        stack.up(UpOptions(items=10, seed=13))
+    with module_stack("fair-runs", UpOptions(items=10, seed=13), declarations_file=file) as stack:
         yield stack
-    finally:
-        if recording is not None:
-            os.environ[CALL_LOG_ENV] = recording
-        if before is None:
-            os.environ.pop(DECLARATIONS_ENV, None)
-        else:
-            os.environ[DECLARATIONS_ENV] = before
-        stack.down()
-        shutil.rmtree(ws.workdir, ignore_errors=True)
-        file.unlink(missing_ok=True)
 
 
 def invoices(prefix: str, n: int) -> list[dict[str, Any]]:

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from microprocess.declarations import load_declarations
-from microprocess.local import LocalStack, LocalState, UpOptions, Workspace
-from microprocess.local.calls import CALL_LOG_ENV
-from microprocess.local.workspace import WORKDIR_ENV, project_root
-from tests.local_e2e_support import cli_json, invoices_file, stack_ledger
+from microprocess.local import LocalStack, LocalState, UpOptions
+from tests.local_e2e_support import cli_json, invoices_file, module_stack, stack_ledger
 from tests.test_infra_isolated_forwarder import declarations_file
 from tests.test_infra_synth import ROOT
 
@@ -33,27 +29,12 @@ RUN_TIMEOUT_S = "120"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    ws = Workspace.discover(project_root() / ".microprocess" / f"e2e-isolated-{os.getpid()}")
-    ws.create()
     # beside the repository's own file (its services, `microservice`, resolve from the file's folder)
     file = declarations_file(
         ROOT, {"reminders": "isolated_forwarder = true\n"}, name=f".e2e-isolated-{os.getpid()}.toml"
     )
-    stack = LocalStack(ws, echo=lambda line: None, declarations=load_declarations(file))
-    recording = os.environ.pop(CALL_LOG_ENV, None)
-    try:
-        stack.up(UpOptions(items=10, seed=13))
-    finally:
-        if recording is not None:
-            os.environ[CALL_LOG_ENV] = recording
-    os.environ[WORKDIR_ENV] = str(ws.workdir)
-    try:
+    with module_stack("isolated", UpOptions(items=10, seed=13), workdir_env=True, declarations_file=file) as stack:
         yield stack
-    finally:
-        os.environ.pop(WORKDIR_ENV, None)
-        stack.down()
-        shutil.rmtree(ws.workdir, ignore_errors=True)
-        file.unlink(missing_ok=True)
 
 
 def task_forwarders(state: LocalState) -> dict[str, list[str]]:
